@@ -1,0 +1,62 @@
+"""Every error the store raises, under one base class so callers can catch ``StoreError``."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+
+class StoreError(Exception):
+    """Base class of all sessionkeeper errors."""
+
+
+class ConfigurationError(StoreError):
+    """A setting is missing or invalid; the message names the setting."""
+
+
+class InvalidInput(StoreError, ValueError):
+    """An argument was rejected before anything reached the database."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class RateLimited(StoreError):
+    """A rate-limit cap refused the request; ``retry_at`` says when it would be admitted."""
+
+    def __init__(self, message: str, *, retry_at: datetime, window_seconds: int) -> None:
+        super().__init__(message)
+        self.retry_at = retry_at
+        self.window_seconds = window_seconds
+
+
+class LinkCodeError(StoreError):
+    """Base class of link-code redemption failures."""
+
+
+class LinkCodeInvalid(LinkCodeError):
+    """The code does not exist, was already used, or belongs to the redeeming user."""
+
+
+class LinkCodeExpired(LinkCodeError):
+    """The code existed but its validity ended."""
+
+
+class LinkCodeLocked(LinkCodeError):
+    """Too many wrong codes: the user may not redeem any code until ``locked_until``."""
+
+    def __init__(self, message: str, *, locked_until: datetime) -> None:
+        super().__init__(message)
+        self.locked_until = locked_until
+
+
+class NotFound(StoreError, LookupError):
+    """A referenced user, person or session does not exist."""
+
+
+class DatabaseUnavailable(StoreError):
+    """PostgreSQL could not be reached or went away; the operation did not complete."""
+
+
+class SchemaOutOfDate(StoreError):
+    """The database is not migrated to the revision this code expects."""

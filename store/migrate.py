@@ -1,0 +1,83 @@
+"""Running the Alembic migrations programmatically (``sessionkeeper migrate`` and the tests)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import psycopg
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.pool import NullPool
+
+from .connection import configured_database_url, secure_conninfo
+from .errors import ConfigurationError
+
+# pg_advisory_lock key held while migrations run ("sk-migr" in ASCII).
+MIGRATION_LOCK_KEY = 0x736B2D6D69677200 >> 8
+
+
+def migrations_dir() -> Path:
+    """The Alembic script directory, installed as ``store.migrations`` or in the source tree."""
+    spec = importlib.util.find_spec("store.migrations")
+    if spec is not None and spec.origin is not None:
+        return Path(spec.origin).parent
+    return Path(__file__).resolve().parent.parent / "migrations"
+
+
+def engine_for(url: str | None) -> Engine:
+    """A SQLAlchemy engine on psycopg 3 for ``url`` (or the configured URL)."""
+    resolved = configured_database_url(url)
+    if resolved is None:
+        raise ConfigurationError("no database URL: set SESSIONKEEPER_DATABASE_URL or DATABASE_URL")
+    conninfo = secure_conninfo(resolved, application_name="sessionkeeper-migrate")
+    return create_engine(
+        "postgresql+psycopg://",
+        creator=lambda: psycopg.connect(conninfo),
+        poolclass=NullPool,
+    )
+
+
+def alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    return config
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None, "the migrations directory has no revisions"
+    return head
+
+
+def current_revision(url: str) -> str | None:
+    """The revision the database is at, or None for a database Alembic never touched."""
+    engine = engine_for(url)
+    try:
+        with engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+    finally:
+        engine.dispose()
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    _run(url, lambda config: command.upgrade(config, revision))
+
+
+def downgrade(url: str, revision: str) -> None:
+    _run(url, lambda config: command.downgrade(config, revision))
+
+
+def _run(url: str, action: object) -> None:
+    engine = engine_for(url)
+    try:
+        with engine.connect() as connection:
+            config = alembic_config()
+            config.attributes["connection"] = connection
+            action(config)  # type: ignore[operator]
+            connection.commit()
+    finally:
+        engine.dispose()

