@@ -1,0 +1,334 @@
+"""python -m bench: every benchmark in one command (see README, "Benchmarks").
+
+Prints the tables and writes every measured record to ``bench/out/bench-<time>.jsonl`` plus the
+tables to ``bench/out/bench-<time>.md``. ``--quick`` is a short smoke run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from . import growth, hotpath, jobs_scale, pgbench, report, this_store, workload
+from .harness import RoundTripCounter, WalMeter
+from .server import SERVER_CHOICES, Server, open_server
+
+SECTIONS = ("hotpath", "growth", "jobs")
+OUT_DIR = Path(__file__).resolve().parent / "out"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="short smoke run (about 2 minutes)")
+    parser.add_argument("--runs", type=int, help="hot-path runs to take medians of (3; quick 1)")
+    parser.add_argument("--duration", type=float, help="seconds measured per cell (8; quick 2)")
+    parser.add_argument("--workers", default="1,4,16", help="concurrencies (default 1,4,16)")
+    parser.add_argument(
+        "--only", default=",".join(SECTIONS), help=f"sections to run, of {','.join(SECTIONS)}"
+    )
+    parser.add_argument(
+        "--server",
+        choices=SERVER_CHOICES,
+        default="auto",
+        help="auto: SESSIONKEEPER_BENCH_DATABASE_URL, else Debian's PostgreSQL 15, else embedded",
+    )
+    parser.add_argument(
+        "--jobs-scale", type=int, help="divide the jobs backlog by this (1; quick 50)"
+    )
+    parser.add_argument(
+        "--online-rate", type=float, default=100.0, help="turns/s of the load beside the jobs"
+    )
+    parser.add_argument("--out", type=Path, default=OUT_DIR, help="directory for the records")
+    args = parser.parse_args(argv)
+    args.runs = args.runs or (1 if args.quick else 3)
+    args.duration = args.duration or (2.0 if args.quick else 8.0)
+    args.warmup = 0.5 if args.quick else 1.0
+    args.users = 64 if args.quick else 256
+    args.growth_sessions = 30 if args.quick else 200
+    args.jobs_scale = args.jobs_scale or (50 if args.quick else 1)
+    args.pgbench_scale = 4 if args.quick else 16
+    args.worker_counts = [int(w) for w in args.workers.split(",")]
+    args.sections = [s for s in args.only.split(",") if s]
+    unknown = set(args.sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown section(s): {', '.join(sorted(unknown))}")
+    return args
+
+
+def store_designs(conninfo: str) -> list[hotpath.Design]:
+    """This store, sync and async, on one database; none while store.Store is missing."""
+    if not this_store.available():
+        return []
+    return [this_store.StoreDesign(conninfo), this_store.AsyncStoreDesign(conninfo)]
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, server: Server, recorder: report.Recorder):
+        self.args = args
+        self.server = server
+        self.rec = recorder
+        self.tables: list[str] = []
+
+    def say(self, text: str) -> None:
+        print(text, flush=True)
+
+    def show(self, title: str, body: str) -> None:
+        block = f"### {title}\n\n{body}\n"
+        self.tables.append(block)
+        self.say("\n" + block)
+
+    # -- hot path ---------------------------------------------------------------------------
+
+    def hotpath(self) -> None:
+        args = self.args
+        users = workload.channel_user_ids(args.users)
+        designs: list[hotpath.Design] = [
+            hotpath.SeedDesign(self.server.create_database("skbench_seed"))
+        ]
+        mine = store_designs(self.server.create_database("skbench_store"))
+        if not mine:
+            self.say("store.Store / store.AsyncStore not importable: the store is skipped")
+        designs.extend(mine)
+        for design in designs:
+            t0 = time.perf_counter()
+            design.prepare(users)
+            self.say(
+                f"prepared {design.name}: {len(users)} users x 40 messages "
+                f"({time.perf_counter() - t0:.1f} s)"
+            )
+        for design in designs:
+            proxy = RoundTripCounter(design.conninfo)
+            try:
+                trips = hotpath.round_trips(design, proxy, users)
+            finally:
+                proxy.close()
+            self.rec.add("round_trips", design=design.name, round_trips_per_turn=trips)
+
+        bench_url = None
+        if self.server.pgbench is not None:
+            bench_url = self.server.create_database("skbench_pgbench")
+            pgbench.initialise(self.server.pgbench, bench_url, args.pgbench_scale)
+        else:
+            self.say("no pgbench found: the ceiling is skipped (apt-get install postgresql-15)")
+
+        for run in range(args.runs):
+            for workers in args.worker_counts:
+                for design in designs:
+                    wal = WalMeter(design.conninfo)
+                    try:
+                        result = hotpath.measure(
+                            design,
+                            users,
+                            workers,
+                            warmup=args.warmup,
+                            duration=args.duration,
+                            wal=wal,
+                        )
+                    finally:
+                        wal.close()
+                    record = self.rec.add("hotpath", run=run, **result.record())
+                    self.say(
+                        f"run {run + 1} hotpath {design.name:14} x{workers:<2} "
+                        f"{record['ops_per_s']:8.1f} turns/s  p99 {record['p99_ms']:.1f} ms"
+                    )
+                if self.server.pgbench is not None and bench_url is not None:
+                    for script in pgbench.BUILTINS:
+                        tps = pgbench.tps(
+                            self.server.pgbench, bench_url, script, workers, args.duration
+                        )
+                        self.rec.add("pgbench", run=run, script=script, workers=workers, tps=tps)
+                        self.say(f"run {run + 1} pgbench {script:12} x{workers:<2} {tps:10.1f} tps")
+        self.hotpath_tables()
+
+    def hotpath_tables(self) -> None:
+        rows = report.medians(
+            self.rec.section("hotpath"),
+            ("design", "workers"),
+            ("ops_per_s", "p50_ms", "p99_ms", "wal_bytes_per_op", "client_cpu_ms_per_op"),
+        )
+        trips = {r["design"]: r["round_trips_per_turn"] for r in self.rec.section("round_trips")}
+        ceiling = {
+            (r["script"], r["workers"]): r["tps"]
+            for r in report.medians(self.rec.section("pgbench"), ("script", "workers"), ("tps",))
+        }
+        seed = {r["workers"]: r["ops_per_s"] for r in rows if r["design"] == "seed port"}
+        for row in rows:
+            row["round_trips"] = trips.get(row["design"])
+            row["vs_seed"] = (
+                row["ops_per_s"] / seed[row["workers"]] if seed.get(row["workers"]) else None
+            )
+            tpcb = ceiling.get(("tpcb-like", row["workers"]))
+            select = ceiling.get(("select-only", row["workers"]))
+            row["vs_tpcb"] = row["ops_per_s"] / tpcb if tpcb else None
+            row["vs_select"] = row["ops_per_s"] / select if select else None
+            row["wal_kb"] = row["wal_bytes_per_op"] / 1024
+        rows.sort(key=lambda r: (r["workers"], r["design"]))
+        self.show(
+            f"Hot path: one turn on a 40-message history (medians of {self.args.runs} runs)",
+            report.table(
+                rows,
+                [
+                    ("design", "design"),
+                    ("workers", "workers"),
+                    ("ops_per_s", "turns/s"),
+                    ("vs_seed", "x seed"),
+                    ("p50_ms", "p50 ms"),
+                    ("p99_ms", "p99 ms"),
+                    ("round_trips", "round trips"),
+                    ("wal_kb", "WAL KB/turn"),
+                    ("client_cpu_ms_per_op", "client CPU ms/turn"),
+                    ("vs_tpcb", "/ tpcb-like"),
+                    ("vs_select", "/ select-only"),
+                ],
+            ),
+        )
+        ceiling_rows = [
+            {"script": s, "workers": w, "tps": tps} for (s, w), tps in sorted(ceiling.items())
+        ]
+        if ceiling_rows:
+            self.show(
+                "pgbench ceiling (same run, medians)",
+                report.table(
+                    ceiling_rows, [("script", "script"), ("workers", "clients"), ("tps", "tps")]
+                ),
+            )
+
+    # -- history growth ---------------------------------------------------------------------
+
+    def growth(self) -> None:
+        designs: list[growth.GrowthDesign] = [
+            growth.SeedGrowth(self.server.create_database("skbench_growth_seed"))
+        ]
+        if this_store.available():
+            designs.append(
+                this_store.StoreGrowth(self.server.create_database("skbench_growth_store"))
+            )
+        rows = []
+        for design in designs:
+            wal = WalMeter(design.conninfo)
+            try:
+                for result in growth.measure(design, self.args.growth_sessions, wal):
+                    rows.append(self.rec.add("growth", **result.record()))
+            finally:
+                wal.close()
+                design.close()
+        for row in rows:
+            base = next(r for r in rows if r["design"] == row["design"] and r["history"] == "empty")
+            row["vs_empty"] = row["p50_ms"] / base["p50_ms"] if base["p50_ms"] else None
+            row["wal_kb"] = row["wal_bytes_per_append"] / 1024
+        self.show(
+            "History growth: one append of a 900-byte pair",
+            report.table(
+                rows,
+                [
+                    ("design", "design"),
+                    ("history", "history held"),
+                    ("appends", "appends"),
+                    ("p50_ms", "p50 ms"),
+                    ("p99_ms", "p99 ms"),
+                    ("vs_empty", "x empty"),
+                    ("wal_kb", "WAL KB/append"),
+                ],
+            ),
+        )
+
+    # -- jobs at scale ----------------------------------------------------------------------
+
+    def jobs(self) -> None:
+        args = self.args
+        scale = jobs_scale.Scale().divided(args.jobs_scale)
+        url = self.server.create_database("skbench_jobs")
+        online = store_designs(url)
+        if not online:
+            self.say("store.Store not importable: jobs at scale skipped")
+            return
+        design = online[0]
+        users = workload.channel_user_ids(64)
+        design.prepare(users)
+        t0 = time.perf_counter()
+        timings = jobs_scale.seed(url, scale)
+        self.say(f"jobs backlog seeded in {time.perf_counter() - t0:.1f} s: {timings}")
+        self.rec.add("jobs_seed", scale=scale.__dict__, seconds=timings)
+        workers = 4
+        design.open(url, workers)
+        shares = [workload.assigned(users, workers, w) for w in range(workers)]
+        load = jobs_scale.PacedLoad(
+            lambda w, i: design.turn(w, shares[w][i % len(shares[w])], i),
+            workers,
+            args.online_rate,
+        )
+        load.start()
+        try:
+            runs = jobs_scale.run_jobs(url, load, idle_seconds=max(3.0, args.duration))
+        finally:
+            load.stop()
+            design.close()
+        rows = [self.rec.add("jobs", online_rate=args.online_rate, **r.record()) for r in runs]
+        for row in rows:
+            row["rows_total"] = row["rows"] + int(row["details"].get("messages", 0))
+            row["rows_total_per_s"] = row["rows_total"] / row["seconds"] if row["seconds"] else None
+        self.show(
+            f"Jobs at scale (backlog / {args.jobs_scale}; online load {args.online_rate:g} "
+            "turns/s on 4 threads)",
+            report.table(
+                rows,
+                [
+                    ("job", "job"),
+                    ("rows", "rows"),
+                    ("rows_total", "rows incl. messages"),
+                    ("seconds", "seconds"),
+                    ("rows_per_s", "rows/s"),
+                    ("rows_total_per_s", "rows/s incl. messages"),
+                    ("online_turns", "online turns"),
+                    ("idle_p99_ms", "idle p99 ms"),
+                    ("job_p99_ms", "p99 during job ms"),
+                    ("p99_ratio", "x idle"),
+                ],
+            ),
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    recorder = report.Recorder(args.out / f"bench-{stamp}.jsonl")
+    server = open_server(args.server)
+    try:
+        facts = server.facts()
+        context = {
+            "command": "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv),
+            "started": stamp,
+            "server": server.description,
+            "pgbench": str(server.pgbench),
+            "settings": facts,
+            "machine": report.machine(),
+        }
+        recorder.add("context", **context)
+        print(
+            f"server: {server.description}\nPostgreSQL {facts['server_version']}; "
+            f"machine: {context['machine']}",
+            flush=True,
+        )
+        bench = Bench(args, server, recorder)
+        for section in args.sections:
+            getattr(bench, section)()
+        context["finished"] = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        context["load_average_end"] = report.machine()["load_average"]
+        recorder.add("context_end", **context)
+        summary = recorder.path.with_suffix(".md")
+        summary.write_text(
+            f"Command: `{context['command']}`\n\nServer: {server.description}, settings "
+            f"{facts}\n\nMachine: {context['machine']}\n\n" + "\n".join(bench.tables)
+        )
+        print(f"\nrecords: {recorder.path}\ntables: {summary}")
+    finally:
+        recorder.close()
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

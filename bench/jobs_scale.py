@@ -1,0 +1,228 @@
+"""Jobs at scale: the maintenance jobs on large backlogs while bots keep talking.
+
+The backlog (``Scale``; ``--quick`` divides it): expired rate-limit windows, idle sessions with
+their messages, raw usage rows, spread over a few thousand users. Each job then runs once, as
+the daemon would call it (``jobs.<name>.run(conn, Settings(), now)`` on an autocommit
+connection, default batch sizes), while a paced online load (``rate`` turns per second of this
+store's ``begin_turn`` + ``finish_turn``) runs beside it. Reported per job: rows per second, and
+the online p50/p99 while the job ran against the same load with no job running.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+
+from .harness import median, percentile
+
+JOBS = ("rate_limit_cleanup", "session_archival", "usage_rollup")
+
+
+@dataclass(frozen=True)
+class Scale:
+    rate_limit_windows: int = 1_000_000
+    idle_sessions: int = 100_000
+    messages_per_session: int = 4
+    usage_rows: int = 1_000_000
+    users: int = 10_000
+
+    def divided(self, by: int) -> Scale:
+        return Scale(
+            self.rate_limit_windows // by,
+            self.idle_sessions // by,
+            self.messages_per_session,
+            self.usage_rows // by,
+            max(100, self.users // by),
+        )
+
+
+# Seeding statements, on the store's schema (store/schema.py). Everything is old enough for
+# every job's default settings: windows ended two days ago, sessions idle for 60 days.
+SEED_USERS = """
+INSERT INTO users (channel, channel_user_id, authenticated)
+SELECT 'telegram', 'job' || g, true FROM generate_series(1, %(users)s) AS g
+"""
+
+SEED_RATE_LIMITS = """
+INSERT INTO rate_limits (user_id, window_seconds, window_start, request_count)
+SELECT u.user_id, 60,
+       date_trunc('minute', now() - interval '2 days') - k * interval '1 minute', 1
+FROM (SELECT user_id FROM users WHERE channel_user_id LIKE 'job%%') AS u
+CROSS JOIN generate_series(0, %(per_user)s - 1) AS k
+"""
+
+SEED_SESSIONS = """
+WITH owners AS (
+    SELECT user_id, row_number() OVER (ORDER BY user_id) AS n
+    FROM users WHERE channel_user_id LIKE 'job%%'
+), created AS (
+    INSERT INTO sessions (user_id, created_at, last_active, next_seq)
+    SELECT o.user_id, now() - interval '61 days', now() - interval '60 days', %(messages)s
+    FROM generate_series(1, %(sessions)s) AS g
+    JOIN owners o ON o.n = 1 + g %% %(users)s
+    RETURNING session_id
+)
+INSERT INTO session_messages (session_id, seq, role, content, created_at)
+SELECT c.session_id, k,
+       CASE WHEN k %% 2 = 0 THEN 'user' ELSE 'assistant' END,
+       repeat(md5(c.session_id::text || k), 6),
+       now() - interval '60 days'
+FROM created c CROSS JOIN generate_series(0, %(messages)s - 1) AS k
+"""
+
+SEED_USAGE = """
+WITH owners AS (
+    SELECT user_id, row_number() OVER (ORDER BY user_id) AS n
+    FROM users WHERE channel_user_id LIKE 'job%%'
+)
+INSERT INTO usage_stats (user_id, channel, input_tokens, output_tokens, cached_tokens,
+                         created_at)
+SELECT o.user_id, 'telegram', 1200, 300, 800,
+       now() - interval '30 days' + (g %% 2592000) * interval '1 second'
+FROM generate_series(1, %(rows)s) AS g
+JOIN owners o ON o.n = 1 + g %% %(users)s
+"""
+
+
+def seed(conninfo: str, scale: Scale) -> dict[str, float]:
+    """Fill the backlog; returns seconds spent per table."""
+    timings: dict[str, float] = {}
+    steps: list[tuple[str, str, dict[str, Any]]] = [
+        ("users", SEED_USERS, {"users": scale.users}),
+        (
+            "rate_limits",
+            SEED_RATE_LIMITS,
+            {"per_user": max(1, scale.rate_limit_windows // scale.users)},
+        ),
+        (
+            "sessions",
+            SEED_SESSIONS,
+            {
+                "sessions": scale.idle_sessions,
+                "messages": scale.messages_per_session,
+                "users": scale.users,
+            },
+        ),
+        ("usage_stats", SEED_USAGE, {"rows": scale.usage_rows, "users": scale.users}),
+    ]
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        for name, statement, params in steps:
+            t0 = time.perf_counter()
+            conn.execute(statement, params)
+            timings[name] = round(time.perf_counter() - t0, 2)
+        t0 = time.perf_counter()
+        conn.execute("VACUUM ANALYZE")
+        conn.execute("CHECKPOINT")
+        timings["vacuum_checkpoint"] = round(time.perf_counter() - t0, 2)
+    return timings
+
+
+class PacedLoad:
+    """``workers`` threads each running ``operation`` at a fixed pace until stopped."""
+
+    def __init__(self, operation: Callable[[int, int], object], workers: int, rate: float) -> None:
+        self.operation = operation
+        self.workers = workers
+        self.interval = workers / rate
+        self.latencies: list[list[float]] = [[] for _ in range(workers)]
+        self._recording = threading.Event()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.errors: list[BaseException] = []
+
+    def start(self) -> None:
+        for worker in range(self.workers):
+            thread = threading.Thread(target=self._work, args=(worker,), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def record(self) -> list[float]:
+        """Start a new recording; returns the list the latencies (ms) are collected in."""
+        fresh: list[float] = []
+        self.latencies = [fresh for _ in range(self.workers)]
+        return fresh
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+        if self.errors:
+            raise self.errors[0]
+
+    def _work(self, worker: int) -> None:
+        next_at = time.perf_counter() + self.interval * worker / self.workers
+        i = 0
+        try:
+            while not self._stop.is_set():
+                delay = next_at - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                t0 = time.perf_counter()
+                self.operation(worker, i)
+                self.latencies[worker].append((time.perf_counter() - t0) * 1000)
+                i += 1
+                next_at += self.interval
+        except BaseException as exc:
+            self.errors.append(exc)
+
+
+@dataclass
+class JobRun:
+    job: str
+    rows: int
+    seconds: float
+    details: dict[str, Any]
+    online_ms: list[float]
+    idle_ms: list[float]
+
+    def record(self) -> dict[str, Any]:
+        idle_p99 = percentile(self.idle_ms, 99)
+        busy_p99 = percentile(self.online_ms, 99)
+        return {
+            "job": self.job,
+            "rows": self.rows,
+            "seconds": round(self.seconds, 2),
+            "rows_per_s": round(self.rows / self.seconds) if self.seconds else 0,
+            "details": self.details,
+            "online_turns": len(self.online_ms),
+            "idle_p50_ms": round(median(self.idle_ms), 3),
+            "idle_p99_ms": round(idle_p99, 3),
+            "job_p50_ms": round(median(self.online_ms), 3),
+            "job_p99_ms": round(busy_p99, 3),
+            "p99_ratio": round(busy_p99 / idle_p99, 2) if idle_p99 else None,
+        }
+
+
+def job_module(name: str) -> Any | None:
+    try:
+        return importlib.import_module(f"jobs.{name}")
+    except ImportError:
+        return None
+
+
+def run_jobs(
+    conninfo: str, load: PacedLoad, idle_seconds: float, jobs: tuple[str, ...] = JOBS
+) -> list[JobRun]:
+    """Each job once under ``load`` (already started); idle p99 measured before each job."""
+    runs = []
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        for name in jobs:
+            module = job_module(name)
+            if module is None:
+                continue
+            idle = load.record()
+            time.sleep(idle_seconds)
+            busy = load.record()
+            t0 = time.perf_counter()
+            result = module.run(conn, module.Settings(), datetime.now(UTC))
+            seconds = time.perf_counter() - t0
+            load.record()
+            runs.append(JobRun(name, result.rows, seconds, result.details, busy, idle))
+    return runs

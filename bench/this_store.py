@@ -1,0 +1,171 @@
+"""This project's store as the benchmarks drive it: ``store.Store`` and ``store.AsyncStore``.
+
+A turn is ``begin_turn`` (user, rate decision, session, history) then ``finish_turn`` (append
+the pair, trim, usage), with the store's own defaults except the pool size (one connection per
+worker, as the seed port has) and the per-minute cap, raised out of reach (see hotpath.py).
+
+Histories are seeded with plain SQL on the store's schema (store/schema.py): the same messages
+the seed port's sessions hold, one row each.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from store import migrate
+
+from . import workload
+from .growth import full_history
+from .hotpath import UNLIMITED, texts
+
+USAGE = {"input_tokens": 1200, "output_tokens": 300, "cached_tokens": 800}
+
+SEED_USERS = """
+INSERT INTO users (channel, channel_user_id, authenticated)
+SELECT %(channel)s, cid, true FROM unnest(%(ids)s::text[]) AS cid
+RETURNING user_id, channel_user_id
+"""
+
+SEED_SESSIONS = """
+INSERT INTO sessions (user_id, next_seq)
+SELECT user_id, %(messages)s FROM unnest(%(user_ids)s::uuid[]) AS user_id
+RETURNING session_id, user_id
+"""
+
+SEED_MESSAGES = """
+INSERT INTO session_messages (session_id, seq, role, content)
+SELECT s.session_id, m.seq - 1, m.role, m.content
+FROM unnest(%(session_ids)s::uuid[]) AS s(session_id)
+CROSS JOIN unnest(%(roles)s::text[], %(contents)s::text[]) WITH ORDINALITY AS m(role, content, seq)
+"""
+
+
+def install(conninfo: str) -> None:
+    migrate.upgrade(conninfo)
+
+
+def seed_users(
+    conninfo: str, channel_user_ids: list[str], history: list[dict[str, str]]
+) -> list[Any]:
+    """Users, each with one active session holding ``history``; returns the session ids in the
+    order of ``channel_user_ids``."""
+    with psycopg.connect(conninfo) as conn:
+        users = dict(
+            (cid, uid)
+            for uid, cid in conn.execute(
+                SEED_USERS, {"channel": workload.CHANNEL, "ids": channel_user_ids}
+            ).fetchall()
+        )
+        ordered = [users[cid] for cid in channel_user_ids]
+        sessions = dict(
+            (uid, sid)
+            for sid, uid in conn.execute(
+                SEED_SESSIONS, {"messages": len(history), "user_ids": ordered}
+            ).fetchall()
+        )
+        session_ids = [sessions[uid] for uid in ordered]
+        if history:
+            conn.execute(
+                SEED_MESSAGES,
+                {
+                    "session_ids": session_ids,
+                    "roles": [m["role"] for m in history],
+                    "contents": [m["content"] for m in history],
+                },
+            )
+    return session_ids
+
+
+def _options(workers: int) -> dict[str, Any]:
+    return {"min_size": workers, "max_size": workers, "rate_per_minute": UNLIMITED}
+
+
+class StoreDesign:
+    name = "store (sync)"
+    asynchronous = False
+
+    def __init__(self, conninfo: str) -> None:
+        self.conninfo = conninfo
+        self.store: Any = None
+
+    def prepare(self, users: list[str]) -> None:
+        install(self.conninfo)
+        seed_users(self.conninfo, users, workload.history(workload.HISTORY_PAIRS))
+
+    def open(self, conninfo: str, workers: int) -> None:
+        from store import Store
+
+        self.store = Store(conninfo, **_options(workers))
+
+    def turn(self, worker: int, channel_user_id: str, seed: int) -> None:
+        user_text, reply = texts(seed)
+        turn = self.store.begin_turn(workload.CHANNEL, channel_user_id)
+        assert len(turn.history) == workload.HISTORY_PAIRS * 2, len(turn.history)
+        self.store.finish_turn(turn, user_text, reply, **USAGE)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+class AsyncStoreDesign:
+    """The asyncio store on the sync design's database (``prepare`` does nothing)."""
+
+    name = "store (async)"
+    asynchronous = True
+
+    def __init__(self, conninfo: str) -> None:
+        self.conninfo = conninfo
+        self.store: Any = None
+
+    def prepare(self, users: list[str]) -> None:
+        pass
+
+    async def open(self, conninfo: str, workers: int) -> None:
+        from store import AsyncStore
+
+        self.store = AsyncStore(conninfo, **_options(workers))
+        await self.store.open()
+
+    async def turn(self, worker: int, channel_user_id: str, seed: int) -> None:
+        user_text, reply = texts(seed)
+        turn = await self.store.begin_turn(workload.CHANNEL, channel_user_id)
+        assert len(turn.history) == workload.HISTORY_PAIRS * 2, len(turn.history)
+        await self.store.finish_turn(turn, user_text, reply, **USAGE)
+
+    async def close(self) -> None:
+        await self.store.close()
+
+
+class StoreGrowth:
+    """``Store.append_messages``: one INSERT per message, whatever the history holds."""
+
+    name = "store (sync)"
+
+    def __init__(self, conninfo: str) -> None:
+        from store import Store
+
+        self.conninfo = conninfo
+        install(conninfo)
+        self.store = Store(conninfo, min_size=1, max_size=1)
+
+    def prepare(self, sessions: int) -> tuple[list[Any], list[Any]]:
+        users = workload.channel_user_ids(2 * sessions, prefix="g")
+        empty = seed_users(self.conninfo, users[:sessions], [])
+        full = seed_users(self.conninfo, users[sessions:], full_history())
+        return empty, full
+
+    def append(self, session_id: Any, messages: list[dict[str, str]]) -> None:
+        self.store.append_messages(session_id, messages)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def available() -> bool:
+    try:
+        from store import AsyncStore, Store  # noqa: F401
+    except ImportError:
+        return False
+    return True
