@@ -1,0 +1,312 @@
+"""Generates the sessionkeeper Grafana dashboards (deploy/grafana/dashboards/*.json).
+
+The JSON files are checked in, so that Grafana's file provisioning (and anyone importing them by
+hand) needs nothing but the files; this script is their source. After changing it run
+
+    python deploy/grafana/generate.py
+
+and commit both. ``--check`` exits 1 when a committed file differs from what this script makes
+(the test suite checks the same thing). Every panel query uses only the daemon's metrics; the
+test suite evaluates each one against a real Prometheus scraping a real daemon.
+
+Template variables: ``instance`` (daemon replica) and ``job`` (maintenance job). Both allow
+several values and "All" (the regex ``.*``), so every selector matches them with ``=~``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+OUT_DIR = Path(__file__).resolve().parent / "dashboards"
+
+# The datasource uid that provisioning/datasources/prometheus.yaml creates.
+DATASOURCE = {"type": "prometheus", "uid": "sessionkeeper-prometheus"}
+
+# Selectors for the two template variables.
+INSTANCE = 'instance=~"$instance"'
+JOB = 'job=~"$job"'
+BY_JOB = f"{INSTANCE}, {JOB}"
+
+Panel = dict[str, Any]
+
+
+def target(expr: str, legend: str, ref: str = "A") -> dict[str, Any]:
+    return {"datasource": DATASOURCE, "expr": expr, "legendFormat": legend, "refId": ref}
+
+
+def panel(
+    title: str,
+    description: str,
+    targets: list[dict[str, Any]],
+    *,
+    kind: str = "timeseries",
+    unit: str = "short",
+    width: int = 12,
+    height: int = 8,
+    stack: bool = False,
+) -> Panel:
+    defaults: dict[str, Any] = {"unit": unit}
+    if kind == "timeseries":
+        defaults["custom"] = {
+            "drawStyle": "line",
+            "fillOpacity": 20 if stack else 0,
+            "stacking": {"mode": "normal" if stack else "none", "group": "A"},
+            "showPoints": "never",
+        }
+    options: dict[str, Any] = {}
+    if kind == "timeseries":
+        options = {
+            "legend": {"displayMode": "table", "placement": "bottom", "calcs": ["lastNotNull"]},
+            "tooltip": {"mode": "multi", "sort": "desc"},
+        }
+    elif kind == "stat":
+        options = {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}}
+    for ref, item in zip("ABCDEFGH", targets, strict=False):
+        item["refId"] = ref
+    return {
+        "type": kind,
+        "title": title,
+        "description": description,
+        "datasource": DATASOURCE,
+        "fieldConfig": {"defaults": defaults, "overrides": []},
+        "options": options,
+        "targets": targets,
+        "gridPos": {"w": width, "h": height},
+    }
+
+
+def row(title: str) -> Panel:
+    return {"type": "row", "title": title, "collapsed": False, "panels": []}
+
+
+def layout(panels: list[Panel]) -> list[Panel]:
+    """Gives panels ids and grid positions, left to right, rows on a line of their own."""
+    x = y = line_height = 0
+    for number, item in enumerate(panels, start=1):
+        item["id"] = number
+        if item["type"] == "row":
+            y += line_height
+            item["gridPos"] = {"x": 0, "y": y, "w": 24, "h": 1}
+            x, y, line_height = 0, y + 1, 0
+            continue
+        grid = item["gridPos"]
+        if x + grid["w"] > 24:
+            x, y, line_height = 0, y + line_height, 0
+        grid.update(x=x, y=y)
+        x += grid["w"]
+        line_height = max(line_height, grid["h"])
+    return panels
+
+
+def variable(name: str, label: str, query: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "label": label,
+        "type": "query",
+        "datasource": DATASOURCE,
+        "query": {"query": query, "refId": f"{name}-values"},
+        "definition": query,
+        "refresh": 2,
+        "sort": 1,
+        "multi": True,
+        "includeAll": True,
+        "allValue": ".*",
+        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+        "options": [],
+        "hide": 0,
+    }
+
+
+def dashboard(uid: str, title: str, description: str, panels: list[Panel]) -> dict[str, Any]:
+    return {
+        "uid": uid,
+        "title": title,
+        "description": description,
+        "tags": ["sessionkeeper"],
+        "editable": True,
+        "graphTooltip": 1,
+        "refresh": "30s",
+        "schemaVersion": 39,
+        "version": 1,
+        "time": {"from": "now-6h", "to": "now"},
+        "timezone": "utc",
+        "annotations": {"list": []},
+        "links": [
+            {
+                "type": "dashboards",
+                "tags": ["sessionkeeper"],
+                "asDropdown": False,
+                "title": "sessionkeeper",
+            }
+        ],
+        "templating": {
+            "list": [
+                variable(
+                    "instance", "Instance", "label_values(sessionkeeper_job_runs_total, instance)"
+                ),
+                variable(
+                    "job",
+                    "Job",
+                    'label_values(sessionkeeper_job_runs_total{instance=~"$instance"}, job)',
+                ),
+            ]
+        },
+        "panels": layout(panels),
+    }
+
+
+def jobs_dashboard() -> dict[str, Any]:
+    runs = f"sessionkeeper_job_runs_total{{{BY_JOB}}}"
+    buckets = f"sessionkeeper_job_duration_seconds_bucket{{{BY_JOB}}}"
+    return dashboard(
+        "sessionkeeper-jobs",
+        "sessionkeeper / maintenance jobs",
+        "Runs, outcomes, durations and rows of the sessionkeeper daemon's maintenance jobs.",
+        [
+            row("Runs"),
+            panel(
+                "Runs by outcome",
+                "Job runs per second, all replicas together. `skipped` runs found another "
+                "replica holding the job's lock.",
+                [
+                    target(
+                        f"sum by (job, outcome) (rate({runs}[$__rate_interval]))",
+                        "{{job}} {{outcome}}",
+                    )
+                ],
+                unit="ops",
+                stack=True,
+            ),
+            panel(
+                "Failures in the last hour",
+                "Failed runs per job over the last hour (alert: SessionkeeperJobFailing).",
+                [
+                    target(
+                        "sum by (job) (increase(sessionkeeper_job_runs_total"
+                        f'{{{BY_JOB}, outcome="failure"}}[1h]))',
+                        "{{job}}",
+                    )
+                ],
+                kind="stat",
+                width=6,
+            ),
+            panel(
+                "Last success age",
+                "Time since each job last succeeded on any replica (alert: "
+                "SessionkeeperJobNotSucceeding). Jobs that have not succeeded since their "
+                "replica started are not shown.",
+                [
+                    target(
+                        "time() - max by (job) "
+                        f"(sessionkeeper_job_last_success_timestamp_seconds{{{BY_JOB}}} > 0)",
+                        "{{job}}",
+                    )
+                ],
+                kind="stat",
+                unit="s",
+                width=6,
+            ),
+            row("Durations"),
+            panel(
+                "Run duration, p50 and p95",
+                "Quantiles of the job run duration histogram.",
+                [
+                    target(
+                        "histogram_quantile(0.95, sum by (job, le) "
+                        f"(rate({buckets}[$__rate_interval])))",
+                        "{{job}} p95",
+                    ),
+                    target(
+                        "histogram_quantile(0.5, sum by (job, le) "
+                        f"(rate({buckets}[$__rate_interval])))",
+                        "{{job}} p50",
+                    ),
+                ],
+                unit="s",
+            ),
+            panel(
+                "Mean run duration",
+                "Total time spent in runs divided by the number of runs.",
+                [
+                    target(
+                        "sum by (job) (rate(sessionkeeper_job_duration_seconds_sum"
+                        f"{{{BY_JOB}}}[$__rate_interval])) / sum by (job) "
+                        f"(rate(sessionkeeper_job_duration_seconds_count{{{BY_JOB}}}"
+                        "[$__rate_interval]))",
+                        "{{job}}",
+                    )
+                ],
+                unit="s",
+            ),
+            row("Rows"),
+            panel(
+                "Rows per job",
+                "Rows archived, deleted, rolled up or loaded per second.",
+                [
+                    target(
+                        "sum by (job) (rate(sessionkeeper_job_rows_total"
+                        f"{{{BY_JOB}}}[$__rate_interval]))",
+                        "{{job}}",
+                    )
+                ],
+                unit="short",
+                stack=True,
+            ),
+            panel(
+                "Rows in the last 24 hours",
+                "Rows each job handled over the last day.",
+                [
+                    target(
+                        f"sum by (job) (increase(sessionkeeper_job_rows_total{{{BY_JOB}}}[24h]))",
+                        "{{job}}",
+                    )
+                ],
+                kind="bargauge",
+            ),
+        ],
+    )
+
+
+def dashboards() -> dict[str, dict[str, Any]]:
+    """File name -> dashboard."""
+    return {"sessionkeeper-jobs.json": jobs_dashboard()}
+
+
+def render(board: dict[str, Any]) -> str:
+    return json.dumps(board, indent=2, sort_keys=True) + "\n"
+
+
+def differences(out_dir: Path = OUT_DIR) -> Iterator[str]:
+    """Names of committed dashboard files that differ from the generator's output."""
+    expected = dashboards()
+    for name, board in expected.items():
+        path = out_dir / name
+        if not path.exists() or path.read_text() != render(board):
+            yield name
+    for path in sorted(out_dir.glob("*.json")):
+        if path.name not in expected:
+            yield path.name
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="only compare, exit 1 on drift")
+    args = parser.parse_args(argv)
+    if args.check:
+        stale = list(differences())
+        for name in stale:
+            print(f"{OUT_DIR / name} is out of date: run python {__file__}", file=sys.stderr)
+        return 1 if stale else 0
+    OUT_DIR.mkdir(exist_ok=True)
+    for name, board in dashboards().items():
+        (OUT_DIR / name).write_text(render(board))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

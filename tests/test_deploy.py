@@ -1,0 +1,419 @@
+"""Static checks of the deploy files (no Docker engine, systemd or cluster runs here).
+
+What is checked, and with what:
+
+* Dockerfile: parsed by BuildKit's own parser (the ``dockerfile`` package wraps it); slim base
+  images, a non-root user, a HEALTHCHECK on /healthz, sources that exist, the console script.
+* compose.yaml: validated against the Compose specification's JSON schema (the copy vendored in
+  ``check-jsonschema``), plus the wiring: mounts exist, migrate gates the daemon, two replicas,
+  Prometheus finds the replicas on the daemon's metrics port, host ports on loopback only.
+* Kubernetes: every built-in resource validated in strict mode (unknown fields are errors)
+  against the Kubernetes OpenAPI schemas bundled in ``kubernetes-validate``. The ServiceMonitor
+  is a Prometheus Operator CRD without a bundled schema: its fields are checked here by hand,
+  with the cross-references (selector, port names, probes) of all manifests.
+* systemd: ``systemd-analyze verify`` when it is installed (the ExecStart binary path is
+  pointed at this environment's ``sessionkeeper`` script, since /opt/sessionkeeper is absent).
+* Prometheus configuration: ``promtool check config`` when promtool is installed.
+* Grafana: the committed dashboards equal the generator's output; provisioning wiring.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import dockerfile
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "kubernetes"
+KUBERNETES_VERSION = "1.30.0"
+METRICS_PORT = 9464
+
+needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None, reason="needs promtool")
+
+
+COMPOSE_SCHEMA_CHECK = (
+    sys.executable,
+    "-m",
+    "check_jsonschema",
+    "--builtin-schema",
+    "vendor.compose-spec",
+)
+
+
+def run(*command: str) -> tuple[int, str]:
+    """Exit status and output (stdout then stderr) of a command."""
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    return result.returncode, result.stdout + result.stderr
+
+
+def load_yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
+
+
+def load_grafana_generator() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "grafana_generate", DEPLOY / "grafana/generate.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# --- Dockerfile -----------------------------------------------------------------------------
+
+
+def docker_commands() -> tuple[Any, ...]:
+    return tuple(dockerfile.parse_file(str(DEPLOY / "Dockerfile")))
+
+
+def final_stage(commands: tuple[Any, ...]) -> list[Any]:
+    starts = [i for i, c in enumerate(commands) if c.cmd == "FROM"]
+    return list(commands[starts[-1] :])
+
+
+def test_dockerfile_uses_slim_images_and_a_non_root_user() -> None:
+    commands = docker_commands()
+    args = {
+        c.value[0].split("=", 1)[0]: c.value[0].split("=", 1)[1]
+        for c in commands
+        if c.cmd == "ARG" and "=" in c.value[0]
+    }
+    for command in commands:
+        if command.cmd == "FROM":
+            image = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], command.value[0])
+            assert re.fullmatch(r"python:3\.\d+-slim", image), command.original
+    users = [c.value[0] for c in final_stage(commands) if c.cmd == "USER"]
+    assert users, "the final stage sets no USER"
+    user = users[-1].split(":")[0]
+    assert user not in ("root", "0"), users
+
+
+def test_dockerfile_healthcheck_asks_healthz_on_the_metrics_port() -> None:
+    stage = final_stage(docker_commands())
+    env: dict[str, str] = {}
+    for command in stage:
+        if command.cmd == "ENV":
+            env.update(zip(command.value[::2], command.value[1::2], strict=True))
+    assert env["SESSIONKEEPER_METRICS_HOST"] == "0.0.0.0"
+    port = env["SESSIONKEEPER_METRICS_PORT"]
+    assert [c.value[0] for c in stage if c.cmd == "EXPOSE"] == [port]
+    checks = [c for c in stage if c.cmd == "HEALTHCHECK"]
+    assert len(checks) == 1
+    check = checks[0]
+    assert check.value[0] == "CMD" and check.json, "exec form, no shell in the way"
+    assert "/healthz" in " ".join(check.value)
+    assert "SESSIONKEEPER_METRICS_PORT" in " ".join(check.value)
+
+
+def test_dockerfile_runs_the_console_script_and_copies_existing_sources() -> None:
+    commands = docker_commands()
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    (entrypoint,) = [c for c in final_stage(commands) if c.cmd == "ENTRYPOINT"]
+    assert entrypoint.json and list(entrypoint.value) == ["sessionkeeper"]
+    assert "sessionkeeper" in scripts
+    (cmd,) = [c for c in final_stage(commands) if c.cmd == "CMD"]
+    assert list(cmd.value) == ["run"]
+    ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().split()
+    copied = 0
+    for command in commands:
+        if command.cmd != "COPY" or any(f.startswith("--from") for f in command.flags):
+            continue
+        for source in command.value[:-1]:
+            assert (ROOT / source).exists(), f"COPY source {source} missing"
+            # The dockerignore excludes everything and lets the copied paths back in.
+            assert f"!{source}" in ignore or f"!{source}/**" in ignore, source
+            copied += 1
+    assert copied >= 5
+
+
+def test_the_image_holds_every_python_package_the_distribution_declares() -> None:
+    commands = docker_commands()
+    copied = {s for c in commands if c.cmd == "COPY" for s in c.value[:-1]}
+    tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    for package in tool["packages"]:
+        directory = tool.get("package-dir", {}).get(package, package.replace(".", "/"))
+        assert directory.split("/")[0] in copied, package
+    for module in tool["py-modules"]:
+        assert f"{module}.py" in copied
+
+
+# --- compose -----------------------------------------------------------------------------------
+
+
+def compose() -> Any:
+    return load_yaml(DEPLOY / "compose.yaml")
+
+
+def test_compose_file_matches_the_compose_specification() -> None:
+    status, output = run(*COMPOSE_SCHEMA_CHECK, str(DEPLOY / "compose.yaml"))
+    assert status == 0, output
+
+
+def test_compose_schema_check_rejects_a_broken_file(tmp_path: Path) -> None:
+    """The schema check above can fail: an unknown service key is reported."""
+    broken = compose()
+    broken["services"]["sessionkeeper"]["replicaz"] = 2
+    path = tmp_path / "compose.yaml"
+    path.write_text(yaml.safe_dump(broken))
+    status, output = run(*COMPOSE_SCHEMA_CHECK, str(path))
+    assert status == 1
+    assert "replicaz" in output
+
+
+def test_compose_wires_postgres_migrate_daemons_prometheus_and_grafana() -> None:
+    services = compose()["services"]
+    assert set(services) == {"postgres", "migrate", "sessionkeeper", "prometheus", "grafana"}
+
+    migrate, daemon = services["migrate"], services["sessionkeeper"]
+    assert migrate["command"] == ["migrate"]
+    assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert daemon["command"] == ["run"]
+    assert daemon["deploy"]["replicas"] == 2
+    assert daemon["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    for service in (migrate, daemon):
+        build = service["build"]
+        assert (DEPLOY / build["context"] / build["dockerfile"]).resolve() == (
+            DEPLOY / "Dockerfile"
+        )
+        url = service["environment"]["DATABASE_URL"]
+        assert "@postgres:5432/" in url
+        # The postgres image has no certificate: TLS is turned off explicitly, not by accident.
+        assert url.endswith("?sslmode=disable")
+        assert service["environment"]["SESSIONKEEPER_METRICS_PORT"] == str(METRICS_PORT)
+
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            assert port.startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                assert (DEPLOY / source).exists(), f"{name} mounts missing {source}"
+
+
+def test_compose_prometheus_scrapes_every_daemon_replica_with_its_labels() -> None:
+    services = compose()["services"]
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in services["prometheus"]["volumes"]}
+    assert mounts["/etc/prometheus/prometheus.yml"] == "./prometheus/prometheus.yml"
+    assert mounts["/etc/prometheus/alerts.yml"] == "./prometheus/alerts.yml"
+    config = load_yaml(DEPLOY / "prometheus/prometheus.yml")
+    assert config["rule_files"] == ["/etc/prometheus/alerts.yml"]
+    (scrape,) = [s for s in config["scrape_configs"] if s["job_name"] == "sessionkeeper"]
+    # The daemon's own `job` label must survive the scrape (else it becomes exported_job).
+    assert scrape["honor_labels"] is True
+    (sd,) = scrape["dns_sd_configs"]
+    assert sd["names"] == ["sessionkeeper"] and sd["type"] == "A"
+    assert sd["port"] == METRICS_PORT
+
+
+def test_compose_grafana_provisions_the_datasource_and_dashboards() -> None:
+    grafana = compose()["services"]["grafana"]
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in grafana["volumes"]}
+    assert mounts["/etc/grafana/provisioning"] == "./grafana/provisioning"
+    provider = load_yaml(DEPLOY / "grafana/provisioning/dashboards/sessionkeeper.yaml")
+    (files,) = provider["providers"]
+    assert files["type"] == "file"
+    assert mounts[files["options"]["path"]] == "./grafana/dashboards"
+    sources = load_yaml(DEPLOY / "grafana/provisioning/datasources/prometheus.yaml")
+    (source,) = sources["datasources"]
+    assert source["type"] == "prometheus"
+    assert source["url"] == "http://prometheus:9090"
+    generator = load_grafana_generator()
+    assert source["uid"] == generator.DATASOURCE["uid"]
+    assert generator.DATASOURCE["type"] == "prometheus"
+
+
+@needs_promtool
+def test_promtool_accepts_the_prometheus_configuration(tmp_path: Path) -> None:
+    config = load_yaml(DEPLOY / "prometheus/prometheus.yml")
+    # The rule file's path inside the container, pointed at the repository's copy.
+    config["rule_files"] = [str(DEPLOY / "prometheus/alerts.yml")]
+    path = tmp_path / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config))
+    status, output = run("promtool", "check", "config", str(path))
+    assert status == 0, output
+
+
+# --- Grafana -------------------------------------------------------------------------------------
+
+
+def test_committed_dashboards_equal_the_generator_output() -> None:
+    generator = load_grafana_generator()
+    stale = list(generator.differences())
+    assert not stale, f"run python deploy/grafana/generate.py; stale: {stale}"
+
+
+def test_dashboards_have_instance_and_job_variables_used_by_every_query() -> None:
+    paths = sorted((DEPLOY / "grafana/dashboards").glob("*.json"))
+    assert paths
+    uids = set()
+    for path in paths:
+        board = json.loads(path.read_text())
+        uids.add(board["uid"])
+        names = [v["name"] for v in board["templating"]["list"]]
+        assert names == ["instance", "job"], path.name
+        ids = [p["id"] for p in board["panels"]]
+        assert len(ids) == len(set(ids)), path.name
+        for item in board["panels"]:
+            if item["type"] == "row":
+                continue
+            assert item["targets"], item["title"]
+            for query in item["targets"]:
+                assert '$instance"' in query["expr"], (item["title"], query["expr"])
+    assert len(uids) == len(paths)
+
+
+# --- systemd -------------------------------------------------------------------------------------
+
+
+def test_systemd_unit_runs_the_daemon_as_its_own_user() -> None:
+    unit = (DEPLOY / "systemd/sessionkeeper.service").read_text()
+    settings = dict(
+        line.split("=", 1) for line in unit.splitlines() if "=" in line and line[0] != "#"
+    )
+    assert settings["ExecStart"].endswith("/sessionkeeper run")
+    assert settings["User"] == "sessionkeeper"
+    assert settings["KillSignal"] == "SIGTERM"
+    assert settings["StateDirectory"] == "sessionkeeper"
+    environment = [line for line in unit.splitlines() if line.startswith("Environment=")]
+    assert f"Environment=SESSIONKEEPER_METRICS_PORT={METRICS_PORT}" in environment
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
+def test_systemd_analyze_verifies_the_unit(tmp_path: Path) -> None:
+    script = shutil.which("sessionkeeper")
+    if script is None:
+        pytest.skip("the sessionkeeper console script is not installed")
+    unit = (DEPLOY / "systemd/sessionkeeper.service").read_text()
+    assert "/opt/sessionkeeper/bin/sessionkeeper" in unit
+    path = tmp_path / "sessionkeeper.service"
+    path.write_text(unit.replace("/opt/sessionkeeper/bin/sessionkeeper", script))
+    status, output = run("systemd-analyze", "verify", "--man=no", str(path))
+    # verify reports unknown keys and bad values as warnings with status 0: any output fails.
+    assert status == 0 and not output.strip(), output
+
+
+# --- Kubernetes ----------------------------------------------------------------------------------
+
+
+def k8s_documents() -> Iterator[tuple[str, dict[str, Any]]]:
+    for path in sorted(K8S.glob("*.yaml")):
+        if path.name == "kustomization.yaml":
+            continue
+        for document in yaml.safe_load_all(path.read_text()):
+            yield path.name, document
+
+
+def k8s_resource(kind: str) -> dict[str, Any]:
+    (found,) = [d for _, d in k8s_documents() if d["kind"] == kind]
+    return found
+
+
+def test_kubernetes_resources_validate_strictly_against_the_api_schemas() -> None:
+    validated = []
+    for name, document in k8s_documents():
+        if document["apiVersion"].startswith("monitoring.coreos.com/"):
+            continue  # a CRD: checked field by field below
+        try:
+            kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{name}: {exc.message} at {list(exc.path)}")
+        validated.append(document["kind"])
+    assert sorted(validated) == ["Deployment", "Job", "Service"]
+
+
+def test_kubernetes_validation_rejects_a_misspelt_field() -> None:
+    deployment = k8s_resource("Deployment")
+    deployment["spec"]["template"]["spec"]["containers"][0]["livenesProbe"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    kustomization = load_yaml(K8S / "kustomization.yaml")
+    manifests = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert set(kustomization["resources"]) == manifests
+
+
+def test_deployment_probes_health_and_readiness_on_the_metrics_port() -> None:
+    deployment = k8s_resource("Deployment")
+    spec = deployment["spec"]
+    assert spec["replicas"] == 2
+    pod = spec["template"]
+    assert spec["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    (container,) = pod["spec"]["containers"]
+    assert container["args"] == ["run"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["DATABASE_URL"]["valueFrom"]["secretKeyRef"]
+    assert env["SESSIONKEEPER_METRICS_HOST"]["value"] == "0.0.0.0"
+    assert env["SESSIONKEEPER_METRICS_PORT"]["value"] == str(METRICS_PORT)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"metrics": METRICS_PORT}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert "/tmp" in mounts
+
+
+def test_migration_job_runs_migrate_with_the_same_database_secret() -> None:
+    job = k8s_resource("Job")
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["args"] == ["migrate"]
+    deployment = k8s_resource("Deployment")
+    (daemon,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == daemon["image"]
+
+    def secret(c: dict[str, Any]) -> Any:
+        return next(e for e in c["env"] if e["name"] == "DATABASE_URL")["valueFrom"]
+
+    assert secret(container) == secret(daemon)
+
+
+def test_service_monitor_scrapes_the_daemon_service_keeping_job_labels() -> None:
+    monitor = k8s_resource("ServiceMonitor")
+    service = k8s_resource("Service")
+    deployment = k8s_resource("Deployment")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert set(monitor) == {"apiVersion", "kind", "metadata", "spec"}
+    assert set(monitor["spec"]) <= {"jobLabel", "selector", "endpoints", "namespaceSelector"}
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= service["metadata"]["labels"].items()
+    # The operator names the scrape job after this label: the alerts select job="sessionkeeper".
+    assert service["metadata"]["labels"][monitor["spec"]["jobLabel"]] == "sessionkeeper"
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert set(endpoint) <= {"port", "path", "interval", "honorLabels", "scrapeTimeout"}
+    (port,) = service["spec"]["ports"]
+    assert endpoint["port"] == port["name"] == "metrics"
+    assert endpoint["path"] == "/metrics"
+    assert endpoint["honorLabels"] is True
+    assert re.fullmatch(r"\d+[smh]", endpoint["interval"])
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert port["targetPort"] in {p["name"] for p in container["ports"]}
+
+
+@needs_promtool
+def test_plain_prometheus_scrape_config_for_kubernetes() -> None:
+    status, output = run("promtool", "check", "config", str(K8S / "prometheus-scrape.yml"))
+    if "field kubernetes_sd_configs not found" in output:
+        # Debian builds Prometheus without Kubernetes service discovery.
+        pytest.skip("this promtool build has no Kubernetes service discovery")
+    assert status == 0, output
