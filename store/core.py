@@ -1,0 +1,441 @@
+"""The store's one core, shared by ``Store`` (sync) and ``AsyncStore`` (asyncio).
+
+Each operation is a plain function that checks its input at once (so bad input never costs a
+connection) and returns a *plan*: a generator that yields ``Step``s (a named statement from
+``queries.sql`` and its parameters), receives each step's rows, and returns the result. The
+shells in ``client.py`` only execute steps; every decision and every statement lives here or in
+the SQL. Most plans are one step; ``create_link_code`` draws again on a clash.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Generator, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Generic, TypeVar, cast
+from uuid import UUID
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg_pool import PoolTimeout
+
+from . import errors, models, validate
+from .config import StoreConfig
+from .connection import redact
+from .queries import QUERIES
+
+T = TypeVar("T")
+Row = dict[str, Any]
+Rows = list[Row]
+
+LINK_CODE_DRAWS = 20
+
+
+@dataclass(frozen=True)
+class Step:
+    """One statement to run: its name in ``queries.sql`` and its parameters."""
+
+    name: str
+    params: Mapping[str, object]
+
+    @property
+    def sql(self) -> str:
+        return QUERIES[self.name]
+
+
+Plan = Generator[Step, Rows, T]
+
+
+class Runner(Generic[T]):
+    """Drives a plan for a shell: run ``step``, hand its rows to ``feed``, until ``step`` is
+    None; then ``result`` holds the plan's value."""
+
+    def __init__(self, plan: Plan[T]) -> None:
+        self._plan = plan
+        self._result: T | None = None
+        self.step: Step | None = None
+        self._advance(lambda: next(plan))
+
+    def __iter__(self) -> Iterator[Step]:
+        while self.step is not None:
+            yield self.step
+
+    def feed(self, rows: Rows) -> None:
+        self._advance(lambda: self._plan.send(rows))
+
+    @property
+    def result(self) -> T:
+        assert self.step is None, "the plan has not finished"
+        return cast(T, self._result)
+
+    def _advance(self, resume: Callable[[], Step]) -> None:
+        try:
+            self.step = resume()
+        except StopIteration as stop:
+            self.step = None
+            self._result = stop.value
+
+
+def translate(exc: Exception) -> Exception:
+    """The ``StoreError`` a driver or pool error stands for (the error itself if none)."""
+    if isinstance(exc, PoolTimeout):
+        return errors.DatabaseUnavailable(f"no database connection available: {redact(str(exc))}")
+    if isinstance(exc, pg_errors.NoDataFound | pg_errors.ForeignKeyViolation):
+        return errors.NotFound(_describe(exc))
+    if isinstance(exc, pg_errors.UndefinedFunction | pg_errors.UndefinedTable):
+        return errors.SchemaOutOfDate(f"{_describe(exc)}; run `sessionkeeper migrate`")
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        return errors.DatabaseUnavailable(_describe(exc))
+    return exc
+
+
+def _describe(exc: Exception) -> str:
+    sqlstate = getattr(exc, "sqlstate", None)
+    message = redact(str(exc).strip() or type(exc).__name__)
+    return f"{message} (SQLSTATE {sqlstate})" if sqlstate else message
+
+
+def _single(name: str, params: Mapping[str, object], decode: Callable[[Rows], T]) -> Plan[T]:
+    rows = yield Step(name, params)
+    return decode(rows)
+
+
+def _first(rows: Rows, missing: str) -> Row:
+    if not rows:
+        raise errors.NotFound(missing)
+    return rows[0]
+
+
+def _user(row: Row, channel: str | None = None, channel_user_id: str | None = None) -> models.User:
+    return models.User(
+        user_id=row["user_id"],
+        channel=channel or row["channel"],
+        channel_user_id=channel_user_id or row["channel_user_id"],
+        person_id=row["person_id"],
+        display_name=row["display_name"],
+        created=row["user_created"],
+    )
+
+
+def _history(entries: list[dict[str, Any]] | None) -> list[models.Message]:
+    return [
+        models.Message(e["role"], e["content"], datetime.fromisoformat(e["timestamp"]), e["seq"])
+        for e in entries or []
+    ]
+
+
+def _rate(row: Row) -> models.RateDecision:
+    return models.RateDecision(row["allowed"], row["retry_at"], row["refused_window"])
+
+
+def _rate_params(config: StoreConfig) -> dict[str, object]:
+    windows, caps = config.rate_windows()
+    return {"windows": windows, "caps": caps, "durable": config.durable_rate_limits}
+
+
+# -- the hot path ------------------------------------------------------------------------------
+
+
+def begin_turn(
+    config: StoreConfig,
+    channel: str,
+    channel_user_id: str | int,
+    *,
+    display_name: str | None = None,
+    history_pairs: int | None = None,
+    now: datetime | None = None,
+) -> Plan[models.Turn]:
+    """Before the model is called, in one round trip: upsert the user, decide the rate limit
+    and, when admitted, find or open the current session and read its last pairs."""
+    params = {
+        "channel": validate.channel(config, channel),
+        "channel_user_id": validate.identifier(channel_user_id, "channel_user_id"),
+        "display_name": validate.optional_name(display_name, "display_name"),
+        "now": validate.moment(now, "now"),
+        "idle": config.idle_timeout,
+        "carry_pairs": config.carry_over_pairs,
+        "history_pairs": validate.pairs(history_pairs or config.history_pairs, "history_pairs"),
+        **_rate_params(config),
+    }
+
+    def decode(rows: Rows) -> models.Turn:
+        row = rows[0]
+        return models.Turn(
+            user=_user(row, str(params["channel"]), str(params["channel_user_id"])),
+            rate=_rate(row),
+            started_at=row["now"],
+            session_id=row["session_id"],
+            session_created=bool(row["session_created"]),
+            history=_history(row["history"]),
+        )
+
+    return _single("begin_turn", params, decode)
+
+
+def finish_turn(
+    config: StoreConfig,
+    turn: models.Turn | UUID | str,
+    user_message: str | Mapping[str, Any],
+    reply: str | Mapping[str, Any],
+    *,
+    input_tokens: int = 0,
+    output_tokens: int = 0,
+    cached_tokens: int = 0,
+    max_pairs: int | None = None,
+    now: datetime | None = None,
+) -> Plan[models.Appended]:
+    """After the model answered, in one round trip and one transaction: append the user's
+    message and the reply, trim the history to ``max_pairs``, touch ``last_active`` and record
+    the token usage. ``turn`` is what ``begin_turn`` returned (or a session id)."""
+    if isinstance(turn, models.Turn):
+        if turn.session_id is None:
+            raise errors.InvalidInput("the turn was refused by the rate limit; it has no session")
+        session_id, asked_at = turn.session_id, turn.started_at
+    else:
+        session_id, asked_at = validate.uuid(turn, "session_id"), None
+    batch = [
+        user_message
+        if isinstance(user_message, Mapping)
+        else {"role": "user", "content": user_message, "timestamp": asked_at},
+        reply if isinstance(reply, Mapping) else {"role": "assistant", "content": reply},
+    ]
+    keep = 2 * validate.pairs(max_pairs or config.history_pairs)
+    usage = {
+        "input_tokens": validate.tokens(input_tokens, "input_tokens"),
+        "output_tokens": validate.tokens(output_tokens, "output_tokens"),
+        "cached_tokens": validate.tokens(cached_tokens, "cached_tokens"),
+    }
+    return _append(config, session_id, batch, now, keep=keep, usage=usage)
+
+
+# -- seed parity -------------------------------------------------------------------------------
+
+
+def append_messages(
+    config: StoreConfig, session_id: UUID | str, messages: object, *, now: datetime | None = None
+) -> Plan[models.Appended]:
+    """Append ``{role, content, timestamp?}`` messages to a session, in order."""
+    return _append(config, validate.uuid(session_id, "session_id"), messages, now)
+
+
+def _append(
+    config: StoreConfig,
+    session_id: UUID,
+    messages: object,
+    now: datetime | None,
+    *,
+    keep: int | None = None,
+    usage: Mapping[str, int] | None = None,
+) -> Plan[models.Appended]:
+    roles, contents, created = validate.messages(config, messages)
+    params = {
+        "session_id": session_id,
+        "roles": roles,
+        "contents": contents,
+        "created": created,
+        "now": validate.moment(now, "now"),
+        "keep": keep,
+        "track_usage": usage is not None,
+        **(usage or {"input_tokens": 0, "output_tokens": 0, "cached_tokens": 0}),
+    }
+
+    def decode(rows: Rows) -> models.Appended:
+        row = _first(rows, f"session {session_id} does not exist")
+        return models.Appended(
+            row["session_id"], row["user_id"], row["appended"], row["trimmed"], row["next_seq"]
+        )
+
+    return _single("append_messages", params, decode)
+
+
+def trim_session_history(
+    config: StoreConfig, session_id: UUID | str, max_pairs: int | None = None
+) -> Plan[int]:
+    """Keep the newest ``max_pairs`` pairs (2 x max_pairs messages); returns how many went."""
+    checked = validate.uuid(session_id, "session_id")
+    params = {"session_id": checked, "keep": 2 * validate.pairs(max_pairs or config.history_pairs)}
+    return _single(
+        "trim_session_history",
+        params,
+        lambda rows: int(_first(rows, f"session {checked} does not exist")["trimmed"]),
+    )
+
+
+def get_history(
+    config: StoreConfig, session_id: UUID | str, max_pairs: int | None = None
+) -> Plan[list[models.Message]]:
+    """The last ``max_pairs`` pairs of a session, oldest first (empty for an unknown session)."""
+    params = {
+        "session_id": validate.uuid(session_id, "session_id"),
+        "history_pairs": validate.pairs(max_pairs or config.history_pairs),
+    }
+    return _single("get_history", params, lambda rows: _history(rows[0]["history"]))
+
+
+def get_or_create_user(
+    config: StoreConfig,
+    channel: str,
+    channel_user_id: str | int,
+    *,
+    display_name: str | None = None,
+    now: datetime | None = None,
+) -> Plan[models.User]:
+    params = {
+        "channel": validate.channel(config, channel),
+        "channel_user_id": validate.identifier(channel_user_id, "channel_user_id"),
+        "display_name": validate.optional_name(display_name, "display_name"),
+        "now": validate.moment(now, "now"),
+    }
+    return _single("get_or_create_user", params, lambda rows: _user(rows[0]))
+
+
+def get_or_create_session(
+    config: StoreConfig, user_id: UUID | str, *, now: datetime | None = None
+) -> Plan[models.Session]:
+    """The user's current session, or a new one when it has none or the latest is idle longer
+    than ``idle_timeout`` (the new one then carries the last ``carry_over_pairs`` pairs)."""
+    checked = validate.uuid(user_id, "user_id")
+    params = {
+        "user_id": checked,
+        "now": validate.moment(now, "now"),
+        "idle": config.idle_timeout,
+        "carry_pairs": config.carry_over_pairs,
+    }
+    return _single(
+        "get_or_create_session",
+        params,
+        lambda rows: models.Session(rows[0]["session_id"], checked, rows[0]["session_created"]),
+    )
+
+
+def check_rate_limit(
+    config: StoreConfig, user_id: UUID | str, *, now: datetime | None = None
+) -> Plan[models.RateDecision]:
+    """Count one request against every configured cap, or against none if any cap is reached.
+    The decision is true when admitted; ``raise_if_refused()`` turns a refusal into
+    ``RateLimited``."""
+    params = {
+        "user_id": validate.uuid(user_id, "user_id"),
+        "now": validate.moment(now, "now"),
+        **_rate_params(config),
+    }
+    return _single("check_rate_limit", params, lambda rows: _rate(rows[0]))
+
+
+def track_usage(
+    config: StoreConfig,
+    user_id: UUID | str,
+    channel: str,
+    input_tokens: int = 0,
+    output_tokens: int = 0,
+    cached_tokens: int = 0,
+    *,
+    now: datetime | None = None,
+) -> Plan[UUID]:
+    """Record one request's token usage; returns the row's id."""
+    params = {
+        "user_id": validate.uuid(user_id, "user_id"),
+        "channel": validate.channel(config, channel),
+        "input_tokens": validate.tokens(input_tokens, "input_tokens"),
+        "output_tokens": validate.tokens(output_tokens, "output_tokens"),
+        "cached_tokens": validate.tokens(cached_tokens, "cached_tokens"),
+        "now": validate.moment(now, "now"),
+    }
+    return _single("track_usage", params, lambda rows: UUID(str(rows[0]["stat_id"])))
+
+
+def register_proactive_user(
+    config: StoreConfig, chat_id: str | int, user_id: UUID | str, *, now: datetime | None = None
+) -> Plan[models.ProactiveUser]:
+    """Register (or move) the chat a user receives proactive messages in."""
+    params = {
+        "chat_id": validate.identifier(chat_id, "chat_id"),
+        "user_id": validate.uuid(user_id, "user_id"),
+        "now": validate.moment(now, "now"),
+    }
+    return _single(
+        "register_proactive_user",
+        params,
+        lambda rows: models.ProactiveUser(rows[0]["user_id"], rows[0]["chat_id"]),
+    )
+
+
+def load_users_from_db(config: StoreConfig) -> Plan[list[models.ProactiveUser]]:
+    """Everyone proactive messages may go to: registered users and authenticated Telegram
+    users."""
+    return _single(
+        "load_users_from_db",
+        {},
+        lambda rows: [models.ProactiveUser(row["user_id"], row["chat_id"]) for row in rows],
+    )
+
+
+# -- identity ----------------------------------------------------------------------------------
+
+
+def create_link_code(
+    config: StoreConfig, user_id: UUID | str, *, now: datetime | None = None
+) -> Plan[models.LinkCode]:
+    """A fresh six-digit code from the CSPRNG, valid for ``link_code_ttl``; it replaces the
+    user's previous live code."""
+    params = {
+        "user_id": validate.uuid(user_id, "user_id"),
+        "now": validate.moment(now, "now"),
+        "ttl": config.link_code_ttl,
+    }
+    return _draw_link_code(params)
+
+
+def _draw_link_code(params: Mapping[str, object]) -> Plan[models.LinkCode]:
+    for _ in range(LINK_CODE_DRAWS):
+        code = f"{secrets.randbelow(1_000_000):06d}"
+        rows = yield Step("create_link_code", {**params, "code": code})
+        if rows:
+            return models.LinkCode(rows[0]["code"], rows[0]["expires_at"])
+    raise errors.StoreError(f"no free link code after {LINK_CODE_DRAWS} draws; expire old codes")
+
+
+def redeem_link_code(
+    config: StoreConfig, user_id: UUID | str, code: str, *, now: datetime | None = None
+) -> Plan[models.Linked]:
+    """Link ``user_id`` with the code's owner under one person (merging any persons they
+    belong to). Raises ``LinkCodeInvalid`` (unknown, used or own code), ``LinkCodeExpired`` or
+    ``LinkCodeLocked`` (too many wrong codes lately; the right one is refused too)."""
+    params = {
+        "user_id": validate.uuid(user_id, "user_id"),
+        "code": validate.link_code(code),
+        "now": validate.moment(now, "now"),
+        "max_failures": config.link_max_failures,
+        "failure_window": config.link_failure_window,
+        "lockout": config.link_lockout,
+    }
+    return _single("redeem_link_code", params, lambda rows: _linked(rows[0]))
+
+
+def _linked(row: Row) -> models.Linked:
+    outcome = row["outcome"]
+    if outcome == "linked":
+        return models.Linked(row["person_id"], row["owner_id"])
+    if outcome == "locked":
+        until: datetime = row["locked_until"]
+        raise errors.LinkCodeLocked(
+            f"too many wrong link codes; try again after {until.isoformat()}", locked_until=until
+        )
+    if outcome == "expired":
+        raise errors.LinkCodeExpired("this link code has expired; ask for a new one")
+    if outcome == "own":
+        raise errors.LinkCodeInvalid("this is your own link code; redeem it from the other account")
+    raise errors.LinkCodeInvalid("no such link code, or it was already used")
+
+
+def get_linked_users(config: StoreConfig, user_id: UUID | str) -> Plan[list[models.User]]:
+    """Every user of the person ``user_id`` belongs to, itself included."""
+    checked = validate.uuid(user_id, "user_id")
+
+    def decode(rows: Rows) -> list[models.User]:
+        if not rows:
+            raise errors.NotFound(f"user {checked} does not exist")
+        return [_user(row) for row in rows]
+
+    return _single("get_linked_users", {"user_id": checked}, decode)

@@ -1,0 +1,112 @@
+"""The values the store returns: small frozen dataclasses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from .errors import RateLimited
+
+
+@dataclass(frozen=True)
+class User:
+    user_id: UUID
+    channel: str
+    channel_user_id: str
+    person_id: UUID | None = None
+    display_name: str | None = None
+    created: bool = False  # made by this call
+
+
+@dataclass(frozen=True)
+class Message:
+    """One history entry; ``as_dict()`` is the seed's ``{role, content, timestamp}``."""
+
+    role: str
+    content: str
+    timestamp: datetime
+    seq: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"role": self.role, "content": self.content, "timestamp": self.timestamp}
+
+    def as_prompt(self) -> dict[str, str]:
+        """The shape chat-completion APIs take."""
+        return {"role": self.role, "content": self.content}
+
+
+@dataclass(frozen=True)
+class RateDecision:
+    """The outcome of a rate-limit check; true when the request is admitted."""
+
+    allowed: bool
+    retry_at: datetime | None = None  # when refused: the end of the longest window at its cap
+    refused_window: int | None = None  # when refused: that window's length in seconds
+
+    def __bool__(self) -> bool:
+        return self.allowed
+
+    def raise_if_refused(self) -> None:
+        if not self.allowed:
+            assert self.retry_at is not None and self.refused_window is not None
+            raise RateLimited(
+                f"rate limit of the {self.refused_window}-second window reached; "
+                f"retry at {self.retry_at.isoformat()}",
+                retry_at=self.retry_at,
+                window_seconds=self.refused_window,
+            )
+
+
+@dataclass(frozen=True)
+class Session:
+    session_id: UUID
+    user_id: UUID
+    created: bool = False
+
+
+@dataclass(frozen=True)
+class Turn:
+    """What ``begin_turn`` found: the user, the rate decision and, when admitted, the current
+    session and its history (oldest first). Refused turns have no session."""
+
+    user: User
+    rate: RateDecision
+    started_at: datetime
+    session_id: UUID | None = None
+    session_created: bool = False
+    history: list[Message] = field(default_factory=list)
+
+    @property
+    def allowed(self) -> bool:
+        return self.rate.allowed
+
+
+@dataclass(frozen=True)
+class Appended:
+    session_id: UUID
+    user_id: UUID
+    appended: int
+    trimmed: int
+    next_seq: int
+
+
+@dataclass(frozen=True)
+class LinkCode:
+    code: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class Linked:
+    """A successful redemption: both users now belong to ``person_id``."""
+
+    person_id: UUID
+    owner_id: UUID
+
+
+@dataclass(frozen=True)
+class ProactiveUser:
+    user_id: UUID
+    chat_id: str

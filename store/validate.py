@@ -1,0 +1,154 @@
+"""Input checks, run before anything reaches the database. Each returns the clean value or
+raises ``InvalidInput`` naming the field."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from .config import StoreConfig
+from .errors import InvalidInput
+from .schema import ROLES
+
+MAX_ID_LENGTH = 256
+MAX_NAME_LENGTH = 256
+MAX_BATCH = 1000
+MAX_TOKENS = 2**62
+_CHANNEL = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+_CODE = re.compile(r"[0-9]{6}")
+
+
+def text(value: object, field: str, *, max_chars: int | None = None) -> str:
+    """A non-empty string PostgreSQL can store: no NUL byte, no lone surrogate."""
+    if not isinstance(value, str):
+        raise InvalidInput(f"{field} must be a string, not {type(value).__name__}", field=field)
+    if not value:
+        raise InvalidInput(f"{field} must not be empty", field=field)
+    if max_chars is not None and len(value) > max_chars:
+        raise InvalidInput(f"{field} is longer than {max_chars} characters", field=field)
+    if "\x00" in value:
+        raise InvalidInput(f"{field} contains a NUL character", field=field)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"{field} is not valid Unicode (lone surrogate)", field=field) from None
+    return value
+
+
+def identifier(value: object, field: str) -> str:
+    """An id a channel gives (chat or user id): a string, or an integer as Telegram sends."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    return text(value, field, max_chars=MAX_ID_LENGTH)
+
+
+def optional_name(value: object, field: str) -> str | None:
+    return None if value is None else text(value, field, max_chars=MAX_NAME_LENGTH)
+
+
+def channel(config: StoreConfig, value: object) -> str:
+    name = text(value, "channel", max_chars=32)
+    if not _CHANNEL.fullmatch(name):
+        raise InvalidInput(
+            f"channel {name!r} is not a lower-case name (a-z, 0-9, _ and -)", field="channel"
+        )
+    if config.channels is not None and name not in config.channels:
+        raise InvalidInput(f"channel {name!r} is not in the configured channels", field="channel")
+    return name
+
+
+def uuid(value: object, field: str) -> UUID:
+    if isinstance(value, UUID):
+        return value
+    if isinstance(value, str):
+        try:
+            return UUID(value)
+        except ValueError:
+            pass
+    raise InvalidInput(f"{field} must be a UUID, not {value!r:.60}", field=field)
+
+
+def count(value: object, field: str, *, minimum: int, maximum: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidInput(f"{field} must be an integer, not {type(value).__name__}", field=field)
+    if not minimum <= value <= maximum:
+        raise InvalidInput(f"{field} must be between {minimum} and {maximum}", field=field)
+    return value
+
+
+def tokens(value: object, field: str) -> int:
+    return count(value, field, minimum=0, maximum=MAX_TOKENS)
+
+
+def pairs(value: object, field: str = "max_pairs") -> int:
+    return count(value, field, minimum=1, maximum=100_000)
+
+
+def moment(value: object, field: str) -> datetime | None:
+    """An aware datetime, or None (the database clock decides)."""
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        raise InvalidInput(f"{field} must be a datetime, not {type(value).__name__}", field=field)
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidInput(f"{field} must carry a time zone", field=field)
+    return value
+
+
+def link_code(value: object) -> str:
+    code = text(value, "code", max_chars=32).strip()
+    if not _CODE.fullmatch(code):
+        raise InvalidInput("a link code is six digits", field="code")
+    return code
+
+
+def content(config: StoreConfig, value: object, field: str) -> str:
+    checked = text(value, field)
+    size = len(checked.encode("utf-8"))
+    if size > config.max_message_bytes:
+        raise InvalidInput(
+            f"{field} is {size} bytes; the limit is {config.max_message_bytes} (max_message_bytes)",
+            field=field,
+        )
+    return checked
+
+
+def message(config: StoreConfig, value: object, field: str) -> tuple[str, str, datetime | None]:
+    """``(role, content, timestamp)`` from a ``{role, content, timestamp?}`` mapping or a
+    ``Message``; the timestamp may be a datetime or an ISO 8601 string."""
+    if isinstance(value, Mapping):
+        entry: Mapping[str, Any] = value
+    elif hasattr(value, "role") and hasattr(value, "content"):
+        entry = {"role": value.role, "content": value.content}
+        entry["timestamp"] = getattr(value, "timestamp", None)
+    else:
+        raise InvalidInput(f"{field} must be a {{role, content}} mapping", field=field)
+    role = entry.get("role")
+    if role not in ROLES:
+        raise InvalidInput(f"{field}.role must be one of {', '.join(ROLES)}", field=field)
+    stamp = entry.get("timestamp")
+    if isinstance(stamp, str):
+        try:
+            stamp = datetime.fromisoformat(stamp)
+        except ValueError:
+            raise InvalidInput(f"{field}.timestamp is not ISO 8601", field=field) from None
+    return (
+        str(role),
+        content(config, entry.get("content"), f"{field}.content"),
+        moment(stamp, f"{field}.timestamp"),
+    )
+
+
+def messages(
+    config: StoreConfig, values: object
+) -> tuple[list[str], list[str], list[datetime | None]]:
+    """Parallel role, content and timestamp lists for a batch of messages."""
+    if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
+        raise InvalidInput("messages must be a list of {role, content} mappings", field="messages")
+    batch = [message(config, value, f"messages[{i}]") for i, value in enumerate(values)]
+    if not 1 <= len(batch) <= MAX_BATCH:
+        raise InvalidInput(f"messages must hold 1 to {MAX_BATCH} entries", field="messages")
+    return [b[0] for b in batch], [b[1] for b in batch], [b[2] for b in batch]
