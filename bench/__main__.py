@@ -117,7 +117,7 @@ class Bench:
         for run in range(args.runs):
             for workers in args.worker_counts:
                 for design in designs:
-                    wal = WalMeter(design.conninfo)
+                    wal = WalMeter(design.conninfo, self.server.pid)
                     try:
                         result = hotpath.measure(
                             design,
@@ -147,7 +147,15 @@ class Bench:
         rows = report.medians(
             self.rec.section("hotpath"),
             ("design", "workers"),
-            ("ops_per_s", "p50_ms", "p99_ms", "wal_bytes_per_op", "client_cpu_ms_per_op"),
+            (
+                "ops_per_s",
+                "p50_ms",
+                "p99_ms",
+                "wal_bytes_per_op",
+                "client_cpu_ms_per_op",
+                "server_cpu_ms_per_op",
+                "busy_cpus",
+            ),
         )
         trips = {r["design"]: r["round_trips_per_turn"] for r in self.rec.section("round_trips")}
         ceiling = {
@@ -179,9 +187,26 @@ class Bench:
                     ("p99_ms", "p99 ms"),
                     ("round_trips", "round trips"),
                     ("wal_kb", "WAL KB/turn"),
-                    ("client_cpu_ms_per_op", "client CPU ms/turn"),
                     ("vs_tpcb", "/ tpcb-like"),
                     ("vs_select", "/ select-only"),
+                ],
+            ),
+        )
+        waits = report.mean_waits(self.rec.section("hotpath"), ("design", "workers"))
+        for row in rows:
+            row["waits"] = waits.get((row["design"], row["workers"]), "")
+        self.show(
+            "Where a turn's time goes (client and server CPU per turn, CPUs busy, and the mean"
+            " number of active backends per wait event, sampled every 10 ms)",
+            report.table(
+                rows,
+                [
+                    ("design", "design"),
+                    ("workers", "workers"),
+                    ("client_cpu_ms_per_op", "client CPU ms/turn"),
+                    ("server_cpu_ms_per_op", "server CPU ms/turn"),
+                    ("busy_cpus", "CPUs busy"),
+                    ("waits", "active backends by wait"),
                 ],
             ),
         )

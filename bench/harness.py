@@ -20,10 +20,12 @@ import socket
 import statistics
 import threading
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import psutil  # type: ignore[import-untyped]
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -48,30 +50,66 @@ class Window:
     ops: int
     seconds: float
     latencies_ms: list[float] = field(repr=False)
-    wal_bytes: int
-    cpu_seconds: float
+    client_cpu_seconds: float
+    server: ServerDelta
 
     @property
     def per_second(self) -> float:
         return self.ops / self.seconds if self.seconds else 0.0
 
-    def summary(self) -> dict[str, float]:
+    def summary(self) -> dict[str, Any]:
         ops = max(self.ops, 1)
+        server_cpu = self.server.cpu_seconds
         return {
             "ops": self.ops,
             "ops_per_s": round(self.per_second, 1),
             "p50_ms": round(percentile(self.latencies_ms, 50), 3),
             "p99_ms": round(percentile(self.latencies_ms, 99), 3),
-            "wal_bytes_per_op": round(self.wal_bytes / ops),
-            "client_cpu_ms_per_op": round(self.cpu_seconds * 1000 / ops, 3),
+            "wal_bytes_per_op": round(self.server.wal_bytes / ops),
+            "client_cpu_ms_per_op": round(self.client_cpu_seconds * 1000 / ops, 3),
+            "server_cpu_ms_per_op": (
+                round(server_cpu * 1000 / ops, 3) if server_cpu is not None else None
+            ),
+            "busy_cpus": round((self.client_cpu_seconds + (server_cpu or 0.0)) / self.seconds, 2),
+            "waits": self.server.waits,
         }
 
 
-class WalMeter:
-    """Reads the server's WAL insert position over its own connection."""
+@dataclass
+class ServerDelta:
+    wal_bytes: int
+    # CPU seconds of every server process (None when the server is not a local process).
+    cpu_seconds: float | None
+    # Mean number of active client backends per wait event ("CPU": none) over the window.
+    waits: dict[str, float]
 
-    def __init__(self, conninfo: str) -> None:
+
+class WalMeter:
+    """The server's side of a window: WAL written, server CPU, what backends waited on.
+
+    WAL is the insert position's advance (``pg_current_wal_insert_lsn``). Server CPU is the sum
+    over the postmaster's processes (psutil), when the server runs on this machine. Waits are
+    sampled from ``pg_stat_activity`` every 10 ms on a separate connection.
+    """
+
+    SAMPLE_SECONDS = 0.01
+    WAITS = """
+        SELECT coalesce(wait_event_type || ':' || wait_event, 'CPU'), count(*)
+        FROM pg_stat_activity
+        WHERE state = 'active' AND backend_type = 'client backend'
+          AND datname = current_database() AND pid <> pg_backend_pid()
+        GROUP BY 1
+    """
+
+    def __init__(self, conninfo: str, server_pid: int | None = None) -> None:
+        self.conninfo = conninfo
         self.conn = psycopg.connect(conninfo, autocommit=True)
+        self.server_pid = server_pid
+        self._sampling = threading.Event()
+        self._sampler: threading.Thread | None = None
+        self._waits: Counter[str] = Counter()
+        self._samples = 0
+        self._start: tuple[str, float | None] = ("0/0", None)
 
     def lsn(self) -> str:
         row = self.conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
@@ -85,8 +123,52 @@ class WalMeter:
         assert row is not None
         return int(row[0])
 
+    def begin(self) -> None:
+        self._start = (self.lsn(), self._server_cpu())
+        self._waits = Counter()
+        self._samples = 0
+        self._sampling.set()
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+        self._sampler.start()
+
+    def end(self) -> ServerDelta:
+        lsn, cpu = self._start
+        wal_bytes = self.since(lsn)
+        now_cpu = self._server_cpu()
+        self._sampling.clear()
+        if self._sampler is not None:
+            self._sampler.join()
+        samples = max(self._samples, 1)
+        waits = {name: round(count / samples, 2) for name, count in self._waits.most_common(5)}
+        return ServerDelta(
+            wal_bytes, None if cpu is None or now_cpu is None else now_cpu - cpu, waits
+        )
+
     def close(self) -> None:
         self.conn.close()
+
+    def _server_cpu(self) -> float | None:
+        if self.server_pid is None:
+            return None
+        try:
+            postmaster = psutil.Process(self.server_pid)
+            processes = [postmaster, *postmaster.children()]
+        except psutil.Error:
+            return None
+        total = 0.0
+        for process in processes:
+            with contextlib.suppress(psutil.Error):
+                times = process.cpu_times()
+                total += times.user + times.system
+        return total
+
+    def _sample(self) -> None:
+        with psycopg.connect(self.conninfo, autocommit=True) as conn:
+            while self._sampling.is_set():
+                for name, count in conn.execute(self.WAITS):
+                    self._waits[name] += count
+                self._samples += 1
+                time.sleep(self.SAMPLE_SECONDS)
 
 
 class _Clock:
@@ -168,21 +250,29 @@ async def run_tasks(
 
     tasks = [asyncio.create_task(work(w)) for w in range(workers)]
     await asyncio.sleep(max(0.0, clock.start - time.perf_counter()))
-    lsn, cpu = wal.lsn(), time.process_time()
+    wal.begin()
+    cpu = time.process_time()
     await asyncio.sleep(max(0.0, clock.stop - time.perf_counter()))
-    edges = (wal.since(lsn), time.process_time() - cpu)
+    cpu = time.process_time() - cpu
+    server = wal.end()
     await asyncio.gather(*tasks)
-    return _window(edges, latencies, duration)
+    return _window((cpu, server), latencies, duration)
 
 
-def _measure(clock: _Clock, wal: WalMeter, sleep: Callable[[float], None]) -> tuple[int, float]:
+def _measure(
+    clock: _Clock, wal: WalMeter, sleep: Callable[[float], None]
+) -> tuple[float, ServerDelta]:
     sleep(max(0.0, clock.start - time.perf_counter()))
-    lsn, cpu = wal.lsn(), time.process_time()
+    wal.begin()
+    cpu = time.process_time()
     sleep(max(0.0, clock.stop - time.perf_counter()))
-    return wal.since(lsn), time.process_time() - cpu
+    cpu = time.process_time() - cpu
+    return cpu, wal.end()
 
 
-def _window(edges: tuple[int, float], latencies: list[list[float]], duration: float) -> Window:
+def _window(
+    edges: tuple[float, ServerDelta], latencies: list[list[float]], duration: float
+) -> Window:
     merged = [value for worker in latencies for value in worker]
     return Window(len(merged), duration, merged, edges[0], edges[1])
 

@@ -52,6 +52,22 @@ def medians(
     return rows
 
 
+def mean_waits(
+    records: Iterable[dict[str, Any]], keys: Sequence[str]
+) -> dict[tuple[Any, ...], str]:
+    """Per distinct ``keys``: the wait events' mean over the records, largest first, as text."""
+    groups: dict[tuple[Any, ...], list[dict[str, float]]] = {}
+    for record in records:
+        groups.setdefault(tuple(record[k] for k in keys), []).append(record.get("waits") or {})
+    described = {}
+    for group_key, waits in groups.items():
+        names = {name for w in waits for name in w}
+        means = {name: sum(w.get(name, 0.0) for w in waits) / len(waits) for name in names}
+        top = sorted(means.items(), key=lambda item: -item[1])[:4]
+        described[group_key] = ", ".join(f"{name} {mean:.2f}" for name, mean in top)
+    return described
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return "-"

@@ -53,6 +53,8 @@ class Server:
     admin_url: str
     description: str
     pgbench: Path | None
+    # The postmaster's process id when the server runs on this machine (for its CPU time).
+    pid: int | None = None
     _stop: Callable[[], None] = field(default=lambda: None, repr=False)
 
     def url(self, dbname: str) -> str:
@@ -119,10 +121,12 @@ def _throwaway(cluster_factory: Callable[[Path], EmbeddedPostgres], label: str) 
         shutil.rmtree(base, ignore_errors=True)
 
     pgbench = cluster.bin_dir / "pgbench"
+    pid = int((cluster.data_dir / "postmaster.pid").read_text().split()[0])
     return Server(
         admin_url=cluster.url("postgres"),
         description=f"{label}, throwaway cluster in {base} (stock settings)",
         pgbench=pgbench if pgbench.exists() else _find_pgbench(),
+        pid=pid,
         _stop=stop,
     )
 
