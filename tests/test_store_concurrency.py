@@ -1,0 +1,114 @@
+"""Races, run for real: many threads or asyncio tasks against one PostgreSQL database.
+
+Each test lines its workers up on a barrier (or gathers tasks) so the calls overlap; the
+assertions hold for every interleaving, so a race the store did not close fails them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import psycopg
+from store_support import T0, count
+
+from store import AsyncStore, LinkCodeInvalid, Linked, Store
+
+T = TypeVar("T")
+
+
+def in_threads(workers: int, call: Callable[[int], T]) -> list[T]:
+    """``call(i)`` for i in range(workers), each in its own thread, released together."""
+    barrier = threading.Barrier(workers)
+
+    def run(i: int) -> T:
+        barrier.wait()
+        return call(i)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(run, range(workers)))
+
+
+def test_sixteen_concurrent_first_messages_make_one_user_and_one_session(
+    database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    with Store(database_url, max_size=16, rate_per_minute=100) as store:
+        turns = in_threads(16, lambda _: store.begin_turn("telegram", "first", now=T0))
+    assert count(conn, "users") == 1 and count(conn, "sessions") == 1
+    assert len({t.user.user_id for t in turns}) == 1
+    assert len({t.session_id for t in turns}) == 1
+    assert sum(t.user.created for t in turns) == 1
+    assert sum(t.session_created for t in turns) == 1
+
+
+def test_eighty_concurrent_appends_store_eighty_messages(
+    database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    with Store(database_url, max_size=16) as store:
+        user = store.get_or_create_user("telegram", "appender")
+        session = store.get_or_create_session(user.user_id).session_id
+        in_threads(
+            80,
+            lambda i: store.append_messages(session, [{"role": "user", "content": f"m{i}"}]),
+        )
+    rows = conn.execute("SELECT seq, content FROM session_messages ORDER BY seq").fetchall()
+    assert [seq for seq, _ in rows] == list(range(80))
+    assert {content for _, content in rows} == {f"m{i}" for i in range(80)}
+    assert conn.execute("SELECT next_seq FROM sessions").fetchone() == (80,)
+
+
+def test_eighty_concurrent_async_turn_finishes_lose_nothing(
+    database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    async def scenario() -> None:
+        async with AsyncStore(database_url, max_size=10, rate_per_minute=None) as store:
+            turn = await store.begin_turn("whatsapp", "async", now=T0)
+            await asyncio.gather(
+                *(
+                    store.finish_turn(turn, f"q{i}", f"a{i}", max_pairs=1000, output_tokens=1)
+                    for i in range(40)
+                )
+            )
+
+    asyncio.run(scenario())
+    assert count(conn, "session_messages") == 80
+    assert count(conn, "usage_stats") == 40
+    # Each turn's question and answer are adjacent: a finish is one atomic append.
+    rows = conn.execute("SELECT content FROM session_messages ORDER BY seq").fetchall()
+    pairs = [(rows[i][0], rows[i + 1][0]) for i in range(0, 80, 2)]
+    assert all(q[1:] == a[1:] and q[0] == "q" and a[0] == "a" for q, a in pairs)
+
+
+def test_forty_concurrent_rate_checks_admit_exactly_the_limit(
+    database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    with Store(database_url, max_size=16, rate_per_minute=15, rate_per_hour=25) as store:
+        user = store.get_or_create_user("telegram", "burst").user_id
+        decisions = in_threads(40, lambda _: store.check_rate_limit(user, now=T0))
+    assert sum(d.allowed for d in decisions) == 15
+    # Refused requests counted against no window: the hour saw exactly the admitted ones.
+    counts = dict(conn.execute("SELECT window_seconds, request_count FROM rate_limits").fetchall())
+    assert counts == {60: 15, 3600: 15}
+
+
+def test_twenty_users_racing_for_one_code_redeem_it_once(
+    database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    async def scenario() -> list[object]:
+        async with AsyncStore(database_url, max_size=10) as store:
+            owner = await store.get_or_create_user("telegram", "owner")
+            code = await store.create_link_code(owner.user_id, now=T0)
+            racers = [await store.get_or_create_user("whatsapp", f"r{i}") for i in range(20)]
+            return await asyncio.gather(
+                *(store.redeem_link_code(r.user_id, code.code, now=T0) for r in racers),
+                return_exceptions=True,
+            )
+
+    outcomes = asyncio.run(scenario())
+    assert sum(isinstance(o, Linked) for o in outcomes) == 1
+    assert sum(isinstance(o, LinkCodeInvalid) for o in outcomes) == 19
+    assert count(conn, "users", "person_id IS NOT NULL") == 2
+    assert count(conn, "link_codes", "used_at IS NOT NULL") == 1
