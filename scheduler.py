@@ -13,15 +13,21 @@ import logging
 import signal
 import sys
 import threading
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import NoReturn
 
 import psycopg
 import sqlalchemy.exc
 
-from jobs import JOB_NAMES
-from store import migrate
+from jobs import JOB_NAMES, ledger, session_archival
+from jobs.config import Config, load_config
+from jobs.daemon import Daemon, job_conninfo
+from jobs.logs import log_run, setup_logging
+from jobs.runner import JobFailed, run_job
+from store import legacy, migrate
 from store.connection import configured_database_url, describe, redact, secure_conninfo
 from store.embedded import EmbeddedPostgres
 from store.errors import StoreError
@@ -64,9 +70,18 @@ def open_database(explicit_url: str | None, *, own_embedded: bool = False) -> It
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
+    options = legacy.ConversionOptions(
+        batch_size=args.batch_size, max_batches=args.max_batches, time_zone=args.legacy_time_zone
+    )
     with open_database(args.database_url) as db:
+        if args.dry_run:
+            print(f"database {describe(db.url)} (dry run, nothing changed)")
+            for line in legacy.plan(db.url, options):
+                print(line)
+            return 0
         before = migrate.current_revision(db.url)
-        migrate.upgrade(db.url)
+        # Adopts and converts a TypeScript-era database; a plain upgrade otherwise.
+        legacy.upgrade(db.url, options, report=lambda line: print(line, flush=True))
         after = migrate.current_revision(db.url)
     if before == after:
         print(f"database {describe(db.url)} already at {after}")
@@ -75,17 +90,42 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _stop_on_signals() -> threading.Event:
     stop = threading.Event()
     # Handlers only set the event; the main thread does the stopping.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    return stop
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config: Config = args.config
+    stop = _stop_on_signals()
     with open_database(args.database_url, own_embedded=True) as db:
-        migrate.upgrade(db.url)
-        log.info("sessionkeeper running on %s", describe(db.url))
-        stop.wait()
-        log.info("sessionkeeper stopping")
+        if config.migrate_on_start:
+            migrate.upgrade(db.url)
+        daemon = Daemon(config, db.url, migrate.head_revision())
+        daemon.start()
+        try:
+            log.info("sessionkeeper running on %s as %s", describe(db.url), config.replica_id)
+            stop.wait()
+            log.info("sessionkeeper stopping")
+        finally:
+            daemon.stop()
+        log.info("sessionkeeper stopped")
     return 0
+
+
+def _last_runs(url: str) -> dict[str, ledger.LedgerRow]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        return ledger.last_runs(conn, JOB_NAMES)
+
+
+def _describe_run(run: ledger.LedgerRow | None) -> str:
+    if run is None:
+        return "never run"
+    text = f"{run.outcome} {run.started_at:%Y-%m-%d %H:%M:%S%z} rows={run.rows} ({run.replica_id})"
+    return f"{text} {run.error}" if run.error else text
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -94,19 +134,68 @@ def cmd_status(args: argparse.Namespace) -> int:
         head = migrate.head_revision()
         print(f"database: {describe(db.url)}")
         print(f"schema: {current or 'empty'} (head {head}){'' if current == head else ' OUTDATED'}")
+        if current == head:
+            runs = _last_runs(db.url)
+            for name in JOB_NAMES:
+                print(f"{name}: {_describe_run(runs.get(name))}")
     return 0 if current == head else 1
 
 
 def cmd_jobs_list(args: argparse.Namespace) -> int:
-    for name in JOB_NAMES:
-        print(name)
+    config: Config = args.config
+    with open_database(args.database_url) as db:
+        try:
+            runs: dict[str, ledger.LedgerRow] | None = _last_runs(db.url)
+        except psycopg.Error as exc:
+            log.warning("last runs unknown: %s", redact(str(exc).strip().splitlines()[0]))
+            runs = None
+    now = datetime.now(UTC)
+    print(f"{'JOB':<20} {'SCHEDULE':<20} {'NEXT RUN (UTC)':<20} LAST RUN")
+    for name, job in config.jobs.items():
+        next_run = job.schedule.trigger(0).get_next_fire_time(None, now)
+        when = f"{next_run:%Y-%m-%d %H:%M:%S}" if job.enabled and next_run else "disabled"
+        last = "unknown" if runs is None else _describe_run(runs.get(name))
+        print(f"{name:<20} {job.schedule.describe():<20} {when:<20} {last}")
     return 0
+
+
+# Exit codes of `jobs run`: the run's outcome.
+RUN_EXIT_CODES = {"success": 0, "failure": 1, "skipped": 3}
 
 
 def cmd_jobs_run(args: argparse.Namespace) -> int:
     if args.name not in JOB_NAMES:
         raise UsageError(f"unknown job {args.name!r}; jobs: {', '.join(JOB_NAMES)}")
-    raise UsageError(f"job {args.name!r} cannot be run yet")
+    config: Config = args.config
+    stop = _stop_on_signals()
+    with open_database(args.database_url) as db:
+        conninfo = job_conninfo(db.url, config)
+        try:
+            report = run_job(
+                lambda: psycopg.connect(conninfo, autocommit=True),
+                args.name,
+                config.jobs[args.name].settings,
+                replica_id=config.replica_id,
+                should_stop=stop.is_set,
+                ledger_keep_seconds=config.ledger_retention_seconds,
+            )
+        except JobFailed as exc:
+            report = exc.report
+    log_run(report, config.replica_id)
+    line = f"{report.job}: {report.outcome} rows={report.rows} {report.duration_seconds:.3f}s"
+    print(f"{line} ({report.error})" if report.error else line)
+    return RUN_EXIT_CODES[report.outcome]
+
+
+def cmd_sessions_restore(args: argparse.Namespace) -> int:
+    try:
+        session_id = uuid.UUID(args.session_id)
+    except ValueError:
+        raise UsageError(f"not a session id: {args.session_id!r}") from None
+    with open_database(args.database_url) as db, psycopg.connect(db.url, autocommit=True) as conn:
+        restored = session_archival.restore(conn, session_id, datetime.now(UTC))
+    print(f"session {session_id} restored with {restored} messages")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,12 +205,46 @@ def build_parser() -> argparse.ArgumentParser:
         help="PostgreSQL URL (default: SESSIONKEEPER_DATABASE_URL, DATABASE_URL, else embedded)",
     )
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        help="text, or one JSON object per line (default: SESSIONKEEPER_LOG_FORMAT, else text)",
+    )
+    parser.add_argument(
+        "--config",
+        dest="config_file",
+        metavar="FILE",
+        help="TOML configuration file (default: SESSIONKEEPER_CONFIG); the environment wins",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
 
-    commands.add_parser("migrate", help="bring the database schema to head").set_defaults(
-        func=cmd_migrate
+    migrate_parser = commands.add_parser(
+        "migrate",
+        help="bring the database schema to head (adopts a TypeScript-era database in place)",
     )
+    migrate_parser.add_argument(
+        "--dry-run", action="store_true", help="report what would be done, change nothing"
+    )
+    migrate_parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=legacy.DEFAULT_BATCH_SIZE,
+        help="legacy sessions converted per transaction (default %(default)s)",
+    )
+    migrate_parser.add_argument(
+        "--max-batches",
+        type=int,
+        metavar="N",
+        help="stop the legacy conversion after N batches; a later migrate continues",
+    )
+    migrate_parser.add_argument(
+        "--legacy-time-zone",
+        default="UTC",
+        metavar="ZONE",
+        help="zone the TypeScript store's TIMESTAMP columns were written in (default UTC)",
+    )
+    migrate_parser.set_defaults(func=cmd_migrate)
     commands.add_parser("run", help="run the maintenance daemon").set_defaults(func=cmd_run)
     commands.add_parser("status", help="database, schema and last runs").set_defaults(
         func=cmd_status
@@ -133,15 +256,26 @@ def build_parser() -> argparse.ArgumentParser:
     run_one = job_commands.add_parser("run", help="run one job now")
     run_one.add_argument("name", help="job name: " + ", ".join(JOB_NAMES))
     run_one.set_defaults(func=cmd_jobs_run)
+    sessions = commands.add_parser("sessions", help="archived sessions")
+    session_commands = sessions.add_subparsers(
+        dest="sessions_command", metavar="ACTION", parser_class=_Parser
+    )
+    session_commands.required = True
+    restore = session_commands.add_parser("restore", help="bring an archived session back")
+    restore.add_argument("session_id", metavar="ID", help="the session id (a UUID)")
+    restore.set_defaults(func=cmd_sessions_restore)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        logging.basicConfig(
-            level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-        )
+        setup_logging(args.log_level, args.log_format or "text")
+        args.config = load_config(config_file=args.config_file)
+        if args.log_format is None and args.config.log_format != "text":
+            setup_logging(args.log_level, args.config.log_format)
+        # Precedence: --database-url, the environment, the configuration file, embedded.
+        args.database_url = args.database_url or args.config.database_url
         return int(args.func(args))
     except UsageError as exc:
         message = str(exc)

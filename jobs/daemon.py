@@ -1,0 +1,205 @@
+"""The daemon: the configured jobs on an APScheduler scheduler, plus metrics and health checks.
+
+Each replica keeps its own in-memory job store (schedulers must not share one); replicas
+coordinate in PostgreSQL instead, through the jobs' advisory locks and the run ledger.
+Metrics and the run log line hang on APScheduler's events, not inside the jobs.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from apscheduler.events import (
+    EVENT_JOB_ERROR,
+    EVENT_JOB_EXECUTED,
+    EVENT_JOB_MISSED,
+    JobExecutionEvent,
+)
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.memory import MemoryJobStore
+from apscheduler.schedulers.background import BackgroundScheduler
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from . import JOB_NAMES
+from .config import Config
+from .logs import log_run
+from .metrics import DaemonMetrics, MetricsServer
+from .runner import JobFailed, RunReport, describe_error, run_job
+from .sql import QUERIES
+
+log = logging.getLogger("sessionkeeper")
+GAUGE_JOB_ID = "_domain_gauges"
+
+
+def job_conninfo(conninfo: str, config: Config) -> str:
+    """``conninfo`` with the daemon's session settings.
+
+    The timeouts keep a job from ever holding locks the online store needs for long; the
+    server-side TCP keepalives end the session (and its advisory locks) of a replica whose
+    host vanished without closing the connection.
+    """
+    params = conninfo_to_dict(conninfo)
+    options = [
+        str(params.get("options") or ""),
+        f"-c statement_timeout={config.statement_timeout_seconds * 1000}",
+        f"-c lock_timeout={config.lock_timeout_seconds * 1000}",
+        "-c idle_in_transaction_session_timeout=60000",
+        "-c tcp_keepalives_idle=30 -c tcp_keepalives_interval=10 -c tcp_keepalives_count=3",
+    ]
+    params["options"] = " ".join(o for o in options if o)
+    params.setdefault("connect_timeout", "10")
+    params["application_name"] = "sessionkeeper-daemon"
+    return make_conninfo("", **params)
+
+
+class Daemon:
+    def __init__(self, config: Config, conninfo: str, head_revision: str) -> None:
+        self.config = config
+        self.head_revision = head_revision
+        self.stopping = threading.Event()
+        self.metrics = DaemonMetrics(JOB_NAMES)
+        self.pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+            job_conninfo(conninfo, config),
+            min_size=1,
+            max_size=config.pool_size,
+            kwargs={"autocommit": True},
+            open=False,
+            # A connection that died with a server restart is replaced, not handed out.
+            check=ConnectionPool.check_connection,
+            name="sessionkeeper",
+            timeout=10,
+        )
+        self.metrics.add_pool(self.pool.get_stats)
+        self.scheduler = BackgroundScheduler(
+            timezone=UTC,
+            jobstores={"default": MemoryJobStore()},
+            executors={"default": ThreadPoolExecutor(config.workers)},
+            job_defaults={"max_instances": 1},
+        )
+        self.http: MetricsServer | None = None
+
+    def start(self) -> None:
+        self.pool.open(wait=False)
+        self.http = MetricsServer(
+            self.config.metrics_host, self.config.metrics_port, self.metrics.registry, self.ready
+        )
+        self.http.start()
+        host, port = self.http.address
+        log.info("metrics on http://%s:%d/metrics (/healthz, /readyz)", host, port)
+        for name, job in self.config.jobs.items():
+            if not job.enabled:
+                log.info("job %s disabled", name)
+                continue
+            self.scheduler.add_job(
+                self._run_scheduled,
+                trigger=job.schedule.trigger(job.jitter_seconds),
+                args=(name,),
+                id=name,
+                name=name,
+                coalesce=job.coalesce,
+                misfire_grace_time=job.misfire_grace_seconds,
+                max_instances=1,
+            )
+        self.scheduler.add_job(
+            self.refresh_gauges,
+            trigger="interval",
+            seconds=self.config.gauge_interval_seconds,
+            id=GAUGE_JOB_ID,
+            next_run_time=datetime.now(UTC),
+            coalesce=True,
+            misfire_grace_time=self.config.gauge_interval_seconds,
+        )
+        self.scheduler.add_listener(
+            self._on_event, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED
+        )
+        self.scheduler.start()
+        for job in self.scheduler.get_jobs():
+            if job.id in JOB_NAMES:
+                log.info(
+                    "job %s %s, next run %s",
+                    job.id,
+                    self.config.jobs[job.id].schedule.describe(),
+                    job.next_run_time,
+                )
+
+    def stop(self) -> None:
+        """Stop after the batches in progress: jobs see ``stopping`` between batches."""
+        self.stopping.set()
+        self.scheduler.shutdown(wait=True)
+        if self.http is not None:
+            self.http.stop()
+        self.pool.close()
+
+    # -- jobs and events -----------------------------------------------------------------------
+
+    def _run_scheduled(self, name: str) -> RunReport:
+        job = self.config.jobs[name]
+        now = datetime.now(UTC)
+        return run_job(
+            lambda: self.pool.connection(),
+            name,
+            job.settings,
+            replica_id=self.config.replica_id,
+            now=now,
+            slot=job.schedule.slot(now).isoformat(),
+            should_stop=self.stopping.is_set,
+            ledger_keep_seconds=self.config.ledger_retention_seconds,
+        )
+
+    def _on_event(self, event: JobExecutionEvent) -> None:
+        if event.job_id not in JOB_NAMES:
+            return
+        if event.code == EVENT_JOB_MISSED:
+            self.metrics.missed.labels(event.job_id).inc()
+            log.warning("job %s missed its run at %s", event.job_id, event.scheduled_run_time)
+            return
+        if event.code == EVENT_JOB_EXECUTED:
+            report: RunReport = event.retval
+        elif isinstance(event.exception, JobFailed):
+            report = event.exception.report
+            cause = event.exception.__cause__
+            if cause is not None and not isinstance(cause, psycopg.Error | PoolTimeout):
+                # Not a database problem: most likely a bug, worth its traceback.
+                log.error("job %s raised", event.job_id, exc_info=cause)
+        else:
+            report = RunReport(
+                event.job_id, "failure", 0, 0.0, time.time(), error=describe_error(event.exception)
+            )
+            log.error("job %s raised", event.job_id, exc_info=event.exception)
+        self.metrics.observe(report)
+        log_run(report, self.config.replica_id)
+
+    # -- health --------------------------------------------------------------------------------
+
+    def ready(self) -> tuple[bool, str]:
+        """Ready when the database answers and is migrated to this code's schema."""
+        try:
+            with self.pool.connection(timeout=3) as conn:
+                row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+        except Exception as exc:
+            self.metrics.database_up.set(0)
+            return False, f"database unavailable: {describe_error(exc)}"
+        self.metrics.database_up.set(1)
+        if row is None or row[0] != self.head_revision:
+            return False, f"schema at {row and row[0]}, expected {self.head_revision}"
+        return True, "ready"
+
+    def refresh_gauges(self) -> None:
+        try:
+            with self.pool.connection(timeout=5) as conn:
+                cursor = conn.execute(QUERIES["domain_gauges"])
+                row = cursor.fetchone()
+                names = [column.name for column in cursor.description or ()]
+        except Exception as exc:
+            self.metrics.database_up.set(0)
+            log.debug("gauges not refreshed: %s", describe_error(exc))
+            return
+        self.metrics.database_up.set(1)
+        if row is not None:
+            self.metrics.set_domain(dict(zip(names, row, strict=True)))

@@ -1,0 +1,65 @@
+"""Log set-up: plain text or one JSON object per line, and the one line logged per job run."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+
+from .runner import RunReport
+
+log = logging.getLogger("sessionkeeper.jobs")
+# Attributes a record may carry (``extra=``) that the JSON format writes as fields.
+FIELDS = ("job", "outcome", "rows", "duration_seconds", "run_id", "replica_id", "error")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key in FIELDS:
+            if hasattr(record, key):
+                data[key] = getattr(record, key)
+        if record.exc_info:
+            data["exception"] = self.formatException(record.exc_info)
+        return json.dumps(data, default=str)
+
+
+def setup_logging(level: str, log_format: str) -> None:
+    handler = logging.StreamHandler()
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # The run line below says what APScheduler would, in one line and without a traceback.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    logging.getLogger("apscheduler.executors").setLevel(logging.CRITICAL)
+
+
+def log_run(report: RunReport, replica_id: str | None = None) -> None:
+    level = logging.WARNING if report.outcome == "failure" else logging.INFO
+    log.log(
+        level,
+        "job %s %s rows=%d duration=%.3fs%s",
+        report.job,
+        report.outcome,
+        report.rows,
+        report.duration_seconds,
+        f" error={report.error}" if report.error else "",
+        extra={
+            "job": report.job,
+            "outcome": report.outcome,
+            "rows": report.rows,
+            "duration_seconds": round(report.duration_seconds, 6),
+            "run_id": report.run_id,
+            "replica_id": replica_id,
+            "error": report.error,
+        },
+    )

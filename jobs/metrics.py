@@ -1,0 +1,184 @@
+"""Prometheus metrics of the daemon and the HTTP endpoint serving them with the health checks.
+
+Series names are a contract (DESIGN.md): dashboards and alerts use them. Every job's label
+sets exist from start-up, so alerts never see a missing series.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+
+from .runner import RunReport
+
+log = logging.getLogger("sessionkeeper.metrics")
+
+OUTCOMES = ("success", "failure", "skipped")
+# From a few milliseconds (nothing to do) to an hour (a large backlog).
+DURATION_BUCKETS = (0.005, 0.025, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600)
+DOMAIN_GAUGES = {
+    "sessions_active": "Sessions in the online sessions table.",
+    "sessions_archived": "Sessions in the archive.",
+    "proactive_users": "Users in the published proactive-user list.",
+    "rate_limit_rows": "Rate-limit window rows.",
+}
+
+
+class DaemonMetrics:
+    def __init__(self, job_names: Sequence[str]) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.runs = Counter(
+            "sessionkeeper_job_runs", "Job runs by outcome.", ["job", "outcome"], registry=r
+        )
+        self.duration = Histogram(
+            "sessionkeeper_job_duration_seconds",
+            "Duration of job runs that were not skipped.",
+            ["job"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.last_success = Gauge(
+            "sessionkeeper_job_last_success_timestamp_seconds",
+            "Unix time of the job's last successful run on this replica (0: none yet).",
+            ["job"],
+            registry=r,
+        )
+        self.rows = Counter(
+            "sessionkeeper_job_rows",
+            "Rows archived, deleted, rolled up or loaded by the job.",
+            ["job"],
+            registry=r,
+        )
+        self.missed = Counter(
+            "sessionkeeper_job_missed",
+            "Scheduled runs dropped because they were later than the misfire grace time.",
+            ["job"],
+            registry=r,
+        )
+        self.database_up = Gauge(
+            "sessionkeeper_database_up",
+            "1 when the database answered the daemon's last check, else 0.",
+            registry=r,
+        )
+        self.domain = {
+            name: Gauge(f"sessionkeeper_{name}", text, registry=r)
+            for name, text in DOMAIN_GAUGES.items()
+        }
+        for job in job_names:
+            for outcome in OUTCOMES:
+                self.runs.labels(job, outcome)
+            self.duration.labels(job)
+            self.last_success.labels(job)
+            self.rows.labels(job)
+            self.missed.labels(job)
+
+    def observe(self, report: RunReport) -> None:
+        self.runs.labels(report.job, report.outcome).inc()
+        if report.outcome == "skipped":
+            return
+        self.duration.labels(report.job).observe(report.duration_seconds)
+        if report.outcome == "success":
+            self.rows.labels(report.job).inc(report.rows)
+            self.last_success.labels(report.job).set(report.finished_at)
+            if report.job == "proactive_reload" and "size" in report.details:
+                self.domain["proactive_users"].set(report.details["size"])
+
+    def set_domain(self, values: dict[str, Any]) -> None:
+        for name, gauge in self.domain.items():
+            if name in values:
+                gauge.set(values[name])
+
+    def add_pool(self, stats: Callable[[], dict[str, int]]) -> None:
+        self.registry.register(_PoolCollector(stats))
+
+
+class _PoolCollector(Collector):
+    """The daemon's connection-pool figures, read from psycopg_pool at scrape time."""
+
+    GAUGES = {
+        "pool_min": "Minimum connections the pool keeps.",
+        "pool_max": "Maximum connections of the pool.",
+        "pool_size": "Connections in the pool (in use, idle, or being opened).",
+        "pool_available": "Idle connections in the pool.",
+        "requests_waiting": "Requests waiting for a connection.",
+    }
+    COUNTERS = {
+        "connections_num": "Connection attempts.",
+        "connections_errors": "Failed connection attempts.",
+        "connections_lost": "Connections found broken and discarded.",
+        "requests_errors": "Requests that got no connection (timeout or error).",
+    }
+
+    def __init__(self, stats: Callable[[], dict[str, int]]) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterable[Metric]:
+        stats = self.stats()
+        for key, text in self.GAUGES.items():
+            name = "sessionkeeper_db_" + (key if key.startswith("pool") else f"pool_{key}")
+            yield GaugeMetricFamily(name, text, value=stats.get(key, 0))
+        for key, text in self.COUNTERS.items():
+            yield CounterMetricFamily(f"sessionkeeper_db_pool_{key}", text, value=stats.get(key, 0))
+
+
+Readiness = Callable[[], tuple[bool, str]]
+
+
+class MetricsServer:
+    """``/metrics``, ``/healthz`` (the process answers) and ``/readyz`` on one port."""
+
+    def __init__(
+        self, host: str, port: int, registry: CollectorRegistry, readiness: Readiness
+    ) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+                    self._reply(200, encoder(registry), content_type)
+                elif path == "/healthz":
+                    self._reply(200, b"ok\n")
+                elif path == "/readyz":
+                    ready, reason = readiness()
+                    self._reply(200 if ready else 503, f"{reason}\n".encode())
+                else:
+                    self._reply(404, b"not found: try /metrics, /healthz or /readyz\n")
+
+            def _reply(
+                self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8"
+            ) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                log.debug("%s " + format, self.address_string(), *args)
+
+        self.httpd = ThreadingHTTPServer((host, port), Handler)
+        self.httpd.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, name="metrics-http", daemon=True
+        )
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.httpd.server_address[:2]
+        return str(host), int(port)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -1,0 +1,50 @@
+"""proactive_reload: refresh ``proactive_user_list`` and report its size.
+
+The list is every authenticated user of the channel (Telegram) with a chat id. It is updated
+in place, batch by batch (only changed rows are written), so bots reading it through the store
+always see a complete list.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from .base import Connection, JobResult, StopCheck, delete_batches, job_params, never
+from .sql import QUERIES
+
+
+@dataclass(frozen=True)
+class Settings:
+    batch_size: int = 5000
+    channel: str = "telegram"
+
+
+def run(
+    conn: Connection, settings: Settings, now: datetime, should_stop: StopCheck = never
+) -> JobResult:
+    params = job_params(settings, now)
+    after = uuid.UUID(int=0)
+    written = 0
+    stopped = False
+    while True:
+        with conn.transaction():
+            row = conn.execute(QUERIES["proactive_upsert"], {**params, "after": after}).fetchone()
+        assert row is not None
+        seen, last_user_id, batch_written = row
+        written += batch_written
+        if seen < settings.batch_size:
+            break
+        after = last_user_id
+        if should_stop():
+            stopped = True
+            break
+    removed = 0
+    if not stopped:
+        removed, stopped = delete_batches(
+            conn, "proactive_remove_stale", params, settings.batch_size, should_stop
+        )
+    size_row = conn.execute(QUERIES["proactive_list_size"]).fetchone()
+    size = int(size_row[0]) if size_row else 0
+    return JobResult(size, {"size": size, "written": written, "removed": removed}, stopped)

@@ -1,0 +1,278 @@
+-- Every statement the maintenance jobs run, by name (loaded by jobs/sql.py).
+-- Each block starts with a name line and runs up to the next one; comment lines are dropped.
+-- Parameters are psycopg named placeholders; time is always passed in as %(now)s so that
+-- tests and benchmarks control it. Batches lock their rows with FOR UPDATE SKIP LOCKED: a row
+-- that an online call is using is left for the next batch instead of waiting for it.
+
+-- name: rate_limit_cleanup
+-- A window can no longer affect a decision once it has ended (plus a grace period).
+-- window_start < %(now)s lets the index on window_start bound the scan.
+WITH b AS (
+    SELECT user_id, window_seconds, window_start
+    FROM rate_limits
+    WHERE window_start < %(now)s
+      AND window_start + make_interval(secs => window_seconds + %(grace_seconds)s) < %(now)s
+    ORDER BY window_start
+    LIMIT %(batch_size)s
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM rate_limits r
+USING b
+WHERE r.user_id = b.user_id
+  AND r.window_seconds = b.window_seconds
+  AND r.window_start = b.window_start
+
+-- name: link_code_expiry
+-- Codes that expired or were used more than retention_seconds ago.
+WITH b AS (
+    SELECT code
+    FROM link_codes
+    WHERE expires_at < %(now)s - make_interval(secs => %(retention_seconds)s)
+       OR used_at < %(now)s - make_interval(secs => %(retention_seconds)s)
+    ORDER BY expires_at
+    LIMIT %(batch_size)s
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM link_codes c
+USING b
+WHERE c.code = b.code
+
+-- name: link_code_failures_expiry
+-- Lock-outs that ended and failure windows that can no longer lead to one.
+WITH b AS (
+    SELECT user_id
+    FROM link_code_failures
+    WHERE (locked_until IS NULL OR locked_until < %(now)s)
+      AND window_start + make_interval(secs => %(failure_window_seconds)s) < %(now)s
+    ORDER BY window_start
+    LIMIT %(batch_size)s
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM link_code_failures f
+USING b
+WHERE f.user_id = b.user_id
+
+-- name: archive_sessions
+-- Step 1 of a batch: copy idle sessions to the archive, keeping them locked until commit.
+-- Messages must move before the session rows go (their foreign key cascades).
+WITH b AS (
+    SELECT session_id
+    FROM sessions
+    WHERE last_active < %(now)s - make_interval(secs => %(idle_seconds)s)
+    ORDER BY last_active
+    LIMIT %(batch_size)s
+    FOR UPDATE SKIP LOCKED
+)
+INSERT INTO archived_sessions (session_id, user_id, created_at, last_active, next_seq, archived_at)
+SELECT s.session_id, s.user_id, s.created_at, s.last_active, s.next_seq, %(now)s
+FROM sessions s
+JOIN b USING (session_id)
+RETURNING session_id
+
+-- name: archive_session_messages
+-- Step 2: move the messages of the sessions of step 1, in order.
+WITH moved AS (
+    DELETE FROM session_messages
+    WHERE session_id = ANY(%(session_ids)s)
+    RETURNING session_id, seq, role, content, created_at
+)
+INSERT INTO archived_session_messages (session_id, seq, role, content, created_at)
+SELECT session_id, seq, role, content, created_at
+FROM moved
+ORDER BY session_id, seq
+
+-- name: archive_delete_sessions
+-- Step 3: the sessions of step 1 leave the online table.
+DELETE FROM sessions
+WHERE session_id = ANY(%(session_ids)s)
+
+-- name: purge_archived_sessions
+-- Archives older than the retention period; their messages go with them (foreign key).
+WITH b AS (
+    SELECT session_id
+    FROM archived_sessions
+    WHERE archived_at < %(now)s - make_interval(secs => %(purge_after_seconds)s)
+    ORDER BY archived_at
+    LIMIT %(batch_size)s
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM archived_sessions a
+USING b
+WHERE a.session_id = b.session_id
+
+-- name: restore_session
+-- Bring an archived session back online (step 1 of 3, one transaction). last_active moves to
+-- now, or the next archival run would archive it again at once.
+INSERT INTO sessions (session_id, user_id, created_at, last_active, next_seq)
+SELECT session_id, user_id, created_at, greatest(last_active, %(now)s), next_seq
+FROM archived_sessions
+WHERE session_id = %(session_id)s
+FOR UPDATE
+RETURNING session_id
+
+-- name: restore_session_messages
+-- Step 2: copy its messages back, in order.
+INSERT INTO session_messages (session_id, seq, role, content, created_at)
+SELECT session_id, seq, role, content, created_at
+FROM archived_session_messages
+WHERE session_id = %(session_id)s
+ORDER BY seq
+
+-- name: restore_delete_archive
+-- Step 3: drop the archive copy (its messages go with it).
+DELETE FROM archived_sessions
+WHERE session_id = %(session_id)s
+
+-- name: proactive_upsert
+-- One batch of the current proactive users (keyset over user_id), written only when changed.
+WITH source AS (
+    SELECT p.user_id, p.chat_id
+    FROM proactive_users p
+    JOIN users u USING (user_id)
+    WHERE u.authenticated
+      AND u.channel = %(channel)s
+      AND p.chat_id <> ''
+      AND p.user_id > %(after)s
+    ORDER BY p.user_id
+    LIMIT %(batch_size)s
+), written AS (
+    INSERT INTO proactive_user_list AS l (user_id, chat_id, loaded_at)
+    SELECT user_id, chat_id, %(now)s FROM source
+    ON CONFLICT (user_id) DO UPDATE
+        SET chat_id = EXCLUDED.chat_id, loaded_at = EXCLUDED.loaded_at
+        WHERE l.chat_id IS DISTINCT FROM EXCLUDED.chat_id
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM source) AS seen,
+       (SELECT user_id FROM source ORDER BY user_id DESC LIMIT 1) AS last_user_id,
+       (SELECT count(*) FROM written) AS written
+
+-- name: proactive_remove_stale
+-- List entries whose user is no longer an authenticated Telegram user with a chat id.
+WITH b AS (
+    SELECT l.user_id
+    FROM proactive_user_list l
+    WHERE NOT EXISTS (
+        SELECT 1
+        FROM proactive_users p
+        JOIN users u USING (user_id)
+        WHERE p.user_id = l.user_id
+          AND u.authenticated
+          AND u.channel = %(channel)s
+          AND p.chat_id <> ''
+    )
+    LIMIT %(batch_size)s
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM proactive_user_list l
+USING b
+WHERE l.user_id = b.user_id
+
+-- name: proactive_list_size
+SELECT count(*) FROM proactive_user_list
+
+-- name: usage_rollup
+-- Mark raw rows as rolled up and add them to the daily totals in one statement (one
+-- transaction): a row is counted exactly once, however late it arrives. Days are UTC days.
+WITH b AS (
+    SELECT stat_id
+    FROM usage_stats
+    WHERE NOT rolled_up
+    ORDER BY created_at
+    LIMIT %(batch_size)s
+    FOR UPDATE SKIP LOCKED
+), marked AS (
+    UPDATE usage_stats u
+    SET rolled_up = true
+    FROM b
+    WHERE u.stat_id = b.stat_id
+    RETURNING u.user_id, u.channel, u.created_at, u.input_tokens, u.output_tokens, u.cached_tokens
+), totals AS (
+    INSERT INTO usage_daily AS d
+        (day, user_id, channel, requests, input_tokens, output_tokens, cached_tokens, updated_at)
+    SELECT (created_at AT TIME ZONE 'UTC')::date, user_id, channel, count(*),
+           sum(input_tokens), sum(output_tokens), sum(cached_tokens), %(now)s
+    FROM marked
+    GROUP BY 1, 2, 3
+    ON CONFLICT (day, user_id, channel) DO UPDATE
+        SET requests = d.requests + EXCLUDED.requests,
+            input_tokens = d.input_tokens + EXCLUDED.input_tokens,
+            output_tokens = d.output_tokens + EXCLUDED.output_tokens,
+            cached_tokens = d.cached_tokens + EXCLUDED.cached_tokens,
+            updated_at = EXCLUDED.updated_at
+)
+SELECT count(*) FROM marked
+
+-- name: usage_prune
+-- Raw rows already in usage_daily and older than the retention period.
+WITH b AS (
+    SELECT stat_id
+    FROM usage_stats
+    WHERE rolled_up
+      AND created_at < %(now)s - make_interval(secs => %(prune_after_seconds)s)
+    ORDER BY created_at
+    LIMIT %(batch_size)s
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM usage_stats s
+USING b
+WHERE s.stat_id = b.stat_id
+
+-- name: lock_job
+-- Session-scoped on purpose: held across the run's many batch transactions, and released by
+-- the server when the connection ends, so a killed replica never keeps it.
+SELECT pg_try_advisory_lock(%(namespace)s, %(key)s)
+
+-- name: unlock_job
+SELECT pg_advisory_unlock(%(namespace)s, %(key)s)
+
+-- name: ledger_start
+INSERT INTO job_runs (job, replica_id, outcome, details)
+VALUES (%(job)s, %(replica_id)s, 'running', %(details)s)
+RETURNING run_id
+
+-- name: ledger_finish
+UPDATE job_runs
+SET finished_at = clock_timestamp(), outcome = %(outcome)s, rows = %(rows)s, error = %(error)s,
+    details = coalesce(details, '{}'::jsonb) || %(details)s
+WHERE run_id = %(run_id)s
+
+-- name: ledger_skipped
+INSERT INTO job_runs (job, replica_id, finished_at, outcome, error, details)
+VALUES (%(job)s, %(replica_id)s, clock_timestamp(), 'skipped', %(reason)s, %(details)s)
+
+-- name: ledger_slot_done
+-- Whether some replica already ran this job successfully for this schedule slot.
+SELECT EXISTS (
+    SELECT 1 FROM job_runs
+    WHERE job = %(job)s AND outcome = 'success' AND details ->> 'slot' = %(slot)s
+)
+
+-- name: ledger_sweep_interrupted
+-- Called while holding the job's lock: any run of the job still marked running belongs to a
+-- replica (or database) that went away before it could record the outcome.
+UPDATE job_runs
+SET finished_at = clock_timestamp(), outcome = 'failure',
+    error = coalesce(error, 'interrupted: the replica or the database went away during the run')
+WHERE job = %(job)s AND outcome = 'running'
+
+-- name: ledger_prune
+WITH b AS (
+    SELECT run_id FROM job_runs
+    WHERE job = %(job)s AND started_at < clock_timestamp() - make_interval(secs => %(keep_seconds)s)
+    ORDER BY started_at
+    LIMIT 1000
+)
+DELETE FROM job_runs r USING b WHERE r.run_id = b.run_id
+
+-- name: ledger_last_runs
+SELECT DISTINCT ON (job) job, replica_id, started_at, finished_at, outcome, rows, error
+FROM job_runs
+WHERE job = ANY(%(jobs)s)
+ORDER BY job, started_at DESC, run_id DESC
+
+-- name: domain_gauges
+SELECT (SELECT count(*) FROM sessions) AS sessions_active,
+       (SELECT count(*) FROM archived_sessions) AS sessions_archived,
+       (SELECT count(*) FROM proactive_user_list) AS proactive_users,
+       (SELECT count(*) FROM rate_limits) AS rate_limit_rows

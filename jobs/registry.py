@@ -1,0 +1,70 @@
+"""The five jobs by name: how to run each, its settings class and its default schedule."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from . import (
+    JOB_NAMES,
+    link_code_expiry,
+    proactive_reload,
+    rate_limit_cleanup,
+    session_archival,
+    usage_rollup,
+)
+from .base import Connection, JobResult, StopCheck
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    name: str
+    run: Callable[[Connection, Any, datetime, StopCheck], JobResult]
+    settings: type[Any]
+    default_schedule: str
+    summary: str
+
+
+JOBS: dict[str, JobSpec] = {
+    spec.name: spec
+    for spec in (
+        JobSpec(
+            "rate_limit_cleanup",
+            rate_limit_cleanup.run,
+            rate_limit_cleanup.Settings,
+            "5m",
+            "delete rate-limit windows that ended",
+        ),
+        JobSpec(
+            "link_code_expiry",
+            link_code_expiry.run,
+            link_code_expiry.Settings,
+            "10m",
+            "delete expired and used link codes and stale lock-outs",
+        ),
+        JobSpec(
+            "session_archival",
+            session_archival.run,
+            session_archival.Settings,
+            "1h",
+            "archive idle sessions (and purge old archives if configured)",
+        ),
+        JobSpec(
+            "proactive_reload",
+            proactive_reload.run,
+            proactive_reload.Settings,
+            "1m",
+            "refresh the proactive-user list",
+        ),
+        JobSpec(
+            "usage_rollup",
+            usage_rollup.run,
+            usage_rollup.Settings,
+            "5m",
+            "roll usage_stats up into usage_daily",
+        ),
+    )
+}
+assert tuple(JOBS) == JOB_NAMES

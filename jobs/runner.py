@@ -1,0 +1,126 @@
+"""One run of one job: the lock, the run ledger, the job, and a report for metrics and logs.
+
+Used by the daemon for scheduled runs, by ``sessionkeeper jobs run`` for manual ones, and by
+benchmarks. A run that fails raises ``JobFailed`` (so that APScheduler reports it as an error
+event) carrying the same report a successful run returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from store.connection import redact
+
+from . import ledger
+from .base import Connection, StopCheck, never
+from .locking import job_lock
+from .registry import JOBS
+
+log = logging.getLogger("sessionkeeper.jobs")
+
+ConnectionSource = Callable[[], AbstractContextManager[Connection]]
+DEFAULT_LEDGER_KEEP_SECONDS = 30 * 86400
+
+
+@dataclass
+class RunReport:
+    job: str
+    outcome: str  # success, failure or skipped
+    rows: int
+    duration_seconds: float
+    finished_at: float  # Unix time
+    run_id: int | None = None
+    error: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class JobFailed(Exception):
+    def __init__(self, report: RunReport) -> None:
+        super().__init__(f"job {report.job} failed: {report.error}")
+        self.report = report
+
+
+def describe_error(exc: BaseException) -> str:
+    """One password-free line naming the error."""
+    lines = str(exc).strip().splitlines()
+    return redact(f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": "))
+
+
+def run_job(
+    connect: ConnectionSource,
+    name: str,
+    settings: Any,
+    *,
+    replica_id: str,
+    now: datetime | None = None,
+    slot: str | None = None,
+    should_stop: StopCheck = never,
+    ledger_keep_seconds: int = DEFAULT_LEDGER_KEEP_SECONDS,
+) -> RunReport:
+    """Run job ``name`` once unless another replica holds its lock or already ran ``slot``.
+
+    ``slot`` names the schedule slot of a scheduled run (None for a manual run): replicas
+    firing for the same slot run the job once between them.
+    """
+    spec = JOBS[name]
+    started = time.monotonic()
+    now = now or datetime.now(UTC)
+    details: dict[str, Any] = {"slot": slot} if slot else {"trigger": "manual"}
+    run_id: int | None = None
+    skip_reason: str | None = None
+    failure: BaseException | None = None
+    rows = 0
+    try:
+        with connect() as conn, job_lock(conn, name) as taken:
+            if not taken:
+                skip_reason = "another replica holds the job's lock"
+            elif slot is not None and ledger.slot_done(conn, name, slot):
+                skip_reason = "another replica already ran this slot"
+            if skip_reason:
+                ledger.skipped(conn, name, replica_id, skip_reason, details)
+            else:
+                ledger.sweep_interrupted(conn, name)
+                run_id = ledger.start(conn, name, replica_id, details)
+                try:
+                    result = spec.run(conn, settings, now, should_stop)
+                except Exception as exc:
+                    failure = exc
+                else:
+                    rows = result.rows
+                    details.update(result.details)
+                    if result.stopped:
+                        details["stopped"] = True
+                    ledger.finish(conn, run_id, "success", rows=rows, details=details)
+                    ledger.prune(conn, name, ledger_keep_seconds)
+    except Exception as exc:  # the connection, the lock or the ledger itself failed
+        failure = failure or exc
+
+    duration = time.monotonic() - started
+    if failure is not None:
+        error = describe_error(failure)
+        if run_id is not None:
+            _record_failure(connect, name, run_id, error)
+        report = RunReport(name, "failure", 0, duration, time.time(), run_id, error, details)
+        raise JobFailed(report) from failure
+    outcome = "skipped" if skip_reason else "success"
+    return RunReport(name, outcome, rows, duration, time.time(), run_id, skip_reason, details)
+
+
+def _record_failure(connect: ConnectionSource, name: str, run_id: int, error: str) -> None:
+    # The run's own connection may be the thing that broke: use a fresh one.
+    try:
+        with connect() as conn:
+            ledger.finish(conn, run_id, "failure", error=error)
+    except Exception as exc:
+        log.warning(
+            "could not record the failure of %s run %d (%s); the next run marks it failed",
+            name,
+            run_id,
+            describe_error(exc),
+        )

@@ -1,0 +1,226 @@
+"""The daemon as a real process on a real PostgreSQL: metrics over HTTP, replicas, faults."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psycopg
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from jobs import JOB_NAMES
+
+T = TypeVar("T")
+
+REQUIRED = (
+    "sessionkeeper_job_runs_total",
+    "sessionkeeper_job_duration_seconds_count",
+    "sessionkeeper_job_duration_seconds_bucket",
+    "sessionkeeper_job_last_success_timestamp_seconds",
+    "sessionkeeper_job_rows_total",
+)
+# Never within a test run (a schedule is needed; this one fires once a year).
+NEVER = "0 0 1 1 *"
+
+
+def wait_for(check: Callable[[], T | None], what: str, timeout: float = 60) -> T:
+    """Poll ``check`` until it returns something truthy (bounded; not a timing assertion)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def daemon_env(database_url: str, replica: str, **settings: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("SESSIONKEEPER_") and k != "DATABASE_URL"
+    }
+    env.update(
+        DATABASE_URL=database_url,
+        SESSIONKEEPER_METRICS_PORT="0",
+        SESSIONKEEPER_REPLICA_ID=replica,
+        SESSIONKEEPER_GAUGE_INTERVAL_SECONDS="1",
+    )
+    for name in JOB_NAMES:
+        env[f"SESSIONKEEPER_{name.upper()}_JITTER_SECONDS"] = "0"
+    env.update(settings)
+    return env
+
+
+def every_job(schedule: str) -> dict[str, str]:
+    return {f"SESSIONKEEPER_{name.upper()}_SCHEDULE": schedule for name in JOB_NAMES}
+
+
+class Daemon:
+    """``sessionkeeper --log-format json run`` with its log in a file."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "scheduler", "--log-format", "json", "run"],
+            stdout=subprocess.DEVNULL,
+            stderr=self._log,
+            env=env,
+        )
+        line = self.wait_for_log(lambda r: r["message"].startswith("metrics on "), "metrics")
+        self.base_url = line["message"].split()[2].removesuffix("/metrics")
+
+    def records(self) -> list[dict[str, Any]]:
+        records = []
+        for line in self.log_path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                records.append({"message": line})
+        return records
+
+    def wait_for_log(self, match: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
+        def check() -> dict[str, Any] | None:
+            if self.process.poll() is not None:
+                raise AssertionError(f"daemon exited: {self.log_path.read_text()}")
+            return next((r for r in self.records() if match(r)), None)
+
+        return wait_for(check, what)
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(self.base_url + path, timeout=10) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def samples(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        status, body = self.get("/metrics")
+        assert status == 200
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(body)
+            for s in family.samples
+        }
+
+    def value(self, name: str, **labels: str) -> float | None:
+        return self.samples().get((name, tuple(sorted(labels.items()))))
+
+    def stop(self, signum: int = signal.SIGTERM) -> int:
+        self.process.send_signal(signum)
+        code = self.process.wait(timeout=60)
+        self._log.close()
+        return code
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
+
+
+@pytest.fixture
+def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    started: list[Daemon] = []
+
+    def start(database_url: str, replica: str = "a", **settings: str) -> Daemon:
+        daemon = Daemon(daemon_env(database_url, replica, **settings), tmp_path / f"{replica}.log")
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.kill()
+
+
+def promtool_check(body: str) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool (Debian package prometheus) is not installed")
+    result = subprocess.run(
+        [promtool, "check", "metrics"], input=body, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_metrics_exist_for_every_job_at_start_up(
+    database_url: str, start_daemon: Callable[..., Daemon]
+) -> None:
+    daemon = start_daemon(database_url, **every_job(NEVER))
+    samples = daemon.samples()
+    for job in JOB_NAMES:
+        for outcome in ("success", "failure", "skipped"):
+            key = ("sessionkeeper_job_runs_total", (("job", job), ("outcome", outcome)))
+            assert samples[key] == 0
+        for name in REQUIRED[1:]:
+            matching = [v for (n, ls), v in samples.items() if n == name and ("job", job) in ls]
+            assert matching and all(v == 0 for v in matching), (name, job)
+    for name in (
+        "sessionkeeper_db_pool_size",
+        "sessionkeeper_sessions_active",
+        "sessionkeeper_sessions_archived",
+        "sessionkeeper_proactive_users",
+        "sessionkeeper_rate_limit_rows",
+        "sessionkeeper_database_up",
+    ):
+        assert (name, ()) in samples, name
+    assert daemon.get("/healthz") == (200, "ok\n")
+    assert daemon.get("/readyz") == (200, "ready\n")
+    promtool_check(daemon.get("/metrics")[1])
+    assert daemon.stop() == 0
+
+
+Conn = psycopg.Connection[tuple[Any, ...]]
+
+
+def test_jobs_run_on_schedule_and_are_counted(
+    database_url: str, conn: Conn, start_daemon: Callable[..., Daemon]
+) -> None:
+    conn.execute(
+        """
+        WITH u AS (
+            INSERT INTO users (channel, channel_user_id) VALUES ('telegram', '1')
+            RETURNING user_id
+        )
+        INSERT INTO rate_limits (user_id, window_seconds, window_start, request_count)
+        SELECT user_id, 60, now() - interval '1 hour', 3 FROM u
+        """
+    )
+    daemon = start_daemon(database_url, **every_job("1"))
+
+    def all_succeeded() -> bool:
+        return all(
+            (daemon.value("sessionkeeper_job_runs_total", job=job, outcome="success") or 0) >= 1
+            for job in JOB_NAMES
+        )
+
+    wait_for(all_succeeded, "a successful run of every job")
+    assert daemon.value("sessionkeeper_job_rows_total", job="rate_limit_cleanup") == 1
+    for job in JOB_NAMES:
+        assert (daemon.value("sessionkeeper_job_last_success_timestamp_seconds", job=job) or 0) > 0
+        assert (daemon.value("sessionkeeper_job_duration_seconds_count", job=job) or 0) >= 1
+    promtool_check(daemon.get("/metrics")[1])
+
+    # One structured log line per run, and one ledger row per run.
+    runs = [r for r in daemon.records() if r.get("outcome") == "success"]
+    assert {r["job"] for r in runs} == set(JOB_NAMES)
+    assert all({"rows", "duration_seconds"} <= r.keys() for r in runs)
+    assert daemon.stop() == 0
+    ledger = conn.execute(
+        "SELECT job, outcome, rows, replica_id FROM job_runs WHERE outcome = 'success'"
+    ).fetchall()
+    assert {row[0] for row in ledger} == set(JOB_NAMES)
+    assert ("rate_limit_cleanup", "success", 1, "a") in ledger
