@@ -155,7 +155,7 @@ def begin_turn(
         "now": validate.moment(now, "now"),
         "idle": config.idle_timeout,
         "carry_pairs": config.carry_over_pairs,
-        "history_pairs": validate.pairs(history_pairs or config.history_pairs, "history_pairs"),
+        "history_pairs": validate.pairs(history_pairs, "history_pairs", default=config.history_pairs),
         **_rate_params(config),
     }
 
@@ -200,7 +200,7 @@ def finish_turn(
         else {"role": "user", "content": user_message, "timestamp": asked_at},
         reply if isinstance(reply, Mapping) else {"role": "assistant", "content": reply},
     ]
-    keep = 2 * validate.pairs(max_pairs or config.history_pairs)
+    keep = 2 * validate.pairs(max_pairs, default=config.history_pairs)
     usage = {
         "input_tokens": validate.tokens(input_tokens, "input_tokens"),
         "output_tokens": validate.tokens(output_tokens, "output_tokens"),
@@ -254,7 +254,7 @@ def trim_session_history(
 ) -> Plan[int]:
     """Keep the newest ``max_pairs`` pairs (2 x max_pairs messages); returns how many went."""
     checked = validate.uuid(session_id, "session_id")
-    params = {"session_id": checked, "keep": 2 * validate.pairs(max_pairs or config.history_pairs)}
+    params = {"session_id": checked, "keep": 2 * validate.pairs(max_pairs, default=config.history_pairs)}
     return _single(
         "trim_session_history",
         params,
@@ -268,7 +268,7 @@ def get_history(
     """The last ``max_pairs`` pairs of a session, oldest first (empty for an unknown session)."""
     params = {
         "session_id": validate.uuid(session_id, "session_id"),
-        "history_pairs": validate.pairs(max_pairs or config.history_pairs),
+        "history_pairs": validate.pairs(max_pairs, default=config.history_pairs),
     }
     return _single("get_history", params, lambda rows: _history(rows[0]["history"]))
 

@@ -83,8 +83,9 @@ def tokens(value: object, field: str) -> int:
     return count(value, field, minimum=0, maximum=MAX_TOKENS)
 
 
-def pairs(value: object, field: str = "max_pairs") -> int:
-    return count(value, field, minimum=1, maximum=100_000)
+def pairs(value: object, field: str = "max_pairs", *, default: int) -> int:
+    """A number of message pairs; None means ``default``."""
+    return default if value is None else count(value, field, minimum=1, maximum=100_000)
 
 
 def moment(value: object, field: str) -> datetime | None:

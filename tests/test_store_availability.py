@@ -1,0 +1,77 @@
+"""A database that is down or goes away gives DatabaseUnavailable, within bounded waits, and
+no password ever shows in an error or a log line."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+from store_support import T0
+
+from store import AsyncStore, DatabaseUnavailable, SchemaOutOfDate, Store, StoreError
+from store.embedded import EmbeddedPostgres
+from store.migrate import upgrade
+
+SECRET = "s3cr3t-Pa55"
+
+
+def test_server_that_stops_gives_database_unavailable(
+    embedded_server_factory: type[EmbeddedPostgres],
+) -> None:
+    server = embedded_server_factory()
+    server.start()
+    url = server.url("postgres")
+    upgrade(url)
+    with Store(url, max_size=2, pool_timeout=1.0, connect_timeout=1) as store:
+        turn = store.begin_turn("telegram", "u", now=T0)
+        server.stop()
+        # The pooled connection is dead: the call fails fast, and so do the next ones, which
+        # find no server to reconnect to within pool_timeout.
+        for _ in range(3):
+            with pytest.raises(DatabaseUnavailable):
+                store.finish_turn(turn, "q", "a")
+        server.start()
+        store.pool.check()  # drop connections the outage broke (an idle pool does it itself)
+        assert store.begin_turn("telegram", "u", now=T0).session_id == turn.session_id
+
+
+def test_unreachable_server_raises_without_leaking_the_password(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    # Port 1 on loopback: connection refused at once, nothing listens there.
+    url = f"postgresql://bot:{SECRET}@127.0.0.1:1/chat"
+    with Store(url, pool_timeout=0.5, connect_timeout=1) as store:
+        with pytest.raises(DatabaseUnavailable) as caught:
+            store.begin_turn("telegram", "u")
+        message = str(caught.value)
+    assert SECRET not in message and SECRET not in repr(caught.value)
+    cause = caught.value.__cause__
+    assert cause is None or SECRET not in str(cause)
+    assert SECRET not in caplog.text
+
+
+def test_async_store_reports_unavailable_too() -> None:
+    async def scenario() -> None:
+        url = f"postgresql://bot:{SECRET}@127.0.0.1:1/chat"
+        async with AsyncStore(url, pool_timeout=0.5, connect_timeout=1) as store:
+            await store.check_rate_limit("6f1c7a0e-6a4b-4f52-9a53-1b8d4bb8e1a1")
+
+    with pytest.raises(DatabaseUnavailable) as caught:
+        asyncio.run(scenario())
+    assert SECRET not in str(caught.value)
+
+
+def test_unmigrated_database_says_so(empty_database_url: str) -> None:
+    with Store(empty_database_url) as store, pytest.raises(SchemaOutOfDate, match="migrate"):
+        store.begin_turn("telegram", "u")
+
+
+def test_missing_url_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SESSIONKEEPER_DATABASE_URL", raising=False)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    with pytest.raises(StoreError, match="no database URL"):
+        Store()
+    with pytest.raises(StoreError, match="unknown store setting"):
+        Store("postgresql:///x", max_sise=3)

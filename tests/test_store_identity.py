@@ -1,0 +1,110 @@
+"""Identity linking: six-digit single-use codes, atomic person merges, lock-out after guessing."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from store_support import T0, count, store_fixture  # noqa: F401 (fixture)
+
+from store import (
+    LinkCodeExpired,
+    LinkCodeInvalid,
+    LinkCodeLocked,
+    Store,
+    StoreError,
+)
+
+
+def users(store: Store, *names: str) -> list[Any]:
+    return [store.get_or_create_user("telegram", name, now=T0).user_id for name in names]
+
+
+def test_code_links_two_users_under_one_person(store: Store) -> None:
+    owner, other = users(store, "owner", "other")
+    code = store.create_link_code(owner, now=T0)
+    assert re.fullmatch(r"[0-9]{6}", code.code)
+    assert code.expires_at == T0 + timedelta(minutes=10)
+    linked = store.redeem_link_code(other, code.code, now=T0 + timedelta(minutes=9))
+    assert linked.owner_id == owner
+    assert {u.user_id for u in store.get_linked_users(owner)} == {owner, other}
+    assert {u.person_id for u in store.get_linked_users(other)} == {linked.person_id}
+    turn = store.begin_turn("telegram", "other", now=T0)
+    assert turn.user.person_id == linked.person_id
+
+
+def test_unlinked_user_is_its_only_linked_user(store: Store) -> None:
+    (alone,) = users(store, "alone")
+    assert [u.user_id for u in store.get_linked_users(alone)] == [alone]
+
+
+def test_code_is_single_use_and_expires(store: Store) -> None:
+    owner, a, b = users(store, "owner", "a", "b")
+    code = store.create_link_code(owner, now=T0).code
+    store.redeem_link_code(a, code, now=T0)
+    with pytest.raises(LinkCodeInvalid):
+        store.redeem_link_code(b, code, now=T0)
+    late = store.create_link_code(owner, now=T0).code
+    with pytest.raises(LinkCodeExpired):
+        store.redeem_link_code(b, late, now=T0 + timedelta(minutes=10))
+
+
+def test_own_code_is_refused(store: Store) -> None:
+    (owner,) = users(store, "owner")
+    code = store.create_link_code(owner, now=T0).code
+    with pytest.raises(LinkCodeInvalid, match="your own"):
+        store.redeem_link_code(owner, code, now=T0)
+
+
+def test_new_code_retires_the_previous_one(store: Store) -> None:
+    owner, other = users(store, "owner", "other")
+    first = store.create_link_code(owner, now=T0).code
+    second = store.create_link_code(owner, now=T0 + timedelta(seconds=1)).code
+    assert first != second
+    with pytest.raises(LinkCodeExpired):
+        store.redeem_link_code(other, first, now=T0 + timedelta(seconds=2))
+    store.redeem_link_code(other, second, now=T0 + timedelta(seconds=2))
+
+
+def test_persons_merge_atomically(store: Store, conn: psycopg.Connection[Any]) -> None:
+    a, b, c, d = users(store, "a", "b", "c", "d")
+    ab = store.redeem_link_code(b, store.create_link_code(a, now=T0).code, now=T0)
+    cd = store.redeem_link_code(d, store.create_link_code(c, now=T0).code, now=T0)
+    assert ab.person_id != cd.person_id
+    merged = store.redeem_link_code(c, store.create_link_code(b, now=T0).code, now=T0)
+    assert merged.person_id == ab.person_id  # the code owner's person absorbs the other
+    assert {u.user_id for u in store.get_linked_users(d)} == {a, b, c, d}
+    assert count(conn, "users", f"person_id = '{ab.person_id}'") == 4
+    assert count(conn, "persons") == 2  # the emptied person stays: no deletes online
+
+
+def test_too_many_wrong_codes_lock_out_even_the_right_one(store: Store) -> None:
+    owner, guesser = users(store, "owner", "guesser")
+    right = store.create_link_code(owner, now=T0).code
+    wrong = f"{(int(right) + 1) % 1_000_000:06d}"
+    for i in range(10):
+        with pytest.raises(LinkCodeInvalid):
+            store.redeem_link_code(guesser, wrong, now=T0 + timedelta(seconds=i))
+    with pytest.raises(LinkCodeLocked) as caught:
+        store.redeem_link_code(guesser, right, now=T0 + timedelta(seconds=30))
+    assert caught.value.locked_until == T0 + timedelta(seconds=9, minutes=15)
+    after = caught.value.locked_until + timedelta(seconds=1)
+    fresh = store.create_link_code(owner, now=after).code
+    store.redeem_link_code(guesser, fresh, now=after)
+
+
+def test_wrong_codes_spread_over_time_do_not_lock(store: Store) -> None:
+    owner, guesser = users(store, "owner", "guesser")
+    for i in range(15):  # one every two minutes: never ten within ten minutes
+        with pytest.raises(LinkCodeInvalid):
+            store.redeem_link_code(guesser, "000000", now=T0 + timedelta(minutes=2 * i))
+    later = T0 + timedelta(minutes=31)
+    store.redeem_link_code(guesser, store.create_link_code(owner, now=later).code, now=later)
+
+
+def test_link_errors_share_the_store_base_class() -> None:
+    for error in (LinkCodeInvalid, LinkCodeExpired, LinkCodeLocked):
+        assert issubclass(error, StoreError)
