@@ -155,7 +155,9 @@ def begin_turn(
         "now": validate.moment(now, "now"),
         "idle": config.idle_timeout,
         "carry_pairs": config.carry_over_pairs,
-        "history_pairs": validate.pairs(history_pairs, "history_pairs", default=config.history_pairs),
+        "history_pairs": validate.pairs(
+            history_pairs, "history_pairs", default=config.history_pairs
+        ),
         **_rate_params(config),
     }
 
@@ -254,7 +256,10 @@ def trim_session_history(
 ) -> Plan[int]:
     """Keep the newest ``max_pairs`` pairs (2 x max_pairs messages); returns how many went."""
     checked = validate.uuid(session_id, "session_id")
-    params = {"session_id": checked, "keep": 2 * validate.pairs(max_pairs, default=config.history_pairs)}
+    params = {
+        "session_id": checked,
+        "keep": 2 * validate.pairs(max_pairs, default=config.history_pairs),
+    }
     return _single(
         "trim_session_history",
         params,
