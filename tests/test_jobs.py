@@ -1,0 +1,452 @@
+"""Each maintenance job's effect on real rows, with time passed in or frozen (freezegun)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from freezegun import freeze_time
+
+from jobs import (
+    link_code_expiry,
+    locking,
+    proactive_reload,
+    rate_limit_cleanup,
+    session_archival,
+    usage_rollup,
+)
+from jobs.runner import JobFailed, run_job
+from store.errors import NotFound
+
+Conn = psycopg.Connection[tuple[Any, ...]]
+NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
+
+
+def ago(**delta: float) -> datetime:
+    return NOW - timedelta(**delta)
+
+
+def make_user(conn: Conn, channel: str = "telegram", authenticated: bool = True) -> uuid.UUID:
+    row = conn.execute(
+        "INSERT INTO users (channel, channel_user_id, authenticated) VALUES (%s, %s, %s)"
+        " RETURNING user_id",
+        (channel, uuid.uuid4().hex, authenticated),
+    ).fetchone()
+    assert row is not None
+    return uuid.UUID(str(row[0]))
+
+
+def rows(conn: Conn, query: str, *params: Any) -> list[tuple[Any, ...]]:
+    return conn.execute(query, params).fetchall()
+
+
+# -- rate_limit_cleanup ------------------------------------------------------------------------
+
+
+def test_rate_limit_cleanup_deletes_only_ended_windows(conn: Conn) -> None:
+    user = make_user(conn)
+    windows = {
+        (60, ago(minutes=2)): False,  # ended a minute ago
+        (60, ago(seconds=30)): True,  # current minute
+        (60, ago(minutes=1)): True,  # ends exactly now: still counts
+        (3600, ago(minutes=30)): True,  # current hour
+        (3600, ago(hours=2)): False,
+        (86400, ago(hours=20)): True,  # current day
+        (86400, ago(days=2)): False,
+    }
+    for seconds, start in windows:
+        conn.execute(
+            "INSERT INTO rate_limits (user_id, window_seconds, window_start, request_count)"
+            " VALUES (%s, %s, %s, 5)",
+            (user, seconds, start),
+        )
+    result = rate_limit_cleanup.run(conn, rate_limit_cleanup.Settings(batch_size=1), NOW)
+    assert result.rows == 3
+    left = set(rows(conn, "SELECT window_seconds, window_start FROM rate_limits"))
+    assert left == {key for key, kept in windows.items() if kept}
+
+
+def test_rate_limit_cleanup_grace_keeps_recent_windows(conn: Conn) -> None:
+    user = make_user(conn)
+    conn.execute(
+        "INSERT INTO rate_limits (user_id, window_seconds, window_start) VALUES (%s, 60, %s)",
+        (user, ago(minutes=3)),
+    )
+    settings = rate_limit_cleanup.Settings(grace_seconds=600)
+    assert rate_limit_cleanup.run(conn, settings, NOW).rows == 0
+    assert rate_limit_cleanup.run(conn, settings, NOW + timedelta(minutes=10)).rows == 1
+
+
+# -- link_code_expiry --------------------------------------------------------------------------
+
+
+def test_link_code_expiry_removes_old_codes_and_stale_lockouts(conn: Conn) -> None:
+    owner, redeemer, locked, failing, stale = (make_user(conn) for _ in range(5))
+    codes = {
+        "100001": (ago(hours=2), None, False),  # expired beyond retention
+        "100002": (ago(minutes=30), None, True),  # expired, within retention
+        "100003": (NOW + timedelta(minutes=5), ago(hours=2), False),  # used long ago
+        "100004": (NOW + timedelta(minutes=5), ago(minutes=1), True),  # just used
+        "100005": (NOW + timedelta(minutes=5), None, True),  # valid
+    }
+    for code, (expires_at, used_at, _) in codes.items():
+        conn.execute(
+            "INSERT INTO link_codes (code, user_id, expires_at, used_at, used_by)"
+            " VALUES (%s, %s, %s, %s, %s)",
+            (code, owner, expires_at, used_at, redeemer if used_at else None),
+        )
+    for user, window_start, locked_until in (
+        (locked, ago(hours=3), NOW + timedelta(minutes=5)),  # still locked out
+        (failing, ago(minutes=5), None),  # failures still counting
+        (stale, ago(hours=3), ago(hours=2)),  # lock-out over, window over
+    ):
+        conn.execute(
+            "INSERT INTO link_code_failures (user_id, window_start, failures, locked_until)"
+            " VALUES (%s, %s, 3, %s)",
+            (user, window_start, locked_until),
+        )
+    settings = link_code_expiry.Settings(batch_size=1, retention_seconds=3600)
+    result = link_code_expiry.run(conn, settings, NOW)
+    assert result.rows == 3
+    assert result.details == {"codes": 2, "lockouts": 1}
+    assert {r[0] for r in rows(conn, "SELECT code FROM link_codes")} == {
+        code for code, (_, _, kept) in codes.items() if kept
+    }
+    assert {r[0] for r in rows(conn, "SELECT user_id FROM link_code_failures")} == {
+        locked,
+        failing,
+    }
+
+
+# -- session_archival --------------------------------------------------------------------------
+
+
+def make_session(conn: Conn, user: uuid.UUID, last_active: datetime, messages: int) -> uuid.UUID:
+    row = conn.execute(
+        "INSERT INTO sessions (user_id, created_at, last_active, next_seq)"
+        " VALUES (%s, %s, %s, %s) RETURNING session_id",
+        (user, last_active - timedelta(hours=1), last_active, messages),
+    ).fetchone()
+    assert row is not None
+    for seq in range(messages):
+        conn.execute(
+            "INSERT INTO session_messages (session_id, seq, role, content, created_at)"
+            " VALUES (%s, %s, %s, %s, %s)",
+            (row[0], seq, ("user", "assistant")[seq % 2], f"message {seq}", last_active),
+        )
+    return uuid.UUID(str(row[0]))
+
+
+SESSION_COLUMNS = "session_id, user_id, created_at, last_active, next_seq"
+MESSAGE_COLUMNS = "session_id, seq, role, content, created_at"
+
+
+def test_session_archival_moves_idle_sessions_with_all_messages(conn: Conn) -> None:
+    user = make_user(conn)
+    idle = [make_session(conn, user, ago(days=40), 5), make_session(conn, user, ago(days=31), 0)]
+    active = make_session(conn, user, ago(days=2), 3)
+    before_sessions = rows(conn, f"SELECT {SESSION_COLUMNS} FROM sessions ORDER BY session_id")
+    before_messages = rows(conn, f"SELECT {MESSAGE_COLUMNS} FROM session_messages ORDER BY 1, 2")
+
+    settings = session_archival.Settings(batch_size=1, idle_seconds=30 * 86400)
+    result = session_archival.run(conn, settings, NOW)
+
+    assert result.rows == 2
+    assert result.details == {"archived": 2, "messages": 5, "purged": 0}
+    assert rows(conn, "SELECT session_id FROM sessions") == [(active,)]
+    archived = rows(conn, f"SELECT {SESSION_COLUMNS} FROM archived_sessions ORDER BY session_id")
+    assert archived == [s for s in before_sessions if s[0] in idle]
+    archived_messages = rows(
+        conn, f"SELECT {MESSAGE_COLUMNS} FROM archived_session_messages ORDER BY 1, 2"
+    )
+    assert archived_messages == [m for m in before_messages if m[0] in idle]
+    assert {r[0] for r in rows(conn, "SELECT archived_at FROM archived_sessions")} == {NOW}
+
+    # Running again finds nothing more to do.
+    assert session_archival.run(conn, settings, NOW).rows == 0
+
+
+def test_restore_brings_an_archived_session_back(conn: Conn) -> None:
+    user = make_user(conn)
+    session = make_session(conn, user, ago(days=40), 4)
+    messages = rows(conn, f"SELECT {MESSAGE_COLUMNS} FROM session_messages ORDER BY seq")
+    session_archival.run(conn, session_archival.Settings(), NOW)
+    assert rows(conn, "SELECT count(*) FROM sessions") == [(0,)]
+
+    assert session_archival.restore(conn, session, NOW) == 4
+    assert rows(conn, "SELECT session_id, last_active, next_seq FROM sessions") == [
+        (session, NOW, 4)
+    ]
+    assert rows(conn, f"SELECT {MESSAGE_COLUMNS} FROM session_messages ORDER BY seq") == messages
+    assert rows(conn, "SELECT count(*) FROM archived_sessions") == [(0,)]
+    assert rows(conn, "SELECT count(*) FROM archived_session_messages") == [(0,)]
+    with pytest.raises(NotFound):
+        session_archival.restore(conn, session, NOW)
+    with pytest.raises(NotFound):
+        session_archival.restore(conn, uuid.uuid4(), NOW)
+
+
+def test_session_archival_purges_old_archives_only_when_configured(conn: Conn) -> None:
+    user = make_user(conn)
+    make_session(conn, user, ago(days=100), 2)
+    session_archival.run(conn, session_archival.Settings(), ago(days=60))
+    make_session(conn, user, ago(days=40), 2)
+    session_archival.run(conn, session_archival.Settings(), NOW)
+    assert rows(conn, "SELECT count(*) FROM archived_sessions") == [(2,)]
+
+    purge = session_archival.Settings(purge_after_seconds=30 * 86400)
+    result = session_archival.run(conn, purge, NOW)
+    assert result.details == {"archived": 0, "messages": 0, "purged": 1}
+    assert rows(conn, "SELECT archived_at FROM archived_sessions") == [(NOW,)]
+    assert rows(conn, "SELECT count(*) FROM archived_session_messages") == [(2,)]
+
+
+# -- proactive_reload --------------------------------------------------------------------------
+
+
+def test_proactive_reload_publishes_authenticated_telegram_users(conn: Conn) -> None:
+    wanted = [make_user(conn) for _ in range(3)]
+    unauthenticated = make_user(conn, authenticated=False)
+    whatsapp = make_user(conn, channel="whatsapp")
+    without_chat = make_user(conn)
+    for i, user in enumerate([*wanted, unauthenticated, whatsapp]):
+        conn.execute(
+            "INSERT INTO proactive_users (user_id, chat_id) VALUES (%s, %s)", (user, f"chat{i}")
+        )
+    conn.execute("INSERT INTO proactive_users (user_id, chat_id) VALUES (%s, '')", (without_chat,))
+    # A stale entry and an entry whose chat id changed since the last reload.
+    conn.execute(
+        "INSERT INTO proactive_user_list (user_id, chat_id) VALUES (%s, 'old'), (%s, 'x')",
+        (wanted[0], unauthenticated),
+    )
+
+    settings = proactive_reload.Settings(batch_size=1)
+    result = proactive_reload.run(conn, settings, NOW)
+
+    assert result.rows == 3
+    assert result.details == {"size": 3, "written": 3, "removed": 1}
+    listed = dict(rows(conn, "SELECT user_id, chat_id FROM proactive_user_list"))
+    assert listed == {user: f"chat{i}" for i, user in enumerate(wanted)}
+    # Unchanged rows are not rewritten.
+    again = proactive_reload.run(conn, settings, NOW + timedelta(minutes=1))
+    assert again.details == {"size": 3, "written": 0, "removed": 0}
+
+
+# -- usage_rollup ------------------------------------------------------------------------------
+
+
+def track(conn: Conn, user: uuid.UUID, channel: str, at: datetime, tokens: int) -> None:
+    conn.execute(
+        "INSERT INTO usage_stats (user_id, channel, input_tokens, output_tokens, cached_tokens,"
+        " created_at) VALUES (%s, %s, %s, %s, %s, %s)",
+        (user, channel, tokens, 2 * tokens, 3 * tokens, at),
+    )
+
+
+def daily(conn: Conn) -> list[tuple[Any, ...]]:
+    return rows(
+        conn,
+        "SELECT day, channel, requests, input_tokens, output_tokens, cached_tokens"
+        " FROM usage_daily ORDER BY day, channel",
+    )
+
+
+def test_usage_rollup_is_idempotent_and_counts_late_rows(conn: Conn) -> None:
+    user = make_user(conn)
+    yesterday, today = ago(days=1).date(), NOW.date()
+    track(conn, user, "telegram", ago(days=1), 10)
+    track(conn, user, "telegram", ago(days=1, minutes=5), 1)
+    track(conn, user, "telegram", ago(minutes=5), 100)
+    track(conn, user, "whatsapp", ago(minutes=1), 7)
+
+    settings = usage_rollup.Settings(batch_size=2)
+    assert usage_rollup.run(conn, settings, NOW).rows == 4
+    expected = [
+        (yesterday, "telegram", 2, 11, 22, 33),
+        (today, "telegram", 1, 100, 200, 300),
+        (today, "whatsapp", 1, 7, 14, 21),
+    ]
+    assert daily(conn) == expected
+
+    # Twice never double counts.
+    assert usage_rollup.run(conn, settings, NOW).rows == 0
+    assert daily(conn) == expected
+
+    # A row for yesterday that arrives late is still counted.
+    track(conn, user, "telegram", ago(days=1, minutes=1), 1000)
+    assert usage_rollup.run(conn, settings, NOW).rows == 1
+    assert daily(conn)[0] == (yesterday, "telegram", 3, 1011, 2022, 3033)
+
+
+def test_usage_rollup_prunes_only_rolled_up_old_rows(conn: Conn) -> None:
+    user = make_user(conn)
+    track(conn, user, "telegram", ago(days=40), 1)
+    track(conn, user, "telegram", ago(days=1), 2)
+    settings = usage_rollup.Settings(prune_after_seconds=30 * 86400)
+    result = usage_rollup.run(conn, settings, NOW)
+    assert result.details == {"rolled_up": 2, "pruned": 1}
+    assert rows(conn, "SELECT input_tokens, rolled_up FROM usage_stats") == [(2, True)]
+    assert [r[2] for r in daily(conn)] == [1, 1]
+
+
+# -- the runner: lock, slot, ledger ------------------------------------------------------------
+
+
+def connector(url: str) -> Any:
+    def connect() -> AbstractContextManager[Conn]:
+        return psycopg.connect(url, autocommit=True)
+
+    return connect
+
+
+def ledger(conn: Conn) -> list[tuple[Any, ...]]:
+    return rows(
+        conn, "SELECT job, replica_id, outcome, rows, error, details FROM job_runs ORDER BY run_id"
+    )
+
+
+def test_runner_records_each_run_and_uses_frozen_time(database_url: str, conn: Conn) -> None:
+    user = make_user(conn)
+    conn.execute(
+        "INSERT INTO rate_limits (user_id, window_seconds, window_start) VALUES (%s, 60, %s)",
+        (user, datetime(2026, 1, 1, 11, 58, tzinfo=UTC)),
+    )
+    settings = rate_limit_cleanup.Settings()
+    with freeze_time("2026-01-01 11:58:30"):
+        first = run_job(connector(database_url), "rate_limit_cleanup", settings, replica_id="r1")
+    with freeze_time("2026-01-01 12:00:00"):
+        second = run_job(
+            connector(database_url), "rate_limit_cleanup", settings, replica_id="r1", slot="s1"
+        )
+    assert (first.outcome, first.rows, second.outcome, second.rows) == ("success", 0, "success", 1)
+    assert ledger(conn) == [
+        ("rate_limit_cleanup", "r1", "success", 0, None, {"trigger": "manual", "deleted": 0}),
+        ("rate_limit_cleanup", "r1", "success", 1, None, {"slot": "s1", "deleted": 1}),
+    ]
+    finished = rows(conn, "SELECT bool_and(finished_at >= started_at) FROM job_runs")
+    assert finished == [(True,)]
+
+
+def test_a_slot_runs_once_and_a_held_lock_skips(database_url: str, conn: Conn) -> None:
+    settings = usage_rollup.Settings()
+    connect = connector(database_url)
+    assert run_job(connect, "usage_rollup", settings, replica_id="a", slot="s").outcome == "success"
+    again = run_job(connect, "usage_rollup", settings, replica_id="b", slot="s")
+    assert (again.outcome, again.error) == ("skipped", "another replica already ran this slot")
+
+    with psycopg.connect(database_url, autocommit=True) as holder:
+        with locking.job_lock(holder, "usage_rollup") as taken:
+            assert taken
+            held = run_job(connect, "usage_rollup", settings, replica_id="b", slot="t")
+        assert (held.outcome, held.error) == ("skipped", "another replica holds the job's lock")
+    assert run_job(connect, "usage_rollup", settings, replica_id="b", slot="t").outcome == (
+        "success"
+    )
+    assert [(r[1], r[2]) for r in ledger(conn)] == [
+        ("a", "success"),
+        ("b", "skipped"),
+        ("b", "skipped"),
+        ("b", "success"),
+    ]
+
+
+def test_a_killed_holder_releases_the_lock(database_url: str) -> None:
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, psycopg; from jobs import locking\n"
+            f"c = psycopg.connect({database_url!r}, autocommit=True)\n"
+            "with locking.job_lock(c, 'proactive_reload') as taken:\n"
+            "    print(taken, flush=True); sys.stdin.read()\n",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "True"
+        settings = proactive_reload.Settings()
+        connect = connector(database_url)
+        assert run_job(connect, "proactive_reload", settings, replica_id="x").outcome == "skipped"
+        holder.kill()
+        holder.wait()
+        # The server ends the session as soon as the socket closes; allow it a moment.
+        for _ in range(200):
+            report = run_job(connect, "proactive_reload", settings, replica_id="x")
+            if report.outcome == "success":
+                break
+        assert report.outcome == "success"
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_failed_run_is_recorded_and_releases_the_lock(database_url: str, conn: Conn) -> None:
+    conn.execute("ALTER TABLE usage_daily RENAME TO usage_daily_moved")
+    user = make_user(conn)
+    track(conn, user, "telegram", NOW, 1)
+    connect = connector(database_url)
+    with pytest.raises(JobFailed) as failed:
+        run_job(connect, "usage_rollup", usage_rollup.Settings(), replica_id="a", slot="s")
+    report = failed.value.report
+    assert report.outcome == "failure" and report.run_id is not None
+    assert report.error is not None and report.error.startswith("UndefinedTable")
+    assert [(r[2], r[4]) for r in ledger(conn)] == [("failure", report.error)]
+    # Nothing half-done: the batch rolled back, the row is still pending.
+    assert rows(conn, "SELECT rolled_up FROM usage_stats") == [(False,)]
+
+    conn.execute("ALTER TABLE usage_daily_moved RENAME TO usage_daily")
+    retry = run_job(connect, "usage_rollup", usage_rollup.Settings(), replica_id="b", slot="s")
+    assert (retry.outcome, retry.rows) == ("success", 1)
+
+
+def test_a_run_left_running_is_marked_failed_by_the_next(database_url: str, conn: Conn) -> None:
+    conn.execute(
+        "INSERT INTO job_runs (job, replica_id, outcome) VALUES ('usage_rollup', 'gone', 'running')"
+    )
+    run_job(connector(database_url), "usage_rollup", usage_rollup.Settings(), replica_id="a")
+    outcomes = [(r[1], r[2]) for r in ledger(conn)]
+    assert outcomes == [("gone", "failure"), ("a", "success")]
+    assert ledger(conn)[0][4].startswith("interrupted")
+
+
+def test_a_stop_request_ends_the_run_between_batches(database_url: str, conn: Conn) -> None:
+    user = make_user(conn)
+    for minutes in range(5):
+        track(conn, user, "telegram", ago(minutes=minutes), 1)
+    report = run_job(
+        connector(database_url),
+        "usage_rollup",
+        usage_rollup.Settings(batch_size=2),
+        replica_id="a",
+        should_stop=lambda: True,
+    )
+    assert (report.outcome, report.rows, report.details["stopped"]) == ("success", 2, True)
+    assert rows(conn, "SELECT count(*) FROM usage_stats WHERE rolled_up") == [(2,)]
+
+
+@pytest.fixture
+def frozen() -> Iterator[None]:
+    with freeze_time(NOW):
+        yield
+
+
+def test_link_code_expiry_under_frozen_clock(database_url: str, conn: Conn, frozen: None) -> None:
+    user = make_user(conn)
+    conn.execute(
+        "INSERT INTO link_codes (code, user_id, expires_at) VALUES ('1', %s, %s), ('2', %s, %s)",
+        (user, ago(hours=2), user, ago(minutes=1)),
+    )
+    report = run_job(
+        connector(database_url), "link_code_expiry", link_code_expiry.Settings(), replica_id="a"
+    )
+    assert report.rows == 1
+    assert rows(conn, "SELECT code FROM link_codes") == [("2",)]
