@@ -287,7 +287,9 @@ class Bench:
         )
         load.start()
         try:
-            runs = jobs_scale.run_jobs(url, load, idle_seconds=max(3.0, args.duration))
+            runs = jobs_scale.run_jobs(
+                url, load, idle_seconds=max(3.0, args.duration), server_pid=self.server.pid
+            )
         finally:
             load.stop()
             design.close()
@@ -311,6 +313,22 @@ class Bench:
                     ("idle_p99_ms", "idle p99 ms"),
                     ("job_p99_ms", "p99 during job ms"),
                     ("p99_ratio", "x idle"),
+                ],
+            ),
+        )
+        for row in rows:
+            row["wait_text"] = ", ".join(f"{k} {v:.2f}" for k, v in row["waits"].items())
+        self.show(
+            "Jobs at scale: what each run cost the server (WAL per row, server CPU, mean active"
+            " backends per wait event, job and online backends together)",
+            report.table(
+                rows,
+                [
+                    ("job", "job"),
+                    ("wal_bytes_per_row", "WAL bytes/row"),
+                    ("server_cpu_s", "server CPU s"),
+                    ("seconds", "seconds"),
+                    ("wait_text", "active backends by wait"),
                 ],
             ),
         )

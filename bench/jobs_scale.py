@@ -20,7 +20,7 @@ from typing import Any
 
 import psycopg
 
-from .harness import median, percentile
+from .harness import ServerDelta, WalMeter, median, percentile
 
 JOBS = ("rate_limit_cleanup", "session_archival", "usage_rollup")
 
@@ -181,6 +181,7 @@ class JobRun:
     details: dict[str, Any]
     online_ms: list[float]
     idle_ms: list[float]
+    server: ServerDelta
 
     def record(self) -> dict[str, Any]:
         idle_p99 = percentile(self.idle_ms, 99)
@@ -197,6 +198,11 @@ class JobRun:
             "job_p50_ms": round(median(self.online_ms), 3),
             "job_p99_ms": round(busy_p99, 3),
             "p99_ratio": round(busy_p99 / idle_p99, 2) if idle_p99 else None,
+            "wal_bytes_per_row": round(self.server.wal_bytes / self.rows) if self.rows else None,
+            "server_cpu_s": (
+                round(self.server.cpu_seconds, 2) if self.server.cpu_seconds is not None else None
+            ),
+            "waits": self.server.waits,
         }
 
 
@@ -208,10 +214,18 @@ def job_module(name: str) -> Any | None:
 
 
 def run_jobs(
-    conninfo: str, load: PacedLoad, idle_seconds: float, jobs: tuple[str, ...] = JOBS
+    conninfo: str,
+    load: PacedLoad,
+    idle_seconds: float,
+    server_pid: int | None = None,
+    jobs: tuple[str, ...] = JOBS,
 ) -> list[JobRun]:
-    """Each job once under ``load`` (already started); idle p99 measured before each job."""
+    """Each job once under ``load`` (already started); idle p99 measured before each job.
+
+    While a job runs its WAL, the server's CPU time and the sampled waits are recorded too.
+    """
     runs = []
+    meter = WalMeter(conninfo, server_pid)
     with psycopg.connect(conninfo, autocommit=True) as conn:
         for name in jobs:
             module = job_module(name)
@@ -220,9 +234,12 @@ def run_jobs(
             idle = load.record()
             time.sleep(idle_seconds)
             busy = load.record()
+            meter.begin()
             t0 = time.perf_counter()
             result = module.run(conn, module.Settings(), datetime.now(UTC))
             seconds = time.perf_counter() - t0
+            server = meter.end()
             load.record()
-            runs.append(JobRun(name, result.rows, seconds, result.details, busy, idle))
+            runs.append(JobRun(name, result.rows, seconds, result.details, busy, idle, server))
+    meter.close()
     return runs
