@@ -285,3 +285,21 @@ job_runs = Table(
     ),
     Index("ix_job_runs_job_started_at", "job", text("started_at DESC")),
 )
+
+# Messages of a TypeScript-era history that break today's rules (unknown role, content that is
+# not text, empty, holds NUL or is over-size), kept verbatim by the legacy conversion
+# (store/legacy.py) instead of being dropped. No foreign key, like the archives: they outlive
+# their session's archival; erasure removes them by user.
+legacy_quarantined_messages = Table(
+    "legacy_quarantined_messages",
+    metadata,
+    Column("session_id", UUID(as_uuid=True), nullable=False),
+    # The element's index in the legacy JSONB array.
+    Column("array_index", Integer, nullable=False),
+    Column("user_id", UUID(as_uuid=True), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("message", JSONB, nullable=False),
+    _tstz("quarantined_at"),
+    PrimaryKeyConstraint("session_id", "array_index"),
+    Index("ix_legacy_quarantined_messages_user_id", "user_id"),
+)
