@@ -17,7 +17,9 @@ import psycopg
 from apscheduler.events import (
     EVENT_JOB_ERROR,
     EVENT_JOB_EXECUTED,
+    EVENT_JOB_MAX_INSTANCES,
     EVENT_JOB_MISSED,
+    JobEvent,
     JobExecutionEvent,
 )
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -116,7 +118,8 @@ class Daemon:
             misfire_grace_time=self.config.gauge_interval_seconds,
         )
         self.scheduler.add_listener(
-            self._on_event, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED
+            self._on_event,
+            EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES,
         )
         self.scheduler.start()
         for job in self.scheduler.get_jobs():
@@ -152,13 +155,18 @@ class Daemon:
             ledger_keep_seconds=self.config.ledger_retention_seconds,
         )
 
-    def _on_event(self, event: JobExecutionEvent) -> None:
+    def _on_event(self, event: JobEvent) -> None:
         if event.job_id not in JOB_NAMES:
             return
         if event.code == EVENT_JOB_MISSED:
             self.metrics.missed.labels(event.job_id).inc()
             log.warning("job %s missed its run at %s", event.job_id, event.scheduled_run_time)
             return
+        if event.code == EVENT_JOB_MAX_INSTANCES:
+            self.metrics.missed.labels(event.job_id).inc()
+            log.warning("job %s still running at its next slot: that run is dropped", event.job_id)
+            return
+        assert isinstance(event, JobExecutionEvent)
         if event.code == EVENT_JOB_EXECUTED:
             report: RunReport = event.retval
         elif isinstance(event.exception, JobFailed):

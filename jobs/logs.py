@@ -38,8 +38,8 @@ def setup_logging(level: str, log_format: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # The run line below says what APScheduler would, in one line and without a traceback.
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    # The daemon logs runs, misses and overlaps itself (jobs/daemon.py), in one line each.
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)
     logging.getLogger("apscheduler.executors").setLevel(logging.CRITICAL)
 
 

@@ -60,7 +60,7 @@ class DaemonMetrics:
         )
         self.missed = Counter(
             "sessionkeeper_job_missed",
-            "Scheduled runs dropped because they were later than the misfire grace time.",
+            "Scheduled runs dropped: too late (misfire grace time) or the last run still going.",
             ["job"],
             registry=r,
         )

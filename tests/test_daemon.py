@@ -20,8 +20,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from jobs import JOB_NAMES
+from store import migrate
+from store.embedded import EmbeddedPostgres
 
 T = TypeVar("T")
+Conn = psycopg.Connection[tuple[Any, ...]]
 
 REQUIRED = (
     "sessionkeeper_job_runs_total",
@@ -183,9 +186,6 @@ def test_metrics_exist_for_every_job_at_start_up(
     assert daemon.stop() == 0
 
 
-Conn = psycopg.Connection[tuple[Any, ...]]
-
-
 def test_jobs_run_on_schedule_and_are_counted(
     database_url: str, conn: Conn, start_daemon: Callable[..., Daemon]
 ) -> None:
@@ -224,3 +224,149 @@ def test_jobs_run_on_schedule_and_are_counted(
     ).fetchall()
     assert {row[0] for row in ledger} == set(JOB_NAMES)
     assert ("rate_limit_cleanup", "success", 1, "a") in ledger
+
+
+def ledger_slots(conn: Conn) -> dict[tuple[str, str], list[tuple[str, str]]]:
+    slots: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for job, slot, replica, outcome in conn.execute(
+        "SELECT job, details ->> 'slot', replica_id, outcome FROM job_runs ORDER BY run_id"
+    ):
+        slots.setdefault((job, slot), []).append((replica, outcome))
+    return slots
+
+
+def test_two_replicas_run_each_job_once_per_slot(
+    database_url: str, conn: Conn, start_daemon: Callable[..., Daemon]
+) -> None:
+    first = start_daemon(database_url, "a", **every_job("1"))
+    second = start_daemon(database_url, "b", **every_job("1"))
+
+    def slots_shared_by_both() -> set[tuple[str, str]] | None:
+        shared = {
+            key
+            for key, runs in ledger_slots(conn).items()
+            if {replica for replica, _ in runs} == {"a", "b"}
+        }
+        per_job = {job for job, _ in shared}
+        return shared if per_job == set(JOB_NAMES) and len(shared) >= 3 * len(JOB_NAMES) else None
+
+    wait_for(slots_shared_by_both, "three slots of every job seen by both replicas")
+    assert first.stop() == 0 and second.stop() == 0
+    for (job, slot), runs in ledger_slots(conn).items():
+        outcomes = sorted(outcome for _, outcome in runs)
+        assert outcomes.count("success") == 1, (job, slot, runs)
+        assert set(outcomes) <= {"success", "skipped"}, (job, slot, runs)
+
+
+def blocked_on_lock(conn: Conn, job: str) -> bool:
+    """The daemon's run of ``job`` is in the ledger and its batch waits for a table lock."""
+    running = conn.execute(
+        "SELECT count(*) FROM job_runs WHERE job = %s AND outcome = 'running'", (job,)
+    ).fetchone()
+    waiting = conn.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'sessionkeeper-daemon'"
+        " AND wait_event_type = 'Lock' AND query LIKE 'WITH b AS%%archived_sessions%%'"
+    ).fetchone()
+    return bool(running and running[0] and waiting and waiting[0])
+
+
+def idle_sessions(conn: Conn, count: int) -> None:
+    conn.execute(
+        """
+        WITH u AS (
+            INSERT INTO users (channel, channel_user_id) VALUES ('telegram', 'idle')
+            RETURNING user_id
+        ), s AS (
+            INSERT INTO sessions (user_id, created_at, last_active, next_seq)
+            SELECT user_id, now() - interval '41 days', now() - interval '40 days', 1
+            FROM u, generate_series(1, %s)
+            RETURNING session_id
+        )
+        INSERT INTO session_messages (session_id, seq, role, content)
+        SELECT session_id, 0, 'user', 'hello' FROM s
+        """,
+        (count,),
+    )
+
+
+ARCHIVAL_ONLY = {
+    **every_job(NEVER),
+    "SESSIONKEEPER_SESSION_ARCHIVAL_SCHEDULE": "1",
+    "SESSIONKEEPER_SESSION_ARCHIVAL_BATCH_SIZE": "1",
+    # Wait for the test's table lock as long as it is held.
+    "SESSIONKEEPER_LOCK_TIMEOUT_SECONDS": "0",
+}
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+def test_a_signal_stops_the_daemon_after_the_current_batch(
+    database_url: str, conn: Conn, start_daemon: Callable[..., Daemon], signum: int
+) -> None:
+    idle_sessions(conn, 3)
+    with psycopg.connect(database_url) as blocker:
+        blocker.execute("LOCK TABLE archived_sessions IN ACCESS EXCLUSIVE MODE")
+        daemon = start_daemon(database_url, **ARCHIVAL_ONLY)
+        wait_for(lambda: blocked_on_lock(conn, "session_archival"), "a run waiting in a batch")
+        daemon.process.send_signal(signum)
+        daemon.wait_for_log(lambda r: r["message"] == "sessionkeeper stopping", "stopping")
+        # The batch in progress holds the daemon until it is done.
+        assert daemon.process.poll() is None
+        blocker.commit()
+    assert daemon.stop(signum) == 0
+    run = conn.execute(
+        "SELECT outcome, rows, details ->> 'stopped' FROM job_runs WHERE job = 'session_archival'"
+    ).fetchall()
+    assert run == [("success", 1, "true")]
+    assert conn.execute("SELECT count(*) FROM sessions").fetchone() == (2,)
+    assert conn.execute("SELECT count(*) FROM archived_session_messages").fetchone() == (1,)
+
+
+@pytest.mark.slow
+def test_the_daemon_survives_a_database_restart_during_a_run(
+    embedded_server_factory: type[EmbeddedPostgres],
+    start_daemon: Callable[..., Daemon],
+) -> None:
+    server = embedded_server_factory()
+    server.start()
+    url = server.url("postgres")
+    migrate.upgrade(url)
+    with psycopg.connect(url, autocommit=True) as arrange:
+        idle_sessions(arrange, 1)
+    blocker = psycopg.connect(url)
+    blocker.execute("LOCK TABLE archived_sessions IN ACCESS EXCLUSIVE MODE")
+    daemon = start_daemon(url, **ARCHIVAL_ONLY)
+    with psycopg.connect(url, autocommit=True) as watch:
+        wait_for(lambda: blocked_on_lock(watch, "session_archival"), "a run waiting in a batch")
+
+    server.stop(force=True)
+    blocker.close()
+    wait_for(lambda: daemon.get("/readyz")[0] == 503, "/readyz to turn unready")
+    failures = {"job": "session_archival", "outcome": "failure"}
+    wait_for(
+        lambda: (daemon.value("sessionkeeper_job_runs_total", **failures) or 0) >= 1,
+        "the failed run in the metrics",
+    )
+    assert daemon.value("sessionkeeper_database_up") == 0
+    assert daemon.process.poll() is None
+
+    server.start()
+    wait_for(lambda: daemon.get("/readyz")[0] == 200, "/readyz to turn ready again")
+    with psycopg.connect(url, autocommit=True) as check:
+
+        def succeeded() -> bool:
+            row = check.execute(
+                "SELECT count(*) FROM job_runs WHERE job = 'session_archival'"
+                " AND outcome = 'success' AND rows = 1"
+            ).fetchone()
+            return bool(row and row[0])
+
+        wait_for(succeeded, "a successful run after the restart")
+        first = check.execute(
+            "SELECT outcome, error FROM job_runs WHERE job = 'session_archival'"
+            " ORDER BY run_id LIMIT 1"
+        ).fetchone()
+        assert first is not None and first[0] == "failure" and first[1]
+        assert check.execute("SELECT count(*) FROM archived_session_messages").fetchone() == (1,)
+        assert check.execute("SELECT count(*) FROM sessions").fetchone() == (0,)
+    assert daemon.value("sessionkeeper_database_up") == 1
+    assert daemon.stop() == 0
