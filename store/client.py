@@ -108,7 +108,7 @@ class _Shell(Operations):
         **options: Any,
     ) -> None:
         try:
-            self.config = replace(config or StoreConfig(), **options)
+            self.config = replace(config or StoreConfig.from_env(), **options)
         except TypeError as exc:
             raise ConfigurationError(f"unknown store setting: {exc}") from None
         pool_options: dict[str, Any] = {

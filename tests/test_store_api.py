@@ -7,9 +7,10 @@ from datetime import timedelta
 from typing import Any
 
 import psycopg
+import pytest
 from store_support import T0, count, store_fixture  # noqa: F401 (fixture)
 
-from store import AsyncStore, Store
+from store import AsyncStore, ConfigurationError, Store, StoreConfig
 
 
 def test_begin_turn_creates_user_and_session_then_finds_them(store: Store) -> None:
@@ -159,3 +160,24 @@ def test_async_store_runs_the_same_operations(database_url: str) -> None:
             return [m.content for m in again.history]
 
     assert asyncio.run(scenario()) == ["ping", "pong"]
+
+
+def test_settings_come_from_the_environment(database_url: str) -> None:
+    environ = {
+        "SESSIONKEEPER_MAX_SIZE": "3",
+        "SESSIONKEEPER_IDLE_TIMEOUT": "90",
+        "SESSIONKEEPER_RATE_PER_DAY": "500",
+        "SESSIONKEEPER_RATE_PER_MINUTE": "none",
+        "SESSIONKEEPER_CHANNELS": "telegram, whatsapp",
+        "SESSIONKEEPER_DURABLE_RATE_LIMITS": "true",
+    }
+    config = StoreConfig.from_env(environ, max_idle=60.0)
+    assert config.max_size == 3 and config.max_idle == 60.0
+    assert config.idle_timeout == timedelta(seconds=90)
+    assert config.rate_windows() == ([86400], [500])
+    assert config.channels == frozenset({"telegram", "whatsapp"}) and config.durable_rate_limits
+    with Store(database_url, config=config, min_size=0) as store:
+        assert store.pool_stats()["pool_max"] == 3 and store.config.min_size == 0
+    for bad in ({"SESSIONKEEPER_MAX_SIZE": "many"}, {"SESSIONKEEPER_MAX_SIZE": "0"}):
+        with pytest.raises(ConfigurationError, match=r"MAX_SIZE|max_size"):
+            StoreConfig.from_env(bad)
