@@ -186,11 +186,15 @@ class JobRun:
     def record(self) -> dict[str, Any]:
         idle_p99 = percentile(self.idle_ms, 99)
         busy_p99 = percentile(self.online_ms, 99)
+        moved = self.rows + int(self.details.get("messages", 0))
         return {
             "job": self.job,
             "rows": self.rows,
             "seconds": round(self.seconds, 2),
             "rows_per_s": round(self.rows / self.seconds) if self.seconds else 0,
+            # session_archival's rows are sessions; each also moves its messages.
+            "rows_incl_messages": moved,
+            "rows_incl_messages_per_s": round(moved / self.seconds) if self.seconds else 0,
             "details": self.details,
             "online_turns": len(self.online_ms),
             "idle_p50_ms": round(median(self.idle_ms), 3),
