@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable
 from datetime import datetime
@@ -11,7 +12,7 @@ import psycopg
 import pytest
 from store_support import T0, store_fixture  # noqa: F401 (fixture)
 
-from store import InvalidInput, Store, StoreError
+from store import AsyncStore, InvalidInput, Store, StoreError
 
 TABLES = ("users", "sessions", "session_messages", "rate_limits", "usage_stats", "link_codes")
 
@@ -136,3 +137,25 @@ def test_unknown_ids_raise_not_found(store: Store) -> None:
         with pytest.raises(NotFound):
             call()
     assert store.get_history(missing) == []
+
+
+def test_input_is_checked_before_any_connection_in_both_shells() -> None:
+    # Nothing listens on port 1: a call that reached for a connection would report the database
+    # as unavailable; bad input is refused before that, by the same checks in both shells.
+    url = "postgresql://bot@127.0.0.1:1/chat"
+    with Store(url, pool_timeout=0.2, min_size=0) as store:
+        with pytest.raises(InvalidInput, match="content"):
+            store.append_messages(uuid.uuid4(), [{"role": "user", "content": NUL}])
+        with pytest.raises(InvalidInput, match="channel_user_id"):
+            store.begin_turn("telegram", "")
+
+    async def scenario() -> None:
+        async with AsyncStore(url, pool_timeout=0.2, min_size=0) as astore:
+            with pytest.raises(InvalidInput, match="role"):
+                await astore.finish_turn(uuid.uuid4(), {"role": "robot", "content": "x"}, "a")
+            with pytest.raises(InvalidInput, match="user_id"):
+                await astore.redeem_link_code("nope", "123456")
+            with pytest.raises(InvalidInput, match="surrogate"):
+                await astore.begin_turn("telegram", SURROGATE)
+
+    asyncio.run(scenario())
