@@ -220,21 +220,40 @@ def test_compose_prometheus_scrapes_every_daemon_replica_with_its_labels() -> No
     assert sd["port"] == METRICS_PORT
 
 
-def test_compose_grafana_provisions_the_datasource_and_dashboards() -> None:
-    grafana = compose()["services"]["grafana"]
+def test_compose_grafana_provisions_the_datasources_and_dashboards() -> None:
+    services = compose()["services"]
+    grafana = services["grafana"]
     mounts = {v.split(":")[1]: v.split(":")[0] for v in grafana["volumes"]}
     assert mounts["/etc/grafana/provisioning"] == "./grafana/provisioning"
     provider = load_yaml(DEPLOY / "grafana/provisioning/dashboards/sessionkeeper.yaml")
     (files,) = provider["providers"]
     assert files["type"] == "file"
     assert mounts[files["options"]["path"]] == "./grafana/dashboards"
-    sources = load_yaml(DEPLOY / "grafana/provisioning/datasources/prometheus.yaml")
-    (source,) = sources["datasources"]
-    assert source["type"] == "prometheus"
-    assert source["url"] == "http://prometheus:9090"
+
     generator = load_grafana_generator()
-    assert source["uid"] == generator.DATASOURCE["uid"]
-    assert generator.DATASOURCE["type"] == "prometheus"
+    provisioned = {}
+    for path in sorted((DEPLOY / "grafana/provisioning/datasources").glob("*.yaml")):
+        for source in load_yaml(path)["datasources"]:
+            provisioned[source["uid"]] = source
+    assert {uid: s["type"] for uid, s in provisioned.items()} == {
+        generator.DATASOURCE["uid"]: generator.DATASOURCE["type"],
+        generator.SQL_DATASOURCE["uid"]: generator.SQL_DATASOURCE["type"],
+    }
+    assert provisioned[generator.DATASOURCE["uid"]]["url"] == "http://prometheus:9090"
+
+    # The PostgreSQL datasource logs in as the read-only role the init script creates, with
+    # the credentials compose hands to both containers.
+    sql = provisioned[generator.SQL_DATASOURCE["uid"]]
+    assert sql["url"] == "postgres:5432"
+    assert sql["jsonData"]["database"] == services["postgres"]["environment"]["POSTGRES_DB"]
+    assert sql["user"] == "${GRAFANA_DB_USER}"
+    assert sql["secureJsonData"]["password"] == "${GRAFANA_DB_PASSWORD}"
+    postgres_env = services["postgres"]["environment"]
+    for name in ("GRAFANA_DB_USER", "GRAFANA_DB_PASSWORD"):
+        assert grafana["environment"][name] == postgres_env[name]
+    postgres_mounts = {v.split(":")[1]: v.split(":")[0] for v in services["postgres"]["volumes"]}
+    init = DEPLOY / postgres_mounts["/docker-entrypoint-initdb.d"]
+    assert (init / "10-grafana-reader.sh").stat().st_mode & 0o111, "init script not executable"
 
 
 @needs_promtool
@@ -273,6 +292,9 @@ def test_dashboards_have_instance_and_job_variables_used_by_every_query() -> Non
                 continue
             assert item["targets"], item["title"]
             for query in item["targets"]:
+                assert item["datasource"] == query["datasource"], item["title"]
+                if "rawSql" in query:
+                    continue  # PostgreSQL: the session store's own tables
                 assert '$instance"' in query["expr"], (item["title"], query["expr"])
     assert len(uids) == len(paths)
 

@@ -7,6 +7,7 @@ tests/test_prometheus_live.py.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -14,6 +15,9 @@ from typing import Any
 
 import pytest
 import yaml
+
+from jobs.config import Schedule
+from jobs.registry import JOBS
 
 RULES_DIR = Path(__file__).resolve().parent.parent / "deploy" / "prometheus"
 ALERTS = RULES_DIR / "alerts.yml"
@@ -41,7 +45,28 @@ def test_the_required_alerts_exist() -> None:
         "SessionkeeperJobNotSucceeding",
         "SessionkeeperDaemonDown",
         "SessionkeeperNoDaemonUp",
+        "SessionkeeperPoolExhausted",
+        "SessionkeeperArchivalFallingBehind",
     } <= set(names)
+
+
+def test_recorded_job_intervals_match_the_default_schedules() -> None:
+    """SessionkeeperJobNotSucceeding's intervals are the daemon's default schedules."""
+    groups = yaml.safe_load(ALERTS.read_text())["groups"]
+    (rule,) = [
+        r
+        for g in groups
+        for r in g["rules"]
+        if r.get("record") == "sessionkeeper:job_interval_seconds"
+    ]
+    recorded = {
+        job: int(seconds)
+        for seconds, job in re.findall(r'vector\((\d+)\), "job", "(\w+)"', rule["expr"])
+    }
+    defaults = {
+        name: Schedule.parse(spec.default_schedule).interval_seconds for name, spec in JOBS.items()
+    }
+    assert recorded == defaults
 
 
 def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:

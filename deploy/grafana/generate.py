@@ -24,8 +24,11 @@ from typing import Any
 
 OUT_DIR = Path(__file__).resolve().parent / "dashboards"
 
-# The datasource uid that provisioning/datasources/prometheus.yaml creates.
+# The datasources that provisioning/datasources/*.yaml create, by uid. The daemon's metrics
+# come from Prometheus; usage per channel and message counts are read from PostgreSQL (the
+# usage_daily rollups are the data, and the daemon exports no per-channel series).
 DATASOURCE = {"type": "prometheus", "uid": "sessionkeeper-prometheus"}
+SQL_DATASOURCE = {"type": "grafana-postgresql-datasource", "uid": "sessionkeeper-postgres"}
 
 # Selectors for the two template variables.
 INSTANCE = 'instance=~"$instance"'
@@ -37,6 +40,18 @@ Panel = dict[str, Any]
 
 def target(expr: str, legend: str, ref: str = "A") -> dict[str, Any]:
     return {"datasource": DATASOURCE, "expr": expr, "legendFormat": legend, "refId": ref}
+
+
+def sql_target(sql: str, fmt: str = "time_series") -> dict[str, Any]:
+    """A PostgreSQL query; for time series the columns are ``time``, ``metric``, value."""
+    return {
+        "datasource": SQL_DATASOURCE,
+        "editorMode": "code",
+        "format": fmt,
+        "rawQuery": True,
+        "rawSql": sql,
+        "refId": "A",
+    }
 
 
 def panel(
@@ -72,7 +87,7 @@ def panel(
         "type": kind,
         "title": title,
         "description": description,
-        "datasource": DATASOURCE,
+        "datasource": targets[0]["datasource"],
         "fieldConfig": {"defaults": defaults, "overrides": []},
         "options": options,
         "targets": targets,
@@ -272,9 +287,149 @@ def jobs_dashboard() -> dict[str, Any]:
     )
 
 
+def store_dashboard() -> dict[str, Any]:
+    def pool(name: str) -> str:
+        return f"sessionkeeper_db_pool_{name}{{{INSTANCE}}}"
+
+    def domain(name: str) -> str:
+        # Every replica counts the same database: one value, whichever replica reports it.
+        return f"max(sessionkeeper_{name}{{{INSTANCE}}})"
+
+    def rows(job: str, window: str) -> str:
+        return f'sum(increase(sessionkeeper_job_rows_total{{{INSTANCE}, job="{job}"}}[{window}]))'
+
+    return dashboard(
+        "sessionkeeper-store",
+        "sessionkeeper / store and database",
+        "The daemon's database pool, the size of the session store, and usage rollups.",
+        [
+            row("Database and connection pool"),
+            panel(
+                "Database reachable",
+                "1 when the replica's last database check succeeded.",
+                [target(f"min by (instance) (sessionkeeper_database_up{{{INSTANCE}}})", "")],
+                kind="stat",
+                width=6,
+            ),
+            panel(
+                "Pool connections",
+                "Connections of each replica's pool: in use, idle, and the maximum "
+                "(alert: SessionkeeperPoolExhausted).",
+                [
+                    target(f"{pool('size')} - {pool('available')}", "{{instance}} in use"),
+                    target(pool("available"), "{{instance}} idle"),
+                    target(pool("max"), "{{instance}} max"),
+                ],
+                width=9,
+            ),
+            panel(
+                "Waiting for a connection",
+                "Requests queued for a connection, and requests that got none (per second).",
+                [
+                    target(pool("requests_waiting"), "{{instance}} waiting"),
+                    target(
+                        f"rate({pool('requests_errors_total')}[$__rate_interval])",
+                        "{{instance}} failed requests/s",
+                    ),
+                    target(
+                        f"rate({pool('connections_lost_total')}[$__rate_interval])",
+                        "{{instance}} lost connections/s",
+                    ),
+                ],
+                width=9,
+            ),
+            row("Sessions and messages"),
+            panel(
+                "Sessions",
+                "Sessions online and in the archive.",
+                [
+                    target(domain("sessions_active"), "online"),
+                    target(domain("sessions_archived"), "archived"),
+                ],
+            ),
+            panel(
+                "Sessions archived or purged per hour",
+                "Rows the session_archival job handled (sessions archived, archives purged).",
+                [target(rows("session_archival", "1h"), "sessions")],
+            ),
+            panel(
+                "Messages",
+                "Messages online and archived (PostgreSQL's row estimates, cheap on large "
+                "tables; exact after ANALYZE).",
+                [
+                    sql_target(
+                        "SELECT relname AS table, greatest(reltuples, 0)::bigint AS messages\n"
+                        "FROM pg_class\n"
+                        "WHERE oid IN ('session_messages'::regclass,"
+                        " 'archived_session_messages'::regclass)\n"
+                        "ORDER BY relname",
+                        fmt="table",
+                    )
+                ],
+                kind="bargauge",
+                width=8,
+            ),
+            panel(
+                "Proactive users",
+                "Users in the published proactive-user list.",
+                [target(domain("proactive_users"), "users")],
+                kind="stat",
+                width=8,
+            ),
+            panel(
+                "Rate-limit windows",
+                "Rows in rate_limits (ended windows are removed by rate_limit_cleanup).",
+                [target(domain("rate_limit_rows"), "rows")],
+                kind="stat",
+                width=8,
+            ),
+            row("Usage rollups"),
+            panel(
+                "Tokens per day by channel",
+                "Input and output tokens per channel, from the usage_daily rollups.",
+                [
+                    sql_target(
+                        "SELECT day::timestamptz AS time, channel AS metric,\n"
+                        "       sum(input_tokens + output_tokens) AS tokens\n"
+                        "FROM usage_daily\n"
+                        "WHERE day BETWEEN $__timeFrom()::date AND $__timeTo()::date\n"
+                        "GROUP BY 1, 2\n"
+                        "ORDER BY 1, 2"
+                    )
+                ],
+                stack=True,
+            ),
+            panel(
+                "Requests per day by channel",
+                "Requests per channel, from the usage_daily rollups.",
+                [
+                    sql_target(
+                        "SELECT day::timestamptz AS time, channel AS metric,\n"
+                        "       sum(requests) AS requests\n"
+                        "FROM usage_daily\n"
+                        "WHERE day BETWEEN $__timeFrom()::date AND $__timeTo()::date\n"
+                        "GROUP BY 1, 2\n"
+                        "ORDER BY 1, 2"
+                    )
+                ],
+                stack=True,
+            ),
+            panel(
+                "Usage rows rolled up",
+                "Raw usage rows the usage_rollup job added to the daily rollups (per hour).",
+                [target(rows("usage_rollup", "1h"), "rows")],
+                width=24,
+            ),
+        ],
+    )
+
+
 def dashboards() -> dict[str, dict[str, Any]]:
     """File name -> dashboard."""
-    return {"sessionkeeper-jobs.json": jobs_dashboard()}
+    return {
+        "sessionkeeper-jobs.json": jobs_dashboard(),
+        "sessionkeeper-store.json": store_dashboard(),
+    }
 
 
 def render(board: dict[str, Any]) -> str:
