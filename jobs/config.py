@@ -58,7 +58,7 @@ class Schedule:
                 raise ValueError("an interval must be at least 1 second")
             return cls(text.strip(), interval_seconds=seconds)
         try:
-            CronTrigger.from_crontab(text, timezone=UTC)
+            _cron_trigger(text)
         except ValueError as exc:
             raise ValueError(
                 f"expected an interval such as 300, 5m, 1h or a cron expression ({exc})"
@@ -71,7 +71,7 @@ class Schedule:
             return IntervalTrigger(
                 seconds=self.interval_seconds, start_date=ANCHOR, timezone=UTC, jitter=jitter
             )
-        trigger = CronTrigger.from_crontab(self.cron, timezone=UTC)
+        trigger = _cron_trigger(self.cron)
         trigger.jitter = jitter
         return trigger
 
@@ -83,7 +83,7 @@ class Schedule:
     def shortest_period_seconds(self) -> float:
         if self.interval_seconds is not None:
             return float(self.interval_seconds)
-        trigger = CronTrigger.from_crontab(self.cron, timezone=UTC)
+        trigger = _cron_trigger(self.cron)
         fires: list[datetime] = []
         previous: datetime | None = None
         cursor = datetime.now(UTC)
@@ -101,7 +101,7 @@ class Schedule:
         if self.interval_seconds is not None:
             periods = (now - ANCHOR) // timedelta(seconds=self.interval_seconds)
             return ANCHOR + periods * timedelta(seconds=self.interval_seconds)
-        trigger = CronTrigger.from_crontab(self.cron, timezone=UTC)
+        trigger = _cron_trigger(self.cron)
         span = timedelta(minutes=2)
         while span < timedelta(days=1000):
             last: datetime | None = trigger.get_next_fire_time(None, now - span)
@@ -115,6 +115,54 @@ class Schedule:
                     last = following
             span *= 4
         return now
+
+
+_DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+
+
+def _cron_trigger(expression: str | None) -> CronTrigger:
+    """A CronTrigger (UTC) reading the day of week as cron does: 0 and 7 are Sunday.
+
+    APScheduler 3 numbers days from Monday = 0, so numeric days are translated to names.
+    """
+    fields = (expression or "").split()
+    if len(fields) != 5:
+        raise ValueError(f"wrong number of fields; got {len(fields)}, expected 5")
+    minute, hour, day, month, day_of_week = fields
+    return CronTrigger(
+        minute=minute,
+        hour=hour,
+        day=day,
+        month=month,
+        day_of_week=",".join(_day_names(part) for part in day_of_week.split(",")),
+        timezone=UTC,
+    )
+
+
+def _day_names(part: str) -> str:
+    """One comma-separated part of a cron day-of-week field, with numbers as day names."""
+    span, _, step_text = part.partition("/")
+    if not any(c.isdigit() for c in span) and not step_text:
+        return part  # *, mon, mon-fri
+    if span == "*":
+        first, last = 0, 6
+    elif "-" in span:
+        first, last = (_day_number(d) for d in span.split("-", 1))
+    else:
+        first = _day_number(span)
+        last = 6 if step_text else first  # "1/2" means from Monday on, every second day
+    step = int(step_text) if step_text else 1
+    if first > last or step < 1:
+        raise ValueError(f"invalid day-of-week range {part!r}")
+    return ",".join(sorted({_DAY_NAMES[d % 7] for d in range(first, last + 1, step)}))
+
+
+def _day_number(text: str) -> int:
+    if text.lower() in _DAY_NAMES:
+        return _DAY_NAMES.index(text.lower())
+    if not text.isdigit() or int(text) > 7:
+        raise ValueError(f"invalid day of week {text!r}")
+    return int(text)
 
 
 @dataclass(frozen=True)
@@ -246,9 +294,12 @@ def load_config(
 def _job_config(name: str, source: _Source) -> JobConfig:
     spec = JOBS[name]
     found = source.get(name, "schedule")
-    text = spec.default_schedule if found is None else _convert(found[0], str, found[1])
-    if found is not None and isinstance(found[0], int) and not isinstance(found[0], bool):
-        text = str(found[0])
+    if found is None:
+        text = spec.default_schedule
+    elif isinstance(found[0], int) and not isinstance(found[0], bool):
+        text = str(found[0])  # TOML: schedule = 300
+    else:
+        text = _convert(found[0], str, found[1])
     try:
         schedule = Schedule.parse(text)
     except ValueError as exc:

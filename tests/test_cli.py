@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,10 +13,21 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from jobs import JOB_NAMES, locking
 from store import migrate
 from store.embedded import EmbeddedPostgres
 
-SUBCOMMANDS = [[], ["migrate"], ["run"], ["status"], ["jobs"], ["jobs", "list"], ["jobs", "run"]]
+SUBCOMMANDS = [
+    [],
+    ["migrate"],
+    ["run"],
+    ["status"],
+    ["jobs"],
+    ["jobs", "list"],
+    ["jobs", "run"],
+    ["sessions"],
+    ["sessions", "restore"],
+]
 
 
 def sessionkeeper(
@@ -50,7 +62,15 @@ def test_every_command_has_help(words: list[str]) -> None:
 
 @pytest.mark.parametrize(
     "words",
-    [["frobnicate"], ["jobs"], ["jobs", "run"], ["migrate", "--bogus"], ["jobs", "run", "nope"]],
+    [
+        ["frobnicate"],
+        ["jobs"],
+        ["jobs", "run"],
+        ["migrate", "--bogus"],
+        ["jobs", "run", "nope"],
+        ["sessions", "restore", "not-a-uuid"],
+        ["--log-format", "xml", "status"],
+    ],
     ids=" ".join,
 )
 def test_bad_usage_exits_2_with_one_line(words: list[str]) -> None:
@@ -126,3 +146,95 @@ def test_run_without_url_uses_embedded_postgres_and_stops_it() -> None:
         if daemon.poll() is None:
             daemon.kill()
         server.stop(force=True)
+
+
+def test_bad_configuration_is_one_line_naming_the_setting(database_url: str) -> None:
+    env = clean_env(DATABASE_URL=database_url, SESSIONKEEPER_SESSION_ARCHIVAL_BATCH_SIZE="lots")
+    result = sessionkeeper("run", env=env)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "SESSIONKEEPER_SESSION_ARCHIVAL_BATCH_SIZE" in lines[0], lines
+
+
+def test_jobs_run_reports_its_outcome_in_the_exit_code(database_url: str) -> None:
+    env = clean_env(DATABASE_URL=database_url)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            """
+            WITH u AS (INSERT INTO users (channel, channel_user_id) VALUES ('telegram', '9')
+                       RETURNING user_id)
+            INSERT INTO usage_stats (user_id, channel, input_tokens) SELECT user_id, 'telegram', 5
+            FROM u
+            """
+        )
+        ran = sessionkeeper("--log-format", "json", "jobs", "run", "usage_rollup", env=env)
+        assert ran.returncode == 0, ran.stderr
+        assert ran.stdout.startswith("usage_rollup: success rows=1 ")
+        (line,) = [json.loads(x) for x in ran.stderr.splitlines() if '"outcome"' in x]
+        assert (line["job"], line["outcome"], line["rows"]) == ("usage_rollup", "success", 1)
+        assert line["duration_seconds"] >= 0
+
+        # Another process holds the job's lock: the run is skipped (exit 3).
+        with locking.job_lock(conn, "usage_rollup") as taken:
+            assert taken
+            skipped = sessionkeeper("jobs", "run", "usage_rollup", env=env)
+        assert skipped.returncode == 3, skipped.stderr
+        assert "skipped" in skipped.stdout
+
+        conn.execute("ALTER TABLE usage_daily RENAME TO usage_daily_gone")
+        conn.execute("UPDATE usage_stats SET rolled_up = false")
+        failed = sessionkeeper("jobs", "run", "usage_rollup", env=env)
+        assert failed.returncode == 1
+        assert "failure" in failed.stdout and "UndefinedTable" in failed.stdout
+        assert "Traceback" not in failed.stderr
+        conn.execute("ALTER TABLE usage_daily_gone RENAME TO usage_daily")
+
+    listed = sessionkeeper("jobs", "list", env=env)
+    assert listed.returncode == 0, listed.stderr
+    rows = {line.split()[0]: line for line in listed.stdout.splitlines()[1:]}
+    assert set(rows) == set(JOB_NAMES)
+    assert "every 300s" in rows["usage_rollup"] and " failure " in rows["usage_rollup"]
+    assert "never run" in rows["session_archival"]
+
+    status = sessionkeeper("status", env=env)
+    assert status.returncode == 0, status.stderr
+    assert "usage_rollup: failure" in status.stdout
+    assert "proactive_reload: never run" in status.stdout
+
+
+def test_jobs_list_reads_the_configuration_file(database_url: str, tmp_path: Path) -> None:
+    config = tmp_path / "sessionkeeper.toml"
+    config.write_text('[jobs.session_archival]\nschedule = "30 3 * * *"\nenabled = false\n')
+    result = sessionkeeper(
+        "--config", str(config), "jobs", "list", env=clean_env(DATABASE_URL=database_url)
+    )
+    assert result.returncode == 0, result.stderr
+    (row,) = [line for line in result.stdout.splitlines() if line.startswith("session_archival")]
+    assert "cron 30 3 * * * UTC" in row and "disabled" in row
+
+
+def test_sessions_restore(database_url: str) -> None:
+    env = clean_env(DATABASE_URL=database_url)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute(
+            """
+            WITH u AS (INSERT INTO users (channel, channel_user_id) VALUES ('telegram', '7')
+                       RETURNING user_id),
+            s AS (INSERT INTO archived_sessions (session_id, user_id, created_at, last_active,
+                                                 next_seq)
+                  SELECT gen_random_uuid(), user_id, now(), now() - interval '90 days', 2 FROM u
+                  RETURNING session_id)
+            INSERT INTO archived_session_messages (session_id, seq, role, content, created_at)
+            SELECT session_id, seq, 'user', 'm' || seq, now() FROM s, generate_series(0, 1) seq
+            RETURNING session_id
+            """
+        ).fetchone()
+        assert row is not None
+        restored = sessionkeeper("sessions", "restore", str(row[0]), env=env)
+        assert restored.returncode == 0, restored.stderr
+        assert "restored with 2 messages" in restored.stdout
+        assert conn.execute("SELECT count(*) FROM session_messages").fetchone() == (2,)
+
+    again = sessionkeeper("sessions", "restore", str(row[0]), env=env)
+    assert again.returncode == 1
+    assert again.stderr.strip() == f"sessionkeeper: no archived session {row[0]}"
