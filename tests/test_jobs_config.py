@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -169,3 +170,17 @@ def test_cron_days_of_week_count_from_sunday_as_in_cron(field: str, days: set[in
         if fire is not None and fire.date() == (monday + timedelta(days=offset)).date():
             fired.add(fire.weekday())
     assert fired == days
+
+
+def test_the_readme_documents_every_setting() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    daemon = readme.split("## Daemon", 1)[1]
+    config = load_config({})
+    names = [f.name for f in dataclasses.fields(config) if f.name not in ("jobs", "config_file")]
+    for name in names:
+        assert f"`SESSIONKEEPER_{name.upper()}`" in daemon or name == "database_url", name
+        assert f"`{name}`" in daemon, name
+    for job in config.jobs.values():
+        assert f"`{job.name}`" in daemon
+        for field in dataclasses.fields(job.settings):
+            assert f"`{field.name}`" in daemon, (job.name, field.name)
