@@ -27,7 +27,7 @@ from jobs.config import Config, load_config
 from jobs.daemon import Daemon, job_conninfo
 from jobs.logs import log_run, setup_logging
 from jobs.runner import JobFailed, run_job
-from store import legacy, migrate
+from store import InvalidInput, Store, legacy, migrate
 from store.connection import configured_database_url, describe, redact, secure_conninfo
 from store.embedded import EmbeddedPostgres
 from store.errors import StoreError
@@ -198,6 +198,25 @@ def cmd_sessions_restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_forget(args: argparse.Namespace) -> int:
+    what = f"user {args.user}" if args.user else f"person {args.person}"
+    with (
+        open_database(args.database_url) as db,
+        Store(db.url, min_size=0, statement_timeout_ms=None) as store,
+    ):
+        try:
+            if args.user:
+                forgotten = store.forget_user(args.user)
+            else:
+                forgotten = store.forget_person(args.person)
+        except InvalidInput as exc:
+            raise UsageError(str(exc)) from None
+    print(f"forgot {what}:")
+    for line in forgotten.lines():
+        print(f"  {line}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sessionkeeper", description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -264,6 +283,13 @@ def build_parser() -> argparse.ArgumentParser:
     restore = session_commands.add_parser("restore", help="bring an archived session back")
     restore.add_argument("session_id", metavar="ID", help="the session id (a UUID)")
     restore.set_defaults(func=cmd_sessions_restore)
+    forget = commands.add_parser(
+        "forget", help="erase a user or a person and everything the store holds about them"
+    )
+    who = forget.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", metavar="ID", help="a user id (UUID)")
+    who.add_argument("--person", metavar="ID", help="a person id (UUID): all its users")
+    forget.set_defaults(func=cmd_forget)
     return parser
 
 

@@ -10,6 +10,8 @@ from .default import (
     create_link_code,
     default_store,
     finish_turn,
+    forget_person,
+    forget_user,
     get_history,
     get_linked_users,
     get_or_create_session,
@@ -22,9 +24,11 @@ from .default import (
     track_usage,
     trim_session_history,
 )
+from .erasure import ANONYMOUS_USER_ID, Forgotten
 from .errors import (
     ConfigurationError,
     DatabaseUnavailable,
+    ErasureBlocked,
     InvalidInput,
     LinkCodeError,
     LinkCodeExpired,
@@ -48,10 +52,13 @@ from .models import (
 )
 
 __all__ = [
+    "ANONYMOUS_USER_ID",
     "Appended",
     "AsyncStore",
     "ConfigurationError",
     "DatabaseUnavailable",
+    "ErasureBlocked",
+    "Forgotten",
     "InvalidInput",
     "LinkCode",
     "LinkCodeError",
@@ -79,6 +86,8 @@ __all__ = [
     "create_link_code",
     "default_store",
     "finish_turn",
+    "forget_person",
+    "forget_user",
     "get_history",
     "get_linked_users",
     "get_or_create_session",

@@ -16,7 +16,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from . import core
+from . import core, erasure
 from .config import StoreConfig
 from .connection import configured_database_url, secure_conninfo
 from .errors import ConfigurationError
@@ -88,6 +88,8 @@ class Operations:
     create_link_code = Op(core.create_link_code)
     redeem_link_code = Op(core.redeem_link_code)
     get_linked_users = Op(core.get_linked_users)
+    forget_user = Op(erasure.forget_user)
+    forget_person = Op(erasure.forget_person)
 
 
 class _Shell(Operations):

@@ -54,6 +54,11 @@ class NotFound(StoreError, LookupError):
     """A referenced user, person or session does not exist."""
 
 
+class ErasureBlocked(StoreError):
+    """A table the store does not own (another subsystem's) still references the user or
+    person: nothing was erased."""
+
+
 class DatabaseUnavailable(StoreError):
     """PostgreSQL could not be reached or went away; the operation did not complete."""
 

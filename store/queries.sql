@@ -135,3 +135,9 @@ FROM users me
 JOIN users u ON u.user_id = me.user_id OR u.person_id = me.person_id
 WHERE me.user_id = %(user_id)s
 ORDER BY u.created_at, u.user_id
+
+-- forget --
+-- Erase a user (or every user of a person) and everything the store holds about them, in one
+-- transaction: one row per table with what was done (see sk_forget in
+-- migrations/versions/0004_erasure_function.py). No rows: no such user or person.
+SELECT table_name, action, row_count FROM sk_forget(%(user_id)s::uuid, %(person_id)s::uuid)

@@ -1,0 +1,239 @@
+"""Erasure: forget_user / forget_person and ``sessionkeeper forget``, on real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.types.json import Jsonb
+from test_cli import clean_env, sessionkeeper
+
+from store import (
+    ANONYMOUS_USER_ID,
+    AsyncStore,
+    ErasureBlocked,
+    InvalidInput,
+    NotFound,
+    Store,
+)
+from store.schema import metadata
+
+DAY = datetime(2026, 11, 1, 12, tzinfo=UTC)
+
+
+@dataclass
+class World:
+    alice: uuid.UUID  # telegram, linked with alice_wa under one person
+    alice_wa: uuid.UUID
+    bob: uuid.UUID
+    person: uuid.UUID
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[Store]:
+    with Store(database_url) as opened:
+        yield opened
+
+
+def build_world(store: Store, conn: psycopg.Connection[Any]) -> World:
+    alice = store.get_or_create_user("telegram", 1001, display_name="Alice 🌷").user_id
+    alice_wa = store.get_or_create_user("whatsapp", "+41790000001").user_id
+    bob = store.get_or_create_user("telegram", 2002, display_name="Bob").user_id
+    linked = store.redeem_link_code(alice_wa, store.create_link_code(alice).code)
+    store.create_link_code(alice)  # a live code too
+    for user, n in ((alice, 3), (alice_wa, 2), (bob, 4)):
+        session = store.get_or_create_session(user).session_id
+        for i in range(n):
+            store.append_messages(
+                session,
+                [{"role": "user", "content": f"q{i} ☕"}, {"role": "assistant", "content": "a"}],
+            )
+        store.check_rate_limit(user)
+        store.track_usage(user, "telegram", 100, 20, 5)
+        store.track_usage(user, "telegram", 50, 10, 0)
+        store.register_proactive_user(f"chat-{user}", user)
+        # What the jobs would have written: a rollup, an archive, a snapshot, a failure.
+        conn.execute(
+            "INSERT INTO usage_daily (day, user_id, channel, requests, input_tokens,"
+            " output_tokens, cached_tokens) VALUES (%s, %s, 'telegram', 7, 700, 70, 7)",
+            [DAY.date(), user],
+        )
+        archived = uuid.uuid4()
+        conn.execute(
+            "INSERT INTO archived_sessions (session_id, user_id, created_at, last_active,"
+            " next_seq) VALUES (%s, %s, %s, %s, 2)",
+            [archived, user, DAY, DAY],
+        )
+        conn.execute(
+            "INSERT INTO archived_session_messages VALUES (%s, 0, 'user', 'old', %s),"
+            " (%s, 1, 'assistant', 'older', %s)",
+            [archived, DAY, archived, DAY],
+        )
+        conn.execute("INSERT INTO proactive_user_list (user_id, chat_id) VALUES (%s, 'c')", [user])
+        conn.execute(
+            "INSERT INTO link_code_failures (user_id, window_start, failures)"
+            " VALUES (%s, now(), 2) ON CONFLICT DO NOTHING",
+            [user],
+        )
+        conn.execute(
+            "INSERT INTO legacy_quarantined_messages (session_id, array_index, user_id, reason,"
+            " message) VALUES (%s, 0, %s, 'unknown role', %s)",
+            [uuid.uuid4(), user, Jsonb({"role": "function", "content": "x"})],
+        )
+    return World(alice, alice_wa, bob, linked.person_id)
+
+
+def rows_about(conn: psycopg.Connection[Any], user: uuid.UUID) -> dict[str, int]:
+    """Rows in every table of ours that name the user (history through its sessions)."""
+    counts = {}
+    for name, table in metadata.tables.items():
+        for column in ("user_id", "used_by"):
+            if column in table.c:
+                row = conn.execute(
+                    f"SELECT count(*) FROM {name} WHERE {column} = %s", [user]
+                ).fetchone()
+                assert row is not None
+                counts[f"{name}.{column}"] = row[0]
+    row = conn.execute(
+        "SELECT count(*) FROM session_messages m JOIN sessions s USING (session_id)"
+        " WHERE s.user_id = %s",
+        [user],
+    ).fetchone()
+    assert row is not None
+    counts["session_messages"] = row[0]
+    return {k: v for k, v in counts.items() if v}
+
+
+def usage_totals(conn: psycopg.Connection[Any]) -> tuple[Any, ...]:
+    """All tokens and requests, rolled up or not: what anonymisation must keep."""
+    row = conn.execute(
+        "SELECT (SELECT sum(requests) FROM usage_daily)"
+        " + (SELECT count(*) FROM usage_stats WHERE NOT rolled_up),"
+        " (SELECT sum(input_tokens + output_tokens + cached_tokens) FROM usage_daily)"
+        " + (SELECT coalesce(sum(input_tokens + output_tokens + cached_tokens), 0)"
+        "    FROM usage_stats WHERE NOT rolled_up)"
+    ).fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+def test_forget_user_removes_everything_about_it(
+    store: Store, conn: psycopg.Connection[Any]
+) -> None:
+    world = build_world(store, conn)
+    bob_before = rows_about(conn, world.bob)
+    totals = usage_totals(conn)
+
+    forgotten = store.forget_user(world.alice)
+
+    assert rows_about(conn, world.alice) == {}
+    assert rows_about(conn, world.bob) == bob_before
+    assert forgotten.deleted == {
+        "session_messages": 6,
+        "sessions": 1,
+        "archived_session_messages": 2,
+        "archived_sessions": 1,
+        "legacy_quarantined_messages": 1,
+        "link_codes": 2,  # the redeemed one and the live one
+        "link_code_failures": 1,
+        "rate_limits": 1,
+        "proactive_users": 1,
+        "proactive_user_list": 1,
+        "usage_stats": 2,
+        "users": 1,
+        "persons": 0,  # alice_wa still belongs to the person
+    }
+    assert forgotten.anonymised == {"usage_daily": 1}
+    assert usage_totals(conn) == totals
+    # Alice's rollup, and her raw usage that was not rolled up yet, now anonymous.
+    anonymous = conn.execute(
+        "SELECT requests, input_tokens FROM usage_daily WHERE user_id = %s", [ANONYMOUS_USER_ID]
+    ).fetchall()
+    assert sorted(anonymous) == [(2, 150), (7, 700)]
+    assert conn.execute("SELECT count(*) FROM persons").fetchone() == (1,)
+    assert [u.user_id for u in store.get_linked_users(world.alice_wa)] == [world.alice_wa]
+
+
+def test_forget_person_removes_all_its_users(store: Store, conn: psycopg.Connection[Any]) -> None:
+    world = build_world(store, conn)
+    totals = usage_totals(conn)
+
+    forgotten = store.forget_person(world.person)
+
+    assert rows_about(conn, world.alice) == rows_about(conn, world.alice_wa) == {}
+    assert forgotten.deleted["users"] == 2 and forgotten.deleted["persons"] == 1
+    assert forgotten.deleted["session_messages"] == 10
+    assert forgotten.anonymised == {"usage_daily": 2}
+    assert usage_totals(conn) == totals
+    assert conn.execute("SELECT count(*) FROM persons").fetchone() == (0,)
+    assert store.get_history(store.get_or_create_session(world.bob).session_id)
+
+
+def test_the_last_user_of_a_person_takes_the_person_along(
+    store: Store, conn: psycopg.Connection[Any]
+) -> None:
+    world = build_world(store, conn)
+    store.forget_user(world.alice)
+    assert store.forget_user(world.alice_wa).deleted["persons"] == 1
+    assert conn.execute("SELECT count(*) FROM persons").fetchone() == (0,)
+
+
+def test_unknown_and_malformed_ids(store: Store) -> None:
+    with pytest.raises(NotFound, match="does not exist"):
+        store.forget_user(uuid.uuid4())
+    with pytest.raises(NotFound, match="person"):
+        store.forget_person(uuid.uuid4())
+    with pytest.raises(InvalidInput):
+        store.forget_user("not-a-uuid")
+    with pytest.raises(InvalidInput):
+        store.forget_person(42)  # type: ignore[arg-type]
+
+
+def test_a_foreign_reference_blocks_and_erases_nothing(
+    store: Store, conn: psycopg.Connection[Any]
+) -> None:
+    world = build_world(store, conn)
+    # Another subsystem's table, as on a database adopted from the TypeScript system.
+    conn.execute("CREATE TABLE memories (user_id uuid REFERENCES users (user_id), note text)")
+    conn.execute("INSERT INTO memories VALUES (%s, 'likes tea')", [world.bob])
+    before = rows_about(conn, world.bob)
+    with pytest.raises(ErasureBlocked, match="memories"):
+        store.forget_user(world.bob)
+    assert rows_about(conn, world.bob) == before
+
+
+def test_async_store_forgets_too(database_url: str, conn: psycopg.Connection[Any]) -> None:
+    with Store(database_url) as sync_store:
+        user = sync_store.get_or_create_user("telegram", 3003).user_id
+
+    async def forget() -> dict[str, int]:
+        async with AsyncStore(database_url) as store:
+            return dict((await store.forget_user(user)).deleted)
+
+    assert asyncio.run(forget())["users"] == 1
+    assert rows_about(conn, user) == {}
+
+
+def test_cli_forget(store: Store, conn: psycopg.Connection[Any], database_url: str) -> None:
+    world = build_world(store, conn)
+    env = clean_env(DATABASE_URL=database_url)
+
+    result = sessionkeeper("forget", "--person", str(world.person), env=env)
+    assert result.returncode == 0, result.stderr
+    assert f"forgot person {world.person}:" in result.stdout
+    assert "  users: 2 deleted" in result.stdout
+    assert "  usage_daily: 2 anonymised" in result.stdout
+
+    unknown = sessionkeeper("forget", "--user", str(uuid.uuid4()), env=env)
+    assert unknown.returncode == 1 and "does not exist" in unknown.stderr
+    for bad in (["--user", "bob"], [], ["--user", str(world.bob), "--person", str(world.bob)]):
+        refused = sessionkeeper("forget", *bad, env=env)
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stderr.strip().splitlines()[-1].startswith("sessionkeeper")
+    assert rows_about(conn, world.bob) != {}
