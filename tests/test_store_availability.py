@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
+import psycopg
 import pytest
 from store_support import T0
 
@@ -32,7 +34,9 @@ def test_server_that_stops_gives_database_unavailable(
             with pytest.raises(DatabaseUnavailable):
                 store.finish_turn(turn, "q", "a")
         server.start()
-        store.pool.check()  # drop connections the outage broke (an idle pool does it itself)
+        # The pool reconnects in the background, backing off between attempts; wait for it
+        # (readiness, bounded) rather than for a guessed time.
+        store.pool.wait(timeout=60)
         assert store.begin_turn("telegram", "u", now=T0).session_id == turn.session_id
 
 
@@ -75,3 +79,22 @@ def test_missing_url_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch) -
         Store()
     with pytest.raises(StoreError, match="unknown store setting"):
         Store("postgresql:///x", max_sise=3)
+
+
+def test_killed_connection_fails_one_call_and_the_pool_recovers(
+    database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    with Store(database_url, min_size=1, max_size=1) as store:
+        turn = store.begin_turn("telegram", "u", now=T0)
+        # The server ends the store's connection (a failover or an administrator would).
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        with pytest.raises(DatabaseUnavailable):
+            store.finish_turn(turn, "q", "a", now=T0)
+        # The broken connection was discarded; the next call gets a new one and nothing of the
+        # failed call was written.
+        assert store.get_history(turn.session_id) == []  # type: ignore[arg-type]
+        store.finish_turn(turn, "q", "a", now=T0)
+        assert len(store.get_history(turn.session_id)) == 2  # type: ignore[arg-type]
