@@ -28,6 +28,8 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from store.errors import ConfigurationError
+
 from . import JOB_NAMES
 from .config import Config
 from .logs import log_run
@@ -81,16 +83,25 @@ class Daemon:
         self.scheduler = BackgroundScheduler(
             timezone=UTC,
             jobstores={"default": MemoryJobStore()},
-            executors={"default": ThreadPoolExecutor(config.workers)},
+            # The gauges have their own thread, so a slow count never delays a job.
+            executors={
+                "default": ThreadPoolExecutor(config.workers),
+                "gauges": ThreadPoolExecutor(1),
+            },
             job_defaults={"max_instances": 1},
         )
         self.http: MetricsServer | None = None
 
     def start(self) -> None:
+        host, port = self.config.metrics_host, self.config.metrics_port
+        try:
+            self.http = MetricsServer(host, port, self.metrics.registry, self.ready)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot serve metrics on {host}:{port} (SESSIONKEEPER_METRICS_HOST, "
+                f"SESSIONKEEPER_METRICS_PORT): {exc.strerror or exc}"
+            ) from None
         self.pool.open(wait=False)
-        self.http = MetricsServer(
-            self.config.metrics_host, self.config.metrics_port, self.metrics.registry, self.ready
-        )
         self.http.start()
         host, port = self.http.address
         log.info("metrics on http://%s:%d/metrics (/healthz, /readyz)", host, port)
@@ -113,6 +124,7 @@ class Daemon:
             trigger="interval",
             seconds=self.config.gauge_interval_seconds,
             id=GAUGE_JOB_ID,
+            executor="gauges",
             next_run_time=datetime.now(UTC),
             coalesce=True,
             misfire_grace_time=self.config.gauge_interval_seconds,

@@ -58,7 +58,9 @@ def skipped(
 
 
 def slot_done(conn: Connection, job: str, slot: str) -> bool:
-    row = conn.execute(QUERIES["ledger_slot_done"], {"job": job, "slot": slot}).fetchone()
+    """``slot``: the ISO 8601 time of the scheduled run (as the ledger's details hold it)."""
+    params = {"job": job, "slot": slot, "slot_time": datetime.fromisoformat(slot)}
+    row = conn.execute(QUERIES["ledger_slot_done"], params).fetchone()
     return bool(row and row[0])
 
 

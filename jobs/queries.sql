@@ -242,10 +242,15 @@ INSERT INTO job_runs (job, replica_id, finished_at, outcome, error, details)
 VALUES (%(job)s, %(replica_id)s, clock_timestamp(), 'skipped', %(reason)s, %(details)s)
 
 -- name: ledger_slot_done
--- Whether some replica already ran this job successfully for this schedule slot.
+-- Whether some replica already ran this job successfully for this schedule slot. Runs of a
+-- slot start after it (the hour allows for clock skew between replicas and server), which
+-- keeps this on the (job, started_at) index however long the ledger is.
 SELECT EXISTS (
     SELECT 1 FROM job_runs
-    WHERE job = %(job)s AND outcome = 'success' AND details ->> 'slot' = %(slot)s
+    WHERE job = %(job)s
+      AND started_at > %(slot_time)s - interval '1 hour'
+      AND outcome = 'success'
+      AND details ->> 'slot' = %(slot)s
 )
 
 -- name: ledger_sweep_interrupted

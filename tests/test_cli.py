@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -113,7 +114,7 @@ def test_unreachable_database_is_one_line_without_password() -> None:
 def test_run_without_url_uses_embedded_postgres_and_stops_it() -> None:
     base = Path(tempfile.mkdtemp(prefix="sessionkeeper-cli-"))
     server = EmbeddedPostgres(base)
-    env = clean_env(SESSIONKEEPER_EMBEDDED_DIR=str(base))
+    env = clean_env(SESSIONKEEPER_EMBEDDED_DIR=str(base), SESSIONKEEPER_METRICS_PORT="0")
     daemon = subprocess.Popen(
         [sys.executable, "-m", "scheduler", "run"],
         stdout=subprocess.PIPE,
@@ -154,6 +155,19 @@ def test_bad_configuration_is_one_line_naming_the_setting(database_url: str) -> 
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "SESSIONKEEPER_SESSION_ARCHIVAL_BATCH_SIZE" in lines[0], lines
+
+
+def test_a_busy_metrics_port_is_one_line_naming_the_setting(database_url: str) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        env = clean_env(DATABASE_URL=database_url, SESSIONKEEPER_METRICS_PORT=port)
+        result = sessionkeeper("run", env=env)
+    assert result.returncode == 1
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("sessionkeeper:")]
+    assert "SESSIONKEEPER_METRICS_PORT" in line and port in line
+    assert "Traceback" not in result.stderr
 
 
 def test_jobs_run_reports_its_outcome_in_the_exit_code(database_url: str) -> None:

@@ -27,6 +27,9 @@ from store.errors import NotFound
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
+# Schedule slots are the scheduled times of runs (the ledger compares them to real time).
+SLOT = datetime.now(UTC).replace(microsecond=0).isoformat()
+NEXT_SLOT = (datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=1)).isoformat()
 
 
 def ago(**delta: float) -> datetime:
@@ -323,12 +326,12 @@ def test_runner_records_each_run_and_uses_frozen_time(database_url: str, conn: C
         first = run_job(connector(database_url), "rate_limit_cleanup", settings, replica_id="r1")
     with freeze_time("2026-01-01 12:00:00"):
         second = run_job(
-            connector(database_url), "rate_limit_cleanup", settings, replica_id="r1", slot="s1"
+            connector(database_url), "rate_limit_cleanup", settings, replica_id="r1", slot=SLOT
         )
     assert (first.outcome, first.rows, second.outcome, second.rows) == ("success", 0, "success", 1)
     assert ledger(conn) == [
         ("rate_limit_cleanup", "r1", "success", 0, None, {"trigger": "manual", "deleted": 0}),
-        ("rate_limit_cleanup", "r1", "success", 1, None, {"slot": "s1", "deleted": 1}),
+        ("rate_limit_cleanup", "r1", "success", 1, None, {"slot": SLOT, "deleted": 1}),
     ]
     finished = rows(conn, "SELECT bool_and(finished_at >= started_at) FROM job_runs")
     assert finished == [(True,)]
@@ -337,16 +340,18 @@ def test_runner_records_each_run_and_uses_frozen_time(database_url: str, conn: C
 def test_a_slot_runs_once_and_a_held_lock_skips(database_url: str, conn: Conn) -> None:
     settings = usage_rollup.Settings()
     connect = connector(database_url)
-    assert run_job(connect, "usage_rollup", settings, replica_id="a", slot="s").outcome == "success"
-    again = run_job(connect, "usage_rollup", settings, replica_id="b", slot="s")
+    assert (
+        run_job(connect, "usage_rollup", settings, replica_id="a", slot=SLOT).outcome == "success"
+    )
+    again = run_job(connect, "usage_rollup", settings, replica_id="b", slot=SLOT)
     assert (again.outcome, again.error) == ("skipped", "another replica already ran this slot")
 
     with psycopg.connect(database_url, autocommit=True) as holder:
         with locking.job_lock(holder, "usage_rollup") as taken:
             assert taken
-            held = run_job(connect, "usage_rollup", settings, replica_id="b", slot="t")
+            held = run_job(connect, "usage_rollup", settings, replica_id="b", slot=NEXT_SLOT)
         assert (held.outcome, held.error) == ("skipped", "another replica holds the job's lock")
-    assert run_job(connect, "usage_rollup", settings, replica_id="b", slot="t").outcome == (
+    assert run_job(connect, "usage_rollup", settings, replica_id="b", slot=NEXT_SLOT).outcome == (
         "success"
     )
     assert [(r[1], r[2]) for r in ledger(conn)] == [
@@ -395,7 +400,7 @@ def test_a_failed_run_is_recorded_and_releases_the_lock(database_url: str, conn:
     track(conn, user, "telegram", NOW, 1)
     connect = connector(database_url)
     with pytest.raises(JobFailed) as failed:
-        run_job(connect, "usage_rollup", usage_rollup.Settings(), replica_id="a", slot="s")
+        run_job(connect, "usage_rollup", usage_rollup.Settings(), replica_id="a", slot=SLOT)
     report = failed.value.report
     assert report.outcome == "failure" and report.run_id is not None
     assert report.error is not None and report.error.startswith("UndefinedTable")
@@ -404,7 +409,7 @@ def test_a_failed_run_is_recorded_and_releases_the_lock(database_url: str, conn:
     assert rows(conn, "SELECT rolled_up FROM usage_stats") == [(False,)]
 
     conn.execute("ALTER TABLE usage_daily_moved RENAME TO usage_daily")
-    retry = run_job(connect, "usage_rollup", usage_rollup.Settings(), replica_id="b", slot="s")
+    retry = run_job(connect, "usage_rollup", usage_rollup.Settings(), replica_id="b", slot=SLOT)
     assert (retry.outcome, retry.rows) == ("success", 1)
 
 
