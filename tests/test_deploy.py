@@ -195,6 +195,7 @@ def test_compose_wires_postgres_migrate_daemons_prometheus_and_grafana() -> None
         # The postgres image has no certificate: TLS is turned off explicitly, not by accident.
         assert url.endswith("?sslmode=disable")
         assert service["environment"]["SESSIONKEEPER_METRICS_PORT"] == str(METRICS_PORT)
+        assert service["environment"]["SESSIONKEEPER_MIGRATE_ON_START"] == "false"
 
     for name, service in services.items():
         for port in service.get("ports", []):
@@ -313,6 +314,9 @@ def test_systemd_unit_runs_the_daemon_as_its_own_user() -> None:
     assert settings["StateDirectory"] == "sessionkeeper"
     environment = [line for line in unit.splitlines() if line.startswith("Environment=")]
     assert f"Environment=SESSIONKEEPER_METRICS_PORT={METRICS_PORT}" in environment
+    # ExecStartPre migrates; the daemon does not repeat it.
+    assert settings["ExecStartPre"].endswith("/sessionkeeper migrate")
+    assert "Environment=SESSIONKEEPER_MIGRATE_ON_START=false" in environment
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
@@ -365,9 +369,9 @@ def test_kubernetes_validation_rejects_a_misspelt_field() -> None:
         kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
 
 
-def test_kustomization_lists_every_manifest() -> None:
+def test_kustomization_lists_every_manifest_but_the_migration_job() -> None:
     kustomization = load_yaml(K8S / "kustomization.yaml")
-    manifests = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    manifests = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml", "migrate-job.yaml"}
     assert set(kustomization["resources"]) == manifests
 
 
@@ -384,6 +388,8 @@ def test_deployment_probes_health_and_readiness_on_the_metrics_port() -> None:
     assert env["DATABASE_URL"]["valueFrom"]["secretKeyRef"]
     assert env["SESSIONKEEPER_METRICS_HOST"]["value"] == "0.0.0.0"
     assert env["SESSIONKEEPER_METRICS_PORT"]["value"] == str(METRICS_PORT)
+    # Schema changes belong to the migration Job.
+    assert env["SESSIONKEEPER_MIGRATE_ON_START"]["value"] == "false"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"metrics": METRICS_PORT}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
