@@ -14,7 +14,7 @@ from sqlalchemy import Engine, create_engine
 from sqlalchemy.pool import NullPool
 
 from .connection import configured_database_url, secure_conninfo
-from .errors import ConfigurationError
+from .errors import ConfigurationError, SchemaOutOfDate
 
 # pg_advisory_lock key held while migrations run ("sk-migr" in ASCII).
 MIGRATION_LOCK_KEY = 0x736B2D6D69677200 >> 8
@@ -63,8 +63,27 @@ def current_revision(url: str) -> str | None:
         engine.dispose()
 
 
+# A TypeScript-era database: the seed's JSONB history column and no Alembic history.
+_UNADOPTED_LEGACY = """
+SELECT to_regclass('alembic_version') IS NULL AND EXISTS (
+    SELECT 1 FROM information_schema.columns
+    WHERE table_schema = current_schema() AND table_name = 'sessions'
+      AND column_name = 'messages')
+"""
+
+
 def upgrade(url: str, revision: str = "head") -> None:
-    _run(url, lambda config: command.upgrade(config, revision))
+    def action(config: Config) -> None:
+        # Adopting one alters tables in place: only `sessionkeeper migrate` (store.legacy) does
+        # that, deliberately, never as a side effect of e.g. `sessionkeeper run`.
+        if config.attributes["connection"].exec_driver_sql(_UNADOPTED_LEGACY).scalar():
+            raise SchemaOutOfDate(
+                "this is a database of the TypeScript store: run `sessionkeeper migrate`"
+                " to adopt it (see --dry-run first)"
+            )
+        command.upgrade(config, revision)
+
+    _run(url, action)
 
 
 def downgrade(url: str, revision: str) -> None:

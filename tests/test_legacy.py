@@ -26,7 +26,7 @@ from psycopg.types.json import Jsonb
 from test_cli import clean_env, sessionkeeper
 from test_migrations import _drift
 
-from store import Store, legacy, migrate
+from store import SchemaOutOfDate, Store, legacy, migrate
 
 SEED_DDL = Path(__file__).with_name("legacy_seed.sql").read_text()
 OTHER_TABLES = (
@@ -484,6 +484,15 @@ def test_timestamps_read_in_the_given_legacy_zone(seed_url: str) -> None:
         ).fetchone()
     assert created == (seed.users[0][7].replace(tzinfo=berlin),)
     assert naive_message == (datetime(2025, 3, 1, 10, tzinfo=berlin),)
+
+
+def test_a_plain_upgrade_refuses_to_adopt(seed_url: str) -> None:
+    # `sessionkeeper run` upgrades on start: a seed database must not be adopted by accident.
+    build_seed(seed_url, extra_sessions=0)
+    with pytest.raises(SchemaOutOfDate, match="run `sessionkeeper migrate`"):
+        migrate.upgrade(seed_url)
+    with psycopg.connect(seed_url) as conn:
+        assert conn.execute("SELECT to_regclass('alembic_version')").fetchone() == (None,)
 
 
 def test_unknown_columns_are_refused_before_anything_changes(seed_url: str) -> None:
