@@ -1,8 +1,9 @@
 """proactive_reload: refresh ``proactive_user_list`` and report its size.
 
-The list is every authenticated user of the channel (Telegram) with a chat id. It is updated
-in place, batch by batch (only changed rows are written), so bots reading it through the store
-always see a complete list.
+The list holds the users the store's ``load_users_from_db`` returns: every authenticated user
+of the channel (Telegram; the chat id is the registered one, else the channel user id) and
+every authenticated user who registered a chat. It is updated in place, batch by batch (only
+changed rows are written), so bots reading it always see a complete list.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from .sql import QUERIES
 @dataclass(frozen=True)
 class Settings:
     batch_size: int = 5000
+    # Channel whose authenticated users are proactive without registering a chat.
     channel: str = "telegram"
 
 

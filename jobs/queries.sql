@@ -125,15 +125,16 @@ WHERE session_id = %(session_id)s
 
 -- name: proactive_upsert
 -- One batch of the current proactive users (keyset over user_id), written only when changed.
+-- Who they are is the store's load_users_from_db: authenticated users of the channel (chat id
+-- = their channel user id unless they registered one) and users who registered a chat.
 WITH source AS (
-    SELECT p.user_id, p.chat_id
-    FROM proactive_users p
-    JOIN users u USING (user_id)
+    SELECT u.user_id, coalesce(p.chat_id, u.channel_user_id) AS chat_id
+    FROM users u
+    LEFT JOIN proactive_users p ON p.user_id = u.user_id
     WHERE u.authenticated
-      AND u.channel = %(channel)s
-      AND p.chat_id <> ''
-      AND p.user_id > %(after)s
-    ORDER BY p.user_id
+      AND (p.user_id IS NOT NULL OR u.channel = %(channel)s)
+      AND u.user_id > %(after)s
+    ORDER BY u.user_id
     LIMIT %(batch_size)s
 ), written AS (
     INSERT INTO proactive_user_list AS l (user_id, chat_id, loaded_at)
@@ -148,18 +149,17 @@ SELECT (SELECT count(*) FROM source) AS seen,
        (SELECT count(*) FROM written) AS written
 
 -- name: proactive_remove_stale
--- List entries whose user is no longer an authenticated Telegram user with a chat id.
+-- List entries whose user is no longer a proactive user.
 WITH b AS (
     SELECT l.user_id
     FROM proactive_user_list l
     WHERE NOT EXISTS (
         SELECT 1
-        FROM proactive_users p
-        JOIN users u USING (user_id)
-        WHERE p.user_id = l.user_id
+        FROM users u
+        LEFT JOIN proactive_users p ON p.user_id = u.user_id
+        WHERE u.user_id = l.user_id
           AND u.authenticated
-          AND u.channel = %(channel)s
-          AND p.chat_id <> ''
+          AND (p.user_id IS NOT NULL OR u.channel = %(channel)s)
     )
     LIMIT %(batch_size)s
     FOR UPDATE SKIP LOCKED

@@ -214,32 +214,39 @@ def test_session_archival_purges_old_archives_only_when_configured(conn: Conn) -
 # -- proactive_reload --------------------------------------------------------------------------
 
 
-def test_proactive_reload_publishes_authenticated_telegram_users(conn: Conn) -> None:
-    wanted = [make_user(conn) for _ in range(3)]
+def test_proactive_reload_publishes_what_the_store_would_load(conn: Conn) -> None:
+    registered = [make_user(conn) for _ in range(2)]
+    implicit = make_user(conn)  # Telegram, no registered chat: its chat is its user id
+    whatsapp = make_user(conn, channel="whatsapp")  # registered a chat explicitly
+    unregistered_whatsapp = make_user(conn, channel="whatsapp")
     unauthenticated = make_user(conn, authenticated=False)
-    whatsapp = make_user(conn, channel="whatsapp")
-    without_chat = make_user(conn)
-    for i, user in enumerate([*wanted, unauthenticated, whatsapp]):
+    for i, user in enumerate([*registered, whatsapp, unauthenticated]):
         conn.execute(
             "INSERT INTO proactive_users (user_id, chat_id) VALUES (%s, %s)", (user, f"chat{i}")
         )
-    conn.execute("INSERT INTO proactive_users (user_id, chat_id) VALUES (%s, '')", (without_chat,))
     # A stale entry and an entry whose chat id changed since the last reload.
     conn.execute(
         "INSERT INTO proactive_user_list (user_id, chat_id) VALUES (%s, 'old'), (%s, 'x')",
-        (wanted[0], unauthenticated),
+        (registered[0], unauthenticated),
     )
 
     settings = proactive_reload.Settings(batch_size=1)
     result = proactive_reload.run(conn, settings, NOW)
 
-    assert result.rows == 3
-    assert result.details == {"size": 3, "written": 3, "removed": 1}
+    assert result.rows == 4
+    assert result.details == {"size": 4, "written": 4, "removed": 1}
     listed = dict(rows(conn, "SELECT user_id, chat_id FROM proactive_user_list"))
-    assert listed == {user: f"chat{i}" for i, user in enumerate(wanted)}
+    (implicit_chat,) = rows(conn, "SELECT channel_user_id FROM users WHERE user_id = %s", implicit)
+    assert listed == {
+        registered[0]: "chat0",
+        registered[1]: "chat1",
+        whatsapp: "chat2",
+        implicit: implicit_chat[0],
+    }
+    assert unregistered_whatsapp not in listed
     # Unchanged rows are not rewritten.
     again = proactive_reload.run(conn, settings, NOW + timedelta(minutes=1))
-    assert again.details == {"size": 3, "written": 0, "removed": 0}
+    assert again.details == {"size": 4, "written": 0, "removed": 0}
 
 
 # -- usage_rollup ------------------------------------------------------------------------------
