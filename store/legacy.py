@@ -440,14 +440,21 @@ def convert_batch(
         batch = _Batch()
         for session_id, user_id, started, history in sessions:
             split_history(session_id, user_id, started, history, options, zone, batch)
-        with (
-            conn.cursor() as cursor,
-            cursor.copy(
-                "COPY session_messages (session_id, seq, role, content, created_at) FROM STDIN"
-            ) as copy,
-        ):
-            for row in batch.rows:
-                copy.write_row(row)
+        try:
+            with (
+                conn.cursor() as cursor,
+                cursor.copy(
+                    "COPY session_messages (session_id, seq, role, content, created_at) FROM STDIN"
+                ) as copy,
+            ):
+                for row in batch.rows:
+                    copy.write_row(row)
+        except psycopg.errors.UniqueViolation as exc:
+            raise LegacyDatabaseError(
+                "a session still holding a legacy history already has new history rows"
+                f" ({exc.diag.message_detail}); were bots running during the conversion?"
+                " Nothing of this batch was written"
+            ) from None
         if batch.quarantined:
             with conn.cursor() as cursor:
                 cursor.executemany(QUERIES["insert_quarantined"], batch.quarantined)

@@ -469,6 +469,24 @@ def test_killed_conversion_finishes_on_rerun(seed_url: str) -> None:
     assert ours_drift(seed_url) == []
 
 
+def test_a_bot_writing_during_the_conversion_stops_it_cleanly(seed_url: str) -> None:
+    seed = build_seed(seed_url, extra_sessions=0)
+    assert migrate_cli(seed_url, "--max-batches", "0").returncode == 0
+    with psycopg.connect(seed_url) as conn:
+        conn.execute(
+            "INSERT INTO session_messages (session_id, seq, role, content)"
+            " VALUES (%s, 0, 'user', 'written by a bot too early')",
+            [uid(0x101)],
+        )
+    result = migrate_cli(seed_url)
+    assert result.returncode == 1
+    assert "were bots running during the conversion?" in result.stderr
+    with psycopg.connect(seed_url) as conn:
+        left = conn.execute("SELECT count(*) FROM sessions WHERE messages IS NOT NULL").fetchone()
+        rows = conn.execute("SELECT count(*) FROM session_messages").fetchone()
+    assert left == (len(seed.histories),) and rows == (1,)
+
+
 def test_timestamps_read_in_the_given_legacy_zone(seed_url: str) -> None:
     seed = build_seed(seed_url, extra_sessions=0)
     result = migrate_cli(seed_url, "--legacy-time-zone", "Europe/Berlin")
