@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -75,6 +75,7 @@ def run_job(
     run_id: int | None = None
     skip_reason: str | None = None
     failure: BaseException | None = None
+    recorded = False
     rows = 0
     try:
         with connect() as conn, job_lock(conn, name) as taken:
@@ -91,6 +92,8 @@ def run_job(
                     result = spec.run(conn, settings, now, should_stop)
                 except Exception as exc:
                     failure = exc
+                    # Still under the lock when the connection survived the error.
+                    recorded = _record_failure(lambda: nullcontext(conn), run_id, exc, quiet=True)
                 else:
                     rows = result.rows
                     details.update(result.details)
@@ -103,24 +106,29 @@ def run_job(
 
     duration = time.monotonic() - started
     if failure is not None:
+        if run_id is not None and not recorded:
+            # The run's own connection may be what broke: try a fresh one.
+            _record_failure(connect, run_id, failure)
         error = describe_error(failure)
-        if run_id is not None:
-            _record_failure(connect, name, run_id, error)
         report = RunReport(name, "failure", 0, duration, time.time(), run_id, error, details)
         raise JobFailed(report) from failure
     outcome = "skipped" if skip_reason else "success"
     return RunReport(name, outcome, rows, duration, time.time(), run_id, skip_reason, details)
 
 
-def _record_failure(connect: ConnectionSource, name: str, run_id: int, error: str) -> None:
-    # The run's own connection may be the thing that broke: use a fresh one.
+def _record_failure(
+    connect: ConnectionSource, run_id: int, failure: BaseException, *, quiet: bool = False
+) -> bool:
+    """Mark run ``run_id`` failed; False (logged unless ``quiet``) if the ledger is unreachable."""
     try:
         with connect() as conn:
-            ledger.finish(conn, run_id, "failure", error=error)
+            ledger.finish(conn, run_id, "failure", error=describe_error(failure))
     except Exception as exc:
-        log.warning(
-            "could not record the failure of %s run %d (%s); the next run marks it failed",
-            name,
-            run_id,
-            describe_error(exc),
-        )
+        if not quiet:
+            log.warning(
+                "could not record the failure of run %d (%s); the job's next run marks it failed",
+                run_id,
+                describe_error(exc),
+            )
+        return False
+    return True
