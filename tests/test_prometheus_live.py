@@ -401,6 +401,9 @@ def test_dashboards_and_alerts_work_against_a_real_daemon(
     assert sorted(r["name"] for r in rules) == sorted(a for a, _ in alert_expressions())
     broken = {r["name"]: r.get("lastError") for r in rules if r["health"] != "ok"}
     assert not broken, broken
+    # A healthy daemon trips no alert, not even into "pending": no expression is always true.
+    active = {r["name"]: r["state"] for r in rules if r.get("type") == "alerting"}
+    assert set(active.values()) == {"inactive"}, active
 
     # The PostgreSQL panels return rows, read as Grafana's role, once usage_rollup has run.
     def sql_panels_have_rows() -> bool | None:
