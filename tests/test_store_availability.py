@@ -98,3 +98,15 @@ def test_killed_connection_fails_one_call_and_the_pool_recovers(
         assert store.get_history(turn.session_id) == []  # type: ignore[arg-type]
         store.finish_turn(turn, "q", "a", now=T0)
         assert len(store.get_history(turn.session_id)) == 2  # type: ignore[arg-type]
+
+
+def test_statement_timeout_bounds_a_wait_on_a_stuck_lock(database_url: str) -> None:
+    with Store(database_url, statement_timeout_ms=200) as store:
+        user = store.get_or_create_user("telegram", "u").user_id
+        # Another client holds the user's row and does not let go (a stuck transaction).
+        with psycopg.connect(database_url) as blocker:
+            blocker.execute("SELECT 1 FROM users WHERE user_id = %s FOR UPDATE", [user])
+            with pytest.raises(DatabaseUnavailable, match="57014"):  # query_canceled
+                store.begin_turn("telegram", "u")
+            blocker.rollback()
+        assert store.begin_turn("telegram", "u").allowed
