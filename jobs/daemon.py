@@ -202,6 +202,9 @@ class Daemon:
         try:
             with self.pool.connection(timeout=3) as conn:
                 row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+        except psycopg.errors.UndefinedTable:
+            self.metrics.database_up.set(1)
+            return False, f"schema not migrated, expected {self.head_revision}"
         except Exception as exc:
             self.metrics.database_up.set(0)
             return False, f"database unavailable: {describe_error(exc)}"

@@ -370,3 +370,16 @@ def test_the_daemon_survives_a_database_restart_during_a_run(
         assert check.execute("SELECT count(*) FROM sessions").fetchone() == (0,)
     assert daemon.value("sessionkeeper_database_up") == 1
     assert daemon.stop() == 0
+
+
+def test_readyz_needs_the_migrated_schema(
+    empty_database_url: str, start_daemon: Callable[..., Daemon]
+) -> None:
+    daemon = start_daemon(
+        empty_database_url, SESSIONKEEPER_MIGRATE_ON_START="false", **every_job(NEVER)
+    )
+    status, reason = daemon.get("/readyz")
+    assert status == 503 and reason.startswith("schema not migrated")
+    assert daemon.get("/healthz") == (200, "ok\n")
+    assert daemon.value("sessionkeeper_database_up") == 1
+    assert daemon.stop() == 0
