@@ -445,3 +445,26 @@ def test_plain_prometheus_scrape_config_for_kubernetes() -> None:
         # Debian builds Prometheus without Kubernetes service discovery.
         pytest.skip("this promtool build has no Kubernetes service discovery")
     assert status == 0, output
+
+
+def test_plain_prometheus_scrape_config_keeps_exactly_the_daemon_endpoints() -> None:
+    """What promtool cannot check without Kubernetes discovery: the keep rule selects the
+    Service's metrics port, under the job name and label handling the alerts expect."""
+    (scrape,) = load_yaml(K8S / "prometheus-scrape.yml")["scrape_configs"]
+    assert scrape["job_name"] == "sessionkeeper"
+    assert scrape["honor_labels"] is True
+    assert [sd["role"] for sd in scrape["kubernetes_sd_configs"]] == ["endpoints"]
+    (keep,) = [r for r in scrape["relabel_configs"] if r.get("action") == "keep"]
+    service = k8s_resource("Service")
+    labels = service["metadata"]["labels"]
+    prefix = "__meta_kubernetes_service_label_"
+    meta = {
+        f"{prefix}{re.sub(r'[^a-zA-Z0-9_]', '_', name)}": value for name, value in labels.items()
+    }
+    (port,) = service["spec"]["ports"]
+    meta["__meta_kubernetes_endpoint_port_name"] = port["name"]
+    value = ";".join(meta[label] for label in keep["source_labels"])
+    assert re.fullmatch(keep["regex"], value), (keep, value)
+    meta["__meta_kubernetes_endpoint_port_name"] = "other"
+    other = ";".join(meta[label] for label in keep["source_labels"])
+    assert not re.fullmatch(keep["regex"], other)
