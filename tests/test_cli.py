@@ -252,3 +252,14 @@ def test_sessions_restore(database_url: str) -> None:
     again = sessionkeeper("sessions", "restore", str(row[0]), env=env)
     assert again.returncode == 1
     assert again.stderr.strip() == f"sessionkeeper: no archived session {row[0]}"
+
+
+def test_unwritable_embedded_dir_is_one_line_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    env = clean_env(SESSIONKEEPER_EMBEDDED_DIR=str(blocker / "data"))
+    result = sessionkeeper("migrate", env=env)
+    assert result.returncode == 1
+    assert "SESSIONKEEPER_EMBEDDED_DIR" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
