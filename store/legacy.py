@@ -40,6 +40,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from . import migrate
+from .config import StoreConfig
 from .errors import ConfigurationError, StoreError
 from .queries import parse
 from .schema import ROLES, metadata
@@ -49,7 +50,6 @@ QUERIES = MappingProxyType(parse(resources.files(__package__).joinpath("legacy.s
 # Session-level advisory lock held for a whole adoption and conversion ("sk-legc").
 LEGACY_LOCK_KEY = 0x736B2D6C656763
 DEFAULT_BATCH_SIZE = 1000  # sessions per batch: up to 40,000 messages with the seed's trim
-DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024  # the store's default max_message_bytes
 
 
 class LegacyDatabaseError(StoreError):
@@ -203,11 +203,8 @@ def adopt(conn: psycopg.Connection[Any], found: Inspection, zone: ZoneInfo) -> N
         conn.execute(QUERIES["adopt_backfill"])
         for table, shape in CORE_TABLES.items():
             _alter_columns(conn, table, shape, shapes[table], before_backfill=False)
-        history_type = shapes["sessions"][LEGACY_COLUMN][0]
-        if history_type != "jsonb":
-            conn.execute(
-                "ALTER TABLE sessions ALTER COLUMN messages TYPE jsonb USING messages::jsonb"
-            )
+        if shapes["sessions"][LEGACY_COLUMN][0] != "jsonb":
+            conn.execute(QUERIES["history_to_jsonb"])
         for table, columns in _PRIMARY_KEYS.items():
             if not _has_primary_key(conn, table):
                 conn.execute(
@@ -376,7 +373,8 @@ class ConversionOptions:
     batch_size: int = DEFAULT_BATCH_SIZE
     max_batches: int | None = None  # stop after this many batches (a re-run continues)
     time_zone: str = "UTC"
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    # The store's limit (SESSIONKEEPER_MAX_MESSAGE_BYTES, default 64 KiB): what it would refuse.
+    max_message_bytes: int = field(default_factory=lambda: StoreConfig.from_env().max_message_bytes)
 
     def __post_init__(self) -> None:
         if self.batch_size <= 0 or self.max_message_bytes <= 0:
