@@ -574,12 +574,12 @@ def _adoption_plan(
 ) -> list[str]:
     present = [t for t in CORE_TABLES if t in found.tables]
     rows = {t: _count(conn, t) for t in present}
-    created = [t for t in metadata.tables if t not in found.tables and t != QUARANTINE_TABLE]
+    created = [t for t in metadata.tables if t not in found.tables]
     lines = [
         "TypeScript-era database: no migration history, histories in sessions.messages",
         f"would alter in place to revision 0001's shape (TIMESTAMP values read as {zone.key}"
         " time): " + ", ".join(f"{t} ({rows[t]} rows)" for t in present),
-        "would create (revision 0001): " + ", ".join(created),
+        "would create: " + ", ".join(created),
         f"would then upgrade from 0001 to {head}",
         "would leave untouched: " + (", ".join(found.other_tables()) or "(no other tables)"),
     ]

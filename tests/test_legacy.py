@@ -29,6 +29,7 @@ from test_migrations import _drift
 from store import SchemaOutOfDate, Store, legacy, migrate
 
 SEED_DDL = Path(__file__).with_name("legacy_seed.sql").read_text()
+QUARANTINE = legacy.QUARANTINE_TABLE
 OTHER_TABLES = (
     "memories",
     "entity_relations",
@@ -403,7 +404,7 @@ def test_dry_run_reports_and_changes_nothing(seed_url: str) -> None:
     out = result.stdout
     assert "TypeScript-era database" in out
     assert "users (5 rows)" in out and "sessions (8 rows)" in out
-    assert "would create (revision 0001): session_messages" in out
+    assert "would create: session_messages" in out and QUARANTINE in out
     assert "would convert the histories of 8 sessions in 4 batches of 2" in out
     assert "7 quarantined" in out
     assert "would leave untouched: conversation_goal_journal, conversation_goals" in out
@@ -413,6 +414,17 @@ def test_dry_run_reports_and_changes_nothing(seed_url: str) -> None:
             "SELECT md5(string_agg(s::text, '|' ORDER BY session_id)) FROM sessions s"
         ).fetchone()
     assert before == after
+
+
+def test_dry_run_on_other_databases(empty_database_url: str) -> None:
+    head = migrate.head_revision()
+    empty = migrate_cli(empty_database_url, "--dry-run")
+    assert empty.returncode == 0, empty.stderr
+    assert f"would upgrade the schema from empty to {head}" in empty.stdout
+    migrate.upgrade(empty_database_url)
+    current = migrate_cli(empty_database_url, "--dry-run")
+    assert f"schema already at {head}" in current.stdout
+    assert "convert" not in current.stdout
 
 
 def test_interrupted_conversion_finishes_on_rerun(seed_url: str) -> None:
