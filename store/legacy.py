@@ -191,31 +191,47 @@ def adopt(conn: psycopg.Connection[Any], found: Inspection, zone: ZoneInfo) -> N
         raise LegacyDatabaseError(
             "cannot adopt this TypeScript-era database: " + "; ".join(problems)
         )
+    try:
+        with conn.transaction():
+            _adopt_tables(conn, zone)
+    except psycopg.OperationalError:
+        raise
+    except psycopg.DatabaseError as exc:
+        # Data the new rules refuse, e.g. a session without a user: the operator decides.
+        raise LegacyDatabaseError(
+            f"cannot adopt this TypeScript-era database: {_first_line(exc)}; nothing was changed"
+        ) from exc
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _adopt_tables(conn: psycopg.Connection[Any], zone: ZoneInfo) -> None:
     tables = list(CORE_TABLES)
-    with conn.transaction():
-        # TIMESTAMP -> timestamptz casts and the seed's now() defaults read this zone.
-        conn.execute("SELECT set_config('TimeZone', %s, true)", [zone.key])
-        conn.execute(QUERIES["create_missing_core_tables"])
-        _replace_constraints(conn, tables)
-        shapes = inspect(conn).tables
-        for table, shape in CORE_TABLES.items():
-            _alter_columns(conn, table, shape, shapes[table], before_backfill=True)
-        conn.execute(QUERIES["adopt_backfill"])
-        for table, shape in CORE_TABLES.items():
-            _alter_columns(conn, table, shape, shapes[table], before_backfill=False)
-        if shapes["sessions"][LEGACY_COLUMN][0] != "jsonb":
-            conn.execute(QUERIES["history_to_jsonb"])
-        for table, columns in _PRIMARY_KEYS.items():
-            if not _has_primary_key(conn, table):
-                conn.execute(
-                    sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({})").format(
-                        sql.Identifier(table),
-                        sql.Identifier(f"pk_{table}"),
-                        sql.SQL(", ").join(map(sql.Identifier, columns)),
-                    )
+    # TIMESTAMP -> timestamptz casts and the seed's now() defaults read this zone.
+    conn.execute("SELECT set_config('TimeZone', %s, true)", [zone.key])
+    conn.execute(QUERIES["create_missing_core_tables"])
+    _replace_constraints(conn, tables)
+    shapes = inspect(conn).tables
+    for table, shape in CORE_TABLES.items():
+        _alter_columns(conn, table, shape, shapes[table], before_backfill=True)
+    conn.execute(QUERIES["adopt_backfill"])
+    for table, shape in CORE_TABLES.items():
+        _alter_columns(conn, table, shape, shapes[table], before_backfill=False)
+    if shapes["sessions"][LEGACY_COLUMN][0] != "jsonb":
+        conn.execute(QUERIES["history_to_jsonb"])
+    for table, columns in _PRIMARY_KEYS.items():
+        if not _has_primary_key(conn, table):
+            conn.execute(
+                sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({})").format(
+                    sql.Identifier(table),
+                    sql.Identifier(f"pk_{table}"),
+                    sql.SQL(", ").join(map(sql.Identifier, columns)),
                 )
-        conn.execute(QUERIES["adopt_constraints"])
-        conn.execute(QUERIES["create_new_tables"])
+            )
+    conn.execute(QUERIES["adopt_constraints"])
+    conn.execute(QUERIES["create_new_tables"])
 
 
 def _replace_constraints(conn: psycopg.Connection[Any], tables: list[str]) -> None:
@@ -479,7 +495,15 @@ def convert(
     report(f"converting the histories of {total} sessions in batches of {options.batch_size}")
     totals, started = ConversionTotals(), time.monotonic()
     while options.max_batches is None or totals.batches < options.max_batches:
-        done = convert_batch(conn, options, zone)
+        try:
+            done = convert_batch(conn, options, zone)
+        except psycopg.OperationalError:
+            raise
+        except psycopg.DatabaseError as exc:
+            raise LegacyDatabaseError(
+                f"legacy conversion stopped: {_first_line(exc)}; that batch was rolled back,"
+                " the sessions converted before it stay converted"
+            ) from exc
         if done is None:
             break
         totals.add(done)

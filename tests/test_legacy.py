@@ -538,6 +538,24 @@ def test_unknown_columns_are_refused_before_anything_changes(seed_url: str) -> N
         assert conn.execute("SELECT to_regclass('session_messages')").fetchone() == (None,)
 
 
+def test_data_the_new_rules_refuse_stops_adoption_cleanly(seed_url: str) -> None:
+    build_seed(seed_url, extra_sessions=0)
+    with psycopg.connect(seed_url) as conn:
+        conn.execute("INSERT INTO sessions (session_id, user_id) VALUES (%s, NULL)", [uid(0x999)])
+    result = migrate_cli(seed_url)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("sessionkeeper: cannot adopt this TypeScript-era database: column")
+    assert '"user_id" of relation "sessions" contains null values' in last
+    assert last.endswith("nothing was changed")
+    with psycopg.connect(seed_url) as conn:
+        assert conn.execute("SELECT to_regclass('alembic_version')").fetchone() == (None,)
+        assert conn.execute(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute"
+            " WHERE attrelid = 'users'::regclass AND attname = 'created_at'"
+        ).fetchone() == ("timestamp without time zone",)
+
+
 def test_tables_without_history_or_migrations_are_refused(empty_database_url: str) -> None:
     with psycopg.connect(empty_database_url) as conn:
         conn.execute("CREATE TABLE users (user_id uuid PRIMARY KEY)")
