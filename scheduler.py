@@ -34,6 +34,9 @@ from store.errors import StoreError
 
 log = logging.getLogger("sessionkeeper")
 
+# The database the daemon uses on the embedded server (not the "postgres" maintenance one).
+EMBEDDED_DATABASE = "sessionkeeper"
+
 
 class UsageError(Exception):
     """Bad command-line usage: reported in one line, exit code 2."""
@@ -63,7 +66,7 @@ def open_database(explicit_url: str | None, *, own_embedded: bool = False) -> It
     try:
         server.start()
         log.info("embedded PostgreSQL in %s", server.data_dir)
-        yield Database(server.url("postgres"), server)
+        yield Database(server.ensure_database(EMBEDDED_DATABASE), server)
     finally:
         server.stop()
         server.release_owner_lock()

@@ -26,6 +26,8 @@ from typing import IO
 from urllib.parse import quote
 
 import platformdirs
+import psycopg
+from psycopg import sql
 
 from .errors import ConfigurationError, DatabaseUnavailable
 
@@ -140,6 +142,14 @@ class EmbeddedPostgres:
             )
         self._started_here = True
         return True
+
+    def ensure_database(self, dbname: str) -> str:
+        """Create ``dbname`` on the running server when missing; its URL."""
+        with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,))
+            if exists.fetchone() is None:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+        return self.url(dbname)
 
     def stop(self, *, force: bool = False) -> None:
         """Stop the server if this object started it (or always, with ``force``)."""

@@ -131,7 +131,7 @@ def test_run_without_url_uses_embedded_postgres_and_stops_it() -> None:
                 break
         assert any("sessionkeeper running" in line for line in seen), "".join(seen)
         assert server.is_running()
-        with psycopg.connect(server.url("postgres")) as conn:
+        with psycopg.connect(server.url("sessionkeeper")) as conn:
             version = conn.execute("SELECT version_num FROM alembic_version").fetchone()
         assert version == (migrate.head_revision(),)
 
