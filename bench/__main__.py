@@ -155,6 +155,7 @@ class Bench:
                 "client_cpu_ms_per_op",
                 "server_cpu_ms_per_op",
                 "busy_cpus",
+                "other_cpus",
             ),
         )
         trips = {r["design"]: r["round_trips_per_turn"] for r in self.rec.section("round_trips")}
@@ -196,8 +197,9 @@ class Bench:
         for row in rows:
             row["waits"] = waits.get((row["design"], row["workers"]), "")
         self.show(
-            "Where a turn's time goes (client and server CPU per turn, CPUs busy, and the mean"
-            " number of active backends per wait event, sampled every 10 ms)",
+            "Where a turn's time goes (client and server CPU per turn, CPUs they kept busy, CPUs"
+            " other processes on the machine kept busy, and the mean number of active backends"
+            " per wait event, sampled every 10 ms)",
             report.table(
                 rows,
                 [
@@ -206,6 +208,7 @@ class Bench:
                     ("client_cpu_ms_per_op", "client CPU ms/turn"),
                     ("server_cpu_ms_per_op", "server CPU ms/turn"),
                     ("busy_cpus", "CPUs busy"),
+                    ("other_cpus", "other load (CPUs)"),
                     ("waits", "active backends by wait"),
                 ],
             ),

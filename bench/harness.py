@@ -60,6 +60,7 @@ class Window:
     def summary(self) -> dict[str, Any]:
         ops = max(self.ops, 1)
         server_cpu = self.server.cpu_seconds
+        own = self.client_cpu_seconds + (server_cpu or 0.0)
         return {
             "ops": self.ops,
             "ops_per_s": round(self.per_second, 1),
@@ -70,7 +71,9 @@ class Window:
             "server_cpu_ms_per_op": (
                 round(server_cpu * 1000 / ops, 3) if server_cpu is not None else None
             ),
-            "busy_cpus": round((self.client_cpu_seconds + (server_cpu or 0.0)) / self.seconds, 2),
+            "busy_cpus": round(own / self.seconds, 2),
+            # CPUs kept busy by everything else on the machine (other users' work): noise.
+            "other_cpus": round(max(0.0, self.server.machine_busy_seconds - own) / self.seconds, 2),
             "waits": self.server.waits,
         }
 
@@ -82,6 +85,8 @@ class ServerDelta:
     cpu_seconds: float | None
     # Mean number of active client backends per wait event ("CPU": none) over the window.
     waits: dict[str, float]
+    # CPU seconds used on the whole machine (every process, every CPU).
+    machine_busy_seconds: float
 
 
 class WalMeter:
@@ -109,7 +114,7 @@ class WalMeter:
         self._sampler: threading.Thread | None = None
         self._waits: Counter[str] = Counter()
         self._samples = 0
-        self._start: tuple[str, float | None] = ("0/0", None)
+        self._start: tuple[str, float | None, float] = ("0/0", None, 0.0)
 
     def lsn(self) -> str:
         row = self.conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
@@ -124,7 +129,7 @@ class WalMeter:
         return int(row[0])
 
     def begin(self) -> None:
-        self._start = (self.lsn(), self._server_cpu())
+        self._start = (self.lsn(), self._server_cpu(), _machine_busy())
         self._waits = Counter()
         self._samples = 0
         self._sampling.set()
@@ -132,16 +137,17 @@ class WalMeter:
         self._sampler.start()
 
     def end(self) -> ServerDelta:
-        lsn, cpu = self._start
+        lsn, cpu, busy = self._start
         wal_bytes = self.since(lsn)
         now_cpu = self._server_cpu()
+        busy = _machine_busy() - busy
         self._sampling.clear()
         if self._sampler is not None:
             self._sampler.join()
         samples = max(self._samples, 1)
         waits = {name: round(count / samples, 2) for name, count in self._waits.most_common(5)}
         return ServerDelta(
-            wal_bytes, None if cpu is None or now_cpu is None else now_cpu - cpu, waits
+            wal_bytes, None if cpu is None or now_cpu is None else now_cpu - cpu, waits, busy
         )
 
     def close(self) -> None:
@@ -169,6 +175,11 @@ class WalMeter:
                     self._waits[name] += count
                 self._samples += 1
                 time.sleep(self.SAMPLE_SECONDS)
+
+
+def _machine_busy() -> float:
+    times = psutil.cpu_times()
+    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
 
 
 class _Clock:
