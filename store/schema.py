@@ -60,6 +60,27 @@ def _tstz(name: str, *, nullable: bool = False, now_default: bool = True) -> Col
     )
 
 
+def _cascade_fk(name: str, target: str, *, primary_key: bool = False) -> Column[object]:
+    """A UUID column referencing ``target`` whose rows go when the referenced row goes."""
+    return Column(
+        name,
+        UUID(as_uuid=True),
+        ForeignKey(target, ondelete="CASCADE"),
+        primary_key=primary_key,
+        nullable=False,
+    )
+
+
+def _message_columns(session_table: str) -> list[Column[object]]:
+    """The columns a history row has, online and in the archive alike."""
+    return [
+        _cascade_fk("session_id", f"{session_table}.session_id"),
+        Column("seq", BigInteger, nullable=False),
+        Column("role", Text, nullable=False),
+        Column("content", Text, nullable=False),
+    ]
+
+
 _ROLE_CHECK = "role IN (" + ", ".join(f"'{r}'" for r in ROLES) + ")"
 
 persons = Table(
@@ -89,12 +110,7 @@ sessions = Table(
     "sessions",
     metadata,
     Column("session_id", UUID(as_uuid=True), primary_key=True, server_default=_NEW_UUID),
-    Column(
-        "user_id",
-        UUID(as_uuid=True),
-        ForeignKey("users.user_id", ondelete="CASCADE"),
-        nullable=False,
-    ),
+    _cascade_fk("user_id", "users.user_id"),
     _tstz("created_at"),
     _tstz("last_active"),
     # Sequence number the next appended message gets; bumping it orders concurrent appends.
@@ -106,15 +122,7 @@ sessions = Table(
 session_messages = Table(
     "session_messages",
     metadata,
-    Column(
-        "session_id",
-        UUID(as_uuid=True),
-        ForeignKey("sessions.session_id", ondelete="CASCADE"),
-        nullable=False,
-    ),
-    Column("seq", BigInteger, nullable=False),
-    Column("role", Text, nullable=False),
-    Column("content", Text, nullable=False),
+    *_message_columns("sessions"),
     _tstz("created_at"),
     PrimaryKeyConstraint("session_id", "seq"),
     CheckConstraint(_ROLE_CHECK, name="role"),
@@ -137,15 +145,7 @@ archived_sessions = Table(
 archived_session_messages = Table(
     "archived_session_messages",
     metadata,
-    Column(
-        "session_id",
-        UUID(as_uuid=True),
-        ForeignKey("archived_sessions.session_id", ondelete="CASCADE"),
-        nullable=False,
-    ),
-    Column("seq", BigInteger, nullable=False),
-    Column("role", Text, nullable=False),
-    Column("content", Text, nullable=False),
+    *_message_columns("archived_sessions"),
     Column("created_at", TIMESTAMP(timezone=True), nullable=False),
     PrimaryKeyConstraint("session_id", "seq"),
 )
@@ -153,12 +153,7 @@ archived_session_messages = Table(
 rate_limits = Table(
     "rate_limits",
     metadata,
-    Column(
-        "user_id",
-        UUID(as_uuid=True),
-        ForeignKey("users.user_id", ondelete="CASCADE"),
-        nullable=False,
-    ),
+    _cascade_fk("user_id", "users.user_id"),
     # Window length in seconds: 60, 3600 and 86400 for the minute, hour and day caps.
     Column("window_seconds", Integer, nullable=False),
     Column("window_start", TIMESTAMP(timezone=True), nullable=False),
@@ -172,12 +167,7 @@ usage_stats = Table(
     "usage_stats",
     metadata,
     Column("stat_id", UUID(as_uuid=True), primary_key=True, server_default=_NEW_UUID),
-    Column(
-        "user_id",
-        UUID(as_uuid=True),
-        ForeignKey("users.user_id", ondelete="CASCADE"),
-        nullable=False,
-    ),
+    _cascade_fk("user_id", "users.user_id"),
     Column("channel", Text, nullable=False),
     Column("input_tokens", BigInteger, nullable=False, server_default=text("0")),
     Column("output_tokens", BigInteger, nullable=False, server_default=text("0")),
@@ -216,12 +206,7 @@ link_codes = Table(
     "link_codes",
     metadata,
     Column("code", Text, primary_key=True),
-    Column(
-        "user_id",
-        UUID(as_uuid=True),
-        ForeignKey("users.user_id", ondelete="CASCADE"),
-        nullable=False,
-    ),
+    _cascade_fk("user_id", "users.user_id"),
     _tstz("created_at"),
     Column("expires_at", TIMESTAMP(timezone=True), nullable=False),
     Column("used_at", TIMESTAMP(timezone=True)),
@@ -234,12 +219,7 @@ link_codes = Table(
 link_code_failures = Table(
     "link_code_failures",
     metadata,
-    Column(
-        "user_id",
-        UUID(as_uuid=True),
-        ForeignKey("users.user_id", ondelete="CASCADE"),
-        primary_key=True,
-    ),
+    _cascade_fk("user_id", "users.user_id", primary_key=True),
     Column("window_start", TIMESTAMP(timezone=True), nullable=False),
     Column("failures", Integer, nullable=False, server_default=text("0")),
     Column("locked_until", TIMESTAMP(timezone=True)),
@@ -248,12 +228,7 @@ link_code_failures = Table(
 proactive_users = Table(
     "proactive_users",
     metadata,
-    Column(
-        "user_id",
-        UUID(as_uuid=True),
-        ForeignKey("users.user_id", ondelete="CASCADE"),
-        primary_key=True,
-    ),
+    _cascade_fk("user_id", "users.user_id", primary_key=True),
     Column("chat_id", Text, nullable=False),
     _tstz("registered_at"),
     Index("ix_proactive_users_chat_id", "chat_id"),
