@@ -12,11 +12,11 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from . import growth, hotpath, jobs_scale, pgbench, report, this_store, workload
+from . import growth, hotpath, jobs_scale, pgbench, profile, report, this_store, workload
 from .harness import RoundTripCounter, WalMeter
 from .server import SERVER_CHOICES, Server, open_server
 
-SECTIONS = ("hotpath", "growth", "jobs")
+SECTIONS = ("hotpath", "profile", "growth", "jobs")
 OUT_DIR = Path(__file__).resolve().parent / "out"
 
 
@@ -223,6 +223,22 @@ class Bench:
                     ceiling_rows, [("script", "script"), ("workers", "clients"), ("tps", "tps")]
                 ),
             )
+
+    # -- one turn, step by step ------------------------------------------------------------
+
+    def profile(self) -> None:
+        repeat = 100 if self.args.quick else 300
+        rows = profile.seed_steps(self.server.create_database("skbench_profile_seed"), repeat)
+        if this_store.available():
+            url = self.server.create_database("skbench_profile_store")
+            rows += profile.store_steps(url, repeat)
+        for row in rows:
+            self.rec.add("profile", repeat=repeat, **row)
+        self.show(
+            f"One turn step by step: median latency of each step, one connection, no other load"
+            f" ({repeat} turns)",
+            report.table(rows, [("design", "design"), ("step", "step"), ("ms", "median ms")]),
+        )
 
     # -- history growth ---------------------------------------------------------------------
 
