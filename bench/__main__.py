@@ -391,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         facts = server.facts()
         context = {
-            "command": "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv),
+            "command": " ".join(["python -m bench", *(sys.argv[1:] if argv is None else argv)]),
             "started": stamp,
             "server": server.description,
             "pgbench": str(server.pgbench),
