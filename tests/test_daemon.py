@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -17,6 +16,7 @@ from typing import Any, TypeVar
 
 import psycopg
 import pytest
+from daemon_support import daemon_env, every_job
 from prometheus_client.parser import text_string_to_metric_families
 
 from jobs import JOB_NAMES
@@ -47,28 +47,6 @@ def wait_for(check: Callable[[], T | None], what: str, timeout: float = 60) -> T
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
-
-
-def daemon_env(database_url: str, replica: str, **settings: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("SESSIONKEEPER_") and k != "DATABASE_URL"
-    }
-    env.update(
-        DATABASE_URL=database_url,
-        SESSIONKEEPER_METRICS_PORT="0",
-        SESSIONKEEPER_REPLICA_ID=replica,
-        SESSIONKEEPER_GAUGE_INTERVAL_SECONDS="1",
-    )
-    for name in JOB_NAMES:
-        env[f"SESSIONKEEPER_{name.upper()}_JITTER_SECONDS"] = "0"
-    env.update(settings)
-    return env
-
-
-def every_job(schedule: str) -> dict[str, str]:
-    return {f"SESSIONKEEPER_{name.upper()}_SCHEDULE": schedule for name in JOB_NAMES}
 
 
 class Daemon:
@@ -140,7 +118,8 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     started: list[Daemon] = []
 
     def start(database_url: str, replica: str = "a", **settings: str) -> Daemon:
-        daemon = Daemon(daemon_env(database_url, replica, **settings), tmp_path / f"{replica}.log")
+        env = daemon_env(database_url, SESSIONKEEPER_REPLICA_ID=replica, **settings)
+        daemon = Daemon(env, tmp_path / f"{replica}.log")
         started.append(daemon)
         return daemon
 

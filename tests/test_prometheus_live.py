@@ -38,6 +38,7 @@ from typing import Any, TypeVar
 import psycopg
 import pytest
 import yaml
+from daemon_support import daemon_env, every_job
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -175,19 +176,7 @@ def arrange_data(database_url: str) -> None:
 def daemon(database_url: str, tmp_path: Path) -> Iterator[Running]:
     arrange_data(database_url)
     port = free_port()
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("SESSIONKEEPER_") and k != "DATABASE_URL"
-    }
-    env.update(
-        DATABASE_URL=database_url,
-        SESSIONKEEPER_METRICS_HOST="127.0.0.1",
-        SESSIONKEEPER_METRICS_PORT=str(port),
-        SESSIONKEEPER_GAUGE_INTERVAL_SECONDS="1",
-    )
-    for name in JOB_NAMES:
-        env[f"SESSIONKEEPER_{name.upper()}_SCHEDULE"] = "1s"
+    env = daemon_env(database_url, SESSIONKEEPER_METRICS_PORT=str(port), **every_job("1s"))
     with start(
         [sys.executable, "-m", "scheduler", "run"], tmp_path / "daemon.log", port, "/readyz", env
     ) as running:
