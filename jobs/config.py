@@ -14,6 +14,7 @@ import itertools
 import os
 import re
 import socket
+import statistics
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -80,21 +81,35 @@ class Schedule:
             return f"every {self.interval_seconds}s"
         return f"cron {self.cron} UTC"
 
-    def shortest_period_seconds(self) -> float:
+    def shortest_period_seconds(self, now: datetime | None = None) -> float:
         if self.interval_seconds is not None:
             return float(self.interval_seconds)
+        return min(self._cron_gaps(12, now), default=86400.0)
+
+    def typical_period_seconds(self, now: datetime | None = None) -> float:
+        """The interval, or for a cron schedule the median gap between its coming fire times.
+
+        The median, not the next gap: "09:00 on weekdays" is a daily job whether the daemon
+        starts on a Tuesday or on a Friday evening (when the next gap is three days).
+        """
+        if self.interval_seconds is not None:
+            return float(self.interval_seconds)
+        gaps = self._cron_gaps(25, now)
+        return statistics.median_low(gaps) if gaps else 86400.0
+
+    def _cron_gaps(self, fires_wanted: int, now: datetime | None) -> list[float]:
+        """Seconds between the next ``fires_wanted`` fire times of the cron schedule."""
         trigger = _cron_trigger(self.cron)
         fires: list[datetime] = []
         previous: datetime | None = None
-        cursor = datetime.now(UTC)
-        for _ in range(12):
+        cursor = now or datetime.now(UTC)
+        for _ in range(fires_wanted):
             fire = trigger.get_next_fire_time(previous, cursor)
             if fire is None:
                 break
             fires.append(fire)
             previous, cursor = fire, fire + timedelta(seconds=1)
-        gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(fires)]
-        return min(gaps, default=86400.0)
+        return [(b - a).total_seconds() for a, b in itertools.pairwise(fires)]
 
     def slot(self, now: datetime) -> datetime:
         """The scheduled (unjittered) fire time that a run starting at ``now`` belongs to."""

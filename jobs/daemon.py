@@ -30,7 +30,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from store.errors import ConfigurationError
 
-from . import JOB_NAMES
+from . import JOB_NAMES, session_archival
 from .config import Config
 from .logs import log_run
 from .metrics import DaemonMetrics, MetricsServer
@@ -68,6 +68,11 @@ class Daemon:
         self.head_revision = head_revision
         self.stopping = threading.Event()
         self.metrics = DaemonMetrics(JOB_NAMES)
+        # Disabled jobs too: the alerts read the interval, and a job's own series tell
+        # whether it runs.
+        self.metrics.set_intervals(
+            {name: job.schedule.typical_period_seconds() for name, job in config.jobs.items()}
+        )
         self.pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
             job_conninfo(conninfo, config),
             min_size=1,
@@ -216,7 +221,7 @@ class Daemon:
     def refresh_gauges(self) -> None:
         try:
             with self.pool.connection(timeout=5) as conn:
-                cursor = conn.execute(QUERIES["domain_gauges"])
+                cursor = conn.execute(QUERIES["domain_gauges"], self._gauge_params())
                 row = cursor.fetchone()
                 names = [column.name for column in cursor.description or ()]
         except Exception as exc:
@@ -226,3 +231,9 @@ class Daemon:
         self.metrics.database_up.set(1)
         if row is not None:
             self.metrics.set_domain(dict(zip(names, row, strict=True)))
+
+    def _gauge_params(self) -> dict[str, Any]:
+        """The archival backlog is counted with session_archival's own idle age and clock."""
+        archival = self.config.jobs.get("session_archival")
+        settings = archival.settings if archival else session_archival.Settings()
+        return {"now": datetime.now(UTC), "idle_seconds": settings.idle_seconds}

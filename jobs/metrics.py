@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
@@ -29,6 +29,10 @@ DOMAIN_GAUGES = {
     "sessions_archived": "Sessions in the archive.",
     "proactive_users": "Users in the published proactive-user list.",
     "rate_limit_rows": "Rate-limit window rows.",
+    "sessions_archivable": "Online sessions idle longer than session_archival's idle_seconds.",
+    "sessions_archivable_age_seconds": (
+        "How long the longest-waiting archivable session has been archivable (0: none)."
+    ),
 }
 
 
@@ -36,6 +40,8 @@ class DaemonMetrics:
     def __init__(self, job_names: Sequence[str]) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        # process_start_time_seconds (restarts, uptime), CPU, memory, open files.
+        ProcessCollector(registry=r)
         self.runs = Counter(
             "sessionkeeper_job_runs", "Job runs by outcome.", ["job", "outcome"], registry=r
         )
@@ -61,6 +67,12 @@ class DaemonMetrics:
         self.missed = Counter(
             "sessionkeeper_job_missed",
             "Scheduled runs dropped: too late (misfire grace time) or the last run still going.",
+            ["job"],
+            registry=r,
+        )
+        self.interval = Gauge(
+            "sessionkeeper_job_interval_seconds",
+            "The job's configured schedule interval (cron: the median gap between fire times).",
             ["job"],
             registry=r,
         )
@@ -91,6 +103,10 @@ class DaemonMetrics:
             self.last_success.labels(report.job).set(report.finished_at)
             if report.job == "proactive_reload" and "size" in report.details:
                 self.domain["proactive_users"].set(report.details["size"])
+
+    def set_intervals(self, seconds: dict[str, float]) -> None:
+        for job, value in seconds.items():
+            self.interval.labels(job).set(value)
 
     def set_domain(self, values: dict[str, Any]) -> None:
         for name, gauge in self.domain.items():

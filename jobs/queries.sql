@@ -277,7 +277,16 @@ WHERE job = ANY(%(jobs)s)
 ORDER BY job, started_at DESC, run_id DESC
 
 -- name: domain_gauges
+-- The last two figures are the archival backlog, selected as archive_sessions selects it. Both
+-- read the index on sessions(last_active): the count an index range as long as the backlog,
+-- the age only the index's first entry.
 SELECT (SELECT count(*) FROM sessions) AS sessions_active,
        (SELECT count(*) FROM archived_sessions) AS sessions_archived,
        (SELECT count(*) FROM proactive_user_list) AS proactive_users,
-       (SELECT count(*) FROM rate_limits) AS rate_limit_rows
+       (SELECT count(*) FROM rate_limits) AS rate_limit_rows,
+       (SELECT count(*) FROM sessions
+        WHERE last_active < %(now)s - make_interval(secs => %(idle_seconds)s)
+       ) AS sessions_archivable,
+       greatest(0, extract(epoch FROM %(now)s - make_interval(secs => %(idle_seconds)s)
+                                      - (SELECT min(last_active) FROM sessions))
+       ) AS sessions_archivable_age_seconds

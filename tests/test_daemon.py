@@ -156,12 +156,53 @@ def test_metrics_exist_for_every_job_at_start_up(
         "sessionkeeper_sessions_archived",
         "sessionkeeper_proactive_users",
         "sessionkeeper_rate_limit_rows",
+        "sessionkeeper_sessions_archivable",
+        "sessionkeeper_sessions_archivable_age_seconds",
         "sessionkeeper_database_up",
+        "process_start_time_seconds",
     ):
         assert (name, ()) in samples, name
     assert daemon.get("/healthz") == (200, "ok\n")
     assert daemon.get("/readyz") == (200, "ready\n")
     promtool_check(daemon.get("/metrics")[1])
+    assert daemon.stop() == 0
+
+
+def test_schedules_backlog_and_process_start_are_exported(
+    database_url: str, conn: Conn, start_daemon: Callable[..., Daemon]
+) -> None:
+    idle_sessions(conn, 3)  # idle for 40 days: archivable for 10
+    started = time.time()
+    settings = {
+        **every_job(NEVER),
+        "SESSIONKEEPER_RATE_LIMIT_CLEANUP_SCHEDULE": "90s",
+        # Weekdays at 09:00: a daily job, also when the next gap is a weekend.
+        "SESSIONKEEPER_LINK_CODE_EXPIRY_SCHEDULE": "0 9 * * 1-5",
+        "SESSIONKEEPER_USAGE_ROLLUP_SCHEDULE": "*/15 * * * *",
+        "SESSIONKEEPER_USAGE_ROLLUP_ENABLED": "false",
+    }
+    daemon = start_daemon(database_url, **settings)
+    intervals = {
+        job: daemon.value("sessionkeeper_job_interval_seconds", job=job) for job in JOB_NAMES
+    }
+    assert intervals == {
+        "rate_limit_cleanup": 90,
+        "link_code_expiry": 86400,
+        "session_archival": 365 * 86400,  # NEVER: once a year
+        "proactive_reload": 365 * 86400,
+        "usage_rollup": 900,  # disabled, still its configured schedule
+    }
+
+    archivable = wait_for(
+        lambda: daemon.value("sessionkeeper_sessions_archivable"), "the backlog gauge"
+    )
+    assert archivable == 3
+    age = daemon.value("sessionkeeper_sessions_archivable_age_seconds")
+    assert age is not None and 10 * 86400 <= age < 10 * 86400 + 120
+    assert daemon.value("sessionkeeper_sessions_active") == 3
+
+    start_time = daemon.value("process_start_time_seconds")
+    assert start_time is not None and started - 1 <= start_time <= time.time()
     assert daemon.stop() == 0
 
 

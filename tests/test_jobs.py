@@ -23,6 +23,7 @@ from jobs import (
     usage_rollup,
 )
 from jobs.runner import JobFailed, run_job
+from jobs.sql import QUERIES
 from store.errors import NotFound
 
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -209,6 +210,71 @@ def test_session_archival_purges_old_archives_only_when_configured(conn: Conn) -
     assert result.details == {"archived": 0, "messages": 0, "purged": 1}
     assert rows(conn, "SELECT archived_at FROM archived_sessions") == [(NOW,)]
     assert rows(conn, "SELECT count(*) FROM archived_session_messages") == [(2,)]
+
+
+def domain_gauges(conn: Conn, idle_seconds: int) -> dict[str, Any]:
+    """The daemon's domain gauges, counted with session_archival's ``idle_seconds`` at NOW."""
+    cursor = conn.execute(QUERIES["domain_gauges"], {"now": NOW, "idle_seconds": idle_seconds})
+    row = cursor.fetchone()
+    assert row is not None and cursor.description is not None
+    return dict(zip([c.name for c in cursor.description], row, strict=True))
+
+
+def test_archival_backlog_gauges_count_what_the_job_would_archive(conn: Conn) -> None:
+    empty = domain_gauges(conn, 30 * 86400)
+    assert (empty["sessions_archivable"], empty["sessions_archivable_age_seconds"]) == (0, 0)
+    user = make_user(conn)
+    for days in (40, 31, 2):
+        make_session(conn, user, ago(days=days), 1)
+
+    gauges = domain_gauges(conn, 30 * 86400)
+    assert gauges["sessions_active"] == 3
+    assert gauges["sessions_archivable"] == 2
+    # The oldest became archivable 10 days ago (idle for 40 days, archived after 30).
+    assert gauges["sessions_archivable_age_seconds"] == 10 * 86400
+    # The job's setting decides: after 35 days only the oldest counts, after 50 none.
+    assert domain_gauges(conn, 35 * 86400)["sessions_archivable"] == 1
+    assert domain_gauges(conn, 50 * 86400)["sessions_archivable_age_seconds"] == 0
+
+    session_archival.run(conn, session_archival.Settings(idle_seconds=30 * 86400), NOW)
+    after = domain_gauges(conn, 30 * 86400)
+    assert (after["sessions_archivable"], after["sessions_archivable_age_seconds"]) == (0, 0)
+    assert after["sessions_archived"] == 2
+
+
+def test_archival_backlog_gauges_read_an_index_range_not_the_table(conn: Conn) -> None:
+    """On 20 000 sessions, 1% of them idle: PostgreSQL's plan for the backlog figures."""
+    user = make_user(conn)
+    conn.execute(
+        "INSERT INTO sessions (user_id, created_at, last_active, next_seq)"
+        " SELECT %s, t, t, 0 FROM ("
+        "   SELECT %s - make_interval(hours => g) AS t FROM generate_series(0, 19999) g"
+        " ) s",
+        (user, NOW),
+    )
+    conn.execute("ANALYZE sessions")
+    plan = conn.execute(
+        f"EXPLAIN (FORMAT JSON) {QUERIES['domain_gauges']}",
+        {"now": NOW, "idle_seconds": 19800 * 3600},
+    ).fetchone()
+    assert plan is not None
+    backlog = [
+        node
+        for node in walk(plan[0][0]["Plan"])
+        if node.get("Index Cond", "").startswith("(last_active <")
+    ]
+    assert backlog, plan
+    assert all(node["Index Name"] == "ix_sessions_last_active" for node in backlog)
+    scans = [node for node in walk(plan[0][0]["Plan"]) if node.get("Relation Name") == "sessions"]
+    # Three reads of sessions: the total (any plan), the backlog's range, the oldest entry.
+    assert len(scans) == 3
+    assert sum(node["Node Type"] == "Seq Scan" for node in scans) <= 1, plan
+
+
+def walk(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield node
+    for child in node.get("Plans", []):
+        yield from walk(child)
 
 
 # -- proactive_reload --------------------------------------------------------------------------

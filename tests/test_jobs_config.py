@@ -151,6 +151,25 @@ def test_cron_schedules_have_slots_too() -> None:
 
 
 @pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("90s", 90),
+        ("*/5 * * * *", 300),
+        ("30 3 * * *", 86400),
+        # Weekdays: a day, although from Friday evening the next gap is three days.
+        ("0 9 * * 1-5", 86400),
+        ("0 0 1 * *", 31 * 86400),  # monthly: the median month
+        ("0 0 1 1 *", 365 * 86400),
+    ],
+)
+def test_a_schedules_typical_period_is_its_median_gap(text: str, seconds: int) -> None:
+    friday_evening = datetime(2026, 3, 13, 18, 0, tzinfo=UTC)
+    schedule = Schedule.parse(text)
+    assert schedule.typical_period_seconds(friday_evening) == seconds
+    assert schedule.typical_period_seconds() == seconds
+
+
+@pytest.mark.parametrize(
     ("field", "days"),
     [
         ("0", {6}),
