@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from jobs.config import Schedule
-from jobs.registry import JOBS
+from jobs import JOB_NAMES
+from jobs.metrics import DaemonMetrics
 
 RULES_DIR = Path(__file__).resolve().parent.parent / "deploy" / "prometheus"
 ALERTS = RULES_DIR / "alerts.yml"
@@ -50,23 +50,29 @@ def test_the_required_alerts_exist() -> None:
     } <= set(names)
 
 
-def test_recorded_job_intervals_match_the_default_schedules() -> None:
-    """SessionkeeperJobNotSucceeding's intervals are the daemon's default schedules."""
+def rule_expressions() -> dict[str, str]:
     groups = yaml.safe_load(ALERTS.read_text())["groups"]
-    (rule,) = [
-        r
-        for g in groups
-        for r in g["rules"]
-        if r.get("record") == "sessionkeeper:job_interval_seconds"
-    ]
-    recorded = {
-        job: int(seconds)
-        for seconds, job in re.findall(r'vector\((\d+)\), "job", "(\w+)"', rule["expr"])
-    }
-    defaults = {
-        name: Schedule.parse(spec.default_schedule).interval_seconds for name, spec in JOBS.items()
-    }
-    assert recorded == defaults
+    return {r.get("alert") or r["record"]: r["expr"] for g in groups for r in g["rules"]}
+
+
+def test_the_rules_read_only_series_the_daemon_exports() -> None:
+    """The alerts hold no copy of the daemon's configuration (such as the jobs' schedules, which
+    operators change): they read it from the daemon's own series, every one of which exists."""
+    metrics = DaemonMetrics(JOB_NAMES)
+    metrics.add_pool(dict)
+    metrics.set_intervals({name: 60.0 for name in JOB_NAMES})
+    exported = {sample.name for family in metrics.registry.collect() for sample in family.samples}
+    expressions = rule_expressions()
+    for name, expr in expressions.items():
+        used = set(re.findall(r"\b(?:sessionkeeper|process)_[a-z0-9_]+", expr))
+        assert used <= exported, (name, used - exported)
+        assert "vector(" not in expr, f"{name} holds a constant copy of something"
+    for alert in ("SessionkeeperJobNotSucceeding", "SessionkeeperArchivalFallingBehind"):
+        assert "sessionkeeper_job_interval_seconds" in expressions[alert], alert
+    assert (
+        "sessionkeeper_sessions_archivable_age_seconds"
+        in (expressions["SessionkeeperArchivalFallingBehind"])
+    )
 
 
 def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
