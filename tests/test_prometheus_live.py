@@ -308,8 +308,8 @@ def alert_expressions() -> list[tuple[str, str]]:
 
 
 def metric_names(text: str) -> set[str]:
-    """Every ``sessionkeeper_*`` name in a query."""
-    return set(re.findall(r"\bsessionkeeper_[a-z0-9_]+", text))
+    """Every ``sessionkeeper_*`` and ``process_*`` name in a query."""
+    return set(re.findall(r"\b(?:sessionkeeper|process)_[a-z0-9_]+", text))
 
 
 def test_dashboards_and_alerts_work_against_a_real_daemon(

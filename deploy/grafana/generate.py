@@ -34,6 +34,8 @@ SQL_DATASOURCE = {"type": "grafana-postgresql-datasource", "uid": "sessionkeeper
 INSTANCE = 'instance=~"$instance"'
 JOB = 'job=~"$job"'
 BY_JOB = f"{INSTANCE}, {JOB}"
+# The daemon's process_* series carry the scrape job's label, like the alerts expect.
+PROCESS = f'job="sessionkeeper", {INSTANCE}'
 
 Panel = dict[str, Any]
 
@@ -226,6 +228,35 @@ def jobs_dashboard() -> dict[str, Any]:
                 unit="s",
                 width=6,
             ),
+            row("Replicas"),
+            panel(
+                "Uptime",
+                "Time since each replica's process started (process_start_time_seconds).",
+                [target(f"time() - process_start_time_seconds{{{PROCESS}}}", "{{instance}}")],
+                kind="stat",
+                unit="s",
+                width=6,
+            ),
+            panel(
+                "Restarts in the last 24 hours",
+                "Times each replica's process started anew within the last day (changes of "
+                "process_start_time_seconds). A container replaced under a new address shows "
+                "as a new instance instead.",
+                [
+                    target(
+                        f"changes(process_start_time_seconds{{{PROCESS}}}[24h])",
+                        "{{instance}}",
+                    )
+                ],
+                kind="stat",
+                width=6,
+            ),
+            panel(
+                "Resident memory",
+                "Resident memory of each replica's process.",
+                [target(f"process_resident_memory_bytes{{{PROCESS}}}", "{{instance}}")],
+                unit="bytes",
+            ),
             row("Durations"),
             panel(
                 "Run duration, p50 and p95",
@@ -351,6 +382,27 @@ def store_dashboard() -> dict[str, Any]:
                 "Sessions archived or purged per hour",
                 "Rows the session_archival job handled (sessions archived, archives purged).",
                 [target(rows("session_archival", "1h"), "sessions")],
+            ),
+            panel(
+                "Archival backlog",
+                "Online sessions idle longer than session_archival's idle_seconds: they wait "
+                "for its next run, which archives them all.",
+                [target(domain("sessions_archivable"), "sessions")],
+            ),
+            panel(
+                "Archival backlog age",
+                "How long the oldest waiting session has been archivable, and three of "
+                "session_archival's intervals, past which SessionkeeperArchivalFallingBehind "
+                "fires. Healthy: a sawtooth up to one interval.",
+                [
+                    target(domain("sessions_archivable_age_seconds"), "oldest waiting"),
+                    target(
+                        "3 * max(sessionkeeper_job_interval_seconds"
+                        f'{{{INSTANCE}, job="session_archival"}})',
+                        "alert threshold",
+                    ),
+                ],
+                unit="s",
             ),
             panel(
                 "Messages",
