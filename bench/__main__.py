@@ -23,7 +23,9 @@ OUT_DIR = Path(__file__).resolve().parent / "out"
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="short smoke run (about 2 minutes)")
-    parser.add_argument("--runs", type=int, help="hot-path runs to take medians of (3; quick 1)")
+    parser.add_argument(
+        "--runs", type=int, help="runs of the hot path and the jobs to take medians of (3; quick 1)"
+    )
     parser.add_argument("--duration", type=float, help="seconds measured per cell (8; quick 2)")
     parser.add_argument("--workers", default="1,4,16", help="concurrencies (default 1,4,16)")
     parser.add_argument(
