@@ -22,7 +22,7 @@ OUT_DIR = Path(__file__).resolve().parent / "out"
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="short smoke run (about 2 minutes)")
+    parser.add_argument("--quick", action="store_true", help="short smoke run (about a minute)")
     parser.add_argument(
         "--runs", type=int, help="runs of the hot path and the jobs to take medians of (3; quick 1)"
     )
