@@ -179,7 +179,7 @@ def cmd_jobs_run(args: argparse.Namespace) -> int:
                 args.name,
                 config.jobs[args.name].settings,
                 replica_id=config.replica_id,
-                should_stop=stop.is_set,
+                pause=stop.wait,
                 ledger_keep_seconds=config.ledger_retention_seconds,
             )
         except JobFailed as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import os
 import re
 import socket
@@ -263,6 +264,16 @@ def _convert(value: Any, kind: type, where: str, minimum: int | None = None) -> 
         if minimum is not None and number < minimum:
             raise bad(f"a whole number of at least {minimum}")
         return number
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise bad("a number")
+        try:
+            decimal = float(value)
+        except ValueError:
+            raise bad("a number") from None
+        if not math.isfinite(decimal) or (minimum is not None and decimal < minimum):
+            raise bad("a number" if minimum is None else f"a number of at least {minimum}")
+        return decimal
     if not isinstance(value, str) or not value.strip():
         raise bad("a non-empty string")
     return value.strip()
@@ -337,7 +348,7 @@ def _job_config(name: str, source: _Source) -> JobConfig:
     job_values = {}
     for field in dataclasses.fields(spec.settings):
         kind = type(field.default)
-        minimum = 1 if field.name == "batch_size" else (0 if kind is int else None)
+        minimum = 1 if field.name == "batch_size" else (0 if kind in (int, float) else None)
         job_values[field.name] = setting(field.name, kind, field.default, minimum)
     return JobConfig(
         name=name,

@@ -149,7 +149,8 @@ class Daemon:
                 )
 
     def stop(self) -> None:
-        """Stop after the batches in progress: jobs see ``stopping`` between batches."""
+        """Stop after the batches in progress: jobs see ``stopping`` between batches, and a job
+        pausing between two batches stops at once."""
         self.stopping.set()
         self.scheduler.shutdown(wait=True)
         if self.http is not None:
@@ -168,7 +169,8 @@ class Daemon:
             replica_id=self.config.replica_id,
             now=now,
             slot=job.schedule.slot(now).isoformat(),
-            should_stop=self.stopping.is_set,
+            # A stop request ends a pause between batches at once.
+            pause=self.stopping.wait,
             ledger_keep_seconds=self.config.ledger_retention_seconds,
         )
 

@@ -5,12 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from .base import Connection, JobResult, StopCheck, delete_batches, job_params, never
+from .base import (
+    BatchSettings,
+    Connection,
+    JobResult,
+    Pause,
+    delete_batches,
+    job_params,
+    uninterrupted,
+)
 
 
 @dataclass(frozen=True)
-class Settings:
-    batch_size: int = 5000
+class Settings(BatchSettings):
     # Expired or used codes are kept this long, so that a late redemption is told "expired"
     # rather than "invalid".
     retention_seconds: int = 3600
@@ -20,15 +27,13 @@ class Settings:
 
 
 def run(
-    conn: Connection, settings: Settings, now: datetime, should_stop: StopCheck = never
+    conn: Connection, settings: Settings, now: datetime, pause: Pause = uninterrupted
 ) -> JobResult:
     params = job_params(settings, now)
-    codes, stopped = delete_batches(
-        conn, "link_code_expiry", params, settings.batch_size, should_stop
-    )
+    codes, stopped = delete_batches(conn, "link_code_expiry", params, settings, pause)
     failures = 0
     if not stopped:
         failures, stopped = delete_batches(
-            conn, "link_code_failures_expiry", params, settings.batch_size, should_stop
+            conn, "link_code_failures_expiry", params, settings, pause
         )
     return JobResult(codes + failures, {"codes": codes, "lockouts": failures}, stopped)

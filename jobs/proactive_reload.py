@@ -12,19 +12,26 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from .base import Connection, JobResult, StopCheck, delete_batches, job_params, never
+from .base import (
+    BatchSettings,
+    Connection,
+    JobResult,
+    Pause,
+    delete_batches,
+    job_params,
+    uninterrupted,
+)
 from .sql import QUERIES
 
 
 @dataclass(frozen=True)
-class Settings:
-    batch_size: int = 5000
+class Settings(BatchSettings):
     # Channel whose authenticated users are proactive without registering a chat.
     channel: str = "telegram"
 
 
 def run(
-    conn: Connection, settings: Settings, now: datetime, should_stop: StopCheck = never
+    conn: Connection, settings: Settings, now: datetime, pause: Pause = uninterrupted
 ) -> JobResult:
     params = job_params(settings, now)
     after = uuid.UUID(int=0)
@@ -39,14 +46,12 @@ def run(
         if seen < settings.batch_size:
             break
         after = last_user_id
-        if should_stop():
+        if pause(settings.pause_seconds):
             stopped = True
             break
     removed = 0
     if not stopped:
-        removed, stopped = delete_batches(
-            conn, "proactive_remove_stale", params, settings.batch_size, should_stop
-        )
+        removed, stopped = delete_batches(conn, "proactive_remove_stale", params, settings, pause)
     size_row = conn.execute(QUERIES["proactive_list_size"]).fetchone()
     size = int(size_row[0]) if size_row else 0
     return JobResult(size, {"size": size, "written": written, "removed": removed}, stopped)

@@ -5,21 +5,26 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from .base import Connection, JobResult, StopCheck, delete_batches, job_params, never
+from .base import (
+    BatchSettings,
+    Connection,
+    JobResult,
+    Pause,
+    delete_batches,
+    job_params,
+    uninterrupted,
+)
 
 
 @dataclass(frozen=True)
-class Settings:
-    batch_size: int = 5000
+class Settings(BatchSettings):
     # Extra time a window is kept after it ended (0: deleted as soon as it ended).
     grace_seconds: int = 0
 
 
 def run(
-    conn: Connection, settings: Settings, now: datetime, should_stop: StopCheck = never
+    conn: Connection, settings: Settings, now: datetime, pause: Pause = uninterrupted
 ) -> JobResult:
     params = job_params(settings, now)
-    deleted, stopped = delete_batches(
-        conn, "rate_limit_cleanup", params, settings.batch_size, should_stop
-    )
+    deleted, stopped = delete_batches(conn, "rate_limit_cleanup", params, settings, pause)
     return JobResult(deleted, {"deleted": deleted}, stopped)

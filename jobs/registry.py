@@ -15,13 +15,13 @@ from . import (
     session_archival,
     usage_rollup,
 )
-from .base import Connection, JobResult, StopCheck
+from .base import Connection, JobResult, Pause
 
 
 @dataclass(frozen=True)
 class JobSpec:
     name: str
-    run: Callable[[Connection, Any, datetime, StopCheck], JobResult]
+    run: Callable[[Connection, Any, datetime, Pause], JobResult]
     settings: type[Any]
     default_schedule: str
     summary: str

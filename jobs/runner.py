@@ -18,7 +18,7 @@ from typing import Any
 from store.connection import redact
 
 from . import ledger
-from .base import Connection, StopCheck, never
+from .base import Connection, Pause, uninterrupted
 from .locking import job_lock
 from .registry import JOBS
 
@@ -60,13 +60,15 @@ def run_job(
     replica_id: str,
     now: datetime | None = None,
     slot: str | None = None,
-    should_stop: StopCheck = never,
+    pause: Pause = uninterrupted,
     ledger_keep_seconds: int = DEFAULT_LEDGER_KEEP_SECONDS,
 ) -> RunReport:
     """Run job ``name`` once unless another replica holds its lock or already ran ``slot``.
 
     ``slot`` names the schedule slot of a scheduled run (None for a manual run): replicas
-    firing for the same slot run the job once between them.
+    firing for the same slot run the job once between them. ``pause`` is called between the
+    job's batches (see ``jobs.base.batches``); a run it stops is recorded as a success with
+    ``"stopped": true`` in its details.
     """
     spec = JOBS[name]
     started = time.monotonic()
@@ -89,7 +91,7 @@ def run_job(
                 ledger.sweep_interrupted(conn, name)
                 run_id = ledger.start(conn, name, replica_id, details)
                 try:
-                    result = spec.run(conn, settings, now, should_stop)
+                    result = spec.run(conn, settings, now, pause)
                 except Exception as exc:
                     failure = exc
                     # Still under the lock when the connection survived the error.

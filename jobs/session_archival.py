@@ -15,12 +15,21 @@ import psycopg
 
 from store.errors import NotFound
 
-from .base import Connection, JobResult, StopCheck, batches, delete_batches, job_params, never
+from .base import (
+    BatchSettings,
+    Connection,
+    JobResult,
+    Pause,
+    batches,
+    delete_batches,
+    job_params,
+    uninterrupted,
+)
 from .sql import QUERIES
 
 
 @dataclass(frozen=True)
-class Settings:
+class Settings(BatchSettings):
     batch_size: int = 500
     # A session not active for this long is archived.
     idle_seconds: int = 30 * 86400
@@ -29,7 +38,7 @@ class Settings:
 
 
 def run(
-    conn: Connection, settings: Settings, now: datetime, should_stop: StopCheck = never
+    conn: Connection, settings: Settings, now: datetime, pause: Pause = uninterrupted
 ) -> JobResult:
     params = job_params(settings, now)
     messages = 0
@@ -43,12 +52,10 @@ def run(
             c.execute(QUERIES["archive_delete_sessions"], {"session_ids": ids})
         return len(ids)
 
-    archived, stopped = batches(conn, move, settings.batch_size, should_stop)
+    archived, stopped = batches(conn, move, settings, pause)
     purged = 0
     if settings.purge_after_seconds > 0 and not stopped:
-        purged, stopped = delete_batches(
-            conn, "purge_archived_sessions", params, settings.batch_size, should_stop
-        )
+        purged, stopped = delete_batches(conn, "purge_archived_sessions", params, settings, pause)
     details = {"archived": archived, "messages": messages, "purged": purged}
     return JobResult(archived + purged, details, stopped)
 

@@ -10,19 +10,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from .base import Connection, JobResult, StopCheck, batches, delete_batches, job_params, never
+from .base import (
+    BatchSettings,
+    Connection,
+    JobResult,
+    Pause,
+    batches,
+    delete_batches,
+    job_params,
+    uninterrupted,
+)
 from .sql import QUERIES
 
 
 @dataclass(frozen=True)
-class Settings:
-    batch_size: int = 5000
+class Settings(BatchSettings):
     # Rolled-up raw rows older than this are deleted; 0 keeps them.
     prune_after_seconds: int = 0
 
 
 def run(
-    conn: Connection, settings: Settings, now: datetime, should_stop: StopCheck = never
+    conn: Connection, settings: Settings, now: datetime, pause: Pause = uninterrupted
 ) -> JobResult:
     params = job_params(settings, now)
 
@@ -30,10 +38,8 @@ def run(
         row = c.execute(QUERIES["usage_rollup"], params).fetchone()
         return int(row[0]) if row else 0
 
-    rolled, stopped = batches(conn, roll, settings.batch_size, should_stop)
+    rolled, stopped = batches(conn, roll, settings, pause)
     pruned = 0
     if settings.prune_after_seconds > 0 and not stopped:
-        pruned, stopped = delete_batches(
-            conn, "usage_prune", params, settings.batch_size, should_stop
-        )
+        pruned, stopped = delete_batches(conn, "usage_prune", params, settings, pause)
     return JobResult(rolled + pruned, {"rolled_up": rolled, "pruned": pruned}, stopped)

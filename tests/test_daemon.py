@@ -341,6 +341,24 @@ def test_a_signal_stops_the_daemon_after_the_current_batch(
     assert conn.execute("SELECT count(*) FROM archived_session_messages").fetchone() == (1,)
 
 
+def test_a_signal_ends_a_pause_between_batches_at_once(
+    database_url: str, conn: Conn, start_daemon: Callable[..., Daemon]
+) -> None:
+    idle_sessions(conn, 3)
+    pausing = {**ARCHIVAL_ONLY, "SESSIONKEEPER_SESSION_ARCHIVAL_PAUSE_SECONDS": "3600"}
+    daemon = start_daemon(database_url, **pausing)
+    # The first batch moved one session; the run then waits an hour before the next one.
+    archived = "SELECT count(*) FROM archived_sessions"
+    wait_for(lambda: conn.execute(archived).fetchone() == (1,), "the first batch")
+    # Daemon.stop allows a minute for the exit: the pause must not be waited out.
+    assert daemon.stop() == 0
+    run = conn.execute(
+        "SELECT outcome, rows, details ->> 'stopped' FROM job_runs WHERE job = 'session_archival'"
+    ).fetchall()
+    assert run == [("success", 1, "true")]
+    assert conn.execute("SELECT count(*) FROM sessions").fetchone() == (2,)
+
+
 @pytest.mark.slow
 def test_the_daemon_survives_a_database_restart_during_a_run(
     embedded_server_factory: type[EmbeddedPostgres],

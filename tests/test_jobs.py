@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
@@ -505,9 +506,66 @@ def test_a_stop_request_ends_the_run_between_batches(database_url: str, conn: Co
         "usage_rollup",
         usage_rollup.Settings(batch_size=2),
         replica_id="a",
-        should_stop=lambda: True,
+        pause=lambda seconds: True,
     )
     assert (report.outcome, report.rows, report.details["stopped"]) == ("success", 2, True)
+    assert rows(conn, "SELECT count(*) FROM usage_stats WHERE rolled_up") == [(2,)]
+
+
+# Rows to roll up in batches of 2 -> rows rolled up (committed) at each pause: n batches make
+# n - 1 pauses, none after the last, short batch (an empty one when the rows fill every batch).
+@pytest.mark.parametrize(
+    ("pending", "done_at_pauses"), [(1, []), (2, [2]), (4, [2, 4]), (5, [2, 4])]
+)
+def test_the_loop_pauses_between_batches_outside_their_transactions(
+    database_url: str, conn: Conn, pending: int, done_at_pauses: list[int]
+) -> None:
+    user = make_user(conn)
+    for minutes in range(pending):
+        track(conn, user, "telegram", ago(minutes=minutes), 1)
+    pauses: list[tuple[float, int, psycopg.pq.TransactionStatus]] = []
+    with psycopg.connect(database_url, autocommit=True) as job_conn:
+
+        def pause(seconds: float) -> bool:
+            # Another session sees the batch committed; the job's session has no transaction.
+            done = rows(conn, "SELECT count(*) FROM usage_stats WHERE rolled_up")[0][0]
+            pauses.append((seconds, done, job_conn.info.transaction_status))
+            return False
+
+        settings = usage_rollup.Settings(batch_size=2, pause_seconds=0.25)
+        result = usage_rollup.run(job_conn, settings, NOW, pause)
+    assert (result.rows, result.stopped) == (pending, False)
+    idle = psycopg.pq.TransactionStatus.IDLE
+    assert pauses == [(0.25, done, idle) for done in done_at_pauses]
+
+
+def test_a_stop_request_during_a_pause_ends_the_run_without_waiting_it_out(
+    database_url: str, conn: Conn
+) -> None:
+    user = make_user(conn)
+    for minutes in range(5):
+        track(conn, user, "telegram", ago(minutes=minutes), 1)
+    stop, pausing = threading.Event(), threading.Event()
+
+    def pause(seconds: float) -> bool:  # the daemon's pause is its stop event's wait
+        pausing.set()
+        return stop.wait(seconds)
+
+    reports = []
+    settings = usage_rollup.Settings(batch_size=2, pause_seconds=3600)
+    job = threading.Thread(
+        target=lambda: reports.append(
+            run_job(connector(database_url), "usage_rollup", settings, replica_id="a", pause=pause)
+        )
+    )
+    job.start()
+    assert pausing.wait(60), "the run never paused"
+    stop.set()
+    job.join(60)  # a bound, not a timing: the pause is an hour long
+    assert not job.is_alive(), "the run waited out its pause"
+    [report] = reports
+    assert (report.outcome, report.rows, report.details["stopped"]) == ("success", 2, True)
+    assert [(r[2], r[3], r[5]["stopped"]) for r in ledger(conn)] == [("success", 2, True)]
     assert rows(conn, "SELECT count(*) FROM usage_stats WHERE rolled_up") == [(2,)]
 
 

@@ -30,6 +30,8 @@ def test_defaults() -> None:
     assert archival.settings.idle_seconds == 30 * 86400
     assert archival.settings.purge_after_seconds == 0
     assert config.jobs["proactive_reload"].jitter_seconds == 6
+    # Batches back to back unless a pause is configured.
+    assert {job.settings.pause_seconds for job in config.jobs.values()} == {0.0}
 
 
 def test_environment_overrides_the_file(tmp_path: Path) -> None:
@@ -42,13 +44,16 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
         'schedule = "0 3 * * *"\n'
         "prune_after_seconds = 86400\n"
         "enabled = false\n"
+        "pause_seconds = 2\n"
         "[jobs.session_archival]\n"
         "schedule = 120\n"
         "batch_size = 50\n"
+        "pause_seconds = 0.5\n"
     )
     env = {
         "SESSIONKEEPER_METRICS_PORT": "9100",
         "SESSIONKEEPER_SESSION_ARCHIVAL_BATCH_SIZE": "70",
+        "SESSIONKEEPER_SESSION_ARCHIVAL_PAUSE_SECONDS": "0.05",
         "SESSIONKEEPER_USAGE_ROLLUP_ENABLED": "yes",
     }
     config = load_config(env, path)
@@ -56,9 +61,10 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
     assert (config.metrics_port, config.workers) == (9100, 3)
     rollup = config.jobs["usage_rollup"]
     assert rollup.schedule.cron == "0 3 * * *" and rollup.enabled
-    assert rollup.settings.prune_after_seconds == 86400
+    assert (rollup.settings.prune_after_seconds, rollup.settings.pause_seconds) == (86400, 2.0)
     archival = config.jobs["session_archival"]
     assert (archival.schedule.interval_seconds, archival.settings.batch_size) == (120, 70)
+    assert archival.settings.pause_seconds == 0.05
 
     env["DATABASE_URL"] = "postgresql://plain/db"
     assert load_config(env, path).database_url == "postgresql://plain/db"
@@ -85,6 +91,9 @@ def test_the_file_can_come_from_the_environment(tmp_path: Path) -> None:
         ({"SESSIONKEEPER_USAGE_ROLLUP_SCHEDULE": "0s"}, "SESSIONKEEPER_USAGE_ROLLUP_SCHEDULE"),
         ({"SESSIONKEEPER_SESSION_ARCHIVAL_BATCH_SIZE": "0"}, "SESSION_ARCHIVAL_BATCH_SIZE"),
         ({"SESSIONKEEPER_LINK_CODE_EXPIRY_ENABLED": "maybe"}, "LINK_CODE_EXPIRY_ENABLED"),
+        ({"SESSIONKEEPER_USAGE_ROLLUP_PAUSE_SECONDS": "-0.1"}, "USAGE_ROLLUP_PAUSE_SECONDS"),
+        ({"SESSIONKEEPER_USAGE_ROLLUP_PAUSE_SECONDS": "1s"}, "USAGE_ROLLUP_PAUSE_SECONDS"),
+        ({"SESSIONKEEPER_USAGE_ROLLUP_PAUSE_SECONDS": "nan"}, "USAGE_ROLLUP_PAUSE_SECONDS"),
         (
             {
                 "SESSIONKEEPER_RATE_LIMIT_CLEANUP_SCHEDULE": "10",
@@ -109,6 +118,8 @@ def test_a_bad_setting_is_named(env: dict[str, str], named: str) -> None:
         ("[jobs.nope]\nschedule = 1\n", "jobs.nope"),
         ("[jobs.usage_rollup]\nidle_seconds = 1\n", "jobs.usage_rollup.idle_seconds"),
         ("[jobs.usage_rollup]\nbatch_size = true\n", "jobs.usage_rollup.batch_size"),
+        ("[jobs.usage_rollup]\npause_seconds = true\n", "jobs.usage_rollup.pause_seconds"),
+        ("[jobs.usage_rollup]\npause_seconds = -1\n", "jobs.usage_rollup.pause_seconds"),
         ("workers = [\n", "invalid configuration file"),
     ],
 )
