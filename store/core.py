@@ -118,11 +118,20 @@ def _user(row: Row, channel: str | None = None, channel_user_id: str | None = No
     )
 
 
-def _history(entries: list[dict[str, Any]] | None) -> list[models.Message]:
-    return [
-        models.Message(e["role"], e["content"], datetime.fromisoformat(e["timestamp"]), e["seq"])
-        for e in entries or []
-    ]
+def _history(row: Row) -> list[models.Message]:
+    """The messages of a row's parallel ``history_*`` arrays (NULL when the turn was refused)."""
+    seqs = row["history_seqs"]
+    if not seqs:
+        return []
+    return list(
+        map(
+            models.Message,
+            row["history_roles"],
+            row["history_contents"],
+            row["history_created"],
+            seqs,
+        )
+    )
 
 
 def _rate(row: Row) -> models.RateDecision:
@@ -169,7 +178,7 @@ def begin_turn(
             started_at=row["now"],
             session_id=row["session_id"],
             session_created=bool(row["session_created"]),
-            history=_history(row["history"]),
+            history=_history(row),
         )
 
     return _single("begin_turn", params, decode)
@@ -275,7 +284,7 @@ def get_history(
         "session_id": validate.uuid(session_id, "session_id"),
         "history_pairs": validate.pairs(max_pairs, default=config.history_pairs),
     }
-    return _single("get_history", params, lambda rows: _history(rows[0]["history"]))
+    return _single("get_history", params, lambda rows: _history(rows[0]))
 
 
 def get_or_create_user(

@@ -8,8 +8,10 @@
 -- begin_turn --
 -- Upsert the user, decide the rate limit and, when admitted, find or open the current session
 -- and read its history.
+-- The history comes back as parallel arrays, oldest first (see migration 0005).
 SELECT user_id, person_id, display_name, user_created, now, allowed, retry_at, refused_window,
-       session_id, session_created, history
+       session_id, session_created, history_seqs, history_roles, history_contents,
+       history_created
 FROM sk_begin_turn(%(channel)s, %(channel_user_id)s, %(display_name)s, %(now)s::timestamptz,
                    %(windows)s::integer[], %(caps)s::integer[], %(durable)s,
                    %(idle)s::interval, %(carry_pairs)s, %(history_pairs)s)
@@ -63,7 +65,9 @@ WITH session AS (
 SELECT s.session_id, (SELECT count(*) FROM trimmed) AS trimmed FROM session s
 
 -- get_history --
-SELECT sk_history(%(session_id)s, %(history_pairs)s) AS history
+SELECT seqs AS history_seqs, roles AS history_roles, contents AS history_contents,
+       created AS history_created
+FROM sk_history_arrays(%(session_id)s, %(history_pairs)s)
 
 -- get_or_create_user --
 -- The seed's upsert: a user's first message creates it, every message marks it authenticated.

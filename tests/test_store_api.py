@@ -31,6 +31,31 @@ def test_begin_turn_creates_user_and_session_then_finds_them(store: Store) -> No
     assert second.history[0].timestamp == T0
 
 
+def test_begin_turn_writes_the_user_row_only_when_it_changes(
+    store: Store, conn: psycopg.Connection[Any]
+) -> None:
+    def version() -> tuple[Any, ...]:
+        row = conn.execute(
+            "SELECT xmin::text, display_name, authenticated, updated_at FROM users"
+        ).fetchone()
+        assert row is not None
+        return tuple(row)
+
+    store.begin_turn("telegram", "5", display_name="Ann", now=T0)
+    created = version()
+    store.begin_turn("telegram", "5", now=T0 + timedelta(minutes=1))
+    store.begin_turn("telegram", "5", display_name="Ann", now=T0 + timedelta(minutes=2))
+    assert version() == created  # nothing changed: no new row version, updated_at kept
+
+    renamed = store.begin_turn("telegram", "5", display_name="Bo", now=T0 + timedelta(minutes=3))
+    assert renamed.user.display_name == "Bo" and not renamed.user.created
+    assert version()[1:] == ("Bo", True, T0 + timedelta(minutes=3))
+
+    conn.execute("UPDATE users SET authenticated = false")
+    store.begin_turn("telegram", "5", now=T0 + timedelta(minutes=4))
+    assert version()[1:] == ("Bo", True, T0 + timedelta(minutes=4))
+
+
 def test_finish_turn_records_usage_and_last_active(
     store: Store, conn: psycopg.Connection[Any]
 ) -> None:
