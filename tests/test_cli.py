@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import psycopg
@@ -214,6 +215,46 @@ def test_jobs_run_reports_its_outcome_in_the_exit_code(database_url: str) -> Non
     assert status.returncode == 0, status.stderr
     assert "usage_rollup: failure" in status.stdout
     assert "proactive_reload: never run" in status.stdout
+
+
+def test_a_signal_ends_a_jobs_run_pausing_between_batches(database_url: str) -> None:
+    env = clean_env(
+        DATABASE_URL=database_url,
+        SESSIONKEEPER_USAGE_ROLLUP_BATCH_SIZE="1",
+        SESSIONKEEPER_USAGE_ROLLUP_PAUSE_SECONDS="3600",
+    )
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            """
+            WITH u AS (INSERT INTO users (channel, channel_user_id) VALUES ('telegram', '9')
+                       RETURNING user_id)
+            INSERT INTO usage_stats (user_id, channel, input_tokens)
+            SELECT user_id, 'telegram', 5 FROM u, generate_series(1, 3)
+            """
+        )
+        run = subprocess.Popen(
+            [sys.executable, "-m", "scheduler", "jobs", "run", "usage_rollup"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        try:
+            # The first batch rolled up one row; the run then pauses for an hour.
+            rolled = "SELECT count(*) FROM usage_stats WHERE rolled_up"
+            deadline = time.monotonic() + 60  # a bound on the wait, not a timing
+            while conn.execute(rolled).fetchone() != (1,):
+                assert run.poll() is None and time.monotonic() < deadline, run.stderr
+                time.sleep(0.05)
+            run.send_signal(signal.SIGTERM)
+            stdout, stderr = run.communicate(timeout=60)
+        finally:
+            run.kill()
+            run.wait()
+        assert run.returncode == 0, stderr
+        assert stdout.startswith("usage_rollup: success rows=1 ")
+        stopped = conn.execute("SELECT rows, details ->> 'stopped' FROM job_runs").fetchall()
+        assert stopped == [(1, "true")]
 
 
 def test_jobs_list_reads_the_configuration_file(database_url: str, tmp_path: Path) -> None:
