@@ -12,6 +12,7 @@ from types import TracebackType
 from typing import Any, Concatenate, Generic, NoReturn, ParamSpec, Self, TypeVar, overload
 
 import psycopg
+from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
@@ -47,6 +48,13 @@ def raise_store_error(exc: psycopg.Error) -> NoReturn:
     if translated is exc:
         raise exc
     raise translated from exc
+
+
+def _has_rows(cursor: psycopg.Cursor[Any] | psycopg.AsyncCursor[Any]) -> bool:
+    """Whether the statement returned rows (``cursor.description`` would tell too, but it
+    builds a ``Column`` per column on every call: 9 µs for begin_turn's 14 columns)."""
+    result = cursor.pgresult
+    return result is not None and result.status == pq.ExecStatus.TUPLES_OK
 
 
 class Op(Generic[P, T]):
@@ -163,7 +171,7 @@ class Store(_Shell):
             with self.pool.connection() as conn, conn.cursor() as cursor:
                 for step in runner:
                     cursor.execute(step.sql, step.params)
-                    runner.feed(cursor.fetchall() if cursor.description else [])
+                    runner.feed(cursor.fetchall() if _has_rows(cursor) else [])
         except psycopg.Error as exc:
             raise_store_error(exc)
         return runner.result
@@ -203,7 +211,7 @@ class AsyncStore(_Shell):
             async with self.pool.connection() as conn, conn.cursor() as cursor:
                 for step in runner:
                     await cursor.execute(step.sql, step.params)
-                    runner.feed(await cursor.fetchall() if cursor.description else [])
+                    runner.feed(await cursor.fetchall() if _has_rows(cursor) else [])
         except psycopg.Error as exc:
             raise_store_error(exc)
         return runner.result

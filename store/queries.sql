@@ -21,18 +21,20 @@ FROM sk_begin_turn(%(channel)s, %(channel_user_id)s, %(display_name)s, %(now)s::
 -- Raising sessions.next_seq locks the session row, so concurrent appends take consecutive seq
 -- ranges and none is lost. The cost does not depend on the history's length, and the trim is an
 -- index range on the primary key (session_id, seq). NULL %(keep)s keeps everything.
+-- The message arrays are sent in binary format (the b placeholders): the client does not quote
+-- and escape every message into an array literal.
 WITH session AS (
     UPDATE sessions s
-    SET next_seq = s.next_seq + cardinality(%(roles)s::text[]),
+    SET next_seq = s.next_seq + cardinality(%(roles)b::text[]),
         last_active = greatest(s.last_active, coalesce(%(now)s::timestamptz, now()))
     WHERE s.session_id = %(session_id)s
     RETURNING s.session_id, s.user_id, s.next_seq
 ), appended AS (
     INSERT INTO session_messages (session_id, seq, role, content, created_at)
-    SELECT s.session_id, s.next_seq - cardinality(%(roles)s::text[]) + m.ord - 1,
+    SELECT s.session_id, s.next_seq - cardinality(%(roles)b::text[]) + m.ord - 1,
            m.role, m.content, coalesce(m.created_at, %(now)s::timestamptz, now())
     FROM session s,
-         unnest(%(roles)s::text[], %(contents)s::text[], %(created)s::timestamptz[])
+         unnest(%(roles)b::text[], %(contents)b::text[], %(created)b::timestamptz[])
              WITH ORDINALITY AS m(role, content, created_at, ord)
     RETURNING seq
 ), trimmed AS (
