@@ -40,7 +40,16 @@ STORE_PARTS = (
         "SELECT * FROM sk_current_session(%s, now(), interval '30 minutes', 2)",
         "user",
     ),
-    ("sk_history: 40 messages as one JSONB array", "SELECT sk_history(%s, 20)", "session"),
+    (
+        "sk_history: 40 messages as one JSONB array (begin_turn before revision 0005)",
+        "SELECT sk_history(%s, 20)",
+        "session",
+    ),
+    (
+        "sk_history_arrays: 40 messages as parallel arrays (begin_turn since 0005)",
+        "SELECT * FROM sk_history_arrays(%s, 20)",
+        "session",
+    ),
     (
         "the same 40 messages as plain rows",
         "SELECT seq, role, content, created_at FROM session_messages"
