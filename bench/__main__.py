@@ -43,6 +43,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--online-rate", type=float, default=100.0, help="turns/s of the load beside the jobs"
     )
+    parser.add_argument(
+        "--job-pauses",
+        default="0.02",
+        help="pauses between batches (s) to also run each job with, once (default 0.02)",
+    )
     parser.add_argument("--out", type=Path, default=OUT_DIR, help="directory for the records")
     args = parser.parse_args(argv)
     args.runs = args.runs or (1 if args.quick else 3)
@@ -53,6 +58,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.jobs_scale = args.jobs_scale or (50 if args.quick else 1)
     args.pgbench_scale = 4 if args.quick else 16
     args.worker_counts = [int(w) for w in args.workers.split(",")]
+    args.job_pauses = [float(p) for p in args.job_pauses.split(",") if p and float(p) > 0]
     args.sections = [s for s in args.only.split(",") if s]
     unknown = set(args.sections) - set(SECTIONS)
     if unknown:
@@ -298,10 +304,12 @@ class Bench:
             self.say("store.Store not importable: jobs at scale skipped")
             return
         for run in range(self.args.runs):
-            self.jobs_run(run)
+            self.jobs_run(run, 0.0)
+        for pause in self.args.job_pauses:
+            self.jobs_run(self.args.runs, pause)
         self.jobs_tables()
 
-    def jobs_run(self, run: int) -> None:
+    def jobs_run(self, run: int, pause: float) -> None:
         """One run on a fresh database: seed the backlog, then each job under the load."""
         args = self.args
         scale = jobs_scale.Scale().divided(args.jobs_scale)
@@ -324,15 +332,25 @@ class Bench:
         load.start()
         try:
             runs = jobs_scale.run_jobs(
-                url, load, idle_seconds=max(3.0, args.duration), server_pid=self.server.pid
+                url,
+                load,
+                idle_seconds=max(3.0, args.duration),
+                server_pid=self.server.pid,
+                pause_seconds=pause,
             )
         finally:
             load.stop()
             design.close()
         for job_run in runs:
-            record = self.rec.add("jobs", run=run, online_rate=args.online_rate, **job_run.record())
+            record = self.rec.add(
+                "jobs",
+                run=run,
+                online_rate=args.online_rate,
+                pause_seconds=pause,
+                **job_run.record(),
+            )
             self.say(
-                f"run {run + 1} {record['job']:18} {record['rows']:>9,} rows "
+                f"run {run + 1} pause {pause:g} s {record['job']:18} {record['rows']:>9,} rows "
                 f"{record['rows_per_s']:>9,} rows/s  online p99 x{record['p99_ratio']}"
             )
         self.server.drop_database("skbench_jobs")
@@ -342,7 +360,7 @@ class Bench:
         records = self.rec.section("jobs")
         rows = report.medians(
             records,
-            ("job",),
+            ("pause_seconds", "job"),
             (
                 "rows",
                 "rows_incl_messages",
@@ -357,16 +375,18 @@ class Bench:
                 "server_cpu_s",
             ),
         )
-        waits = report.mean_waits(records, ("job",))
+        waits = report.mean_waits(records, ("pause_seconds", "job"))
         for row in rows:
-            row["waits"] = waits.get((row["job"],), "")
+            row["waits"] = waits.get((row["pause_seconds"], row["job"]), "")
         self.show(
             f"Jobs at scale (backlog / {args.jobs_scale}; online load {args.online_rate:g} "
-            f"turns/s on 4 threads; medians of {args.runs} runs)",
+            f"turns/s on 4 threads; default settings: medians of {args.runs} runs; with a pause"
+            " between batches: one run)",
             report.table(
                 rows,
                 [
                     ("job", "job"),
+                    ("pause_seconds", "pause s"),
                     ("rows", "rows"),
                     ("rows_incl_messages", "rows incl. messages"),
                     ("seconds", "seconds"),
@@ -386,6 +406,7 @@ class Bench:
                 rows,
                 [
                     ("job", "job"),
+                    ("pause_seconds", "pause s"),
                     ("wal_bytes_per_row", "WAL bytes/row"),
                     ("server_cpu_s", "server CPU s"),
                     ("seconds", "seconds"),

@@ -222,11 +222,14 @@ def run_jobs(
     load: PacedLoad,
     idle_seconds: float,
     server_pid: int | None = None,
+    pause_seconds: float = 0.0,
     jobs: tuple[str, ...] = JOBS,
 ) -> list[JobRun]:
     """Each job once under ``load`` (already started); idle p99 measured before each job.
 
-    While a job runs its WAL, the server's CPU time and the sampled waits are recorded too.
+    Jobs run with their default settings, except ``pause_seconds`` (the pause between
+    batches) when it is not 0. While a job runs its WAL, the server's CPU time and the sampled
+    waits are recorded too.
     """
     runs = []
     meter = WalMeter(conninfo, server_pid)
@@ -240,7 +243,10 @@ def run_jobs(
             busy = load.record()
             meter.begin()
             t0 = time.perf_counter()
-            result = module.run(conn, module.Settings(), datetime.now(UTC))
+            settings = (
+                module.Settings(pause_seconds=pause_seconds) if pause_seconds else module.Settings()
+            )
+            result = module.run(conn, settings, datetime.now(UTC))
             seconds = time.perf_counter() - t0
             server = meter.end()
             load.record()
