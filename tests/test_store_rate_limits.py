@@ -31,6 +31,20 @@ def test_seed_default_is_fifteen_per_minute(database_url: str) -> None:
     assert next_minute.allowed  # T0 is 12:00:30; 12:01:00 starts a new minute
 
 
+def test_one_cap_counts_admitted_requests_only(
+    database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    with Store(database_url, rate_per_minute=2) as store:
+        user = store.get_or_create_user("telegram", "u").user_id
+        assert [store.check_rate_limit(user, now=T0).allowed for _ in range(4)] == [
+            True,
+            True,
+            False,
+            False,
+        ]
+    assert window_counts(conn) == {60: 2}
+
+
 def test_refused_request_counts_against_no_window_and_says_when_to_retry(
     database_url: str, conn: psycopg.Connection[Any]
 ) -> None:
