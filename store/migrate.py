@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 import psycopg
 from alembic import command
@@ -26,6 +27,17 @@ def migrations_dir() -> Path:
     if spec is not None and spec.origin is not None:
         return Path(spec.origin).parent
     return Path(__file__).resolve().parent.parent / "migrations"
+
+
+def revision_module(filename: str) -> ModuleType:
+    """An earlier revision's module (``versions/filename``), so that a downgrade restores that
+    revision's function bodies exactly (Alembic's "replaceable objects" recipe)."""
+    path = migrations_dir() / "versions" / filename
+    spec = importlib.util.spec_from_file_location(f"_sessionkeeper_revision_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def engine_for(url: str | None) -> Engine:

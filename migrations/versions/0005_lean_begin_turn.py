@@ -16,19 +16,17 @@ Two costs of ``sk_begin_turn`` (0002) that every message paid, measured in bench
   content, created_at) in the same single row: ``sk_history_arrays``, which ``get_history``
   uses too. ``sk_history`` (JSONB) stays for callers of the 0002 function.
 
-The new bodies are 0002's with the edits spelt out below (each must apply exactly once), so
-the difference stays readable; downgrade restores 0002's ``sk_begin_turn``. These bodies are a
-versioned artefact: change them only by a new revision.
+The new bodies are written out in full; downgrade restores 0002's ``sk_begin_turn``. These
+bodies are a versioned artefact: change them only by a new revision.
 """
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
 from alembic import op
+
+from store.migrate import revision_module
 
 revision: str = "0005"
 down_revision: str | None = "0004"
@@ -41,59 +39,47 @@ BEGIN_TURN_SIGNATURE = (
 )
 
 
-def _revision_0002() -> Any:
-    """Migration 0002's module (its file sits beside this one, installed or not)."""
-    path = Path(__file__).with_name("0002_store_functions.py")
-    spec = importlib.util.spec_from_file_location("_sessionkeeper_revision_0002", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _edited(body: str, *edits: tuple[str, str]) -> str:
-    for old, new in edits:
-        assert body.count(old) == 1, f"0002's body changed; cannot apply: {old!r}"
-        body = body.replace(old, new)
-    return body
-
-
-_PREVIOUS = _revision_0002()
+# Restored by downgrade.
+_PREVIOUS = revision_module("0002_store_functions.py")
 
 # sk_history with parallel arrays in place of one JSONB document.
-HISTORY_ARRAYS = _edited(
-    _PREVIOUS.HISTORY,
-    (
-        "sk_history(p_session_id uuid, p_pairs integer) RETURNS jsonb",
-        "sk_history_arrays(p_session_id uuid, p_pairs integer)\n"
-        "RETURNS TABLE (seqs bigint[], roles text[], contents text[], created timestamptz[])",
-    ),
-    (
-        """    SELECT coalesce(
-        jsonb_agg(jsonb_build_object('seq', m.seq, 'role', m.role, 'content', m.content,
-                                     'timestamp', m.created_at) ORDER BY m.seq),
-        '[]'::jsonb)""",
-        """    SELECT coalesce(array_agg(m.seq ORDER BY m.seq), '{}'),
+HISTORY_ARRAYS = """
+CREATE FUNCTION sk_history_arrays(p_session_id uuid, p_pairs integer)
+RETURNS TABLE (seqs bigint[], roles text[], contents text[], created timestamptz[])
+LANGUAGE sql STABLE AS $$
+    -- The newest 2 * p_pairs messages, oldest first: an index range on (session_id, seq).
+    SELECT coalesce(array_agg(m.seq ORDER BY m.seq), '{}'),
            coalesce(array_agg(m.role ORDER BY m.seq), '{}'),
            coalesce(array_agg(m.content ORDER BY m.seq), '{}'),
-           coalesce(array_agg(m.created_at ORDER BY m.seq), '{}')""",
-    ),
-)
+           coalesce(array_agg(m.created_at ORDER BY m.seq), '{}')
+    FROM (
+        SELECT x.seq, x.role, x.content, x.created_at FROM session_messages x
+        WHERE x.session_id = p_session_id ORDER BY x.seq DESC LIMIT 2 * p_pairs
+    ) m
+$$
+"""
 
-BEGIN_TURN = _edited(
-    _PREVIOUS.BEGIN_TURN,
-    (
-        "session_id uuid, session_created boolean, history jsonb",
-        "session_id uuid, session_created boolean,\n"
-        "    history_seqs bigint[], history_roles text[], history_contents text[],\n"
-        "    history_created timestamptz[]",
-    ),
-    ("    v_user uuid;\n", "    v_user uuid;\n    v_authenticated boolean;\n"),
-    (
-        """    now := v_now;
-    -- The seed's upsert; it also locks the user row until commit (see sk_current_session).
-""",
-        """    now := v_now;
+BEGIN_TURN = """
+CREATE FUNCTION sk_begin_turn(
+    p_channel text, p_channel_user_id text, p_display_name text, p_now timestamptz,
+    p_windows integer[], p_caps integer[], p_durable boolean,
+    p_idle interval, p_carry_pairs integer, p_history_pairs integer
+) RETURNS TABLE (
+    user_id uuid, person_id uuid, display_name text, user_created boolean, now timestamptz,
+    allowed boolean, retry_at timestamptz, refused_window integer,
+    session_id uuid, session_created boolean,
+    history_seqs bigint[], history_roles text[], history_contents text[],
+    history_created timestamptz[]
+)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    v_now timestamptz := coalesce(p_now, now());
+    v_user uuid;
+    v_authenticated boolean;
+    v_session uuid;
+BEGIN
+    now := v_now;
     user_created := false;
     -- Lock the user row until commit, as the seed's upsert did (see sk_current_session), but
     -- write it only when something changes: most messages come from a known, authenticated
@@ -106,23 +92,30 @@ BEGIN_TURN = _edited(
        OR display_name IS DISTINCT FROM coalesce(p_display_name, display_name) THEN
     -- A new user (concurrent first messages meet in the unique index) or a change: the
     -- upsert of 0002, unchanged.
-""",
-    ),
-    (
-        """    INTO v_user, person_id, display_name, user_created;
-""",
-        """    INTO v_user, person_id, display_name, user_created;
+    INSERT INTO users AS u (channel, channel_user_id, display_name, authenticated,
+                            created_at, updated_at)
+    VALUES (p_channel, p_channel_user_id, p_display_name, true, v_now, v_now)
+    ON CONFLICT (channel, channel_user_id) DO UPDATE
+    SET authenticated = true, updated_at = v_now,
+        display_name = coalesce(EXCLUDED.display_name, u.display_name)
+    RETURNING u.user_id, u.person_id, u.display_name, u.xmax = 0
+    INTO v_user, person_id, display_name, user_created;
     END IF;
-""",
-    ),
-    (
-        "        history := sk_history(v_session, p_history_pairs);\n",
-        """        SELECT h.seqs, h.roles, h.contents, h.created
+    user_id := v_user;
+    SELECT d.allowed, d.retry_at, d.refused_window INTO allowed, retry_at, refused_window
+    FROM sk_check_rate_limit(v_user, v_now, p_windows, p_caps, p_durable) d;
+    IF allowed THEN
+        -- A refused request opens no session and reads no history.
+        SELECT c.session_id, c.created INTO v_session, session_created
+        FROM sk_current_session(v_user, v_now, p_idle, p_carry_pairs) c;
+        session_id := v_session;
+        SELECT h.seqs, h.roles, h.contents, h.created
         INTO history_seqs, history_roles, history_contents, history_created
         FROM sk_history_arrays(v_session, p_history_pairs) h;
-""",
-    ),
-)
+    END IF;
+    RETURN NEXT;
+END $$
+"""
 
 
 def upgrade() -> None:
