@@ -1,6 +1,6 @@
 """The one schema: every table the store and the jobs own, as SQLAlchemy Core metadata.
 
-Alembic revisions are checked against this module (tests/test_migrations.py), so a change here
+Alembic revisions are checked against this module (tests/integration/test_migrations.py), so a change here
 without a revision fails the test suite. The seed's core tables keep their names and key columns;
 where the seed's design was a known problem the shape differs:
 

@@ -203,7 +203,7 @@ def test_cron_days_of_week_count_from_sunday_as_in_cron(field: str, days: set[in
 
 
 def test_the_readme_documents_every_setting() -> None:
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     daemon = readme.split("## Daemon", 1)[1]
     config = load_config({})
     names = [f.name for f in dataclasses.fields(config) if f.name not in ("jobs", "config_file")]

@@ -1,5 +1,5 @@
-"""What the tests that start the daemon as a process share (tests/test_daemon.py,
-tests/test_prometheus_live.py)."""
+"""What the tests that start the daemon as a process share (tests/integration/test_daemon.py,
+tests/integration/test_prometheus_live.py)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 ``promtool`` comes from Debian's ``prometheus`` package (``.ci/run`` installs it); without it
 these tests are skipped. The expressions are also evaluated against a real daemon in
-tests/test_prometheus_live.py.
+tests/integration/test_prometheus_live.py.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import yaml
 from jobs import JOB_NAMES
 from jobs.metrics import DaemonMetrics
 
-RULES_DIR = Path(__file__).resolve().parent.parent / "deploy" / "prometheus"
+RULES_DIR = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 ALERTS = RULES_DIR / "alerts.yml"
 ALERT_TESTS = RULES_DIR / "alerts_test.yml"
 

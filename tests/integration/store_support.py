@@ -1,4 +1,4 @@
-"""Fixtures and helpers shared by the store's tests (tests/test_store_*.py)."""
+"""Fixtures and helpers shared by the store's tests (tests/integration/test_store_*.py)."""
 
 from __future__ import annotations
 
