@@ -36,6 +36,7 @@ from .errors import (
     LinkCodeLocked,
     NotFound,
     RateLimited,
+    ReadOnlyDatabase,
     SchemaOutOfDate,
     StoreError,
 )
@@ -72,6 +73,7 @@ __all__ = [
     "ProactiveUser",
     "RateDecision",
     "RateLimited",
+    "ReadOnlyDatabase",
     "SchemaOutOfDate",
     "Session",
     "Store",
