@@ -181,6 +181,7 @@ class _AsyncCalls:
                     except DatabaseUnavailable:
                         if time.monotonic() > deadline:
                             raise
+                        await asyncio.sleep(PACE)
                 worker.retried += 1
             worker.acked.append((i, done))
             worker.successes.append(time.monotonic())
@@ -198,6 +199,7 @@ def _retry(call: Callable[[], store.Appended]) -> store.Appended:
         except DatabaseUnavailable:
             if time.monotonic() > deadline:
                 raise
+        threading.Event().wait(PACE)  # a bot's pause before retrying
 
 
 class Daemons:
@@ -288,6 +290,7 @@ class Figures:
     failed_calls: int
     longest_failed_call: float
     in_doubt: int
+    messages: dict[str, int]  # what the failed calls said (start of the message: count)
 
     def show(self) -> None:
         print(json.dumps(self.__dict__))  # the measured figures (pytest -s)
@@ -320,7 +323,11 @@ def go_through(
         failed_calls=len(failures),
         longest_failed_call=round(max((end - begin for begin, end, _ in failures), default=0), 2),
         in_doubt=sum(1 for *_, exc in failures if exc.in_doubt),
+        messages={},
     )
+    for *_, exc in failures:
+        said = f"{type(exc).__name__}: {str(exc)[:70]}"
+        figures.messages[said] = figures.messages.get(said, 0) + 1
     figures.show()
     assert figures.served_after < RECOVERY_BOUND, figures
     cluster.wait_healthy()
