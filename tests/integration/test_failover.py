@@ -99,7 +99,12 @@ class Load:
         self.store.close()
 
     def _sync_worker(self, worker: Worker) -> None:
-        self._turns(worker, lambda: _SyncCalls(self.store))
+        calls = _SyncCalls(self.store)
+        i = 0
+        while not self.stop.is_set():
+            i += 1
+            calls.turn(worker, i)
+            self.stop.wait(PACE)
 
     def _async_worker(self, worker: Worker) -> None:
         async def run() -> None:
@@ -112,14 +117,6 @@ class Load:
                     await asyncio.sleep(PACE)
 
         asyncio.run(run())
-
-    def _turns(self, worker: Worker, calls_factory: Callable[[], _SyncCalls]) -> None:
-        calls = calls_factory()
-        i = 0
-        while not self.stop.is_set():
-            i += 1
-            calls.turn(worker, i)
-            self.stop.wait(PACE)
 
     def all_failures(self) -> list[tuple[float, float, DatabaseUnavailable]]:
         return sorted(f for w in self.workers for f in w.failures)
@@ -138,16 +135,20 @@ class _SyncCalls:
         started = time.monotonic()
         try:
             turn = self.db.begin_turn("telegram", worker.name)
-            args = (turn, f"q{i}", f"a{i}")
-            usage = {"input_tokens": i, "output_tokens": 2 * i, "max_pairs": 100_000}
+
+            def finish() -> store.Appended:
+                return self.db.finish_turn(
+                    turn, f"q{i}", f"a{i}", input_tokens=i, output_tokens=2 * i, max_pairs=10**5
+                )
+
             try:
-                done = self.db.finish_turn(*args, **usage)
+                done = finish()
             except DatabaseUnavailable as exc:
                 if not exc.in_doubt:
                     raise
                 worker.failures.append((started, time.monotonic(), exc))
                 # The turn may be stored: retry with the same Turn until it is known.
-                done = _retry(lambda: self.db.finish_turn(*args, **usage))
+                done = _retry(finish)
                 worker.retried += 1
             worker.acked.append((i, done))
             worker.successes.append(time.monotonic())
@@ -165,19 +166,23 @@ class _AsyncCalls:
         started = time.monotonic()
         try:
             turn = await self.db.begin_turn("telegram", worker.name)
-            args = (turn, f"q{i}", f"a{i}")
-            usage = {"input_tokens": i, "output_tokens": 2 * i, "max_pairs": 100_000}
+
+            async def finish() -> store.Appended:
+                return await self.db.finish_turn(
+                    turn, f"q{i}", f"a{i}", input_tokens=i, output_tokens=2 * i, max_pairs=10**5
+                )
+
             try:
-                done = await self.db.finish_turn(*args, **usage)
+                done = await finish()
             except DatabaseUnavailable as exc:
                 if not exc.in_doubt:
                     raise
                 worker.failures.append((started, time.monotonic(), exc))
-                done = None
                 deadline = time.monotonic() + RECOVERY_BOUND
-                while done is None:
+                while True:
                     try:
-                        done = await self.db.finish_turn(*args, **usage)
+                        done = await finish()
+                        break
                     except DatabaseUnavailable:
                         if time.monotonic() > deadline:
                             raise
@@ -420,7 +425,7 @@ def test_switchover_and_crash_under_load(cluster: PatroniCluster, tmp_path: Path
         check_daemons(url, server_now(url))
         with Load(url, "direct") as load:
             before = server_now(url)
-            go_through(cluster, load, "switchover", lambda: _switchover(cluster), url)
+            go_through(cluster, load, "switchover", cluster.switchover, url)
             check_daemons(url, before)
             before = server_now(url)
             go_through(cluster, load, "kill -9 of the primary", cluster.kill_primary, url)
@@ -430,13 +435,6 @@ def test_switchover_and_crash_under_load(cluster: PatroniCluster, tmp_path: Path
         codes = daemons.stop()
     assert codes == [0, 0], [log.read_text()[-3000:] for log in daemons.logs]
     check_ledger(url)
-
-
-def _switchover(cluster: PatroniCluster) -> Node:
-    old = cluster.leader()
-    assert old is not None
-    old.api("/switchover", "POST", {"leader": old.name})
-    return old
 
 
 def test_switchover_behind_pgbouncer(cluster: PatroniCluster) -> None:
@@ -453,5 +451,5 @@ def test_switchover_behind_pgbouncer(cluster: PatroniCluster) -> None:
     )
     settings = {"prepare_threshold": None, "statement_timeout_ms": None}
     with Load(bouncer, "pgbouncer", **settings) as load:
-        go_through(cluster, load, "switchover (PgBouncer)", lambda: _switchover(cluster), bouncer)
+        go_through(cluster, load, "switchover (PgBouncer)", cluster.switchover, bouncer)
     check_turns(cluster.url("sessionkeeper"), load)
