@@ -39,7 +39,7 @@ WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('v', 'm')
 
 def definitions(url: str) -> dict[str, str]:
     with psycopg.connect(url) as conn:
-        return dict(conn.execute(_DEFINITIONS).fetchall())  # type: ignore[arg-type]
+        return dict(conn.execute(_DEFINITIONS).fetchall())
 
 
 def differences(expected: dict[str, str], actual: dict[str, str]) -> list[str]:
