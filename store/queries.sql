@@ -110,10 +110,11 @@ RETURNING p.user_id, p.chat_id
 -- load_users_from_db --
 -- The seed loads every authenticated Telegram user (its chat id is its user id there) for
 -- proactive messages; users registered explicitly bring their own chat id, on any channel.
-SELECT u.user_id, coalesce(p.chat_id, u.channel_user_id) AS chat_id
-FROM users u LEFT JOIN proactive_users p ON p.user_id = u.user_id
-WHERE u.authenticated AND (p.user_id IS NOT NULL OR u.channel = 'telegram')
-ORDER BY u.created_at, u.user_id
+-- Who counts is sk_proactive_candidates, which the proactive_reload job reads too;
+-- %(channel)s is the store's proactive_channel setting.
+SELECT user_id, chat_id
+FROM sk_proactive_candidates(%(channel)s)
+ORDER BY user_created_at, user_id
 
 -- create_link_code --
 -- A user has at most one live code: a new one retires the previous. A clash with any stored

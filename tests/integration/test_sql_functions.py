@@ -208,3 +208,19 @@ def test_a_bot_keeps_working_while_the_file_is_applied(database_url: str) -> Non
         migrate.upgrade(database_url)
         last = bot.begin_turn("telegram", "42", now=T0 + timedelta(seconds=13))
         assert last.allowed and len(last.history) == 14
+
+
+def test_proactive_candidates_is_inlined_into_the_jobs_keyset_batch(database_url: str) -> None:
+    # Inlined (plain SQL, STABLE, not STRICT), the keyset condition becomes a condition of the
+    # scan of users; a function scan would compute every candidate for each batch.
+    with psycopg.connect(database_url) as conn:
+        plan = "\n".join(
+            row[0]
+            for row in conn.execute(
+                "EXPLAIN SELECT c.user_id, c.chat_id FROM sk_proactive_candidates('telegram') c"
+                " WHERE c.user_id > '00000000-0000-0000-0000-000000000000'"
+                " ORDER BY c.user_id LIMIT 500"
+            )
+        )
+    assert "Function Scan" not in plan
+    assert "on users u" in plan
