@@ -1,14 +1,15 @@
-"""Alembic environment: runs revisions on the connection that store.migrate hands over.
+"""Alembic environment: runs revisions on the connection that sessionkeeper.admin.migrate
+hands over.
 
-Run through ``sessionkeeper migrate`` (or store.migrate); plain ``alembic`` works too with
-``-x url=...`` or SESSIONKEEPER_DATABASE_URL / DATABASE_URL set.
+Run through ``sessionkeeper migrate`` (or sessionkeeper.admin.migrate); plain ``alembic`` works
+too with ``-x url=...`` or SESSIONKEEPER_DATABASE_URL / DATABASE_URL set.
 """
 
 from __future__ import annotations
 
 from alembic import context
 
-from store.migrate import MIGRATION_LOCK_KEY, engine_for
+from sessionkeeper.admin.migrate import MIGRATION_LOCK_KEY, engine_for
 from store.schema import metadata
 
 config = context.config

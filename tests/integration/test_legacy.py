@@ -26,7 +26,8 @@ from psycopg.types.json import Jsonb
 from test_cli import clean_env, sessionkeeper
 from test_migrations import _drift
 
-from store import SchemaOutOfDate, Store, legacy, migrate
+from sessionkeeper.admin import legacy, migrate
+from store import SchemaOutOfDate, Store
 
 SEED_DDL = Path(__file__).with_name("legacy_seed.sql").read_text()
 QUARANTINE = legacy.QUARANTINE_TABLE

@@ -39,11 +39,12 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from . import migrate
-from .config import StoreConfig
-from .errors import ConfigurationError, StoreError
-from .queries import parse
-from .schema import ROLES, metadata
+from store.config import StoreConfig
+from store.errors import ConfigurationError, StoreError
+from store.queries import parse
+from store.schema import ROLES, metadata
+
+from .. import migrate
 
 QUERIES = MappingProxyType(parse(resources.files(__package__).joinpath("legacy.sql").read_text()))
 
