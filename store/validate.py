@@ -11,7 +11,7 @@ from uuid import UUID
 
 from .config import StoreConfig
 from .errors import InvalidInput
-from .schema import ROLES
+from .models import ROLES
 
 MAX_ID_LENGTH = 256
 MAX_NAME_LENGTH = 256

@@ -41,8 +41,9 @@ from psycopg.types.json import Jsonb
 
 from store.config import StoreConfig
 from store.errors import ConfigurationError, StoreError
+from store.models import ROLES
 from store.queries import parse
-from store.schema import ROLES, metadata
+from store.schema import metadata
 
 from .. import migrate
 
