@@ -23,10 +23,10 @@ import psycopg
 import sqlalchemy.exc
 
 from jobs import JOB_NAMES, ledger, session_archival
-from jobs.config import Config, load_config
-from jobs.daemon import Daemon, job_conninfo
-from jobs.logs import log_run, setup_logging
 from jobs.runner import JobFailed, run_job
+from sessionkeeper.daemon.config import Config, load_config
+from sessionkeeper.daemon.logs import log_run, setup_logging
+from sessionkeeper.daemon.service import Daemon, job_conninfo
 from store import InvalidInput, Store, legacy, migrate
 from store.connection import configured_database_url, describe, redact, secure_conninfo
 from store.embedded import EmbeddedPostgres

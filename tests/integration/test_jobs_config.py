@@ -11,7 +11,8 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from jobs import JOB_NAMES
-from jobs.config import Schedule, load_config
+from sessionkeeper.daemon.config import load_config
+from sessionkeeper.daemon.schedule import Schedule
 from store.errors import ConfigurationError
 
 

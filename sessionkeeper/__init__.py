@@ -1,0 +1,1 @@
+"""Operator-side code of sessionkeeper: what runs beside the bots, never inside them."""
