@@ -181,6 +181,7 @@ def cmd_jobs_run(args: argparse.Namespace) -> int:
                 replica_id=config.replica_id,
                 pause=stop.wait,
                 ledger_keep_seconds=config.ledger_retention_seconds,
+                store=config.store,
             )
         except JobFailed as exc:
             report = exc.report

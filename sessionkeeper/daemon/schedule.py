@@ -33,13 +33,13 @@ class Schedule:
         if match:
             seconds = int(match[1]) * _UNITS[match[2]]
             if seconds < 1:
-                raise ValueError("an interval must be at least 1 second")
+                raise ValueError("an interval of at least 1 second")
             return cls(text.strip(), interval_seconds=seconds)
         try:
             _cron_trigger(text)
         except ValueError as exc:
             raise ValueError(
-                f"expected an interval such as 300, 5m, 1h or a cron expression ({exc})"
+                f"an interval (300, 90s, 5m, 1h, 1d) or a five-field cron expression ({exc})"
             ) from None
         return cls(text.strip(), cron=text.strip())
 

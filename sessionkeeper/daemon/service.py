@@ -173,6 +173,7 @@ class Daemon:
             # A stop request ends a pause between batches at once.
             pause=self.stopping.wait,
             ledger_keep_seconds=self.config.ledger_retention_seconds,
+            store=self.config.store,
         )
 
     def _on_event(self, event: JobEvent) -> None:
