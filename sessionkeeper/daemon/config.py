@@ -35,17 +35,38 @@ DEPRECATED_STORE_SETTINGS: Mapping[str, tuple[KeyPath, ...]] = {
 
 @dataclass(frozen=True)
 class JobConfig:
+    """How the daemon schedules one job (the keys of its ``[jobs.<job>]`` table beside the
+    job's own ``Settings``), and those settings."""
+
     name: str
-    enabled: bool
     schedule: Schedule
-    jitter_seconds: int
-    misfire_grace_seconds: int
-    coalesce: bool
     settings: Any  # the job module's Settings
+    jitter_seconds: int = 0
+    enabled: bool = True
+    misfire_grace_seconds: int = 300
+    coalesce: bool = True
+
+    def __post_init__(self) -> None:
+        # At most half the period, so that jittered runs never swap places.
+        half = int(self.schedule.shortest_period_seconds() // 2)
+        require(
+            0 <= self.jitter_seconds <= half,
+            "jitter_seconds",
+            self.jitter_seconds,
+            f"a whole number from 0 to {half} (half the schedule's period)",
+        )
+        require(
+            self.misfire_grace_seconds >= 1,
+            "misfire_grace_seconds",
+            self.misfire_grace_seconds,
+            "a whole number of at least 1",
+        )
 
 
-# Keys of a [jobs.<job>] table beside the job's own Settings: how the daemon schedules it.
-SCHEDULING_KEYS = ("enabled", "schedule", "jitter_seconds", "misfire_grace_seconds", "coalesce")
+# Keys of a [jobs.<job>] table beside the job's own Settings.
+SCHEDULING_KEYS = tuple(
+    field.name for field in dataclasses.fields(JobConfig) if field.name not in ("name", "settings")
+)
 
 
 @dataclass(frozen=True)
@@ -109,42 +130,29 @@ def load_config(
 def _job_config(name: str, source: Source) -> JobConfig:
     spec = JOBS[name]
     table = ("jobs", name)
+    schedule = _schedule(source, table, spec.default_schedule)
+    derived: dict[str, Any] = {
+        "name": name,
+        "schedule": schedule,
+        "settings": settings.load(spec.settings, source, table=table),
+    }
+    if source.find(*table, "jitter_seconds") is None:
+        # 10 s, and at most a tenth of the period.
+        derived["jitter_seconds"] = int(min(10, schedule.shortest_period_seconds() // 10))
+    return settings.load(JobConfig, source, table=table, overrides=derived)
 
-    def setting(key: str, kind: Any, default: Any, accepted: range | None = None) -> Any:
-        found = source.find(*table, key)
-        if found is None:
-            return default
-        value = parse(found, kind)
-        if accepted is not None and value not in accepted:
-            last = "" if accepted.stop > 2**31 else f" to {accepted.stop - 1}"
-            raise SettingError(
-                found.where, found.value, f"a whole number from {accepted.start}{last}"
-            )
-        return value
 
+def _schedule(source: Source, table: KeyPath, default: str) -> Schedule:
     found = source.find(*table, "schedule")
-    text = spec.default_schedule
-    if found is not None:
-        # TOML: schedule = 300 is an interval in seconds, like "300".
-        is_number = isinstance(found.value, int) and not isinstance(found.value, bool)
-        text = str(found.value) if is_number else parse(found, str)
+    if found is None:
+        return Schedule.parse(default)
+    # TOML: schedule = 300 is an interval in seconds, like "300".
+    is_number = isinstance(found.value, int) and not isinstance(found.value, bool)
+    text = str(found.value) if is_number else parse(found, str)
     try:
-        schedule = Schedule.parse(text)
+        return Schedule.parse(text)
     except ValueError as exc:
-        raise SettingError(found.where if found else name, text, str(exc)) from None
-
-    # At most half the period, so that jittered runs never swap places.
-    period = schedule.shortest_period_seconds()
-    jitter_range = range(0, int(period // 2) + 1)
-    return JobConfig(
-        name=name,
-        enabled=setting("enabled", bool, True),
-        schedule=schedule,
-        jitter_seconds=setting("jitter_seconds", int, int(min(10, period // 10)), jitter_range),
-        misfire_grace_seconds=setting("misfire_grace_seconds", int, 300, range(1, 2**63)),
-        coalesce=setting("coalesce", bool, True),
-        settings=settings.load(spec.settings, source, table=table),
-    )
+        raise SettingError(found.where, found.value, str(exc)) from None
 
 
 def _check_known_keys(source: Source) -> None:
