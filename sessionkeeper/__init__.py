@@ -1,1 +1,1 @@
-"""Operator-side code of sessionkeeper: what runs beside the bots, never inside them."""
+"""Operator-side code of sessionkeeper (administration, daemon); bots import ``store`` only."""

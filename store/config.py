@@ -48,9 +48,8 @@ class StoreConfig:
     link_max_failures: int = 10
     link_failure_window: timedelta = timedelta(minutes=10)
     link_lockout: timedelta = timedelta(minutes=15)
-
-    # Proactive messages: authenticated users of this channel are proactive without
-    # registering a chat (load_users_from_db; the daemon's proactive_reload job).
+    # Proactive messages: authenticated users of this channel are candidates without
+    # registering a chat (the seed: Telegram, where the chat id is the user id).
     proactive_channel: str = "telegram"
 
     def __post_init__(self) -> None:
@@ -82,6 +81,12 @@ class StoreConfig:
         for name in ("idle_timeout", "link_code_ttl"):
             value = getattr(self, name)
             require(value > timedelta(0), name, value, "a positive duration")
+        require(
+            bool(self.proactive_channel),
+            "proactive_channel",
+            self.proactive_channel,
+            "a channel name",
+        )
 
     def rate_caps_by_name(self) -> dict[str, int | None]:
         return {

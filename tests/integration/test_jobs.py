@@ -25,7 +25,7 @@ from jobs import (
 )
 from jobs.runner import JobFailed, run_job
 from jobs.sql import QUERIES
-from store import StoreConfig
+from store import Store, StoreConfig
 from store.errors import NotFound
 
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -331,13 +331,23 @@ def test_proactive_reload_publishes_what_the_store_would_load(conn: Conn) -> Non
     assert again.details == {"size": 4, "written": 0, "removed": 0}
 
 
-def test_proactive_reload_reads_the_stores_proactive_channel(conn: Conn) -> None:
-    telegram, whatsapp = make_user(conn), make_user(conn, channel="whatsapp")
-    settings = proactive_reload.Settings()
-    proactive_reload.run(conn, settings, NOW, store=StoreConfig(proactive_channel="whatsapp"))
-    assert {r[0] for r in rows(conn, "SELECT user_id FROM proactive_user_list")} == {whatsapp}
-    proactive_reload.run(conn, settings, NOW)  # the default channel, telegram
-    assert {r[0] for r in rows(conn, "SELECT user_id FROM proactive_user_list")} == {telegram}
+def test_proactive_reload_and_the_store_read_one_definition(database_url: str, conn: Conn) -> None:
+    # Both read sk_proactive_candidates: for any channel the job's list is the store's list.
+    for channel in ("telegram", "whatsapp", "signal"):
+        for _ in range(2):
+            make_user(conn, channel=channel)
+        conn.execute(
+            "INSERT INTO proactive_users (user_id, chat_id) VALUES (%s, 'registered')",
+            (make_user(conn, channel=channel),),
+        )
+    make_user(conn, channel="whatsapp", authenticated=False)
+    with Store(database_url, max_size=1, proactive_channel="whatsapp") as store:
+        expected = {(u.user_id, u.chat_id) for u in store.load_users_from_db()}
+        settings = proactive_reload.Settings(batch_size=2)
+        proactive_reload.run(conn, settings, NOW, store=store.config)
+    listed = set(rows(conn, "SELECT user_id, chat_id FROM proactive_user_list"))
+    assert len(expected) == 5  # two of whatsapp, three registered
+    assert listed == expected
 
 
 # -- usage_rollup ------------------------------------------------------------------------------
