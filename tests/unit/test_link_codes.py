@@ -3,7 +3,6 @@ of ``sk_redeem_link_code`` becomes a result or a typed error."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from uuid import uuid4
@@ -11,13 +10,18 @@ from uuid import uuid4
 import pytest
 
 import store
-from store import core
+from store import core, validate
 from store.config import StoreConfig
 
 from .in_memory import InMemoryDatabase, Rows, one
 
 T0 = datetime(2026, 3, 2, 12, 0, 30, tzinfo=UTC)
 USER = uuid4()
+
+
+def well_formed(code: object) -> bool:
+    """A code the store itself would accept from a user, as drawn (six digits today)."""
+    return isinstance(code, str) and validate.link_code(code) == code and len(code) == 6
 
 
 def granted(step: core.Step) -> Rows:
@@ -43,7 +47,7 @@ def test_a_free_code_is_taken_at_the_first_draw(config: StoreConfig) -> None:
     code = db.call(core.create_link_code, config, str(USER), now=T0)
     assert db.names() == ["create_link_code"]
     sent = db.sent[0].params
-    assert re.fullmatch(r"[0-9]{6}", str(sent["code"])) and code.code == sent["code"]
+    assert well_formed(sent["code"]) and validate.link_code(code.code) == sent["code"]
     assert sent["user_id"] == USER and sent["now"] == T0 and sent["ttl"] == config.link_code_ttl
     assert code.expires_at == T0 + timedelta(minutes=10)
 
@@ -53,19 +57,20 @@ def test_a_clash_draws_again_with_the_same_parameters(config: StoreConfig) -> No
     db = InMemoryDatabase(create_link_code=clashes_then_granted(clashes))
     code = db.call(core.create_link_code, config, USER, now=T0)
     assert db.names() == ["create_link_code"] * (clashes + 1)
-    assert code.code == db.sent[-1].params["code"]
+    assert validate.link_code(code.code) == db.sent[-1].params["code"]
     for step in db.sent:
         assert {k: v for k, v in step.params.items() if k != "code"} == {
             "user_id": USER,
             "now": T0,
             "ttl": config.link_code_ttl,
         }
-        assert re.fullmatch(r"[0-9]{6}", str(step.params["code"]))
+        assert well_formed(step.params["code"])
 
 
 def test_the_last_allowed_draw_still_succeeds(config: StoreConfig) -> None:
     db = InMemoryDatabase(create_link_code=clashes_then_granted(core.LINK_CODE_DRAWS - 1))
-    assert db.call(core.create_link_code, config, USER).code == db.sent[-1].params["code"]
+    code = db.call(core.create_link_code, config, USER)
+    assert validate.link_code(code.code) == db.sent[-1].params["code"]
     assert len(db.sent) == core.LINK_CODE_DRAWS
 
 
