@@ -118,8 +118,9 @@ class Usage:
 @dataclass
 class Conversation:
     """One user's chat: the messages a bot framework delivers, an echoing model, the replies
-    sent. With ``rate_per_day=3`` the fourth message is refused; the third holds a NUL, so its
-    turn cannot be stored."""
+    sent. With ``rate_per_day=3`` the fourth message is refused (the database clock decides:
+    only a UTC midnight between the first and the fourth message would admit it); the third
+    holds a NUL, so its turn cannot be stored."""
 
     channel: str = "telegram"
     sender: str = "4242"
