@@ -32,7 +32,8 @@ from patroni_support import Node, PatroniCluster, connect, missing_tools
 
 import store
 from jobs import JOB_NAMES
-from store import AsyncStore, DatabaseUnavailable, Store, migrate
+from sessionkeeper.admin import migrate
+from store import AsyncStore, DatabaseUnavailable, Store
 
 pytestmark = pytest.mark.slow
 
