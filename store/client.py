@@ -47,8 +47,9 @@ def build_conninfo(database_url: str | None, config: StoreConfig) -> str:
     return make_conninfo("", **params)
 
 
-def raise_store_error(exc: psycopg.Error, runner: core.Runner[Any]) -> NoReturn:
-    translated = core.translate(exc, runner.sent)
+def raise_store_error(exc: psycopg.Error, sent: core.Step | None = None) -> NoReturn:
+    """Raise the store error ``exc`` stands for; ``sent``: the step whose statement failed."""
+    translated = core.translate(exc, sent)
     if translated is exc:
         raise exc
     raise translated from exc
@@ -244,7 +245,7 @@ class Store(_Shell):
                         continue
                     runner.feed(cursor.fetchall() if _has_rows(cursor) else [])
         except psycopg.Error as exc:
-            raise_store_error(exc, runner)
+            raise_store_error(exc, runner.sent)
         return runner.result
 
     def close(self) -> None:
@@ -296,7 +297,7 @@ class AsyncStore(_Shell):
                         continue
                     runner.feed(await cursor.fetchall() if _has_rows(cursor) else [])
         except psycopg.Error as exc:
-            raise_store_error(exc, runner)
+            raise_store_error(exc, runner.sent)
         return runner.result
 
     async def close(self) -> None:

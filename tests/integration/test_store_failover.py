@@ -1,7 +1,7 @@
 """What a failover shows the store, provoked without a cluster (tests/integration/
 test_failover.py runs the real one): a write reaching a read-only server, an answer lost after
-the commit, two attempts of one turn racing, the reconnect back-off, and the previous release's
-statement against this schema."""
+the commit, two attempts of one turn racing and the reconnect back-off. (The previous release's
+statements at this schema: tests/integration/test_previous_release.py.)"""
 
 from __future__ import annotations
 
@@ -30,7 +30,6 @@ from store import (
     StoreConfig,
 )
 from store.client import Backoff
-from store.queries import parse as parse_queries
 
 Conn = psycopg.Connection[Any]
 
@@ -271,24 +270,3 @@ def test_the_back_off_doubles_up_to_its_cap() -> None:
     assert delays[1] == pytest.approx(2 * delays[0]) and delays[-1] == 1.0
     with pytest.raises(ConfigurationError, match="reconnect_delay"):
         StoreConfig(reconnect_delay=0)
-
-
-def test_the_previous_release_statement_still_appends(database_url: str, conn: Conn) -> None:
-    previous = parse_queries((Path(__file__).parent / "previous_release.sql").read_text())
-    with Store(database_url) as store:
-        turn = store.begin_turn("telegram", "u", now=T0)
-    params = {
-        "session_id": turn.session_id,
-        "roles": ["user", "assistant"],
-        "contents": ["q", "a"],
-        "created": [T0, T0],
-        "now": T0,
-        "keep": 40,
-        "track_usage": True,
-        "input_tokens": 1,
-        "output_tokens": 2,
-        "cached_tokens": 0,
-    }
-    row = conn.execute(previous["append_messages"], params).fetchone()
-    assert row is not None and row[2] == 2  # next_seq
-    assert count(conn, "session_messages") == 2 and count(conn, "turn_receipts") == 0
