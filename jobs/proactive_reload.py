@@ -3,8 +3,9 @@
 The list holds the users the store's ``load_users_from_db`` returns: every authenticated user
 of the store's ``proactive_channel`` (the chat id is the registered one, else the channel user
 id) and every authenticated user who registered a chat. It is updated in place, page by page
-(only changed rows are written), then stale entries go, so bots reading it always see a
-complete list.
+(only changed rows are written), then stale entries go, so a reader always sees a complete
+list. No store call reads it yet: bots call ``load_users_from_db``, which reads the users
+tables themselves.
 """
 
 from __future__ import annotations
