@@ -1,8 +1,9 @@
 """Adopting a database made by the original TypeScript store (``sessionkeeper migrate``).
 
-Every test builds a seed-era database by running the seed's DDL (tests/integration/legacy_seed.sql) on an
-empty database, fills it like the old bots would have, runs the real CLI as a process and
-compares every message, row and foreign table before and after.
+Every test builds a seed-era database by running the seed's DDL
+(tests/integration/legacy_seed.sql) on an empty database, fills it like the old bots would
+have, runs the real CLI as a process and compares every message, row and foreign table before
+and after.
 """
 
 from __future__ import annotations
