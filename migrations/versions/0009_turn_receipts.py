@@ -1,7 +1,7 @@
 """turn receipts: finish_turn stores a turn once, even when retried after a lost answer
 
 Revision ID: 0009
-Revises: 0007
+Revises: 0008
 Create Date: 2026-11-25
 
 A new, empty table: online-safe. Its foreign key takes a brief SHARE ROW EXCLUSIVE lock on
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0009"
-down_revision: str | None = "0007"
+down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
