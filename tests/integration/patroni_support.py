@@ -71,6 +71,10 @@ def free_port() -> int:
 
 
 def _service_user() -> pwd.struct_passwd:
+    """Who runs etcd and Patroni: as root, an unprivileged system user (PostgreSQL refuses
+    root), created if missing; otherwise the current user."""
+    if os.geteuid() != 0:
+        return pwd.getpwuid(os.getuid())
     try:
         return pwd.getpwnam(SERVICE_USER)
     except KeyError:
@@ -239,16 +243,17 @@ class PatroniCluster:
         output = open(log, "ab")  # noqa: SIM115 - kept open for the process's lifetime
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.base)}
         env["LANG"] = "C.UTF-8"
+        as_user: dict[str, Any] = {}
+        if os.geteuid() == 0:
+            as_user = {"user": self.user.pw_uid, "group": self.user.pw_gid, "extra_groups": []}
         process = subprocess.Popen(
             command,
             stdout=output,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            user=self.user.pw_uid,
-            group=self.user.pw_gid,
-            extra_groups=[],
             cwd=self.base,
             env=env,
+            **as_user,
         )
         output.close()
         self.owned.add(process.pid)
