@@ -123,6 +123,8 @@ def _history(row: Row) -> list[models.Message]:
     seqs = row["history_seqs"]
     if not seqs:
         return []
+    # Only statements of release 0.2 return extras (sk_begin_turn of 0.1.0 does not).
+    extras = row.get("history_extras") or [None] * len(seqs)
     return list(
         map(
             models.Message,
@@ -130,6 +132,7 @@ def _history(row: Row) -> list[models.Message]:
             row["history_contents"],
             row["history_created"],
             seqs,
+            extras,
         )
     )
 
@@ -239,12 +242,13 @@ def _append(
     keep: int | None = None,
     usage: Mapping[str, int] | None = None,
 ) -> Plan[models.Appended]:
-    roles, contents, created = validate.messages(config, messages)
+    batch = validate.messages(config, messages)
     params = {
         "session_id": session_id,
-        "roles": roles,
-        "contents": contents,
-        "created": created,
+        "roles": batch.roles,
+        "contents": batch.contents,
+        "created": batch.created,
+        "extras": batch.extras,
         "now": validate.moment(now, "now"),
         "keep": keep,
         "track_usage": usage is not None,

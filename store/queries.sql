@@ -30,12 +30,14 @@ WITH session AS (
     WHERE s.session_id = %(session_id)s
     RETURNING s.session_id, s.user_id, s.next_seq
 ), appended AS (
-    INSERT INTO session_messages (session_id, seq, role, content, created_at)
+    INSERT INTO session_messages (session_id, seq, role, content, created_at, extra)
     SELECT s.session_id, s.next_seq - cardinality(%(roles)b::text[]) + m.ord - 1,
-           m.role, m.content, coalesce(m.created_at, %(now)s::timestamptz, now())
+           m.role, m.content, coalesce(m.created_at, %(now)s::timestamptz, now()),
+           m.extra::jsonb
     FROM session s,
-         unnest(%(roles)b::text[], %(contents)b::text[], %(created)b::timestamptz[])
-             WITH ORDINALITY AS m(role, content, created_at, ord)
+         unnest(%(roles)b::text[], %(contents)b::text[], %(created)b::timestamptz[],
+                %(extras)b::text[])
+             WITH ORDINALITY AS m(role, content, created_at, extra, ord)
     RETURNING seq
 ), trimmed AS (
     DELETE FROM session_messages m USING session s
@@ -67,9 +69,17 @@ WITH session AS (
 SELECT s.session_id, (SELECT count(*) FROM trimmed) AS trimmed FROM session s
 
 -- get_history --
-SELECT seqs AS history_seqs, roles AS history_roles, contents AS history_contents,
-       created AS history_created
-FROM sk_history_arrays(%(session_id)s, %(history_pairs)s)
+-- The newest 2 * pairs messages, oldest first, as parallel arrays (sk_history_arrays' shape,
+-- plus each message's extra fields): an index range on (session_id, seq).
+SELECT coalesce(array_agg(m.seq ORDER BY m.seq), '{}') AS history_seqs,
+       coalesce(array_agg(m.role ORDER BY m.seq), '{}') AS history_roles,
+       coalesce(array_agg(m.content ORDER BY m.seq), '{}') AS history_contents,
+       coalesce(array_agg(m.created_at ORDER BY m.seq), '{}') AS history_created,
+       coalesce(array_agg(m.extra ORDER BY m.seq), '{}') AS history_extras
+FROM (
+    SELECT x.seq, x.role, x.content, x.created_at, x.extra FROM session_messages x
+    WHERE x.session_id = %(session_id)s ORDER BY x.seq DESC LIMIT 2 * %(history_pairs)s
+) m
 
 -- get_or_create_user --
 -- The seed's upsert: a user's first message creates it, every message marks it authenticated.
