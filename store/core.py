@@ -123,8 +123,7 @@ def _history(row: Row) -> list[models.Message]:
     seqs = row["history_seqs"]
     if not seqs:
         return []
-    # Only statements of release 0.2 return extras (sk_begin_turn of 0.1.0 does not).
-    extras = row.get("history_extras") or [None] * len(seqs)
+    extras = row["history_extras"]
     return list(
         map(
             models.Message,

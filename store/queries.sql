@@ -9,19 +9,23 @@
 -- begin_turn --
 -- Upsert the user, decide the rate limit and, when admitted, find or open the current session
 -- and read its history.
--- The history comes back as parallel arrays, oldest first (see sk_history_arrays).
+-- The history comes back as parallel arrays, oldest first, with each message's extra fields
+-- (see sk_history_arrays_v2).
 SELECT user_id, person_id, display_name, user_created, now, allowed, retry_at, refused_window,
        session_id, session_created, history_seqs, history_roles, history_contents,
-       history_created
-FROM sk_begin_turn(%(channel)s, %(channel_user_id)s, %(display_name)s, %(now)s::timestamptz,
-                   %(windows)s::integer[], %(caps)s::integer[], %(durable)s,
-                   %(idle)s::interval, %(carry_pairs)s, %(history_pairs)s)
+       history_created, history_extras
+FROM sk_begin_turn_v2(%(channel)s, %(channel_user_id)s, %(display_name)s,
+                      %(now)s::timestamptz, %(windows)s::integer[], %(caps)s::integer[],
+                      %(durable)s, %(idle)s::interval, %(carry_pairs)s, %(history_pairs)s)
 
 -- append_messages --
 -- Append a batch to a session; optionally trim and record usage (finish_turn does both).
 -- Raising sessions.next_seq locks the session row, so concurrent appends take consecutive seq
 -- ranges and none is lost. The cost does not depend on the history's length, and the trim is an
 -- index range on the primary key (session_id, seq). NULL %(keep)s keeps everything.
+-- All parts share one snapshot, so the DELETE cannot see the rows this statement inserts: a
+-- batch longer than %(keep)s inserts only its newest %(keep)s messages, and the others count
+-- as appended and trimmed.
 -- The message arrays are sent in binary format (the b placeholders): the client does not quote
 -- and escape every message into an array literal.
 WITH session AS (
@@ -39,6 +43,7 @@ WITH session AS (
          unnest(%(roles)b::text[], %(contents)b::text[], %(created)b::timestamptz[],
                 %(extras)b::text[])
              WITH ORDINALITY AS m(role, content, created_at, extra, ord)
+    WHERE %(keep)s::bigint IS NULL OR m.ord > cardinality(%(roles)b::text[]) - %(keep)s::bigint
     RETURNING seq
 ), trimmed AS (
     DELETE FROM session_messages m USING session s
@@ -53,9 +58,9 @@ WITH session AS (
     WHERE %(track_usage)s
     RETURNING stat_id
 )
-SELECT s.session_id, s.user_id, s.next_seq,
-       (SELECT count(*) FROM appended) AS appended,
-       (SELECT count(*) FROM trimmed) AS trimmed
+SELECT s.session_id, s.user_id, s.next_seq, cardinality(%(roles)b::text[]) AS appended,
+       (SELECT count(*) FROM trimmed)
+           + cardinality(%(roles)b::text[]) - (SELECT count(*) FROM appended) AS trimmed
 FROM session s
 
 -- trim_session_history --
@@ -70,17 +75,9 @@ WITH session AS (
 SELECT s.session_id, (SELECT count(*) FROM trimmed) AS trimmed FROM session s
 
 -- get_history --
--- The newest 2 * pairs messages, oldest first, as parallel arrays (sk_history_arrays' shape,
--- plus each message's extra fields): an index range on (session_id, seq).
-SELECT coalesce(array_agg(m.seq ORDER BY m.seq), '{}') AS history_seqs,
-       coalesce(array_agg(m.role ORDER BY m.seq), '{}') AS history_roles,
-       coalesce(array_agg(m.content ORDER BY m.seq), '{}') AS history_contents,
-       coalesce(array_agg(m.created_at ORDER BY m.seq), '{}') AS history_created,
-       coalesce(array_agg(m.extra ORDER BY m.seq), '{}') AS history_extras
-FROM (
-    SELECT x.seq, x.role, x.content, x.created_at, x.extra FROM session_messages x
-    WHERE x.session_id = %(session_id)s ORDER BY x.seq DESC LIMIT 2 * %(history_pairs)s
-) m
+SELECT seqs AS history_seqs, roles AS history_roles, contents AS history_contents,
+       created AS history_created, extras AS history_extras
+FROM sk_history_arrays_v2(%(session_id)s, %(history_pairs)s)
 
 -- get_or_create_user --
 -- The seed's upsert: a user's first message creates it, every message marks it authenticated.

@@ -222,7 +222,7 @@ def test_clear_deletes_the_messages_and_keeps_the_session(db: Store, conn: Conn)
 
 def test_the_users_session_is_renewed_after_the_idle_timeout(db: Store, conn: Conn) -> None:
     first = SessionkeeperChatMessageHistory(db, channel="telegram", channel_user_id="5")
-    first.add_messages([HumanMessage("old question"), AIMessage("old answer")])
+    first.add_messages([HumanMessage("old question"), *EVERY_KIND[1:5]])
     assert (
         SessionkeeperChatMessageHistory(db, channel="telegram", channel_user_id=5).session_id
         == first.session_id
@@ -231,8 +231,8 @@ def test_the_users_session_is_renewed_after_the_idle_timeout(db: Store, conn: Co
     conn.execute("UPDATE sessions SET last_active = now() - interval '31 minutes'")
     later = SessionkeeperChatMessageHistory(db, channel="telegram", channel_user_id="5")
     assert later.session_id != first.session_id
-    # The new session carries the last pairs over (carry_over_pairs), fields included.
-    assert contents(later.messages) == contents(first.messages)
+    # The new session carries the last pairs over (carry_over_pairs: 2), fields included.
+    assert later.messages == EVERY_KIND[1:5]
 
 
 def test_archival_and_restore_keep_the_fields(db: Store, conn: Conn) -> None:
