@@ -12,7 +12,7 @@ from uuid import UUID
 
 from .config import StoreConfig
 from .errors import InvalidInput
-from .schema import ROLES
+from .models import ROLES
 
 MAX_ID_LENGTH = 256
 MAX_NAME_LENGTH = 256
@@ -25,17 +25,23 @@ _CODE = re.compile(r"[0-9]{6}")
 def text(value: object, field: str, *, max_chars: int | None = None) -> str:
     """A non-empty string PostgreSQL can store: no NUL byte, no lone surrogate."""
     if not isinstance(value, str):
-        raise InvalidInput(f"{field} must be a string, not {type(value).__name__}", field=field)
+        raise InvalidInput(
+            f"{field} must be a string, not {type(value).__name__}", field=field, rule="type"
+        )
     if not value:
-        raise InvalidInput(f"{field} must not be empty", field=field)
+        raise InvalidInput(f"{field} must not be empty", field=field, rule="empty")
     if max_chars is not None and len(value) > max_chars:
-        raise InvalidInput(f"{field} is longer than {max_chars} characters", field=field)
+        raise InvalidInput(
+            f"{field} is longer than {max_chars} characters", field=field, rule="length"
+        )
     if "\x00" in value:
-        raise InvalidInput(f"{field} contains a NUL character", field=field)
+        raise InvalidInput(f"{field} contains a NUL character", field=field, rule="nul")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise InvalidInput(f"{field} is not valid Unicode (lone surrogate)", field=field) from None
+        raise InvalidInput(
+            f"{field} is not valid Unicode (lone surrogate)", field=field, rule="unicode"
+        ) from None
     return value
 
 
@@ -114,6 +120,7 @@ def content(config: StoreConfig, value: object, field: str) -> str:
         raise InvalidInput(
             f"{field} is {size} bytes; the limit is {config.max_message_bytes} (max_message_bytes)",
             field=field,
+            rule="size",
         )
     return checked
 
@@ -125,22 +132,26 @@ def extra(config: StoreConfig, value: object, field: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, Mapping):
-        raise InvalidInput(f"{field} must be a mapping (a JSON object)", field=field)
+        raise InvalidInput(f"{field} must be a mapping (a JSON object)", field=field, rule="type")
     if not value:
         return None
     try:
         encoded = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-        size = len(encoded.encode("utf-8"))
-    except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
-        raise InvalidInput(
-            f"{field} is not JSON PostgreSQL can store: {exc}", field=field
-        ) from None
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"{field} is not JSON: {exc}", field=field, rule="json") from None
     if any("\x00" in piece for piece in _strings(value)):
-        raise InvalidInput(f"{field} contains a NUL character", field=field)
+        raise InvalidInput(f"{field} contains a NUL character", field=field, rule="nul")
+    try:
+        size = len(encoded.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidInput(
+            f"{field} is not valid Unicode (lone surrogate)", field=field, rule="unicode"
+        ) from None
     if size > config.max_message_bytes:
         raise InvalidInput(
             f"{field} is {size} bytes; the limit is {config.max_message_bytes} (max_message_bytes)",
             field=field,
+            rule="size",
         )
     return encoded
 
@@ -172,16 +183,22 @@ def message(
         entry["timestamp"] = getattr(value, "timestamp", None)
         entry["extra"] = getattr(value, "extra", None)
     else:
-        raise InvalidInput(f"{field} must be a {{role, content}} mapping", field=field)
+        raise InvalidInput(
+            f"{field} must be a {{role, content}} mapping", field=field, rule="shape"
+        )
     role = entry.get("role")
     if role not in ROLES:
-        raise InvalidInput(f"{field}.role must be one of {', '.join(ROLES)}", field=field)
+        raise InvalidInput(
+            f"{field}.role must be one of {', '.join(ROLES)}", field=field, rule="role"
+        )
     stamp = entry.get("timestamp")
     if isinstance(stamp, str):
         try:
             stamp = datetime.fromisoformat(stamp)
         except ValueError:
-            raise InvalidInput(f"{field}.timestamp is not ISO 8601", field=field) from None
+            raise InvalidInput(
+                f"{field}.timestamp is not ISO 8601", field=field, rule="timestamp"
+            ) from None
     extras = extra(config, entry.get("extra"), f"{field}.extra")
     body = entry.get("content")
     return (
