@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 
 import store.metrics
 from jobs import JOB_NAMES
-from jobs.metrics import DaemonMetrics
+from sessionkeeper.daemon.metrics import DaemonMetrics
 from store import Store
 
 RULES_DIR = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
