@@ -254,7 +254,8 @@ def _append(
         "roles": batch.roles,
         "contents": batch.contents,
         "created": batch.created,
-        "extras": batch.extras,
+        # "" for none: an array of only NULLs would be sent without a type.
+        "extras": [extra or "" for extra in batch.extras],
         "now": validate.moment(now, "now"),
         "keep": keep,
         "track_usage": usage is not None,

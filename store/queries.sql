@@ -38,7 +38,7 @@ WITH session AS (
     INSERT INTO session_messages (session_id, seq, role, content, created_at, extra)
     SELECT s.session_id, s.next_seq - cardinality(%(roles)b::text[]) + m.ord - 1,
            m.role, m.content, coalesce(m.created_at, %(now)s::timestamptz, now()),
-           m.extra::jsonb
+           nullif(m.extra, '')::jsonb
     FROM session s,
          unnest(%(roles)b::text[], %(contents)b::text[], %(created)b::timestamptz[],
                 %(extras)b::text[])
