@@ -9,8 +9,8 @@ the SQL. Most plans are one step; ``create_link_code`` draws again on a clash.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
-import uuid
 from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -159,7 +159,7 @@ def _history(row: Row) -> list[models.Message]:
     extras = row["history_extras"]
     return list(
         map(
-            models.Message,
+            models.stored_message,
             row["history_roles"],
             row["history_contents"],
             row["history_created"],
@@ -296,10 +296,7 @@ def _append(
         "track_usage": usage is not None,
         **(usage or {"input_tokens": 0, "output_tokens": 0, "cached_tokens": 0}),
     }
-    # The request's idempotency key: the turn's key and everything the call asked for, so the
-    # same call again (a retry) is stored once, while a Turn reused for other messages (as
-    # 0.1.0 allowed) stores each of them.
-    params["turn_id"] = turn_id and uuid.uuid5(turn_id, repr(sorted(params.items())))
+    params["turn_id"] = turn_id and _request_key(turn_id, params)
 
     def decode(rows: Rows) -> models.Appended:
         row = _first(rows, f"session {session_id} does not exist")
@@ -319,6 +316,21 @@ def _append(
         # one ran; this one was rolled back whole. Running it again returns that receipt.
         rows = yield step
     return decode(rows)
+
+
+def _request_key(turn_id: UUID, params: Mapping[str, object]) -> UUID:
+    """The request's idempotency key: the turn's key and everything the call asked for, so the
+    same call again (a retry) is stored once, while a Turn reused for other messages (as 0.1.0
+    allowed) stores each of them. The contents are hashed as bytes, each with its length: the
+    repr of every parameter that the key was first derived from (uuid5) cost 6 µs a turn more.
+    """
+    digest = hashlib.blake2b(turn_id.bytes, digest_size=16)
+    digest.update(repr([value for name, value in params.items() if name != "contents"]).encode())
+    for content in cast(list[str], params["contents"]):
+        encoded = content.encode()
+        digest.update(len(encoded).to_bytes(8, "little"))
+        digest.update(encoded)
+    return UUID(bytes=digest.digest())
 
 
 def trim_session_history(

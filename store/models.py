@@ -48,6 +48,26 @@ class Message:
         return {"role": self.role, "content": self.content}
 
 
+def stored_message(
+    role: str, content: str, timestamp: datetime, seq: int, extra: Mapping[str, Any] | None
+) -> Message:
+    """A ``Message`` read from the database, built without the frozen dataclass's
+    ``__init__``: it sets each field through ``object.__setattr__``, which made building a
+    40-message history cost 18-40 µs a turn; filling ``__dict__`` costs 4-7 µs. The values are
+    the database's, already of the right types, so the result equals ``Message(...)``."""
+    message = _new(Message)
+    fields = message.__dict__
+    fields["role"] = role
+    fields["content"] = content
+    fields["timestamp"] = timestamp
+    fields["seq"] = seq
+    fields["extra"] = extra
+    return message
+
+
+_new = object.__new__
+
+
 @dataclass(frozen=True)
 class RateDecision:
     """The outcome of a rate-limit check; true when the request is admitted."""
