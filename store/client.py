@@ -243,7 +243,7 @@ class Store(_Shell):
             with self.pool.connection() as conn, conn.cursor() as cursor:
                 for step in runner:
                     try:
-                        cursor.execute(step.sql, step.params)
+                        cursor.execute(step.sql, step.params, binary=True)
                     except psycopg.Error as exc:
                         if self._must_drain(conn, exc):
                             self.pool.drain()
@@ -295,7 +295,7 @@ class AsyncStore(_Shell):
             async with self.pool.connection() as conn, conn.cursor() as cursor:
                 for step in runner:
                     try:
-                        await cursor.execute(step.sql, step.params)
+                        await cursor.execute(step.sql, step.params, binary=True)
                     except psycopg.Error as exc:
                         if self._must_drain(conn, exc):
                             await self.pool.drain()
