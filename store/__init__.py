@@ -25,6 +25,7 @@ from .default import (
     track_usage,
     trim_session_history,
 )
+from .proactive import AsyncProactiveUsers, ProactiveUsers
 from .erasure import ANONYMOUS_USER_ID, Forgotten
 from .errors import (
     ConfigurationError,
@@ -45,6 +46,7 @@ from .models import (
     LinkCode,
     Linked,
     Message,
+    ProactiveList,
     ProactiveUser,
     RateDecision,
     Session,
@@ -55,6 +57,7 @@ from .models import (
 __all__ = [
     "ANONYMOUS_USER_ID",
     "Appended",
+    "AsyncProactiveUsers",
     "AsyncStore",
     "ConfigurationError",
     "DatabaseUnavailable",
@@ -70,7 +73,9 @@ __all__ = [
     "Message",
     "NotFound",
     "Operations",
+    "ProactiveList",
     "ProactiveUser",
+    "ProactiveUsers",
     "RateDecision",
     "RateLimited",
     "SchemaOutOfDate",

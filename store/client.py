@@ -57,6 +57,32 @@ def _has_rows(cursor: psycopg.Cursor[Any] | psycopg.AsyncCursor[Any]) -> bool:
     return result is not None and result.status == pq.ExecStatus.TUPLES_OK
 
 
+def run_plan(conn: psycopg.Connection[DictRow], plan: core.Plan[T]) -> T:
+    """Run a plan's steps on one connection (a pool's, or a dedicated one)."""
+    runner = core.Runner(plan)
+    try:
+        with conn.cursor() as cursor:
+            for step in runner:
+                cursor.execute(step.sql, step.params)
+                runner.feed(cursor.fetchall() if _has_rows(cursor) else [])
+    except psycopg.Error as exc:
+        raise_store_error(exc)
+    return runner.result
+
+
+async def run_plan_async(conn: psycopg.AsyncConnection[DictRow], plan: core.Plan[T]) -> T:
+    """``run_plan`` on an asyncio connection."""
+    runner = core.Runner(plan)
+    try:
+        async with conn.cursor() as cursor:
+            for step in runner:
+                await cursor.execute(step.sql, step.params)
+                runner.feed(await cursor.fetchall() if _has_rows(cursor) else [])
+    except psycopg.Error as exc:
+        raise_store_error(exc)
+    return runner.result
+
+
 class Op(Generic[P, T]):
     """One store operation: a core plan function, run by whichever store it is read from."""
 
@@ -166,15 +192,11 @@ class Store(_Shell):
         self.pool.open(wait=False)
 
     def execute(self, plan: core.Plan[T]) -> T:
-        runner = core.Runner(plan)
         try:
-            with self.pool.connection() as conn, conn.cursor() as cursor:
-                for step in runner:
-                    cursor.execute(step.sql, step.params)
-                    runner.feed(cursor.fetchall() if _has_rows(cursor) else [])
-        except psycopg.Error as exc:
+            with self.pool.connection() as conn:
+                return run_plan(conn, plan)
+        except psycopg.Error as exc:  # no connection in time (PoolTimeout), or a broken one
             raise_store_error(exc)
-        return runner.result
 
     def close(self) -> None:
         self.pool.close()
@@ -204,17 +226,13 @@ class AsyncStore(_Shell):
                 self._opened = True
 
     async def execute(self, plan: core.Plan[T]) -> T:
-        runner = core.Runner(plan)
         if not self._opened:
             await self.open()
         try:
-            async with self.pool.connection() as conn, conn.cursor() as cursor:
-                for step in runner:
-                    await cursor.execute(step.sql, step.params)
-                    runner.feed(await cursor.fetchall() if _has_rows(cursor) else [])
-        except psycopg.Error as exc:
+            async with self.pool.connection() as conn:
+                return await run_plan_async(conn, plan)
+        except psycopg.Error as exc:  # no connection in time (PoolTimeout), or a broken one
             raise_store_error(exc)
-        return runner.result
 
     async def close(self) -> None:
         await self.pool.close()

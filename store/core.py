@@ -385,6 +385,17 @@ def load_users_from_db(config: StoreConfig) -> Plan[list[models.ProactiveUser]]:
     )
 
 
+def proactive_snapshot(config: StoreConfig) -> Plan[models.ProactiveList]:
+    """The published proactive list and its version (``store.ProactiveUsers`` keeps it)."""
+
+    def decode(rows: Rows) -> models.ProactiveList:
+        row = rows[0]
+        users = map(models.ProactiveUser, row["user_ids"], row["chat_ids"])
+        return models.ProactiveList(int(row["version"]), tuple(users))
+
+    return _single("proactive_snapshot", {"channel": config.proactive_channel}, decode)
+
+
 # -- identity ----------------------------------------------------------------------------------
 
 
