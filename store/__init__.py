@@ -25,7 +25,6 @@ from .default import (
     track_usage,
     trim_session_history,
 )
-from .proactive import AsyncProactiveUsers, ProactiveUsers
 from .erasure import ANONYMOUS_USER_ID, Forgotten
 from .errors import (
     ConfigurationError,
@@ -53,6 +52,7 @@ from .models import (
     Turn,
     User,
 )
+from .proactive import AsyncProactiveUsers, ProactiveUsers
 
 __all__ = [
     "ANONYMOUS_USER_ID",

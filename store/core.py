@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Generator, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar, cast
 from uuid import UUID
@@ -34,14 +34,16 @@ LINK_CODE_DRAWS = 20
 
 @dataclass(frozen=True)
 class Step:
-    """One statement to run: its name in ``queries.sql`` and its parameters."""
+    """One statement to run: its name in ``queries.sql`` (or in ``queries``: an integration's
+    own statements) and its parameters."""
 
     name: str
     params: Mapping[str, object]
+    queries: Mapping[str, str] | None = field(default=None, repr=False, compare=False)
 
     @property
     def sql(self) -> str:
-        return QUERIES[self.name]
+        return (self.queries or QUERIES)[self.name]
 
 
 Plan = Generator[Step, Rows, T]

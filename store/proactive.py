@@ -61,7 +61,7 @@ def backoff_delays() -> Iterator[float]:
     """The waits before successive reconnection attempts: doubling, capped, jittered."""
     delay = BACKOFF_FIRST
     while True:
-        yield delay * random.uniform(0.5, 1.0)  # noqa: S311 (jitter, not secrecy)
+        yield delay * random.uniform(0.5, 1.0)  # jitter, not secrecy
         delay = min(delay * 2, BACKOFF_MAX)
 
 
@@ -205,8 +205,9 @@ class ProactiveUsers(_ProactiveView):
             if any(newer(payload, self.version) for payload in payloads):
                 self._load(conn)
                 continue
-            readable, _, _ = select.select([conn.fileno(), self._wake_reader], [], [])
-            if self._wake_reader in readable:
+            wake = self._wake_reader.fileno()
+            readable, _, _ = select.select([conn.fileno(), wake], [], [])
+            if wake in readable:
                 return
 
     def _drop_connection(self) -> None:
