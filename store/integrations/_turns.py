@@ -4,6 +4,7 @@ and finishing a turn for a Telegram user on an ``AsyncStore``, and the refusal t
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -58,8 +59,8 @@ class TelegramTurns:
                 " the frameworks run on asyncio, and a Store would block their event loop"
             )
         try:
-            refusal.format(retry_in="", retry_at=None, window=0)
-        except (KeyError, IndexError, ValueError) as exc:
+            refusal.format(retry_in="1 minute", retry_at=datetime.now(UTC), window=60)
+        except (KeyError, IndexError, ValueError, TypeError) as exc:
             raise InvalidInput(
                 f"refusal: unknown field or bad format {exc}; use {{retry_in}}, {{retry_at}},"
                 " {window}"
