@@ -4,8 +4,8 @@ and finishing a turn for a Telegram user on an ``AsyncStore``, and the refusal t
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from ..client import AsyncStore

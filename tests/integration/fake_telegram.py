@@ -25,7 +25,9 @@ BOT_ID = 123456
 BOT_USER = {"id": BOT_ID, "is_bot": True, "first_name": "Keeper", "username": "keeper_bot"}
 
 
-def message_update(update_id: int, sender: int, text: str, first_name: str = "Ada") -> dict[str, Any]:
+def message_update(
+    update_id: int, sender: int, text: str, first_name: str = "Ada"
+) -> dict[str, Any]:
     """A private-chat text message from ``sender``, as Telegram delivers it."""
     person = {"id": sender, "is_bot": False, "first_name": first_name}
     return {
@@ -121,7 +123,9 @@ def _params(content_type: str, body: bytes) -> dict[str, Any]:
 
 
 @contextmanager
-def fake_telegram(on_send: Callable[[dict[str, Any]], None] | None = None) -> Iterator[FakeTelegram]:
+def fake_telegram(
+    on_send: Callable[[dict[str, Any]], None] | None = None,
+) -> Iterator[FakeTelegram]:
     """A running fake server on 127.0.0.1 (a free port), stopped on leaving."""
     fake = FakeTelegram(on_send=on_send)
 
@@ -138,7 +142,10 @@ def fake_telegram(on_send: Callable[[dict[str, Any]], None] | None = None) -> It
             length = int(self.headers.get("Content-Length") or 0)
             params = _params(self.headers.get("Content-Type", ""), self.rfile.read(length))
             if head != f"bot{TOKEN}":
-                status, payload = 401, {"ok": False, "error_code": 401, "description": "Unauthorized"}
+                status, payload = (
+                    401,
+                    {"ok": False, "error_code": 401, "description": "Unauthorized"},
+                )
             else:
                 status, payload = 200, {"ok": True, "result": fake.answer(method, params)}
             body = json.dumps(payload).encode()
