@@ -45,13 +45,15 @@ def message_update(
 @dataclass
 class FakeTelegram:
     """``url`` is the API root (aiogram: ``TelegramAPIServer.from_base(url)``; PTB:
-    ``base_url(url + "/bot")``). ``on_send`` is called with every sendMessage body."""
+    ``base_url(url + "/bot")``). ``on_send`` is called with every sendMessage body, once its
+    answer was sent; ``delivered`` counts the updates handed out by getUpdates."""
 
     on_send: Callable[[dict[str, Any]], None] | None = None
     sent: list[dict[str, Any]] = field(default_factory=list)
     calls: list[str] = field(default_factory=list)
     _updates: list[dict[str, Any]] = field(default_factory=list)
     _changed: threading.Condition = field(default_factory=threading.Condition)
+    delivered: int = 0
     _closing: bool = False
     url: str = ""
 
@@ -73,8 +75,6 @@ class FakeTelegram:
             with self._changed:
                 self.sent.append(params)
                 number = len(self.sent)
-            if self.on_send is not None:
-                self.on_send(params)
             chat_id = int(params["chat_id"])
             return {
                 "message_id": 10_000 + number,
@@ -96,6 +96,7 @@ class FakeTelegram:
                 self._updates = [u for u in self._updates if u["update_id"] >= offset]
                 remaining = deadline - time.monotonic()
                 if self._updates or remaining <= 0 or self._closing:
+                    self.delivered = max([self.delivered, *(u["update_id"] for u in self._updates)])
                     return list(self._updates)
                 self._changed.wait(remaining)
 
@@ -152,8 +153,15 @@ def fake_telegram(
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            try:
+                self.end_headers()
+                self.wfile.write(body)
+                self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                return  # a long poll the bot gave up on while stopping
+            if method == "sendMessage" and status == 200 and fake.on_send is not None:
+                # After the answer went out: the bot has its reply confirmed.
+                fake.on_send(params)
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
