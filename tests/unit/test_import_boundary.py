@@ -48,3 +48,9 @@ def test_the_check_sees_sqlalchemy_when_an_admin_module_is_imported() -> None:
     modules = modules_after("import store; import sessionkeeper.admin.migrate")
     found = forbidden(modules)
     assert "sqlalchemy" in found and "alembic" in found and "sessionkeeper.admin.migrate" in found
+
+
+def test_the_integrations_package_imports_no_framework_until_a_module_is_chosen() -> None:
+    assert forbidden(modules_after("import store.integrations")) == []
+    # Choosing one loads that framework (the check can see it).
+    assert "aiogram" in forbidden(modules_after("import store.integrations.aiogram"))
