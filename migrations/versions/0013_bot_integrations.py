@@ -1,7 +1,7 @@
 """bot integrations: aiogram's FSM storage, and the version of the published proactive list
 
 Revision ID: 0013
-Revises: 0008
+Revises: 0011
 Create Date: 2026-11-29
 
 Two new tables, nothing else touched (online-safe: creating the foreign key to ``users`` on an
@@ -20,7 +20,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0013"
-down_revision: str | None = "0008"
+down_revision: str | None = "0011"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

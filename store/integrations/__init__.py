@@ -1,3 +1,3 @@
-"""Glue for the frameworks bots are built with, one module per framework, each behind an extra
-of the same name (``pip install 'sessionkeeper[aiogram]'``). This package imports nothing:
-``import store`` never loads a framework."""
+"""Integrations with bot and LLM frameworks, one module per framework, each behind the extra of
+the same name (``pip install 'sessionkeeper[langchain]'``, ``[aiogram]``, ``[telegram]``). This
+package imports nothing: ``import store`` never imports a framework."""
