@@ -24,7 +24,7 @@ import sqlalchemy.exc
 
 from jobs import JOB_NAMES, ledger, session_archival
 from jobs.runner import JobFailed, run_job
-from sessionkeeper.admin import legacy, migrate
+from sessionkeeper.admin import embedded, legacy, migrate
 from sessionkeeper.admin.embedded import EmbeddedPostgres
 from sessionkeeper.daemon.config import Config, load_config
 from sessionkeeper.daemon.logs import log_run, setup_logging
@@ -61,6 +61,7 @@ def open_database(explicit_url: str | None, *, own_embedded: bool = False) -> It
     if url is not None:
         yield Database(secure_conninfo(url), None)
         return
+    embedded.require_installed()
     server = EmbeddedPostgres()
     if own_embedded:
         server.acquire_owner_lock()
