@@ -83,6 +83,12 @@ def _message_columns(session_table: str) -> list[Column[object]]:
     ]
 
 
+# What a message needs beyond role and content (a tool call's id, an AI message's tool calls,
+# content blocks), as one JSON object; NULL for plain text messages. Revision 0011.
+def _extra() -> Column[object]:
+    return Column("extra", JSONB)
+
+
 _ROLE_CHECK = "role IN (" + ", ".join(f"'{r}'" for r in ROLES) + ")"
 
 persons = Table(
@@ -126,6 +132,7 @@ session_messages = Table(
     metadata,
     *_message_columns("sessions"),
     _tstz("created_at"),
+    _extra(),
     PrimaryKeyConstraint("session_id", "seq"),
     CheckConstraint(_ROLE_CHECK, name="role"),
 )
@@ -149,6 +156,7 @@ archived_session_messages = Table(
     metadata,
     *_message_columns("archived_sessions"),
     Column("created_at", TIMESTAMP(timezone=True), nullable=False),
+    _extra(),
     PrimaryKeyConstraint("session_id", "seq"),
 )
 
@@ -279,4 +287,19 @@ legacy_quarantined_messages = Table(
     _tstz("quarantined_at"),
     PrimaryKeyConstraint("session_id", "array_index"),
     Index("ix_legacy_quarantined_messages_user_id", "user_id"),
+)
+
+# Which release's store/sql/functions.sql the database runs (one row). ``sessionkeeper migrate``
+# of an older release, e.g. a replica not yet rolled that migrates on start, then leaves the
+# newer functions in place instead of putting its own older ones back (sessionkeeper.admin
+# .functions).
+applied_functions = Table(
+    "applied_functions",
+    metadata,
+    Column("singleton", Boolean, nullable=False, server_default=text("true")),
+    Column("release", Text, nullable=False),
+    Column("sha256", Text, nullable=False),
+    _tstz("applied_at"),
+    PrimaryKeyConstraint("singleton"),
+    CheckConstraint("singleton", name="singleton"),
 )

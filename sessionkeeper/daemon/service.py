@@ -228,6 +228,10 @@ class Daemon:
                 cursor = conn.execute(QUERIES["domain_gauges"], self._gauge_params())
                 row = cursor.fetchone()
                 names = [column.name for column in cursor.description or ()]
+        except psycopg.errors.UndefinedTable:
+            # Not migrated yet: the database answered (as /readyz says), there is nothing to count.
+            self.metrics.database_up.set(1)
+            return
         except Exception as exc:
             self.metrics.database_up.set(0)
             log.debug("gauges not refreshed: %s", describe_error(exc))
