@@ -14,7 +14,8 @@ Placement, derived from ``store.schema`` so that a new table cannot be forgotten
   column, filled from its parent, and is distributed the same way;
 * ``persons`` is a reference table (small, written only when a link is redeemed; ``users``
   refers to it, which Citus allows from a distributed table to a reference table);
-* ``job_runs`` (the daemon's ledger) stays a plain table on the coordinator;
+* ``job_runs`` (the daemon's ledger) and ``applied_functions`` stay plain tables on the
+  coordinator;
 * any other table stops the generator until someone decides.
 
 Citus requires every primary key and unique constraint of a distributed table to contain the
@@ -37,7 +38,8 @@ from store import schema
 DISTRIBUTION_COLUMN = "user_id"
 COLOCATION_ROOT = "users"
 REFERENCE_TABLES = frozenset({"persons"})
-COORDINATOR_TABLES = frozenset({"job_runs"})
+# The daemon's run ledger and the migrations' own bookkeeping: read by operators, never joined.
+COORDINATOR_TABLES = frozenset({"job_runs", "applied_functions"})
 
 Kind = Literal["distributed", "reference", "coordinator"]
 
