@@ -31,6 +31,7 @@ from sessionkeeper.admin import citus
 from sessionkeeper.admin.functions import functions_sql
 from store import core
 from store.config import StoreConfig
+from store.queries import QUERIES
 
 DISTRIBUTED = {p.table for p in citus.placements() if p.kind == "distributed"}
 COLUMN = citus.DISTRIBUTION_COLUMN
@@ -261,7 +262,7 @@ def test_the_rate_limit_check_routes_to_one_shard() -> None:
 
 
 def test_the_walk_reaches_every_function_of_the_hot_path() -> None:
-    (entry,) = scan(core.QUERIES["begin_turn"]).calls & set(functions())
+    (entry,) = scan(QUERIES["begin_turn"]).calls & set(functions())
     calls = set()
     for statement in functions()[entry].statements:
         calls |= {family(c) for c in scan(statement).calls}
