@@ -44,7 +44,8 @@ from jobs import JOB_NAMES
 from sessionkeeper.admin import migrate
 from sessionkeeper.admin.embedded import NO_EMBEDDED_SERVER, EmbeddedPostgres
 
-pytestmark = pytest.mark.slow
+# Slow, and the first run also makes the base image (debootstrap): longer than the default timeout.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 TAG = f"sessionkeeper-test:{uuid.uuid4().hex[:8]}"
 BASE_TAG = "sessionkeeper-test-base:latest"
