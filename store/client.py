@@ -173,15 +173,15 @@ class Op(Generic[P, T]):
         self.plan = plan
         self.__doc__ = plan.__doc__
 
+    def __set_name__(self, owner: type[Any], name: str) -> None:
+        self.name = name
+
     @overload
     def __get__(self, store: None, owner: type[Any]) -> Self: ...
     @overload
     def __get__(self, store: Store, owner: type[Any]) -> Callable[P, T]: ...
     @overload
     def __get__(self, store: AsyncStore, owner: type[Any]) -> Callable[P, Awaitable[T]]: ...
-    def __set_name__(self, owner: type[Any], name: str) -> None:
-        self.name = name
-
     def __get__(self, store: _Shell | None, owner: type[Any]) -> Any:
         if store is None:
             return self
