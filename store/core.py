@@ -323,16 +323,21 @@ def _append(
 def _request_key(turn_id: UUID, params: Mapping[str, object]) -> UUID:
     """The request's idempotency key: the turn's key and everything the call asked for, so the
     same call again (a retry) is stored once, while a Turn reused for other messages (as 0.1.0
-    allowed) stores each of them. The contents are hashed as bytes, each with its length: the
-    repr of every parameter that the key was first derived from (uuid5) cost 6 µs a turn more.
-    """
-    digest = hashlib.blake2b(turn_id.bytes, digest_size=16)
-    digest.update(repr([value for name, value in params.items() if name != "contents"]).encode())
-    for content in cast(list[str], params["contents"]):
-        encoded = content.encode()
-        digest.update(len(encoded).to_bytes(8, "little"))
-        digest.update(encoded)
-    return UUID(bytes=digest.digest())
+    allowed) stores each of them. The session is not hashed (receipts are keyed by session and
+    key), and each content goes in as itself behind its length, not through repr: the uuid5
+    of repr(sorted(params)) this replaced cost 3x as much (12 µs a turn)."""
+    material = repr([value for name, value in params.items() if name not in _UNKEYED])
+    material += "".join(f"\x00{len(content)}:{content}" for content in _texts(params["contents"]))
+    return UUID(
+        bytes=hashlib.blake2b(material.encode(), key=turn_id.bytes, digest_size=16).digest()
+    )
+
+
+_UNKEYED = frozenset({"session_id", "contents"})
+
+
+def _texts(value: object) -> list[str]:
+    return cast(list[str], value)
 
 
 def trim_session_history(
