@@ -12,11 +12,24 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from . import growth, hotpath, jobs_scale, pgbench, profile, report, this_store, workload
+import psycopg
+
+from . import (
+    growth,
+    hotpath,
+    jobs_scale,
+    peer,
+    pgbench,
+    profile,
+    report,
+    scale,
+    this_store,
+    workload,
+)
 from .harness import RoundTripCounter, WalMeter
 from .server import SERVER_CHOICES, Server, open_server
 
-SECTIONS = ("hotpath", "profile", "growth", "jobs")
+SECTIONS = ("hotpath", "profile", "growth", "peer", "scale", "jobs")
 OUT_DIR = Path(__file__).resolve().parent / "out"
 
 
@@ -48,6 +61,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="0.02",
         help="pauses between batches (s) to also run each job with, once (default 0.02)",
     )
+    parser.add_argument(
+        "--scale-users",
+        default="1000,100000",
+        help="user counts for the scale section (default 1000,100000; 1,000,000 takes an hour"
+        " and about 25 GB to load)",
+    )
     parser.add_argument("--out", type=Path, default=OUT_DIR, help="directory for the records")
     args = parser.parse_args(argv)
     args.runs = args.runs or (1 if args.quick else 3)
@@ -59,6 +78,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.pgbench_scale = 4 if args.quick else 16
     args.worker_counts = [int(w) for w in args.workers.split(",")]
     args.job_pauses = [float(p) for p in args.job_pauses.split(",") if p and float(p) > 0]
+    args.scale_users = [int(n) for n in args.scale_users.split(",") if n]
     args.sections = [s for s in args.only.split(",") if s]
     unknown = set(args.sections) - set(SECTIONS)
     if unknown:
@@ -100,6 +120,10 @@ class Bench:
         if not mine:
             self.say("store.Store / store.AsyncStore not importable: the store is skipped")
         designs.extend(mine)
+        if peer.available():
+            designs.append(peer.PeerDesign(self.server.create_database("skbench_peer")))
+        else:
+            self.say("langchain-postgres not installed (pip install -e '.[bench]'): peer skipped")
         for design in designs:
             t0 = time.perf_counter()
             design.prepare(users)
@@ -293,6 +317,80 @@ class Bench:
                     ("p99_ms", "p99 ms"),
                     ("vs_empty", "x empty"),
                     ("wal_kb", "WAL KB/append"),
+                ],
+            ),
+        )
+
+    # -- the peer as a conversation grows ---------------------------------------------------
+
+    def peer(self) -> None:
+        if not peer.available():
+            self.say("langchain-postgres not installed (pip install -e '.[bench]'): peer skipped")
+            return
+        lengths = [40, 400, 2000] if self.args.quick else [40, 200, 1000, 4000]
+        turns = 50 if self.args.quick else 200
+        store_url = (
+            self.server.create_database("skbench_peer_store") if this_store.available() else None
+        )
+        if store_url is not None:
+            this_store.install(store_url)
+        url = self.server.create_database("skbench_peer_growth")
+        from langchain_postgres import PostgresChatMessageHistory
+
+        with psycopg.connect(url) as conn:
+            PostgresChatMessageHistory.create_tables(conn, peer.TABLE)
+        rows = [
+            self.rec.add("peer_growth", **r) for r in peer.growth(url, lengths, turns, store_url)
+        ]
+        self.show(
+            f"A turn as the conversation grows (one worker, {turns} turns per cell): the peer"
+            " reads the whole conversation, this store the newest 40 messages",
+            report.table(
+                rows,
+                [
+                    ("design", "design"),
+                    ("conversation", "messages in the conversation"),
+                    ("p50_ms", "p50 ms"),
+                    ("p99_ms", "p99 ms"),
+                    ("client_cpu_ms_per_op", "client CPU ms/turn"),
+                ],
+            ),
+        )
+
+    # -- cost as users grow -----------------------------------------------------------------
+
+    def scale(self) -> None:
+        if not this_store.available():
+            return
+        rows = []
+        for users in self.args.scale_users:
+            url = self.server.create_database("skbench_scale")
+            t0 = time.perf_counter()
+            scale.seed(url, users)
+            self.say(
+                f"scale: {users:,} users with full windows seeded"
+                f" in {time.perf_counter() - t0:.0f} s"
+            )
+            for workers in (1, 4):
+                result = scale.measure(url, users, workers, self.args, self.server.pid)
+                rows.append(self.rec.add("scale", **result))
+                self.say(f"scale {users:>9,} users x{workers}: {result['ops_per_s']:.0f} turns/s")
+            self.server.drop_database("skbench_scale")
+        self.show(
+            "Cost as users grow: this store (sync), each user with a session holding its full"
+            " 40-message window, turns spread uniformly over all users",
+            report.table(
+                rows,
+                [
+                    ("users", "users"),
+                    ("workers", "workers"),
+                    ("ops_per_s", "turns/s"),
+                    ("p50_ms", "p50 ms"),
+                    ("p99_ms", "p99 ms"),
+                    ("client_cpu_ms_per_op", "client CPU ms/turn"),
+                    ("server_cpu_ms_per_op", "server CPU ms/turn"),
+                    ("other_cpus", "other load (CPUs)"),
+                    ("database_mb", "database MB"),
                 ],
             ),
         )

@@ -20,7 +20,7 @@ from . import workload
 from .growth import full_history
 from .hotpath import UNLIMITED, texts
 
-USAGE = {"input_tokens": 1200, "output_tokens": 300, "cached_tokens": 800}
+USAGE: dict[str, Any] = {"input_tokens": 1200, "output_tokens": 300, "cached_tokens": 800}
 
 SEED_USERS = """
 INSERT INTO users (channel, channel_user_id, authenticated)
