@@ -115,15 +115,23 @@ def _cursor(conn: psycopg.Connection[Any], step: core.Step) -> psycopg.Cursor[An
 @overload
 def _cursor(conn: psycopg.AsyncConnection[Any], step: core.Step) -> psycopg.AsyncCursor[Any]: ...
 def _cursor(conn: Any, step: core.Step) -> Any:
-    """The connection's cursor for this statement, made on its first use. A cursor keeps its
-    adapters (the dumper of each parameter type, the loader of each column type) while it runs
-    the same query again; a new cursor per call built them anew every time (the list dumpers
-    alone were 5% of a turn's client CPU). Kept on the connection: they go with it."""
+    """The connection's cursor for a hot-path statement, made on its first use. A cursor keeps
+    its adapters (the dumper of each parameter type, the loader of each column type) while it
+    runs the same query again; a new cursor per call built them anew every time (the list
+    dumpers alone were 5% of a turn's client CPU). Kept on the connection: they go with it.
+    A kept cursor holds its last result until its next call, so other statements (whose
+    results may be large: load_users_from_db's list) get a cursor of their own, freed with it.
+    """
+    if step.name not in _KEPT_CURSORS:
+        return conn.cursor(row_factory=tuple_row)
     cursors: dict[str, Any] = conn.__dict__.setdefault("_sessionkeeper_cursors", {})
     cursor = cursors.get(step.name)
     if cursor is None or cursor.closed:
         cursor = cursors[step.name] = conn.cursor(row_factory=tuple_row)
     return cursor
+
+
+_KEPT_CURSORS = frozenset({"begin_turn", "append_messages"})
 
 
 def _dicts(names: tuple[str, ...] | None, rows: list[tuple[Any, ...]]) -> core.Rows:

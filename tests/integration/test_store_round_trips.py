@@ -101,6 +101,24 @@ def test_each_turn_call_is_one_round_trip_and_one_statement(
         assert all(delta["Parse"] == 0 for delta in deltas[-4:])
 
 
+def test_only_the_hot_path_statements_keep_a_cursor_per_connection(database_url: str) -> None:
+    # A kept cursor keeps psycopg's adapters from call to call (a fifth of a turn's client CPU,
+    # bench/RESULTS.md); other statements' results (the proactive list) must not stay held by
+    # an idle connection.
+    with Store(database_url, min_size=1, max_size=1) as store:
+        turn = store.begin_turn("telegram", "kept")
+        store.finish_turn(turn, "q", "a")
+        store.load_users_from_db()
+        with store.pool.connection() as conn:
+            first = dict(conn.__dict__["_sessionkeeper_cursors"])
+        turn = store.begin_turn("telegram", "kept")
+        store.finish_turn(turn, "q2", "a2")
+        with store.pool.connection() as conn:
+            kept = conn.__dict__["_sessionkeeper_cursors"]
+    assert set(kept) == {"begin_turn", "append_messages"}
+    assert all(kept[name] is first[name] for name in kept)
+
+
 def test_async_turn_calls_are_one_round_trip_each(database_url: str) -> None:
     files = AsyncTracedConnection.files
 
