@@ -29,6 +29,7 @@ from test_cli import clean_env, sessionkeeper
 from test_migrations import _drift
 
 from sessionkeeper.admin import legacy, migrate
+from sessionkeeper.admin.legacy import conversion
 from store import SchemaOutOfDate, Store
 
 SEED_DDL = Path(__file__).with_name("legacy_seed.sql").read_text()
@@ -417,6 +418,7 @@ def add_history_with_extras(url: str, seed: Seed) -> None:
         {{"role": "tool", "content": "too big", "tool_call_id": "c2",
           "blob": "{"x" * 64 * 1024}"}},
         {{"role": "assistant", "content": "overflow", "score": {OUT_OF_RANGE}}},
+        {{"role": "user", "content": {PRECISE}}},
         {{"role": "assistant", "content": "Cold.", "score": {PRECISE}, "count": {HUGE_INT}}}
     ]"""
     with psycopg.connect(url, autocommit=True) as conn:
@@ -438,12 +440,12 @@ def test_other_keys_of_a_message_are_kept_as_its_extra(seed_url: str) -> None:
 
     dry = migrate_cli(seed_url, "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert "9 quarantined" in dry.stdout, dry.stdout
+    assert "10 quarantined" in dry.stdout, dry.stdout
     assert "4 carry extra fields (kept in session_messages.extra)" in dry.stdout
 
     first = migrate_cli(seed_url, "--batch-size", "1", "--max-batches", "1")
     assert first.returncode == 0, first.stderr
-    assert "batch 1: 1/6 sessions, 4 messages copied, 2 quarantined" in first.stdout
+    assert "batch 1: 1/6 sessions, 4 messages copied, 3 quarantined" in first.stdout
     with psycopg.connect(seed_url) as conn:
         # Copied and verified jsonb to jsonb: every digit is there.
         assert conn.execute(
@@ -458,7 +460,14 @@ def test_other_keys_of_a_message_are_kept_as_its_extra(seed_url: str) -> None:
         ).fetchall() == [
             (f"extra fields over {64 * 1024} bytes", None),
             ("number out of range in extra fields", OUT_OF_RANGE),
+            ("content is not text", None),
         ]
+        # Quarantined verbatim, number and all.
+        assert conn.execute(
+            "SELECT message ->> 'content' FROM legacy_quarantined_messages"
+            " WHERE session_id = %s AND array_index = 5",
+            [WITH_EXTRAS],
+        ).fetchone() == (PRECISE,)
         converted_first = conn.execute(
             "SELECT seq, role, content, extra::text FROM session_messages WHERE session_id = %s"
             " ORDER BY seq",
@@ -505,6 +514,36 @@ def test_other_keys_of_a_message_are_kept_as_its_extra(seed_url: str) -> None:
     last = history[3].extra
     assert last is not None and last["count"] == int(HUGE_INT)
     assert last["score"] == float(PRECISE)  # a Python reader gets the nearest float
+
+
+def test_verification_compares_extra_exactly(seed_url: str) -> None:
+    build_seed(seed_url, extra_sessions=0)
+    assert migrate_cli(seed_url, "--max-batches", "0").returncode == 0
+    sid = uid(0x106)
+    verify = conversion.QUERIES["verify_batch"]
+    with psycopg.connect(seed_url) as conn:
+        conn.execute(
+            "INSERT INTO sessions (session_id, user_id, messages) VALUES (%s, %s, %s::jsonb)",
+            [sid, uid(5), f'[{{"role": "user", "content": "a", "name": "Zoë", "n": {PRECISE}}}]'],
+        )
+        conn.execute(
+            "INSERT INTO session_messages (session_id, seq, role, content, extra)"
+            " SELECT session_id, 0, 'user', 'a', (messages -> 0) - 'role' - 'content'"
+            " FROM sessions WHERE session_id = %s",
+            [sid],
+        )
+        assert conn.execute(verify, {"ids": [sid]}).fetchall() == []
+        # The same extra after a trip through a Python float: one digit off is a mismatch.
+        (extra,) = conn.execute(
+            "SELECT extra FROM session_messages WHERE session_id = %s", [sid]
+        ).fetchone() or (None,)
+        assert extra == {"name": "Zoë", "n": float(PRECISE)}
+        conn.execute(
+            "UPDATE session_messages SET extra = %s WHERE session_id = %s", [Jsonb(extra), sid]
+        )
+        assert conn.execute(verify, {"ids": [sid]}).fetchall() == [(sid,)]
+        conn.execute("UPDATE session_messages SET extra = NULL WHERE session_id = %s", [sid])
+        assert conn.execute(verify, {"ids": [sid]}).fetchall() == [(sid,)]
 
 
 def test_dry_run_reports_and_changes_nothing(seed_url: str) -> None:
