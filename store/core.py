@@ -302,14 +302,20 @@ def _append(
     # same call again (a retry) is stored once, while a Turn reused for other messages (as
     # 0.1.0 allowed) stores each of them.
     params["turn_id"] = turn_id and uuid.uuid5(turn_id, repr(sorted(params.items())))
+    # A plain function up to here, so that bad input is refused before a connection is taken.
+    return _append_steps(session_id, params, retryable=turn_id is not None)
 
+
+def _append_steps(
+    session_id: UUID, params: dict[str, Any], *, retryable: bool
+) -> Plan[models.Appended]:
     def decode(rows: Rows) -> models.Appended:
         row = _first(rows, f"session {session_id} does not exist")
         return models.Appended(
             row["session_id"], row["user_id"], row["appended"], row["trimmed"], row["next_seq"]
         )
 
-    if turn_id is None:
+    if not retryable:
         return (yield from _single("append_messages", params, decode))
     step = Step("append_messages", params, if_in_doubt=FINISH_TURN_IN_DOUBT)
     try:
