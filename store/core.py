@@ -391,8 +391,8 @@ def load_users_from_db(config: StoreConfig) -> Plan[list[models.ProactiveUser]]:
 def create_link_code(
     config: StoreConfig, user_id: UUID | str, *, now: datetime | None = None
 ) -> Plan[models.LinkCode]:
-    """A fresh six-digit code from the CSPRNG, valid for ``link_code_ttl``; it replaces the
-    user's previous live code."""
+    """A fresh 12-character code from the CSPRNG (``7KQ2-M9XD-4HTR``), valid for
+    ``link_code_ttl``; it replaces the user's previous live code."""
     params = {
         "user_id": validate.uuid(user_id, "user_id"),
         "now": validate.moment(now, "now"),
@@ -403,10 +403,12 @@ def create_link_code(
 
 def _draw_link_code(params: Mapping[str, object]) -> Plan[models.LinkCode]:
     for _ in range(LINK_CODE_DRAWS):
-        code = f"{secrets.randbelow(1_000_000):06d}"
+        code = "".join(
+            secrets.choice(validate.LINK_CODE_ALPHABET) for _ in range(validate.LINK_CODE_LENGTH)
+        )
         rows = yield Step("create_link_code", {**params, "code": code})
         if rows:
-            return models.LinkCode(rows[0]["code"], rows[0]["expires_at"])
+            return models.LinkCode(validate.display_link_code(code), rows[0]["expires_at"])
     raise errors.StoreError(f"no free link code after {LINK_CODE_DRAWS} draws; expire old codes")
 
 
@@ -414,8 +416,10 @@ def redeem_link_code(
     config: StoreConfig, user_id: UUID | str, code: str, *, now: datetime | None = None
 ) -> Plan[models.Linked]:
     """Link ``user_id`` with the code's owner under one person (merging any persons they
-    belong to). Raises ``LinkCodeInvalid`` (unknown, used or own code), ``LinkCodeExpired`` or
-    ``LinkCodeLocked`` (too many wrong codes lately; the right one is refused too)."""
+    belong to). ``code`` as typed: case, spaces and hyphens do not matter. Raises
+    ``LinkCodeInvalid`` (unknown, used or own code; ``LinkCodeOutdated`` for a six-digit code of
+    the previous release), ``LinkCodeExpired`` or ``LinkCodeLocked`` (too many wrong codes
+    lately; the right one is refused too)."""
     params = {
         "user_id": validate.uuid(user_id, "user_id"),
         "code": validate.link_code(code),

@@ -1,4 +1,5 @@
-"""Identity linking: six-digit single-use codes, atomic person merges, lock-out after guessing."""
+"""Identity linking: 12-character single-use codes, atomic person merges, lock-out after
+guessing."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import pytest
 from store_support import T0, count, store_fixture  # noqa: F401 (fixture)
 
 from store import (
+    InvalidInput,
     LinkCodeExpired,
     LinkCodeInvalid,
     LinkCodeLocked,
+    LinkCodeOutdated,
     Store,
     StoreError,
 )
@@ -26,7 +29,7 @@ def users(store: Store, *names: str) -> list[Any]:
 def test_code_links_two_users_under_one_person(store: Store) -> None:
     owner, other = users(store, "owner", "other")
     code = store.create_link_code(owner, now=T0)
-    assert re.fullmatch(r"[0-9]{6}", code.code)
+    assert re.fullmatch(r"[0-9A-HJKMNP-TV-Z]{4}(-[0-9A-HJKMNP-TV-Z]{4}){2}", code.code)
     assert code.expires_at == T0 + timedelta(minutes=10)
     linked = store.redeem_link_code(other, code.code, now=T0 + timedelta(minutes=9))
     assert linked.owner_id == owner
@@ -84,7 +87,7 @@ def test_persons_merge_atomically(store: Store, conn: psycopg.Connection[Any]) -
 def test_too_many_wrong_codes_lock_out_even_the_right_one(store: Store) -> None:
     owner, guesser = users(store, "owner", "guesser")
     right = store.create_link_code(owner, now=T0).code
-    wrong = f"{(int(right) + 1) % 1_000_000:06d}"
+    wrong = "0000-0000-0000"
     for i in range(10):
         with pytest.raises(LinkCodeInvalid):
             store.redeem_link_code(guesser, wrong, now=T0 + timedelta(seconds=i))
@@ -100,11 +103,42 @@ def test_wrong_codes_spread_over_time_do_not_lock(store: Store) -> None:
     owner, guesser = users(store, "owner", "guesser")
     for i in range(15):  # one every two minutes: never ten within ten minutes
         with pytest.raises(LinkCodeInvalid):
-            store.redeem_link_code(guesser, "000000", now=T0 + timedelta(minutes=2 * i))
+            store.redeem_link_code(guesser, "ZZZZ-ZZZZ-ZZZZ", now=T0 + timedelta(minutes=2 * i))
     later = T0 + timedelta(minutes=31)
     store.redeem_link_code(guesser, store.create_link_code(owner, now=later).code, now=later)
 
 
+def test_a_code_is_accepted_as_people_type_it(store: Store) -> None:
+    owner, other = users(store, "owner", "other")
+    code = store.create_link_code(owner, now=T0).code  # e.g. 7KQ2-M9XD-4HTR
+    typed = f"  {code.lower().replace('-', ' ').replace('0', 'o').replace('1', 'l')} "
+    assert store.redeem_link_code(other, typed, now=T0).owner_id == owner
+
+
+def test_a_six_digit_code_of_the_previous_release_is_refused_clearly(
+    store: Store, conn: psycopg.Connection[Any]
+) -> None:
+    owner, other = users(store, "owner", "other")
+    # The 0.1.0 store wrote six-digit codes; one may still be live after the upgrade.
+    conn.execute(
+        "INSERT INTO link_codes (code, user_id, created_at, expires_at)"
+        " VALUES ('123456', %s, %s, %s)",
+        (owner, T0, T0 + timedelta(minutes=10)),
+    )
+    with pytest.raises(LinkCodeOutdated, match="ask for a new code") as caught:
+        store.redeem_link_code(other, "123 456", now=T0)
+    assert isinstance(caught.value, LinkCodeInvalid)  # handlers of LinkCodeInvalid still catch it
+    assert count(conn, "link_codes", "used_at IS NOT NULL") == 0
+    assert count(conn, "link_code_failures") == 0  # refused before the database: not a guess
+
+
+@pytest.mark.parametrize("typed", ["7KQ2-M9XD-4HT", "7KQ2-M9XD-4HTRX", "7KQ2-M9XD-4HTU", "12a456"])
+def test_malformed_codes_are_invalid_input(store: Store, typed: str) -> None:
+    (user,) = users(store, "user")
+    with pytest.raises(InvalidInput, match="12 letters and digits"):
+        store.redeem_link_code(user, typed, now=T0)
+
+
 def test_link_errors_share_the_store_base_class() -> None:
-    for error in (LinkCodeInvalid, LinkCodeExpired, LinkCodeLocked):
+    for error in (LinkCodeInvalid, LinkCodeExpired, LinkCodeLocked, LinkCodeOutdated):
         assert issubclass(error, StoreError)
