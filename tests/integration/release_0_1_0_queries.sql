@@ -1,0 +1,149 @@
+-- Every statement the store sends, as named blocks ("-- name --" then the SQL), loaded by
+-- store/queries.py. Parameters are psycopg's %(name)s. Every statement runs on its own in
+-- autocommit mode: one statement, one round trip, one transaction. The sk_* functions are
+-- installed by migrations/versions/0002_store_functions.py (their bodies live there, versioned).
+-- %(now)s is NULL unless the caller passes a time (tests do): the database clock then decides,
+-- one clock for every bot replica.
+
+-- begin_turn --
+-- Upsert the user, decide the rate limit and, when admitted, find or open the current session
+-- and read its history.
+-- The history comes back as parallel arrays, oldest first (see migration 0005).
+SELECT user_id, person_id, display_name, user_created, now, allowed, retry_at, refused_window,
+       session_id, session_created, history_seqs, history_roles, history_contents,
+       history_created
+FROM sk_begin_turn(%(channel)s, %(channel_user_id)s, %(display_name)s, %(now)s::timestamptz,
+                   %(windows)s::integer[], %(caps)s::integer[], %(durable)s,
+                   %(idle)s::interval, %(carry_pairs)s, %(history_pairs)s)
+
+-- append_messages --
+-- Append a batch to a session; optionally trim and record usage (finish_turn does both).
+-- Raising sessions.next_seq locks the session row, so concurrent appends take consecutive seq
+-- ranges and none is lost. The cost does not depend on the history's length, and the trim is an
+-- index range on the primary key (session_id, seq). NULL %(keep)s keeps everything.
+-- The message arrays are sent in binary format (the b placeholders): the client does not quote
+-- and escape every message into an array literal.
+WITH session AS (
+    UPDATE sessions s
+    SET next_seq = s.next_seq + cardinality(%(roles)b::text[]),
+        last_active = greatest(s.last_active, coalesce(%(now)s::timestamptz, now()))
+    WHERE s.session_id = %(session_id)s
+    RETURNING s.session_id, s.user_id, s.next_seq
+), appended AS (
+    INSERT INTO session_messages (session_id, seq, role, content, created_at)
+    SELECT s.session_id, s.next_seq - cardinality(%(roles)b::text[]) + m.ord - 1,
+           m.role, m.content, coalesce(m.created_at, %(now)s::timestamptz, now())
+    FROM session s,
+         unnest(%(roles)b::text[], %(contents)b::text[], %(created)b::timestamptz[])
+             WITH ORDINALITY AS m(role, content, created_at, ord)
+    RETURNING seq
+), trimmed AS (
+    DELETE FROM session_messages m USING session s
+    WHERE m.session_id = s.session_id AND m.seq < s.next_seq - %(keep)s::bigint
+    RETURNING m.seq
+), usage AS (
+    INSERT INTO usage_stats (user_id, channel, input_tokens, output_tokens, cached_tokens,
+                             created_at)
+    SELECT s.user_id, u.channel, %(input_tokens)s, %(output_tokens)s, %(cached_tokens)s,
+           coalesce(%(now)s::timestamptz, now())
+    FROM session s JOIN users u ON u.user_id = s.user_id
+    WHERE %(track_usage)s
+    RETURNING stat_id
+)
+SELECT s.session_id, s.user_id, s.next_seq,
+       (SELECT count(*) FROM appended) AS appended,
+       (SELECT count(*) FROM trimmed) AS trimmed
+FROM session s
+
+-- trim_session_history --
+-- Keep the newest %(keep)s messages: everything below next_seq - keep, an index range.
+WITH session AS (
+    SELECT s.session_id, s.next_seq FROM sessions s WHERE s.session_id = %(session_id)s
+), trimmed AS (
+    DELETE FROM session_messages m USING session s
+    WHERE m.session_id = s.session_id AND m.seq < s.next_seq - %(keep)s::bigint
+    RETURNING m.seq
+)
+SELECT s.session_id, (SELECT count(*) FROM trimmed) AS trimmed FROM session s
+
+-- get_history --
+SELECT seqs AS history_seqs, roles AS history_roles, contents AS history_contents,
+       created AS history_created
+FROM sk_history_arrays(%(session_id)s, %(history_pairs)s)
+
+-- get_or_create_user --
+-- The seed's upsert: a user's first message creates it, every message marks it authenticated.
+INSERT INTO users AS u (channel, channel_user_id, display_name, authenticated, created_at,
+                        updated_at)
+VALUES (%(channel)s, %(channel_user_id)s, %(display_name)s, true,
+        coalesce(%(now)s::timestamptz, now()), coalesce(%(now)s::timestamptz, now()))
+ON CONFLICT (channel, channel_user_id) DO UPDATE
+SET authenticated = true, updated_at = EXCLUDED.updated_at,
+    display_name = coalesce(EXCLUDED.display_name, u.display_name)
+RETURNING u.user_id, u.channel, u.channel_user_id, u.display_name, u.person_id,
+          u.xmax = 0 AS user_created
+
+-- get_or_create_session --
+SELECT session_id, created AS session_created
+FROM sk_current_session(%(user_id)s, %(now)s::timestamptz, %(idle)s::interval,
+                        %(carry_pairs)s)
+
+-- check_rate_limit --
+SELECT allowed, retry_at, refused_window
+FROM sk_check_rate_limit(%(user_id)s, %(now)s::timestamptz, %(windows)s::integer[],
+                         %(caps)s::integer[], %(durable)s)
+
+-- track_usage --
+INSERT INTO usage_stats (user_id, channel, input_tokens, output_tokens, cached_tokens,
+                         created_at)
+VALUES (%(user_id)s, %(channel)s, %(input_tokens)s, %(output_tokens)s, %(cached_tokens)s,
+        coalesce(%(now)s::timestamptz, now()))
+RETURNING stat_id
+
+-- register_proactive_user --
+INSERT INTO proactive_users AS p (user_id, chat_id, registered_at)
+VALUES (%(user_id)s, %(chat_id)s, coalesce(%(now)s::timestamptz, now()))
+ON CONFLICT (user_id) DO UPDATE SET chat_id = EXCLUDED.chat_id
+RETURNING p.user_id, p.chat_id
+
+-- load_users_from_db --
+-- The seed loads every authenticated Telegram user (its chat id is its user id there) for
+-- proactive messages; users registered explicitly bring their own chat id, on any channel.
+SELECT u.user_id, coalesce(p.chat_id, u.channel_user_id) AS chat_id
+FROM users u LEFT JOIN proactive_users p ON p.user_id = u.user_id
+WHERE u.authenticated AND (p.user_id IS NOT NULL OR u.channel = 'telegram')
+ORDER BY u.created_at, u.user_id
+
+-- create_link_code --
+-- A user has at most one live code: a new one retires the previous. A clash with any stored
+-- code inserts nothing, and the caller draws again.
+WITH retired AS (
+    UPDATE link_codes c SET expires_at = coalesce(%(now)s::timestamptz, now())
+    WHERE c.user_id = %(user_id)s AND c.used_at IS NULL
+      AND c.expires_at > coalesce(%(now)s::timestamptz, now())
+)
+INSERT INTO link_codes AS c (code, user_id, created_at, expires_at)
+VALUES (%(code)s, %(user_id)s, coalesce(%(now)s::timestamptz, now()),
+        coalesce(%(now)s::timestamptz, now()) + %(ttl)s::interval)
+ON CONFLICT (code) DO NOTHING
+RETURNING c.code, c.expires_at
+
+-- redeem_link_code --
+SELECT outcome, person_id, owner_id, locked_until
+FROM sk_redeem_link_code(%(user_id)s, %(code)s, %(now)s::timestamptz, %(max_failures)s,
+                         %(failure_window)s::interval, %(lockout)s::interval)
+
+-- get_linked_users --
+-- The user and every user of its person; nothing when the user does not exist.
+SELECT u.user_id, u.channel, u.channel_user_id, u.display_name, u.person_id,
+       false AS user_created
+FROM users me
+JOIN users u ON u.user_id = me.user_id OR u.person_id = me.person_id
+WHERE me.user_id = %(user_id)s
+ORDER BY u.created_at, u.user_id
+
+-- forget --
+-- Erase a user (or every user of a person) and everything the store holds about them, in one
+-- transaction: one row per table with what was done (see sk_forget in
+-- migrations/versions/0004_erasure_function.py). No rows: no such user or person.
+SELECT table_name, action, row_count FROM sk_forget(%(user_id)s::uuid, %(person_id)s::uuid)
