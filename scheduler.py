@@ -196,8 +196,11 @@ def cmd_sessions_restore(args: argparse.Namespace) -> int:
     except ValueError:
         raise UsageError(f"not a session id: {args.session_id!r}") from None
     with open_database(args.database_url) as db, psycopg.connect(db.url, autocommit=True) as conn:
-        restored = session_archival.restore(conn, session_id, datetime.now(UTC))
-    print(f"session {session_id} restored with {restored} messages")
+        restored = session_archival.restore(
+            conn, session_id, datetime.now(UTC), make_current=args.make_current
+        )
+    current = " and made current" if args.make_current else ""
+    print(f"session {session_id} restored with {restored} messages{current}")
     return 0
 
 
@@ -285,6 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
     session_commands.required = True
     restore = session_commands.add_parser("restore", help="bring an archived session back")
     restore.add_argument("session_id", metavar="ID", help="the session id (a UUID)")
+    restore.add_argument(
+        "--make-current",
+        action="store_true",
+        help="set its last activity to now, so the user's next turn continues it"
+        " (default: it keeps its last activity and the user's current session stays current)",
+    )
     restore.set_defaults(func=cmd_sessions_restore)
     forget = commands.add_parser(
         "forget", help="erase a user or a person and everything the store holds about them"

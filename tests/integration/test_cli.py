@@ -289,6 +289,8 @@ def test_sessions_restore(database_url: str) -> None:
         assert restored.returncode == 0, restored.stderr
         assert "restored with 2 messages" in restored.stdout
         assert conn.execute("SELECT count(*) FROM session_messages").fetchone() == (2,)
+        kept = conn.execute("SELECT last_active < now() - interval '89 days' FROM sessions")
+        assert kept.fetchone() == (True,)
 
     again = sessionkeeper("sessions", "restore", str(row[0]), env=env)
     assert again.returncode == 1
