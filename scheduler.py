@@ -223,6 +223,22 @@ def cmd_forget(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    with (
+        open_database(args.database_url) as db,
+        Store(db.url, min_size=0, statement_timeout_ms=None) as store,
+    ):
+        try:
+            if args.user:
+                store.export_user(args.user, sys.stdout)
+            else:
+                store.export_person(args.person, sys.stdout)
+        except InvalidInput as exc:
+            raise UsageError(str(exc)) from None
+    sys.stdout.flush()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sessionkeeper", description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -302,6 +318,14 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--user", metavar="ID", help="a user id (UUID)")
     who.add_argument("--person", metavar="ID", help="a person id (UUID): all its users")
     forget.set_defaults(func=cmd_forget)
+    export = commands.add_parser(
+        "export",
+        help="write everything the store holds about a user or a person as JSON to stdout",
+    )
+    subject = export.add_mutually_exclusive_group(required=True)
+    subject.add_argument("--user", metavar="ID", help="a user id (UUID)")
+    subject.add_argument("--person", metavar="ID", help="a person id (UUID): all its users")
+    export.set_defaults(func=cmd_export)
     return parser
 
 

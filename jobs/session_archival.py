@@ -2,7 +2,8 @@
 
 A batch copies the sessions (locked), moves their messages in order, then deletes the online
 rows, all in one transaction: a session is either fully online or fully archived. ``restore``
-brings one back (keeping its last activity unless asked to make it current). Archives older than ``purge_after_seconds`` are deleted when that is set.
+brings one back (keeping its last activity unless asked to make it current). Archives older
+than ``purge_after_seconds`` are deleted when that is set.
 """
 
 from __future__ import annotations

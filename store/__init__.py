@@ -9,6 +9,8 @@ from .default import (
     close_database,
     create_link_code,
     default_store,
+    export_person,
+    export_user,
     finish_turn,
     forget_person,
     forget_user,
@@ -40,6 +42,7 @@ from .errors import (
     SchemaOutOfDate,
     StoreError,
 )
+from .export import Exported
 from .models import (
     Appended,
     LinkCode,
@@ -59,6 +62,7 @@ __all__ = [
     "ConfigurationError",
     "DatabaseUnavailable",
     "ErasureBlocked",
+    "Exported",
     "Forgotten",
     "InvalidInput",
     "LinkCode",
@@ -87,6 +91,8 @@ __all__ = [
     "close_database",
     "create_link_code",
     "default_store",
+    "export_person",
+    "export_user",
     "finish_turn",
     "forget_person",
     "forget_user",

@@ -17,7 +17,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from . import core, erasure
+from . import core, erasure, export
 from .config import StoreConfig
 from .connection import configured_database_url, secure_conninfo
 from .errors import ConfigurationError
@@ -98,6 +98,8 @@ class Operations:
     get_linked_users = Op(core.get_linked_users)
     forget_user = Op(erasure.forget_user)
     forget_person = Op(erasure.forget_person)
+    export_user = Op(export.export_user)
+    export_person = Op(export.export_person)
 
 
 class _Shell(Operations):

@@ -29,6 +29,7 @@ SUBCOMMANDS = [
     ["jobs", "run"],
     ["sessions"],
     ["sessions", "restore"],
+    ["export"],
 ]
 
 

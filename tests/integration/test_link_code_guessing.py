@@ -109,7 +109,7 @@ def test_the_same_attack_takes_over_six_digit_codes_of_the_previous_release(
             for _ in range(GUESSES_PER_ATTACKER)
         ]
         cursor.executemany(RELEASE_0_1_0["redeem_link_code"], guesses, returning=True)
-        outcomes = []
+        outcomes: list[str] = []
         while True:
             outcomes.extend(row[0] for row in cursor.fetchall())
             if not cursor.nextset():
