@@ -130,16 +130,15 @@ WHERE session_id = %(session_id)s
 
 -- name: proactive_upsert
 -- One batch of the current proactive users (keyset over user_id), written only when changed.
--- Who they are is the store's load_users_from_db: authenticated users of the channel (chat id
--- = their channel user id unless they registered one) and users who registered a chat.
+-- Who they are is sk_proactive_candidates (store/sql/functions.sql), which the store's
+-- load_users_from_db reads too: authenticated users of the channel (chat id = their channel
+-- user id unless they registered one) and users who registered a chat. The function is
+-- inlined, so the keyset condition and the LIMIT reach the scan of users.
 WITH source AS (
-    SELECT u.user_id, coalesce(p.chat_id, u.channel_user_id) AS chat_id
-    FROM users u
-    LEFT JOIN proactive_users p ON p.user_id = u.user_id
-    WHERE u.authenticated
-      AND (p.user_id IS NOT NULL OR u.channel = %(channel)s)
-      AND u.user_id > %(after)s
-    ORDER BY u.user_id
+    SELECT c.user_id, c.chat_id
+    FROM sk_proactive_candidates(%(channel)s) c
+    WHERE c.user_id > %(after)s
+    ORDER BY c.user_id
     LIMIT %(batch_size)s
 ), written AS (
     INSERT INTO proactive_user_list AS l (user_id, chat_id, loaded_at)
@@ -159,12 +158,7 @@ WITH b AS (
     SELECT l.user_id
     FROM proactive_user_list l
     WHERE NOT EXISTS (
-        SELECT 1
-        FROM users u
-        LEFT JOIN proactive_users p ON p.user_id = u.user_id
-        WHERE u.user_id = l.user_id
-          AND u.authenticated
-          AND (p.user_id IS NOT NULL OR u.channel = %(channel)s)
+        SELECT 1 FROM sk_proactive_candidates(%(channel)s) c WHERE c.user_id = l.user_id
     )
     LIMIT %(batch_size)s
     FOR UPDATE SKIP LOCKED

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from alembic import context
 
+from sessionkeeper.admin.functions import apply_functions
 from store.migrate import MIGRATION_LOCK_KEY, engine_for
 from store.schema import metadata
 
@@ -23,6 +24,9 @@ def run_migrations_online() -> None:
     engine = engine_for(url)
     with engine.connect() as connection:
         _run(connection)
+        # Each revision committed its own transaction; what ran after the last one (the
+        # functions' apply) is committed here. store.migrate commits its connection itself.
+        connection.commit()
     engine.dispose()
 
 
@@ -39,8 +43,20 @@ def _run(connection: object) -> None:
     try:
         with context.begin_transaction():
             context.run_migrations()
+            _apply_functions_at_head(connection)
     finally:
         context.execute(f"SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})")
+
+
+def _apply_functions_at_head(connection: object) -> None:
+    """Install store/sql/functions.sql once the database is at head, also when no revision was
+    pending (a release may change only a function body). Not after a downgrade or an upgrade to
+    an older revision: the file is written for head's tables."""
+    at = set(context.get_context().get_current_heads())
+    if at != set(context.script.get_heads()):
+        return
+    # The psycopg connection under SQLAlchemy's: same session, same transaction.
+    apply_functions(connection.connection.driver_connection)  # type: ignore[attr-defined]
 
 
 if context.is_offline_mode():

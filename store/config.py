@@ -49,6 +49,9 @@ class StoreConfig:
     link_max_failures: int = 10
     link_failure_window: timedelta = timedelta(minutes=10)
     link_lockout: timedelta = timedelta(minutes=15)
+    # Proactive messages: authenticated users of this channel are candidates without
+    # registering a chat (the seed: Telegram, where the chat id is the user id).
+    proactive_channel: str = "telegram"
 
     def __post_init__(self) -> None:
         positive = {
@@ -69,6 +72,8 @@ class StoreConfig:
         for name, cap in self.rate_caps_by_name().items():
             if cap is not None and cap <= 0:
                 raise ConfigurationError(f"{name} must be positive or None, not {cap!r}")
+        if not self.proactive_channel:
+            raise ConfigurationError("proactive_channel must not be empty")
         if self.idle_timeout <= timedelta(0) or self.link_code_ttl <= timedelta(0):
             raise ConfigurationError("idle_timeout and link_code_ttl must be positive")
 
@@ -115,6 +120,8 @@ def _parse(name: str, kind: str, raw: str) -> object:
             return raw.lower() in ("1", "true", "yes", "on")
         if kind.startswith("frozenset"):
             return frozenset(part.strip() for part in raw.split(",") if part.strip())
+        if kind == "str":
+            return raw
         if kind.startswith("float"):
             return float(raw)
         return int(raw)

@@ -25,6 +25,7 @@ from jobs import (
 )
 from jobs.runner import JobFailed, run_job
 from jobs.sql import QUERIES
+from store import Store
 from store.errors import NotFound
 
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -340,6 +341,24 @@ def test_proactive_reload_publishes_what_the_store_would_load(conn: Conn) -> Non
     # Unchanged rows are not rewritten.
     again = proactive_reload.run(conn, settings, NOW + timedelta(minutes=1))
     assert again.details == {"size": 4, "written": 0, "removed": 0}
+
+
+def test_proactive_reload_and_the_store_read_one_definition(database_url: str, conn: Conn) -> None:
+    # Both read sk_proactive_candidates: for any channel the job's list is the store's list.
+    for channel in ("telegram", "whatsapp", "signal"):
+        for _ in range(2):
+            make_user(conn, channel=channel)
+        conn.execute(
+            "INSERT INTO proactive_users (user_id, chat_id) VALUES (%s, 'registered')",
+            (make_user(conn, channel=channel),),
+        )
+    make_user(conn, channel="whatsapp", authenticated=False)
+    with Store(database_url, max_size=1, proactive_channel="whatsapp") as store:
+        expected = {(u.user_id, u.chat_id) for u in store.load_users_from_db()}
+    proactive_reload.run(conn, proactive_reload.Settings(batch_size=2, channel="whatsapp"), NOW)
+    listed = set(rows(conn, "SELECT user_id, chat_id FROM proactive_user_list"))
+    assert len(expected) == 5  # two of whatsapp, three registered
+    assert listed == expected
 
 
 # -- usage_rollup ------------------------------------------------------------------------------

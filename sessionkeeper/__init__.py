@@ -1,0 +1,1 @@
+"""Operator-side code of sessionkeeper (administration, daemon); bots import ``store`` only."""

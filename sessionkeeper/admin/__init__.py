@@ -1,0 +1,1 @@
+"""Administration: migrations, the embedded server, legacy adoption, SQL function apply."""
