@@ -223,6 +223,20 @@ def cmd_forget(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_unlink(args: argparse.Namespace) -> int:
+    with open_database(args.database_url) as db, Store(db.url, min_size=0) as store:
+        try:
+            unlinked = store.unlink(args.user)
+        except InvalidInput as exc:
+            raise UsageError(str(exc)) from None
+    if unlinked.person_id is None:
+        print(f"user {unlinked.user_id} was not linked to a person")
+    else:
+        gone = " (its last user: the person was deleted)" if unlinked.person_deleted else ""
+        print(f"user {unlinked.user_id} left person {unlinked.person_id}{gone}")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     with (
         open_database(args.database_url) as db,
@@ -318,6 +332,11 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--user", metavar="ID", help="a user id (UUID)")
     who.add_argument("--person", metavar="ID", help="a person id (UUID): all its users")
     forget.set_defaults(func=cmd_forget)
+    unlink = commands.add_parser(
+        "unlink", help="a user leaves its person (the person goes with its last user)"
+    )
+    unlink.add_argument("--user", metavar="ID", required=True, help="a user id (UUID)")
+    unlink.set_defaults(func=cmd_unlink)
     export = commands.add_parser(
         "export",
         help="write everything the store holds about a user or a person as JSON to stdout",

@@ -25,6 +25,7 @@ from .default import (
     register_proactive_user,
     track_usage,
     trim_session_history,
+    unlink,
 )
 from .erasure import ANONYMOUS_USER_ID, Forgotten
 from .errors import (
@@ -52,6 +53,7 @@ from .models import (
     RateDecision,
     Session,
     Turn,
+    Unlinked,
     User,
 )
 
@@ -84,6 +86,7 @@ __all__ = [
     "StoreConfig",
     "StoreError",
     "Turn",
+    "Unlinked",
     "User",
     "append_messages",
     "begin_turn",
@@ -107,4 +110,5 @@ __all__ = [
     "register_proactive_user",
     "track_usage",
     "trim_session_history",
+    "unlink",
 ]

@@ -96,6 +96,7 @@ class Operations:
     create_link_code = Op(core.create_link_code)
     redeem_link_code = Op(core.redeem_link_code)
     get_linked_users = Op(core.get_linked_users)
+    unlink = Op(core.unlink)
     forget_user = Op(erasure.forget_user)
     forget_person = Op(erasure.forget_person)
     export_user = Op(export.export_user)

@@ -447,6 +447,20 @@ def _linked(row: Row) -> models.Linked:
     raise errors.LinkCodeInvalid("no such link code, or it was already used")
 
 
+def unlink(
+    config: StoreConfig, user_id: UUID | str, *, now: datetime | None = None
+) -> Plan[models.Unlinked]:
+    """The user leaves its person (its other users stay linked to each other); the person goes
+    when its last user leaves. A user linked to nobody is left as it is."""
+    checked = validate.uuid(user_id, "user_id")
+    params = {"user_id": checked, "now": validate.moment(now, "now")}
+    return _single(
+        "unlink",
+        params,
+        lambda rows: models.Unlinked(checked, rows[0]["person_id"], rows[0]["person_deleted"]),
+    )
+
+
 def get_linked_users(config: StoreConfig, user_id: UUID | str) -> Plan[list[models.User]]:
     """Every user of the person ``user_id`` belongs to, itself included."""
     checked = validate.uuid(user_id, "user_id")

@@ -144,6 +144,10 @@ JOIN users u ON u.user_id = me.user_id OR u.person_id = me.person_id
 WHERE me.user_id = %(user_id)s
 ORDER BY u.created_at, u.user_id
 
+-- unlink --
+-- The user leaves its person, which goes when no user is left in it (see sk_unlink).
+SELECT person_id, person_deleted FROM sk_unlink(%(user_id)s, %(now)s::timestamptz)
+
 -- forget --
 -- Erase a user (or every user of a person) and everything the store holds about them, in one
 -- transaction: one row per table with what was done (see sk_forget in store/sql/functions.sql).

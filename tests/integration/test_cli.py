@@ -10,13 +10,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from jobs import JOB_NAMES, locking
-from store import migrate
+from store import Store, migrate
 from store.embedded import EmbeddedPostgres
 
 SUBCOMMANDS = [
@@ -30,6 +31,7 @@ SUBCOMMANDS = [
     ["sessions"],
     ["sessions", "restore"],
     ["export"],
+    ["unlink"],
 ]
 
 
@@ -307,3 +309,23 @@ def test_unwritable_embedded_dir_is_one_line_error(tmp_path: Path) -> None:
     assert "SESSIONKEEPER_EMBEDDED_DIR" in result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_unlink(database_url: str) -> None:
+    env = clean_env(DATABASE_URL=database_url)
+    with Store(database_url) as store:
+        a = store.get_or_create_user("telegram", "a").user_id
+        b = store.get_or_create_user("whatsapp", "b").user_id
+        person = store.redeem_link_code(b, store.create_link_code(a).code).person_id
+    first = sessionkeeper("unlink", "--user", str(a), env=env)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip() == f"user {a} left person {person}"
+    second = sessionkeeper("unlink", "--user", str(b), env=env)
+    assert "(its last user: the person was deleted)" in second.stdout
+    again = sessionkeeper("unlink", "--user", str(b), env=env)
+    assert again.stdout.strip() == f"user {b} was not linked to a person"
+    unknown = sessionkeeper("unlink", "--user", str(uuid.uuid4()), env=env)
+    assert unknown.returncode == 1 and "does not exist" in unknown.stderr
+    for bad in (["--user", "b"], []):
+        refused = sessionkeeper("unlink", *bad, env=env)
+        assert refused.returncode == 2, refused.stderr

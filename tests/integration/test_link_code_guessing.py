@@ -24,8 +24,10 @@ ATTACKERS = 300
 GUESSES_PER_ATTACKER = 10  # the default link_max_failures: the 11th attempt is locked out
 LIVE_CODES = 5_000
 
-# The statements of the previous release (0.1.0, commit 6231c22), as its bots still send them.
-RELEASE_0_1_0 = parse((Path(__file__).parent / "release_0_1_0_queries.sql").read_text())
+# The statements of the previous release, as its bots still send them.
+RELEASE_0_1_0 = parse(
+    (Path(__file__).parent.parent / "fixtures" / "release-0.1.0" / "store_queries.sql").read_text()
+)
 
 pytestmark = pytest.mark.slow
 

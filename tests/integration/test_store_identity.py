@@ -3,7 +3,9 @@ guessing."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -12,13 +14,19 @@ import pytest
 from store_support import T0, count, store_fixture  # noqa: F401 (fixture)
 
 from store import (
+    AsyncStore,
     InvalidInput,
     LinkCodeExpired,
     LinkCodeInvalid,
     LinkCodeLocked,
     LinkCodeOutdated,
+    NotFound,
     Store,
     StoreError,
+    Unlinked,
+    close_database,
+    init_database,
+    unlink,
 )
 
 
@@ -137,6 +145,66 @@ def test_malformed_codes_are_invalid_input(store: Store, typed: str) -> None:
     (user,) = users(store, "user")
     with pytest.raises(InvalidInput, match="12 letters and digits"):
         store.redeem_link_code(user, typed, now=T0)
+
+
+def test_a_success_does_not_earn_an_attacker_more_guesses(store: Store) -> None:
+    """Redeeming a code of one's own second account used to reset the failure count: with it,
+    any number of guesses per account."""
+    attacker, second = users(store, "attacker", "second")
+    for i in range(9):
+        with pytest.raises(LinkCodeInvalid):
+            store.redeem_link_code(attacker, "0000-0000-0000", now=T0 + timedelta(seconds=i))
+    store.redeem_link_code(attacker, store.create_link_code(second, now=T0).code, now=T0)
+    with pytest.raises(LinkCodeInvalid):
+        store.redeem_link_code(attacker, "0000-0000-0000", now=T0 + timedelta(seconds=20))
+    with pytest.raises(LinkCodeLocked):
+        store.redeem_link_code(attacker, "0000-0000-0000", now=T0 + timedelta(seconds=21))
+
+
+def test_unlink_leaves_the_person_and_the_last_user_takes_it_along(
+    store: Store, conn: psycopg.Connection[Any]
+) -> None:
+    a, b, c = users(store, "a", "b", "c")
+    person = store.redeem_link_code(b, store.create_link_code(a, now=T0).code, now=T0).person_id
+    store.redeem_link_code(c, store.create_link_code(a, now=T0).code, now=T0)
+
+    left = store.unlink(b, now=T0 + timedelta(minutes=1))
+    assert (left.user_id, left.person_id, left.person_deleted) == (b, person, False)
+    assert [u.user_id for u in store.get_linked_users(b)] == [b]
+    assert {u.user_id for u in store.get_linked_users(a)} == {a, c}
+    assert store.unlink(c).person_deleted is False
+    last = store.unlink(a)
+    assert (last.person_id, last.person_deleted) == (person, True)
+    assert count(conn, "persons") == 0
+    # Linked to nobody: nothing to leave.
+    alone = store.unlink(a)
+    assert (alone.person_id, alone.person_deleted) == (None, False)
+    # Unlinked users link again as anyone does.
+    relinked = store.redeem_link_code(b, store.create_link_code(a, now=T0).code, now=T0)
+    assert {u.user_id for u in store.get_linked_users(a)} == {a, b} and relinked.person_id
+
+
+def test_unlink_of_an_unknown_or_malformed_user(store: Store) -> None:
+    with pytest.raises(NotFound):
+        store.unlink(uuid.uuid4())
+    with pytest.raises(InvalidInput, match="user_id"):
+        store.unlink("nobody")
+
+
+def test_unlink_from_the_async_store_and_the_default_store(store: Store, database_url: str) -> None:
+    a, b = users(store, "a", "b")
+    store.redeem_link_code(b, store.create_link_code(a, now=T0).code, now=T0)
+
+    async def leave() -> Unlinked:
+        async with AsyncStore(database_url) as astore:
+            return await astore.unlink(a)
+
+    assert asyncio.run(leave()).person_deleted is False
+    init_database(database_url)
+    try:
+        assert unlink(b).person_deleted is True
+    finally:
+        close_database()
 
 
 def test_link_errors_share_the_store_base_class() -> None:
