@@ -1,8 +1,8 @@
 """The sessionkeeper daemon and its command line (``sessionkeeper``; ``python scheduler.py``).
 
 ``python scheduler.py`` is ``sessionkeeper run``. Without a configured database URL every
-command uses the embedded PostgreSQL (store.embedded), starting it when it is not running and
-stopping it again on exit if it started it.
+command uses the embedded PostgreSQL (sessionkeeper.admin.embedded), starting it when it is not
+running and stopping it again on exit if it started it.
 """
 
 from __future__ import annotations
@@ -27,9 +27,10 @@ from jobs.config import Config, load_config
 from jobs.daemon import Daemon, job_conninfo
 from jobs.logs import log_run, setup_logging
 from jobs.runner import JobFailed, run_job
-from store import InvalidInput, Store, legacy, migrate
+from sessionkeeper.admin import legacy, migrate
+from sessionkeeper.admin.embedded import EmbeddedPostgres
+from store import InvalidInput, Store
 from store.connection import configured_database_url, describe, redact, secure_conninfo
-from store.embedded import EmbeddedPostgres
 from store.errors import StoreError
 
 log = logging.getLogger("sessionkeeper")

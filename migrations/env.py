@@ -1,7 +1,8 @@
-"""Alembic environment: runs revisions on the connection that store.migrate hands over.
+"""Alembic environment: runs revisions on the connection that sessionkeeper.admin.migrate
+hands over.
 
-Run through ``sessionkeeper migrate`` (or store.migrate); plain ``alembic`` works too with
-``-x url=...`` or SESSIONKEEPER_DATABASE_URL / DATABASE_URL set.
+Run through ``sessionkeeper migrate`` (or sessionkeeper.admin.migrate); plain ``alembic`` works
+too with ``-x url=...`` or SESSIONKEEPER_DATABASE_URL / DATABASE_URL set.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from alembic import context
 
 from sessionkeeper.admin.functions import apply_functions
-from store.migrate import MIGRATION_LOCK_KEY, engine_for
+from sessionkeeper.admin.migrate import MIGRATION_LOCK_KEY, engine_for
 from store.schema import metadata
 
 config = context.config
@@ -25,7 +26,8 @@ def run_migrations_online() -> None:
     with engine.connect() as connection:
         _run(connection)
         # Each revision committed its own transaction; what ran after the last one (the
-        # functions' apply) is committed here. store.migrate commits its connection itself.
+        # functions' apply) is committed here. sessionkeeper.admin.migrate commits its
+        # connection itself.
         connection.commit()
     engine.dispose()
 

@@ -1,1 +1,2 @@
-"""Operator-side code of sessionkeeper (administration, daemon); bots import ``store`` only."""
+"""sessionkeeper's operator side: administration (``sessionkeeper.admin``), the daemon and the
+Alembic environment (``sessionkeeper.migrations``). Bots import only the ``store`` package."""

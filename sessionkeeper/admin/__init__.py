@@ -1,1 +1,2 @@
-"""Administration: migrations, the embedded server, legacy adoption, SQL function apply."""
+"""Administration of a sessionkeeper database: migrations, the embedded server, adoption of a
+TypeScript-era database. Nothing here is imported by ``import store``."""

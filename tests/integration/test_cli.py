@@ -17,8 +17,9 @@ import psycopg
 import pytest
 
 from jobs import JOB_NAMES, locking
-from store import Store, migrate
-from store.embedded import EmbeddedPostgres
+from sessionkeeper.admin import migrate
+from sessionkeeper.admin.embedded import EmbeddedPostgres
+from store import Store
 
 SUBCOMMANDS = [
     [],

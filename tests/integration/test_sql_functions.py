@@ -15,12 +15,13 @@ import pytest
 from sqlalchemy import create_engine
 from store_support import T0
 
+from sessionkeeper.admin import migrate
 from sessionkeeper.admin.functions import (
     FunctionsApplyError,
     apply_functions,
     defined_functions,
 )
-from store import Store, migrate
+from store import Store
 from store.schema import metadata
 
 # Every sk_* function and view of the public schema, by signature, with its full definition
