@@ -6,4 +6,5 @@ JOB_NAMES = (
     "session_archival",
     "proactive_reload",
     "usage_rollup",
+    "user_retention",
 )

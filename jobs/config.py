@@ -352,7 +352,7 @@ def _job_config(name: str, source: _Source) -> JobConfig:
         job_values[field.name] = setting(field.name, kind, field.default, minimum)
     return JobConfig(
         name=name,
-        enabled=setting("enabled", bool, True),
+        enabled=setting("enabled", bool, spec.enabled_by_default),
         schedule=schedule,
         jitter_seconds=jitter,
         misfire_grace_seconds=setting("misfire_grace_seconds", int, 300, 1),

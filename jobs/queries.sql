@@ -217,6 +217,40 @@ DELETE FROM usage_stats s
 USING b
 WHERE s.stat_id = b.stat_id
 
+-- name: user_retention_batch
+-- The next batch_size users in user_id order (keyset: after %(after)s), and which of them had
+-- no activity since the cutoff: no change of the user row, no session (online or archived)
+-- active since. Those are locked until the batch commits (SKIP LOCKED: a user in the middle
+-- of a turn is busy, hence active), so that a message arriving meanwhile waits for the
+-- erasure. Both NOT EXISTS probes read an index on the user's sessions.
+WITH scanned AS (
+    SELECT user_id FROM users
+    WHERE user_id > %(after)s
+    ORDER BY user_id
+    LIMIT %(batch_size)s
+), inactive AS (
+    SELECT u.user_id
+    FROM users u JOIN scanned USING (user_id)
+    WHERE u.updated_at < %(now)s - make_interval(secs => %(inactive_seconds)s)
+      AND NOT EXISTS (
+          SELECT 1 FROM sessions s
+          WHERE s.user_id = u.user_id
+            AND s.last_active >= %(now)s - make_interval(secs => %(inactive_seconds)s))
+      AND NOT EXISTS (
+          SELECT 1 FROM archived_sessions a
+          WHERE a.user_id = u.user_id
+            AND a.last_active >= %(now)s - make_interval(secs => %(inactive_seconds)s))
+    ORDER BY u.user_id
+    FOR UPDATE OF u SKIP LOCKED
+)
+SELECT (SELECT count(*) FROM scanned) AS scanned,
+       (SELECT user_id FROM scanned ORDER BY user_id DESC LIMIT 1) AS last_user_id,
+       (SELECT array_agg(user_id ORDER BY user_id) FROM inactive) AS inactive
+
+-- name: user_retention_forget
+-- Exactly what store.forget_user does (sk_forget, store/sql/functions.sql).
+SELECT table_name, action, row_count FROM sk_forget(%(user_id)s::uuid, NULL)
+
 -- name: lock_job
 -- Session-scoped on purpose: held across the run's many batch transactions, and released by
 -- the server when the connection ends, so a killed replica never keeps it.
