@@ -19,7 +19,18 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from .base import BatchSettings, Connection, JobResult, Pause, batches, job_params, uninterrupted
+from store.config import StoreConfig
+
+from .base import (
+    STORE_DEFAULTS,
+    BatchSettings,
+    Connection,
+    JobResult,
+    Pause,
+    batches,
+    job_params,
+    uninterrupted,
+)
 from .sql import QUERIES
 
 DAY = 86400
@@ -36,9 +47,13 @@ class Settings(BatchSettings):
 
 
 def run(
-    conn: Connection, settings: Settings, now: datetime, pause: Pause = uninterrupted
+    conn: Connection,
+    settings: Settings,
+    now: datetime,
+    pause: Pause = uninterrupted,
+    store: StoreConfig = STORE_DEFAULTS,
 ) -> JobResult:
-    params: dict[str, Any] = {**job_params(settings, now), "after": UUID(int=0)}
+    params: dict[str, Any] = {**job_params(settings, now, store), "after": UUID(int=0)}
     counts = {"scanned": 0, "inactive": 0, "forgotten": 0, "blocked": 0, "persons": 0}
 
     def batch(c: Connection) -> int:

@@ -282,3 +282,18 @@ legacy_quarantined_messages = Table(
     PrimaryKeyConstraint("session_id", "array_index"),
     Index("ix_legacy_quarantined_messages_user_id", "user_id"),
 )
+
+# Which release's store/sql/functions.sql the database runs (one row). ``sessionkeeper migrate``
+# of an older release, e.g. a replica not yet rolled that migrates on start, then leaves the
+# newer functions in place instead of putting its own older ones back (sessionkeeper.admin
+# .functions).
+applied_functions = Table(
+    "applied_functions",
+    metadata,
+    Column("singleton", Boolean, nullable=False, server_default=text("true")),
+    Column("release", Text, nullable=False),
+    Column("sha256", Text, nullable=False),
+    _tstz("applied_at"),
+    PrimaryKeyConstraint("singleton"),
+    CheckConstraint("singleton", name="singleton"),
+)

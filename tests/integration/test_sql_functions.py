@@ -20,6 +20,7 @@ from sessionkeeper.admin.functions import (
     FunctionsApplyError,
     apply_functions,
     defined_functions,
+    this_release,
 )
 from store import Store
 from store.schema import metadata
@@ -40,7 +41,11 @@ WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('v', 'm')
 
 def definitions(url: str) -> dict[str, str]:
     with psycopg.connect(url) as conn:
-        return dict(conn.execute(_DEFINITIONS).fetchall())
+        return definitions_on(conn)
+
+
+def definitions_on(conn: psycopg.Connection[Any]) -> dict[str, str]:
+    return dict(conn.execute(_DEFINITIONS).fetchall())
 
 
 def differences(expected: dict[str, str], actual: dict[str, str]) -> list[str]:
@@ -225,3 +230,20 @@ def test_proactive_candidates_is_inlined_into_the_jobs_keyset_batch(database_url
         )
     assert "Function Scan" not in plan
     assert "on users u" in plan
+
+
+def test_an_older_release_leaves_newer_functions_in_place(database_url: str) -> None:
+    """A replica of the previous release that migrates on start must not put its older
+    functions back: expand/contract means the newer ones serve it."""
+    with psycopg.connect(database_url) as conn:
+        recorded = conn.execute("SELECT release, sha256 FROM applied_functions").fetchone()
+        assert recorded is not None and recorded[0] == this_release()
+        conn.execute("UPDATE applied_functions SET release = '99.0.0'")
+        _replace_body(conn, "ORDER BY", "ORDER  BY")
+        changed = definitions_on(conn)
+        assert apply_functions(conn, release="0.2.0") is False
+        assert definitions_on(conn) == changed
+        # The newer release itself does apply (and records itself).
+        assert apply_functions(conn, release="99.0.0") is True
+        assert definitions_on(conn) != changed
+        assert conn.execute("SELECT release FROM applied_functions").fetchone() == ("99.0.0",)

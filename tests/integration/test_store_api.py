@@ -180,8 +180,11 @@ def test_module_level_functions_use_the_default_store(database_url: str) -> None
         assert [m.content for m in api.get_history(session.session_id)] == ["hey"]
         turn = api.begin_turn("telegram", "77")
         assert turn.session_id == session.session_id and turn.history[0].content == "hey"
+        assert api.pool_stats()["pool_max"] == 2 and api.pool_stats()["requests_num"] >= 5
     finally:
         api.close_database()
+    with pytest.raises(ConfigurationError, match="init_database"):
+        api.pool_stats()
 
 
 def test_async_store_runs_the_same_operations(database_url: str) -> None:

@@ -12,8 +12,8 @@ import pytest
 from freezegun import freeze_time
 
 from jobs import JOB_NAMES, user_retention
-from jobs.config import load_config
 from jobs.runner import run_job
+from sessionkeeper.daemon.config import load_config
 from store import ANONYMOUS_USER_ID
 
 Conn = psycopg.Connection[tuple[Any, ...]]
