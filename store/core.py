@@ -408,7 +408,9 @@ def _draw_link_code(params: Mapping[str, object]) -> Plan[models.LinkCode]:
         )
         rows = yield Step("create_link_code", {**params, "code": code})
         if rows:
-            return models.LinkCode(validate.display_link_code(code), rows[0]["expires_at"])
+            return models.LinkCode(
+                validate.display_link_code(rows[0]["code"]), rows[0]["expires_at"]
+            )
     raise errors.StoreError(f"no free link code after {LINK_CODE_DRAWS} draws; expire old codes")
 
 

@@ -67,7 +67,7 @@ def export_user(config: StoreConfig, user_id: UUID | str, out: TextSink) -> core
     usage, rate-limit windows and proactive registration."""
     checked = validate.uuid(user_id, "user_id")
     subject = {"user_id": checked, "person_id": None}
-    return _export(subject, _sink(out), f"user {checked} does not exist")
+    return _export(subject, validate.writer(out, "out"), f"user {checked} does not exist")
 
 
 def export_person(config: StoreConfig, person_id: UUID | str, out: TextSink) -> core.Plan[Exported]:
@@ -75,13 +75,7 @@ def export_person(config: StoreConfig, person_id: UUID | str, out: TextSink) -> 
     as one JSON document (see ``export_user``)."""
     checked = validate.uuid(person_id, "person_id")
     subject = {"user_id": None, "person_id": checked}
-    return _export(subject, _sink(out), f"person {checked} does not exist")
-
-
-def _sink(out: object) -> TextSink:
-    if not callable(getattr(out, "write", None)):
-        raise errors.InvalidInput("out must have a write(str) method", field="out")
-    return out  # type: ignore[return-value]
+    return _export(subject, validate.writer(out, "out"), f"person {checked} does not exist")
 
 
 def _export(subject: Mapping[str, UUID | None], out: TextSink, missing: str) -> core.Plan[Exported]:
@@ -97,11 +91,12 @@ def _export(subject: Mapping[str, UUID | None], out: TextSink, missing: str) -> 
             "subject": {key: str(value) for key, value in subject.items() if value is not None},
         }
         out.write(json.dumps(head, indent=1)[:-2] + ',\n "tables": {')
-        scope = {"users": found[0]["users"], "persons": found[0]["persons"]}
+        users, persons = found[0]["users"], found[0]["persons"]
         rows: dict[str, int] = {}
         for i, table in enumerate(TABLES):
             out.write(f"{',' if i else ''}\n  {json.dumps(table)}: [")
             rows[table] = 0
+            scope = {"persons": persons} if table == "persons" else {"users": users}
             yield core.Step(f"export_{table}", scope)
             while fetched := (yield core.Step("export_fetch", {})):
                 for row in fetched:

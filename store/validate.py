@@ -6,12 +6,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 from .config import StoreConfig
 from .errors import InvalidInput, LinkCodeOutdated
 from .models import ROLES
+
+T = TypeVar("T")
 
 MAX_ID_LENGTH = 256
 MAX_NAME_LENGTH = 256
@@ -190,3 +192,10 @@ def messages(
     if not 1 <= len(batch) <= MAX_BATCH:
         raise InvalidInput(f"messages must hold 1 to {MAX_BATCH} entries", field="messages")
     return [b[0] for b in batch], [b[1] for b in batch], [b[2] for b in batch]
+
+
+def writer(value: T, field: str) -> T:
+    """Something to write text to: an object with a ``write(str)`` method (a file, stdout)."""
+    if not callable(getattr(value, "write", None)):
+        raise InvalidInput(f"{field} must have a write(str) method", field=field)
+    return value
