@@ -42,6 +42,7 @@ from .errors import (
     LinkCodeOutdated,
     NotFound,
     RateLimited,
+    ReadOnlyDatabase,
     SchemaOutOfDate,
     StoreError,
 )
@@ -82,6 +83,7 @@ __all__ = [
     "ProactiveUser",
     "RateDecision",
     "RateLimited",
+    "ReadOnlyDatabase",
     "SchemaOutOfDate",
     "Session",
     "Store",
