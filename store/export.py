@@ -35,6 +35,7 @@ TABLES = (
     "users",
     "sessions",
     "session_messages",
+    "turn_receipts",
     "archived_sessions",
     "archived_session_messages",
     "legacy_quarantined_messages",

@@ -242,6 +242,13 @@ SELECT row_to_json(t)::text AS doc
 FROM sessions s JOIN session_messages t ON t.session_id = s.session_id
 WHERE s.user_id = ANY(%(users)s::uuid[]) ORDER BY s.created_at, s.session_id, t.seq
 
+-- export_turn_receipts --
+-- What finish_turn recorded to store each turn once (see append_messages).
+DECLARE sk_export NO SCROLL CURSOR FOR
+SELECT row_to_json(t)::text AS doc
+FROM sessions s JOIN turn_receipts t ON t.session_id = s.session_id
+WHERE s.user_id = ANY(%(users)s::uuid[]) ORDER BY s.created_at, s.session_id, t.turn_id
+
 -- export_archived_sessions --
 DECLARE sk_export NO SCROLL CURSOR FOR
 SELECT row_to_json(t)::text AS doc FROM archived_sessions t

@@ -455,6 +455,11 @@ BEGIN
                    WHERE m.session_id = s.session_id AND s.user_id = ANY(v_users) RETURNING 1)
         SELECT count(*) INTO v_n FROM d;
         RETURN QUERY SELECT 'session_messages', 'deleted', v_n;
+        -- The sessions' cascade would take them too; deleting them here reports them.
+        WITH d AS (DELETE FROM turn_receipts r USING sessions s
+                   WHERE r.session_id = s.session_id AND s.user_id = ANY(v_users) RETURNING 1)
+        SELECT count(*) INTO v_n FROM d;
+        RETURN QUERY SELECT 'turn_receipts', 'deleted', v_n;
         WITH d AS (DELETE FROM sessions WHERE user_id = ANY(v_users) RETURNING 1)
         SELECT count(*) INTO v_n FROM d;
         RETURN QUERY SELECT 'sessions', 'deleted', v_n;
