@@ -171,6 +171,10 @@ WHERE l.user_id = b.user_id
 -- name: proactive_list_size
 SELECT count(*) FROM proactive_user_list
 
+-- name: proactive_publish
+-- Raise the list's version and NOTIFY the bots when it changed (or was never published).
+SELECT sk_publish_proactive_list(%(changed)s)
+
 -- name: usage_rollup
 -- Mark raw rows as rolled up and add them to the daily totals in one statement (one
 -- transaction): a row is counted exactly once, however late it arrives. Days are UTC days.

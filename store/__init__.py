@@ -52,6 +52,7 @@ from .models import (
     LinkCode,
     Linked,
     Message,
+    ProactiveList,
     ProactiveUser,
     RateDecision,
     Session,
@@ -59,10 +60,12 @@ from .models import (
     Unlinked,
     User,
 )
+from .proactive import AsyncProactiveUsers, ProactiveUsers
 
 __all__ = [
     "ANONYMOUS_USER_ID",
     "Appended",
+    "AsyncProactiveUsers",
     "AsyncStore",
     "ConfigurationError",
     "DatabaseUnavailable",
@@ -80,7 +83,9 @@ __all__ = [
     "Message",
     "NotFound",
     "Operations",
+    "ProactiveList",
     "ProactiveUser",
+    "ProactiveUsers",
     "RateDecision",
     "RateLimited",
     "ReadOnlyDatabase",
