@@ -1,7 +1,7 @@
 """identity and users' lifecycle: a restored session keeps its last activity
 
 Revision ID: 0010
-Revises: 0011
+Revises: 0013
 Create Date: 2026-11-29
 
 ``sessions.restored_at``: when ``sessionkeeper sessions restore`` brought the session back from
@@ -20,7 +20,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0010"
-down_revision: str | None = "0011"
+down_revision: str | None = "0013"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
