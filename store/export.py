@@ -42,6 +42,7 @@ TABLES = (
     "link_codes",
     "link_code_failures",
     "rate_limits",
+    "aiogram_fsm_states",
     "usage_stats",
     "usage_daily",
     "proactive_users",

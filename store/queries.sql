@@ -282,6 +282,17 @@ DECLARE sk_export NO SCROLL CURSOR FOR
 SELECT row_to_json(t)::text AS doc FROM rate_limits t
 WHERE t.user_id = ANY(%(users)s::uuid[]) ORDER BY t.user_id, t.window_seconds, t.window_start
 
+-- export_aiogram_fsm_states --
+-- The aiogram integration's states: linked to the users, or only keyed by their Telegram id
+-- (as erasure finds them).
+DECLARE sk_export NO SCROLL CURSOR FOR
+SELECT row_to_json(t)::text AS doc FROM aiogram_fsm_states t
+WHERE t.user_id = ANY(%(users)s::uuid[])
+   OR (t.channel, t.telegram_user_id::text) IN (
+       SELECT u.channel, u.channel_user_id FROM users u WHERE u.user_id = ANY(%(users)s::uuid[]))
+ORDER BY t.bot_id, t.chat_id, t.telegram_user_id, t.thread_id, t.business_connection_id,
+         t.destiny
+
 -- export_usage_stats --
 DECLARE sk_export NO SCROLL CURSOR FOR
 SELECT row_to_json(t)::text AS doc FROM usage_stats t

@@ -55,6 +55,11 @@ def busy_user(store: Store, conn: psycopg.Connection[Any], name: str) -> Any:
     )
     conn.execute("INSERT INTO proactive_user_list (user_id, chat_id) VALUES (%s, 'c1')", (user,))
     store.register_proactive_user("c1", user, now=T0)
+    conn.execute(
+        "INSERT INTO aiogram_fsm_states (bot_id, chat_id, telegram_user_id, channel, user_id,"
+        " state) SELECT 1, 1, count(*) + 1, 'telegram', %s, 'Form:name' FROM aiogram_fsm_states",
+        (user,),
+    )
     store.create_link_code(user, now=T0)
     conn.execute(
         "INSERT INTO usage_daily (day, user_id, channel) VALUES (%s, %s, 'telegram')",
