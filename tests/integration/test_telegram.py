@@ -4,7 +4,7 @@ calling a fake Telegram server on loopback over HTTP, a real AsyncStore on Postg
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import psycopg
@@ -31,7 +31,7 @@ async def feed(app: Application[Any, Any, Any, Any, Any, Any], update_id: int, t
 async def serve(
     telegram: FakeTelegram,
     turns: TelegramTurns,
-    chat: Callable[[Update, ContextTypes.DEFAULT_TYPE], Awaitable[None]],
+    chat: Callable[[Update, ContextTypes.DEFAULT_TYPE], Coroutine[Any, Any, None]],
     *texts: str,
 ) -> None:
     """An Application with ``turns`` installed and ``chat`` handling text, fed ``texts``."""
