@@ -46,6 +46,18 @@ def turn_row(**changes: Any) -> Rows:
     return one(**{**row, **changes})
 
 
+def user_row(*, person_id: UUID | None, created: bool) -> Rows:
+    """A user row as the statements that return users give it (Telegram user "1")."""
+    return one(
+        user_id=USER,
+        channel="telegram",
+        channel_user_id="1",
+        display_name=None,
+        person_id=person_id,
+        user_created=created,
+    )
+
+
 def appended_row(**changes: Any) -> Rows:
     row = {"session_id": SESSION, "user_id": USER, "appended": 2, "trimmed": 0, "next_seq": 8}
     return one(**{**row, **changes})
@@ -254,14 +266,7 @@ CANNED: dict[str, Rows] = {
     "append_messages": appended_row(),
     "trim_session_history": one(session_id=SESSION, trimmed=4),
     "get_history": turn_row(),
-    "get_or_create_user": one(
-        user_id=USER,
-        channel="telegram",
-        channel_user_id="1",
-        display_name=None,
-        person_id=None,
-        user_created=True,
-    ),
+    "get_or_create_user": user_row(person_id=None, created=True),
     "get_or_create_session": one(session_id=SESSION, session_created=True),
     "check_rate_limit": one(allowed=True, retry_at=None, refused_window=None),
     "track_usage": one(stat_id=str(SESSION)),
@@ -270,14 +275,7 @@ CANNED: dict[str, Rows] = {
     "create_link_code": one(code="7KQ2M9XD4HTR", expires_at=T0),
     "redeem_link_code": one(outcome="linked", person_id=PERSON, owner_id=USER, locked_until=None),
     "unlink": one(person_id=PERSON, person_deleted=True),
-    "get_linked_users": one(
-        user_id=USER,
-        channel="telegram",
-        channel_user_id="1",
-        display_name=None,
-        person_id=PERSON,
-        user_created=False,
-    ),
+    "get_linked_users": user_row(person_id=PERSON, created=False),
     "forget": [
         {"table_name": "users", "action": "deleted", "row_count": 1},
         {"table_name": "usage_daily", "action": "anonymised", "row_count": 3},
