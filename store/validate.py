@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
+from itertools import islice
 from typing import Any
 from uuid import UUID
 
@@ -16,7 +17,14 @@ from .schema import ROLES
 MAX_ID_LENGTH = 256
 MAX_NAME_LENGTH = 256
 MAX_BATCH = 1000
-MAX_TOKENS = 2**62
+# Per call. Daily totals add up many calls in bigint columns (the rollup saturates at the
+# bigint maximum, which this keeps out of reach: 2**32 calls a day per user and channel).
+MAX_TOKENS = 2**31 - 1
+# Every time the store accepts (now=, message timestamps) lies in [EARLIEST, LATEST). Python
+# reads no year outside 1-9999 back, and the store adds its intervals (link-code validity,
+# lock-out, rate windows) to the time it was given: the margin below year 10000 covers them.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 _CHANNEL = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 _CODE = re.compile(r"[0-9]{6}")
 
@@ -41,6 +49,9 @@ def text(value: object, field: str, *, max_chars: int | None = None) -> str:
 def identifier(value: object, field: str) -> str:
     """An id a channel gives (chat or user id): a string, or an integer as Telegram sends."""
     if isinstance(value, int) and not isinstance(value, bool):
+        # Checked before str(): Python refuses to print integers of over 4300 digits.
+        if abs(value) >= 10**MAX_ID_LENGTH:
+            raise InvalidInput(f"{field} is longer than {MAX_ID_LENGTH} digits", field=field)
         value = str(value)
     return text(value, field, max_chars=MAX_ID_LENGTH)
 
@@ -68,7 +79,18 @@ def uuid(value: object, field: str) -> UUID:
             return UUID(value)
         except ValueError:
             pass
-    raise InvalidInput(f"{field} must be a UUID, not {value!r:.60}", field=field)
+    raise InvalidInput(f"{field} must be a UUID, not {_shown(value)}", field=field)
+
+
+def _shown(value: object) -> str:
+    """A short repr for an error message; repr() itself may fail (an int of over 4300
+    digits) or be huge."""
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    try:
+        return f"{value!r:.60}"
+    except Exception:
+        return type(value).__name__
 
 
 def count(value: object, field: str, *, minimum: int, maximum: int) -> int:
@@ -89,14 +111,26 @@ def pairs(value: object, field: str = "max_pairs", *, default: int) -> int:
 
 
 def moment(value: object, field: str) -> datetime | None:
-    """An aware datetime, or None (the database clock decides)."""
+    """An aware datetime between ``EARLIEST`` and ``LATEST``, in UTC; or None (the database
+    clock decides)."""
     if value is None:
         return None
     if not isinstance(value, datetime):
         raise InvalidInput(f"{field} must be a datetime, not {type(value).__name__}", field=field)
-    if value.tzinfo is None or value.utcoffset() is None:
+    try:
+        offset = value.utcoffset()
+    except (TypeError, ValueError) as exc:  # a tzinfo that breaks its contract
+        raise InvalidInput(f"{field} has an unusable time zone: {exc}", field=field) from None
+    if offset is None:
         raise InvalidInput(f"{field} must carry a time zone", field=field)
-    return value
+    # Aware comparison never overflows; converting a datetime near year 1 or 9999 to UTC can.
+    if not EARLIEST <= value < LATEST:
+        raise InvalidInput(
+            f"{field} must lie between {EARLIEST:%Y-%m-%d} and {LATEST:%Y-%m-%d} (UTC),"
+            f" not {value.isoformat()}",
+            field=field,
+        )
+    return value.astimezone(UTC)
 
 
 def link_code(value: object) -> str:
@@ -149,7 +183,9 @@ def messages(
     """Parallel role, content and timestamp lists for a batch of messages."""
     if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
         raise InvalidInput("messages must be a list of {role, content} mappings", field="messages")
-    batch = [message(config, value, f"messages[{i}]") for i, value in enumerate(values)]
+    # One more than the limit is enough to refuse: an endless iterable is not read to its end.
+    entries = islice(values, MAX_BATCH + 1)
+    batch = [message(config, value, f"messages[{i}]") for i, value in enumerate(entries)]
     if not 1 <= len(batch) <= MAX_BATCH:
         raise InvalidInput(f"messages must hold 1 to {MAX_BATCH} entries", field="messages")
     return [b[0] for b in batch], [b[1] for b in batch], [b[2] for b in batch]
