@@ -2,25 +2,68 @@
 and messages, each mixing valid values, values at the edges of the rules, and garbage.
 
 Shared by tests/unit/test_fuzz_validate.py (no database) and
-tests/integration/test_fuzz_store.py (every store call against PostgreSQL).
+tests/integration/test_fuzz_store.py (every store call against PostgreSQL), which import it
+first, so the profile below is loaded before their ``settings`` are read.
+
+Profiles: ``ci`` (the default) is what CI runs: a fixed number of examples, derived from each
+test's name instead of a random seed (``derandomize``), so a failure reproduces on every run
+and machine, and no example database (nothing is written to ``.hypothesis/``). ``dev`` explores
+further with random seeds (``HYPOTHESIS_PROFILE=dev python -m pytest tests/unit``). Tests scale
+their own counts from the profile's (``settings.default.max_examples``): more for cheap unit
+properties, fewer for those that talk to the database.
 """
 
 from __future__ import annotations
 
+import os
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from store import Message, RateDecision, Turn, User, validate
 from store.config import StoreConfig
 from store.schema import ROLES
 
+settings.register_profile(
+    "ci",
+    max_examples=100,
+    derandomize=True,
+    database=None,
+    deadline=None,  # a database round trip's time is not the property under test
+    print_blob=True,
+    # Database tests reuse one database per test function across its examples on purpose.
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+settings.register_profile(
+    "dev",
+    parent=settings.get_profile("ci"),
+    max_examples=1000,
+    derandomize=False,
+)
+PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
+settings.load_profile(PROFILE)
+
+
+def examples(factor: float) -> settings:
+    """The profile's example count scaled by ``factor`` (at least 10), as a decorator."""
+    count = settings.get_profile(PROFILE).max_examples
+    return settings(max_examples=max(10, int(count * factor)))
+
+
 ONE_MB = 1_000_000
 LIMIT = StoreConfig().max_message_bytes
 US = timedelta(microseconds=1)
+
+
+def mostly(good: st.SearchStrategy[Any], bad: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """``good`` three times in four, else ``bad``; shrinking moves towards ``good``, so a
+    failing example keeps only the bad arguments it needs."""
+    return st.integers(0, 3).flatmap(lambda i: bad if i == 3 else good)
+
 
 # -- text --------------------------------------------------------------------------------------
 
@@ -92,14 +135,16 @@ edge_integers = st.sampled_from(
     ]
 )
 integers = st.one_of(st.integers(), st.integers(-(2**70), 2**70), edge_integers)
-token_counts = st.one_of(
-    st.integers(0, validate.MAX_TOKENS),
-    integers,
-    st.floats(),
-    st.booleans(),
-    st.none(),
-    st.decimals(allow_nan=True),
-    st.text(st.characters(categories=["Nd"]), max_size=4),
+token_counts = mostly(
+    st.one_of(st.integers(0, 10_000), st.integers(0, 2**64), edge_integers),
+    st.one_of(
+        integers,
+        st.floats(),
+        st.booleans(),
+        st.none(),
+        st.decimals(allow_nan=True),
+        st.text(st.characters(categories=["Nd"]), max_size=4),
+    ),
 )
 
 # -- time --------------------------------------------------------------------------------------
@@ -108,34 +153,38 @@ fixed_offsets = st.timedeltas(
     min_value=-timedelta(hours=24) + US, max_value=timedelta(hours=24) - US
 ).map(timezone)
 zones = st.one_of(st.just(UTC), fixed_offsets, st.timezones())
+edge_times = st.sampled_from(
+    [
+        validate.EARLIEST,
+        validate.EARLIEST - US,
+        validate.LATEST - US,
+        validate.LATEST,
+        datetime.min.replace(tzinfo=UTC),
+        datetime.max.replace(tzinfo=UTC),
+        datetime.min.replace(tzinfo=timezone(timedelta(hours=14))),
+        datetime.max.replace(tzinfo=timezone(timedelta(hours=-14))),
+        datetime(9999, 12, 31, 23, 55, tzinfo=UTC),
+        datetime(9999, 12, 31, 12, tzinfo=UTC),
+        datetime(1, 1, 1, 0, 30, tzinfo=UTC),
+        datetime(1, 1, 1, 0, 30, tzinfo=timezone(timedelta(hours=1))),
+        datetime(1970, 1, 1, 1, tzinfo=timezone(timedelta(hours=1, microseconds=1))),
+    ]
+)
 aware_times = st.one_of(
+    edge_times,
     st.datetimes(timezones=zones),  # years 1 to 9999 in any zone
     st.datetimes(datetime(2020, 1, 1), datetime(2040, 1, 1), timezones=zones),
-    st.sampled_from(
-        [
-            validate.EARLIEST,
-            validate.EARLIEST - US,
-            validate.LATEST - US,
-            validate.LATEST,
-            datetime.min.replace(tzinfo=UTC),
-            datetime.max.replace(tzinfo=UTC),
-            datetime.min.replace(tzinfo=timezone(timedelta(hours=14))),
-            datetime.max.replace(tzinfo=timezone(timedelta(hours=-14))),
-            datetime(9999, 12, 31, 23, 55, tzinfo=UTC),
-            datetime(1, 1, 1, 0, 30, tzinfo=UTC),
-            datetime(1970, 1, 1, 1, tzinfo=timezone(timedelta(hours=1, microseconds=1))),
-        ]
-    ),
 )
-moments = st.one_of(
-    st.none(),
-    aware_times,
-    st.datetimes(),  # naive
-    aware_times.map(datetime.isoformat),
-    st.dates(),
-    st.floats(),
-    st.integers(),
-    texts,
+moments = mostly(
+    st.one_of(st.none(), aware_times),
+    st.one_of(
+        st.datetimes(),  # naive
+        aware_times.map(datetime.isoformat),
+        st.dates(),
+        st.floats(),
+        st.integers(),
+        texts,
+    ),
 )
 
 # -- ids ---------------------------------------------------------------------------------------
@@ -159,42 +208,41 @@ garbage = st.one_of(
     st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
     st.just(object()),
 )
-ids = st.one_of(uuids, garbage)
-channel_user_ids = st.one_of(st.text(min_size=1, max_size=20), integers, garbage)
-channels = st.one_of(
-    st.sampled_from(["telegram", "whatsapp", "a", "a" * 32, "a" * 33, "Telegram", "tele gram"]),
-    st.from_regex(r"[a-z][a-z0-9_-]{0,40}", fullmatch=True),
-    garbage,
+ids = mostly(uuids, garbage)
+channel_user_ids = mostly(st.one_of(st.text(min_size=1, max_size=20), st.integers()), garbage)
+channels = mostly(
+    st.sampled_from(["telegram", "whatsapp", "a", "a" * 32]),
+    st.one_of(
+        st.sampled_from(["a" * 33, "Telegram", "tele gram", "", "télégram"]),
+        st.from_regex(r"[a-z][a-z0-9_-]{0,40}", fullmatch=True),
+        garbage,
+    ),
 )
-pair_counts = st.one_of(st.none(), st.integers(-2, 5), edge_integers, st.integers(), garbage)
+pair_counts = mostly(st.one_of(st.none(), st.integers(1, 5)), st.one_of(edge_integers, garbage))
 
 # -- messages ----------------------------------------------------------------------------------
 
-roles = st.one_of(st.sampled_from(ROLES), garbage)
+roles = mostly(st.sampled_from(ROLES), garbage)
+contents = mostly(st.text(min_size=1, max_size=20), st.one_of(texts, garbage))
 message_dicts = st.fixed_dictionaries(
-    {"role": roles, "content": st.one_of(texts, garbage)},
+    {"role": roles, "content": contents},
     optional={"timestamp": moments, "extra": garbage},
 )
 message_objects = st.builds(
-    Message,
-    role=roles,
-    content=st.one_of(texts, garbage),
-    timestamp=st.one_of(aware_times, garbage),
+    Message, role=roles, content=contents, timestamp=st.one_of(aware_times, garbage)
 )
-valid_messages = st.fixed_dictionaries(
-    {"role": st.sampled_from(ROLES), "content": st.text(min_size=1, max_size=20)},
-    optional={"timestamp": aware_times},
-)
-one_message = st.one_of(valid_messages, message_dicts, message_objects, garbage)
-message_lists: st.SearchStrategy[Any] = st.one_of(
-    st.lists(one_message, max_size=4),
-    st.lists(valid_messages, min_size=1, max_size=4),
-    st.sampled_from([validate.MAX_BATCH, validate.MAX_BATCH + 1]).map(
-        lambda n: [{"role": "user", "content": "x"}] * n
+one_message = mostly(st.one_of(message_dicts, message_objects), garbage)
+message_lists: st.SearchStrategy[Any] = mostly(
+    st.lists(one_message, min_size=1, max_size=4),
+    st.one_of(
+        st.just([]),
+        st.sampled_from([validate.MAX_BATCH, validate.MAX_BATCH + 1]).map(
+            lambda n: [{"role": "user", "content": "x"}] * n
+        ),
+        st.lists(one_message, max_size=3).map(tuple),
+        st.lists(one_message, max_size=3).map(iter),
+        garbage,
     ),
-    st.lists(one_message, max_size=3).map(tuple),
-    st.lists(one_message, max_size=3).map(iter),
-    garbage,
 )
 
 
@@ -224,7 +272,7 @@ def _call(*positional: st.SearchStrategy[Any], **keywords: st.SearchStrategy[Any
 
 
 def _known_or(value: Any, other: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
-    return st.one_of(st.just(value), st.just(str(value)), other)
+    return mostly(st.sampled_from([value, str(value)]), other)
 
 
 def call_arguments(known: Known) -> dict[str, Arguments]:
@@ -232,9 +280,9 @@ def call_arguments(known: Known) -> dict[str, Arguments]:
     arguments, good and bad."""
     user = _known_or(known.user_id, ids)
     session = _known_or(known.session_id, ids)
-    channel = st.one_of(st.just(known.channel), channels)
-    sender = st.one_of(st.just(known.channel_user_id), channel_user_ids)
-    names = st.one_of(st.none(), texts, garbage)
+    channel = mostly(st.just(known.channel), channels)
+    sender = mostly(st.just(known.channel_user_id), channel_user_ids)
+    names = mostly(st.one_of(st.none(), st.text(max_size=10)), st.one_of(texts, garbage))
     turns = st.one_of(
         st.just(known.turn),
         session,
@@ -247,14 +295,16 @@ def call_arguments(known: Known) -> dict[str, Arguments]:
         ),
         garbage,
     )
-    said = st.one_of(texts, one_message, garbage)
+    said = mostly(contents, st.one_of(one_message, garbage))
     tokens = {f"{kind}_tokens": token_counts for kind in ("input", "output", "cached")}
-    code = st.one_of(
+    code = mostly(
         st.just(known.code),
-        st.just(f" {known.code}\n"),
-        st.from_regex(r"[0-9]{6}", fullmatch=True),
-        texts,
-        garbage,
+        st.one_of(
+            st.just(f" {known.code}\n"),
+            st.from_regex(r"[0-9]{6}", fullmatch=True),
+            texts,
+            garbage,
+        ),
     )
     return {
         "begin_turn": _call(
@@ -268,7 +318,7 @@ def call_arguments(known: Known) -> dict[str, Arguments]:
         "get_history": _call(session, pair_counts),
         "check_rate_limit": _call(user, now=moments),
         "track_usage": _call(user, channel, token_counts, token_counts, token_counts, now=moments),
-        "register_proactive_user": _call(st.one_of(channel_user_ids, texts), user, now=moments),
+        "register_proactive_user": _call(channel_user_ids, user, now=moments),
         "load_users_from_db": _call(),
         "create_link_code": _call(user, now=moments),
         "redeem_link_code": _call(user, code, now=moments),

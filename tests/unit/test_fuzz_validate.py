@@ -17,22 +17,24 @@ from fuzz_strategies import (
     aware_times,
     call_arguments,
     channel_user_ids,
+    examples,
     message_lists,
     moments,
     random_known,
     texts,
     token_counts,
 )
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from store import InvalidInput, Operations, validate
 from store.client import Op
 from store.config import StoreConfig
+from store.core import Step
 
 CONFIG = StoreConfig()
 BIGINT = range(-(2**63), 2**63)
-MANY = settings(max_examples=settings.default.max_examples * 3)
+MANY = examples(3)
 
 
 def accepted(check: Any, *args: Any) -> Any:
@@ -126,7 +128,7 @@ def test_every_operation_is_fuzzed() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(OPERATIONS))
-@settings(max_examples=settings.default.max_examples * 2)
+@examples(2)
 @given(data=st.data())
 def test_plans_check_all_input_before_the_first_statement(name: str, data: st.DataObject) -> None:
     args, kwargs = data.draw(call_arguments(random_known())[name], label="arguments")
@@ -136,7 +138,7 @@ def test_plans_check_all_input_before_the_first_statement(name: str, data: st.Da
         return
     assert inspect.isgenerator(plan)
     step = next(plan)
-    assert step.sql
+    assert isinstance(step, Step) and step.sql
     for value in step.params.values():
         if isinstance(value, UUID | None | bool | list | int | str | datetime):
             storable(value)
