@@ -1,8 +1,8 @@
 """The sessionkeeper daemon and its command line (``sessionkeeper``; ``python scheduler.py``).
 
 ``python scheduler.py`` is ``sessionkeeper run``. Without a configured database URL every
-command uses the embedded PostgreSQL (store.embedded), starting it when it is not running and
-stopping it again on exit if it started it.
+command uses the embedded PostgreSQL (sessionkeeper.admin.embedded), starting it when it is not
+running and stopping it again on exit if it started it.
 """
 
 from __future__ import annotations
@@ -23,13 +23,14 @@ import psycopg
 import sqlalchemy.exc
 
 from jobs import JOB_NAMES, ledger, session_archival
-from jobs.config import Config, load_config
-from jobs.daemon import Daemon, job_conninfo
-from jobs.logs import log_run, setup_logging
 from jobs.runner import JobFailed, run_job
-from store import InvalidInput, Store, legacy, migrate
+from sessionkeeper.admin import legacy, migrate
+from sessionkeeper.admin.embedded import EmbeddedPostgres
+from sessionkeeper.daemon.config import Config, load_config
+from sessionkeeper.daemon.logs import log_run, setup_logging
+from sessionkeeper.daemon.service import Daemon, job_conninfo
+from store import InvalidInput, Store
 from store.connection import configured_database_url, describe, redact, secure_conninfo
-from store.embedded import EmbeddedPostgres
 from store.errors import StoreError
 
 log = logging.getLogger("sessionkeeper")
@@ -181,6 +182,7 @@ def cmd_jobs_run(args: argparse.Namespace) -> int:
                 replica_id=config.replica_id,
                 pause=stop.wait,
                 ledger_keep_seconds=config.ledger_retention_seconds,
+                store=config.store,
             )
         except JobFailed as exc:
             report = exc.report

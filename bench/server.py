@@ -25,7 +25,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from store.embedded import EmbeddedPostgres, _wheel_root
+from sessionkeeper.admin.embedded import EmbeddedPostgres, _wheel_root
 
 URL_VARIABLE = "SESSIONKEEPER_BENCH_DATABASE_URL"
 DEBIAN_BIN = Path("/usr/lib/postgresql/15/bin")

@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 
-from store import migrate
+from sessionkeeper.admin import migrate
 
 from . import workload
 from .growth import full_history

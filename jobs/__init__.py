@@ -1,9 +1,7 @@
-"""Maintenance jobs run by the sessionkeeper daemon: one module per job."""
+"""Maintenance jobs run by the sessionkeeper daemon: one module per job, plus what they share
+(``base``: batching; ``locking``; ``ledger``; ``runner``: one run of one job; ``registry``: the
+job list)."""
 
-JOB_NAMES = (
-    "rate_limit_cleanup",
-    "link_code_expiry",
-    "session_archival",
-    "proactive_reload",
-    "usage_rollup",
-)
+from .registry import JOB_NAMES, JOBS
+
+__all__ = ["JOBS", "JOB_NAMES"]

@@ -1,8 +1,9 @@
-"""What every job shares: its result, its batch settings, the pause, and the batching loop."""
+"""What every job shares: its result, its batch settings, the pause, and the batching loops."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -10,6 +11,9 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
+
+from store.config import StoreConfig
+from store.settings import require
 
 from .sql import QUERIES
 
@@ -19,6 +23,11 @@ Connection = psycopg.Connection[Any]
 # should stop instead of going on. The daemon passes its stop event's ``wait``: a stop request
 # ends a pause at once, and ``pause(0)`` is just the stop check.
 Pause = Callable[[float], bool]
+# One batch of a pass: does its work on the connection (inside the batch's transaction) and
+# returns how many rows it handled; fewer than ``batch_size`` ends the pass.
+Step = Callable[[Connection], int]
+# The store's settings when a job is called without them (tests, benchmarks).
+STORE_DEFAULTS = StoreConfig()
 
 
 def uninterrupted(seconds: float) -> bool:
@@ -37,10 +46,32 @@ class BatchSettings:
     # disks to the online store meanwhile; 0 runs the batches back to back.
     pause_seconds: float = 0.0
 
+    def __post_init__(self) -> None:
+        # Every number a job takes is a size, a count or a span of seconds.
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            minimum = 1 if item.name == "batch_size" else 0
+            kind = "a whole number" if isinstance(value, int) else "a number"
+            require(
+                math.isfinite(value) and value >= minimum,
+                item.name,
+                value,
+                f"{kind} of at least {minimum}",
+            )
 
-def job_params(settings: Any, now: datetime) -> dict[str, Any]:
-    """A job's settings and ``now`` as the named parameters of its statements."""
-    return {"now": now, **dataclasses.asdict(settings)}
+
+def job_params(settings: Any, now: datetime, store: StoreConfig) -> dict[str, Any]:
+    """A job's settings and ``now`` as the named parameters of its statements, with the
+    store's settings that the jobs' statements share with the store (named as in StoreConfig:
+    the store owns them, a job never declares them again)."""
+    return {
+        "now": now,
+        **dataclasses.asdict(settings),
+        "link_failure_window": store.link_failure_window,
+        "proactive_channel": store.proactive_channel,
+    }
 
 
 @dataclass
@@ -54,7 +85,7 @@ class JobResult:
 
 
 def batches(
-    conn: Connection, step: Callable[[Connection], int], settings: BatchSettings, pause: Pause
+    conn: Connection, step: Step, settings: BatchSettings, pause: Pause
 ) -> tuple[int, bool]:
     """Run ``step`` in one short transaction per batch until a batch comes back short.
 
@@ -84,3 +115,34 @@ def delete_batches(
     """``batches`` for a single statement whose row count is the batch's size."""
     statement = QUERIES[query]
     return batches(conn, lambda c: c.execute(statement, params).rowcount, settings, pause)
+
+
+@dataclass(frozen=True)
+class Passes:
+    """What ``main_then_retention`` did: rows of each pass, and whether a stop cut it short."""
+
+    main: int
+    retention: int
+    stopped: bool
+
+
+def main_then_retention(
+    conn: Connection,
+    main: Step | str,
+    retention: str | None,
+    params: Mapping[str, Any],
+    settings: BatchSettings,
+    pause: Pause,
+) -> Passes:
+    """The shape most jobs share: the main pass in batches (``main``: a step, or the name of
+    one statement whose row count is the batch's size), then, unless the run was stopped, a
+    retention pass deleting in batches with the statement named ``retention`` (None: no
+    retention pass, e.g. while the job's retention setting is 0)."""
+    if isinstance(main, str):
+        done, stopped = delete_batches(conn, main, params, settings, pause)
+    else:
+        done, stopped = batches(conn, main, settings, pause)
+    removed = 0
+    if retention is not None and not stopped:
+        removed, stopped = delete_batches(conn, retention, params, settings, pause)
+    return Passes(done, removed, stopped)

@@ -1,17 +1,24 @@
-"""link_code_expiry: remove expired and used link codes, and stale lock-outs."""
+"""link_code_expiry: remove expired and used link codes, and stale lock-outs.
+
+A failure row goes once the store's failed-redemption window (``link_failure_window``, a store
+setting) has ended and its lock-out, if any, is over: then it can no longer lock anybody out.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
 
+from store.config import StoreConfig
+
 from .base import (
+    STORE_DEFAULTS,
     BatchSettings,
     Connection,
     JobResult,
     Pause,
-    delete_batches,
     job_params,
+    main_then_retention,
     uninterrupted,
 )
 
@@ -21,19 +28,18 @@ class Settings(BatchSettings):
     # Expired or used codes are kept this long, so that a late redemption is told "expired"
     # rather than "invalid".
     retention_seconds: int = 3600
-    # Length of the store's failed-redemption window: a failure row whose window ended and
-    # whose lock-out (if any) is over can no longer lock anybody out.
-    failure_window_seconds: int = 3600
 
 
 def run(
-    conn: Connection, settings: Settings, now: datetime, pause: Pause = uninterrupted
+    conn: Connection,
+    settings: Settings,
+    now: datetime,
+    pause: Pause = uninterrupted,
+    store: StoreConfig = STORE_DEFAULTS,
 ) -> JobResult:
-    params = job_params(settings, now)
-    codes, stopped = delete_batches(conn, "link_code_expiry", params, settings, pause)
-    failures = 0
-    if not stopped:
-        failures, stopped = delete_batches(
-            conn, "link_code_failures_expiry", params, settings, pause
-        )
-    return JobResult(codes + failures, {"codes": codes, "lockouts": failures}, stopped)
+    params = job_params(settings, now, store)
+    done = main_then_retention(
+        conn, "link_code_expiry", "link_code_failures_expiry", params, settings, pause
+    )
+    details = {"codes": done.main, "lockouts": done.retention}
+    return JobResult(done.main + done.retention, details, done.stopped)

@@ -38,12 +38,13 @@ USING b
 WHERE c.code = b.code
 
 -- name: link_code_failures_expiry
--- Lock-outs that ended and failure windows that can no longer lead to one.
+-- Lock-outs that ended and failure windows that can no longer lead to one (the window is the
+-- store's link_failure_window, the one the store counts failures in).
 WITH b AS (
     SELECT user_id
     FROM link_code_failures
     WHERE (locked_until IS NULL OR locked_until < %(now)s)
-      AND window_start + make_interval(secs => %(failure_window_seconds)s) < %(now)s
+      AND window_start + %(link_failure_window)s::interval < %(now)s
     ORDER BY window_start
     LIMIT %(batch_size)s
     FOR UPDATE SKIP LOCKED
@@ -125,16 +126,15 @@ WHERE session_id = %(session_id)s
 
 -- name: proactive_upsert
 -- One batch of the current proactive users (keyset over user_id), written only when changed.
--- Who they are is the store's load_users_from_db: authenticated users of the channel (chat id
--- = their channel user id unless they registered one) and users who registered a chat.
+-- Who they are is sk_proactive_candidates (store/sql/functions.sql), which the store's
+-- load_users_from_db reads too: authenticated users of the store's proactive_channel (chat id =
+-- their channel user id unless they registered one) and users who registered a chat. The
+-- function is inlined, so the keyset condition and the LIMIT reach the scan of users.
 WITH source AS (
-    SELECT u.user_id, coalesce(p.chat_id, u.channel_user_id) AS chat_id
-    FROM users u
-    LEFT JOIN proactive_users p ON p.user_id = u.user_id
-    WHERE u.authenticated
-      AND (p.user_id IS NOT NULL OR u.channel = %(channel)s)
-      AND u.user_id > %(after)s
-    ORDER BY u.user_id
+    SELECT c.user_id, c.chat_id
+    FROM sk_proactive_candidates(%(proactive_channel)s) c
+    WHERE c.user_id > %(after)s
+    ORDER BY c.user_id
     LIMIT %(batch_size)s
 ), written AS (
     INSERT INTO proactive_user_list AS l (user_id, chat_id, loaded_at)
@@ -154,12 +154,7 @@ WITH b AS (
     SELECT l.user_id
     FROM proactive_user_list l
     WHERE NOT EXISTS (
-        SELECT 1
-        FROM users u
-        LEFT JOIN proactive_users p ON p.user_id = u.user_id
-        WHERE u.user_id = l.user_id
-          AND u.authenticated
-          AND (p.user_id IS NOT NULL OR u.channel = %(channel)s)
+        SELECT 1 FROM sk_proactive_candidates(%(proactive_channel)s) c WHERE c.user_id = l.user_id
     )
     LIMIT %(batch_size)s
     FOR UPDATE SKIP LOCKED

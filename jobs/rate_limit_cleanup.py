@@ -5,13 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from store.config import StoreConfig
+
 from .base import (
+    STORE_DEFAULTS,
     BatchSettings,
     Connection,
     JobResult,
     Pause,
-    delete_batches,
     job_params,
+    main_then_retention,
     uninterrupted,
 )
 
@@ -23,8 +26,12 @@ class Settings(BatchSettings):
 
 
 def run(
-    conn: Connection, settings: Settings, now: datetime, pause: Pause = uninterrupted
+    conn: Connection,
+    settings: Settings,
+    now: datetime,
+    pause: Pause = uninterrupted,
+    store: StoreConfig = STORE_DEFAULTS,
 ) -> JobResult:
-    params = job_params(settings, now)
-    deleted, stopped = delete_batches(conn, "rate_limit_cleanup", params, settings, pause)
-    return JobResult(deleted, {"deleted": deleted}, stopped)
+    params = job_params(settings, now, store)
+    done = main_then_retention(conn, "rate_limit_cleanup", None, params, settings, pause)
+    return JobResult(done.main, {"deleted": done.main}, done.stopped)

@@ -1,4 +1,7 @@
-"""The five jobs by name: how to run each, its settings class and its default schedule."""
+"""The jobs by name: how to run each, its settings class and its default schedule.
+
+The one list of jobs: the daemon, the CLI, the metrics and the configuration all read it.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +10,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from store.config import StoreConfig
+
 from . import (
-    JOB_NAMES,
     link_code_expiry,
     proactive_reload,
     rate_limit_cleanup,
@@ -21,7 +25,7 @@ from .base import Connection, JobResult, Pause
 @dataclass(frozen=True)
 class JobSpec:
     name: str
-    run: Callable[[Connection, Any, datetime, Pause], JobResult]
+    run: Callable[[Connection, Any, datetime, Pause, StoreConfig], JobResult]
     settings: type[Any]
     default_schedule: str
     summary: str
@@ -67,4 +71,4 @@ JOBS: dict[str, JobSpec] = {
         ),
     )
 }
-assert tuple(JOBS) == JOB_NAMES
+JOB_NAMES: tuple[str, ...] = tuple(JOBS)

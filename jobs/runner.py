@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from store.config import StoreConfig
 from store.connection import redact
 
 from . import ledger
-from .base import Connection, Pause, uninterrupted
+from .base import STORE_DEFAULTS, Connection, Pause, uninterrupted
 from .locking import job_lock
 from .registry import JOBS
 
@@ -62,13 +63,15 @@ def run_job(
     slot: str | None = None,
     pause: Pause = uninterrupted,
     ledger_keep_seconds: int = DEFAULT_LEDGER_KEEP_SECONDS,
+    store: StoreConfig = STORE_DEFAULTS,
 ) -> RunReport:
     """Run job ``name`` once unless another replica holds its lock or already ran ``slot``.
 
     ``slot`` names the schedule slot of a scheduled run (None for a manual run): replicas
     firing for the same slot run the job once between them. ``pause`` is called between the
     job's batches (see ``jobs.base.batches``); a run it stops is recorded as a success with
-    ``"stopped": true`` in its details.
+    ``"stopped": true`` in its details. ``store`` holds the store's settings some jobs share
+    (the link-code failure window, the proactive channel).
     """
     spec = JOBS[name]
     started = time.monotonic()
@@ -91,7 +94,7 @@ def run_job(
                 ledger.sweep_interrupted(conn, name)
                 run_id = ledger.start(conn, name, replica_id, details)
                 try:
-                    result = spec.run(conn, settings, now, pause)
+                    result = spec.run(conn, settings, now, pause, store)
                 except Exception as exc:
                     failure = exc
                     # Still under the lock when the connection survived the error.

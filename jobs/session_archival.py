@@ -13,16 +13,17 @@ from datetime import datetime
 
 import psycopg
 
+from store.config import StoreConfig
 from store.errors import NotFound
 
 from .base import (
+    STORE_DEFAULTS,
     BatchSettings,
     Connection,
     JobResult,
     Pause,
-    batches,
-    delete_batches,
     job_params,
+    main_then_retention,
     uninterrupted,
 )
 from .sql import QUERIES
@@ -38,9 +39,13 @@ class Settings(BatchSettings):
 
 
 def run(
-    conn: Connection, settings: Settings, now: datetime, pause: Pause = uninterrupted
+    conn: Connection,
+    settings: Settings,
+    now: datetime,
+    pause: Pause = uninterrupted,
+    store: StoreConfig = STORE_DEFAULTS,
 ) -> JobResult:
-    params = job_params(settings, now)
+    params = job_params(settings, now, store)
     messages = 0
 
     def move(c: Connection) -> int:
@@ -52,12 +57,10 @@ def run(
             c.execute(QUERIES["archive_delete_sessions"], {"session_ids": ids})
         return len(ids)
 
-    archived, stopped = batches(conn, move, settings, pause)
-    purged = 0
-    if settings.purge_after_seconds > 0 and not stopped:
-        purged, stopped = delete_batches(conn, "purge_archived_sessions", params, settings, pause)
-    details = {"archived": archived, "messages": messages, "purged": purged}
-    return JobResult(archived + purged, details, stopped)
+    purge = "purge_archived_sessions" if settings.purge_after_seconds > 0 else None
+    done = main_then_retention(conn, move, purge, params, settings, pause)
+    details = {"archived": done.main, "messages": messages, "purged": done.retention}
+    return JobResult(done.main + done.retention, details, done.stopped)
 
 
 def restore(conn: Connection, session_id: uuid.UUID, now: datetime) -> int:

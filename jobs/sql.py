@@ -8,8 +8,8 @@ from importlib.resources import files
 _NAME_LINE = re.compile(r"^-- name: (\w+)[ \t]*$", re.MULTILINE)
 
 
-def _load() -> dict[str, str]:
-    text = files("jobs").joinpath("queries.sql").read_text(encoding="utf-8")
+def parse(text: str) -> dict[str, str]:
+    """``{name: sql}`` for every ``-- name: x`` block of ``text``."""
     parts = _NAME_LINE.split(text)
     queries: dict[str, str] = {}
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
@@ -19,4 +19,4 @@ def _load() -> dict[str, str]:
     return queries
 
 
-QUERIES = _load()
+QUERIES = parse(files("jobs").joinpath("queries.sql").read_text(encoding="utf-8"))

@@ -10,14 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from store.config import StoreConfig
+
 from .base import (
+    STORE_DEFAULTS,
     BatchSettings,
     Connection,
     JobResult,
     Pause,
-    batches,
-    delete_batches,
     job_params,
+    main_then_retention,
     uninterrupted,
 )
 from .sql import QUERIES
@@ -30,16 +32,19 @@ class Settings(BatchSettings):
 
 
 def run(
-    conn: Connection, settings: Settings, now: datetime, pause: Pause = uninterrupted
+    conn: Connection,
+    settings: Settings,
+    now: datetime,
+    pause: Pause = uninterrupted,
+    store: StoreConfig = STORE_DEFAULTS,
 ) -> JobResult:
-    params = job_params(settings, now)
+    params = job_params(settings, now, store)
 
     def roll(c: Connection) -> int:
         row = c.execute(QUERIES["usage_rollup"], params).fetchone()
         return int(row[0]) if row else 0
 
-    rolled, stopped = batches(conn, roll, settings, pause)
-    pruned = 0
-    if settings.prune_after_seconds > 0 and not stopped:
-        pruned, stopped = delete_batches(conn, "usage_prune", params, settings, pause)
-    return JobResult(rolled + pruned, {"rolled_up": rolled, "pruned": pruned}, stopped)
+    prune = "usage_prune" if settings.prune_after_seconds > 0 else None
+    done = main_then_retention(conn, roll, prune, params, settings, pause)
+    details = {"rolled_up": done.main, "pruned": done.retention}
+    return JobResult(done.main + done.retention, details, done.stopped)

@@ -1,1 +1,1 @@
-"""Alembic environment and revisions (installed as the package ``store.migrations``)."""
+"""Alembic environment and revisions (installed as the package ``sessionkeeper.migrations``)."""

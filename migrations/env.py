@@ -1,14 +1,16 @@
-"""Alembic environment: runs revisions on the connection that store.migrate hands over.
+"""Alembic environment: runs revisions on the connection that sessionkeeper.admin.migrate
+hands over.
 
-Run through ``sessionkeeper migrate`` (or store.migrate); plain ``alembic`` works too with
-``-x url=...`` or SESSIONKEEPER_DATABASE_URL / DATABASE_URL set.
+Run through ``sessionkeeper migrate`` (or sessionkeeper.admin.migrate); plain ``alembic`` works
+too with ``-x url=...`` or SESSIONKEEPER_DATABASE_URL / DATABASE_URL set.
 """
 
 from __future__ import annotations
 
 from alembic import context
 
-from store.migrate import MIGRATION_LOCK_KEY, engine_for
+from sessionkeeper.admin.functions import apply_functions
+from sessionkeeper.admin.migrate import MIGRATION_LOCK_KEY, engine_for
 from store.schema import metadata
 
 config = context.config
@@ -23,6 +25,10 @@ def run_migrations_online() -> None:
     engine = engine_for(url)
     with engine.connect() as connection:
         _run(connection)
+        # Each revision committed its own transaction; what ran after the last one (the
+        # functions' apply) is committed here. sessionkeeper.admin.migrate commits its
+        # connection itself.
+        connection.commit()
     engine.dispose()
 
 
@@ -39,8 +45,20 @@ def _run(connection: object) -> None:
     try:
         with context.begin_transaction():
             context.run_migrations()
+            _apply_functions_at_head(connection)
     finally:
         context.execute(f"SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})")
+
+
+def _apply_functions_at_head(connection: object) -> None:
+    """Install store/sql/functions.sql once the database is at head, also when no revision was
+    pending (a release may change only a function body). Not after a downgrade or an upgrade to
+    an older revision: the file is written for head's tables."""
+    at = set(context.get_context().get_current_heads())
+    if at != set(context.script.get_heads()):
+        return
+    # The psycopg connection under SQLAlchemy's: same session, same transaction.
+    apply_functions(connection.connection.driver_connection)  # type: ignore[attr-defined]
 
 
 if context.is_offline_mode():

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import timedelta
 
-from .errors import ConfigurationError
-
-ENV_PREFIX = "SESSIONKEEPER_"
+from . import settings
+from .settings import require
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,28 +48,45 @@ class StoreConfig:
     link_max_failures: int = 10
     link_failure_window: timedelta = timedelta(minutes=10)
     link_lockout: timedelta = timedelta(minutes=15)
+    # Proactive messages: authenticated users of this channel are candidates without
+    # registering a chat (the seed: Telegram, where the chat id is the user id).
+    proactive_channel: str = "telegram"
 
     def __post_init__(self) -> None:
-        positive = {
-            "max_size": self.max_size,
-            "pool_timeout": self.pool_timeout,
-            "connect_timeout": self.connect_timeout,
-            "history_pairs": self.history_pairs,
-            "max_message_bytes": self.max_message_bytes,
-            "link_max_failures": self.link_max_failures,
-        }
-        for name, value in positive.items():
-            if value <= 0:
-                raise ConfigurationError(f"{name} must be positive, not {value!r}")
-        if not 0 <= self.min_size <= self.max_size:
-            raise ConfigurationError("min_size must be between 0 and max_size")
-        if self.carry_over_pairs < 0:
-            raise ConfigurationError("carry_over_pairs must not be negative")
+        at_least_one = "a whole number of at least 1"
+        for name in (
+            "max_size",
+            "connect_timeout",
+            "history_pairs",
+            "max_message_bytes",
+            "link_max_failures",
+        ):
+            value = getattr(self, name)
+            require(value >= 1, name, value, at_least_one)
+        require(self.pool_timeout > 0, "pool_timeout", self.pool_timeout, "a number above 0")
+        require(
+            0 <= self.min_size <= self.max_size,
+            "min_size",
+            self.min_size,
+            f"a whole number from 0 to max_size ({self.max_size})",
+        )
+        require(
+            self.carry_over_pairs >= 0,
+            "carry_over_pairs",
+            self.carry_over_pairs,
+            "a whole number of at least 0",
+        )
         for name, cap in self.rate_caps_by_name().items():
-            if cap is not None and cap <= 0:
-                raise ConfigurationError(f"{name} must be positive or None, not {cap!r}")
-        if self.idle_timeout <= timedelta(0) or self.link_code_ttl <= timedelta(0):
-            raise ConfigurationError("idle_timeout and link_code_ttl must be positive")
+            require(cap is None or cap >= 1, name, cap, f"{at_least_one}, or none")
+        for name in ("idle_timeout", "link_code_ttl"):
+            value = getattr(self, name)
+            require(value > timedelta(0), name, value, "a positive duration")
+        require(
+            bool(self.proactive_channel),
+            "proactive_channel",
+            self.proactive_channel,
+            "a channel name",
+        )
 
     def rate_caps_by_name(self) -> dict[str, int | None]:
         return {
@@ -87,36 +103,15 @@ class StoreConfig:
         return [s for s, _ in pairs], [c for _, c in pairs]
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> StoreConfig:
-        """Settings from ``SESSIONKEEPER_<FIELD>`` variables (e.g. ``SESSIONKEEPER_MAX_SIZE``),
-        then ``overrides``. Durations are seconds; ``SESSIONKEEPER_CHANNELS`` is comma-separated;
-        ``none`` turns off an optional setting.
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        config_file: str | os.PathLike[str] | None = None,
+        **overrides: object,
+    ) -> StoreConfig:
+        """Settings from the one loader (``store.settings``): ``SESSIONKEEPER_<FIELD>``
+        variables (e.g. ``SESSIONKEEPER_MAX_SIZE``) over the top-level keys of the TOML file
+        (``config_file`` or ``SESSIONKEEPER_CONFIG``) over the defaults; ``overrides`` win.
         """
-        environ = os.environ if environ is None else environ
-        values: dict[str, object] = {}
-        for field in fields(cls):
-            raw = environ.get(ENV_PREFIX + field.name.upper())
-            if raw is not None:
-                values[field.name] = _parse(field.name, str(field.type), raw.strip())
-        values.update(overrides)
-        try:
-            return cls(**values)  # type: ignore[arg-type]
-        except TypeError as exc:
-            raise ConfigurationError(f"unknown store setting: {exc}") from None
-
-
-def _parse(name: str, kind: str, raw: str) -> object:
-    try:
-        if raw.lower() == "none" and "None" in kind:
-            return None
-        if kind.startswith("timedelta"):
-            return timedelta(seconds=float(raw))
-        if kind.startswith("bool"):
-            return raw.lower() in ("1", "true", "yes", "on")
-        if kind.startswith("frozenset"):
-            return frozenset(part.strip() for part in raw.split(",") if part.strip())
-        if kind.startswith("float"):
-            return float(raw)
-        return int(raw)
-    except ValueError:
-        raise ConfigurationError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a {kind}") from None
+        return settings.load(cls, settings.Source(environ, config_file), overrides=overrides)

@@ -377,11 +377,11 @@ def register_proactive_user(
 
 
 def load_users_from_db(config: StoreConfig) -> Plan[list[models.ProactiveUser]]:
-    """Everyone proactive messages may go to: registered users and authenticated Telegram
-    users."""
+    """Everyone proactive messages may go to: registered users and authenticated users of the
+    ``proactive_channel`` (Telegram by default)."""
     return _single(
         "load_users_from_db",
-        {},
+        {"channel": config.proactive_channel},
         lambda rows: [models.ProactiveUser(row["user_id"], row["chat_id"]) for row in rows],
     )
 

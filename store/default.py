@@ -30,6 +30,7 @@ def init_database(database_url: str | None = None, **pool_options: Any) -> Store
 
 
 def default_store() -> Store:
+    """The store ``init_database`` made (``ConfigurationError`` before it is called)."""
     if _default is None:
         raise ConfigurationError("the store is not initialised: call init_database() first")
     return _default
@@ -46,6 +47,11 @@ def close_database() -> None:
 def get_pool() -> ConnectionPool[psycopg.Connection[DictRow]]:
     """The default store's connection pool (the seed's ``getPool()``)."""
     return default_store().pool
+
+
+def pool_stats() -> dict[str, int]:
+    """The default store's pool counters (``Store.pool_stats``), for metrics."""
+    return default_store().pool_stats()
 
 
 def _on_default(op: Op[P, T]) -> Callable[P, T]:

@@ -9,6 +9,10 @@ from uuid import UUID
 
 from .errors import RateLimited
 
+# The roles a history message may have; store/schema.py's CHECK constraint and the input checks
+# (store/validate.py) both read this, so it lives here, away from SQLAlchemy.
+ROLES = ("user", "assistant", "system", "tool")
+
 
 @dataclass(frozen=True)
 class User:

@@ -1,14 +1,15 @@
 -- Every statement the store sends, as named blocks ("-- name --" then the SQL), loaded by
 -- store/queries.py. Parameters are psycopg's %(name)s. Every statement runs on its own in
--- autocommit mode: one statement, one round trip, one transaction. The sk_* functions are
--- installed by migrations/versions/0002_store_functions.py (their bodies live there, versioned).
+-- autocommit mode: one statement, one round trip, one transaction. The sk_* functions called
+-- here are defined in store/sql/functions.sql (their current bodies; `sessionkeeper migrate`
+-- installs that file).
 -- %(now)s is NULL unless the caller passes a time (tests do): the database clock then decides,
 -- one clock for every bot replica.
 
 -- begin_turn --
 -- Upsert the user, decide the rate limit and, when admitted, find or open the current session
 -- and read its history.
--- The history comes back as parallel arrays, oldest first (see migration 0005).
+-- The history comes back as parallel arrays, oldest first (see sk_history_arrays).
 SELECT user_id, person_id, display_name, user_created, now, allowed, retry_at, refused_window,
        session_id, session_created, history_seqs, history_roles, history_contents,
        history_created
@@ -109,10 +110,11 @@ RETURNING p.user_id, p.chat_id
 -- load_users_from_db --
 -- The seed loads every authenticated Telegram user (its chat id is its user id there) for
 -- proactive messages; users registered explicitly bring their own chat id, on any channel.
-SELECT u.user_id, coalesce(p.chat_id, u.channel_user_id) AS chat_id
-FROM users u LEFT JOIN proactive_users p ON p.user_id = u.user_id
-WHERE u.authenticated AND (p.user_id IS NOT NULL OR u.channel = 'telegram')
-ORDER BY u.created_at, u.user_id
+-- Who counts is sk_proactive_candidates, which the proactive_reload job reads too;
+-- %(channel)s is the store's proactive_channel setting.
+SELECT user_id, chat_id
+FROM sk_proactive_candidates(%(channel)s)
+ORDER BY user_created_at, user_id
 
 -- create_link_code --
 -- A user has at most one live code: a new one retires the previous. A clash with any stored
@@ -144,6 +146,6 @@ ORDER BY u.created_at, u.user_id
 
 -- forget --
 -- Erase a user (or every user of a person) and everything the store holds about them, in one
--- transaction: one row per table with what was done (see sk_forget in
--- migrations/versions/0004_erasure_function.py). No rows: no such user or person.
+-- transaction: one row per table with what was done (see sk_forget in store/sql/functions.sql).
+-- No rows: no such user or person.
 SELECT table_name, action, row_count FROM sk_forget(%(user_id)s::uuid, %(person_id)s::uuid)

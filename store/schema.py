@@ -1,8 +1,9 @@
 """The one schema: every table the store and the jobs own, as SQLAlchemy Core metadata.
 
-Alembic revisions are checked against this module (tests/integration/test_migrations.py), so a change here
-without a revision fails the test suite. The seed's core tables keep their names and key columns;
-where the seed's design was a known problem the shape differs:
+Alembic revisions are checked against this module (tests/integration/test_migrations.py), so a
+change here without a revision fails the test suite. Read by Alembic and the admin tools only:
+``import store`` does not load it (nor SQLAlchemy). The seed's core tables keep their names and
+key columns; where the seed's design was a known problem the shape differs:
 
 * history is one row per message (``session_messages``), so an append is an INSERT and a trim is
   an index-range DELETE instead of a rewrite of a growing JSONB array;
@@ -33,6 +34,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP, UUID
 
+from .models import ROLES
+
 # Names for constraints and indexes, so that Alembic revisions can refer to them reliably.
 metadata = MetaData(
     naming_convention={
@@ -44,7 +47,6 @@ metadata = MetaData(
     }
 )
 
-ROLES = ("user", "assistant", "system", "tool")
 JOB_OUTCOMES = ("running", "success", "failure", "skipped")
 
 _NOW = text("now()")
@@ -263,8 +265,8 @@ job_runs = Table(
 
 # Messages of a TypeScript-era history that break today's rules (unknown role, content that is
 # not text, empty, holds NUL or is over-size), kept verbatim by the legacy conversion
-# (store/legacy.py) instead of being dropped. No foreign key, like the archives: they outlive
-# their session's archival; erasure removes them by user.
+# (sessionkeeper.admin.legacy) instead of being dropped. No foreign key, like the archives:
+# they outlive their session's archival; erasure removes them by user.
 legacy_quarantined_messages = Table(
     "legacy_quarantined_messages",
     metadata,
@@ -277,4 +279,19 @@ legacy_quarantined_messages = Table(
     _tstz("quarantined_at"),
     PrimaryKeyConstraint("session_id", "array_index"),
     Index("ix_legacy_quarantined_messages_user_id", "user_id"),
+)
+
+# Which release's store/sql/functions.sql the database runs (one row). ``sessionkeeper migrate``
+# of an older release, e.g. a replica not yet rolled that migrates on start, then leaves the
+# newer functions in place instead of putting its own older ones back (sessionkeeper.admin
+# .functions).
+applied_functions = Table(
+    "applied_functions",
+    metadata,
+    Column("singleton", Boolean, nullable=False, server_default=text("true")),
+    Column("release", Text, nullable=False),
+    Column("sha256", Text, nullable=False),
+    _tstz("applied_at"),
+    PrimaryKeyConstraint("singleton"),
+    CheckConstraint("singleton", name="singleton"),
 )

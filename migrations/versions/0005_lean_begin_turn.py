@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 from alembic import op
 
-from store.migrate import revision_module
+from sessionkeeper.admin.migrate import revision_module
 
 revision: str = "0005"
 down_revision: str | None = "0004"

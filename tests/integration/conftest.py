@@ -24,8 +24,8 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from store import migrate
-from store.embedded import EmbeddedPostgres
+from sessionkeeper.admin import migrate
+from sessionkeeper.admin.embedded import EmbeddedPostgres
 
 # Fast, not durable: the test server is thrown away at the end of the run.
 TEST_SERVER_OPTIONS = {

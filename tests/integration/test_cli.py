@@ -16,8 +16,8 @@ import psycopg
 import pytest
 
 from jobs import JOB_NAMES, locking
-from store import migrate
-from store.embedded import EmbeddedPostgres
+from sessionkeeper.admin import migrate
+from sessionkeeper.admin.embedded import EmbeddedPostgres
 
 SUBCOMMANDS = [
     [],

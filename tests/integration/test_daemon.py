@@ -20,8 +20,8 @@ from daemon_support import daemon_env, every_job
 from prometheus_client.parser import text_string_to_metric_families
 
 from jobs import JOB_NAMES
-from store import migrate
-from store.embedded import EmbeddedPostgres
+from sessionkeeper.admin import migrate
+from sessionkeeper.admin.embedded import EmbeddedPostgres
 
 T = TypeVar("T")
 Conn = psycopg.Connection[tuple[Any, ...]]

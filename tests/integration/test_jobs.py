@@ -25,6 +25,7 @@ from jobs import (
 )
 from jobs.runner import JobFailed, run_job
 from jobs.sql import QUERIES
+from store import Store, StoreConfig
 from store.errors import NotFound
 
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -128,6 +129,20 @@ def test_link_code_expiry_removes_old_codes_and_stale_lockouts(conn: Conn) -> No
         locked,
         failing,
     }
+
+
+def test_link_code_expiry_keeps_failures_for_the_stores_window(conn: Conn) -> None:
+    """The failure window is the store's setting (one owner): the job reads it from there."""
+    user = make_user(conn)
+    conn.execute(
+        "INSERT INTO link_code_failures (user_id, window_start, failures) VALUES (%s, %s, 3)",
+        (user, ago(minutes=30)),
+    )
+    settings = link_code_expiry.Settings()
+    an_hour = StoreConfig(link_failure_window=timedelta(hours=1))
+    assert link_code_expiry.run(conn, settings, NOW, store=an_hour).details["lockouts"] == 0
+    # The store's default window (10 minutes) ended 20 minutes ago.
+    assert link_code_expiry.run(conn, settings, NOW).details["lockouts"] == 1
 
 
 # -- session_archival --------------------------------------------------------------------------
@@ -314,6 +329,25 @@ def test_proactive_reload_publishes_what_the_store_would_load(conn: Conn) -> Non
     # Unchanged rows are not rewritten.
     again = proactive_reload.run(conn, settings, NOW + timedelta(minutes=1))
     assert again.details == {"size": 4, "written": 0, "removed": 0}
+
+
+def test_proactive_reload_and_the_store_read_one_definition(database_url: str, conn: Conn) -> None:
+    # Both read sk_proactive_candidates: for any channel the job's list is the store's list.
+    for channel in ("telegram", "whatsapp", "signal"):
+        for _ in range(2):
+            make_user(conn, channel=channel)
+        conn.execute(
+            "INSERT INTO proactive_users (user_id, chat_id) VALUES (%s, 'registered')",
+            (make_user(conn, channel=channel),),
+        )
+    make_user(conn, channel="whatsapp", authenticated=False)
+    with Store(database_url, max_size=1, proactive_channel="whatsapp") as store:
+        expected = {(u.user_id, u.chat_id) for u in store.load_users_from_db()}
+        settings = proactive_reload.Settings(batch_size=2)
+        proactive_reload.run(conn, settings, NOW, store=store.config)
+    listed = set(rows(conn, "SELECT user_id, chat_id FROM proactive_user_list"))
+    assert len(expected) == 5  # two of whatsapp, three registered
+    assert listed == expected
 
 
 # -- usage_rollup ------------------------------------------------------------------------------

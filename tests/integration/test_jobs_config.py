@@ -1,8 +1,12 @@
-"""Daemon configuration: defaults, TOML file, environment, and one-line errors."""
+"""Daemon configuration: defaults, TOML file, environment, and one-line errors.
+
+The loader's own rules (types, precedence) are unit-tested in tests/unit/test_settings.py.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -11,7 +15,9 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from jobs import JOB_NAMES
-from jobs.config import Schedule, load_config
+from sessionkeeper.daemon.config import load_config
+from sessionkeeper.daemon.schedule import Schedule
+from store import StoreConfig
 from store.errors import ConfigurationError
 
 
@@ -74,10 +80,44 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
 
 def test_the_file_can_come_from_the_environment(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
-    path.write_text('[jobs.proactive_reload]\nchannel = "tg"\n')
+    path.write_text('proactive_channel = "tg"\n')
     config = load_config({"SESSIONKEEPER_CONFIG": str(path)})
-    assert config.jobs["proactive_reload"].settings.channel == "tg"
+    assert config.store.proactive_channel == "tg"
     assert config.config_file == str(path)
+
+
+def test_the_store_settings_come_from_the_same_file_and_environment(tmp_path: Path) -> None:
+    """The daemon reads the store's settings it shares with the bots (the link-code failure
+    window, the proactive channel) by the same rules as the bots' StoreConfig does."""
+    path = tmp_path / "c.toml"
+    path.write_text('link_failure_window = "20m"\nproactive_channel = "tg"\nmax_size = 3\n')
+    env = {"SESSIONKEEPER_CONFIG": str(path), "SESSIONKEEPER_PROACTIVE_CHANNEL": "whatsapp"}
+    config = load_config(env)
+    assert config.store == StoreConfig.from_env(env)
+    assert config.store.link_failure_window == timedelta(minutes=20)
+    assert (config.store.proactive_channel, config.store.max_size) == ("whatsapp", 3)
+
+
+def test_old_job_names_of_store_settings_still_work_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[jobs.proactive_reload]\nchannel = "tg"\n')
+    env = {"SESSIONKEEPER_LINK_CODE_EXPIRY_FAILURE_WINDOW_SECONDS": "1800"}
+    with caplog.at_level(logging.WARNING, logger="sessionkeeper.settings"):
+        config = load_config(env, path)
+    assert config.store.link_failure_window == timedelta(seconds=1800)
+    assert config.store.proactive_channel == "tg"
+    warned = " ".join(record.getMessage() for record in caplog.records)
+    assert "SESSIONKEEPER_LINK_CODE_EXPIRY_FAILURE_WINDOW_SECONDS is deprecated" in warned
+    assert "SESSIONKEEPER_LINK_FAILURE_WINDOW" in warned
+    assert "jobs.proactive_reload.channel" in warned and "SESSIONKEEPER_PROACTIVE_CHANNEL" in warned
+    # The new name wins over the old one.
+    env["SESSIONKEEPER_LINK_FAILURE_WINDOW"] = "5m"
+    assert load_config(env, path).store.link_failure_window == timedelta(minutes=5)
+    # A bad value under the old name is refused under that name.
+    with pytest.raises(ConfigurationError, match="FAILURE_WINDOW_SECONDS"):
+        load_config({"SESSIONKEEPER_LINK_CODE_EXPIRY_FAILURE_WINDOW_SECONDS": "soon"})
 
 
 @pytest.mark.parametrize(
@@ -94,6 +134,11 @@ def test_the_file_can_come_from_the_environment(tmp_path: Path) -> None:
         ({"SESSIONKEEPER_USAGE_ROLLUP_PAUSE_SECONDS": "-0.1"}, "USAGE_ROLLUP_PAUSE_SECONDS"),
         ({"SESSIONKEEPER_USAGE_ROLLUP_PAUSE_SECONDS": "1s"}, "USAGE_ROLLUP_PAUSE_SECONDS"),
         ({"SESSIONKEEPER_USAGE_ROLLUP_PAUSE_SECONDS": "nan"}, "USAGE_ROLLUP_PAUSE_SECONDS"),
+        ({"SESSIONKEEPER_MIGRATE_ON_START": "flase"}, "SESSIONKEEPER_MIGRATE_ON_START"),
+        ({"SESSIONKEEPER_DURABLE_RATE_LIMITS": "flase"}, "SESSIONKEEPER_DURABLE_RATE_LIMITS"),
+        ({"SESSIONKEEPER_MAX_SIZE": "0"}, "SESSIONKEEPER_MAX_SIZE"),
+        ({"SESSIONKEEPER_LINK_FAILURE_WINDOW": "a while"}, "SESSIONKEEPER_LINK_FAILURE_WINDOW"),
+        ({"SESSIONKEEPER_USAGE_ROLLUP_MISFIRE_GRACE_SECONDS": "0"}, "MISFIRE_GRACE_SECONDS"),
         (
             {
                 "SESSIONKEEPER_RATE_LIMIT_CLEANUP_SCHEDULE": "10",
@@ -120,6 +165,9 @@ def test_a_bad_setting_is_named(env: dict[str, str], named: str) -> None:
         ("[jobs.usage_rollup]\nbatch_size = true\n", "jobs.usage_rollup.batch_size"),
         ("[jobs.usage_rollup]\npause_seconds = true\n", "jobs.usage_rollup.pause_seconds"),
         ("[jobs.usage_rollup]\npause_seconds = -1\n", "jobs.usage_rollup.pause_seconds"),
+        ("[jobs.usage_rollup]\nchannel = 'tg'\n", "jobs.usage_rollup.channel"),
+        ("max_size = 0\n", "max_size in"),
+        ("channels = [1, 2]\n", "channels in"),
         ("workers = [\n", "invalid configuration file"),
     ],
 )
@@ -205,8 +253,12 @@ def test_cron_days_of_week_count_from_sunday_as_in_cron(field: str, days: set[in
 def test_the_readme_documents_every_setting() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     daemon = readme.split("## Daemon", 1)[1]
+    store = readme.split("### Settings", 1)[1].split("\n## ", 1)[0]
+    for field in dataclasses.fields(StoreConfig):
+        assert f"`{field.name}`" in store, field.name
     config = load_config({})
-    names = [f.name for f in dataclasses.fields(config) if f.name not in ("jobs", "config_file")]
+    not_keys = ("jobs", "store", "config_file")
+    names = [f.name for f in dataclasses.fields(config) if f.name not in not_keys]
     for name in names:
         assert f"`SESSIONKEEPER_{name.upper()}`" in daemon or name == "database_url", name
         assert f"`{name}`" in daemon, name

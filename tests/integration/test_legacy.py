@@ -1,8 +1,9 @@
 """Adopting a database made by the original TypeScript store (``sessionkeeper migrate``).
 
-Every test builds a seed-era database by running the seed's DDL (tests/integration/legacy_seed.sql) on an
-empty database, fills it like the old bots would have, runs the real CLI as a process and
-compares every message, row and foreign table before and after.
+Every test builds a seed-era database by running the seed's DDL
+(tests/integration/legacy_seed.sql) on an empty database, fills it like the old bots would
+have, runs the real CLI as a process and compares every message, row and foreign table before
+and after.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from psycopg.types.json import Jsonb
 from test_cli import clean_env, sessionkeeper
 from test_migrations import _drift
 
-from store import SchemaOutOfDate, Store, legacy, migrate
+from sessionkeeper.admin import legacy, migrate
+from store import SchemaOutOfDate, Store
 
 SEED_DDL = Path(__file__).with_name("legacy_seed.sql").read_text()
 QUARANTINE = legacy.QUARANTINE_TABLE

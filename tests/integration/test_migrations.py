@@ -6,7 +6,7 @@ import psycopg
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from store import migrate
+from sessionkeeper.admin import migrate
 from store.schema import metadata
 
 

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from jobs import JOB_NAMES
-from jobs.metrics import DaemonMetrics
+from sessionkeeper.daemon.metrics import DaemonMetrics
 
 RULES_DIR = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 ALERTS = RULES_DIR / "alerts.yml"

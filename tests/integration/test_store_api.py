@@ -148,6 +148,20 @@ def test_proactive_users(store: Store) -> None:
     assert {u.chat_id for u in store.load_users_from_db()} == {"777", "chat-9"}
 
 
+def test_proactive_channel_setting_picks_the_implicit_channel(database_url: str) -> None:
+    with Store(database_url, max_size=1, proactive_channel="whatsapp") as whatsapp_bot:
+        tg = whatsapp_bot.get_or_create_user("telegram", "555", now=T0)
+        wa = whatsapp_bot.get_or_create_user("whatsapp", "+1", now=T0 + timedelta(seconds=1))
+        early = whatsapp_bot.get_or_create_user("whatsapp", "+2", now=T0 - timedelta(days=1))
+        assert [u.user_id for u in whatsapp_bot.load_users_from_db()] == [early.user_id, wa.user_id]
+        whatsapp_bot.register_proactive_user("chat-tg", tg.user_id)
+        assert [(u.user_id, u.chat_id) for u in whatsapp_bot.load_users_from_db()] == [
+            (early.user_id, "+2"),
+            (tg.user_id, "chat-tg"),
+            (wa.user_id, "+1"),
+        ]
+
+
 def test_pool_statistics_are_readable(store: Store) -> None:
     store.get_or_create_user("telegram", "1")
     stats = store.pool_stats()
@@ -166,8 +180,11 @@ def test_module_level_functions_use_the_default_store(database_url: str) -> None
         assert [m.content for m in api.get_history(session.session_id)] == ["hey"]
         turn = api.begin_turn("telegram", "77")
         assert turn.session_id == session.session_id and turn.history[0].content == "hey"
+        assert api.pool_stats()["pool_max"] == 2 and api.pool_stats()["requests_num"] >= 5
     finally:
         api.close_database()
+    with pytest.raises(ConfigurationError, match="init_database"):
+        api.pool_stats()
 
 
 def test_async_store_runs_the_same_operations(database_url: str) -> None:

@@ -11,9 +11,9 @@ import psycopg
 import pytest
 from store_support import T0
 
+from sessionkeeper.admin.embedded import EmbeddedPostgres
+from sessionkeeper.admin.migrate import upgrade
 from store import AsyncStore, DatabaseUnavailable, SchemaOutOfDate, Store, StoreError
-from store.embedded import EmbeddedPostgres
-from store.migrate import upgrade
 
 SECRET = "s3cr3t-Pa55"
 

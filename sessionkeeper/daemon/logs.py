@@ -6,7 +6,7 @@ import json
 import logging
 from datetime import UTC, datetime
 
-from .runner import RunReport
+from jobs.runner import RunReport
 
 log = logging.getLogger("sessionkeeper.jobs")
 # Attributes a record may carry (``extra=``) that the JSON format writes as fields.
@@ -38,7 +38,7 @@ def setup_logging(level: str, log_format: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # The daemon logs runs, misses and overlaps itself (jobs/daemon.py), in one line each.
+    # The daemon logs runs, misses and overlaps itself (daemon/service.py), one line each.
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
     logging.getLogger("apscheduler.executors").setLevel(logging.CRITICAL)
 

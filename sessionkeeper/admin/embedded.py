@@ -29,7 +29,7 @@ import platformdirs
 import psycopg
 from psycopg import sql
 
-from .errors import ConfigurationError, DatabaseUnavailable
+from store.errors import ConfigurationError, DatabaseUnavailable
 
 DEFAULT_SERVICE_USER = "sessionkeeper"
 START_TIMEOUT_SECONDS = 60

@@ -28,14 +28,15 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from jobs import JOB_NAMES, session_archival
+from jobs.runner import JobFailed, RunReport, describe_error, run_job
+from jobs.sql import QUERIES
 from store.errors import ConfigurationError
 
-from . import JOB_NAMES, session_archival
 from .config import Config
+from .endpoints import MetricsServer
 from .logs import log_run
-from .metrics import DaemonMetrics, MetricsServer
-from .runner import JobFailed, RunReport, describe_error, run_job
-from .sql import QUERIES
+from .metrics import DaemonMetrics
 
 log = logging.getLogger("sessionkeeper")
 GAUGE_JOB_ID = "_domain_gauges"
@@ -172,6 +173,7 @@ class Daemon:
             # A stop request ends a pause between batches at once.
             pause=self.stopping.wait,
             ledger_keep_seconds=self.config.ledger_retention_seconds,
+            store=self.config.store,
         )
 
     def _on_event(self, event: JobEvent) -> None:
@@ -226,6 +228,10 @@ class Daemon:
                 cursor = conn.execute(QUERIES["domain_gauges"], self._gauge_params())
                 row = cursor.fetchone()
                 names = [column.name for column in cursor.description or ()]
+        except psycopg.errors.UndefinedTable:
+            # Not migrated yet: the database answered (as /readyz says), there is nothing to count.
+            self.metrics.database_up.set(1)
+            return
         except Exception as exc:
             self.metrics.database_up.set(0)
             log.debug("gauges not refreshed: %s", describe_error(exc))

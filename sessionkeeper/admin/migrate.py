@@ -14,19 +14,20 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.pool import NullPool
 
-from .connection import configured_database_url, secure_conninfo
-from .errors import ConfigurationError, SchemaOutOfDate
+from store.connection import configured_database_url, secure_conninfo
+from store.errors import ConfigurationError, SchemaOutOfDate
 
 # pg_advisory_lock key held while migrations run ("sk-migr" in ASCII).
 MIGRATION_LOCK_KEY = 0x736B2D6D69677200 >> 8
 
 
 def migrations_dir() -> Path:
-    """The Alembic script directory, installed as ``store.migrations`` or in the source tree."""
-    spec = importlib.util.find_spec("store.migrations")
+    """The Alembic script directory, installed as ``sessionkeeper.migrations`` or in the source
+    tree (the repository's top-level ``migrations/`` folder)."""
+    spec = importlib.util.find_spec("sessionkeeper.migrations")
     if spec is not None and spec.origin is not None:
         return Path(spec.origin).parent
-    return Path(__file__).resolve().parent.parent / "migrations"
+    return Path(__file__).resolve().parents[2] / "migrations"
 
 
 def revision_module(filename: str) -> ModuleType:
@@ -86,7 +87,7 @@ SELECT to_regclass('alembic_version') IS NULL AND EXISTS (
 
 def upgrade(url: str, revision: str = "head") -> None:
     def action(config: Config) -> None:
-        # Adopting one alters tables in place: only `sessionkeeper migrate` (store.legacy) does
+        # Adopting one alters tables in place: only `sessionkeeper migrate` (admin.legacy) does
         # that, deliberately, never as a side effect of e.g. `sessionkeeper run`.
         if config.attributes["connection"].exec_driver_sql(_UNADOPTED_LEGACY).scalar():
             raise SchemaOutOfDate(

@@ -1,4 +1,4 @@
-"""Prometheus metrics of the daemon and the HTTP endpoint serving them with the health checks.
+"""Prometheus metrics of the daemon (``endpoints`` serves them).
 
 Series names are a contract (DESIGN.md): dashboards and alerts use them. Every job's label
 sets exist from start-up, so alerts never see a missing series.
@@ -6,20 +6,14 @@ sets exist from start-up, so alerts never see a missing series.
 
 from __future__ import annotations
 
-import logging
-import threading
 from collections.abc import Callable, Iterable, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from .runner import RunReport
-
-log = logging.getLogger("sessionkeeper.metrics")
+from jobs.runner import RunReport
 
 OUTCOMES = ("success", "failure", "skipped")
 # From a few milliseconds (nothing to do) to an hour (a large backlog).
@@ -144,57 +138,3 @@ class _PoolCollector(Collector):
             yield GaugeMetricFamily(name, text, value=stats.get(key, 0))
         for key, text in self.COUNTERS.items():
             yield CounterMetricFamily(f"sessionkeeper_db_pool_{key}", text, value=stats.get(key, 0))
-
-
-Readiness = Callable[[], tuple[bool, str]]
-
-
-class MetricsServer:
-    """``/metrics``, ``/healthz`` (the process answers) and ``/readyz`` on one port."""
-
-    def __init__(
-        self, host: str, port: int, registry: CollectorRegistry, readiness: Readiness
-    ) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                if path == "/metrics":
-                    encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
-                    self._reply(200, encoder(registry), content_type)
-                elif path == "/healthz":
-                    self._reply(200, b"ok\n")
-                elif path == "/readyz":
-                    ready, reason = readiness()
-                    self._reply(200 if ready else 503, f"{reason}\n".encode())
-                else:
-                    self._reply(404, b"not found: try /metrics, /healthz or /readyz\n")
-
-            def _reply(
-                self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8"
-            ) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                log.debug("%s " + format, self.address_string(), *args)
-
-        self.httpd = ThreadingHTTPServer((host, port), Handler)
-        self.httpd.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self.httpd.serve_forever, name="metrics-http", daemon=True
-        )
-
-    @property
-    def address(self) -> tuple[str, int]:
-        host, port = self.httpd.server_address[:2]
-        return str(host), int(port)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()

@@ -1,0 +1,177 @@
+"""The daemon's configuration, read by the one settings loader (``store.settings``).
+
+``SESSIONKEEPER_*`` environment variables over an optional TOML file (``--config`` or
+``SESSIONKEEPER_CONFIG``) over the defaults. The daemon's own settings are top-level keys of
+the file and ``SESSIONKEEPER_<KEY>`` variables, beside the store's (``StoreConfig``: the jobs
+read the settings they share with the store from there); job settings sit in ``[jobs.<job>]``
+tables and ``SESSIONKEEPER_<JOB>_<KEY>`` variables. A bad value raises ``ConfigurationError``
+naming the setting and the accepted form, in one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from jobs.registry import JOBS
+from store import settings
+from store.config import StoreConfig
+from store.errors import ConfigurationError
+from store.settings import KeyPath, SettingError, Source, parse, require
+
+from .schedule import Schedule
+
+# Job settings that became store settings (one owner per value). The old names still work,
+# with a warning in the log, until a later release removes them.
+DEPRECATED_STORE_SETTINGS: Mapping[str, tuple[KeyPath, ...]] = {
+    "link_failure_window": (("jobs", "link_code_expiry", "failure_window_seconds"),),
+    "proactive_channel": (("jobs", "proactive_reload", "channel"),),
+}
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """How the daemon schedules one job (the keys of its ``[jobs.<job>]`` table beside the
+    job's own ``Settings``), and those settings."""
+
+    name: str
+    schedule: Schedule
+    settings: Any  # the job module's Settings
+    jitter_seconds: int = 0
+    enabled: bool = True
+    misfire_grace_seconds: int = 300
+    coalesce: bool = True
+
+    def __post_init__(self) -> None:
+        # At most half the period, so that jittered runs never swap places.
+        half = int(self.schedule.shortest_period_seconds() // 2)
+        require(
+            0 <= self.jitter_seconds <= half,
+            "jitter_seconds",
+            self.jitter_seconds,
+            f"a whole number from 0 to {half} (half the schedule's period)",
+        )
+        require(
+            self.misfire_grace_seconds >= 1,
+            "misfire_grace_seconds",
+            self.misfire_grace_seconds,
+            "a whole number of at least 1",
+        )
+
+
+# Keys of a [jobs.<job>] table beside the job's own Settings.
+SCHEDULING_KEYS = tuple(
+    field.name for field in dataclasses.fields(JobConfig) if field.name not in ("name", "settings")
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    database_url: str | None = None
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9464
+    replica_id: str = ""  # empty: <hostname>-<pid>
+    log_format: str = "text"
+    workers: int = 2
+    pool_size: int = 4
+    gauge_interval_seconds: int = 60
+    statement_timeout_seconds: int = 60
+    lock_timeout_seconds: int = 10
+    ledger_retention_seconds: int = 30 * 86400
+    migrate_on_start: bool = True
+    # Not settings of their own: filled in by load_config.
+    jobs: Mapping[str, JobConfig] = dataclasses.field(default_factory=dict)
+    store: StoreConfig = dataclasses.field(default_factory=StoreConfig)
+    config_file: str | None = None
+
+    def __post_init__(self) -> None:
+        for name, minimum in (
+            ("metrics_port", 0),
+            ("workers", 1),
+            ("pool_size", 2),
+            ("gauge_interval_seconds", 1),
+            ("statement_timeout_seconds", 0),
+            ("lock_timeout_seconds", 0),
+            ("ledger_retention_seconds", 3600),
+        ):
+            value = getattr(self, name)
+            require(value >= minimum, name, value, f"a whole number of at least {minimum}")
+        require(self.log_format in ("text", "json"), "log_format", self.log_format, "text or json")
+
+
+# The fields of Config that are no top-level keys of the file.
+_NOT_KEYS = ("jobs", "store", "config_file")
+
+
+def load_config(
+    env: Mapping[str, str] | None = None, config_file: str | os.PathLike[str] | None = None
+) -> Config:
+    source = Source(env, config_file)
+    _check_known_keys(source)
+    derived: dict[str, Any] = {
+        "jobs": {name: _job_config(name, source) for name in JOBS},
+        "store": settings.load(StoreConfig, source, deprecated=DEPRECATED_STORE_SETTINGS),
+        "config_file": source.path,
+    }
+    # Plain DATABASE_URL (the common convention) wins over the file, not over the prefixed one.
+    plain_url = source.environ_value("DATABASE_URL")
+    if plain_url and source.environ_value(settings.variable(("database_url",))) is None:
+        derived["database_url"] = plain_url
+    config = settings.load(Config, source, overrides=derived)
+    if not config.replica_id:
+        config = dataclasses.replace(config, replica_id=f"{socket.gethostname()}-{os.getpid()}")
+    return config
+
+
+def _job_config(name: str, source: Source) -> JobConfig:
+    spec = JOBS[name]
+    table = ("jobs", name)
+    schedule = _schedule(source, table, spec.default_schedule)
+    derived: dict[str, Any] = {
+        "name": name,
+        "schedule": schedule,
+        "settings": settings.load(spec.settings, source, table=table),
+    }
+    if source.find(*table, "jitter_seconds") is None:
+        # 10 s, and at most a tenth of the period.
+        derived["jitter_seconds"] = int(min(10, schedule.shortest_period_seconds() // 10))
+    return settings.load(JobConfig, source, table=table, overrides=derived)
+
+
+def _schedule(source: Source, table: KeyPath, default: str) -> Schedule:
+    found = source.find(*table, "schedule")
+    if found is None:
+        return Schedule.parse(default)
+    # TOML: schedule = 300 is an interval in seconds, like "300".
+    is_number = isinstance(found.value, int) and not isinstance(found.value, bool)
+    text = str(found.value) if is_number else parse(found, str)
+    try:
+        return Schedule.parse(text)
+    except ValueError as exc:
+        raise SettingError(found.where, found.value, str(exc)) from None
+
+
+def _check_known_keys(source: Source) -> None:
+    """Refuse a key of the file that no setting reads (most likely a typo)."""
+    store_keys = {field.name for field in dataclasses.fields(StoreConfig)}
+    daemon_keys = {field.name for field in dataclasses.fields(Config)} - set(_NOT_KEYS)
+    deprecated = {path for paths in DEPRECATED_STORE_SETTINGS.values() for path in paths}
+    for key, value in source.file.items():
+        if key == "jobs" and isinstance(value, dict):
+            for job, table in value.items():
+                if job not in JOBS or not isinstance(table, dict):
+                    raise ConfigurationError(f"unknown job jobs.{job} in {source.path}")
+                job_keys = set(SCHEDULING_KEYS)
+                job_keys |= {field.name for field in dataclasses.fields(JOBS[job].settings)}
+                job_keys |= {path[2] for path in deprecated if path[1] == job}
+                for job_key in table:
+                    if job_key not in job_keys:
+                        raise ConfigurationError(
+                            f"unknown setting jobs.{job}.{job_key} in {source.path}"
+                        )
+        elif key not in store_keys | daemon_keys:
+            raise ConfigurationError(f"unknown setting {key} in {source.path}")

@@ -1,0 +1,490 @@
+-- The current definition of every server-side function (sk_*) the store and the jobs call.
+-- This file is the one place to read or change them.
+--
+-- How it is applied: `sessionkeeper migrate` runs the Alembic revisions and then, once the
+-- database is at head (also when no revision was pending), executes this whole file in the
+-- same transaction, under the migration lock (sessionkeeper/admin/functions.py). Applying it
+-- again changes nothing. Revisions 0001-0007 created these functions and stay as they were;
+-- from 0008 on revisions change tables only.
+--
+-- Rules (docs/upgrades.md): bots of the previous release keep calling these while they are
+-- rolled, so
+-- - a body may change in place (CREATE OR REPLACE);
+-- - a changed signature or result (columns, types) gets a new name, e.g. sk_begin_turn_v2;
+--   CREATE OR REPLACE refuses a changed result type, which is the point. The old function
+--   moves to the "Kept for earlier releases" section and stays for one release; the release
+--   after that drops it with a DROP FUNCTION IF EXISTS in the "Retired" section at the end;
+-- - SQL-language functions referenced by other definitions come before them (their bodies
+--   are checked when created).
+--
+-- A test (tests/integration/test_sql_functions.py) checks that a database migrated to head
+-- holds exactly these definitions.
+
+-- =============================================================================================
+-- Rate limits
+-- Every configured cap (per minute, hour, day) is decided in one call; a request refused by any
+-- cap counts against none of them. Windows are aligned to the epoch (UTC days).
+-- =============================================================================================
+
+-- sk_check_rate_limit: is this request allowed, and if not, when may the user retry.
+-- One cap (the default: 15 a minute) decides, counts and locks in one upsert (revision 0007);
+-- several caps lock every window first and raise the counts only when all admit (0002).
+CREATE OR REPLACE FUNCTION sk_check_rate_limit(
+    p_user_id uuid, p_now timestamptz, p_windows integer[], p_caps integer[], p_durable boolean
+) RETURNS TABLE (allowed boolean, retry_at timestamptz, refused_window integer)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    v_now timestamptz := coalesce(p_now, now());
+BEGIN
+    IF NOT p_durable THEN
+        -- A request counter is soft state: this commit need not wait for the WAL flush.
+        PERFORM set_config('synchronous_commit', 'off', true);
+    END IF;
+    IF cardinality(p_windows) = 1 AND p_caps[1] > 0 THEN
+        -- One cap: one upsert counts the request unless the cap is reached, and locks the
+        -- window's row either way (concurrent checks of one user queue up).
+        INSERT INTO rate_limits AS r (user_id, window_seconds, window_start, request_count)
+        VALUES (p_user_id, p_windows[1],
+                to_timestamp(floor(extract(epoch FROM v_now) / p_windows[1]) * p_windows[1]), 1)
+        ON CONFLICT (user_id, window_seconds, window_start)
+        DO UPDATE SET request_count = r.request_count + 1 WHERE r.request_count < p_caps[1];
+        allowed := FOUND;
+        IF NOT allowed THEN
+            refused_window := p_windows[1];
+            retry_at := to_timestamp(floor(extract(epoch FROM v_now) / p_windows[1])
+                                     * p_windows[1]) + make_interval(secs => p_windows[1]);
+        END IF;
+        RETURN NEXT;
+        RETURN;
+    END IF;
+    -- Upserting every window (aligned to the epoch, so UTC days) locks its row in window order,
+    -- so concurrent checks of one user queue up, and returns its latest count. Only when no cap
+    -- is reached are the counts raised: a refused request counts against none of them.
+    WITH windows AS (
+        SELECT w.seconds, w.cap,
+               to_timestamp(floor(extract(epoch FROM v_now) / w.seconds) * w.seconds) AS start
+        FROM unnest(p_windows, p_caps) AS w(seconds, cap)
+    ), counted AS (
+        INSERT INTO rate_limits AS r (user_id, window_seconds, window_start, request_count)
+        SELECT p_user_id, w.seconds, w.start, 0 FROM windows w ORDER BY w.seconds
+        ON CONFLICT (user_id, window_seconds, window_start)
+        DO UPDATE SET request_count = r.request_count
+        RETURNING r.window_seconds, r.window_start, r.request_count
+    )
+    SELECT coalesce(bool_and(c.request_count < w.cap), true),
+           max(c.window_start + make_interval(secs => c.window_seconds))
+               FILTER (WHERE c.request_count >= w.cap),
+           max(c.window_seconds) FILTER (WHERE c.request_count >= w.cap)
+    INTO allowed, retry_at, refused_window
+    FROM counted c JOIN windows w ON w.seconds = c.window_seconds;
+    IF allowed THEN
+        UPDATE rate_limits r SET request_count = r.request_count + 1
+        WHERE r.user_id = p_user_id
+          AND r.window_seconds = ANY (p_windows)
+          AND r.window_start
+              = to_timestamp(floor(extract(epoch FROM v_now) / r.window_seconds) * r.window_seconds);
+    END IF;
+    RETURN NEXT;
+END $$;
+
+-- =============================================================================================
+-- Turns: sessions and history
+-- Why functions: begin_turn must upsert the user, decide the rate limit, find or open the current
+-- session and read its history in one round trip, and stay race-free. A single statement with
+-- data-modifying CTEs cannot: all its parts share one snapshot, so a request that waited for a
+-- concurrent first message's lock would not see the session that message opened and would open a
+-- second one. In PL/pgSQL every statement takes a fresh snapshot (READ COMMITTED), so after the
+-- user row's lock is granted the later statements see what the lock holder committed.
+-- =============================================================================================
+
+-- sk_current_session: the user's session if it was active within p_idle, else a new one that
+-- carries the newest p_carry_pairs pairs of the stale one.
+CREATE OR REPLACE FUNCTION sk_current_session(
+    p_user_id uuid, p_now timestamptz, p_idle interval, p_carry_pairs integer
+) RETURNS TABLE (session_id uuid, created boolean)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    v_now timestamptz := coalesce(p_now, now());
+    v_previous uuid;
+    v_last_active timestamptz;
+    v_new uuid;
+    v_carried bigint;
+BEGIN
+    -- The user's row lock serialises the choice: concurrent first messages queue here, and as
+    -- each statement below takes a fresh snapshot, the later ones find the session the first
+    -- one opened.
+    PERFORM 1 FROM users u WHERE u.user_id = p_user_id FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'no_data_found',
+            MESSAGE = 'user ' || p_user_id || ' does not exist';
+    END IF;
+    SELECT s.session_id, s.last_active INTO v_previous, v_last_active
+    FROM sessions s WHERE s.user_id = p_user_id
+    ORDER BY s.last_active DESC LIMIT 1;
+    IF v_previous IS NOT NULL AND v_last_active > v_now - p_idle THEN
+        session_id := v_previous;
+        created := false;
+        RETURN NEXT;
+        RETURN;
+    END IF;
+    INSERT INTO sessions AS s (user_id, created_at, last_active)
+    VALUES (p_user_id, v_now, v_now) RETURNING s.session_id INTO v_new;
+    IF v_previous IS NOT NULL AND p_carry_pairs > 0 THEN
+        -- Intermittent chatters keep context: the newest pairs of the stale session come along.
+        INSERT INTO session_messages (session_id, seq, role, content, created_at)
+        SELECT v_new, row_number() OVER (ORDER BY m.seq) - 1, m.role, m.content, m.created_at
+        FROM (
+            SELECT x.seq, x.role, x.content, x.created_at FROM session_messages x
+            WHERE x.session_id = v_previous ORDER BY x.seq DESC LIMIT 2 * p_carry_pairs
+        ) m;
+        GET DIAGNOSTICS v_carried = ROW_COUNT;
+        UPDATE sessions s SET next_seq = v_carried WHERE s.session_id = v_new;
+    END IF;
+    session_id := v_new;
+    created := true;
+    RETURN NEXT;
+END $$;
+
+-- sk_history_arrays: the newest pairs of a session, oldest first, as four parallel arrays in
+-- one row (revision 0005): no per-message JSON to build on the server and parse on the client.
+-- begin_turn and get_history read it.
+CREATE OR REPLACE FUNCTION sk_history_arrays(p_session_id uuid, p_pairs integer)
+RETURNS TABLE (seqs bigint[], roles text[], contents text[], created timestamptz[])
+LANGUAGE sql STABLE AS $$
+    -- The newest 2 * p_pairs messages, oldest first: an index range on (session_id, seq).
+    SELECT coalesce(array_agg(m.seq ORDER BY m.seq), '{}'),
+           coalesce(array_agg(m.role ORDER BY m.seq), '{}'),
+           coalesce(array_agg(m.content ORDER BY m.seq), '{}'),
+           coalesce(array_agg(m.created_at ORDER BY m.seq), '{}')
+    FROM (
+        SELECT x.seq, x.role, x.content, x.created_at FROM session_messages x
+        WHERE x.session_id = p_session_id ORDER BY x.seq DESC LIMIT 2 * p_pairs
+    ) m
+$$;
+
+-- sk_begin_turn: everything before the model is called, in one round trip: the user (written
+-- only when something changes, revision 0005), the rate-limit decision, and when admitted the
+-- current session and its history.
+-- plan_cache_mode = force_generic_plan (revision 0006): every statement here (and in the
+-- functions it calls, which inherit the setting) looks rows up by key or reads an index range,
+-- for which the generic plan is the plan; re-planning on every call cost ~10 % of a turn. A
+-- function setting, not a connection option, so it holds behind PgBouncer too.
+CREATE OR REPLACE FUNCTION sk_begin_turn(
+    p_channel text, p_channel_user_id text, p_display_name text, p_now timestamptz,
+    p_windows integer[], p_caps integer[], p_durable boolean,
+    p_idle interval, p_carry_pairs integer, p_history_pairs integer
+) RETURNS TABLE (
+    user_id uuid, person_id uuid, display_name text, user_created boolean, now timestamptz,
+    allowed boolean, retry_at timestamptz, refused_window integer,
+    session_id uuid, session_created boolean,
+    history_seqs bigint[], history_roles text[], history_contents text[],
+    history_created timestamptz[]
+)
+LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_now timestamptz := coalesce(p_now, now());
+    v_user uuid;
+    v_authenticated boolean;
+    v_session uuid;
+BEGIN
+    now := v_now;
+    user_created := false;
+    -- Lock the user row until commit, as the seed's upsert did (see sk_current_session), but
+    -- write it only when something changes: most messages come from a known, authenticated
+    -- user with no new display name, and then nothing is written here.
+    SELECT u.user_id, u.person_id, u.display_name, u.authenticated
+    INTO v_user, person_id, display_name, v_authenticated
+    FROM users u WHERE u.channel = p_channel AND u.channel_user_id = p_channel_user_id
+    FOR NO KEY UPDATE;
+    IF v_user IS NULL OR NOT v_authenticated
+       OR display_name IS DISTINCT FROM coalesce(p_display_name, display_name) THEN
+        -- A new user (concurrent first messages meet in the unique index) or a change: the
+        -- seed's upsert.
+        INSERT INTO users AS u (channel, channel_user_id, display_name, authenticated,
+                                created_at, updated_at)
+        VALUES (p_channel, p_channel_user_id, p_display_name, true, v_now, v_now)
+        ON CONFLICT (channel, channel_user_id) DO UPDATE
+        SET authenticated = true, updated_at = v_now,
+            display_name = coalesce(EXCLUDED.display_name, u.display_name)
+        RETURNING u.user_id, u.person_id, u.display_name, u.xmax = 0
+        INTO v_user, person_id, display_name, user_created;
+    END IF;
+    user_id := v_user;
+    SELECT d.allowed, d.retry_at, d.refused_window INTO allowed, retry_at, refused_window
+    FROM sk_check_rate_limit(v_user, v_now, p_windows, p_caps, p_durable) d;
+    IF allowed THEN
+        -- A refused request opens no session and reads no history.
+        SELECT c.session_id, c.created INTO v_session, session_created
+        FROM sk_current_session(v_user, v_now, p_idle, p_carry_pairs) c;
+        session_id := v_session;
+        SELECT h.seqs, h.roles, h.contents, h.created
+        INTO history_seqs, history_roles, history_contents, history_created
+        FROM sk_history_arrays(v_session, p_history_pairs) h;
+    END IF;
+    RETURN NEXT;
+END $$;
+
+-- =============================================================================================
+-- Identity: link codes
+-- The online part of linking a user's channels under one person. Creating a code is a plain
+-- statement (store/queries.sql); redeeming one must serialise with other redemptions.
+-- =============================================================================================
+
+-- sk_redeem_link_code: outcome 'linked', 'own', 'invalid', 'expired' or 'locked'. Failures are
+-- counted in a window; reaching p_max_failures locks the user out for p_lockout, during which
+-- even the right code is refused (guessing must not pay).
+CREATE OR REPLACE FUNCTION sk_redeem_link_code(
+    p_user_id uuid, p_code text, p_now timestamptz,
+    p_max_failures integer, p_failure_window interval, p_lockout interval
+) RETURNS TABLE (outcome text, person_id uuid, owner_id uuid, locked_until timestamptz)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    v_now timestamptz := coalesce(p_now, now());
+    v_code link_codes;
+    v_failures link_code_failures;
+    v_outcome text;
+    v_owner_person uuid;
+    v_user_person uuid;
+    v_person uuid;
+BEGIN
+    -- Redemptions are rare; one at a time means person merges never interleave or deadlock,
+    -- and a code raced for by many users is redeemed once.
+    -- The key is "sk-link" in ASCII.
+    PERFORM pg_advisory_xact_lock(32487465158274667);
+    PERFORM 1 FROM users u WHERE u.user_id = p_user_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'no_data_found',
+            MESSAGE = 'user ' || p_user_id || ' does not exist';
+    END IF;
+    SELECT * INTO v_failures FROM link_code_failures f WHERE f.user_id = p_user_id;
+    IF v_failures.locked_until > v_now THEN
+        -- Locked out, even with the right code: guessing must not pay.
+        RETURN QUERY SELECT 'locked', NULL::uuid, NULL::uuid, v_failures.locked_until;
+        RETURN;
+    END IF;
+    SELECT * INTO v_code FROM link_codes c WHERE c.code = p_code;
+    IF FOUND AND v_code.user_id = p_user_id THEN
+        RETURN QUERY SELECT 'own', NULL::uuid, NULL::uuid, NULL::timestamptz;
+        RETURN;
+    ELSIF NOT FOUND OR v_code.used_at IS NOT NULL THEN
+        v_outcome := 'invalid';
+    ELSIF v_code.expires_at <= v_now THEN
+        v_outcome := 'expired';
+    END IF;
+    IF v_outcome IS NOT NULL THEN
+        -- Count the failure in a window; reaching the cap locks the user out and starts afresh.
+        INSERT INTO link_code_failures AS f (user_id, window_start, failures)
+        VALUES (p_user_id, v_now, 1)
+        ON CONFLICT (user_id) DO UPDATE SET
+            window_start = CASE WHEN f.window_start <= v_now - p_failure_window
+                                THEN v_now ELSE f.window_start END,
+            failures = CASE WHEN f.window_start <= v_now - p_failure_window
+                            THEN 1 ELSE f.failures + 1 END
+        RETURNING * INTO v_failures;
+        IF v_failures.failures >= p_max_failures THEN
+            UPDATE link_code_failures f
+            SET locked_until = v_now + p_lockout, failures = 0, window_start = v_now
+            WHERE f.user_id = p_user_id
+            RETURNING * INTO v_failures;
+        END IF;
+        RETURN QUERY SELECT v_outcome, NULL::uuid, NULL::uuid, v_failures.locked_until;
+        RETURN;
+    END IF;
+    UPDATE link_codes c SET used_at = v_now, used_by = p_user_id WHERE c.code = p_code;
+    SELECT u.person_id INTO v_owner_person FROM users u WHERE u.user_id = v_code.user_id;
+    SELECT u.person_id INTO v_user_person FROM users u WHERE u.user_id = p_user_id;
+    v_person := coalesce(v_owner_person, v_user_person);
+    IF v_person IS NULL THEN
+        INSERT INTO persons AS p (created_at) VALUES (v_now) RETURNING p.person_id INTO v_person;
+    END IF;
+    -- Both users and every user of either's person end up under one person. A person left
+    -- without users stays (nothing is deleted on the online path).
+    UPDATE users u SET person_id = v_person, updated_at = v_now
+    WHERE u.user_id IN (v_code.user_id, p_user_id)
+       OR u.person_id IN (v_owner_person, v_user_person);
+    UPDATE link_code_failures f SET failures = 0, window_start = v_now
+    WHERE f.user_id = p_user_id;
+    RETURN QUERY SELECT 'linked', v_person, v_code.user_id, NULL::timestamptz;
+END $$;
+
+-- =============================================================================================
+-- Proactive messages
+-- Who proactive messages may go to. One definition read by the store's load_users_from_db and by
+-- the proactive_reload job (jobs/queries.sql), so the two lists cannot differ.
+-- =============================================================================================
+
+-- sk_proactive_candidates: every authenticated user who registered a chat (any channel), and
+-- every authenticated user of p_channel (the seed: Telegram, where the chat id is the user id).
+-- A plain SQL function, STABLE and not STRICT, so the planner inlines it into the calling
+-- query: the job's keyset filter and LIMIT reach the scan of users.
+CREATE OR REPLACE FUNCTION sk_proactive_candidates(p_channel text)
+RETURNS TABLE (user_id uuid, chat_id text, user_created_at timestamptz)
+LANGUAGE sql STABLE AS $$
+    SELECT u.user_id, coalesce(p.chat_id, u.channel_user_id), u.created_at
+    FROM users u
+    LEFT JOIN proactive_users p ON p.user_id = u.user_id
+    WHERE u.authenticated AND (p.user_id IS NOT NULL OR u.channel = p_channel)
+$$;
+
+-- =============================================================================================
+-- Erasure
+-- Why a function: erasure must see rows that a concurrent usage rollup commits while erasure waits
+-- for its locks. In PL/pgSQL every statement takes a fresh snapshot (READ COMMITTED), so the daily
+-- totals are re-keyed after the raw usage rows were deleted, including totals the rollup added
+-- meanwhile. A single statement with data-modifying CTEs would miss them.
+-- =============================================================================================
+
+-- sk_forget: erase a user (p_user_id) or a person and all its users (p_person_id) and
+-- everything the store holds about them, in one transaction; one row per table with what was
+-- done, or a single 'blocked' row naming the foreign key of another subsystem that refers to
+-- the user (then nothing was changed). No rows: no such user or person.
+CREATE OR REPLACE FUNCTION sk_forget(p_user_id uuid, p_person_id uuid)
+RETURNS TABLE (table_name text, action text, row_count bigint)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    -- Usage totals outlive the user under this id, as anonymous aggregates.
+    v_anonymous CONSTANT uuid := '00000000-0000-0000-0000-000000000000';
+    v_users uuid[];
+    v_persons uuid[];
+    v_n bigint;
+BEGIN
+    -- Locking the users first makes concurrent inserts that reference them (a new session,
+    -- usage, a link code) wait, and then fail on the foreign key.
+    IF p_person_id IS NOT NULL THEN
+        PERFORM 1 FROM persons WHERE person_id = p_person_id FOR UPDATE;
+        IF NOT FOUND THEN
+            RETURN;
+        END IF;
+        v_persons := ARRAY[p_person_id];
+        SELECT coalesce(array_agg(user_id), '{}') INTO v_users
+        FROM (SELECT user_id FROM users WHERE person_id = p_person_id
+              ORDER BY user_id FOR UPDATE) u;
+    ELSE
+        SELECT array_agg(user_id), array_agg(person_id) FILTER (WHERE person_id IS NOT NULL)
+        INTO v_users, v_persons
+        FROM (SELECT user_id, person_id FROM users WHERE user_id = p_user_id FOR UPDATE) u;
+        IF v_users IS NULL THEN
+            RETURN;
+        END IF;
+    END IF;
+
+    BEGIN
+        WITH d AS (DELETE FROM session_messages m USING sessions s
+                   WHERE m.session_id = s.session_id AND s.user_id = ANY(v_users) RETURNING 1)
+        SELECT count(*) INTO v_n FROM d;
+        RETURN QUERY SELECT 'session_messages', 'deleted', v_n;
+        WITH d AS (DELETE FROM sessions WHERE user_id = ANY(v_users) RETURNING 1)
+        SELECT count(*) INTO v_n FROM d;
+        RETURN QUERY SELECT 'sessions', 'deleted', v_n;
+        WITH d AS (DELETE FROM archived_session_messages m USING archived_sessions s
+                   WHERE m.session_id = s.session_id AND s.user_id = ANY(v_users) RETURNING 1)
+        SELECT count(*) INTO v_n FROM d;
+        RETURN QUERY SELECT 'archived_session_messages', 'deleted', v_n;
+        WITH d AS (DELETE FROM archived_sessions WHERE user_id = ANY(v_users) RETURNING 1)
+        SELECT count(*) INTO v_n FROM d;
+        RETURN QUERY SELECT 'archived_sessions', 'deleted', v_n;
+        WITH d AS (DELETE FROM legacy_quarantined_messages WHERE user_id = ANY(v_users)
+                   RETURNING 1)
+        SELECT count(*) INTO v_n FROM d;
+        RETURN QUERY SELECT 'legacy_quarantined_messages', 'deleted', v_n;
+        -- Codes the user made, and codes of others it redeemed (they name it).
+        WITH d AS (DELETE FROM link_codes
+                   WHERE user_id = ANY(v_users) OR used_by = ANY(v_users) RETURNING 1)
+        SELECT count(*) INTO v_n FROM d;
+        RETURN QUERY SELECT 'link_codes', 'deleted', v_n;
+        WITH d AS (DELETE FROM link_code_failures WHERE user_id = ANY(v_users) RETURNING 1)
+        SELECT count(*) INTO v_n FROM d;
+        RETURN QUERY SELECT 'link_code_failures', 'deleted', v_n;
+        WITH d AS (DELETE FROM rate_limits WHERE user_id = ANY(v_users) RETURNING 1)
+        SELECT count(*) INTO v_n FROM d;
+        RETURN QUERY SELECT 'rate_limits', 'deleted', v_n;
+        WITH d AS (DELETE FROM proactive_users WHERE user_id = ANY(v_users) RETURNING 1)
+        SELECT count(*) INTO v_n FROM d;
+        RETURN QUERY SELECT 'proactive_users', 'deleted', v_n;
+        WITH d AS (DELETE FROM proactive_user_list WHERE user_id = ANY(v_users) RETURNING 1)
+        SELECT count(*) INTO v_n FROM d;
+        RETURN QUERY SELECT 'proactive_user_list', 'deleted', v_n;
+        -- Raw usage goes; what the rollup has not counted yet is added to the anonymous daily
+        -- totals first (UTC days, as the rollup counts).
+        WITH d AS (DELETE FROM usage_stats WHERE user_id = ANY(v_users) RETURNING *),
+        folded AS (
+            INSERT INTO usage_daily AS t (day, user_id, channel, requests, input_tokens,
+                                          output_tokens, cached_tokens, updated_at)
+            SELECT (created_at AT TIME ZONE 'UTC')::date, v_anonymous, channel, count(*),
+                   sum(input_tokens), sum(output_tokens), sum(cached_tokens), now()
+            FROM d WHERE NOT rolled_up GROUP BY 1, 3
+            ON CONFLICT (day, user_id, channel) DO UPDATE
+                SET requests = t.requests + EXCLUDED.requests,
+                    input_tokens = t.input_tokens + EXCLUDED.input_tokens,
+                    output_tokens = t.output_tokens + EXCLUDED.output_tokens,
+                    cached_tokens = t.cached_tokens + EXCLUDED.cached_tokens,
+                    updated_at = EXCLUDED.updated_at
+        )
+        SELECT count(*) INTO v_n FROM d;
+        RETURN QUERY SELECT 'usage_stats', 'deleted', v_n;
+        -- The user's daily totals are merged into the anonymous ones.
+        WITH d AS (DELETE FROM usage_daily WHERE user_id = ANY(v_users) RETURNING *),
+        merged AS (
+            INSERT INTO usage_daily AS t (day, user_id, channel, requests, input_tokens,
+                                          output_tokens, cached_tokens, updated_at)
+            SELECT day, v_anonymous, channel, sum(requests), sum(input_tokens),
+                   sum(output_tokens), sum(cached_tokens), now()
+            FROM d GROUP BY day, channel
+            ON CONFLICT (day, user_id, channel) DO UPDATE
+                SET requests = t.requests + EXCLUDED.requests,
+                    input_tokens = t.input_tokens + EXCLUDED.input_tokens,
+                    output_tokens = t.output_tokens + EXCLUDED.output_tokens,
+                    cached_tokens = t.cached_tokens + EXCLUDED.cached_tokens,
+                    updated_at = EXCLUDED.updated_at
+        )
+        SELECT count(*) INTO v_n FROM d;
+        RETURN QUERY SELECT 'usage_daily', 'anonymised', v_n;
+        WITH d AS (DELETE FROM users WHERE user_id = ANY(v_users) RETURNING 1)
+        SELECT count(*) INTO v_n FROM d;
+        RETURN QUERY SELECT 'users', 'deleted', v_n;
+        -- A person goes when it has no user left (a forgotten person always).
+        WITH d AS (DELETE FROM persons p WHERE p.person_id = ANY(v_persons)
+                   AND NOT EXISTS (SELECT 1 FROM users u WHERE u.person_id = p.person_id)
+                   RETURNING 1)
+        SELECT count(*) INTO v_n FROM d;
+        RETURN QUERY SELECT 'persons', 'deleted', v_n;
+    EXCEPTION WHEN foreign_key_violation THEN
+        -- A table sessionkeeper does not own (another subsystem's) still references the
+        -- user: everything above is rolled back, and the caller is told which constraint.
+        RETURN QUERY SELECT 'blocked', SQLERRM, 0::bigint;
+    END;
+END $$;
+
+-- =============================================================================================
+-- Kept for earlier releases
+-- Functions the current code no longer calls but a bot or tool of an earlier release may. Each
+-- names the release that stopped using it; it moves to "Retired" a release after that.
+-- =============================================================================================
+
+-- sk_history: the history as one JSONB document (revision 0002). sk_begin_turn returned it
+-- until revision 0005 (before release 0.1.0); sk_history_arrays replaced it. No store call of
+-- 0.1.0 uses it; bench/profile.py measures it beside sk_history_arrays.
+CREATE OR REPLACE FUNCTION sk_history(p_session_id uuid, p_pairs integer) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    -- The newest 2 * p_pairs messages, oldest first: an index range on (session_id, seq).
+    SELECT coalesce(
+        jsonb_agg(jsonb_build_object('seq', m.seq, 'role', m.role, 'content', m.content,
+                                     'timestamp', m.created_at) ORDER BY m.seq),
+        '[]'::jsonb)
+    FROM (
+        SELECT x.seq, x.role, x.content, x.created_at FROM session_messages x
+        WHERE x.session_id = p_session_id ORDER BY x.seq DESC LIMIT 2 * p_pairs
+    ) m
+$$;
+
+-- =============================================================================================
+-- Retired
+-- DROP FUNCTION IF EXISTS statements for functions no supported release calls any more (none yet).
+-- =============================================================================================

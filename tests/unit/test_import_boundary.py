@@ -1,0 +1,50 @@
+"""``import store`` is what every bot pays for: it loads no framework, no migration tooling and
+no operator-side module. Checked in a fresh interpreter, since this test process has imported
+everything already."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Top-level module names a bot must not get from ``import store`` (langchain covers
+# langchain_core and friends).
+FORBIDDEN = (
+    "sqlalchemy",
+    "alembic",
+    "sessionkeeper",
+    "apscheduler",
+    "jobs",
+    "langchain",
+    "aiogram",
+    "telegram",
+)
+
+
+def modules_after(statement: str) -> set[str]:
+    """Every module in ``sys.modules`` after running ``statement`` in a new interpreter."""
+    script = f"{statement}; import sys; print('\\n'.join(sys.modules))"
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    return set(result.stdout.split())
+
+
+def forbidden(modules: set[str]) -> list[str]:
+    return sorted(m for m in modules if m.partition(".")[0].startswith(FORBIDDEN))
+
+
+def test_import_store_loads_no_framework_migration_tool_or_admin_module() -> None:
+    modules = modules_after("import store")
+    assert "store" in modules and "psycopg" in modules
+    assert forbidden(modules) == []
+
+
+def test_the_check_sees_sqlalchemy_when_an_admin_module_is_imported() -> None:
+    # The same check on the migration runner must fail, or the test above proves nothing.
+    modules = modules_after("import store; import sessionkeeper.admin.migrate")
+    found = forbidden(modules)
+    assert "sqlalchemy" in found and "alembic" in found and "sessionkeeper.admin.migrate" in found

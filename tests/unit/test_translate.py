@@ -1,0 +1,108 @@
+"""``core.translate``: which ``StoreError`` a driver or pool error stands for, without a server.
+psycopg builds the class of a server error from its SQLSTATE (``errors.lookup``), so each case
+starts from the SQLSTATE the server would send."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+from psycopg import errors as pg_errors
+from psycopg_pool import PoolTimeout
+
+import store
+from store import core
+from store.client import raise_store_error
+
+SECRET = "hunter2-s3cret"
+
+
+@pytest.mark.parametrize(
+    ("sqlstate", "expected"),
+    [
+        ("P0002", store.NotFound),  # no_data_found: raised by sk_* for an unknown user
+        ("23503", store.NotFound),  # foreign_key_violation: a session or user that is gone
+        ("42883", store.SchemaOutOfDate),  # undefined_function: sk_* not installed yet
+        ("42P01", store.SchemaOutOfDate),  # undefined_table
+        ("57014", store.DatabaseUnavailable),  # query_canceled: the statement timeout
+        ("57P01", store.DatabaseUnavailable),  # admin_shutdown: the server is going down
+        ("08006", store.DatabaseUnavailable),  # connection_failure
+        ("53300", store.DatabaseUnavailable),  # too_many_connections
+    ],
+)
+def test_sqlstates_become_store_errors(sqlstate: str, expected: type[store.StoreError]) -> None:
+    error = pg_errors.lookup(sqlstate)("the server's message")
+    translated = core.translate(error)
+    assert type(translated) is expected
+    assert str(translated).startswith("the server's message (SQLSTATE " + sqlstate + ")")
+
+
+def test_schema_out_of_date_says_what_to_run() -> None:
+    error = pg_errors.UndefinedFunction("function sk_begin_turn(text) does not exist")
+    assert "run `sessionkeeper migrate`" in str(core.translate(error))
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        psycopg.OperationalError("connection to server failed: Connection refused"),
+        psycopg.InterfaceError("the connection is closed"),
+    ],
+)
+def test_driver_errors_without_sqlstate_mean_the_database_is_unavailable(
+    error: psycopg.Error,
+) -> None:
+    translated = core.translate(error)
+    assert type(translated) is store.DatabaseUnavailable
+    assert str(translated) == str(error) and "SQLSTATE" not in str(translated)
+
+
+def test_pool_timeout_means_no_free_connection() -> None:
+    translated = core.translate(PoolTimeout("couldn't get a connection after 5.00 sec"))
+    assert type(translated) is store.DatabaseUnavailable
+    assert str(translated) == (
+        "no database connection available: couldn't get a connection after 5.00 sec"
+    )
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        psycopg.OperationalError(f'connection to "postgresql://bot:{SECRET}@db:5432/x" failed'),
+        psycopg.OperationalError(f"could not connect with host=db password={SECRET} user=bot"),
+        psycopg.OperationalError(f"could not connect: password = '{SECRET} with blanks' host=db"),
+        pg_errors.ForeignKeyViolation(f"key (dsn)=(postgres://u:{SECRET}@h/d) is not present"),
+        PoolTimeout(f"pool 'postgresql://bot:{SECRET}@db/x' had no connection"),
+    ],
+)
+def test_passwords_are_redacted(error: Exception) -> None:
+    translated = core.translate(error)
+    assert isinstance(translated, store.StoreError)
+    assert SECRET not in str(translated) and "***" in str(translated)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        pg_errors.UniqueViolation("duplicate key value violates unique constraint"),  # 23505
+        pg_errors.InvalidTextRepresentation("invalid input syntax for type uuid"),  # 22P02
+        pg_errors.RaiseException("raised by a function"),  # P0001
+        psycopg.ProgrammingError("the query has 2 placeholders but 1 parameters were passed"),
+        ValueError("not a driver error"),
+    ],
+)
+def test_other_errors_pass_through_unchanged(error: Exception) -> None:
+    assert core.translate(error) is error
+
+
+def test_the_store_raises_the_translation_from_the_original() -> None:
+    original = pg_errors.NoDataFound("user 1 does not exist")
+    with pytest.raises(store.NotFound) as raised:
+        raise_store_error(original)
+    assert raised.value.__cause__ is original
+
+
+def test_an_untranslated_error_is_raised_as_it_is() -> None:
+    original = pg_errors.UniqueViolation("duplicate key")
+    with pytest.raises(pg_errors.UniqueViolation) as raised:
+        raise_store_error(original)
+    assert raised.value is original
