@@ -169,9 +169,8 @@ SELECT count(*) FROM proactive_user_list
 -- name: usage_rollup
 -- Mark raw rows as rolled up and add them to the daily totals in one statement (one
 -- transaction): a row is counted exactly once, however late it arrives. Days are UTC days.
--- Totals saturate at the bigint maximum instead of failing: one overflowing total would
--- otherwise fail every batch, for every user, forever. The store's per-call cap keeps them far
--- below it; rows written by hand or by release 0.1.0 (which took up to 2^62 a call) may not.
+-- Totals stop at the bigint maximum instead of failing (sk_capped_total): one overflowing
+-- total would otherwise fail every batch, for every user, on every run.
 WITH b AS (
     SELECT stat_id
     FROM usage_stats
@@ -189,19 +188,15 @@ WITH b AS (
     INSERT INTO usage_daily AS d
         (day, user_id, channel, requests, input_tokens, output_tokens, cached_tokens, updated_at)
     SELECT (created_at AT TIME ZONE 'UTC')::date, user_id, channel, count(*),
-           least(sum(input_tokens), 9223372036854775807),
-           least(sum(output_tokens), 9223372036854775807),
-           least(sum(cached_tokens), 9223372036854775807), %(now)s
+           sk_capped_total(sum(input_tokens)), sk_capped_total(sum(output_tokens)),
+           sk_capped_total(sum(cached_tokens)), %(now)s
     FROM marked
     GROUP BY 1, 2, 3
     ON CONFLICT (day, user_id, channel) DO UPDATE
         SET requests = d.requests + EXCLUDED.requests,
-            input_tokens = least(d.input_tokens::numeric + EXCLUDED.input_tokens,
-                                 9223372036854775807),
-            output_tokens = least(d.output_tokens::numeric + EXCLUDED.output_tokens,
-                                  9223372036854775807),
-            cached_tokens = least(d.cached_tokens::numeric + EXCLUDED.cached_tokens,
-                                  9223372036854775807),
+            input_tokens = sk_capped_total(d.input_tokens::numeric + EXCLUDED.input_tokens),
+            output_tokens = sk_capped_total(d.output_tokens::numeric + EXCLUDED.output_tokens),
+            cached_tokens = sk_capped_total(d.cached_tokens::numeric + EXCLUDED.cached_tokens),
             updated_at = EXCLUDED.updated_at
 )
 SELECT count(*) FROM marked

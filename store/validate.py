@@ -116,25 +116,30 @@ def pairs(value: object, field: str = "max_pairs", *, default: int) -> int:
     return default if value is None else count(value, field, minimum=1, maximum=100_000)
 
 
-def moment(value: object, field: str) -> datetime | None:
+def moment(value: object, field: str, *, rule: str | None = None) -> datetime | None:
     """An aware datetime between ``EARLIEST`` and ``LATEST``, in UTC; or None (the database
     clock decides)."""
     if value is None:
         return None
     if not isinstance(value, datetime):
-        raise InvalidInput(f"{field} must be a datetime, not {type(value).__name__}", field=field)
+        raise InvalidInput(
+            f"{field} must be a datetime, not {type(value).__name__}", field=field, rule=rule
+        )
     try:
         offset = value.utcoffset()
     except (TypeError, ValueError) as exc:  # a tzinfo that breaks its contract
-        raise InvalidInput(f"{field} has an unusable time zone: {exc}", field=field) from None
+        raise InvalidInput(
+            f"{field} has an unusable time zone: {exc}", field=field, rule=rule
+        ) from None
     if offset is None:
-        raise InvalidInput(f"{field} must carry a time zone", field=field)
+        raise InvalidInput(f"{field} must carry a time zone", field=field, rule=rule)
     # Aware comparison never overflows; converting a datetime near year 1 or 9999 to UTC can.
     if not EARLIEST <= value < LATEST:
         raise InvalidInput(
             f"{field} must lie between {EARLIEST:%Y-%m-%d} and {LATEST:%Y-%m-%d} (UTC),"
             f" not {value.isoformat()}",
             field=field,
+            rule=rule,
         )
     return value.astimezone(UTC)
 
@@ -186,7 +191,7 @@ def message(config: StoreConfig, value: object, field: str) -> tuple[str, str, d
     return (
         str(role),
         content(config, entry.get("content"), f"{field}.content"),
-        moment(stamp, f"{field}.timestamp"),
+        moment(stamp, f"{field}.timestamp", rule="timestamp"),
     )
 
 

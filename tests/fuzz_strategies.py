@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from store import Message, RateDecision, Turn, User, validate
 from store.config import StoreConfig
-from store.schema import ROLES
+from store.models import ROLES
 
 settings.register_profile(
     "ci",

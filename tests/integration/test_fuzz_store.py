@@ -42,6 +42,7 @@ from psycopg import sql
 from jobs.registry import JOBS
 from jobs.runner import run_job
 from store import (
+    ANONYMOUS_USER_ID,
     Appended,
     AsyncStore,
     Forgotten,
@@ -527,40 +528,48 @@ def test_token_counts_are_capped_per_call(fuzz: Fuzz) -> None:
     erase(fuzz, example)
 
 
-def test_the_rollup_saturates_instead_of_failing_for_every_user(fuzz: Fuzz) -> None:
+def test_usage_totals_saturate_instead_of_failing_for_every_user(fuzz: Fuzz) -> None:
     # Release 0.1.0 bots (still running during an upgrade) accept up to 2**62 tokens a call:
     # two such rows overflowed usage_daily's bigint, and the failing batch was retried on every
-    # run, so nobody's usage was rolled up any more.
+    # run, so nobody's usage was rolled up any more; erasing such a user failed too.
     example = arrange(fuzz)
     k = example.known
+    pending = fuzz.sync.get_or_create_user("telegram", "erased before the rollup").user_id
     bystander = fuzz.sync.get_or_create_user("whatsapp", "bystander").user_id
     fuzz.sync.track_usage(bystander, "whatsapp", 5)
-    for _ in range(3):
+    for user in (k.user_id, pending) * 3:
         fuzz.conn.execute(
-            "INSERT INTO usage_stats (user_id, channel, input_tokens, output_tokens)"
-            " VALUES (%s, 'telegram', 2^62, 7)",
-            (k.user_id,),
+            "INSERT INTO usage_stats (user_id, channel, input_tokens, output_tokens, created_at)"
+            " VALUES (%s, 'telegram', 2^62, 7, '2026-03-02')",
+            (user,),
         )
-    report = run_job(
-        fuzz.connect, "usage_rollup", JOBS["usage_rollup"].settings(), replica_id="fuzz"
+    fuzz.sync.forget_user(pending)  # its pending rows are folded into the anonymous totals
+
+    def rollup() -> None:
+        job = JOBS["usage_rollup"]
+        report = run_job(fuzz.connect, job.name, job.settings(), replica_id="fuzz")
+        assert report.outcome == "success", report.error
+
+    rollup()
+    rollup()  # nothing left: a failing batch would have stayed pending
+    totals = dict(
+        (user, (tokens_in, tokens_out))
+        for user, tokens_in, tokens_out in fuzz.conn.execute(
+            "SELECT user_id, sum(input_tokens), sum(output_tokens) FROM usage_daily"
+            " WHERE user_id IN (%s, %s) AND day = '2026-03-02' GROUP BY 1",
+            (k.user_id, ANONYMOUS_USER_ID),
+        )
     )
-    assert report.outcome == "success"
-    totals = fuzz.conn.execute(
-        "SELECT user_id, sum(input_tokens), sum(output_tokens) FROM usage_daily"
-        " WHERE user_id IN (%s, %s) GROUP BY 1",
-        (k.user_id, bystander),
-    ).fetchall()
-    assert dict((user, (i, o)) for user, i, o in totals) == {
-        k.user_id: (2**63 - 1, 21),
-        bystander: (5, 0),
-    }
-    # A later row of the same day stays at the maximum too.
-    fuzz.sync.track_usage(k.user_id, "telegram", 1)
-    assert (
-        run_job(
-            fuzz.connect, "usage_rollup", JOBS["usage_rollup"].settings(), replica_id="fuzz"
-        ).outcome
-        == "success"
-    )
+    assert totals == {k.user_id: (2**63 - 1, 21), ANONYMOUS_USER_ID: (2**63 - 1, 21)}
+    bystander_total = fuzz.conn.execute(
+        "SELECT sum(input_tokens) FROM usage_daily WHERE user_id = %s", (bystander,)
+    ).fetchone()
+    assert bystander_total == (5,)
+    erase(fuzz, example)  # merged into the anonymous totals, which stay at the maximum
+    anonymous = fuzz.conn.execute(
+        "SELECT input_tokens, output_tokens FROM usage_daily"
+        " WHERE user_id = %s AND day = '2026-03-02' AND channel = 'telegram'",
+        (ANONYMOUS_USER_ID,),
+    ).fetchone()
+    assert anonymous == (2**63 - 1, 42)
     fuzz.sync.forget_user(bystander)
-    erase(fuzz, example)
