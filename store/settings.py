@@ -115,7 +115,7 @@ class Source:
 def _read_toml(path: str) -> dict[str, Any]:
     try:
         return tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
+    except (OSError, UnicodeDecodeError) as exc:  # also a binary file given by mistake
         raise ConfigurationError(f"cannot read configuration file {path}: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigurationError(f"invalid configuration file {path}: {exc}") from None
