@@ -54,7 +54,7 @@ words = st.one_of(
         ]
     ),
 ).filter(lambda w: not w.startswith(("-h", "--h")))  # help is no error (and exits 0)
-GLOBAL = st.one_of(
+GLOBAL: st.SearchStrategy[list[str]] = st.one_of(
     st.just([]),
     st.tuples(
         st.sampled_from(["--log-level", "--log-format", "--config", "--database-url"]), words
