@@ -46,6 +46,13 @@ _FALSE = frozenset({"0", "false", "no", "off"})
 _DURATION = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
+# Upper bounds every loader shares: a setting the store or a job adds to (or subtracts from) a
+# time is at most a century, which keeps the result within what PostgreSQL and Python hold
+# (the store accepts times up to year 9000); a count sent as an SQL integer fits one.
+CENTURY = timedelta(days=36525)
+CENTURY_SECONDS = int(CENTURY.total_seconds())
+SQL_INTEGER_MAX = 2**31 - 1
+
 log = logging.getLogger("sessionkeeper.settings")
 T = TypeVar("T")
 KeyPath = tuple[str, ...]

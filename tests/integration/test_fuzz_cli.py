@@ -139,3 +139,51 @@ def test_a_malformed_database_url_is_refused_in_one_line(database_url: str) -> N
     result = sessionkeeper("--database-url", "garbage==", "status", database_url=database_url)
     assert_one_line_refusal(result, 1)
     assert "invalid database URL" in result.stderr
+
+
+NUMERIC_SETTINGS = [
+    "SESSIONKEEPER_MAX_SIZE",
+    "SESSIONKEEPER_HISTORY_PAIRS",
+    "SESSIONKEEPER_IDLE_TIMEOUT",
+    "SESSIONKEEPER_LINK_CODE_TTL",
+    "SESSIONKEEPER_RATE_PER_MINUTE",
+    "SESSIONKEEPER_STATEMENT_TIMEOUT_MS",
+    "SESSIONKEEPER_METRICS_PORT",
+    "SESSIONKEEPER_WORKERS",
+    "SESSIONKEEPER_LOCK_TIMEOUT_SECONDS",
+    "SESSIONKEEPER_SESSION_ARCHIVAL_IDLE_SECONDS",
+    "SESSIONKEEPER_USAGE_ROLLUP_BATCH_SIZE",
+    "SESSIONKEEPER_LINK_CODE_EXPIRY_PAUSE_SECONDS",
+]
+# Bad for every setting above: not a number, not finite, negative, or beyond every bound.
+BAD_NUMBERS = ["x", "-5", "1e400", "nan", "inf", "99999999999999999999", "10**9", "½"]
+
+
+@pytest.mark.slow
+@examples(0.08)
+@given(name=st.sampled_from(NUMERIC_SETTINGS), value=st.sampled_from(BAD_NUMBERS))
+def test_the_daemon_refuses_bad_settings_at_start_up(
+    database_url: str, name: str, value: str
+) -> None:
+    result = sessionkeeper("run", database_url=database_url, **{name: value})
+    assert_one_line_refusal(result, 1)
+    assert name in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("SESSIONKEEPER_IDLE_TIMEOUT", "36526d"),  # now - idle left PostgreSQL's range
+        ("SESSIONKEEPER_RATE_PER_MINUTE", "2147483648"),  # sent as integer[]: out of range
+        ("SESSIONKEEPER_STATEMENT_TIMEOUT_MS", "2147483648"),  # no connection would open
+        ("SESSIONKEEPER_METRICS_PORT", "65536"),
+        ("SESSIONKEEPER_SESSION_ARCHIVAL_IDLE_SECONDS", "99999999999"),  # interval out of range
+    ],
+)
+def test_settings_that_used_to_fail_later_are_refused_at_start_up(
+    database_url: str, name: str, value: str
+) -> None:
+    # Was: accepted, then every turn, connection or run of a job failed.
+    result = sessionkeeper("run", database_url=database_url, **{name: value})
+    assert_one_line_refusal(result, 1)
+    assert f"invalid setting {name}: '{value}'" in result.stderr
