@@ -88,6 +88,7 @@ class Operations:
     get_or_create_session = Op(core.get_or_create_session)
     append_messages = Op(core.append_messages)
     trim_session_history = Op(core.trim_session_history)
+    clear_session_history = Op(core.clear_session_history)
     get_history = Op(core.get_history)
     check_rate_limit = Op(core.check_rate_limit)
     track_usage = Op(core.track_usage)

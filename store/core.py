@@ -123,6 +123,7 @@ def _history(row: Row) -> list[models.Message]:
     seqs = row["history_seqs"]
     if not seqs:
         return []
+    extras = row["history_extras"]
     return list(
         map(
             models.Message,
@@ -130,6 +131,7 @@ def _history(row: Row) -> list[models.Message]:
             row["history_contents"],
             row["history_created"],
             seqs,
+            extras,
         )
     )
 
@@ -225,10 +227,17 @@ def finish_turn(
 
 
 def append_messages(
-    config: StoreConfig, session_id: UUID | str, messages: object, *, now: datetime | None = None
+    config: StoreConfig,
+    session_id: UUID | str,
+    messages: object,
+    *,
+    max_pairs: int | None = None,
+    now: datetime | None = None,
 ) -> Plan[models.Appended]:
-    """Append ``{role, content, timestamp?}`` messages to a session, in order."""
-    return _append(config, validate.uuid(session_id, "session_id"), messages, now)
+    """Append ``{role, content, timestamp?, extra?}`` messages to a session, in order; with
+    ``max_pairs``, also trim the history to that many pairs in the same statement."""
+    keep = None if max_pairs is None else 2 * validate.pairs(max_pairs, default=0)
+    return _append(config, validate.uuid(session_id, "session_id"), messages, now, keep=keep)
 
 
 def _append(
@@ -240,12 +249,14 @@ def _append(
     keep: int | None = None,
     usage: Mapping[str, int] | None = None,
 ) -> Plan[models.Appended]:
-    roles, contents, created = validate.messages(config, messages)
+    batch = validate.messages(config, messages)
     params = {
         "session_id": session_id,
-        "roles": roles,
-        "contents": contents,
-        "created": created,
+        "roles": batch.roles,
+        "contents": batch.contents,
+        "created": batch.created,
+        # "" for none: an array of only NULLs would be sent without a type.
+        "extras": [extra or "" for extra in batch.extras],
         "now": validate.moment(now, "now"),
         "keep": keep,
         "track_usage": usage is not None,
@@ -273,6 +284,16 @@ def trim_session_history(
     return _single(
         "trim_session_history",
         params,
+        lambda rows: int(_first(rows, f"session {checked} does not exist")["trimmed"]),
+    )
+
+
+def clear_session_history(config: StoreConfig, session_id: UUID | str) -> Plan[int]:
+    """Delete every message of a session (the session stays); returns how many went."""
+    checked = validate.uuid(session_id, "session_id")
+    return _single(
+        "trim_session_history",
+        {"session_id": checked, "keep": 0},
         lambda rows: int(_first(rows, f"session {checked} does not exist")["trimmed"]),
     )
 

@@ -16,7 +16,8 @@ class ConfigurationError(StoreError):
 class InvalidInput(StoreError, ValueError):
     """An argument was rejected before anything reached the database. ``rule`` names the check
     a text or message broke (``type``, ``empty``, ``length``, ``nul``, ``unicode``, ``size``,
-    ``shape``, ``role``, ``timestamp``), for callers that sort refusals; None for other checks."""
+    ``shape``, ``role``, ``timestamp``, ``json``), for callers that sort refusals; None for
+    other checks."""
 
     def __init__(self, message: str, *, field: str | None = None, rule: str | None = None) -> None:
         super().__init__(message)

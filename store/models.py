@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -26,15 +27,21 @@ class User:
 
 @dataclass(frozen=True)
 class Message:
-    """One history entry; ``as_dict()`` is the seed's ``{role, content, timestamp}``."""
+    """One history entry; ``as_dict()`` is the seed's ``{role, content, timestamp}``, plus
+    ``extra`` when the message carries fields beyond role and content (a JSON object: a tool
+    message's call id, an AI message's tool calls, ...)."""
 
     role: str
     content: str
     timestamp: datetime
     seq: int | None = None
+    extra: Mapping[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"role": self.role, "content": self.content, "timestamp": self.timestamp}
+        entry = {"role": self.role, "content": self.content, "timestamp": self.timestamp}
+        if self.extra is not None:
+            entry["extra"] = self.extra
+        return entry
 
     def as_prompt(self) -> dict[str, str]:
         """The shape chat-completion APIs take."""

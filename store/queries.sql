@@ -9,19 +9,23 @@
 -- begin_turn --
 -- Upsert the user, decide the rate limit and, when admitted, find or open the current session
 -- and read its history.
--- The history comes back as parallel arrays, oldest first (see sk_history_arrays).
+-- The history comes back as parallel arrays, oldest first, with each message's extra fields
+-- (see sk_history_arrays_v2).
 SELECT user_id, person_id, display_name, user_created, now, allowed, retry_at, refused_window,
        session_id, session_created, history_seqs, history_roles, history_contents,
-       history_created
-FROM sk_begin_turn(%(channel)s, %(channel_user_id)s, %(display_name)s, %(now)s::timestamptz,
-                   %(windows)s::integer[], %(caps)s::integer[], %(durable)s,
-                   %(idle)s::interval, %(carry_pairs)s, %(history_pairs)s)
+       history_created, history_extras
+FROM sk_begin_turn_v2(%(channel)s, %(channel_user_id)s, %(display_name)s,
+                      %(now)s::timestamptz, %(windows)s::integer[], %(caps)s::integer[],
+                      %(durable)s, %(idle)s::interval, %(carry_pairs)s, %(history_pairs)s)
 
 -- append_messages --
 -- Append a batch to a session; optionally trim and record usage (finish_turn does both).
 -- Raising sessions.next_seq locks the session row, so concurrent appends take consecutive seq
 -- ranges and none is lost. The cost does not depend on the history's length, and the trim is an
 -- index range on the primary key (session_id, seq). NULL %(keep)s keeps everything.
+-- All parts share one snapshot, so the DELETE cannot see the rows this statement inserts: a
+-- batch longer than %(keep)s inserts only its newest %(keep)s messages, and the others count
+-- as appended and trimmed.
 -- The message arrays are sent in binary format (the b placeholders): the client does not quote
 -- and escape every message into an array literal.
 WITH session AS (
@@ -31,12 +35,15 @@ WITH session AS (
     WHERE s.session_id = %(session_id)s
     RETURNING s.session_id, s.user_id, s.next_seq
 ), appended AS (
-    INSERT INTO session_messages (session_id, seq, role, content, created_at)
+    INSERT INTO session_messages (session_id, seq, role, content, created_at, extra)
     SELECT s.session_id, s.next_seq - cardinality(%(roles)b::text[]) + m.ord - 1,
-           m.role, m.content, coalesce(m.created_at, %(now)s::timestamptz, now())
+           m.role, m.content, coalesce(m.created_at, %(now)s::timestamptz, now()),
+           nullif(m.extra, '')::jsonb
     FROM session s,
-         unnest(%(roles)b::text[], %(contents)b::text[], %(created)b::timestamptz[])
-             WITH ORDINALITY AS m(role, content, created_at, ord)
+         unnest(%(roles)b::text[], %(contents)b::text[], %(created)b::timestamptz[],
+                %(extras)b::text[])
+             WITH ORDINALITY AS m(role, content, created_at, extra, ord)
+    WHERE %(keep)s::bigint IS NULL OR m.ord > cardinality(%(roles)b::text[]) - %(keep)s::bigint
     RETURNING seq
 ), trimmed AS (
     DELETE FROM session_messages m USING session s
@@ -51,9 +58,9 @@ WITH session AS (
     WHERE %(track_usage)s
     RETURNING stat_id
 )
-SELECT s.session_id, s.user_id, s.next_seq,
-       (SELECT count(*) FROM appended) AS appended,
-       (SELECT count(*) FROM trimmed) AS trimmed
+SELECT s.session_id, s.user_id, s.next_seq, cardinality(%(roles)b::text[]) AS appended,
+       (SELECT count(*) FROM trimmed)
+           + cardinality(%(roles)b::text[]) - (SELECT count(*) FROM appended) AS trimmed
 FROM session s
 
 -- trim_session_history --
@@ -69,8 +76,8 @@ SELECT s.session_id, (SELECT count(*) FROM trimmed) AS trimmed FROM session s
 
 -- get_history --
 SELECT seqs AS history_seqs, roles AS history_roles, contents AS history_contents,
-       created AS history_created
-FROM sk_history_arrays(%(session_id)s, %(history_pairs)s)
+       created AS history_created, extras AS history_extras
+FROM sk_history_arrays_v2(%(session_id)s, %(history_pairs)s)
 
 -- get_or_create_user --
 -- The seed's upsert: a user's first message creates it, every message marks it authenticated.

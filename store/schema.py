@@ -83,6 +83,12 @@ def _message_columns(session_table: str) -> list[Column[object]]:
     ]
 
 
+# What a message needs beyond role and content (a tool call's id, an AI message's tool calls,
+# content blocks), as one JSON object; NULL for plain text messages. Revision 0011.
+def _extra() -> Column[object]:
+    return Column("extra", JSONB)
+
+
 _ROLE_CHECK = "role IN (" + ", ".join(f"'{r}'" for r in ROLES) + ")"
 
 persons = Table(
@@ -126,6 +132,7 @@ session_messages = Table(
     metadata,
     *_message_columns("sessions"),
     _tstz("created_at"),
+    _extra(),
     PrimaryKeyConstraint("session_id", "seq"),
     CheckConstraint(_ROLE_CHECK, name="role"),
 )
@@ -149,6 +156,7 @@ archived_session_messages = Table(
     metadata,
     *_message_columns("archived_sessions"),
     Column("created_at", TIMESTAMP(timezone=True), nullable=False),
+    _extra(),
     PrimaryKeyConstraint("session_id", "seq"),
 )
 

@@ -58,6 +58,7 @@ def test_finish_turn_statement_reads_no_other_history(
         "roles": ["user", "assistant"],
         "contents": ["q", "a"],
         "created": [None, None],
+        "extras": [None, None],
         "now": None,
         "keep": 40,
         "track_usage": True,

@@ -41,6 +41,7 @@ def turn_row(**changes: Any) -> Rows:
         "history_roles": ["user", "assistant"],
         "history_contents": ["hi", "hello"],
         "history_created": [T0 - timedelta(minutes=2), T0 - timedelta(minutes=1)],
+        "history_extras": [None, {"tool_calls": [{"name": "f", "args": {}, "id": "c1"}]}],
     }
     return one(**{**row, **changes})
 
@@ -59,9 +60,10 @@ def test_begin_turn_decodes_an_admitted_turn_with_its_history(config: StoreConfi
     assert turn.allowed and turn.rate == store.RateDecision(True, None, None)
     assert turn.user == store.User(USER, "telegram", "42", PERSON, "Ann", created=False)
     assert (turn.session_id, turn.session_created, turn.started_at) == (SESSION, False, T0)
+    call = {"tool_calls": [{"name": "f", "args": {}, "id": "c1"}]}
     assert turn.history == [
         store.Message("user", "hi", T0 - timedelta(minutes=2), seq=4),
-        store.Message("assistant", "hello", T0 - timedelta(minutes=1), seq=5),
+        store.Message("assistant", "hello", T0 - timedelta(minutes=1), seq=5, extra=call),
     ]
     assert [m.as_prompt() for m in turn.history] == [
         {"role": "user", "content": "hi"},
@@ -105,6 +107,7 @@ def test_a_refused_turn_has_no_session_and_says_when_to_retry(config: StoreConfi
         history_roles=None,
         history_contents=None,
         history_created=None,
+        history_extras=None,
     )
     turn = InMemoryDatabase(begin_turn=[refused]).call(core.begin_turn, config, "telegram", "a")
     assert not turn.allowed and not turn.rate
@@ -122,6 +125,7 @@ def test_a_new_session_without_history_decodes_to_an_empty_list(config: StoreCon
         history_roles=[],
         history_contents=[],
         history_created=[],
+        history_extras=[],
         user_created=True,
     )
     turn = InMemoryDatabase(begin_turn=[empty]).call(core.begin_turn, config, "telegram", "a")
@@ -149,6 +153,7 @@ def test_finish_turn_sends_both_messages_trim_and_usage(config: StoreConfig) -> 
         "contents": ["question", "answer"],
         # the user's message is dated when the turn began; the reply when it is stored
         "created": [turn.started_at, None],
+        "extras": ["", ""],  # none
         "now": None,
         "keep": 2 * config.history_pairs,
         "track_usage": True,
@@ -189,7 +194,13 @@ def test_the_message_arrays_are_sent_in_binary(config: StoreConfig) -> None:
     db.call(core.finish_turn, config, admitted_turn(config), "q", "a")
     step = db.sent[0]
     transformer = Transformer()
-    for name, array_type in (("roles", "text"), ("contents", "text"), ("created", "timestamptz")):
+    arrays = (
+        ("roles", "text"),
+        ("contents", "text"),
+        ("created", "timestamptz"),
+        ("extras", "text"),
+    )
+    for name, array_type in arrays:
         assert f"%({name})b::{array_type}[]" in step.sql
         dumper = transformer.get_dumper(step.params[name], PyFormat.BINARY)
         assert dumper.oid == pg_types[array_type].array_oid
@@ -262,6 +273,12 @@ CALLS: dict[str, tuple[Callable[..., core.Plan[Any]], tuple[Any, ...], str, obje
         store.Appended(SESSION, USER, 2, 0, 8),
     ),
     "trim_session_history": (core.trim_session_history, (SESSION, 2), "trim_session_history", 4),
+    "clear_session_history": (
+        core.clear_session_history,
+        (SESSION,),
+        "trim_session_history",
+        4,
+    ),
     "get_history": (core.get_history, (SESSION,), "get_history", None),
     "get_or_create_user": (
         core.get_or_create_user,
