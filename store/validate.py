@@ -18,6 +18,7 @@ from .models import ROLES
 MAX_ID_LENGTH = 256
 MAX_NAME_LENGTH = 256
 MAX_BATCH = 1000
+MAX_EXTRA_DEPTH = 64  # a message's extra fields; Python's json recursion ends near 1000
 # Per call. Daily totals add up many calls in bigint columns (the rollup saturates at the
 # bigint maximum, which this keeps out of reach: 2**32 calls a day per user and channel).
 MAX_TOKENS = 2**31 - 1
@@ -174,6 +175,10 @@ def extra(config: StoreConfig, value: object, field: str) -> str | None:
         raise InvalidInput(f"{field} must be a mapping (a JSON object)", field=field, rule="type")
     if not value:
         return None
+    if _too_deep(value, MAX_EXTRA_DEPTH):  # json.dumps would raise RecursionError
+        raise InvalidInput(
+            f"{field} is nested deeper than {MAX_EXTRA_DEPTH} levels", field=field, rule="json"
+        )
     try:
         encoded = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
@@ -193,6 +198,19 @@ def extra(config: StoreConfig, value: object, field: str) -> str | None:
             rule="size",
         )
     return encoded
+
+
+def _too_deep(value: object, limit: int) -> bool:
+    """Whether objects and arrays nest deeper than ``limit`` (checked without recursion)."""
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, Mapping | list | tuple):
+            if depth > limit:
+                return True
+            children = item.values() if isinstance(item, Mapping) else item
+            pending.extend((child, depth + 1) for child in children)
+    return False
 
 
 def _strings(value: object) -> Iterator[str]:

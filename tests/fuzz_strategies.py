@@ -224,12 +224,41 @@ pair_counts = mostly(st.one_of(st.none(), st.integers(1, 5)), st.one_of(edge_int
 
 roles = mostly(st.sampled_from(ROLES), garbage)
 contents = mostly(st.text(min_size=1, max_size=20), st.one_of(texts, garbage))
+# A message's extra fields: a JSON object, deep, odd or not JSON at all.
+json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), texts),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+extras = mostly(
+    st.one_of(st.none(), st.dictionaries(st.text(max_size=5), json_values, max_size=3)),
+    st.one_of(
+        st.sampled_from([100, 5000, 100_000]).map(_nested),
+        st.integers(0, 9).map(lambda n: {"too long to print": 10**5000 + n}),
+        garbage,
+    ),
+)
 message_dicts = st.fixed_dictionaries(
     {"role": roles, "content": contents},
-    optional={"timestamp": moments, "extra": garbage},
+    optional={"timestamp": moments, "extra": extras},
 )
 message_objects = st.builds(
-    Message, role=roles, content=contents, timestamp=st.one_of(aware_times, garbage)
+    Message,
+    role=roles,
+    content=contents,
+    timestamp=st.one_of(aware_times, garbage),
+    extra=extras,
 )
 one_message = mostly(st.one_of(message_dicts, message_objects), garbage)
 message_lists: st.SearchStrategy[Any] = mostly(
@@ -315,6 +344,7 @@ def call_arguments(known: Known) -> dict[str, Arguments]:
         "get_or_create_session": _call(user, now=moments),
         "append_messages": _call(session, message_lists, now=moments),
         "trim_session_history": _call(session, pair_counts),
+        "clear_session_history": _call(session),
         "get_history": _call(session, pair_counts),
         "check_rate_limit": _call(user, now=moments),
         "track_usage": _call(user, channel, token_counts, token_counts, token_counts, now=moments),

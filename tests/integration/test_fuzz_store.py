@@ -208,6 +208,7 @@ def check_promise(fuzz: Fuzz, name: str, args: tuple[Any, ...], result: Any) -> 
         "get_or_create_session": Session,
         "append_messages": Appended,
         "trim_session_history": int,
+        "clear_session_history": int,
         "get_history": list,
         "check_rate_limit": RateDecision,
         "track_usage": UUID,

@@ -8,16 +8,19 @@ error. The same strategies drive tests/integration/test_fuzz_store.py against Po
 from __future__ import annotations
 
 import inspect
+import json
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
 import pytest
 from fuzz_strategies import (
+    _nested,
     aware_times,
     call_arguments,
     channel_user_ids,
     examples,
+    extras,
     message_lists,
     moments,
     random_known,
@@ -111,12 +114,29 @@ def test_every_aware_time_in_range_is_accepted(value: datetime) -> None:
 def test_message_batches_are_storable_or_refused(values: object) -> None:
     checked = accepted(validate.messages, CONFIG, values)
     if checked is not None:
-        roles, contents, times = checked
-        assert 1 <= len(roles) == len(contents) == len(times) <= validate.MAX_BATCH
+        roles, contents, times, extras = checked
+        assert 1 <= len(roles) == len(contents) == len(times) == len(extras)
+        assert len(roles) <= validate.MAX_BATCH
         for part in checked:
             storable([item for item in part if item is not None])
         for content in contents:
             assert len(content.encode("utf-8")) <= CONFIG.max_message_bytes
+
+
+@MANY
+@given(extras)
+def test_extra_fields_are_json_text_or_refused(value: object) -> None:
+    checked = accepted(validate.extra, CONFIG, value, "extra")
+    if checked is not None:
+        storable(checked)
+        assert isinstance(json.loads(checked), dict)
+
+
+def test_deeply_nested_extra_fields_are_refused() -> None:
+    # Was: a raw RecursionError from json.dumps.
+    with pytest.raises(InvalidInput, match="nested deeper than 64 levels"):
+        validate.extra(CONFIG, _nested(5000), "extra")
+    assert validate.extra(CONFIG, _nested(63), "extra") is not None
 
 
 OPERATIONS = {name: op for name, op in vars(Operations).items() if isinstance(op, Op)}
