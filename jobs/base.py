@@ -56,7 +56,9 @@ class BatchSettings:
             minimum = 1 if item.name == "batch_size" else 0
             kind = "a whole number" if isinstance(value, int) else "a number"
             require(
-                math.isfinite(value) and minimum <= value <= CENTURY_SECONDS,
+                # isfinite() overflows on an int beyond a float; an int is finite anyway.
+                (isinstance(value, int) or math.isfinite(value))
+                and minimum <= value <= CENTURY_SECONDS,
                 item.name,
                 value,
                 f"{kind} from {minimum} to {CENTURY_SECONDS}",

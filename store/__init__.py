@@ -38,6 +38,7 @@ from .errors import (
     LinkCodeLocked,
     NotFound,
     RateLimited,
+    ReadOnlyDatabase,
     SchemaOutOfDate,
     StoreError,
 )
@@ -74,6 +75,7 @@ __all__ = [
     "ProactiveUser",
     "RateDecision",
     "RateLimited",
+    "ReadOnlyDatabase",
     "SchemaOutOfDate",
     "Session",
     "Store",

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from .errors import RateLimited
 
@@ -80,7 +80,11 @@ class Session:
 @dataclass(frozen=True)
 class Turn:
     """What ``begin_turn`` found: the user, the rate decision and, when admitted, the current
-    session and its history (oldest first). Refused turns have no session."""
+    session and its history (oldest first). Refused turns have no session.
+
+    ``turn_id`` is the turn's idempotency key, drawn on the client: ``finish_turn`` called
+    again with the same Turn and the same arguments (a retry after an in-doubt error) stores
+    nothing more and returns the first call's ``Appended``."""
 
     user: User
     rate: RateDecision
@@ -88,6 +92,7 @@ class Turn:
     session_id: UUID | None = None
     session_created: bool = False
     history: list[Message] = field(default_factory=list)
+    turn_id: UUID = field(default_factory=uuid4)
 
     @property
     def allowed(self) -> bool:

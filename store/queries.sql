@@ -28,11 +28,20 @@ FROM sk_begin_turn_v2(%(channel)s, %(channel_user_id)s, %(display_name)s,
 -- as appended and trimmed.
 -- The message arrays are sent in binary format (the b placeholders): the client does not quote
 -- and escape every message into an array literal.
-WITH session AS (
+-- %(turn_id)s (finish_turn's idempotency key, NULL for append_messages) makes a retry safe: a
+-- turn with a receipt writes nothing and returns the receipt. Two attempts racing (a retry
+-- while the first is still running) both pass `prior`; the second then fails on the receipt's
+-- primary key, is rolled back whole, and the caller runs it again to read the receipt.
+-- Receipts go with the turn's messages when the trim removes them.
+WITH prior AS (
+    SELECT r.session_id, s.user_id, r.next_seq, r.appended::bigint, r.trimmed::bigint
+    FROM turn_receipts r JOIN sessions s ON s.session_id = r.session_id
+    WHERE r.session_id = %(session_id)s AND r.turn_id = %(turn_id)s::uuid
+), session AS (
     UPDATE sessions s
     SET next_seq = s.next_seq + cardinality(%(roles)b::text[]),
         last_active = greatest(s.last_active, coalesce(%(now)s::timestamptz, now()))
-    WHERE s.session_id = %(session_id)s
+    WHERE s.session_id = %(session_id)s AND NOT EXISTS (SELECT FROM prior)
     RETURNING s.session_id, s.user_id, s.next_seq
 ), appended AS (
     INSERT INTO session_messages (session_id, seq, role, content, created_at, extra)
@@ -57,11 +66,24 @@ WITH session AS (
     FROM session s JOIN users u ON u.user_id = s.user_id
     WHERE %(track_usage)s
     RETURNING stat_id
+), counts AS (
+    -- Messages of the batch beyond %(keep)s are counted as appended and trimmed (see above).
+    SELECT cardinality(%(roles)b::text[])::bigint AS appended,
+           (SELECT count(*) FROM trimmed)
+               + cardinality(%(roles)b::text[]) - (SELECT count(*) FROM appended) AS trimmed
+), receipt AS (
+    INSERT INTO turn_receipts (session_id, turn_id, appended, trimmed, next_seq)
+    SELECT s.session_id, %(turn_id)s::uuid, c.appended, c.trimmed, s.next_seq
+    FROM session s, counts c
+    WHERE %(turn_id)s::uuid IS NOT NULL
+), expired_receipts AS (
+    DELETE FROM turn_receipts r USING session s
+    WHERE r.session_id = s.session_id AND r.next_seq <= s.next_seq - %(keep)s::bigint
 )
-SELECT s.session_id, s.user_id, s.next_seq, cardinality(%(roles)b::text[]) AS appended,
-       (SELECT count(*) FROM trimmed)
-           + cardinality(%(roles)b::text[]) - (SELECT count(*) FROM appended) AS trimmed
-FROM session s
+SELECT s.session_id, s.user_id, s.next_seq, c.appended, c.trimmed
+FROM session s, counts c
+UNION ALL
+SELECT session_id, user_id, next_seq, appended, trimmed FROM prior
 
 -- trim_session_history --
 -- Keep the newest %(keep)s messages: everything below next_seq - keep, an index range.

@@ -137,6 +137,22 @@ session_messages = Table(
     CheckConstraint(_ROLE_CHECK, name="role"),
 )
 
+# Receipts of the turns finish_turn stored, by the idempotency key the Turn carries: a retry
+# after an in-doubt error (the answer of a commit was lost) finds its receipt and returns the
+# same result instead of storing the turn twice. A receipt goes when its turn's messages are
+# trimmed from the history (finish_turn deletes it) or with its session (archival, erasure).
+turn_receipts = Table(
+    "turn_receipts",
+    metadata,
+    _cascade_fk("session_id", "sessions.session_id"),
+    Column("turn_id", UUID(as_uuid=True), nullable=False),
+    Column("appended", Integer, nullable=False),
+    Column("trimmed", Integer, nullable=False),
+    # The session's next_seq after the turn: the turn's messages are next_seq - appended ...
+    Column("next_seq", BigInteger, nullable=False),
+    PrimaryKeyConstraint("session_id", "turn_id"),
+)
+
 archived_sessions = Table(
     "archived_sessions",
     metadata,

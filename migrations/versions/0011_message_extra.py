@@ -1,7 +1,7 @@
 """message extra: what a message needs beyond role and content, online and archived
 
 Revision ID: 0011
-Revises: 0008
+Revises: 0009
 Create Date: 2026-12-01
 
 ``session_messages.extra`` and ``archived_session_messages.extra``: one JSON object per
@@ -24,7 +24,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0011"
-down_revision: str | None = "0008"
+down_revision: str | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -147,7 +147,9 @@ def test_finish_turn_sends_both_messages_trim_and_usage(config: StoreConfig) -> 
     )
     assert appended == store.Appended(SESSION, USER, appended=2, trimmed=2, next_seq=8)
     assert db.names() == ["append_messages"]
-    assert db.sent[0].params == {
+    params = dict(db.sent[0].params)
+    assert isinstance(params.pop("turn_id"), UUID)  # the request's idempotency key
+    assert params == {
         "session_id": SESSION,
         "roles": ["user", "assistant"],
         "contents": ["question", "answer"],
@@ -161,6 +163,25 @@ def test_finish_turn_sends_both_messages_trim_and_usage(config: StoreConfig) -> 
         "output_tokens": 3,
         "cached_tokens": 0,
     }
+
+
+def test_finish_turn_keys_a_request_by_its_turn_and_arguments(config: StoreConfig) -> None:
+    turn, other_turn = admitted_turn(config), admitted_turn(config)
+    db = InMemoryDatabase(append_messages=[appended_row()] * 6)
+    calls = [
+        (turn, "q", "a", 1),
+        (turn, "q", "a", 1),  # the same call again (a retry): the same key
+        (turn, "q2", "a", 1),  # other messages with the same Turn: another request
+        (turn, "q", "a", 2),  # other usage
+        (other_turn, "q", "a", 1),
+    ]
+    for t, question, answer, tokens in calls:
+        db.call(core.finish_turn, config, t, question, answer, input_tokens=tokens)
+    keys = [step.params["turn_id"] for step in db.sent]
+    assert keys[0] == keys[1] and len(set(keys)) == 4
+    # append_messages has no key: nothing to retry by.
+    db.call(core.append_messages, config, SESSION, [{"role": "user", "content": "x"}])
+    assert db.sent[-1].params["turn_id"] is None
 
 
 def test_finish_turn_keeps_max_pairs_when_given(config: StoreConfig) -> None:
