@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 
 from store.config import StoreConfig
-from store.settings import require
+from store.settings import CENTURY_SECONDS, require
 
 from .sql import QUERIES
 
@@ -47,7 +47,8 @@ class BatchSettings:
     pause_seconds: float = 0.0
 
     def __post_init__(self) -> None:
-        # Every number a job takes is a size, a count or a span of seconds.
+        # Every number a job takes is a size, a count or a span of seconds; at most a century,
+        # so that now minus it stays a time PostgreSQL and Python can hold.
         for item in dataclasses.fields(self):
             value = getattr(self, item.name)
             if isinstance(value, bool) or not isinstance(value, int | float):
@@ -55,10 +56,12 @@ class BatchSettings:
             minimum = 1 if item.name == "batch_size" else 0
             kind = "a whole number" if isinstance(value, int) else "a number"
             require(
-                math.isfinite(value) and value >= minimum,
+                # isfinite() overflows on an int beyond a float; an int is finite anyway.
+                (isinstance(value, int) or math.isfinite(value))
+                and minimum <= value <= CENTURY_SECONDS,
                 item.name,
                 value,
-                f"{kind} of at least {minimum}",
+                f"{kind} from {minimum} to {CENTURY_SECONDS}",
             )
 
 

@@ -178,6 +178,8 @@ SELECT sk_publish_proactive_list(%(changed)s)
 -- name: usage_rollup
 -- Mark raw rows as rolled up and add them to the daily totals in one statement (one
 -- transaction): a row is counted exactly once, however late it arrives. Days are UTC days.
+-- Totals stop at the bigint maximum instead of failing (sk_capped_total): one overflowing
+-- total would otherwise fail every batch, for every user, on every run.
 WITH b AS (
     SELECT stat_id
     FROM usage_stats
@@ -195,14 +197,15 @@ WITH b AS (
     INSERT INTO usage_daily AS d
         (day, user_id, channel, requests, input_tokens, output_tokens, cached_tokens, updated_at)
     SELECT (created_at AT TIME ZONE 'UTC')::date, user_id, channel, count(*),
-           sum(input_tokens), sum(output_tokens), sum(cached_tokens), %(now)s
+           sk_capped_total(sum(input_tokens)), sk_capped_total(sum(output_tokens)),
+           sk_capped_total(sum(cached_tokens)), %(now)s
     FROM marked
     GROUP BY 1, 2, 3
     ON CONFLICT (day, user_id, channel) DO UPDATE
         SET requests = d.requests + EXCLUDED.requests,
-            input_tokens = d.input_tokens + EXCLUDED.input_tokens,
-            output_tokens = d.output_tokens + EXCLUDED.output_tokens,
-            cached_tokens = d.cached_tokens + EXCLUDED.cached_tokens,
+            input_tokens = sk_capped_total(d.input_tokens::numeric + EXCLUDED.input_tokens),
+            output_tokens = sk_capped_total(d.output_tokens::numeric + EXCLUDED.output_tokens),
+            cached_tokens = sk_capped_total(d.cached_tokens::numeric + EXCLUDED.cached_tokens),
             updated_at = EXCLUDED.updated_at
 )
 SELECT count(*) FROM marked

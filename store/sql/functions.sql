@@ -21,6 +21,18 @@
 -- holds exactly these definitions.
 
 -- =============================================================================================
+-- Usage totals
+-- =============================================================================================
+
+-- sk_capped_total: a token total that stops at the bigint maximum instead of failing. Daily
+-- totals add up many calls, and one total that overflowed would fail the usage rollup (or an
+-- erasure) on every retry, for every user. The store's per-call cap (2^31 - 1) keeps real
+-- totals far below it; rows written by release 0.1.0 (up to 2^62 a call) or by hand may not be.
+CREATE OR REPLACE FUNCTION sk_capped_total(p_total numeric) RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$ SELECT least(p_total, 9223372036854775807)::bigint $$;
+
+-- =============================================================================================
 -- Rate limits
 -- Every configured cap (per minute, hour, day) is decided in one call; a request refused by any
 -- cap counts against none of them. Windows are aligned to the epoch (UTC days).
@@ -538,13 +550,16 @@ BEGIN
             INSERT INTO usage_daily AS t (day, user_id, channel, requests, input_tokens,
                                           output_tokens, cached_tokens, updated_at)
             SELECT (created_at AT TIME ZONE 'UTC')::date, v_anonymous, channel, count(*),
-                   sum(input_tokens), sum(output_tokens), sum(cached_tokens), now()
+                   sk_capped_total(sum(input_tokens)), sk_capped_total(sum(output_tokens)),
+                   sk_capped_total(sum(cached_tokens)), now()
             FROM d WHERE NOT rolled_up GROUP BY 1, 3
             ON CONFLICT (day, user_id, channel) DO UPDATE
                 SET requests = t.requests + EXCLUDED.requests,
-                    input_tokens = t.input_tokens + EXCLUDED.input_tokens,
-                    output_tokens = t.output_tokens + EXCLUDED.output_tokens,
-                    cached_tokens = t.cached_tokens + EXCLUDED.cached_tokens,
+                    input_tokens = sk_capped_total(t.input_tokens::numeric + EXCLUDED.input_tokens),
+                    output_tokens = sk_capped_total(t.output_tokens::numeric
+                                                    + EXCLUDED.output_tokens),
+                    cached_tokens = sk_capped_total(t.cached_tokens::numeric
+                                                    + EXCLUDED.cached_tokens),
                     updated_at = EXCLUDED.updated_at
         )
         SELECT count(*) INTO v_n FROM d;
@@ -554,14 +569,16 @@ BEGIN
         merged AS (
             INSERT INTO usage_daily AS t (day, user_id, channel, requests, input_tokens,
                                           output_tokens, cached_tokens, updated_at)
-            SELECT day, v_anonymous, channel, sum(requests), sum(input_tokens),
-                   sum(output_tokens), sum(cached_tokens), now()
+            SELECT day, v_anonymous, channel, sum(requests), sk_capped_total(sum(input_tokens)),
+                   sk_capped_total(sum(output_tokens)), sk_capped_total(sum(cached_tokens)), now()
             FROM d GROUP BY day, channel
             ON CONFLICT (day, user_id, channel) DO UPDATE
                 SET requests = t.requests + EXCLUDED.requests,
-                    input_tokens = t.input_tokens + EXCLUDED.input_tokens,
-                    output_tokens = t.output_tokens + EXCLUDED.output_tokens,
-                    cached_tokens = t.cached_tokens + EXCLUDED.cached_tokens,
+                    input_tokens = sk_capped_total(t.input_tokens::numeric + EXCLUDED.input_tokens),
+                    output_tokens = sk_capped_total(t.output_tokens::numeric
+                                                    + EXCLUDED.output_tokens),
+                    cached_tokens = sk_capped_total(t.cached_tokens::numeric
+                                                    + EXCLUDED.cached_tokens),
                     updated_at = EXCLUDED.updated_at
         )
         SELECT count(*) INTO v_n FROM d;
