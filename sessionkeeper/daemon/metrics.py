@@ -75,6 +75,13 @@ class DaemonMetrics:
             "1 when the database answered the daemon's last check, else 0.",
             registry=r,
         )
+        self.partitions_ahead = Gauge(
+            "sessionkeeper_partitions_ahead",
+            "Time partitions of the table made ahead of the current one (partition_maintenance"
+            " keeps its `ahead` setting; 0: rows of now go to the DEFAULT partition).",
+            ["table"],
+            registry=r,
+        )
         self.domain = {
             name: Gauge(f"sessionkeeper_{name}", text, registry=r)
             for name, text in DOMAIN_GAUGES.items()
@@ -106,6 +113,10 @@ class DaemonMetrics:
         for name, gauge in self.domain.items():
             if name in values:
                 gauge.set(values[name])
+
+    def set_partitions_ahead(self, lead: dict[str, int]) -> None:
+        for table, value in lead.items():
+            self.partitions_ahead.labels(table).set(value)
 
     def add_pool(self, stats: Callable[[], dict[str, int]]) -> None:
         self.registry.register(_PoolCollector(stats))

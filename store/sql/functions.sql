@@ -36,6 +36,7 @@ LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
     v_now timestamptz := coalesce(p_now, now());
+    v_starts timestamptz[];
 BEGIN
     IF NOT p_durable THEN
         -- A request counter is soft state: this commit need not wait for the WAL flush.
@@ -58,6 +59,8 @@ BEGIN
         RETURN NEXT;
         RETURN;
     END IF;
+    SELECT array_agg(to_timestamp(floor(extract(epoch FROM v_now) / w) * w))
+    INTO v_starts FROM unnest(p_windows) AS w;
     -- Upserting every window (aligned to the epoch, so UTC days) locks its row in window order,
     -- so concurrent checks of one user queue up, and returns its latest count. Only when no cap
     -- is reached are the counts raised: a refused request counts against none of them.
@@ -79,9 +82,13 @@ BEGIN
     INTO allowed, retry_at, refused_window
     FROM counted c JOIN windows w ON w.seconds = c.window_seconds;
     IF allowed THEN
+        -- window_start = ANY (the windows' starts), a parameter, prunes the partitions at
+        -- executor start-up (rate_limits is partitioned by window_start, revision 0012): the
+        -- windows of one request lie in one daily partition.
         UPDATE rate_limits r SET request_count = r.request_count + 1
         WHERE r.user_id = p_user_id
           AND r.window_seconds = ANY (p_windows)
+          AND r.window_start = ANY (v_starts)
           AND r.window_start
               = to_timestamp(floor(extract(epoch FROM v_now) / r.window_seconds) * r.window_seconds);
     END IF;
@@ -354,6 +361,7 @@ DECLARE
     v_users uuid[];
     v_persons uuid[];
     v_n bigint;
+    v_watermark bigint;
 BEGIN
     -- Locking the users first makes concurrent inserts that reference them (a new session,
     -- usage, a link code) wait, and then fail on the foreign key.
@@ -412,14 +420,20 @@ BEGIN
         SELECT count(*) INTO v_n FROM d;
         RETURN QUERY SELECT 'proactive_user_list', 'deleted', v_n;
         -- Raw usage goes; what the rollup has not counted yet is added to the anonymous daily
-        -- totals first (UTC days, as the rollup counts).
+        -- totals first (UTC days, as the rollup counts). Not counted yet: a row without flag
+        -- at or beyond the rollup's watermark, or a row from before revision 0012 whose flag
+        -- is still false (see jobs/usage_rollup.py). The watermark's row lock waits for a rollup batch
+        -- in progress, and the statements after it see what that batch committed.
+        SELECT w.watermark INTO v_watermark FROM usage_rollup_state w FOR SHARE;
         WITH d AS (DELETE FROM usage_stats WHERE user_id = ANY(v_users) RETURNING *),
         folded AS (
             INSERT INTO usage_daily AS t (day, user_id, channel, requests, input_tokens,
                                           output_tokens, cached_tokens, updated_at)
             SELECT (created_at AT TIME ZONE 'UTC')::date, v_anonymous, channel, count(*),
                    sum(input_tokens), sum(output_tokens), sum(cached_tokens), now()
-            FROM d WHERE NOT rolled_up GROUP BY 1, 3
+            FROM d
+            WHERE NOT rolled_up OR rolled_up IS NULL AND inserted_xid >= coalesce(v_watermark, 0)
+            GROUP BY 1, 3
             ON CONFLICT (day, user_id, channel) DO UPDATE
                 SET requests = t.requests + EXCLUDED.requests,
                     input_tokens = t.input_tokens + EXCLUDED.input_tokens,

@@ -396,14 +396,25 @@ def test_usage_rollup_is_idempotent_and_counts_late_rows(conn: Conn) -> None:
     assert daily(conn)[0] == (yesterday, "telegram", 3, 1011, 2022, 3033)
 
 
-def test_usage_rollup_prunes_only_rolled_up_old_rows(conn: Conn) -> None:
+def rolled_up(conn: Conn) -> int:
+    """Requests in the daily totals: raw rows counted so far."""
+    return int(rows(conn, "SELECT coalesce(sum(requests), 0) FROM usage_daily")[0][0])
+
+
+def test_usage_rollup_prunes_only_counted_old_rows(conn: Conn) -> None:
+    # No partition covers these days: the rows are in the DEFAULT partition, pruned by row.
     user = make_user(conn)
     track(conn, user, "telegram", ago(days=40), 1)
     track(conn, user, "telegram", ago(days=1), 2)
     settings = usage_rollup.Settings(prune_after_seconds=30 * 86400)
     result = usage_rollup.run(conn, settings, NOW)
-    assert result.details == {"rolled_up": 2, "pruned": 1}
-    assert rows(conn, "SELECT input_tokens, rolled_up FROM usage_stats") == [(2, True)]
+    assert result.details == {
+        "rolled_up": 2,
+        "pruned": 1,
+        "partitions_dropped": 0,
+        "partitions_kept": 0,
+    }
+    assert rows(conn, "SELECT input_tokens FROM usage_stats") == [(2,)]
     assert [r[2] for r in daily(conn)] == [1, 1]
 
 
@@ -423,6 +434,11 @@ def ledger(conn: Conn) -> list[tuple[Any, ...]]:
     )
 
 
+def cleaned(rows: int) -> dict[str, int]:
+    """rate_limit_cleanup's details when no partition was due (rows from the DEFAULT one)."""
+    return {"deleted": rows, "partitions_dropped": 0, "partitions_deferred": 0}
+
+
 def test_runner_records_each_run_and_uses_frozen_time(database_url: str, conn: Conn) -> None:
     user = make_user(conn)
     conn.execute(
@@ -438,8 +454,8 @@ def test_runner_records_each_run_and_uses_frozen_time(database_url: str, conn: C
         )
     assert (first.outcome, first.rows, second.outcome, second.rows) == ("success", 0, "success", 1)
     assert ledger(conn) == [
-        ("rate_limit_cleanup", "r1", "success", 0, None, {"trigger": "manual", "deleted": 0}),
-        ("rate_limit_cleanup", "r1", "success", 1, None, {"slot": SLOT, "deleted": 1}),
+        ("rate_limit_cleanup", "r1", "success", 0, None, {"trigger": "manual", **cleaned(0)}),
+        ("rate_limit_cleanup", "r1", "success", 1, None, {"slot": SLOT, **cleaned(1)}),
     ]
     finished = rows(conn, "SELECT bool_and(finished_at >= started_at) FROM job_runs")
     assert finished == [(True,)]
@@ -513,8 +529,8 @@ def test_a_failed_run_is_recorded_and_releases_the_lock(database_url: str, conn:
     assert report.outcome == "failure" and report.run_id is not None
     assert report.error is not None and report.error.startswith("UndefinedTable")
     assert [(r[2], r[4]) for r in ledger(conn)] == [("failure", report.error)]
-    # Nothing half-done: the batch rolled back, the row is still pending.
-    assert rows(conn, "SELECT rolled_up FROM usage_stats") == [(False,)]
+    # Nothing half-done: the batch rolled back, the watermark did not move.
+    assert rows(conn, "SELECT watermark FROM usage_rollup_state") == [(0,)]
 
     conn.execute("ALTER TABLE usage_daily_moved RENAME TO usage_daily")
     retry = run_job(connect, "usage_rollup", usage_rollup.Settings(), replica_id="b", slot=SLOT)
@@ -543,7 +559,7 @@ def test_a_stop_request_ends_the_run_between_batches(database_url: str, conn: Co
         pause=lambda seconds: True,
     )
     assert (report.outcome, report.rows, report.details["stopped"]) == ("success", 2, True)
-    assert rows(conn, "SELECT count(*) FROM usage_stats WHERE rolled_up") == [(2,)]
+    assert rolled_up(conn) == 2
 
 
 # Rows to roll up in batches of 2 -> rows rolled up (committed) at each pause: n batches make
@@ -562,7 +578,7 @@ def test_the_loop_pauses_between_batches_outside_their_transactions(
 
         def pause(seconds: float) -> bool:
             # Another session sees the batch committed; the job's session has no transaction.
-            done = rows(conn, "SELECT count(*) FROM usage_stats WHERE rolled_up")[0][0]
+            done = rolled_up(conn)
             pauses.append((seconds, done, job_conn.info.transaction_status))
             return False
 
@@ -600,7 +616,7 @@ def test_a_stop_request_during_a_pause_ends_the_run_without_waiting_it_out(
     [report] = reports
     assert (report.outcome, report.rows, report.details["stopped"]) == ("success", 2, True)
     assert [(r[2], r[3], r[5]["stopped"]) for r in ledger(conn)] == [("success", 2, True)]
-    assert rows(conn, "SELECT count(*) FROM usage_stats WHERE rolled_up") == [(2,)]
+    assert rolled_up(conn) == 2
 
 
 @pytest.fixture
