@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from .base import Connection
+from .base import Connection, committed
 from .sql import QUERIES
 
 # The partition key of each partitioned table.
@@ -216,6 +216,7 @@ def drop_expired(
         if removed is None:
             deferred += 1
         else:
+            committed(removed)
             dropped += 1
             rows += removed
     return dropped, rows, deferred

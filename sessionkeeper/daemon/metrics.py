@@ -99,8 +99,9 @@ class DaemonMetrics:
         if report.outcome == "skipped":
             return
         self.duration.labels(report.job).observe(report.duration_seconds)
+        # A failed run counts the rows of the batches it committed before failing.
+        self.rows.labels(report.job).inc(report.rows)
         if report.outcome == "success":
-            self.rows.labels(report.job).inc(report.rows)
             self.last_success.labels(report.job).set(report.finished_at)
             if report.job == "proactive_reload" and "size" in report.details:
                 self.domain["proactive_users"].set(report.details["size"])

@@ -36,7 +36,8 @@ LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
     v_now timestamptz := coalesce(p_now, now());
-    v_starts timestamptz[];
+    v_first_start timestamptz;
+    v_last_start timestamptz;
 BEGIN
     IF NOT p_durable THEN
         -- A request counter is soft state: this commit need not wait for the WAL flush.
@@ -59,8 +60,9 @@ BEGIN
         RETURN NEXT;
         RETURN;
     END IF;
-    SELECT array_agg(to_timestamp(floor(extract(epoch FROM v_now) / w) * w))
-    INTO v_starts FROM unnest(p_windows) AS w;
+    SELECT min(to_timestamp(floor(extract(epoch FROM v_now) / w) * w)),
+           max(to_timestamp(floor(extract(epoch FROM v_now) / w) * w))
+    INTO v_first_start, v_last_start FROM unnest(p_windows) AS w;
     -- Upserting every window (aligned to the epoch, so UTC days) locks its row in window order,
     -- so concurrent checks of one user queue up, and returns its latest count. Only when no cap
     -- is reached are the counts raised: a refused request counts against none of them.
@@ -82,13 +84,13 @@ BEGIN
     INTO allowed, retry_at, refused_window
     FROM counted c JOIN windows w ON w.seconds = c.window_seconds;
     IF allowed THEN
-        -- window_start = ANY (the windows' starts), a parameter, prunes the partitions at
-        -- executor start-up (rate_limits is partitioned by window_start, revision 0012): the
-        -- windows of one request lie in one daily partition.
+        -- The range of the windows' starts (parameters: an array would not do) prunes the
+        -- partitions at executor start-up (rate_limits is partitioned by window_start,
+        -- revision 0012): the windows of one request lie in one daily partition.
         UPDATE rate_limits r SET request_count = r.request_count + 1
         WHERE r.user_id = p_user_id
           AND r.window_seconds = ANY (p_windows)
-          AND r.window_start = ANY (v_starts)
+          AND r.window_start BETWEEN v_first_start AND v_last_start
           AND r.window_start
               = to_timestamp(floor(extract(epoch FROM v_now) / r.window_seconds) * r.window_seconds);
     END IF;

@@ -16,6 +16,7 @@ import pytest
 from freezegun import freeze_time
 
 from jobs import (
+    JOB_NAMES,
     link_code_expiry,
     locking,
     proactive_reload,
@@ -25,6 +26,7 @@ from jobs import (
 )
 from jobs.runner import JobFailed, run_job
 from jobs.sql import QUERIES
+from sessionkeeper.daemon.metrics import DaemonMetrics
 from store import Store, StoreConfig
 from store.errors import NotFound
 
@@ -211,6 +213,24 @@ def test_restore_brings_an_archived_session_back(conn: Conn) -> None:
         session_archival.restore(conn, session, NOW)
     with pytest.raises(NotFound):
         session_archival.restore(conn, uuid.uuid4(), NOW)
+
+
+def test_session_archival_pauses_in_proportion_to_each_batch(conn: Conn) -> None:
+    user = make_user(conn)
+    for _ in range(3):
+        conn.execute(
+            "INSERT INTO sessions (user_id, last_active) VALUES (%s, %s)", (user, ago(days=60))
+        )
+    pauses: list[float] = []
+
+    def pause(seconds: float) -> bool:
+        pauses.append(seconds)
+        return False
+
+    settings = session_archival.Settings(batch_size=1, pause_ratio=2.0, pause_seconds=0)
+    assert session_archival.run(conn, settings, NOW, pause).rows == 3
+    # One pause after each full batch, twice as long as the batch took (measured: above 0).
+    assert len(pauses) == 3 and all(seconds > 0 for seconds in pauses)
 
 
 def test_session_archival_purges_old_archives_only_when_configured(conn: Conn) -> None:
@@ -535,6 +555,31 @@ def test_a_failed_run_is_recorded_and_releases_the_lock(database_url: str, conn:
     conn.execute("ALTER TABLE usage_daily_moved RENAME TO usage_daily")
     retry = run_job(connect, "usage_rollup", usage_rollup.Settings(), replica_id="b", slot=SLOT)
     assert (retry.outcome, retry.rows) == ("success", 1)
+
+
+def test_a_run_failing_after_committed_batches_records_their_rows(
+    database_url: str, conn: Conn
+) -> None:
+    user = make_user(conn)
+    for minutes in range(5):
+        track(conn, user, "telegram", ago(minutes=minutes), 1)
+
+    def pause(seconds: float) -> bool:  # after the first batch, the next one cannot write
+        conn.execute("ALTER TABLE IF EXISTS usage_daily RENAME TO usage_daily_moved")
+        return False
+
+    settings = usage_rollup.Settings(batch_size=2)
+    with pytest.raises(JobFailed) as failed:
+        run_job(connector(database_url), "usage_rollup", settings, replica_id="a", pause=pause)
+    report = failed.value.report
+    assert (report.outcome, report.rows) == ("failure", 2)
+    assert [(r[2], r[3]) for r in ledger(conn)] == [("failure", 2)]
+    metrics = DaemonMetrics(JOB_NAMES)
+    metrics.observe(report)
+    rows_total = metrics.registry.get_sample_value(
+        "sessionkeeper_job_rows_total", {"job": "usage_rollup"}
+    )
+    assert rows_total == 2
 
 
 def test_a_run_left_running_is_marked_failed_by_the_next(database_url: str, conn: Conn) -> None:
