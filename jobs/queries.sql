@@ -77,10 +77,10 @@ RETURNING session_id
 WITH moved AS (
     DELETE FROM session_messages
     WHERE session_id = ANY(%(session_ids)s)
-    RETURNING session_id, seq, role, content, created_at
+    RETURNING session_id, seq, role, content, created_at, extra
 )
-INSERT INTO archived_session_messages (session_id, seq, role, content, created_at)
-SELECT session_id, seq, role, content, created_at
+INSERT INTO archived_session_messages (session_id, seq, role, content, created_at, extra)
+SELECT session_id, seq, role, content, created_at, extra
 FROM moved
 ORDER BY session_id, seq
 
@@ -115,8 +115,8 @@ RETURNING session_id
 
 -- name: restore_session_messages
 -- Step 2: copy its messages back, in order.
-INSERT INTO session_messages (session_id, seq, role, content, created_at)
-SELECT session_id, seq, role, content, created_at
+INSERT INTO session_messages (session_id, seq, role, content, created_at, extra)
+SELECT session_id, seq, role, content, created_at, extra
 FROM archived_session_messages
 WHERE session_id = %(session_id)s
 ORDER BY seq

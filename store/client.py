@@ -6,16 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from time import monotonic
 from types import TracebackType
 from typing import Any, Concatenate, Generic, NoReturn, ParamSpec, Self, TypeVar, overload
 
 import psycopg
+from psycopg import errors as pg_errors
 from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
+from psycopg_pool.base import AttemptWithBackoff
 
 from . import core, erasure
 from .config import StoreConfig
@@ -43,11 +47,50 @@ def build_conninfo(database_url: str | None, config: StoreConfig) -> str:
     return make_conninfo("", **params)
 
 
-def raise_store_error(exc: psycopg.Error) -> NoReturn:
-    translated = core.translate(exc)
+def raise_store_error(exc: psycopg.Error, sent: core.Step | None = None) -> NoReturn:
+    """Raise the store error ``exc`` stands for; ``sent``: the step whose statement failed."""
+    translated = core.translate(exc, sent)
     if translated is exc:
         raise exc
     raise translated from exc
+
+
+class Backoff(AttemptWithBackoff):
+    """psycopg_pool's reconnect back-off with the store's timing: the first retry after
+    ``reconnect_delay``, then doubling up to ``reconnect_max_delay`` (psycopg_pool's own: 1 s,
+    doubling without a cap)."""
+
+    def __init__(self, config: StoreConfig, timeout: float) -> None:
+        super().__init__(timeout=timeout)
+        self.INITIAL_DELAY = config.reconnect_delay
+        self.max_delay = config.reconnect_max_delay
+
+    def update_delay(self, now: float) -> None:
+        super().update_delay(now)
+        self.delay = min(self.delay, self.max_delay)
+
+
+class _Pool(ConnectionPool[psycopg.Connection[DictRow]]):
+    # Overrides psycopg_pool's (private) hook where a reconnection starts, to set its timing.
+    backoff: Callable[[float], AttemptWithBackoff]
+
+    def _add_connection(self, attempt: AttemptWithBackoff | None, growing: bool = False) -> None:
+        super()._add_connection(attempt or self.backoff(self.reconnect_timeout), growing)
+
+
+class _AsyncPool(AsyncConnectionPool[psycopg.AsyncConnection[DictRow]]):
+    backoff: Callable[[float], AttemptWithBackoff]
+
+    async def _add_connection(
+        self, attempt: AttemptWithBackoff | None, growing: bool = False
+    ) -> None:
+        await super()._add_connection(attempt or self.backoff(self.reconnect_timeout), growing)
+
+
+def _read_only(exc: psycopg.Error) -> bool:
+    """The server refused a write as read-only: its connection is healthy but useless, so it is
+    closed rather than returned to the pool."""
+    return isinstance(exc, pg_errors.ReadOnlySqlTransaction)
 
 
 def _has_rows(cursor: psycopg.Cursor[Any] | psycopg.AsyncCursor[Any]) -> bool:
@@ -88,6 +131,7 @@ class Operations:
     get_or_create_session = Op(core.get_or_create_session)
     append_messages = Op(core.append_messages)
     trim_session_history = Op(core.trim_session_history)
+    clear_session_history = Op(core.clear_session_history)
     get_history = Op(core.get_history)
     check_rate_limit = Op(core.check_rate_limit)
     track_usage = Op(core.track_usage)
@@ -134,7 +178,10 @@ class _Shell(Operations):
             "timeout": self.config.pool_timeout,
             "name": f"sessionkeeper-{type(self).__name__}",
             "open": False,
+            "reconnect_timeout": self.config.reconnect_timeout,
         }
+        self._born: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+        self._drained_at = 0.0
         if connection_class is not None:
             # Any psycopg connection subclass (the round-trip tests count with one).
             pool_options["connection_class"] = connection_class
@@ -142,6 +189,23 @@ class _Shell(Operations):
 
     def _make_pool(self, options: dict[str, Any]) -> None:
         raise NotImplementedError
+
+    def _backoff(self, timeout: float) -> AttemptWithBackoff:
+        return Backoff(self.config, timeout)
+
+    def _connected(self, conn: Any) -> None:
+        self._born[conn] = monotonic()
+
+    def _must_drain(self, conn: Any, exc: psycopg.Error) -> bool:
+        """After a statement failed on ``conn``: whether to drain the pool. A lost connection
+        or a read-only server means a failover (or a misrouted URL), and every connection
+        pooled before it points at the old node too: draining replaces them at once (libpq then
+        picks the read-write host) instead of failing one call each. Once per failover: a
+        connection older than the last drain is already being replaced."""
+        if not (_read_only(exc) or conn.broken) or self._born.get(conn, 0.0) <= self._drained_at:
+            return False
+        self._drained_at = monotonic()
+        return True
 
     def execute(self, plan: core.Plan[T]) -> Any:
         raise NotImplementedError
@@ -162,7 +226,8 @@ class Store(_Shell):
     pool: ConnectionPool[psycopg.Connection[DictRow]]
 
     def _make_pool(self, options: dict[str, Any]) -> None:
-        self.pool = ConnectionPool(**options)
+        self.pool = pool = _Pool(configure=self._connected, **options)
+        pool.backoff = self._backoff
         self.pool.open(wait=False)
 
     def execute(self, plan: core.Plan[T]) -> T:
@@ -170,10 +235,18 @@ class Store(_Shell):
         try:
             with self.pool.connection() as conn, conn.cursor() as cursor:
                 for step in runner:
-                    cursor.execute(step.sql, step.params)
+                    try:
+                        cursor.execute(step.sql, step.params)
+                    except psycopg.Error as exc:
+                        if self._must_drain(conn, exc):
+                            self.pool.drain()
+                        if _read_only(exc):
+                            conn.close()
+                        runner.throw(exc)  # raises again unless the plan handles it
+                        continue
                     runner.feed(cursor.fetchall() if _has_rows(cursor) else [])
         except psycopg.Error as exc:
-            raise_store_error(exc)
+            raise_store_error(exc, runner.sent)
         return runner.result
 
     def close(self) -> None:
@@ -193,7 +266,8 @@ class AsyncStore(_Shell):
     pool: AsyncConnectionPool[psycopg.AsyncConnection[DictRow]]
 
     def _make_pool(self, options: dict[str, Any]) -> None:
-        self.pool = AsyncConnectionPool(**options)
+        self.pool = pool = _AsyncPool(configure=self._async_connected, **options)
+        pool.backoff = self._backoff
         self._opened = False
         self._open_lock = asyncio.Lock()
 
@@ -203,6 +277,9 @@ class AsyncStore(_Shell):
                 await self.pool.open(wait=False)
                 self._opened = True
 
+    async def _async_connected(self, conn: Any) -> None:
+        self._connected(conn)
+
     async def execute(self, plan: core.Plan[T]) -> T:
         runner = core.Runner(plan)
         if not self._opened:
@@ -210,10 +287,18 @@ class AsyncStore(_Shell):
         try:
             async with self.pool.connection() as conn, conn.cursor() as cursor:
                 for step in runner:
-                    await cursor.execute(step.sql, step.params)
+                    try:
+                        await cursor.execute(step.sql, step.params)
+                    except psycopg.Error as exc:
+                        if self._must_drain(conn, exc):
+                            await self.pool.drain()
+                        if _read_only(exc):
+                            await conn.close()
+                        runner.throw(exc)
+                        continue
                     runner.feed(await cursor.fetchall() if _has_rows(cursor) else [])
         except psycopg.Error as exc:
-            raise_store_error(exc)
+            raise_store_error(exc, runner.sent)
         return runner.result
 
     async def close(self) -> None:

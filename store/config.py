@@ -24,6 +24,13 @@ class StoreConfig:
     max_size: int = 10
     max_idle: float = 300.0
     pool_timeout: float = 5.0  # seconds to wait for a free connection before DatabaseUnavailable
+    # Reconnect back-off of the pool: a failed connection attempt is retried after
+    # reconnect_delay seconds, the wait doubling up to reconnect_max_delay; the pool gives a
+    # connection slot up after reconnect_timeout (and opens one again on demand).
+    # psycopg_pool's own: 1 s, doubling without a cap, 300 s.
+    reconnect_delay: float = 0.1
+    reconnect_max_delay: float = 1.0
+    reconnect_timeout: float = 300.0
     connect_timeout: int = 5  # seconds for one connection attempt (libpq connect_timeout)
     # Server-side statement timeout in milliseconds, sent as a startup option. None sends
     # nothing: needed behind PgBouncer, which refuses startup options (set it on the role).
@@ -67,7 +74,9 @@ class StoreConfig:
         ):
             value = getattr(self, name)
             require(value >= 1, name, value, at_least_one)
-        require(self.pool_timeout > 0, "pool_timeout", self.pool_timeout, "a number above 0")
+        for name in ("pool_timeout", "reconnect_delay", "reconnect_max_delay", "reconnect_timeout"):
+            value = getattr(self, name)
+            require(value > 0, name, value, "a number above 0")
         require(
             0 <= self.min_size <= self.max_size,
             "min_size",

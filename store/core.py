@@ -10,6 +10,7 @@ the SQL. Most plans are one step; ``create_link_code`` draws again on a clash.
 from __future__ import annotations
 
 import secrets
+import uuid
 from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,14 +31,20 @@ Row = dict[str, Any]
 Rows = list[Row]
 
 LINK_CODE_DRAWS = 20
+FINISH_TURN_IN_DOUBT = (
+    "the turn may have been stored; calling finish_turn again with the same Turn and "
+    "arguments is safe: the turn is stored once"
+)
 
 
 @dataclass(frozen=True)
 class Step:
-    """One statement to run: its name in ``queries.sql`` and its parameters."""
+    """One statement to run: its name in ``queries.sql`` and its parameters. ``if_in_doubt``
+    is what the error says when the connection is lost after the statement was sent."""
 
     name: str
     params: Mapping[str, object]
+    if_in_doubt: str = "it may have been applied all the same"
 
     @property
     def sql(self) -> str:
@@ -55,6 +62,7 @@ class Runner(Generic[T]):
         self._plan = plan
         self._result: T | None = None
         self.step: Step | None = None
+        self.sent: Step | None = None  # the step whose statement failed, once one did
         self._advance(lambda: next(plan))
 
     def __iter__(self) -> Iterator[Step]:
@@ -63,6 +71,12 @@ class Runner(Generic[T]):
 
     def feed(self, rows: Rows) -> None:
         self._advance(lambda: self._plan.send(rows))
+
+    def throw(self, exc: psycopg.Error) -> None:
+        """Hand the error of the current step's statement to the plan: it may run another step
+        (``finish_turn`` does on a lost race), or let the error through."""
+        self.sent = self.step
+        self._advance(lambda: self._plan.throw(exc))
 
     @property
     def result(self) -> T:
@@ -77,17 +91,36 @@ class Runner(Generic[T]):
             self._result = stop.value
 
 
-def translate(exc: Exception) -> Exception:
-    """The ``StoreError`` a driver or pool error stands for (the error itself if none)."""
+def translate(exc: Exception, sent: Step | None = None) -> Exception:
+    """The ``StoreError`` a driver or pool error stands for (the error itself if none).
+    ``sent`` is the step whose statement had been sent when the error came, if any."""
     if isinstance(exc, PoolTimeout):
         return errors.DatabaseUnavailable(f"no database connection available: {redact(str(exc))}")
+    if isinstance(exc, pg_errors.ReadOnlySqlTransaction):
+        return errors.ReadOnlyDatabase(
+            f"{_describe(exc)}: the server is read-only (a standby, or a demoted primary); "
+            "nothing was written. List every node in the URL with target_session_attrs=read-write"
+        )
     if isinstance(exc, pg_errors.NoDataFound | pg_errors.ForeignKeyViolation):
         return errors.NotFound(_describe(exc))
     if isinstance(exc, pg_errors.UndefinedFunction | pg_errors.UndefinedTable):
         return errors.SchemaOutOfDate(f"{_describe(exc)}; run `sessionkeeper migrate`")
     if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        if sent is not None and connection_lost(exc):
+            return errors.DatabaseUnavailable(
+                f"{_describe(exc)}; the connection was lost after the statement was sent: "
+                f"{sent.if_in_doubt}",
+                in_doubt=True,
+            )
         return errors.DatabaseUnavailable(_describe(exc))
     return exc
+
+
+def connection_lost(exc: psycopg.Error) -> bool:
+    """Whether the error is the connection breaking rather than the server's verdict on the
+    statement (a verdict, such as a statement timeout or a shutdown, means nothing committed)."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    return sqlstate is None or sqlstate.startswith("08")
 
 
 def _describe(exc: Exception) -> str:
@@ -123,6 +156,7 @@ def _history(row: Row) -> list[models.Message]:
     seqs = row["history_seqs"]
     if not seqs:
         return []
+    extras = row["history_extras"]
     return list(
         map(
             models.Message,
@@ -130,6 +164,7 @@ def _history(row: Row) -> list[models.Message]:
             row["history_contents"],
             row["history_created"],
             seqs,
+            extras,
         )
     )
 
@@ -199,10 +234,11 @@ def finish_turn(
     """After the model answered, in one round trip and one transaction: append the user's
     message and the reply, trim the history to ``max_pairs``, touch ``last_active`` and record
     the token usage. ``turn`` is what ``begin_turn`` returned (or a session id)."""
+    turn_id: UUID | None = None
     if isinstance(turn, models.Turn):
         if turn.session_id is None:
             raise errors.InvalidInput("the turn was refused by the rate limit; it has no session")
-        session_id, asked_at = turn.session_id, turn.started_at
+        session_id, asked_at, turn_id = turn.session_id, turn.started_at, turn.turn_id
     else:
         session_id, asked_at = validate.uuid(turn, "session_id"), None
     batch = [
@@ -217,17 +253,24 @@ def finish_turn(
         "output_tokens": validate.tokens(output_tokens, "output_tokens"),
         "cached_tokens": validate.tokens(cached_tokens, "cached_tokens"),
     }
-    return _append(config, session_id, batch, now, keep=keep, usage=usage)
+    return _append(config, session_id, batch, now, keep=keep, usage=usage, turn_id=turn_id)
 
 
 # -- seed parity -------------------------------------------------------------------------------
 
 
 def append_messages(
-    config: StoreConfig, session_id: UUID | str, messages: object, *, now: datetime | None = None
+    config: StoreConfig,
+    session_id: UUID | str,
+    messages: object,
+    *,
+    max_pairs: int | None = None,
+    now: datetime | None = None,
 ) -> Plan[models.Appended]:
-    """Append ``{role, content, timestamp?}`` messages to a session, in order."""
-    return _append(config, validate.uuid(session_id, "session_id"), messages, now)
+    """Append ``{role, content, timestamp?, extra?}`` messages to a session, in order; with
+    ``max_pairs``, also trim the history to that many pairs in the same statement."""
+    keep = None if max_pairs is None else 2 * validate.pairs(max_pairs, default=0)
+    return _append(config, validate.uuid(session_id, "session_id"), messages, now, keep=keep)
 
 
 def _append(
@@ -238,18 +281,25 @@ def _append(
     *,
     keep: int | None = None,
     usage: Mapping[str, int] | None = None,
+    turn_id: UUID | None = None,
 ) -> Plan[models.Appended]:
-    roles, contents, created = validate.messages(config, messages)
+    batch = validate.messages(config, messages)
     params = {
         "session_id": session_id,
-        "roles": roles,
-        "contents": contents,
-        "created": created,
+        "roles": batch.roles,
+        "contents": batch.contents,
+        "created": batch.created,
+        # "" for none: an array of only NULLs would be sent without a type.
+        "extras": [extra or "" for extra in batch.extras],
         "now": validate.moment(now, "now"),
         "keep": keep,
         "track_usage": usage is not None,
         **(usage or {"input_tokens": 0, "output_tokens": 0, "cached_tokens": 0}),
     }
+    # The request's idempotency key: the turn's key and everything the call asked for, so the
+    # same call again (a retry) is stored once, while a Turn reused for other messages (as
+    # 0.1.0 allowed) stores each of them.
+    params["turn_id"] = turn_id and uuid.uuid5(turn_id, repr(sorted(params.items())))
 
     def decode(rows: Rows) -> models.Appended:
         row = _first(rows, f"session {session_id} does not exist")
@@ -257,7 +307,18 @@ def _append(
             row["session_id"], row["user_id"], row["appended"], row["trimmed"], row["next_seq"]
         )
 
-    return _single("append_messages", params, decode)
+    if turn_id is None:
+        return (yield from _single("append_messages", params, decode))
+    step = Step("append_messages", params, if_in_doubt=FINISH_TURN_IN_DOUBT)
+    try:
+        rows = yield step
+    except pg_errors.UniqueViolation as exc:
+        if exc.diag.constraint_name != "pk_turn_receipts":
+            raise
+        # An earlier attempt with this key (one whose answer was lost) committed while this
+        # one ran; this one was rolled back whole. Running it again returns that receipt.
+        rows = yield step
+    return decode(rows)
 
 
 def trim_session_history(
@@ -272,6 +333,16 @@ def trim_session_history(
     return _single(
         "trim_session_history",
         params,
+        lambda rows: int(_first(rows, f"session {checked} does not exist")["trimmed"]),
+    )
+
+
+def clear_session_history(config: StoreConfig, session_id: UUID | str) -> Plan[int]:
+    """Delete every message of a session (the session stays); returns how many went."""
+    checked = validate.uuid(session_id, "session_id")
+    return _single(
+        "trim_session_history",
+        {"session_id": checked, "keep": 0},
         lambda rows: int(_first(rows, f"session {checked} does not exist")["trimmed"]),
     )
 

@@ -16,7 +16,8 @@ class ConfigurationError(StoreError):
 class InvalidInput(StoreError, ValueError):
     """An argument was rejected before anything reached the database. ``rule`` names the check
     a text or message broke (``type``, ``empty``, ``length``, ``nul``, ``unicode``, ``size``,
-    ``shape``, ``role``, ``timestamp``), for callers that sort refusals; None for other checks."""
+    ``shape``, ``role``, ``timestamp``, ``json``), for callers that sort refusals; None for
+    other checks."""
 
     def __init__(self, message: str, *, field: str | None = None, rule: str | None = None) -> None:
         super().__init__(message)
@@ -63,7 +64,24 @@ class ErasureBlocked(StoreError):
 
 
 class DatabaseUnavailable(StoreError):
-    """PostgreSQL could not be reached or went away; the operation did not complete."""
+    """PostgreSQL could not be reached or went away, or timed out: the call did not succeed.
+
+    ``in_doubt`` is true when the connection was lost after the statement had been sent: it
+    may have committed all the same (the answer was lost). ``finish_turn`` is safe to call
+    again with the same ``Turn`` and arguments then (the turn's idempotency key stores it
+    once); for other writes the caller decides.
+    """
+
+    def __init__(self, message: str, *, in_doubt: bool = False) -> None:
+        super().__init__(message)
+        self.in_doubt = in_doubt
+
+
+class ReadOnlyDatabase(DatabaseUnavailable):
+    """The connection reached a read-only server (a standby, or a primary demoted by a
+    failover): nothing was written. The store dropped that connection, so the next call
+    connects afresh and, with ``target_session_attrs=read-write`` and several hosts in the
+    URL, finds the new primary."""
 
 
 class SchemaOutOfDate(StoreError):

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from .errors import RateLimited
 
@@ -26,15 +27,21 @@ class User:
 
 @dataclass(frozen=True)
 class Message:
-    """One history entry; ``as_dict()`` is the seed's ``{role, content, timestamp}``."""
+    """One history entry; ``as_dict()`` is the seed's ``{role, content, timestamp}``, plus
+    ``extra`` when the message carries fields beyond role and content (a JSON object: a tool
+    message's call id, an AI message's tool calls, ...)."""
 
     role: str
     content: str
     timestamp: datetime
     seq: int | None = None
+    extra: Mapping[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"role": self.role, "content": self.content, "timestamp": self.timestamp}
+        entry = {"role": self.role, "content": self.content, "timestamp": self.timestamp}
+        if self.extra is not None:
+            entry["extra"] = self.extra
+        return entry
 
     def as_prompt(self) -> dict[str, str]:
         """The shape chat-completion APIs take."""
@@ -73,7 +80,11 @@ class Session:
 @dataclass(frozen=True)
 class Turn:
     """What ``begin_turn`` found: the user, the rate decision and, when admitted, the current
-    session and its history (oldest first). Refused turns have no session."""
+    session and its history (oldest first). Refused turns have no session.
+
+    ``turn_id`` is the turn's idempotency key, drawn on the client: ``finish_turn`` called
+    again with the same Turn and the same arguments (a retry after an in-doubt error) stores
+    nothing more and returns the first call's ``Appended``."""
 
     user: User
     rate: RateDecision
@@ -81,6 +92,7 @@ class Turn:
     session_id: UUID | None = None
     session_created: bool = False
     history: list[Message] = field(default_factory=list)
+    turn_id: UUID = field(default_factory=uuid4)
 
     @property
     def allowed(self) -> bool:

@@ -9,34 +9,50 @@
 -- begin_turn --
 -- Upsert the user, decide the rate limit and, when admitted, find or open the current session
 -- and read its history.
--- The history comes back as parallel arrays, oldest first (see sk_history_arrays).
+-- The history comes back as parallel arrays, oldest first, with each message's extra fields
+-- (see sk_history_arrays_v2).
 SELECT user_id, person_id, display_name, user_created, now, allowed, retry_at, refused_window,
        session_id, session_created, history_seqs, history_roles, history_contents,
-       history_created
-FROM sk_begin_turn(%(channel)s, %(channel_user_id)s, %(display_name)s, %(now)s::timestamptz,
-                   %(windows)s::integer[], %(caps)s::integer[], %(durable)s,
-                   %(idle)s::interval, %(carry_pairs)s, %(history_pairs)s)
+       history_created, history_extras
+FROM sk_begin_turn_v2(%(channel)s, %(channel_user_id)s, %(display_name)s,
+                      %(now)s::timestamptz, %(windows)s::integer[], %(caps)s::integer[],
+                      %(durable)s, %(idle)s::interval, %(carry_pairs)s, %(history_pairs)s)
 
 -- append_messages --
 -- Append a batch to a session; optionally trim and record usage (finish_turn does both).
 -- Raising sessions.next_seq locks the session row, so concurrent appends take consecutive seq
 -- ranges and none is lost. The cost does not depend on the history's length, and the trim is an
 -- index range on the primary key (session_id, seq). NULL %(keep)s keeps everything.
+-- All parts share one snapshot, so the DELETE cannot see the rows this statement inserts: a
+-- batch longer than %(keep)s inserts only its newest %(keep)s messages, and the others count
+-- as appended and trimmed.
 -- The message arrays are sent in binary format (the b placeholders): the client does not quote
 -- and escape every message into an array literal.
-WITH session AS (
+-- %(turn_id)s (finish_turn's idempotency key, NULL for append_messages) makes a retry safe: a
+-- turn with a receipt writes nothing and returns the receipt. Two attempts racing (a retry
+-- while the first is still running) both pass `prior`; the second then fails on the receipt's
+-- primary key, is rolled back whole, and the caller runs it again to read the receipt.
+-- Receipts go with the turn's messages when the trim removes them.
+WITH prior AS (
+    SELECT r.session_id, s.user_id, r.next_seq, r.appended::bigint, r.trimmed::bigint
+    FROM turn_receipts r JOIN sessions s ON s.session_id = r.session_id
+    WHERE r.session_id = %(session_id)s AND r.turn_id = %(turn_id)s::uuid
+), session AS (
     UPDATE sessions s
     SET next_seq = s.next_seq + cardinality(%(roles)b::text[]),
         last_active = greatest(s.last_active, coalesce(%(now)s::timestamptz, now()))
-    WHERE s.session_id = %(session_id)s
+    WHERE s.session_id = %(session_id)s AND NOT EXISTS (SELECT FROM prior)
     RETURNING s.session_id, s.user_id, s.next_seq
 ), appended AS (
-    INSERT INTO session_messages (session_id, seq, role, content, created_at)
+    INSERT INTO session_messages (session_id, seq, role, content, created_at, extra)
     SELECT s.session_id, s.next_seq - cardinality(%(roles)b::text[]) + m.ord - 1,
-           m.role, m.content, coalesce(m.created_at, %(now)s::timestamptz, now())
+           m.role, m.content, coalesce(m.created_at, %(now)s::timestamptz, now()),
+           nullif(m.extra, '')::jsonb
     FROM session s,
-         unnest(%(roles)b::text[], %(contents)b::text[], %(created)b::timestamptz[])
-             WITH ORDINALITY AS m(role, content, created_at, ord)
+         unnest(%(roles)b::text[], %(contents)b::text[], %(created)b::timestamptz[],
+                %(extras)b::text[])
+             WITH ORDINALITY AS m(role, content, created_at, extra, ord)
+    WHERE %(keep)s::bigint IS NULL OR m.ord > cardinality(%(roles)b::text[]) - %(keep)s::bigint
     RETURNING seq
 ), trimmed AS (
     DELETE FROM session_messages m USING session s
@@ -50,11 +66,24 @@ WITH session AS (
     FROM session s JOIN users u ON u.user_id = s.user_id
     WHERE %(track_usage)s
     RETURNING stat_id
+), counts AS (
+    -- Messages of the batch beyond %(keep)s are counted as appended and trimmed (see above).
+    SELECT cardinality(%(roles)b::text[])::bigint AS appended,
+           (SELECT count(*) FROM trimmed)
+               + cardinality(%(roles)b::text[]) - (SELECT count(*) FROM appended) AS trimmed
+), receipt AS (
+    INSERT INTO turn_receipts (session_id, turn_id, appended, trimmed, next_seq)
+    SELECT s.session_id, %(turn_id)s::uuid, c.appended, c.trimmed, s.next_seq
+    FROM session s, counts c
+    WHERE %(turn_id)s::uuid IS NOT NULL
+), expired_receipts AS (
+    DELETE FROM turn_receipts r USING session s
+    WHERE r.session_id = s.session_id AND r.next_seq <= s.next_seq - %(keep)s::bigint
 )
-SELECT s.session_id, s.user_id, s.next_seq,
-       (SELECT count(*) FROM appended) AS appended,
-       (SELECT count(*) FROM trimmed) AS trimmed
-FROM session s
+SELECT s.session_id, s.user_id, s.next_seq, c.appended, c.trimmed
+FROM session s, counts c
+UNION ALL
+SELECT session_id, user_id, next_seq, appended, trimmed FROM prior
 
 -- trim_session_history --
 -- Keep the newest %(keep)s messages: everything below next_seq - keep, an index range.
@@ -69,8 +98,8 @@ SELECT s.session_id, (SELECT count(*) FROM trimmed) AS trimmed FROM session s
 
 -- get_history --
 SELECT seqs AS history_seqs, roles AS history_roles, contents AS history_contents,
-       created AS history_created
-FROM sk_history_arrays(%(session_id)s, %(history_pairs)s)
+       created AS history_created, extras AS history_extras
+FROM sk_history_arrays_v2(%(session_id)s, %(history_pairs)s)
 
 -- get_or_create_user --
 -- The seed's upsert: a user's first message creates it, every message marks it authenticated.

@@ -91,6 +91,12 @@ def _message_columns(session_table: str) -> list[Column[object]]:
     ]
 
 
+# What a message needs beyond role and content (a tool call's id, an AI message's tool calls,
+# content blocks), as one JSON object; NULL for plain text messages. Revision 0011.
+def _extra() -> Column[object]:
+    return Column("extra", JSONB)
+
+
 _ROLE_CHECK = "role IN (" + ", ".join(f"'{r}'" for r in ROLES) + ")"
 
 persons = Table(
@@ -134,8 +140,25 @@ session_messages = Table(
     metadata,
     *_message_columns("sessions"),
     _tstz("created_at"),
+    _extra(),
     PrimaryKeyConstraint("session_id", "seq"),
     CheckConstraint(_ROLE_CHECK, name="role"),
+)
+
+# Receipts of the turns finish_turn stored, by the idempotency key the Turn carries: a retry
+# after an in-doubt error (the answer of a commit was lost) finds its receipt and returns the
+# same result instead of storing the turn twice. A receipt goes when its turn's messages are
+# trimmed from the history (finish_turn deletes it) or with its session (archival, erasure).
+turn_receipts = Table(
+    "turn_receipts",
+    metadata,
+    _cascade_fk("session_id", "sessions.session_id"),
+    Column("turn_id", UUID(as_uuid=True), nullable=False),
+    Column("appended", Integer, nullable=False),
+    Column("trimmed", Integer, nullable=False),
+    # The session's next_seq after the turn: the turn's messages are next_seq - appended ...
+    Column("next_seq", BigInteger, nullable=False),
+    PrimaryKeyConstraint("session_id", "turn_id"),
 )
 
 archived_sessions = Table(
@@ -157,6 +180,7 @@ archived_session_messages = Table(
     metadata,
     *_message_columns("archived_sessions"),
     Column("created_at", TIMESTAMP(timezone=True), nullable=False),
+    _extra(),
     PrimaryKeyConstraint("session_id", "seq"),
 )
 

@@ -3,10 +3,11 @@ raises ``InvalidInput`` naming the field."""
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 from .config import StoreConfig
@@ -124,14 +125,63 @@ def content(config: StoreConfig, value: object, field: str) -> str:
     return checked
 
 
-def message(config: StoreConfig, value: object, field: str) -> tuple[str, str, datetime | None]:
-    """``(role, content, timestamp)`` from a ``{role, content, timestamp?}`` mapping or a
-    ``Message``; the timestamp may be a datetime or an ISO 8601 string."""
+def extra(config: StoreConfig, value: object, field: str) -> str | None:
+    """A message's extra fields (a JSON object) as compact JSON text; None for none or ``{}``.
+    Every value must be JSON (finite numbers), no string or key may hold NUL or a lone
+    surrogate, and the text may not exceed ``max_message_bytes`` UTF-8 bytes."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise InvalidInput(f"{field} must be a mapping (a JSON object)", field=field, rule="type")
+    if not value:
+        return None
+    try:
+        encoded = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"{field} is not JSON: {exc}", field=field, rule="json") from None
+    if any("\x00" in piece for piece in _strings(value)):
+        raise InvalidInput(f"{field} contains a NUL character", field=field, rule="nul")
+    try:
+        size = len(encoded.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidInput(
+            f"{field} is not valid Unicode (lone surrogate)", field=field, rule="unicode"
+        ) from None
+    if size > config.max_message_bytes:
+        raise InvalidInput(
+            f"{field} is {size} bytes; the limit is {config.max_message_bytes} (max_message_bytes)",
+            field=field,
+            rule="size",
+        )
+    return encoded
+
+
+def _strings(value: object) -> Iterator[str]:
+    """Every string in a JSON-like value, keys included."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield str(key)
+            yield from _strings(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _strings(item)
+
+
+def message(
+    config: StoreConfig, value: object, field: str
+) -> tuple[str, str, datetime | None, str | None]:
+    """``(role, content, timestamp, extra)`` from a ``{role, content, timestamp?, extra?}``
+    mapping or a ``Message``; the timestamp may be a datetime or an ISO 8601 string, ``extra``
+    comes back as JSON text. Content may be empty only when ``extra`` carries the message (an
+    AI message that only calls tools)."""
     if isinstance(value, Mapping):
         entry: Mapping[str, Any] = value
     elif hasattr(value, "role") and hasattr(value, "content"):
         entry = {"role": value.role, "content": value.content}
         entry["timestamp"] = getattr(value, "timestamp", None)
+        entry["extra"] = getattr(value, "extra", None)
     else:
         raise InvalidInput(
             f"{field} must be a {{role, content}} mapping", field=field, rule="shape"
@@ -149,20 +199,32 @@ def message(config: StoreConfig, value: object, field: str) -> tuple[str, str, d
             raise InvalidInput(
                 f"{field}.timestamp is not ISO 8601", field=field, rule="timestamp"
             ) from None
+    extras = extra(config, entry.get("extra"), f"{field}.extra")
+    body = entry.get("content")
     return (
         str(role),
-        content(config, entry.get("content"), f"{field}.content"),
+        "" if body == "" and extras is not None else content(config, body, f"{field}.content"),
         moment(stamp, f"{field}.timestamp"),
+        extras,
     )
 
 
-def messages(
-    config: StoreConfig, values: object
-) -> tuple[list[str], list[str], list[datetime | None]]:
-    """Parallel role, content and timestamp lists for a batch of messages."""
+class Batch(NamedTuple):
+    """A validated batch of messages as parallel lists, the shape the append statement takes."""
+
+    roles: list[str]
+    contents: list[str]
+    created: list[datetime | None]
+    extras: list[str | None]
+
+
+def messages(config: StoreConfig, values: object) -> Batch:
+    """A batch of 1 to ``MAX_BATCH`` messages; any bad message fails the whole batch."""
     if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
         raise InvalidInput("messages must be a list of {role, content} mappings", field="messages")
     batch = [message(config, value, f"messages[{i}]") for i, value in enumerate(values)]
     if not 1 <= len(batch) <= MAX_BATCH:
         raise InvalidInput(f"messages must hold 1 to {MAX_BATCH} entries", field="messages")
-    return [b[0] for b in batch], [b[1] for b in batch], [b[2] for b in batch]
+    return Batch(
+        [b[0] for b in batch], [b[1] for b in batch], [b[2] for b in batch], [b[3] for b in batch]
+    )

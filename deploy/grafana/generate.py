@@ -6,11 +6,13 @@ hand) needs nothing but the files; this script is their source. After changing i
     python deploy/grafana/generate.py
 
 and commit both. ``--check`` exits 1 when a committed file differs from what this script makes
-(the test suite checks the same thing). Every panel query uses only the daemon's metrics; the
-test suite evaluates each one against a real Prometheus scraping a real daemon.
+(the test suite checks the same thing). Every panel query uses the daemon's metrics, or in the
+store dashboard's "Bots" row those of store.metrics; the test suite evaluates each one against a
+real Prometheus scraping a real daemon and a bot.
 
-Template variables: ``instance`` (daemon replica) and ``job`` (maintenance job). Both allow
-several values and "All" (the regex ``.*``), so every selector matches them with ``=~``.
+Template variables: ``instance`` (daemon replica) and ``job`` (maintenance job); the store
+dashboard adds ``bot`` (a bot's scrape instance). All allow several values and "All" (the
+regex ``.*``), so every selector matches them with ``=~``.
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ JOB = 'job=~"$job"'
 BY_JOB = f"{INSTANCE}, {JOB}"
 # The daemon's process_* series carry the scrape job's label, like the alerts expect.
 PROCESS = f'job="sessionkeeper", {INSTANCE}'
+# Bots (store.metrics) are scraped as their own job; the store dashboard selects them by
+# instance with the variable ``bot``.
+BOT = 'instance=~"$bot"'
+BOT_CALLS = "sessionkeeper_store_operation_duration_seconds"
 
 Panel = dict[str, Any]
 
@@ -139,7 +145,13 @@ def variable(name: str, label: str, query: str) -> dict[str, Any]:
     }
 
 
-def dashboard(uid: str, title: str, description: str, panels: list[Panel]) -> dict[str, Any]:
+def dashboard(
+    uid: str,
+    title: str,
+    description: str,
+    panels: list[Panel],
+    variables: Sequence[dict[str, Any]] = (),
+) -> dict[str, Any]:
     return {
         "uid": uid,
         "title": title,
@@ -171,6 +183,7 @@ def dashboard(uid: str, title: str, description: str, panels: list[Panel]) -> di
                     "Job",
                     'label_values(sessionkeeper_job_runs_total{instance=~"$instance"}, job)',
                 ),
+                *variables,
             ]
         },
         "panels": layout(panels),
@@ -332,7 +345,8 @@ def store_dashboard() -> dict[str, Any]:
     return dashboard(
         "sessionkeeper-store",
         "sessionkeeper / store and database",
-        "The daemon's database pool, the size of the session store, and usage rollups.",
+        "The daemon's database pool, the size of the session store, the bots' store calls "
+        "(store.metrics), and usage rollups.",
         [
             row("Database and connection pool"),
             panel(
@@ -435,6 +449,7 @@ def store_dashboard() -> dict[str, Any]:
                 kind="stat",
                 width=8,
             ),
+            *bots_row(),
             row("Usage rollups"),
             panel(
                 "Tokens per day by channel",
@@ -473,7 +488,93 @@ def store_dashboard() -> dict[str, Any]:
                 width=24,
             ),
         ],
+        variables=[
+            variable(
+                "bot",
+                "Bot",
+                f"label_values({BOT_CALLS}_count, instance)",
+            )
+        ],
     )
+
+
+def bots_row() -> list[Panel]:
+    """The bots' side of the store, from store.metrics: what users wait for."""
+    buckets = f'{BOT_CALLS}_bucket{{{BOT}, operation=~"begin_turn|finish_turn"}}'
+
+    def pool(name: str) -> str:
+        return f"sum by (instance) (sessionkeeper_store_pool_{name}{{{BOT}}})"
+
+    return [
+        row("Bots"),
+        panel(
+            "begin_turn and finish_turn, p50 and p99",
+            "Duration of the two calls of every message as the bots see them, pool wait "
+            "included (alert: SessionkeeperBotBeginTurnSlow, p99 of begin_turn over 0.5 s).",
+            [
+                target(
+                    f"histogram_quantile(0.99, sum by (operation, le) "
+                    f"(rate({buckets}[$__rate_interval])))",
+                    "{{operation}} p99",
+                ),
+                target(
+                    f"histogram_quantile(0.5, sum by (operation, le) "
+                    f"(rate({buckets}[$__rate_interval])))",
+                    "{{operation}} p50",
+                ),
+            ],
+            unit="s",
+        ),
+        panel(
+            "Store calls per second",
+            "Calls of the bots to the store, by operation.",
+            [
+                target(
+                    f"sum by (operation) (rate({BOT_CALLS}_count{{{BOT}}}[$__rate_interval]))",
+                    "{{operation}}",
+                )
+            ],
+            unit="ops",
+            stack=True,
+        ),
+        panel(
+            "Errors per second",
+            "Store calls that raised, by operation and error: InvalidInput is the bot's input, "
+            "DatabaseUnavailable the database or the pool.",
+            [
+                target(
+                    "sum by (operation, error) (rate(sessionkeeper_store_errors_total"
+                    f"{{{BOT}}}[$__rate_interval]))",
+                    "{{operation}} {{error}}",
+                )
+            ],
+            unit="ops",
+            width=8,
+        ),
+        panel(
+            "Turns refused by the rate limit",
+            "begin_turn calls refused per second, by the window (seconds) that refused them.",
+            [
+                target(
+                    "sum by (window_seconds) (rate(sessionkeeper_store_turns_refused_total"
+                    f"{{{BOT}}}[$__rate_interval]))",
+                    "{{window_seconds}} s window",
+                )
+            ],
+            unit="ops",
+            width=8,
+        ),
+        panel(
+            "Bot pool connections",
+            "Each bot's store pool: connections in use and the maximum, calls waiting for one.",
+            [
+                target(f"{pool('size')} - {pool('available')}", "{{instance}} in use"),
+                target(pool("max"), "{{instance}} max"),
+                target(pool("requests_waiting"), "{{instance}} waiting"),
+            ],
+            width=8,
+        ),
+    ]
 
 
 def dashboards() -> dict[str, dict[str, Any]]:

@@ -142,10 +142,12 @@ BEGIN
     VALUES (p_user_id, v_now, v_now) RETURNING s.session_id INTO v_new;
     IF v_previous IS NOT NULL AND p_carry_pairs > 0 THEN
         -- Intermittent chatters keep context: the newest pairs of the stale session come along.
-        INSERT INTO session_messages (session_id, seq, role, content, created_at)
-        SELECT v_new, row_number() OVER (ORDER BY m.seq) - 1, m.role, m.content, m.created_at
+        -- Each message with its extra fields (revision 0011): a carried tool call keeps its id.
+        INSERT INTO session_messages (session_id, seq, role, content, created_at, extra)
+        SELECT v_new, row_number() OVER (ORDER BY m.seq) - 1, m.role, m.content, m.created_at,
+               m.extra
         FROM (
-            SELECT x.seq, x.role, x.content, x.created_at FROM session_messages x
+            SELECT x.seq, x.role, x.content, x.created_at, x.extra FROM session_messages x
             WHERE x.session_id = v_previous ORDER BY x.seq DESC LIMIT 2 * p_carry_pairs
         ) m;
         GET DIAGNOSTICS v_carried = ROW_COUNT;
@@ -156,31 +158,34 @@ BEGIN
     RETURN NEXT;
 END $$;
 
--- sk_history_arrays: the newest pairs of a session, oldest first, as four parallel arrays in
--- one row (revision 0005): no per-message JSON to build on the server and parse on the client.
+-- sk_history_arrays_v2: the newest pairs of a session, oldest first, as parallel arrays in one
+-- row (revision 0005): no per-message JSON to build on the server and parse on the client. The
+-- fifth array holds each message's extra fields (revision 0011; NULL for plain text).
 -- begin_turn and get_history read it.
-CREATE OR REPLACE FUNCTION sk_history_arrays(p_session_id uuid, p_pairs integer)
-RETURNS TABLE (seqs bigint[], roles text[], contents text[], created timestamptz[])
+CREATE OR REPLACE FUNCTION sk_history_arrays_v2(p_session_id uuid, p_pairs integer)
+RETURNS TABLE (seqs bigint[], roles text[], contents text[], created timestamptz[],
+               extras jsonb[])
 LANGUAGE sql STABLE AS $$
     -- The newest 2 * p_pairs messages, oldest first: an index range on (session_id, seq).
     SELECT coalesce(array_agg(m.seq ORDER BY m.seq), '{}'),
            coalesce(array_agg(m.role ORDER BY m.seq), '{}'),
            coalesce(array_agg(m.content ORDER BY m.seq), '{}'),
-           coalesce(array_agg(m.created_at ORDER BY m.seq), '{}')
+           coalesce(array_agg(m.created_at ORDER BY m.seq), '{}'),
+           coalesce(array_agg(m.extra ORDER BY m.seq), '{}')
     FROM (
-        SELECT x.seq, x.role, x.content, x.created_at FROM session_messages x
+        SELECT x.seq, x.role, x.content, x.created_at, x.extra FROM session_messages x
         WHERE x.session_id = p_session_id ORDER BY x.seq DESC LIMIT 2 * p_pairs
     ) m
 $$;
 
--- sk_begin_turn: everything before the model is called, in one round trip: the user (written
--- only when something changes, revision 0005), the rate-limit decision, and when admitted the
--- current session and its history.
+-- sk_begin_turn_v2: everything before the model is called, in one round trip: the user
+-- (written only when something changes, revision 0005), the rate-limit decision, and when
+-- admitted the current session and its history, each message with its extra fields (0011).
 -- plan_cache_mode = force_generic_plan (revision 0006): every statement here (and in the
 -- functions it calls, which inherit the setting) looks rows up by key or reads an index range,
 -- for which the generic plan is the plan; re-planning on every call cost ~10 % of a turn. A
 -- function setting, not a connection option, so it holds behind PgBouncer too.
-CREATE OR REPLACE FUNCTION sk_begin_turn(
+CREATE OR REPLACE FUNCTION sk_begin_turn_v2(
     p_channel text, p_channel_user_id text, p_display_name text, p_now timestamptz,
     p_windows integer[], p_caps integer[], p_durable boolean,
     p_idle interval, p_carry_pairs integer, p_history_pairs integer
@@ -189,7 +194,7 @@ CREATE OR REPLACE FUNCTION sk_begin_turn(
     allowed boolean, retry_at timestamptz, refused_window integer,
     session_id uuid, session_created boolean,
     history_seqs bigint[], history_roles text[], history_contents text[],
-    history_created timestamptz[]
+    history_created timestamptz[], history_extras jsonb[]
 )
 LANGUAGE plpgsql
 SET plan_cache_mode = force_generic_plan
@@ -231,9 +236,9 @@ BEGIN
         SELECT c.session_id, c.created INTO v_session, session_created
         FROM sk_current_session(v_user, v_now, p_idle, p_carry_pairs) c;
         session_id := v_session;
-        SELECT h.seqs, h.roles, h.contents, h.created
-        INTO history_seqs, history_roles, history_contents, history_created
-        FROM sk_history_arrays(v_session, p_history_pairs) h;
+        SELECT h.seqs, h.roles, h.contents, h.created, h.extras
+        INTO history_seqs, history_roles, history_contents, history_created, history_extras
+        FROM sk_history_arrays_v2(v_session, p_history_pairs) h;
     END IF;
     RETURN NEXT;
 END $$;
@@ -483,6 +488,45 @@ END $$;
 -- Functions the current code no longer calls but a bot or tool of an earlier release may. Each
 -- names the release that stopped using it; it moves to "Retired" a release after that.
 -- =============================================================================================
+
+-- sk_begin_turn: sk_begin_turn_v2 without the history's extra fields. Bots of release 0.1.0
+-- call it; 0.2.0 calls sk_begin_turn_v2. It keeps the generic-plan setting it always had.
+CREATE OR REPLACE FUNCTION sk_begin_turn(
+    p_channel text, p_channel_user_id text, p_display_name text, p_now timestamptz,
+    p_windows integer[], p_caps integer[], p_durable boolean,
+    p_idle interval, p_carry_pairs integer, p_history_pairs integer
+) RETURNS TABLE (
+    user_id uuid, person_id uuid, display_name text, user_created boolean, now timestamptz,
+    allowed boolean, retry_at timestamptz, refused_window integer,
+    session_id uuid, session_created boolean,
+    history_seqs bigint[], history_roles text[], history_contents text[],
+    history_created timestamptz[]
+)
+LANGUAGE sql
+SET plan_cache_mode = force_generic_plan
+AS $$
+    SELECT t.user_id, t.person_id, t.display_name, t.user_created, t.now, t.allowed,
+           t.retry_at, t.refused_window, t.session_id, t.session_created, t.history_seqs,
+           t.history_roles, t.history_contents, t.history_created
+    FROM sk_begin_turn_v2(p_channel, p_channel_user_id, p_display_name, p_now, p_windows,
+                          p_caps, p_durable, p_idle, p_carry_pairs, p_history_pairs) t
+$$;
+
+-- sk_history_arrays: sk_history_arrays_v2 without the extra fields. get_history of release
+-- 0.1.0 calls it; 0.2.0 calls sk_history_arrays_v2.
+CREATE OR REPLACE FUNCTION sk_history_arrays(p_session_id uuid, p_pairs integer)
+RETURNS TABLE (seqs bigint[], roles text[], contents text[], created timestamptz[])
+LANGUAGE sql STABLE AS $$
+    -- The newest 2 * p_pairs messages, oldest first: an index range on (session_id, seq).
+    SELECT coalesce(array_agg(m.seq ORDER BY m.seq), '{}'),
+           coalesce(array_agg(m.role ORDER BY m.seq), '{}'),
+           coalesce(array_agg(m.content ORDER BY m.seq), '{}'),
+           coalesce(array_agg(m.created_at ORDER BY m.seq), '{}')
+    FROM (
+        SELECT x.seq, x.role, x.content, x.created_at FROM session_messages x
+        WHERE x.session_id = p_session_id ORDER BY x.seq DESC LIMIT 2 * p_pairs
+    ) m
+$$;
 
 -- sk_history: the history as one JSONB document (revision 0002). sk_begin_turn returned it
 -- until revision 0005 (before release 0.1.0); sk_history_arrays replaced it. No store call of

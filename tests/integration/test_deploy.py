@@ -278,14 +278,18 @@ def test_committed_dashboards_equal_the_generator_output() -> None:
 
 
 def test_dashboards_have_instance_and_job_variables_used_by_every_query() -> None:
+    """Daemon panels select the replica with $instance; the store dashboard's "Bots" row
+    (store.metrics series) selects the bot with $bot."""
     paths = sorted((DEPLOY / "grafana/dashboards").glob("*.json"))
     assert paths
     uids = set()
+    bot_panels = 0
     for path in paths:
         board = json.loads(path.read_text())
         uids.add(board["uid"])
         names = [v["name"] for v in board["templating"]["list"]]
-        assert names == ["instance", "job"], path.name
+        bots = path.name == "sessionkeeper-store.json"
+        assert names == ["instance", "job", *(["bot"] if bots else [])], path.name
         ids = [p["id"] for p in board["panels"]]
         assert len(ids) == len(set(ids)), path.name
         for item in board["panels"]:
@@ -296,8 +300,13 @@ def test_dashboards_have_instance_and_job_variables_used_by_every_query() -> Non
                 assert item["datasource"] == query["datasource"], item["title"]
                 if "rawSql" in query:
                     continue  # PostgreSQL: the session store's own tables
+                if "sessionkeeper_store_" in query["expr"]:
+                    bot_panels += 1
+                    assert bots and '$bot"' in query["expr"], (item["title"], query["expr"])
+                    continue
                 assert '$instance"' in query["expr"], (item["title"], query["expr"])
     assert len(uids) == len(paths)
+    assert bot_panels >= 5
 
 
 # --- systemd -------------------------------------------------------------------------------------

@@ -1,12 +1,17 @@
-"""A real Prometheus scraping a real daemon: every dashboard query and alert expression works.
+"""A real Prometheus scraping a real daemon and a bot: every dashboard query and alert expression
+works.
 
 The daemon is ``python -m scheduler run`` on the test's own database with every job scheduled
 each second; Prometheus is the Debian package's binary, on loopback, with a scrape configuration
 made from deploy/prometheus/prometheus.yml (same job name and label handling, a static loopback
-target instead of Docker DNS) and the real alert rules. Both are stopped when the test ends.
+target instead of Docker DNS) and the real alert rules. The bot is tests/integration/metrics_bot.py,
+a real ``store.Store`` instrumented with ``store.metrics`` taking turns on the same database and
+serving its registry on loopback, scraped as a second job (``sessionkeeper-bots``). All are
+stopped when the test ends.
 
-Checked: every Grafana panel query returns series; every metric name a dashboard or an alert
-uses is in the daemon's /metrics; every alert expression is accepted by Prometheus's query API
+Checked: every Grafana panel query returns series (the store dashboard's "Bots" row from the
+bot's series); every metric name a dashboard or an alert uses is in the daemon's or the bot's
+/metrics; every alert expression is accepted by Prometheus's query API
 and every rule evaluates without error in Prometheus's own rule manager. The dashboards'
 PostgreSQL panels run against the same database as the read-only role that
 deploy/postgres/10-grafana-reader.sh creates, and return rows once the jobs have run.
@@ -56,7 +61,9 @@ GRAFANA_SUBSTITUTIONS = {
     "$__range": "1h",
     "$instance": ".*",
     "$job": ".*",
+    "$bot": ".*",
 }
+BOT_JOB = "sessionkeeper-bots"
 STARTUP_SECONDS = 60
 SETTLE_SECONDS = 120
 
@@ -186,6 +193,17 @@ def daemon(database_url: str, tmp_path: Path) -> Iterator[Running]:
 
 
 @pytest.fixture
+def bot(database_url: str, tmp_path: Path) -> Iterator[Running]:
+    """tests/integration/metrics_bot.py on the test's database, serving its metrics."""
+    port = free_port()
+    env = daemon_env(database_url, SESSIONKEEPER_DATABASE_URL=database_url)
+    script = Path(__file__).with_name("metrics_bot.py")
+    command = [sys.executable, str(script), str(port)]
+    with start(command, tmp_path / "bot.log", port, "/metrics", env) as running:
+        yield running
+
+
+@pytest.fixture
 def grafana_reader(database_url: str) -> Iterator[str]:
     """A conninfo for the read-only role deploy/postgres/10-grafana-reader.sh creates (run for
     real with psql, under a unique role name), dropped after the test. Without psql: the
@@ -219,25 +237,28 @@ def grafana_reader(database_url: str) -> Iterator[str]:
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
 
 
-def prometheus_config(target: str) -> dict[str, Any]:
-    """deploy/prometheus/prometheus.yml, scraping ``target`` every second."""
+def prometheus_config(target: str, bot_target: str) -> dict[str, Any]:
+    """deploy/prometheus/prometheus.yml, scraping the daemon ``target`` every second, and the
+    bot ``bot_target`` as a job of its own (as the README's "Bot metrics" suggests)."""
     config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     (scrape,) = [s for s in config["scrape_configs"] if s["job_name"] == "sessionkeeper"]
     for key in [k for k in scrape if k.endswith("_sd_configs")]:
         del scrape[key]
     scrape["static_configs"] = [{"targets": [target]}]
     scrape["scrape_interval"] = "1s"
+    bots = {"job_name": BOT_JOB, "static_configs": [{"targets": [bot_target]}]}
     return {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(ALERTS)],
-        "scrape_configs": [scrape],
+        "scrape_configs": [scrape, bots],
     }
 
 
 @pytest.fixture
-def prometheus(daemon: Running, tmp_path: Path) -> Iterator[Running]:
+def prometheus(daemon: Running, bot: Running, tmp_path: Path) -> Iterator[Running]:
     config = tmp_path / "prometheus.yml"
-    config.write_text(yaml.safe_dump(prometheus_config(daemon.url.removeprefix("http://"))))
+    targets = (daemon.url.removeprefix("http://"), bot.url.removeprefix("http://"))
+    config.write_text(yaml.safe_dump(prometheus_config(*targets)))
     port = free_port()
     command = [
         "prometheus",
@@ -314,20 +335,27 @@ def metric_names(text: str) -> set[str]:
     return set(re.findall(r"\b(?:sessionkeeper|process)_[a-z0-9_]+", text))
 
 
-def test_dashboards_and_alerts_work_against_a_real_daemon(
-    daemon: Running, prometheus: Running, grafana_reader: str
-) -> None:
-    # What the daemon exports, straight from its /metrics.
-    status, body = http_get(daemon.url + "/metrics")
+def exported(process: Running) -> set[str]:
+    """The sample names of a process's /metrics."""
+    status, body = http_get(process.url + "/metrics")
     assert status == 200
-    samples = {
+    return {
         sample.name
         for family in text_string_to_metric_families(body.decode())
         for sample in family.samples
     }
-    assert status == 200 and http_get(daemon.url + "/healthz")[0] == 200
 
-    # No dashboard or alert names a metric the daemon does not export.
+
+def test_dashboards_and_alerts_work_against_a_real_daemon_and_bot(
+    daemon: Running, bot: Running, prometheus: Running, grafana_reader: str
+) -> None:
+    # What the daemon and the bot export, straight from their /metrics.
+    bot_samples = exported(bot)
+    assert "sessionkeeper_store_operation_duration_seconds_bucket" in bot_samples
+    samples = exported(daemon) | bot_samples
+    assert http_get(daemon.url + "/healthz")[0] == 200
+
+    # No dashboard or alert names a metric neither exports.
     used: dict[str, set[str]] = {}
     for board, title, expr in promql_panels():
         for name in metric_names(expr):
@@ -339,14 +367,16 @@ def test_dashboards_and_alerts_work_against_a_real_daemon(
         for name in metric_names(expr):
             used.setdefault(name, set()).add(f"alert {alert}")
     unknown = {name: where for name, where in used.items() if name not in samples}
-    assert not unknown, f"not exported by the daemon: {unknown}"
+    assert not unknown, f"not exported by the daemon or the bot: {unknown}"
 
-    # Prometheus scrapes the daemon (the target is up) ...
+    # Prometheus scrapes the daemon and the bot (both targets are up) ...
     def scraped() -> bool | None:
         prometheus.alive()
         daemon.alive()
-        result = query(prometheus, 'up{job="sessionkeeper"} == 1')
-        return True if result.get("data", {}).get("result") else None
+        bot.alive()
+        result = query(prometheus, "up == 1")
+        jobs = {series["metric"]["job"] for series in result.get("data", {}).get("result", [])}
+        return True if jobs >= {"sessionkeeper", BOT_JOB} else None
 
     poll(scraped, SETTLE_SECONDS, "a successful scrape", prometheus.log)
 
@@ -354,9 +384,12 @@ def test_dashboards_and_alerts_work_against_a_real_daemon(
     panels = promql_panels()
     empty: list[tuple[str, str, str]] = []
 
+    assert any("sessionkeeper_store_" in item[2] for item in panels)  # the Bots row
+
     def all_panels_have_series() -> bool | None:
         prometheus.alive()
         daemon.alive()
+        bot.alive()
         empty.clear()
         for item in panels:
             result = query(prometheus, item[2])
@@ -377,8 +410,18 @@ def test_dashboards_and_alerts_work_against_a_real_daemon(
             + f"/api/v1/label/{label}/values?"
             + urllib.parse.urlencode({"match[]": "sessionkeeper_job_runs_total"})
         )
+        assert status == 200
         values = set(json.loads(body)["data"])
         assert values == (expected or set(JOB_NAMES)), (label, values)
+    # ... and the bot variable offers the bot.
+    status, body = http_get(
+        prometheus.url
+        + "/api/v1/label/instance/values?"
+        + urllib.parse.urlencode(
+            {"match[]": "sessionkeeper_store_operation_duration_seconds_count"}
+        )
+    )
+    assert status == 200 and set(json.loads(body)["data"]) == {bot.url.removeprefix("http://")}
 
     # Every alert expression parses and evaluates through the query API ...
     for alert, expr in alert_expressions():

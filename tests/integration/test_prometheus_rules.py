@@ -15,9 +15,12 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry
 
+import store.metrics
 from jobs import JOB_NAMES
 from sessionkeeper.daemon.metrics import DaemonMetrics
+from store import Store
 
 RULES_DIR = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 ALERTS = RULES_DIR / "alerts.yml"
@@ -47,6 +50,7 @@ def test_the_required_alerts_exist() -> None:
         "SessionkeeperNoDaemonUp",
         "SessionkeeperPoolExhausted",
         "SessionkeeperArchivalFallingBehind",
+        "SessionkeeperBotBeginTurnSlow",
     } <= set(names)
 
 
@@ -55,13 +59,22 @@ def rule_expressions() -> dict[str, str]:
     return {r.get("alert") or r["record"]: r["expr"] for g in groups for r in g["rules"]}
 
 
-def test_the_rules_read_only_series_the_daemon_exports() -> None:
+def test_the_rules_read_only_series_the_daemon_and_bots_export(database_url: str) -> None:
     """The alerts hold no copy of the daemon's configuration (such as the jobs' schedules, which
-    operators change): they read it from the daemon's own series, every one of which exists."""
+    operators change): they read it from the daemon's own series, every one of which exists,
+    or from the bots' (store.metrics)."""
     metrics = DaemonMetrics(JOB_NAMES)
     metrics.add_pool(dict)
     metrics.set_intervals({name: 60.0 for name in JOB_NAMES})
-    exported = {sample.name for family in metrics.registry.collect() for sample in family.samples}
+    bots = CollectorRegistry()
+    with Store(database_url, max_size=1) as db:
+        store.metrics.instrument(db, registry=bots)
+        exported = {
+            sample.name
+            for registry in (metrics.registry, bots)
+            for family in registry.collect()
+            for sample in family.samples
+        }
     expressions = rule_expressions()
     for name, expr in expressions.items():
         used = set(re.findall(r"\b(?:sessionkeeper|process)_[a-z0-9_]+", expr))

@@ -36,6 +36,11 @@ def _append(content: object, role: object = "user") -> Call:
     return lambda s, _u, sid: s.append_messages(sid, [{"role": role, "content": content}])
 
 
+def _extra(extra: object, content: str = "x") -> Call:
+    message = {"role": "tool", "content": content, "extra": extra}
+    return lambda s, _u, sid: s.append_messages(sid, [message])
+
+
 BAD_CALLS: dict[str, Call] = {
     "nul in content": _append(NUL),
     "lone surrogate in content": _append(SURROGATE),
@@ -48,6 +53,16 @@ BAD_CALLS: dict[str, Call] = {
     "message not a mapping": lambda s, _u, sid: s.append_messages(sid, ["just text"]),
     "messages a string": lambda s, _u, sid: s.append_messages(sid, "hello"),
     "no messages": lambda s, _u, sid: s.append_messages(sid, []),
+    "extra not a mapping": _extra(["tool_call_id", "c1"]),
+    "extra with NUL in a value": _extra({"tool_call_id": NUL}),
+    "extra with NUL in a key": _extra({NUL: 1}),
+    "extra with NUL deep inside": _extra({"calls": [{"args": {"q": NUL}}]}),
+    "extra with a lone surrogate": _extra({"name": SURROGATE}),
+    "extra with NaN": _extra({"score": float("nan")}),
+    "extra with infinity": _extra({"score": float("inf")}),
+    "extra not JSON": _extra({"when": datetime(2026, 1, 1)}),
+    "oversized extra": _extra({"blob": BIG}),
+    "empty content with empty extra": _extra({}, content=""),
     "naive timestamp": lambda s, _u, sid: s.append_messages(
         sid, [{"role": "user", "content": "x", "timestamp": datetime(2026, 1, 1)}]
     ),

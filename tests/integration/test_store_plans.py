@@ -21,7 +21,8 @@ MESSAGES_EACH = 100
 
 @pytest.fixture
 def busy(conn: psycopg.Connection[Any]) -> uuid.UUID:
-    """A database with 30 000 messages over 300 sessions; returns one session's id."""
+    """A database with 30 000 messages (and 15 000 turn receipts) over 300 sessions; returns
+    one session's id."""
     conn.execute(
         "INSERT INTO users (channel, channel_user_id)"
         " SELECT 'telegram', g::text FROM generate_series(1, %(n)s) g",
@@ -35,6 +36,13 @@ def busy(conn: psycopg.Connection[Any]) -> uuid.UUID:
         "INSERT INTO session_messages (session_id, seq, role, content)"
         " SELECT s.session_id, g, 'user', repeat('x', 200)"
         " FROM sessions s, generate_series(0, %(m)s - 1) g",
+        {"m": MESSAGES_EACH},
+    )
+    # A receipt per finished turn (one per pair), as finish_turn leaves them.
+    conn.execute(
+        "INSERT INTO turn_receipts (session_id, turn_id, appended, trimmed, next_seq)"
+        " SELECT s.session_id, gen_random_uuid(), 2, 0, g"
+        " FROM sessions s, generate_series(2, %(m)s, 2) g",
         {"m": MESSAGES_EACH},
     )
     conn.execute("ANALYZE")
@@ -62,17 +70,22 @@ def test_finish_turn_statement_reads_no_other_history(
         "roles": ["user", "assistant"],
         "contents": ["q", "a"],
         "created": [None, None],
+        "extras": [None, None],
         "now": None,
         "keep": 40,
         "track_usage": True,
         "input_tokens": 1,
         "output_tokens": 1,
         "cached_tokens": 0,
+        "turn_id": uuid.uuid4(),
     }
     text = plan(conn, "append_messages", params)
     # (The planner may scan the small sessions table; the history is what grows.)
     assert "Seq Scan on session_messages" not in text
     assert "pk_session_messages" in text
+    # The receipts of earlier turns are found (and expired) by the session's key range.
+    assert "Seq Scan on turn_receipts" not in text
+    assert "pk_turn_receipts" in text
 
 
 # -- time partitions (revision 0012) -----------------------------------------------------------
@@ -138,12 +151,14 @@ def test_the_hot_path_touches_one_partition_of_each_table(
                 "roles": ["user", "assistant"],
                 "contents": ["q", "a"],
                 "created": [None, None],
+                "extras": [None, None],
                 "now": TODAY,
                 "keep": 40,
                 "track_usage": True,
                 "input_tokens": 1,
                 "output_tokens": 1,
                 "cached_tokens": 0,
+                "turn_id": uuid.uuid4(),
             },
         )
     touching = [plan for plan in plans if "rate_limits" in plan or "usage_stats" in plan]

@@ -41,6 +41,7 @@ def turn_row(**changes: Any) -> Rows:
         "history_roles": ["user", "assistant"],
         "history_contents": ["hi", "hello"],
         "history_created": [T0 - timedelta(minutes=2), T0 - timedelta(minutes=1)],
+        "history_extras": [None, {"tool_calls": [{"name": "f", "args": {}, "id": "c1"}]}],
     }
     return one(**{**row, **changes})
 
@@ -59,9 +60,10 @@ def test_begin_turn_decodes_an_admitted_turn_with_its_history(config: StoreConfi
     assert turn.allowed and turn.rate == store.RateDecision(True, None, None)
     assert turn.user == store.User(USER, "telegram", "42", PERSON, "Ann", created=False)
     assert (turn.session_id, turn.session_created, turn.started_at) == (SESSION, False, T0)
+    call = {"tool_calls": [{"name": "f", "args": {}, "id": "c1"}]}
     assert turn.history == [
         store.Message("user", "hi", T0 - timedelta(minutes=2), seq=4),
-        store.Message("assistant", "hello", T0 - timedelta(minutes=1), seq=5),
+        store.Message("assistant", "hello", T0 - timedelta(minutes=1), seq=5, extra=call),
     ]
     assert [m.as_prompt() for m in turn.history] == [
         {"role": "user", "content": "hi"},
@@ -105,6 +107,7 @@ def test_a_refused_turn_has_no_session_and_says_when_to_retry(config: StoreConfi
         history_roles=None,
         history_contents=None,
         history_created=None,
+        history_extras=None,
     )
     turn = InMemoryDatabase(begin_turn=[refused]).call(core.begin_turn, config, "telegram", "a")
     assert not turn.allowed and not turn.rate
@@ -122,6 +125,7 @@ def test_a_new_session_without_history_decodes_to_an_empty_list(config: StoreCon
         history_roles=[],
         history_contents=[],
         history_created=[],
+        history_extras=[],
         user_created=True,
     )
     turn = InMemoryDatabase(begin_turn=[empty]).call(core.begin_turn, config, "telegram", "a")
@@ -143,12 +147,15 @@ def test_finish_turn_sends_both_messages_trim_and_usage(config: StoreConfig) -> 
     )
     assert appended == store.Appended(SESSION, USER, appended=2, trimmed=2, next_seq=8)
     assert db.names() == ["append_messages"]
-    assert db.sent[0].params == {
+    params = dict(db.sent[0].params)
+    assert isinstance(params.pop("turn_id"), UUID)  # the request's idempotency key
+    assert params == {
         "session_id": SESSION,
         "roles": ["user", "assistant"],
         "contents": ["question", "answer"],
         # the user's message is dated when the turn began; the reply when it is stored
         "created": [turn.started_at, None],
+        "extras": ["", ""],  # none
         "now": None,
         "keep": 2 * config.history_pairs,
         "track_usage": True,
@@ -156,6 +163,25 @@ def test_finish_turn_sends_both_messages_trim_and_usage(config: StoreConfig) -> 
         "output_tokens": 3,
         "cached_tokens": 0,
     }
+
+
+def test_finish_turn_keys_a_request_by_its_turn_and_arguments(config: StoreConfig) -> None:
+    turn, other_turn = admitted_turn(config), admitted_turn(config)
+    db = InMemoryDatabase(append_messages=[appended_row()] * 6)
+    calls = [
+        (turn, "q", "a", 1),
+        (turn, "q", "a", 1),  # the same call again (a retry): the same key
+        (turn, "q2", "a", 1),  # other messages with the same Turn: another request
+        (turn, "q", "a", 2),  # other usage
+        (other_turn, "q", "a", 1),
+    ]
+    for t, question, answer, tokens in calls:
+        db.call(core.finish_turn, config, t, question, answer, input_tokens=tokens)
+    keys = [step.params["turn_id"] for step in db.sent]
+    assert keys[0] == keys[1] and len(set(keys)) == 4
+    # append_messages has no key: nothing to retry by.
+    db.call(core.append_messages, config, SESSION, [{"role": "user", "content": "x"}])
+    assert db.sent[-1].params["turn_id"] is None
 
 
 def test_finish_turn_keeps_max_pairs_when_given(config: StoreConfig) -> None:
@@ -189,7 +215,13 @@ def test_the_message_arrays_are_sent_in_binary(config: StoreConfig) -> None:
     db.call(core.finish_turn, config, admitted_turn(config), "q", "a")
     step = db.sent[0]
     transformer = Transformer()
-    for name, array_type in (("roles", "text"), ("contents", "text"), ("created", "timestamptz")):
+    arrays = (
+        ("roles", "text"),
+        ("contents", "text"),
+        ("created", "timestamptz"),
+        ("extras", "text"),
+    )
+    for name, array_type in arrays:
         assert f"%({name})b::{array_type}[]" in step.sql
         dumper = transformer.get_dumper(step.params[name], PyFormat.BINARY)
         assert dumper.oid == pg_types[array_type].array_oid
@@ -262,6 +294,12 @@ CALLS: dict[str, tuple[Callable[..., core.Plan[Any]], tuple[Any, ...], str, obje
         store.Appended(SESSION, USER, 2, 0, 8),
     ),
     "trim_session_history": (core.trim_session_history, (SESSION, 2), "trim_session_history", 4),
+    "clear_session_history": (
+        core.clear_session_history,
+        (SESSION,),
+        "trim_session_history",
+        4,
+    ),
     "get_history": (core.get_history, (SESSION,), "get_history", None),
     "get_or_create_user": (
         core.get_or_create_user,

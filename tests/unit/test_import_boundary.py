@@ -21,6 +21,7 @@ FORBIDDEN = (
     "langchain",
     "aiogram",
     "telegram",
+    "prometheus_client",
 )
 
 
@@ -48,3 +49,10 @@ def test_the_check_sees_sqlalchemy_when_an_admin_module_is_imported() -> None:
     modules = modules_after("import store; import sessionkeeper.admin.migrate")
     found = forbidden(modules)
     assert "sqlalchemy" in found and "alembic" in found and "sessionkeeper.admin.migrate" in found
+
+
+def test_the_integrations_package_loads_no_framework() -> None:
+    # Each integration imports its framework only when its own module is imported.
+    assert forbidden(modules_after("import store.integrations")) == []
+    found = forbidden(modules_after("import store.integrations.langchain"))
+    assert "langchain_core" in found and "sessionkeeper" not in found

@@ -4,6 +4,8 @@ starts from the SQLSTATE the server would send."""
 
 from __future__ import annotations
 
+from typing import cast
+
 import psycopg
 import pytest
 from psycopg import errors as pg_errors
@@ -27,6 +29,7 @@ SECRET = "hunter2-s3cret"
         ("57P01", store.DatabaseUnavailable),  # admin_shutdown: the server is going down
         ("08006", store.DatabaseUnavailable),  # connection_failure
         ("53300", store.DatabaseUnavailable),  # too_many_connections
+        ("25006", store.ReadOnlyDatabase),  # read_only_sql_transaction: a standby answered
     ],
 )
 def test_sqlstates_become_store_errors(sqlstate: str, expected: type[store.StoreError]) -> None:
@@ -34,6 +37,22 @@ def test_sqlstates_become_store_errors(sqlstate: str, expected: type[store.Store
     translated = core.translate(error)
     assert type(translated) is expected
     assert str(translated).startswith("the server's message (SQLSTATE " + sqlstate + ")")
+
+
+def test_a_connection_lost_after_sending_is_in_doubt() -> None:
+    lost = psycopg.OperationalError("server closed the connection unexpectedly")
+    step = core.Step("append_messages", {}, if_in_doubt="retrying is safe")
+    translated = core.translate(lost, step)
+    assert isinstance(translated, store.DatabaseUnavailable) and translated.in_doubt
+    assert str(translated).endswith(
+        "the connection was lost after the statement was sent: retrying is safe"
+    )
+    # Nothing sent yet, or the server's own verdict (a statement timeout): nothing committed.
+    assert not cast(store.DatabaseUnavailable, core.translate(lost)).in_doubt
+    canceled = pg_errors.QueryCanceled("canceling statement due to statement timeout")
+    assert not cast(store.DatabaseUnavailable, core.translate(canceled, step)).in_doubt
+    read_only = pg_errors.ReadOnlySqlTransaction("cannot execute INSERT in a read-only transaction")
+    assert not cast(store.DatabaseUnavailable, core.translate(read_only, step)).in_doubt
 
 
 def test_schema_out_of_date_says_what_to_run() -> None:

@@ -1,0 +1,152 @@
+"""Bot-side Prometheus metrics for a ``Store`` or ``AsyncStore`` (extra ``sessionkeeper[metrics]``).
+
+``import store`` never imports this module (nor prometheus_client); a bot opts in::
+
+    registry = prometheus_client.CollectorRegistry()
+    store.metrics.instrument(db, registry=registry)
+
+``instrument`` wraps the store's operations on that one instance (it sets them as instance
+attributes, shadowing the class's; other stores are untouched) and registers on ``registry``:
+
+- ``sessionkeeper_store_operation_duration_seconds{operation}``: histogram of every call,
+  failed ones included (a pool timeout shows as a slow call);
+- ``sessionkeeper_store_errors_total{operation, error}``: calls that raised, by exception class;
+- ``sessionkeeper_store_turns_refused_total{window_seconds}``: ``begin_turn`` refusals, by the
+  rate window that refused (the configured windows exist from the start, at zero);
+- ``sessionkeeper_store_pool_*``: the connection pool, read from psycopg_pool at scrape time.
+
+Labels hold only operation names, exception class names and window lengths: no user ids.
+Serving the registry over HTTP is the bot's choice (``prometheus_client.start_http_server``).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .client import AsyncStore, Op, Operations, Store
+from .errors import ConfigurationError
+from .models import Turn
+
+PREFIX = "sessionkeeper_store_"
+# begin_turn takes about a millisecond on a healthy database; the top buckets catch pool and
+# statement timeouts (5 s by default).
+DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+OPERATIONS = tuple(name for name, value in vars(Operations).items() if isinstance(value, Op))
+_MARK = "_sessionkeeper_metrics"
+
+
+class StoreMetrics:
+    """The instruments of one store, registered on one registry."""
+
+    def __init__(self, db: Store | AsyncStore, registry: CollectorRegistry) -> None:
+        self.duration = Histogram(
+            PREFIX + "operation_duration_seconds",
+            "Duration of store calls as the bot sees them (pool wait included), failed ones too.",
+            ["operation"],
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.errors = Counter(
+            PREFIX + "errors",
+            "Store calls that raised, by operation and exception class.",
+            ["operation", "error"],
+            registry=registry,
+        )
+        self.refused = Counter(
+            PREFIX + "turns_refused",
+            "begin_turn calls refused by the rate limit, by the window that refused them.",
+            ["window_seconds"],
+            registry=registry,
+        )
+        windows, _ = db.config.rate_windows()
+        for window in windows:
+            self.refused.labels(str(window))
+        self._timers = {name: self.duration.labels(name) for name in OPERATIONS}
+        registry.register(_PoolCollector(db))
+
+    def record(
+        self, operation: str, started: float, result: object, error: Exception | None
+    ) -> None:
+        self._timers[operation].observe(time.perf_counter() - started)
+        if error is not None:
+            self.errors.labels(operation, type(error).__name__).inc()
+        elif isinstance(result, Turn) and not result.allowed:
+            self.refused.labels(str(result.rate.refused_window)).inc()
+
+
+def instrument(db: Store | AsyncStore, *, registry: CollectorRegistry = REGISTRY) -> StoreMetrics:
+    """Time and count every operation of ``db`` on ``registry`` (prometheus_client's default
+    registry unless given). A store can be instrumented once."""
+    if getattr(db, _MARK, None) is not None:
+        raise ConfigurationError("this store is instrumented already")
+    metrics = StoreMetrics(db, registry)
+    wrap = _wrap_async if isinstance(db, AsyncStore) else _wrap_sync
+    for name in OPERATIONS:
+        setattr(db, name, wrap(getattr(db, name), name, metrics))
+    setattr(db, _MARK, metrics)
+    return metrics
+
+
+def _wrap_sync(call: Callable[..., Any], name: str, metrics: StoreMetrics) -> Callable[..., Any]:
+    @functools.wraps(call)
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            result = call(*args, **kwargs)
+        except Exception as exc:
+            metrics.record(name, started, None, exc)
+            raise
+        metrics.record(name, started, result, None)
+        return result
+
+    return timed
+
+
+def _wrap_async(
+    call: Callable[..., Awaitable[Any]], name: str, metrics: StoreMetrics
+) -> Callable[..., Awaitable[Any]]:
+    @functools.wraps(call)
+    async def timed(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            result = await call(*args, **kwargs)
+        except Exception as exc:
+            metrics.record(name, started, None, exc)
+            raise
+        metrics.record(name, started, result, None)
+        return result
+
+    return timed
+
+
+class _PoolCollector(Collector):
+    """The store's connection pool, read from psycopg_pool when Prometheus scrapes."""
+
+    GAUGES = {
+        "pool_max": "Maximum connections of the bot's store pool.",
+        "pool_size": "Connections in the bot's store pool (in use, idle, or being opened).",
+        "pool_available": "Idle connections in the bot's store pool.",
+        "requests_waiting": "Store calls waiting for a connection.",
+    }
+    COUNTERS = {
+        "requests_errors": "Store calls that got no connection (pool_timeout or error).",
+        "connections_lost": "Connections found broken and discarded.",
+    }
+
+    def __init__(self, db: Store | AsyncStore) -> None:
+        self.db = db
+
+    def collect(self) -> Iterable[Metric]:
+        stats = self.db.pool_stats()
+        for key, text in self.GAUGES.items():
+            name = PREFIX + (key if key.startswith("pool") else f"pool_{key}")
+            yield GaugeMetricFamily(name, text, value=stats.get(key, 0))
+        for key, text in self.COUNTERS.items():
+            yield CounterMetricFamily(f"{PREFIX}pool_{key}", text, value=stats.get(key, 0))
