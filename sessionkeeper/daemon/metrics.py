@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from jobs.partitions import KEYS as PARTITIONED_TABLES
 from jobs.runner import RunReport
 
 OUTCOMES = ("success", "failure", "skipped")
@@ -82,6 +83,9 @@ class DaemonMetrics:
             ["table"],
             registry=r,
         )
+        for table in PARTITIONED_TABLES:
+            # Unknown (NaN, which no alert threshold matches) until the first gauge refresh.
+            self.partitions_ahead.labels(table).set(float("nan"))
         self.domain = {
             name: Gauge(f"sessionkeeper_{name}", text, registry=r)
             for name, text in DOMAIN_GAUGES.items()
