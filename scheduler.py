@@ -24,7 +24,7 @@ import sqlalchemy.exc
 
 from jobs import JOB_NAMES, ledger, session_archival
 from jobs.runner import JobFailed, run_job
-from sessionkeeper.admin import legacy, migrate
+from sessionkeeper.admin import citus, embedded, legacy, migrate
 from sessionkeeper.admin.embedded import EmbeddedPostgres
 from sessionkeeper.daemon.config import Config, load_config
 from sessionkeeper.daemon.logs import log_run, setup_logging
@@ -61,6 +61,7 @@ def open_database(explicit_url: str | None, *, own_embedded: bool = False) -> It
     if url is not None:
         yield Database(secure_conninfo(url), None)
         return
+    embedded.require_installed()
     server = EmbeddedPostgres()
     if own_embedded:
         server.acquire_owner_lock()
@@ -222,6 +223,12 @@ def cmd_forget(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_citus_ddl(args: argparse.Namespace) -> int:
+    # No database: the DDL is derived from the schema (see docs/scaling.md).
+    print(citus.ddl(), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sessionkeeper", description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -295,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--user", metavar="ID", help="a user id (UUID)")
     who.add_argument("--person", metavar="ID", help="a person id (UUID): all its users")
     forget.set_defaults(func=cmd_forget)
+    commands.add_parser(
+        "citus-ddl", help="print the SQL that distributes the schema over Citus (no database)"
+    ).set_defaults(func=cmd_citus_ddl)
     return parser
 
 

@@ -4,8 +4,9 @@ The list holds the users the store's ``load_users_from_db`` returns: every authe
 of the store's ``proactive_channel`` (the chat id is the registered one, else the channel user
 id) and every authenticated user who registered a chat. It is updated in place, page by page
 (only changed rows are written), then stale entries go, so a reader always sees a complete
-list. No store call reads it yet: bots call ``load_users_from_db``, which reads the users
-tables themselves.
+list. Then it publishes the list (``sk_publish_proactive_list``): when a row was written or
+removed, the list's version goes up and a NOTIFY carrying it tells every bot holding the list
+in memory (``store.ProactiveUsers``) to reload.
 """
 
 from __future__ import annotations
@@ -58,4 +59,9 @@ def run(
     size_row = conn.execute(QUERIES["proactive_list_size"]).fetchone()
     size = int(size_row[0]) if size_row else 0
     details = {"size": size, "written": written, "removed": done.retention}
+    if not done.stopped:
+        # A stopped run leaves the list half-refreshed: the next run publishes it.
+        changed = bool(written or done.retention)
+        version_row = conn.execute(QUERIES["proactive_publish"], {"changed": changed}).fetchone()
+        details["version"] = int(version_row[0]) if version_row else 0
     return JobResult(size, details, done.stopped)

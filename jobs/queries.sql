@@ -168,6 +168,10 @@ WHERE l.user_id = b.user_id
 -- name: proactive_list_size
 SELECT count(*) FROM proactive_user_list
 
+-- name: proactive_publish
+-- Raise the list's version and NOTIFY the bots when it changed (or was never published).
+SELECT sk_publish_proactive_list(%(changed)s)
+
 -- name: usage_rollup_lock
 -- First statement of every rollup batch: the watermark, locked until the batch commits, so
 -- that batches never overlap and erasure (sk_forget) waits for a batch in progress.

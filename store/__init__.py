@@ -47,16 +47,19 @@ from .models import (
     LinkCode,
     Linked,
     Message,
+    ProactiveList,
     ProactiveUser,
     RateDecision,
     Session,
     Turn,
     User,
 )
+from .proactive import AsyncProactiveUsers, ProactiveUsers
 
 __all__ = [
     "ANONYMOUS_USER_ID",
     "Appended",
+    "AsyncProactiveUsers",
     "AsyncStore",
     "ConfigurationError",
     "DatabaseUnavailable",
@@ -72,7 +75,9 @@ __all__ = [
     "Message",
     "NotFound",
     "Operations",
+    "ProactiveList",
     "ProactiveUser",
+    "ProactiveUsers",
     "RateDecision",
     "RateLimited",
     "ReadOnlyDatabase",

@@ -100,6 +100,56 @@ def _has_rows(cursor: psycopg.Cursor[Any] | psycopg.AsyncCursor[Any]) -> bool:
     return result is not None and result.status == pq.ExecStatus.TUPLES_OK
 
 
+def run_plan(
+    conn: psycopg.Connection[DictRow],
+    plan: core.Plan[T],
+    after_error: Callable[[psycopg.Connection[DictRow], psycopg.Error], None] | None = None,
+) -> T:
+    """Run a plan's steps on one connection (a pool's, or a dedicated one). ``after_error``
+    sees a failed statement's error first (the pool's failover handling); then the plan may
+    handle it (``Runner.throw``), else it is raised as a ``StoreError``."""
+    runner = core.Runner(plan)
+    try:
+        with conn.cursor() as cursor:
+            for step in runner:
+                try:
+                    cursor.execute(step.sql, step.params)
+                except psycopg.Error as exc:
+                    if after_error is not None:
+                        after_error(conn, exc)
+                    runner.throw(exc)  # raises again unless the plan handles it
+                    continue
+                runner.feed(cursor.fetchall() if _has_rows(cursor) else [])
+    except psycopg.Error as exc:
+        raise_store_error(exc, runner.sent)
+    return runner.result
+
+
+async def run_plan_async(
+    conn: psycopg.AsyncConnection[DictRow],
+    plan: core.Plan[T],
+    after_error: (
+        Callable[[psycopg.AsyncConnection[DictRow], psycopg.Error], Awaitable[None]] | None
+    ) = None,
+) -> T:
+    """``run_plan`` on an asyncio connection."""
+    runner = core.Runner(plan)
+    try:
+        async with conn.cursor() as cursor:
+            for step in runner:
+                try:
+                    await cursor.execute(step.sql, step.params)
+                except psycopg.Error as exc:
+                    if after_error is not None:
+                        await after_error(conn, exc)
+                    runner.throw(exc)
+                    continue
+                runner.feed(await cursor.fetchall() if _has_rows(cursor) else [])
+    except psycopg.Error as exc:
+        raise_store_error(exc, runner.sent)
+    return runner.result
+
+
 class Op(Generic[P, T]):
     """One store operation: a core plan function, run by whichever store it is read from."""
 
@@ -230,24 +280,18 @@ class Store(_Shell):
         pool.backoff = self._backoff
         self.pool.open(wait=False)
 
+    def _after_error(self, conn: psycopg.Connection[DictRow], exc: psycopg.Error) -> None:
+        if self._must_drain(conn, exc):
+            self.pool.drain()
+        if _read_only(exc):
+            conn.close()
+
     def execute(self, plan: core.Plan[T]) -> T:
-        runner = core.Runner(plan)
         try:
-            with self.pool.connection() as conn, conn.cursor() as cursor:
-                for step in runner:
-                    try:
-                        cursor.execute(step.sql, step.params)
-                    except psycopg.Error as exc:
-                        if self._must_drain(conn, exc):
-                            self.pool.drain()
-                        if _read_only(exc):
-                            conn.close()
-                        runner.throw(exc)  # raises again unless the plan handles it
-                        continue
-                    runner.feed(cursor.fetchall() if _has_rows(cursor) else [])
-        except psycopg.Error as exc:
-            raise_store_error(exc, runner.sent)
-        return runner.result
+            with self.pool.connection() as conn:
+                return run_plan(conn, plan, self._after_error)
+        except psycopg.Error as exc:  # no connection in time (PoolTimeout)
+            raise_store_error(exc)
 
     def close(self) -> None:
         self.pool.close()
@@ -280,26 +324,22 @@ class AsyncStore(_Shell):
     async def _async_connected(self, conn: Any) -> None:
         self._connected(conn)
 
+    async def _after_error(
+        self, conn: psycopg.AsyncConnection[DictRow], exc: psycopg.Error
+    ) -> None:
+        if self._must_drain(conn, exc):
+            await self.pool.drain()
+        if _read_only(exc):
+            await conn.close()
+
     async def execute(self, plan: core.Plan[T]) -> T:
-        runner = core.Runner(plan)
         if not self._opened:
             await self.open()
         try:
-            async with self.pool.connection() as conn, conn.cursor() as cursor:
-                for step in runner:
-                    try:
-                        await cursor.execute(step.sql, step.params)
-                    except psycopg.Error as exc:
-                        if self._must_drain(conn, exc):
-                            await self.pool.drain()
-                        if _read_only(exc):
-                            await conn.close()
-                        runner.throw(exc)
-                        continue
-                    runner.feed(await cursor.fetchall() if _has_rows(cursor) else [])
-        except psycopg.Error as exc:
-            raise_store_error(exc, runner.sent)
-        return runner.result
+            async with self.pool.connection() as conn:
+                return await run_plan_async(conn, plan, self._after_error)
+        except psycopg.Error as exc:  # no connection in time (PoolTimeout)
+            raise_store_error(exc)
 
     async def close(self) -> None:
         await self.pool.close()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import secrets
 import uuid
 from collections.abc import Callable, Generator, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar, cast
 from uuid import UUID
@@ -39,16 +39,18 @@ FINISH_TURN_IN_DOUBT = (
 
 @dataclass(frozen=True)
 class Step:
-    """One statement to run: its name in ``queries.sql`` and its parameters. ``if_in_doubt``
-    is what the error says when the connection is lost after the statement was sent."""
+    """One statement to run: its name in ``queries.sql`` (or in ``queries``: an integration's
+    own statements) and its parameters. ``if_in_doubt`` is what the error says when the
+    connection is lost after the statement was sent."""
 
     name: str
     params: Mapping[str, object]
     if_in_doubt: str = "it may have been applied all the same"
+    queries: Mapping[str, str] | None = field(default=None, repr=False, compare=False)
 
     @property
     def sql(self) -> str:
-        return QUERIES[self.name]
+        return (self.queries or QUERIES)[self.name]
 
 
 Plan = Generator[Step, Rows, T]
@@ -454,6 +456,17 @@ def load_users_from_db(config: StoreConfig) -> Plan[list[models.ProactiveUser]]:
         {"channel": config.proactive_channel},
         lambda rows: [models.ProactiveUser(row["user_id"], row["chat_id"]) for row in rows],
     )
+
+
+def proactive_snapshot(config: StoreConfig) -> Plan[models.ProactiveList]:
+    """The published proactive list and its version (``store.ProactiveUsers`` keeps it)."""
+
+    def decode(rows: Rows) -> models.ProactiveList:
+        row = rows[0]
+        users = map(models.ProactiveUser, row["user_ids"], row["chat_ids"])
+        return models.ProactiveList(int(row["version"]), tuple(users))
+
+    return _single("proactive_snapshot", {"channel": config.proactive_channel}, decode)
 
 
 # -- identity ----------------------------------------------------------------------------------

@@ -126,3 +126,12 @@ class Linked:
 class ProactiveUser:
     user_id: UUID
     chat_id: str
+
+
+@dataclass(frozen=True)
+class ProactiveList:
+    """The proactive list as published: its version (0 while the proactive_reload job has not
+    published one; the users are then read from their tables) and its users by user id."""
+
+    version: int
+    users: tuple[ProactiveUser, ...] = ()

@@ -178,3 +178,19 @@ ORDER BY u.created_at, u.user_id
 -- transaction: one row per table with what was done (see sk_forget in store/sql/functions.sql).
 -- No rows: no such user or person.
 SELECT table_name, action, row_count FROM sk_forget(%(user_id)s::uuid, %(person_id)s::uuid)
+
+-- proactive_snapshot --
+-- The list a bot keeps in memory (store.ProactiveUsers), with its version, in one row: the list
+-- the proactive_reload job published, or, while none was published yet (version 0), the users
+-- sk_proactive_candidates names now, the same definition the job publishes.
+WITH state AS (SELECT version FROM proactive_list_state),
+listed AS (
+    SELECT l.user_id, l.chat_id FROM proactive_user_list l WHERE EXISTS (SELECT FROM state)
+    UNION ALL
+    SELECT c.user_id, c.chat_id FROM sk_proactive_candidates(%(channel)s) c
+    WHERE NOT EXISTS (SELECT FROM state)
+)
+SELECT coalesce((SELECT version FROM state), 0) AS version,
+       coalesce(array_agg(user_id ORDER BY user_id), '{}') AS user_ids,
+       coalesce(array_agg(chat_id ORDER BY user_id), '{}') AS chat_ids
+FROM listed

@@ -311,6 +311,43 @@ proactive_user_list = Table(
     _tstz("loaded_at"),
 )
 
+# Who proactive_user_list currently names: one row, whose version the proactive_reload job
+# (and erasure) raise when the list changes, announcing it with NOTIFY (sk_publish_proactive_list
+# in store/sql/functions.sql). No row yet: the list was never published.
+proactive_list_state = Table(
+    "proactive_list_state",
+    metadata,
+    Column("singleton", Boolean, primary_key=True, server_default=text("true")),
+    Column("version", BigInteger, nullable=False),
+    _tstz("published_at"),
+    CheckConstraint("singleton", name="singleton"),
+)
+
+# aiogram's FSM (finite-state machine) storage (store/integrations/aiogram.py): one row per
+# StorageKey; absent optional key parts are stored as 0 and ''. ``user_id`` links the row to the
+# store's user of (channel, telegram_user_id) when that user exists; erasure removes the rows by
+# either (sk_forget).
+aiogram_fsm_states = Table(
+    "aiogram_fsm_states",
+    metadata,
+    Column("bot_id", BigInteger, nullable=False),
+    Column("chat_id", BigInteger, nullable=False),
+    Column("telegram_user_id", BigInteger, nullable=False),
+    Column("thread_id", BigInteger, nullable=False, server_default=text("0")),
+    Column("business_connection_id", Text, nullable=False, server_default=text("''")),
+    Column("destiny", Text, nullable=False, server_default=text("'default'")),
+    Column("channel", Text, nullable=False),
+    Column("user_id", UUID(as_uuid=True), ForeignKey("users.user_id", ondelete="CASCADE")),
+    Column("state", Text),
+    Column("data", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    _tstz("updated_at"),
+    PrimaryKeyConstraint(
+        "bot_id", "chat_id", "telegram_user_id", "thread_id", "business_connection_id", "destiny"
+    ),
+    Index("ix_aiogram_fsm_states_user_id", "user_id"),
+    Index("ix_aiogram_fsm_states_channel_telegram_user_id", "channel", "telegram_user_id"),
+)
+
 job_runs = Table(
     "job_runs",
     metadata,

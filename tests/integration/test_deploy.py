@@ -87,16 +87,26 @@ def final_stage(commands: tuple[Any, ...]) -> list[Any]:
 
 
 def test_dockerfile_uses_slim_images_and_a_non_root_user() -> None:
+    # A builder that reaches no image registry cannot fetch a frontend image.
+    assert not re.search(r"^#\s*syntax\s*=", (DEPLOY / "Dockerfile").read_text(), re.MULTILINE)
     commands = docker_commands()
     args = {
         c.value[0].split("=", 1)[0]: c.value[0].split("=", 1)[1]
         for c in commands
         if c.cmd == "ARG" and "=" in c.value[0]
     }
+    stages = set()
     for command in commands:
         if command.cmd == "FROM":
-            image = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], command.value[0])
+            image = command.value[0]
+            # Defaults may refer to other arguments (BASE_IMAGE=python:${PYTHON_VERSION}-slim).
+            while "${" in image:
+                image = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], image)
             assert re.fullmatch(r"python:3\.\d+-slim", image), command.original
+            if len(command.value) == 3:  # FROM image AS name
+                stages.add(command.value[2])
+    copies_from = {f.split("=", 1)[1] for c in commands for f in c.flags if f.startswith("--from")}
+    assert copies_from <= stages, "a COPY --from names an image, not a stage of this file"
     users = [c.value[0] for c in final_stage(commands) if c.cmd == "USER"]
     assert users, "the final stage sets no USER"
     user = users[-1].split(":")[0]

@@ -81,6 +81,16 @@ def build_world(store: Store, conn: psycopg.Connection[Any]) -> World:
             " VALUES (%s, now(), 2) ON CONFLICT DO NOTHING",
             [user],
         )
+        # aiogram FSM states: one linked to the user, one written before its first turn
+        # (found by its Telegram id), in a private chat (chat id = user id).
+        telegram_id = {alice: 1001, bob: 2002}.get(user)
+        if telegram_id:
+            conn.execute(
+                "INSERT INTO aiogram_fsm_states (bot_id, chat_id, telegram_user_id, channel,"
+                " user_id, state) VALUES (42, %s, %s, 'telegram', %s, 'linked'),"
+                " (43, %s, %s, 'telegram', NULL, 'unlinked')",
+                [telegram_id, telegram_id, user, telegram_id, telegram_id],
+            )
         conn.execute(
             "INSERT INTO legacy_quarantined_messages (session_id, array_index, user_id, reason,"
             " message) VALUES (%s, 0, %s, 'unknown role', %s)",
@@ -146,11 +156,15 @@ def test_forget_user_removes_everything_about_it(
         "rate_limits": 1,
         "proactive_users": 1,
         "proactive_user_list": 1,
+        "aiogram_fsm_states": 2,  # the linked one and the one found by her Telegram id
         "usage_stats": 2,
         "users": 1,
         "persons": 0,  # alice_wa still belongs to the person
     }
     assert forgotten.anonymised == {"usage_daily": 1}
+    assert conn.execute(
+        "SELECT telegram_user_id, state FROM aiogram_fsm_states ORDER BY 1, 2"
+    ).fetchall() == [(2002, "linked"), (2002, "unlinked")]
     assert usage_totals(conn) == totals
     # Alice's rollup, and her raw usage that was not rolled up yet, now anonymous.
     anonymous = conn.execute(

@@ -336,7 +336,8 @@ def test_proactive_reload_publishes_what_the_store_would_load(conn: Conn) -> Non
     result = proactive_reload.run(conn, settings, NOW)
 
     assert result.rows == 4
-    assert result.details == {"size": 4, "written": 4, "removed": 1}
+    # The first publication: version 1, announced to the bots (store.ProactiveUsers).
+    assert result.details == {"size": 4, "written": 4, "removed": 1, "version": 1}
     listed = dict(rows(conn, "SELECT user_id, chat_id FROM proactive_user_list"))
     (implicit_chat,) = rows(conn, "SELECT channel_user_id FROM users WHERE user_id = %s", implicit)
     assert listed == {
@@ -346,9 +347,9 @@ def test_proactive_reload_publishes_what_the_store_would_load(conn: Conn) -> Non
         implicit: implicit_chat[0],
     }
     assert unregistered_whatsapp not in listed
-    # Unchanged rows are not rewritten.
+    # Unchanged rows are not rewritten, and an unchanged list keeps its version.
     again = proactive_reload.run(conn, settings, NOW + timedelta(minutes=1))
-    assert again.details == {"size": 4, "written": 0, "removed": 0}
+    assert again.details == {"size": 4, "written": 0, "removed": 0, "version": 1}
 
 
 def test_proactive_reload_and_the_store_read_one_definition(database_url: str, conn: Conn) -> None:

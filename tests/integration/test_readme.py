@@ -7,6 +7,11 @@ fails here, naming it. After the block: every function it defined must have run,
 closed every store (connection pool) it opened, and when it consumed the conversation, the
 replies, the prompts and what the database holds must be what the handler promises.
 
+A Telegram bot block (aiogram, python-telegram-bot) runs against a fake Telegram Bot API server
+on loopback (``TELEGRAM_API_URL``, ``TELEGRAM_BOT_TOKEN``): it delivers the conversation's
+messages one at a time, each once the previous one was answered, as a user would, and stops the
+bot with SIGINT (as an operator's Ctrl-C) once the last one was answered.
+
 A block that is not meant to run (a sketch, a framework that is not installed) says so on the
 line before it: ``<!-- not-run: the reason -->``. Such a block must still compile.
 """
@@ -15,11 +20,14 @@ from __future__ import annotations
 
 import builtins
 import gc
+import os
 import re
+import signal
 import symtable
 import sys
 import textwrap
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, FunctionType
@@ -27,6 +35,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from fake_telegram import TOKEN, FakeTelegram, fake_telegram, message_update
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 import store
@@ -153,6 +162,29 @@ class Conversation:
     async def send_async(self, channel: str, sender: str, reply: str) -> None:
         self.send(channel, sender, reply)
 
+    @contextmanager
+    def over_telegram(self) -> Iterator[FakeTelegram]:
+        """A fake Telegram server that delivers these messages to a polling bot."""
+        pending = list(enumerate(self.messages, start=1))
+
+        def deliver_next() -> None:
+            update_id, text = pending.pop(0)
+            telegram.queue(message_update(update_id, int(self.sender), text))
+
+        def answered(body: dict[str, Any]) -> None:
+            assert int(body["chat_id"]) == int(self.sender)
+            self.sent.append(str(body["text"]))
+            if pending:
+                deliver_next()
+            else:  # the conversation is over: stop the bot as an operator would
+                os.kill(os.getpid(), signal.SIGINT)
+
+        with fake_telegram(answered) as telegram:
+            deliver_next()
+            yield telegram
+            if telegram.delivered:
+                self.consumed = True
+
     def names(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in PROVIDED}
 
@@ -268,16 +300,21 @@ def test_documented_block_runs(
     monkeypatch.setenv("SESSIONKEEPER_DATABASE_URL", database_url)
     monkeypatch.delenv("DATABASE_URL", raising=False)
     monkeypatch.setenv("SESSIONKEEPER_RATE_PER_DAY", "3")
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", TOKEN)
     conversation = Conversation()
     before = open_pools()
     try:
-        namespace, ran = run_block(block, conversation.names())
+        with conversation.over_telegram() as telegram:
+            monkeypatch.setenv("TELEGRAM_API_URL", telegram.url)
+            namespace, ran = run_block(block, conversation.names())
     finally:
         left_open = open_pools() - before
         store.close_database()
     assert not left_open, f"{block.where} leaves {len(left_open)} store(s) open: close them"
     uncalled = never_called(block, namespace, ran)
     assert not uncalled, f"{block.where} defines {uncalled} but never runs them"
+    if "TELEGRAM_BOT_TOKEN" in block.source:  # a bot: it must have talked to the fake server
+        assert conversation.consumed, f"{block.where} never fetched the Telegram updates"
     if conversation.consumed:
         conversation.check(database_url, caplog.text)
 

@@ -56,3 +56,7 @@ def test_the_integrations_package_loads_no_framework() -> None:
     assert forbidden(modules_after("import store.integrations")) == []
     found = forbidden(modules_after("import store.integrations.langchain"))
     assert "langchain_core" in found and "sessionkeeper" not in found
+    found = forbidden(modules_after("import store.integrations.aiogram"))
+    assert "aiogram" in found and "telegram" not in found
+    found = forbidden(modules_after("import store.integrations.telegram"))
+    assert "telegram" in found and "aiogram" not in found

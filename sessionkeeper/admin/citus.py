@@ -1,0 +1,200 @@
+"""The schema distributed over Citus, on paper: where each table goes and the DDL that puts it
+there (``sessionkeeper citus-ddl``). docs/scaling.md explains the choices.
+
+Distribution column: ``user_id``. Every row the hot path touches belongs to one user (sessions,
+their messages, rate-limit windows, usage, link codes), every hot-path function takes the user
+id (``sk_check_rate_limit(p_user_id, ...)``), and a user never changes. ``person_id`` would
+not do: it is NULL until a user links a second channel, and redeeming a link code re-points
+users to another person, which would move rows between shards.
+
+Placement, derived from ``store.schema`` so that a new table cannot be forgotten:
+
+* a table with a ``user_id`` column is distributed by it, co-located with ``users``;
+* a table without one whose foreign key leads to such a table (a session's messages) gets the
+  column, filled from its parent, and is distributed the same way;
+* ``persons`` is a reference table (small, written only when a link is redeemed; ``users``
+  refers to it, which Citus allows from a distributed table to a reference table), and so is
+  ``usage_rollup_state`` (the rollup's one-row watermark). Note: the watermark counts rows by
+  transaction id, which on Citus is per node; the rollup would need Citus's distributed
+  transaction ids first (docs/partitions.md);
+* ``job_runs`` (the daemon's ledger) and ``applied_functions`` stay plain tables on the
+  coordinator;
+* any other table stops the generator until someone decides.
+
+Citus requires every primary key and unique constraint of a distributed table to contain the
+distribution column, and a foreign key between two distributed tables to include it on both
+sides. The DDL therefore widens those keys with ``user_id`` first. The one constraint that
+cannot be kept is the uniqueness of ``(channel, channel_user_id)`` across users: see
+docs/scaling.md, "What must change in the store first".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+from sqlalchemy import ForeignKeyConstraint, Table
+
+from store import schema
+
+DISTRIBUTION_COLUMN = "user_id"
+COLOCATION_ROOT = "users"
+# usage_rollup_state: the rollup's one-row watermark, read (locked) with distributed usage rows.
+REFERENCE_TABLES = frozenset({"persons", "usage_rollup_state"})
+# The daemon's run ledger and the migrations' own bookkeeping: read by operators, never joined.
+COORDINATOR_TABLES = frozenset({"job_runs", "applied_functions"})
+
+Kind = Literal["distributed", "reference", "coordinator"]
+
+
+class PlacementUndecided(Exception):
+    """A table of store.schema has no user_id, no parent that has one, and no decision."""
+
+
+@dataclass(frozen=True)
+class Placement:
+    table: str
+    kind: Kind
+    # For a child table that lacks user_id: the parent it is filled from, and the join columns.
+    parent: str | None = None
+    parent_key: tuple[tuple[str, str], ...] = ()
+
+
+def _parent(table: Table) -> ForeignKeyConstraint | None:
+    for constraint in sorted(table.foreign_key_constraints, key=lambda c: str(c.name)):
+        target = constraint.referred_table
+        if DISTRIBUTION_COLUMN in target.c:
+            return constraint
+    return None
+
+
+def placements() -> list[Placement]:
+    """Every table of the schema, parents before children (the order DDL must follow)."""
+    result = []
+    for table in schema.metadata.sorted_tables:
+        if table.name in REFERENCE_TABLES:
+            result.append(Placement(table.name, "reference"))
+        elif table.name in COORDINATOR_TABLES:
+            result.append(Placement(table.name, "coordinator"))
+        elif DISTRIBUTION_COLUMN in table.c:
+            result.append(Placement(table.name, "distributed"))
+        elif (parent := _parent(table)) is not None:
+            key = tuple((e.parent.name, e.column.name) for e in parent.elements)
+            result.append(Placement(table.name, "distributed", parent.referred_table.name, key))
+        else:
+            raise PlacementUndecided(
+                f"table {table.name} has no {DISTRIBUTION_COLUMN} and no parent that has one: "
+                "decide in sessionkeeper/admin/citus.py whether it is a reference table or "
+                "stays on the coordinator"
+            )
+    # Reference tables first (distributed tables refer to them), then the co-location root,
+    # then the rest in the schema's own order (parents before children).
+    return sorted(result, key=lambda p: (p.kind != "reference", p.table != COLOCATION_ROOT))
+
+
+def _columns(names: list[str]) -> str:
+    return ", ".join(names)
+
+
+def _widened(names: list[str]) -> list[str]:
+    return names if DISTRIBUTION_COLUMN in names else [DISTRIBUTION_COLUMN, *names]
+
+
+def ddl() -> str:
+    """The SQL that turns a database at head into a Citus-distributed one, as one script.
+
+    Run it on the Citus coordinator holding the migrated schema, in a maintenance window: the
+    key changes rewrite indexes and ``create_distributed_table`` copies each table's rows.
+    """
+    plan = placements()
+    tables = {t.name: t for t in schema.metadata.sorted_tables}
+    distributed = {p.table for p in plan if p.kind == "distributed"}
+    out = [
+        "-- sessionkeeper: distribute the schema over Citus (generated by `sessionkeeper "
+        "citus-ddl`).",
+        f"-- Distribution column: {DISTRIBUTION_COLUMN}; co-location group of {COLOCATION_ROOT}.",
+        "-- Read docs/scaling.md first: the store's user upsert needs a change before this.",
+        "BEGIN;",
+        "",
+        f"-- 1. Child tables carry {DISTRIBUTION_COLUMN}, filled from their parent.",
+    ]
+    for p in plan:
+        if p.parent is None:
+            continue
+        join = " AND ".join(f"c.{child} = p.{parent}" for child, parent in p.parent_key)
+        out += [
+            f"ALTER TABLE {p.table} ADD COLUMN {DISTRIBUTION_COLUMN} uuid;",
+            # Names from store.schema, not input: a script to print, never executed here.
+            f"UPDATE {p.table} AS c SET {DISTRIBUTION_COLUMN} = p.{DISTRIBUTION_COLUMN} "  # noqa: S608
+            f"FROM {p.parent} AS p WHERE {join};",
+            f"ALTER TABLE {p.table} ALTER COLUMN {DISTRIBUTION_COLUMN} SET NOT NULL;",
+        ]
+    out += [
+        "",
+        f"-- 2. Foreign keys between distributed tables must include {DISTRIBUTION_COLUMN}:",
+        "-- dropped here, added back widened in step 4.",
+    ]
+    widened_fks = []
+    for name in sorted(distributed):
+        for fk in sorted(tables[name].foreign_key_constraints, key=lambda c: str(c.name)):
+            columns = [e.parent.name for e in fk.elements]
+            target = fk.referred_table.name
+            if target in distributed and DISTRIBUTION_COLUMN not in columns:
+                out.append(f"ALTER TABLE {name} DROP CONSTRAINT {fk.name};")
+                widened_fks.append((name, fk))
+    out += ["", f"-- 3. Primary keys and unique indexes must include {DISTRIBUTION_COLUMN}."]
+    for p in plan:
+        if p.kind != "distributed":
+            continue
+        table = tables[p.table]
+        pk = [c.name for c in table.primary_key.columns]
+        if DISTRIBUTION_COLUMN not in pk:
+            out += [
+                f"ALTER TABLE {p.table} DROP CONSTRAINT {table.primary_key.name};",
+                f"ALTER TABLE {p.table} ADD CONSTRAINT {table.primary_key.name} "
+                f"PRIMARY KEY ({_columns(_widened(pk))});",
+            ]
+        for index in sorted(table.indexes, key=lambda i: str(i.name)):
+            columns = [c.name for c in index.columns]
+            if index.unique and DISTRIBUTION_COLUMN not in columns:
+                # Unenforceable across shards; kept as a plain index for lookups.
+                plain = f"ix_{str(index.name).removeprefix('uq_')}"
+                out += [
+                    f"DROP INDEX {index.name};",
+                    f"CREATE INDEX {plain} ON {p.table} ({_columns(columns)});",
+                ]
+    out += ["", "-- 4. The widened foreign keys."]
+    for name, fk in widened_fks:
+        columns = _widened([e.parent.name for e in fk.elements])
+        targets = _widened([e.column.name for e in fk.elements])
+        on_delete = f" ON DELETE {fk.ondelete}" if fk.ondelete else ""
+        out.append(
+            f"ALTER TABLE {name} ADD CONSTRAINT {fk.name} FOREIGN KEY ({_columns(columns)}) "
+            f"REFERENCES {fk.referred_table.name} ({_columns(targets)}){on_delete};"
+        )
+    out += [
+        "",
+        "COMMIT;",
+        "",
+        "-- 5. Placement: each call copies one table's rows to the workers, in its own "
+        "transaction.",
+        *_placement_calls(plan),
+        "",
+    ]
+    return "\n".join(out)
+
+
+def _placement_calls(plan: list[Placement]) -> Iterator[str]:
+    for p in plan:
+        if p.kind == "reference":
+            yield f"SELECT create_reference_table('{p.table}');"
+        elif p.kind == "coordinator":
+            yield f"-- {p.table} stays a plain table on the coordinator."
+        elif p.table == COLOCATION_ROOT:
+            yield f"SELECT create_distributed_table('{p.table}', '{DISTRIBUTION_COLUMN}');"
+        else:
+            yield (
+                f"SELECT create_distributed_table('{p.table}', '{DISTRIBUTION_COLUMN}', "
+                f"colocate_with => '{COLOCATION_ROOT}');"
+            )

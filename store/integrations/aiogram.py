@@ -1,0 +1,189 @@
+"""aiogram 3: a middleware that begins a turn for every incoming message, and an FSM storage on
+the store's database (``pip install 'sessionkeeper[aiogram]'``).
+
+    turns = TurnMiddleware(db, refusal="Slow down: try again in {retry_in}.")
+    dp.message.outer_middleware(turns)
+
+    @dp.message()
+    async def chat(message: Message, turn: Turn) -> None:
+        reply, usage = await my_model(turn.history, message.text)
+        await turns.reply(message, turn, reply, input_tokens=usage.input, ...)
+
+A rate-limited user gets the refusal and the handler is not called. ``Dispatcher(storage=
+SessionkeeperStorage(db))`` keeps aiogram's FSM states and data in the store's database, where
+erasure (``forget_user``) removes them with the user.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from importlib import resources
+from typing import Any
+
+from aiogram import BaseMiddleware
+from aiogram.fsm.state import State
+from aiogram.fsm.storage.base import BaseStorage, StateType, StorageKey
+from aiogram.types import Message, TelegramObject, Update
+from psycopg.types.json import Jsonb
+
+from .. import core
+from ..client import AsyncStore
+from ..errors import InvalidInput
+from ..models import Appended, Turn
+from ..queries import parse
+from ._turns import DEFAULT_REFUSAL, TelegramTurns, display_name
+
+__all__ = ["DEFAULT_REFUSAL", "SessionkeeperStorage", "TurnMiddleware"]
+
+Handler = Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]]
+# A NUL escape in JSON text (not an escaped backslash followed by "u0000").
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+QUERIES = parse(resources.files(__package__).joinpath("aiogram.sql").read_text(encoding="utf-8"))
+
+
+class TurnMiddleware(BaseMiddleware):
+    """An outer middleware (``dp.message.outer_middleware(...)``, or on ``dp.update``) that
+    runs ``begin_turn`` for each message with a sender, before filters and handlers.
+
+    Admitted: the handler gets the ``Turn`` as ``turn`` (handler data key ``data_key``).
+    Refused by the rate limit: the user is answered with ``refusal`` (fields ``{retry_in}``,
+    ``{retry_at}``, ``{window}``) and no handler runs. Messages without a sender (channel
+    posts) pass through without a turn.
+    """
+
+    def __init__(
+        self,
+        db: AsyncStore,
+        *,
+        refusal: str = DEFAULT_REFUSAL,
+        channel: str = "telegram",
+        history_pairs: int | None = None,
+        data_key: str = "turn",
+    ) -> None:
+        self.turns = TelegramTurns(
+            db, refusal=refusal, channel=channel, history_pairs=history_pairs
+        )
+        self.data_key = data_key
+
+    async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
+        message = event.message if isinstance(event, Update) else event
+        if not isinstance(message, Message) or message.from_user is None:
+            return await handler(event, data)
+        sender = message.from_user
+        turn = await self.turns.begin(sender.id, display_name(sender.first_name, sender.last_name))
+        if not turn.allowed:
+            await message.answer(self.turns.refusal_for(turn))
+            return None
+        data[self.data_key] = turn
+        return await handler(event, data)
+
+    async def reply(
+        self,
+        message: Message,
+        turn: Turn,
+        reply: str,
+        *,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        cached_tokens: int = 0,
+        user_message: str | None = None,
+        **answer: Any,
+    ) -> Appended:
+        """Finish the turn and answer: ``finish_turn`` stores the user's message (its text or
+        caption, or ``user_message``) and ``reply`` with the token usage, then
+        ``message.answer(reply, **answer)`` sends it. If storing fails the reply is still sent,
+        then the ``StoreError`` is raised."""
+        text = user_message if user_message is not None else message.text or message.caption
+        return await self.turns.finish_and_send(
+            turn,
+            text or "",
+            reply,
+            lambda reply: message.answer(reply, **answer),
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cached_tokens=cached_tokens,
+        )
+
+
+class SessionkeeperStorage(BaseStorage):
+    """aiogram's FSM storage in the store's database (table ``aiogram_fsm_states``).
+
+    ``Dispatcher(storage=SessionkeeperStorage(db))`` with an ``AsyncStore``; ``channel`` is the
+    store channel of the users (for erasure). The storage does not own the store:
+    ``close()`` leaves it open for the bot to close.
+    """
+
+    def __init__(self, db: AsyncStore, *, channel: str = "telegram") -> None:
+        if not isinstance(db, AsyncStore):
+            raise InvalidInput(
+                f"SessionkeeperStorage needs a store.AsyncStore (got {type(db).__name__})"
+            )
+        self.db = db
+        self.channel = channel
+
+    def _key(self, key: StorageKey) -> dict[str, object]:
+        return {
+            "bot_id": key.bot_id,
+            "chat_id": key.chat_id,
+            "telegram_user_id": key.user_id,
+            "thread_id": key.thread_id or 0,
+            "business_connection_id": key.business_connection_id or "",
+            "destiny": key.destiny,
+            "channel": self.channel,
+        }
+
+    async def _run(self, *steps: tuple[str, Mapping[str, object]]) -> core.Rows:
+        return await self.db.execute(_steps(steps))
+
+    async def set_state(self, key: StorageKey, state: StateType = None) -> None:
+        value = state.state if isinstance(state, State) else state
+        params = {**self._key(key), "state": value}
+        if value is None:
+            await self._run(("fsm_set_state", params), ("fsm_drop_if_empty", params))
+        else:
+            await self._run(("fsm_set_state", params))
+
+    async def get_state(self, key: StorageKey) -> str | None:
+        rows = await self._run(("fsm_get", self._key(key)))
+        return rows[0]["state"] if rows else None
+
+    async def set_data(self, key: StorageKey, data: Mapping[str, Any]) -> None:
+        params = {**self._key(key), "data": _jsonb(data)}
+        if data:
+            await self._run(("fsm_set_data", params))
+        else:
+            await self._run(("fsm_set_data", params), ("fsm_drop_if_empty", params))
+
+    async def get_data(self, key: StorageKey) -> dict[str, Any]:
+        rows = await self._run(("fsm_get", self._key(key)))
+        return dict(rows[0]["data"]) if rows else {}
+
+    async def update_data(self, key: StorageKey, data: Mapping[str, Any]) -> dict[str, Any]:
+        rows = await self._run(("fsm_update_data", {**self._key(key), "data": _jsonb(data)}))
+        return dict(rows[0]["data"])
+
+    async def close(self) -> None:
+        """Nothing to release: the store belongs to the bot."""
+
+
+def _steps(steps: tuple[tuple[str, Mapping[str, object]], ...]) -> core.Plan[core.Rows]:
+    """A plan running the named statements in order; its value is the last one's rows."""
+    rows: core.Rows = []
+    for name, params in steps:
+        rows = yield core.Step(name, params, queries=QUERIES)
+    return rows
+
+
+def _jsonb(data: Mapping[str, Any]) -> Jsonb:
+    """FSM data as JSON, checked here: bad data raises ``InvalidInput`` and writes nothing."""
+    if not isinstance(data, Mapping):
+        raise InvalidInput(f"FSM data must be a mapping, not {type(data).__name__}")
+    try:
+        text = json.dumps(dict(data), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"FSM data must be JSON-serialisable: {exc}") from None
+    if _NUL_ESCAPE.search(text):
+        raise InvalidInput("FSM data must not hold NUL characters (PostgreSQL refuses them)")
+    return Jsonb(dict(data), dumps=lambda _: text)

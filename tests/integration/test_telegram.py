@@ -1,0 +1,154 @@
+"""store.integrations.telegram with the real python-telegram-bot: an Application and its Bot
+calling a fake Telegram server on loopback over HTTP, a real AsyncStore on PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import psycopg
+import pytest
+from fake_telegram import TOKEN, FakeTelegram, fake_telegram, message_update
+from telegram import Update
+from telegram.ext import Application, ContextTypes, MessageHandler, filters
+
+from store import AsyncStore, InvalidInput, Store
+from store.integrations.telegram import TelegramTurns, current_turn
+
+ADA = 7001
+
+
+def run(scenario: Callable[[FakeTelegram], Awaitable[None]]) -> FakeTelegram:
+    async def main() -> None:
+        with fake_telegram() as telegram:
+            fake.append(telegram)
+            await scenario(telegram)
+
+    fake: list[FakeTelegram] = []
+    asyncio.run(main())
+    return fake[0]
+
+
+def application(telegram: FakeTelegram) -> Application[Any, Any, Any, Any, Any, Any]:
+    """A real Application whose Bot talks to the fake server (no updater: updates are fed)."""
+    return Application.builder().token(TOKEN).base_url(f"{telegram.url}/bot").updater(None).build()
+
+
+async def feed(app: Application[Any, Any, Any, Any, Any, Any], update_id: int, text: str) -> None:
+    await app.process_update(Update.de_json(message_update(update_id, ADA, text), app.bot))
+
+
+def stored(database_url: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(database_url) as conn:
+        return conn.execute(
+            "SELECT m.role, m.content FROM session_messages m JOIN sessions s USING (session_id)"
+            " JOIN users u USING (user_id) WHERE u.channel_user_id = %s ORDER BY m.seq",
+            [str(ADA)],
+        ).fetchall()
+
+
+def test_a_message_is_a_stored_turn_and_the_reply_goes_over_the_wire(database_url: str) -> None:
+    prompts: list[list[dict[str, str]]] = []
+
+    async def scenario(telegram: FakeTelegram) -> None:
+        async with AsyncStore(database_url) as db:
+            turns = TelegramTurns(db)
+
+            async def chat(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+                assert update.message is not None
+                turn = current_turn(context)
+                prompt = [m.as_prompt() for m in turn.history]
+                prompts.append([*prompt, {"role": "user", "content": update.message.text or ""}])
+                await turns.reply(
+                    update, turn, f"echo: {update.message.text}", input_tokens=5, output_tokens=7
+                )
+
+            app = application(telegram)
+            turns.install(app)
+            app.add_handler(MessageHandler(filters.TEXT, chat))
+            async with app:
+                await feed(app, 1, "hello")
+                await feed(app, 2, "again")
+
+    telegram = run(scenario)
+
+    assert [(int(b["chat_id"]), b["text"]) for b in telegram.sent] == [
+        (ADA, "echo: hello"),
+        (ADA, "echo: again"),
+    ]
+    assert prompts[1][:2] == [
+        {"role": "user", "content": "hello"},
+        {"role": "assistant", "content": "echo: hello"},
+    ]
+    assert stored(database_url) == [
+        ("user", "hello"),
+        ("assistant", "echo: hello"),
+        ("user", "again"),
+        ("assistant", "echo: again"),
+    ]
+    with psycopg.connect(database_url) as conn:
+        usage = conn.execute(
+            "SELECT count(*), sum(input_tokens), sum(output_tokens) FROM usage_stats"
+        )
+        assert usage.fetchone() == (2, 10, 14)
+
+
+def test_a_rate_limited_user_gets_the_refusal_and_no_later_handler_runs(
+    database_url: str,
+) -> None:
+    handled: list[str] = []
+
+    async def scenario(telegram: FakeTelegram) -> None:
+        async with AsyncStore(database_url, rate_per_minute=None, rate_per_day=1) as db:
+            turns = TelegramTurns(db, refusal="Not now: try again in {retry_in}.")
+
+            async def chat(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+                assert update.message is not None
+                handled.append(update.message.text or "")
+                await turns.reply(update, current_turn(context), "ok")
+
+            app = application(telegram)
+            turns.install(app)
+            app.add_handler(MessageHandler(filters.TEXT, chat))
+            async with app:
+                await feed(app, 1, "one")
+                await feed(app, 2, "two")
+
+    telegram = run(scenario)
+
+    assert handled == ["one"]
+    ok, refusal = telegram.texts()
+    assert ok == "ok"
+    # The day's window ends at the next UTC midnight: at most 24 hours away.
+    matched = re.fullmatch(r"Not now: try again in (\d+) (hours|minutes|seconds?)\.", refusal)
+    assert matched and int(matched[1]) <= 60
+    assert stored(database_url) == [("user", "one"), ("assistant", "ok")]
+
+
+def test_without_the_turns_handler_a_handler_is_told(database_url: str) -> None:
+    errors: list[BaseException] = []
+
+    async def scenario(telegram: FakeTelegram) -> None:
+        async def chat(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+            current_turn(context)
+
+        async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+            assert context.error is not None
+            errors.append(context.error)
+
+        app = application(telegram)
+        app.add_handler(MessageHandler(filters.TEXT, chat))
+        app.add_error_handler(on_error)
+        async with app:
+            await feed(app, 1, "hello")
+
+    run(scenario)
+    assert len(errors) == 1 and isinstance(errors[0], InvalidInput)
+    assert "install TelegramTurns" in str(errors[0])
+
+
+def test_the_handler_takes_only_an_async_store(database_url: str) -> None:
+    with Store(database_url) as db, pytest.raises(InvalidInput, match="AsyncStore"):
+        TelegramTurns(db)  # type: ignore[arg-type]
