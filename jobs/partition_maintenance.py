@@ -35,7 +35,7 @@ class Settings(BatchSettings):
     ahead: int = 7
     # Longest wait for a lock of partition DDL; a partition not made in time waits for the
     # next run (the bots never queue behind it for longer).
-    lock_timeout_ms: int = 1000
+    lock_timeout_ms: int = 400
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -113,7 +113,7 @@ def _ddl(name: str, **parts: Any) -> sql.Composed:
 
 
 def _set_lock_timeout(conn: Connection, lock_timeout_ms: int) -> None:
-    conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{lock_timeout_ms}ms")))
+    conn.execute(QUERIES["partition_lock_timeout"], {"lock_timeout_ms": lock_timeout_ms})
 
 
 def create(
@@ -135,10 +135,11 @@ def create(
     try:
         with conn.transaction():
             _set_lock_timeout(conn, lock_timeout_ms)
+            conn.execute(_ddl("partition_lock_for_create", parent=table))
             conn.execute(_ddl("partition_create", **parts))
             conn.execute(_ddl("partition_adopt_default_rows", **parts))
             conn.execute(_ddl("partition_attach", **parts))
-    except psycopg.errors.LockNotAvailable:
+    except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
         return False
     return True
 
@@ -169,12 +170,13 @@ def drop(
             return rows
         with conn.transaction():
             _set_lock_timeout(conn, lock_timeout_ms)
+            conn.execute(_ddl("partition_lock_for_drop", parent=partition.parent))
             conn.execute(_ddl("partition_detach", **parts))
             if keep_if is not None and keep_if(conn, partition.name):
                 kept = True
                 raise psycopg.Rollback()
             conn.execute(_ddl("partition_drop", **parts))
-    except psycopg.errors.LockNotAvailable:
+    except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
         return None
     return None if kept else rows
 

@@ -182,17 +182,18 @@ SELECT watermark FROM usage_rollup_state FOR UPDATE
 -- the bound, added to the daily totals (UTC days), and the watermark moved to the bound, in one
 -- transaction. The bound is at most the oldest transaction still running (the snapshot's
 -- xmin): every transaction below it has ended, so no row can ever appear below the bound
--- again, and raw rows are read once and never written. Within that, the bound stops after
--- about batch_size rows (all rows of one transaction are counted together). Rows with a
+-- again, and raw rows are read once and never written. Within that, the bound is just past
+-- the batch_size-th row's transaction: a batch counts at least batch_size rows (all rows of a
+-- transaction together) unless the range up to the horizon holds fewer, which ends the run. Rows with a
 -- rolled_up flag (written before revision 0012) are usage_rollup_legacy's, never counted here.
 WITH horizon AS (
     SELECT (pg_snapshot_xmin(pg_current_snapshot()))::text::bigint AS xmin
 ), bound AS (
-    SELECT least(h.xmin, greatest(%(watermark)s + 1, coalesce(
-               (SELECT s.inserted_xid FROM usage_stats s
+    SELECT least(h.xmin, coalesce(
+               (SELECT s.inserted_xid + 1 FROM usage_stats s
                 WHERE s.inserted_xid >= %(watermark)s
-                ORDER BY s.inserted_xid OFFSET %(batch_size)s LIMIT 1),
-               h.xmin))) AS upto
+                ORDER BY s.inserted_xid OFFSET %(batch_size)s - 1 LIMIT 1),
+               h.xmin)) AS upto
     FROM horizon h
 ), counted AS (
     SELECT s.user_id, s.channel, s.created_at, s.input_tokens, s.output_tokens, s.cached_tokens
@@ -298,6 +299,32 @@ JOIN pg_class c ON c.oid = i.inhrelid
 JOIN pg_class p ON p.oid = i.inhparent
 WHERE i.inhparent = ANY (%(tables)s::text[]::regclass[])
 ORDER BY 1, 4 NULLS FIRST
+
+-- name: partition_lock_timeout
+-- The longest wait for a lock of partition DDL: lock_timeout_ms, and less than half the
+-- server's deadlock_timeout. The bots lock users and these tables in both orders (begin_turn:
+-- users first; an INSERT's foreign-key check: the table first), so no lock order of the job's
+-- avoids every cycle with them; but a job that gives up its wait before any deadlock check
+-- runs is always the one that yields: a bot is never chosen as the deadlock's victim.
+SELECT set_config('lock_timeout',
+                  least(%(lock_timeout_ms)s,
+                        extract(epoch FROM current_setting('deadlock_timeout')::interval)
+                        * 1000 / 2)::int || 'ms',
+                  true)
+
+-- name: partition_lock_for_create
+-- First statements of a partition's creation: every lock its ATTACH needs, strongest mode
+-- first (ATTACH also locks users, for the foreign key, and the DEFAULT partition; taken as
+-- they came, they deadlocked with a begin_turn in the bench on PostgreSQL 15), so the
+-- transaction waits only here, under partition_lock_timeout, and then takes milliseconds.
+LOCK TABLE users IN SHARE ROW EXCLUSIVE MODE;
+LOCK TABLE {parent} IN ACCESS EXCLUSIVE MODE
+
+-- name: partition_lock_for_drop
+-- The same for a detach and drop: dropping the detached partition drops its foreign key, which
+-- needs users in ACCESS EXCLUSIVE mode (every bot waits for these milliseconds).
+LOCK TABLE users IN ACCESS EXCLUSIVE MODE;
+LOCK TABLE {parent} IN ACCESS EXCLUSIVE MODE
 
 -- name: partition_create
 -- A new partition is made outside the table and attached (ATTACH needs SHARE UPDATE EXCLUSIVE

@@ -49,7 +49,7 @@ class Settings(BatchSettings):
     prune_after_seconds: int = 0
     # Longest wait for the lock of a partition's detach; a partition not dropped in time waits
     # for the next run.
-    lock_timeout_ms: int = 1000
+    lock_timeout_ms: int = 400
 
     def __post_init__(self) -> None:
         super().__post_init__()

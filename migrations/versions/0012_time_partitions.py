@@ -42,7 +42,10 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 # How long the swap may wait for the bots' locks, and how often it tries.
-SWAP_LOCK_TIMEOUT = "1s"
+# (Below the server's deadlock_timeout, 1 s by default: the bots lock users and these tables in
+# both orders, so the swap can close a lock cycle with a bot; waiting less than any deadlock
+# check makes the swap the one that yields and retries, never the bot.)
+SWAP_LOCK_TIMEOUT = "200ms"
 SWAP_ATTEMPTS = 60
 
 RATE_LIMITS_COLUMNS = """
@@ -202,6 +205,11 @@ def _swap(conn: Any, statements: list[str], then: tuple[str, list[str], str] | N
         try:
             with conn.transaction():
                 conn.execute(f"SET LOCAL lock_timeout = '{SWAP_LOCK_TIMEOUT}'")
+                if then is not None:
+                    # The new table's foreign key (or dropping the empty old one's) locks
+                    # users: taken first, in the bots' order (users, then the table), so the
+                    # swap never deadlocks with a bot's turn.
+                    conn.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
                 for statement in statements:
                     conn.execute(statement)
                 if then is not None:
@@ -212,7 +220,7 @@ def _swap(conn: Any, statements: list[str], then: tuple[str, list[str], str] | N
                         conn.execute(statement)
                     conn.execute(f"DROP TABLE {legacy}" if drop else attach)
             return
-        except psycopg.errors.LockNotAvailable:
+        except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
             if attempt == SWAP_ATTEMPTS - 1:
                 raise
             time.sleep(0.2)

@@ -9,8 +9,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
+import pytest
 
 from jobs import partition_maintenance, partitions, rate_limit_cleanup, usage_rollup
+from store import Store
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
@@ -175,6 +177,19 @@ def test_rollup_never_updates_raw_rows(conn: Conn) -> None:
     assert raw_updates(conn) == 0
 
 
+def test_a_transaction_with_more_rows_than_a_batch_is_counted_in_one_run(conn: Conn) -> None:
+    user = make_user(conn)
+    conn.execute(
+        "INSERT INTO usage_stats (user_id, channel, input_tokens, created_at)"
+        " SELECT %s, 'telegram', 1, %s FROM generate_series(1, 5)",
+        (user, NOW),
+    )
+    track(conn, user, NOW, 10)
+    result = usage_rollup.run(conn, usage_rollup.Settings(batch_size=2), NOW)
+    assert result.rows == 6
+    assert counted(conn) == (6, 15)
+
+
 def test_a_row_of_a_transaction_still_running_waits_for_the_next_run(
     conn: Conn, database_url: str
 ) -> None:
@@ -230,3 +245,52 @@ def test_erasure_between_rollups_stays_exact(conn: Conn) -> None:
         (uuid.UUID(int=0),),
     ).fetchall()
     assert anonymous == [(3, 7)]
+
+
+# -- bots beside partition DDL -----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_bots_never_fail_while_partitions_are_made_and_dropped(
+    conn: Conn, database_url: str
+) -> None:
+    # begin_turn locks the user before rate_limits; finish_turn's usage row (and 0.1.0's
+    # check_rate_limit) lock the table before the user (foreign-key check): the job must
+    # yield in every lock cycle with either.
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    turns = [0]
+
+    def bot(number: int) -> None:
+        with Store(database_url, max_size=1, rate_per_minute=None) as store:
+            while not stop.is_set():
+                try:
+                    turn = store.begin_turn("telegram", f"bot{number}")
+                    store.finish_turn(turn, "q", "a", input_tokens=1, output_tokens=1)
+                    turns[0] += 1
+                except BaseException as exc:
+                    errors.append(exc)
+                    return
+
+    bots = [threading.Thread(target=bot, args=(n,)) for n in range(3)]
+    for thread in bots:
+        thread.start()
+    real_now = datetime.now(UTC)
+    made = dropped = 0
+    try:
+        for step in range(12):
+            # Partitions made a day further ahead each step, and the oldest ones dropped.
+            made += maintain(conn, real_now - 8 * DAY, ahead=8 + step)["created"]
+            result = rate_limit_cleanup.run(
+                conn, rate_limit_cleanup.Settings(), real_now - (6 - step) * DAY
+            )
+            dropped += result.details["partitions_dropped"]
+            usage_rollup.run(
+                conn, usage_rollup.Settings(prune_after_seconds=86400), real_now - 6 * DAY
+            )
+    finally:
+        stop.set()
+        for thread in bots:
+            thread.join(60)
+    assert errors == []
+    assert turns[0] > 0 and made > 0 and dropped > 0
