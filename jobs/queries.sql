@@ -57,11 +57,13 @@ WHERE f.user_id = b.user_id
 
 -- name: archive_sessions
 -- Step 1 of a batch: copy idle sessions to the archive, keeping them locked until commit.
--- Messages must move before the session rows go (their foreign key cascades).
+-- Messages must move before the session rows go (their foreign key cascades). A session
+-- restored from the archive stays online for idle_seconds after its restoration.
 WITH b AS (
     SELECT session_id
     FROM sessions
     WHERE last_active < %(now)s - make_interval(secs => %(idle_seconds)s)
+      AND (restored_at IS NULL OR restored_at < %(now)s - make_interval(secs => %(idle_seconds)s))
     ORDER BY last_active
     LIMIT %(batch_size)s
     FOR UPDATE SKIP LOCKED
@@ -104,10 +106,13 @@ USING b
 WHERE a.session_id = b.session_id
 
 -- name: restore_session
--- Bring an archived session back online (step 1 of 3, one transaction). last_active moves to
--- now, or the next archival run would archive it again at once.
-INSERT INTO sessions (session_id, user_id, created_at, last_active, next_seq)
-SELECT session_id, user_id, created_at, greatest(last_active, %(now)s), next_seq
+-- Bring an archived session back online (step 1 of 3, one transaction). It keeps its
+-- last_active, so it does not become the user's current session, unless %(make_current)s
+-- moves last_active to now. restored_at keeps archival from taking it back at once.
+INSERT INTO sessions (session_id, user_id, created_at, last_active, next_seq, restored_at)
+SELECT session_id, user_id, created_at,
+       CASE WHEN %(make_current)s THEN greatest(last_active, %(now)s) ELSE last_active END,
+       next_seq, %(now)s
 FROM archived_sessions
 WHERE session_id = %(session_id)s
 FOR UPDATE
@@ -359,6 +364,40 @@ DROP TABLE {partition}
 -- name: partition_count
 SELECT count(*) FROM {partition}
 
+-- name: user_retention_batch
+-- The next batch_size users in user_id order (keyset: after %(after)s), and which of them had
+-- no activity since the cutoff: no change of the user row, no session (online or archived)
+-- active since. Those are locked until the batch commits (SKIP LOCKED: a user in the middle
+-- of a turn is busy, hence active), so that a message arriving meanwhile waits for the
+-- erasure. Both NOT EXISTS probes read an index on the user's sessions.
+WITH scanned AS (
+    SELECT user_id FROM users
+    WHERE user_id > %(after)s
+    ORDER BY user_id
+    LIMIT %(batch_size)s
+), inactive AS (
+    SELECT u.user_id
+    FROM users u JOIN scanned USING (user_id)
+    WHERE u.updated_at < %(now)s - make_interval(secs => %(inactive_seconds)s)
+      AND NOT EXISTS (
+          SELECT 1 FROM sessions s
+          WHERE s.user_id = u.user_id
+            AND s.last_active >= %(now)s - make_interval(secs => %(inactive_seconds)s))
+      AND NOT EXISTS (
+          SELECT 1 FROM archived_sessions a
+          WHERE a.user_id = u.user_id
+            AND a.last_active >= %(now)s - make_interval(secs => %(inactive_seconds)s))
+    ORDER BY u.user_id
+    FOR UPDATE OF u SKIP LOCKED
+)
+SELECT (SELECT count(*) FROM scanned) AS scanned,
+       (SELECT user_id FROM scanned ORDER BY user_id DESC LIMIT 1) AS last_user_id,
+       (SELECT array_agg(user_id ORDER BY user_id) FROM inactive) AS inactive
+
+-- name: user_retention_forget
+-- Exactly what store.forget_user does (sk_forget, store/sql/functions.sql).
+SELECT table_name, action, row_count FROM sk_forget(%(user_id)s::uuid, NULL)
+
 -- name: lock_job
 -- Session-scoped on purpose: held across the run's many batch transactions, and released by
 -- the server when the connection ends, so a killed replica never keeps it.
@@ -420,14 +459,19 @@ ORDER BY job, started_at DESC, run_id DESC
 -- name: domain_gauges
 -- The last two figures are the archival backlog, selected as archive_sessions selects it. Both
 -- read the index on sessions(last_active): the count an index range as long as the backlog,
--- the age only the index's first entry.
+-- the age the index's first entries (sessions restored lately are skipped: they wait).
 SELECT (SELECT count(*) FROM sessions) AS sessions_active,
        (SELECT count(*) FROM archived_sessions) AS sessions_archived,
        (SELECT count(*) FROM proactive_user_list) AS proactive_users,
        (SELECT count(*) FROM rate_limits) AS rate_limit_rows,
        (SELECT count(*) FROM sessions
         WHERE last_active < %(now)s - make_interval(secs => %(idle_seconds)s)
+          AND (restored_at IS NULL
+               OR restored_at < %(now)s - make_interval(secs => %(idle_seconds)s))
        ) AS sessions_archivable,
        greatest(0, extract(epoch FROM %(now)s - make_interval(secs => %(idle_seconds)s)
-                                      - (SELECT min(last_active) FROM sessions))
+                                      - (SELECT min(last_active) FROM sessions
+                                         WHERE restored_at IS NULL
+                                            OR restored_at < %(now)s
+                                               - make_interval(secs => %(idle_seconds)s)))
        ) AS sessions_archivable_age_seconds

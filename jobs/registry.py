@@ -19,6 +19,7 @@ from . import (
     rate_limit_cleanup,
     session_archival,
     usage_rollup,
+    user_retention,
 )
 from .base import Connection, JobResult, Pause
 
@@ -30,6 +31,8 @@ class JobSpec:
     settings: type[Any]
     default_schedule: str
     summary: str
+    # Off unless configured: a job whose effect cannot be undone.
+    enabled_by_default: bool = True
 
 
 JOBS: dict[str, JobSpec] = {
@@ -76,6 +79,14 @@ JOBS: dict[str, JobSpec] = {
             usage_rollup.Settings,
             "5m",
             "roll usage_stats up into usage_daily (and drop old counted partitions)",
+        ),
+        JobSpec(
+            "user_retention",
+            user_retention.run,
+            user_retention.Settings,
+            "1d",
+            "forget users inactive for inactive_seconds (off by default)",
+            enabled_by_default=False,
         ),
     )
 }

@@ -2,7 +2,8 @@
 
 A batch copies the sessions (locked), moves their messages in order, then deletes the online
 rows, all in one transaction: a session is either fully online or fully archived. ``restore``
-brings one back. Archives older than ``purge_after_seconds`` are deleted when that is set.
+brings one back (keeping its last activity unless asked to make it current). Archives older
+than ``purge_after_seconds`` are deleted when that is set.
 """
 
 from __future__ import annotations
@@ -99,9 +100,17 @@ def run(
     return JobResult(archived + purged, details, stopped)
 
 
-def restore(conn: Connection, session_id: uuid.UUID, now: datetime) -> int:
-    """Move one archived session back online; returns the number of messages restored."""
-    params = {"session_id": session_id, "now": now}
+def restore(
+    conn: Connection, session_id: uuid.UUID, now: datetime, *, make_current: bool = False
+) -> int:
+    """Move one archived session back online; returns the number of messages restored.
+
+    The session keeps its ``last_active``: the user's current session stays the one it is
+    (``begin_turn`` continues the most recently active one). ``make_current=True`` sets
+    ``last_active`` to ``now`` instead, so that the user's next turn continues the restored
+    conversation. Either way archival leaves it online for ``idle_seconds`` from ``now``.
+    """
+    params = {"session_id": session_id, "now": now, "make_current": make_current}
     try:
         with conn.transaction():
             if conn.execute(QUERIES["restore_session"], params).fetchone() is None:

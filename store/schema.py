@@ -131,6 +131,8 @@ sessions = Table(
     _tstz("last_active"),
     # Sequence number the next appended message gets; bumping it orders concurrent appends.
     Column("next_seq", BigInteger, nullable=False, server_default=text("0")),
+    # When it was restored from the archive (NULL: never); archival waits idle_seconds from it.
+    _tstz("restored_at", nullable=True, now_default=False),
     Index("ix_sessions_user_id_last_active", "user_id", text("last_active DESC")),
     Index("ix_sessions_last_active", "last_active"),
 )

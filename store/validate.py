@@ -7,19 +7,28 @@ import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 from uuid import UUID
 
 from .config import StoreConfig
-from .errors import InvalidInput
+from .errors import InvalidInput, LinkCodeOutdated
 from .models import ROLES
+
+T = TypeVar("T")
 
 MAX_ID_LENGTH = 256
 MAX_NAME_LENGTH = 256
 MAX_BATCH = 1000
 MAX_TOKENS = 2**62
 _CHANNEL = re.compile(r"[a-z][a-z0-9_-]{0,31}")
-_CODE = re.compile(r"[0-9]{6}")
+# Link codes: 12 symbols of Crockford's base32 (digits and capitals without I, L, O, U), 60
+# bits from the CSPRNG; see "Identity" in the README for the bound this size gives.
+LINK_CODE_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+LINK_CODE_LENGTH = 12
+_CODE = re.compile(f"[{LINK_CODE_ALPHABET}]{{{LINK_CODE_LENGTH}}}")
+_OLD_CODE = re.compile(r"[0-9]{6}")
+# What a person may type: any case, spaces or dashes between groups, O for 0, I and L for 1.
+_CODE_TYPING = str.maketrans("OIL", "011", "-\u2010\u2011\u2012\u2013\u2014")
 
 
 def text(value: object, field: str, *, max_chars: int | None = None) -> str:
@@ -107,10 +116,27 @@ def moment(value: object, field: str) -> datetime | None:
 
 
 def link_code(value: object) -> str:
-    code = text(value, "code", max_chars=32).strip()
+    """The canonical form of a typed link code (``7kq2-m9xd-4htr`` -> ``7KQ2M9XD4HTR``).
+
+    A six-digit code of the previous release raises ``LinkCodeOutdated``: such codes are too
+    easy to guess and are no longer redeemed (nothing reaches the database, nothing is counted).
+    """
+    typed = text(value, "code", max_chars=64)
+    code = "".join(typed.split()).upper().translate(_CODE_TYPING)
+    if _OLD_CODE.fullmatch(code):
+        raise LinkCodeOutdated(
+            "six-digit link codes are no longer accepted; ask for a new code (12 characters)"
+        )
     if not _CODE.fullmatch(code):
-        raise InvalidInput("a link code is six digits", field="code")
+        raise InvalidInput(
+            "a link code is 12 letters and digits, such as 7KQ2-M9XD-4HTR", field="code"
+        )
     return code
+
+
+def display_link_code(code: str) -> str:
+    """A canonical code in groups of four, as people read and type it."""
+    return "-".join(code[i : i + 4] for i in range(0, len(code), 4))
 
 
 def content(config: StoreConfig, value: object, field: str) -> str:
@@ -228,3 +254,10 @@ def messages(config: StoreConfig, values: object) -> Batch:
     return Batch(
         [b[0] for b in batch], [b[1] for b in batch], [b[2] for b in batch], [b[3] for b in batch]
     )
+
+
+def writer(value: T, field: str) -> T:
+    """Something to write text to: an object with a ``write(str)`` method (a file, stdout)."""
+    if not callable(getattr(value, "write", None)):
+        raise InvalidInput(f"{field} must have a write(str) method", field=field)
+    return value

@@ -136,6 +136,8 @@ def _job_config(name: str, source: Source) -> JobConfig:
         "schedule": schedule,
         "settings": settings.load(spec.settings, source, table=table),
     }
+    if source.find(*table, "enabled") is None:
+        derived["enabled"] = spec.enabled_by_default
     if source.find(*table, "jitter_seconds") is None:
         # 10 s, and at most a tenth of the period.
         derived["jitter_seconds"] = int(min(10, schedule.shortest_period_seconds() // 10))

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import psycopg
@@ -18,6 +19,7 @@ import pytest
 from jobs import JOB_NAMES, locking
 from sessionkeeper.admin import migrate
 from sessionkeeper.admin.embedded import EmbeddedPostgres
+from store import Store
 
 SUBCOMMANDS = [
     [],
@@ -29,6 +31,8 @@ SUBCOMMANDS = [
     ["jobs", "run"],
     ["sessions"],
     ["sessions", "restore"],
+    ["export"],
+    ["unlink"],
 ]
 
 
@@ -291,6 +295,8 @@ def test_sessions_restore(database_url: str) -> None:
         assert restored.returncode == 0, restored.stderr
         assert "restored with 2 messages" in restored.stdout
         assert conn.execute("SELECT count(*) FROM session_messages").fetchone() == (2,)
+        kept = conn.execute("SELECT last_active < now() - interval '89 days' FROM sessions")
+        assert kept.fetchone() == (True,)
 
     again = sessionkeeper("sessions", "restore", str(row[0]), env=env)
     assert again.returncode == 1
@@ -306,3 +312,23 @@ def test_unwritable_embedded_dir_is_one_line_error(tmp_path: Path) -> None:
     assert "SESSIONKEEPER_EMBEDDED_DIR" in result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_unlink(database_url: str) -> None:
+    env = clean_env(DATABASE_URL=database_url)
+    with Store(database_url) as store:
+        a = store.get_or_create_user("telegram", "a").user_id
+        b = store.get_or_create_user("whatsapp", "b").user_id
+        person = store.redeem_link_code(b, store.create_link_code(a).code).person_id
+    first = sessionkeeper("unlink", "--user", str(a), env=env)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip() == f"user {a} left person {person}"
+    second = sessionkeeper("unlink", "--user", str(b), env=env)
+    assert "(its last user: the person was deleted)" in second.stdout
+    again = sessionkeeper("unlink", "--user", str(b), env=env)
+    assert again.stdout.strip() == f"user {b} was not linked to a person"
+    unknown = sessionkeeper("unlink", "--user", str(uuid.uuid4()), env=env)
+    assert unknown.returncode == 1 and "does not exist" in unknown.stderr
+    for bad in (["--user", "b"], []):
+        refused = sessionkeeper("unlink", *bad, env=env)
+        assert refused.returncode == 2, refused.stderr

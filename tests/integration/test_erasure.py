@@ -147,6 +147,7 @@ def test_forget_user_removes_everything_about_it(
     assert rows_about(conn, world.bob) == bob_before
     assert forgotten.deleted == {
         "session_messages": 6,
+        "turn_receipts": 0,  # her turns were appended without finish_turn
         "sessions": 1,
         "archived_session_messages": 2,
         "archived_sessions": 1,

@@ -203,8 +203,9 @@ def test_restore_brings_an_archived_session_back(conn: Conn) -> None:
     assert rows(conn, "SELECT count(*) FROM sessions") == [(0,)]
 
     assert session_archival.restore(conn, session, NOW) == 4
-    assert rows(conn, "SELECT session_id, last_active, next_seq FROM sessions") == [
-        (session, NOW, 4)
+    # It keeps its last activity: restoring does not make it the user's current session.
+    assert rows(conn, "SELECT session_id, last_active, next_seq, restored_at FROM sessions") == [
+        (session, ago(days=40), 4, NOW)
     ]
     assert rows(conn, f"SELECT {MESSAGE_COLUMNS} FROM session_messages ORDER BY seq") == messages
     assert rows(conn, "SELECT count(*) FROM archived_sessions") == [(0,)]
@@ -231,6 +232,31 @@ def test_session_archival_pauses_in_proportion_to_each_batch(conn: Conn) -> None
     assert session_archival.run(conn, settings, NOW, pause).rows == 3
     # One pause after each full batch, twice as long as the batch took (measured: above 0).
     assert len(pauses) == 3 and all(seconds > 0 for seconds in pauses)
+
+
+def test_a_restored_session_stays_online_for_idle_seconds_after_restoring(conn: Conn) -> None:
+    user = make_user(conn)
+    session = make_session(conn, user, ago(days=40), 2)
+    settings = session_archival.Settings(idle_seconds=30 * 86400)
+    session_archival.run(conn, settings, ago(days=1))
+    session_archival.restore(conn, session, ago(days=1))
+    assert session_archival.run(conn, settings, NOW).rows == 0
+    gauges = conn.execute(QUERIES["domain_gauges"], {"now": NOW, "idle_seconds": 30 * 86400})
+    assert gauges.fetchone()[-2:] == (0, 0)  # type: ignore[index]
+    assert session_archival.run(conn, settings, NOW + timedelta(days=30)).rows == 1
+
+
+def test_restore_can_make_the_session_current(conn: Conn) -> None:
+    """The user's current session is its most recently active one (begin_turn continues it)."""
+    user = make_user(conn)
+    old = make_session(conn, user, ago(days=40), 2)
+    session_archival.run(conn, session_archival.Settings(), NOW)
+    recent = make_session(conn, user, ago(minutes=5), 2)
+    session_archival.restore(conn, old, NOW, make_current=True)
+    current = rows(
+        conn, "SELECT session_id FROM sessions WHERE user_id = %s ORDER BY last_active DESC", user
+    )
+    assert [r[0] for r in current] == [old, recent]
 
 
 def test_session_archival_purges_old_archives_only_when_configured(conn: Conn) -> None:
