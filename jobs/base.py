@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -87,6 +89,34 @@ class JobResult:
     stopped: bool = False
 
 
+@dataclass
+class Progress:
+    """Rows a run has committed so far: what its report says should it fail later."""
+
+    rows: int = 0
+
+
+_progress: ContextVar[Progress | None] = ContextVar("job_progress", default=None)
+
+
+@contextlib.contextmanager
+def tracking() -> Iterator[Progress]:
+    """Count the rows the job run in this block commits (``committed``)."""
+    progress = Progress()
+    token = _progress.set(progress)
+    try:
+        yield progress
+    finally:
+        _progress.reset(token)
+
+
+def committed(rows: int) -> None:
+    """Record ``rows`` whose transaction has committed (batches call it after each commit)."""
+    progress = _progress.get()
+    if progress is not None:
+        progress.rows += rows
+
+
 def batches(
     conn: Connection, step: Step, settings: BatchSettings, pause: Pause
 ) -> tuple[int, bool]:
@@ -101,6 +131,7 @@ def batches(
     while True:
         with conn.transaction():
             handled = step(conn)
+        committed(handled)
         total += handled
         if handled < settings.batch_size:
             return total, False

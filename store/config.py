@@ -10,6 +10,10 @@ from datetime import timedelta
 from . import settings
 from .settings import CENTURY, SQL_INTEGER_MAX, require
 
+# The windows of the rate-limit caps (per minute, hour, day), in seconds.
+RATE_WINDOW_SECONDS = (60, 3600, 86400)
+LONGEST_RATE_WINDOW_SECONDS = max(RATE_WINDOW_SECONDS)
+
 
 @dataclass(frozen=True, kw_only=True)
 class StoreConfig:
@@ -126,9 +130,8 @@ class StoreConfig:
 
     def rate_windows(self) -> tuple[list[int], list[int]]:
         """The configured caps as parallel lists (window seconds, cap), shortest window first."""
-        seconds = (60, 3600, 86400)
         caps = (self.rate_per_minute, self.rate_per_hour, self.rate_per_day)
-        pairs = [(s, c) for s, c in zip(seconds, caps, strict=True) if c is not None]
+        pairs = [(s, c) for s, c in zip(RATE_WINDOW_SECONDS, caps, strict=True) if c is not None]
         return [s for s, _ in pairs], [c for _, c in pairs]
 
     @classmethod
