@@ -199,8 +199,11 @@ def cmd_sessions_restore(args: argparse.Namespace) -> int:
     except ValueError:
         raise UsageError(f"not a session id: {args.session_id!r}") from None
     with open_database(args.database_url) as db, psycopg.connect(db.url, autocommit=True) as conn:
-        restored = session_archival.restore(conn, session_id, datetime.now(UTC))
-    print(f"session {session_id} restored with {restored} messages")
+        restored = session_archival.restore(
+            conn, session_id, datetime.now(UTC), make_current=args.make_current
+        )
+    current = " and made current" if args.make_current else ""
+    print(f"session {session_id} restored with {restored} messages{current}")
     return 0
 
 
@@ -223,10 +226,47 @@ def cmd_forget(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_unlink(args: argparse.Namespace) -> int:
+    with open_database(args.database_url) as db, Store(db.url, min_size=0) as store:
+        try:
+            unlinked = store.unlink(args.user)
+        except InvalidInput as exc:
+            raise UsageError(str(exc)) from None
+    if unlinked.person_id is None:
+        print(f"user {unlinked.user_id} was not linked to a person")
+    else:
+        gone = " (its last user: the person was deleted)" if unlinked.person_deleted else ""
+        print(f"user {unlinked.user_id} left person {unlinked.person_id}{gone}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    with (
+        open_database(args.database_url) as db,
+        Store(db.url, min_size=0, statement_timeout_ms=None) as store,
+    ):
+        try:
+            if args.user:
+                store.export_user(args.user, sys.stdout)
+            else:
+                store.export_person(args.person, sys.stdout)
+        except InvalidInput as exc:
+            raise UsageError(str(exc)) from None
+    sys.stdout.flush()
+    return 0
+
+
 def cmd_citus_ddl(args: argparse.Namespace) -> int:
     # No database: the DDL is derived from the schema (see docs/scaling.md).
     print(citus.ddl(), end="")
     return 0
+
+
+def _log_level(name: str) -> str:
+    """A level name logging knows (``--log-level``), so that a typo is a usage error."""
+    if not isinstance(logging.getLevelName(name.upper()), int):
+        raise argparse.ArgumentTypeError(f"unknown logging level {name!r}")
+    return name.upper()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -235,7 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--database-url",
         help="PostgreSQL URL (default: SESSIONKEEPER_DATABASE_URL, DATABASE_URL, else embedded)",
     )
-    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        type=_log_level,
+        help="logging level: DEBUG, INFO, WARNING, ERROR or CRITICAL (default INFO)",
+    )
     parser.add_argument(
         "--log-format",
         choices=("text", "json"),
@@ -294,6 +339,12 @@ def build_parser() -> argparse.ArgumentParser:
     session_commands.required = True
     restore = session_commands.add_parser("restore", help="bring an archived session back")
     restore.add_argument("session_id", metavar="ID", help="the session id (a UUID)")
+    restore.add_argument(
+        "--make-current",
+        action="store_true",
+        help="set its last activity to now, so the user's next turn continues it"
+        " (default: it keeps its last activity and the user's current session stays current)",
+    )
     restore.set_defaults(func=cmd_sessions_restore)
     forget = commands.add_parser(
         "forget", help="erase a user or a person and everything the store holds about them"
@@ -302,6 +353,19 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--user", metavar="ID", help="a user id (UUID)")
     who.add_argument("--person", metavar="ID", help="a person id (UUID): all its users")
     forget.set_defaults(func=cmd_forget)
+    unlink = commands.add_parser(
+        "unlink", help="a user leaves its person (the person goes with its last user)"
+    )
+    unlink.add_argument("--user", metavar="ID", required=True, help="a user id (UUID)")
+    unlink.set_defaults(func=cmd_unlink)
+    export = commands.add_parser(
+        "export",
+        help="write everything the store holds about a user or a person as JSON to stdout",
+    )
+    subject = export.add_mutually_exclusive_group(required=True)
+    subject.add_argument("--user", metavar="ID", help="a user id (UUID)")
+    subject.add_argument("--person", metavar="ID", help="a person id (UUID): all its users")
+    export.set_defaults(func=cmd_export)
     commands.add_parser(
         "citus-ddl", help="print the SQL that distributes the schema over Citus (no database)"
     ).set_defaults(func=cmd_citus_ddl)
@@ -320,18 +384,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except UsageError as exc:
         message = str(exc)
-        print(
-            message if message.startswith("sessionkeeper") else f"sessionkeeper: {message}",
-            file=sys.stderr,
-        )
+        _complain(message if message.startswith("sessionkeeper") else f"sessionkeeper: {message}")
         return 2
     except StoreError as exc:
-        print(f"sessionkeeper: {redact(str(exc))}", file=sys.stderr)
+        _complain(f"sessionkeeper: {redact(str(exc))}")
         return 1
     except (psycopg.OperationalError, sqlalchemy.exc.OperationalError) as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        print(f"sessionkeeper: database unavailable: {redact(reason)}", file=sys.stderr)
+        _complain(f"sessionkeeper: database unavailable: {redact(reason)}")
         return 1
+
+
+def _complain(message: str) -> None:
+    """One line on stderr, whatever the message quotes (an argument may hold a line break)."""
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message.strip())
+    print(shown, file=sys.stderr)
 
 
 if __name__ == "__main__":

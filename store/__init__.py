@@ -10,6 +10,8 @@ from .default import (
     close_database,
     create_link_code,
     default_store,
+    export_person,
+    export_user,
     finish_turn,
     forget_person,
     forget_user,
@@ -25,6 +27,7 @@ from .default import (
     register_proactive_user,
     track_usage,
     trim_session_history,
+    unlink,
 )
 from .erasure import ANONYMOUS_USER_ID, Forgotten
 from .errors import (
@@ -36,12 +39,14 @@ from .errors import (
     LinkCodeExpired,
     LinkCodeInvalid,
     LinkCodeLocked,
+    LinkCodeOutdated,
     NotFound,
     RateLimited,
     ReadOnlyDatabase,
     SchemaOutOfDate,
     StoreError,
 )
+from .export import Exported
 from .models import (
     Appended,
     LinkCode,
@@ -52,6 +57,7 @@ from .models import (
     RateDecision,
     Session,
     Turn,
+    Unlinked,
     User,
 )
 from .proactive import AsyncProactiveUsers, ProactiveUsers
@@ -64,6 +70,7 @@ __all__ = [
     "ConfigurationError",
     "DatabaseUnavailable",
     "ErasureBlocked",
+    "Exported",
     "Forgotten",
     "InvalidInput",
     "LinkCode",
@@ -71,6 +78,7 @@ __all__ = [
     "LinkCodeExpired",
     "LinkCodeInvalid",
     "LinkCodeLocked",
+    "LinkCodeOutdated",
     "Linked",
     "Message",
     "NotFound",
@@ -87,6 +95,7 @@ __all__ = [
     "StoreConfig",
     "StoreError",
     "Turn",
+    "Unlinked",
     "User",
     "append_messages",
     "begin_turn",
@@ -95,6 +104,8 @@ __all__ = [
     "close_database",
     "create_link_code",
     "default_store",
+    "export_person",
+    "export_user",
     "finish_turn",
     "forget_person",
     "forget_user",
@@ -110,4 +121,5 @@ __all__ = [
     "register_proactive_user",
     "track_usage",
     "trim_session_history",
+    "unlink",
 ]

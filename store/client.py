@@ -21,7 +21,7 @@ from psycopg.rows import DictRow, dict_row, tuple_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from psycopg_pool.base import AttemptWithBackoff
 
-from . import core, erasure
+from . import core, erasure, export
 from .config import StoreConfig
 from .connection import configured_database_url, secure_conninfo
 from .errors import ConfigurationError
@@ -237,8 +237,11 @@ class Operations:
     create_link_code = Op(core.create_link_code)
     redeem_link_code = Op(core.redeem_link_code)
     get_linked_users = Op(core.get_linked_users)
+    unlink = Op(core.unlink)
     forget_user = Op(erasure.forget_user)
     forget_person = Op(erasure.forget_person)
+    export_user = Op(export.export_user)
+    export_person = Op(export.export_person)
 
 
 class _Shell(Operations):

@@ -240,7 +240,10 @@ def finish_turn(
     if isinstance(turn, models.Turn):
         if turn.session_id is None:
             raise errors.InvalidInput("the turn was refused by the rate limit; it has no session")
-        session_id, asked_at, turn_id = turn.session_id, turn.started_at, turn.turn_id
+        # A Turn can be built by hand: its fields are checked like any argument.
+        session_id, asked_at = validate.uuid(turn.session_id, "turn.session_id"), turn.started_at
+        if turn.turn_id is not None:
+            turn_id = validate.uuid(turn.turn_id, "turn.turn_id")
     else:
         session_id, asked_at = validate.uuid(turn, "session_id"), None
     batch = [
@@ -299,14 +302,20 @@ def _append(
         **(usage or {"input_tokens": 0, "output_tokens": 0, "cached_tokens": 0}),
     }
     params["turn_id"] = turn_id and _request_key(turn_id, params)
+    # A plain function up to here, so that bad input is refused before a connection is taken.
+    return _append_steps(session_id, params, retryable=turn_id is not None)
 
+
+def _append_steps(
+    session_id: UUID, params: dict[str, Any], *, retryable: bool
+) -> Plan[models.Appended]:
     def decode(rows: Rows) -> models.Appended:
         row = _first(rows, f"session {session_id} does not exist")
         return models.Appended(
             row["session_id"], row["user_id"], row["appended"], row["trimmed"], row["next_seq"]
         )
 
-    if turn_id is None:
+    if not retryable:
         return (yield from _single("append_messages", params, decode))
     step = Step("append_messages", params, if_in_doubt=FINISH_TURN_IN_DOUBT)
     try:
@@ -492,8 +501,8 @@ def proactive_snapshot(config: StoreConfig) -> Plan[models.ProactiveList]:
 def create_link_code(
     config: StoreConfig, user_id: UUID | str, *, now: datetime | None = None
 ) -> Plan[models.LinkCode]:
-    """A fresh six-digit code from the CSPRNG, valid for ``link_code_ttl``; it replaces the
-    user's previous live code."""
+    """A fresh 12-character code from the CSPRNG (``7KQ2-M9XD-4HTR``), valid for
+    ``link_code_ttl``; it replaces the user's previous live code."""
     params = {
         "user_id": validate.uuid(user_id, "user_id"),
         "now": validate.moment(now, "now"),
@@ -504,10 +513,14 @@ def create_link_code(
 
 def _draw_link_code(params: Mapping[str, object]) -> Plan[models.LinkCode]:
     for _ in range(LINK_CODE_DRAWS):
-        code = f"{secrets.randbelow(1_000_000):06d}"
+        code = "".join(
+            secrets.choice(validate.LINK_CODE_ALPHABET) for _ in range(validate.LINK_CODE_LENGTH)
+        )
         rows = yield Step("create_link_code", {**params, "code": code})
         if rows:
-            return models.LinkCode(rows[0]["code"], rows[0]["expires_at"])
+            return models.LinkCode(
+                validate.display_link_code(rows[0]["code"]), rows[0]["expires_at"]
+            )
     raise errors.StoreError(f"no free link code after {LINK_CODE_DRAWS} draws; expire old codes")
 
 
@@ -515,8 +528,10 @@ def redeem_link_code(
     config: StoreConfig, user_id: UUID | str, code: str, *, now: datetime | None = None
 ) -> Plan[models.Linked]:
     """Link ``user_id`` with the code's owner under one person (merging any persons they
-    belong to). Raises ``LinkCodeInvalid`` (unknown, used or own code), ``LinkCodeExpired`` or
-    ``LinkCodeLocked`` (too many wrong codes lately; the right one is refused too)."""
+    belong to). ``code`` as typed: case, spaces and hyphens do not matter. Raises
+    ``LinkCodeInvalid`` (unknown, used or own code; ``LinkCodeOutdated`` for a six-digit code of
+    the previous release), ``LinkCodeExpired`` or ``LinkCodeLocked`` (too many wrong codes
+    lately; the right one is refused too)."""
     params = {
         "user_id": validate.uuid(user_id, "user_id"),
         "code": validate.link_code(code),
@@ -542,6 +557,20 @@ def _linked(row: Row) -> models.Linked:
     if outcome == "own":
         raise errors.LinkCodeInvalid("this is your own link code; redeem it from the other account")
     raise errors.LinkCodeInvalid("no such link code, or it was already used")
+
+
+def unlink(
+    config: StoreConfig, user_id: UUID | str, *, now: datetime | None = None
+) -> Plan[models.Unlinked]:
+    """The user leaves its person (its other users stay linked to each other); the person goes
+    when its last user leaves. A user linked to nobody is left as it is."""
+    checked = validate.uuid(user_id, "user_id")
+    params = {"user_id": checked, "now": validate.moment(now, "now")}
+    return _single(
+        "unlink",
+        params,
+        lambda rows: models.Unlinked(checked, rows[0]["person_id"], rows[0]["person_deleted"]),
+    )
 
 
 def get_linked_users(config: StoreConfig, user_id: UUID | str) -> Plan[list[models.User]]:

@@ -42,6 +42,10 @@ class LinkCodeInvalid(LinkCodeError):
     """The code does not exist, was already used, or belongs to the redeeming user."""
 
 
+class LinkCodeOutdated(LinkCodeInvalid):
+    """A six-digit code of the previous release: no longer redeemed; ask for a new code."""
+
+
 class LinkCodeExpired(LinkCodeError):
     """The code existed but its validity ended."""
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, Self, TypeVar
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -40,6 +40,7 @@ PREFIX = "sessionkeeper_store_"
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 OPERATIONS = tuple(name for name, value in vars(Operations).items() if isinstance(value, Op))
 _MARK = "_sessionkeeper_metrics"
+T = TypeVar("T")
 
 
 class StoreMetrics:
@@ -94,17 +95,34 @@ def instrument(db: Store | AsyncStore, *, registry: CollectorRegistry = REGISTRY
     return metrics
 
 
+class _Timed:
+    """One call of ``operation``, timed from entering: an exception it raises is recorded on
+    leaving the block (and goes on), a result by ``done``."""
+
+    def __init__(self, metrics: StoreMetrics, operation: str) -> None:
+        self.metrics = metrics
+        self.operation = operation
+        self.started = 0.0
+
+    def __enter__(self) -> Self:
+        self.started = time.perf_counter()
+        return self
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, traceback: object) -> None:
+        if isinstance(exc, Exception):
+            self.metrics.record(self.operation, self.started, None, exc)
+
+    def done(self, result: T) -> T:
+        self.metrics.record(self.operation, self.started, result, None)
+        return result
+
+
 def _wrap_sync(call: Callable[..., Any], name: str, metrics: StoreMetrics) -> Callable[..., Any]:
     @functools.wraps(call)
     def timed(*args: Any, **kwargs: Any) -> Any:
-        started = time.perf_counter()
-        try:
+        with _Timed(metrics, name) as timing:
             result = call(*args, **kwargs)
-        except Exception as exc:
-            metrics.record(name, started, None, exc)
-            raise
-        metrics.record(name, started, result, None)
-        return result
+        return timing.done(result)
 
     return timed
 
@@ -114,14 +132,9 @@ def _wrap_async(
 ) -> Callable[..., Awaitable[Any]]:
     @functools.wraps(call)
     async def timed(*args: Any, **kwargs: Any) -> Any:
-        started = time.perf_counter()
-        try:
+        with _Timed(metrics, name) as timing:
             result = await call(*args, **kwargs)
-        except Exception as exc:
-            metrics.record(name, started, None, exc)
-            raise
-        metrics.record(name, started, result, None)
-        return result
+        return timing.done(result)
 
     return timed
 

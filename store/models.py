@@ -143,6 +143,16 @@ class Linked:
 
 
 @dataclass(frozen=True)
+class Unlinked:
+    """What ``unlink`` did: the person the user left (None: it was linked to nobody), and
+    whether that person went because no user was left in it."""
+
+    user_id: UUID
+    person_id: UUID | None
+    person_deleted: bool
+
+
+@dataclass(frozen=True)
 class ProactiveUser:
     user_id: UUID
     chat_id: str

@@ -177,11 +177,145 @@ JOIN users u ON u.user_id = me.user_id OR u.person_id = me.person_id
 WHERE me.user_id = %(user_id)s
 ORDER BY u.created_at, u.user_id
 
+-- unlink --
+-- The user leaves its person, which goes when no user is left in it (see sk_unlink).
+SELECT person_id, person_deleted FROM sk_unlink(%(user_id)s, %(now)s::timestamptz)
+
 -- forget --
 -- Erase a user (or every user of a person) and everything the store holds about them, in one
 -- transaction: one row per table with what was done (see sk_forget in store/sql/functions.sql).
 -- No rows: no such user or person.
 SELECT table_name, action, row_count FROM sk_forget(%(user_id)s::uuid, %(person_id)s::uuid)
+
+-- export_begin --
+-- An export reads everything about its subject in one snapshot (see store/export.py): a
+-- read-only transaction, its rows streamed through one server-side cursor per table.
+BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY
+
+-- export_time_zone --
+-- Timestamps in the document are written in UTC.
+SET LOCAL TIME ZONE 'UTC'
+
+-- export_end --
+COMMIT
+
+-- export_abandon --
+ROLLBACK
+
+-- export_subject --
+-- The users an export covers (a user, or every user of a person) and their persons; no row
+-- when the user or person does not exist.
+SELECT now() AS exported_at, coalesce(array_agg(u.user_id ORDER BY u.user_id)
+                                      FILTER (WHERE u.user_id IS NOT NULL), '{}') AS users,
+       CASE WHEN %(person_id)s::uuid IS NOT NULL THEN ARRAY[%(person_id)s::uuid]
+            ELSE coalesce(array_agg(u.person_id) FILTER (WHERE u.person_id IS NOT NULL), '{}')
+       END AS persons
+FROM (SELECT 1) one
+LEFT JOIN users u ON u.user_id = %(user_id)s::uuid OR u.person_id = %(person_id)s::uuid
+HAVING count(u.user_id) > 0
+    OR EXISTS (SELECT 1 FROM persons p WHERE p.person_id = %(person_id)s::uuid)
+
+-- export_fetch --
+FETCH FORWARD 256 FROM sk_export
+
+-- export_close --
+CLOSE sk_export
+
+-- The tables of an export, one cursor each (export_<table>): every row of the table about the
+-- subject's users or persons, as JSON, in a stable order. The same tables as sk_forget.
+
+-- export_persons --
+DECLARE sk_export NO SCROLL CURSOR FOR
+SELECT row_to_json(t)::text AS doc FROM persons t
+WHERE t.person_id = ANY(%(persons)s::uuid[]) ORDER BY t.person_id
+
+-- export_users --
+DECLARE sk_export NO SCROLL CURSOR FOR
+SELECT row_to_json(t)::text AS doc FROM users t
+WHERE t.user_id = ANY(%(users)s::uuid[]) ORDER BY t.created_at, t.user_id
+
+-- export_sessions --
+DECLARE sk_export NO SCROLL CURSOR FOR
+SELECT row_to_json(t)::text AS doc FROM sessions t
+WHERE t.user_id = ANY(%(users)s::uuid[]) ORDER BY t.created_at, t.session_id
+
+-- export_session_messages --
+-- In primary-key order within each session: no sort, however long a history is.
+DECLARE sk_export NO SCROLL CURSOR FOR
+SELECT row_to_json(t)::text AS doc
+FROM sessions s JOIN session_messages t ON t.session_id = s.session_id
+WHERE s.user_id = ANY(%(users)s::uuid[]) ORDER BY s.created_at, s.session_id, t.seq
+
+-- export_turn_receipts --
+-- What finish_turn recorded to store each turn once (see append_messages).
+DECLARE sk_export NO SCROLL CURSOR FOR
+SELECT row_to_json(t)::text AS doc
+FROM sessions s JOIN turn_receipts t ON t.session_id = s.session_id
+WHERE s.user_id = ANY(%(users)s::uuid[]) ORDER BY s.created_at, s.session_id, t.turn_id
+
+-- export_archived_sessions --
+DECLARE sk_export NO SCROLL CURSOR FOR
+SELECT row_to_json(t)::text AS doc FROM archived_sessions t
+WHERE t.user_id = ANY(%(users)s::uuid[]) ORDER BY t.created_at, t.session_id
+
+-- export_archived_session_messages --
+DECLARE sk_export NO SCROLL CURSOR FOR
+SELECT row_to_json(t)::text AS doc
+FROM archived_sessions s JOIN archived_session_messages t ON t.session_id = s.session_id
+WHERE s.user_id = ANY(%(users)s::uuid[]) ORDER BY s.created_at, s.session_id, t.seq
+
+-- export_legacy_quarantined_messages --
+DECLARE sk_export NO SCROLL CURSOR FOR
+SELECT row_to_json(t)::text AS doc FROM legacy_quarantined_messages t
+WHERE t.user_id = ANY(%(users)s::uuid[]) ORDER BY t.session_id, t.array_index
+
+-- export_link_codes --
+-- Codes the users made, and codes of others they redeemed (as erasure deletes them).
+DECLARE sk_export NO SCROLL CURSOR FOR
+SELECT row_to_json(t)::text AS doc FROM link_codes t
+WHERE t.user_id = ANY(%(users)s::uuid[]) OR t.used_by = ANY(%(users)s::uuid[])
+ORDER BY t.created_at, t.code
+
+-- export_link_code_failures --
+DECLARE sk_export NO SCROLL CURSOR FOR
+SELECT row_to_json(t)::text AS doc FROM link_code_failures t
+WHERE t.user_id = ANY(%(users)s::uuid[]) ORDER BY t.user_id
+
+-- export_rate_limits --
+DECLARE sk_export NO SCROLL CURSOR FOR
+SELECT row_to_json(t)::text AS doc FROM rate_limits t
+WHERE t.user_id = ANY(%(users)s::uuid[]) ORDER BY t.user_id, t.window_seconds, t.window_start
+
+-- export_aiogram_fsm_states --
+-- The aiogram integration's states: linked to the users, or only keyed by their Telegram id
+-- (as erasure finds them).
+DECLARE sk_export NO SCROLL CURSOR FOR
+SELECT row_to_json(t)::text AS doc FROM aiogram_fsm_states t
+WHERE t.user_id = ANY(%(users)s::uuid[])
+   OR (t.channel, t.telegram_user_id::text) IN (
+       SELECT u.channel, u.channel_user_id FROM users u WHERE u.user_id = ANY(%(users)s::uuid[]))
+ORDER BY t.bot_id, t.chat_id, t.telegram_user_id, t.thread_id, t.business_connection_id,
+         t.destiny
+
+-- export_usage_stats --
+DECLARE sk_export NO SCROLL CURSOR FOR
+SELECT row_to_json(t)::text AS doc FROM usage_stats t
+WHERE t.user_id = ANY(%(users)s::uuid[]) ORDER BY t.created_at, t.stat_id
+
+-- export_usage_daily --
+DECLARE sk_export NO SCROLL CURSOR FOR
+SELECT row_to_json(t)::text AS doc FROM usage_daily t
+WHERE t.user_id = ANY(%(users)s::uuid[]) ORDER BY t.day, t.channel, t.user_id
+
+-- export_proactive_users --
+DECLARE sk_export NO SCROLL CURSOR FOR
+SELECT row_to_json(t)::text AS doc FROM proactive_users t
+WHERE t.user_id = ANY(%(users)s::uuid[]) ORDER BY t.user_id
+
+-- export_proactive_user_list --
+DECLARE sk_export NO SCROLL CURSOR FOR
+SELECT row_to_json(t)::text AS doc FROM proactive_user_list t
+WHERE t.user_id = ANY(%(users)s::uuid[]) ORDER BY t.user_id
 
 -- proactive_snapshot --
 -- The list a bot keeps in memory (store.ProactiveUsers), with its version, in one row: the list

@@ -1,12 +1,15 @@
 """What the Telegram integrations (aiogram, python-telegram-bot) share, free of both: beginning
-and finishing a turn for a Telegram user on an ``AsyncStore``, and the refusal text."""
+a turn for a message's sender (answering the refusal when the rate limit refuses it), finishing
+it with the reply, and the refusal text. Each integration adds only its framework's glue: where
+the message is in what its handlers get, and how a message is answered."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, Protocol, TypedDict, TypeVar
 
 from ..client import AsyncStore
 from ..errors import InvalidInput, StoreError
@@ -42,8 +45,42 @@ def display_name(first_name: str | None, last_name: str | None = None) -> str | 
     return name or None
 
 
-class TelegramTurns:
-    """Turns of Telegram users on an ``AsyncStore`` (both frameworks are asyncio)."""
+class Sender(Protocol):
+    """A Telegram user as both frameworks model it."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def first_name(self) -> str: ...
+    @property
+    def last_name(self) -> str | None: ...
+
+
+class TelegramMessage(Protocol):
+    """A Telegram message as both frameworks model it (what the turns read of it)."""
+
+    @property
+    def text(self) -> str | None: ...
+    @property
+    def caption(self) -> str | None: ...
+
+
+EventT = TypeVar("EventT")
+MessageT = TypeVar("MessageT", bound=TelegramMessage)
+
+
+class TurnOptions(TypedDict, total=False):
+    """``TelegramTurns``' keyword options, for a framework class that adds its own."""
+
+    refusal: str
+    channel: str
+    history_pairs: int | None
+
+
+class TelegramTurns(ABC, Generic[EventT, MessageT]):
+    """Turns of Telegram users on an ``AsyncStore`` (both frameworks are asyncio). A framework's
+    subclass says where the message is in the event its handlers get (``message_of``) and how
+    to answer it (``answer``)."""
 
     def __init__(
         self,
@@ -70,42 +107,61 @@ class TelegramTurns:
         self.channel = channel
         self.history_pairs = history_pairs
 
-    async def begin(self, telegram_user_id: int, name: str | None) -> Turn:
-        return await self.db.begin_turn(
+    @abstractmethod
+    def message_of(self, event: EventT) -> MessageT:
+        """The message to reply to in ``event``; ``InvalidInput`` when it holds none."""
+
+    @abstractmethod
+    def answer(self, message: MessageT, text: str, **send: Any) -> Awaitable[Any]:
+        """Send ``text`` to the chat of ``message``."""
+
+    async def admit(self, message: MessageT, sender: Sender) -> Turn | None:
+        """Begin the turn of ``sender``, who sent ``message``: the ``Turn`` when admitted;
+        when the rate limit refuses it, ``message`` is answered with the refusal and the
+        result is ``None``."""
+        turn = await self.db.begin_turn(
             self.channel,
-            telegram_user_id,
-            display_name=name,
+            sender.id,
+            display_name=display_name(sender.first_name, sender.last_name),
             history_pairs=self.history_pairs,
         )
+        if turn.allowed:
+            return turn
+        await self.answer(message, refusal_text(self.refusal, turn))
+        return None
 
-    def refusal_for(self, turn: Turn) -> str:
-        return refusal_text(self.refusal, turn)
-
-    async def finish_and_send(
+    async def reply(
         self,
+        event: EventT,
         turn: Turn,
-        user_message: str,
         reply: str,
-        send: Callable[[str], Awaitable[Any]],
         *,
-        input_tokens: int,
-        output_tokens: int,
-        cached_tokens: int,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        cached_tokens: int = 0,
+        user_message: str | None = None,
+        **send: Any,
     ) -> Appended:
-        """Store the turn, then send the reply: a user who saw the reply finds it in the
-        history of the next turn. When storing fails (``StoreError``: a message the store
-        refuses, the database gone) the reply is still sent, then the error raised."""
+        """Finish the turn and answer: ``finish_turn`` stores the user's message (its text or
+        caption, or ``user_message``) and ``reply`` with the token usage, then the reply is
+        sent (aiogram: ``message.answer(reply, **send)``; python-telegram-bot:
+        ``update.message.reply_text(reply, **send)``). Stored before sent: a user who saw the
+        reply finds it in the history of the next turn. When storing fails (``StoreError``: a
+        message the store refuses, the database gone) the reply is still sent, then the error
+        raised."""
+        message = self.message_of(event)
+        text = user_message if user_message is not None else message.text or message.caption
         try:
             appended = await self.db.finish_turn(
                 turn,
-                user_message,
+                text or "",
                 reply,
                 input_tokens=input_tokens,
                 output_tokens=output_tokens,
                 cached_tokens=cached_tokens,
             )
         except StoreError:
-            await send(reply)
+            await self.answer(message, reply, **send)
             raise
-        await send(reply)
+        await self.answer(message, reply, **send)
         return appended

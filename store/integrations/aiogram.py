@@ -20,7 +20,7 @@ import json
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from importlib import resources
-from typing import Any
+from typing import Any, Unpack
 
 from aiogram import BaseMiddleware
 from aiogram.fsm.state import State
@@ -31,9 +31,8 @@ from psycopg.types.json import Jsonb
 from .. import core
 from ..client import AsyncStore
 from ..errors import InvalidInput
-from ..models import Appended, Turn
 from ..queries import parse
-from ._turns import DEFAULT_REFUSAL, TelegramTurns, display_name
+from ._turns import DEFAULT_REFUSAL, TelegramTurns, TurnOptions
 
 __all__ = ["DEFAULT_REFUSAL", "SessionkeeperStorage", "TurnMiddleware"]
 
@@ -43,68 +42,38 @@ _NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 QUERIES = parse(resources.files(__package__).joinpath("aiogram.sql").read_text(encoding="utf-8"))
 
 
-class TurnMiddleware(BaseMiddleware):
+class TurnMiddleware(TelegramTurns[Message, Message], BaseMiddleware):
     """An outer middleware (``dp.message.outer_middleware(...)``, or on ``dp.update``) that
     runs ``begin_turn`` for each message with a sender, before filters and handlers.
 
     Admitted: the handler gets the ``Turn`` as ``turn`` (handler data key ``data_key``).
     Refused by the rate limit: the user is answered with ``refusal`` (fields ``{retry_in}``,
     ``{retry_at}``, ``{window}``) and no handler runs. Messages without a sender (channel
-    posts) pass through without a turn.
+    posts) pass through without a turn. ``reply(message, turn, reply, ...)`` finishes the turn
+    and answers with ``message.answer``.
     """
 
     def __init__(
-        self,
-        db: AsyncStore,
-        *,
-        refusal: str = DEFAULT_REFUSAL,
-        channel: str = "telegram",
-        history_pairs: int | None = None,
-        data_key: str = "turn",
+        self, db: AsyncStore, *, data_key: str = "turn", **options: Unpack[TurnOptions]
     ) -> None:
-        self.turns = TelegramTurns(
-            db, refusal=refusal, channel=channel, history_pairs=history_pairs
-        )
+        super().__init__(db, **options)
         self.data_key = data_key
 
     async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
         message = event.message if isinstance(event, Update) else event
         if not isinstance(message, Message) or message.from_user is None:
             return await handler(event, data)
-        sender = message.from_user
-        turn = await self.turns.begin(sender.id, display_name(sender.first_name, sender.last_name))
-        if not turn.allowed:
-            await message.answer(self.turns.refusal_for(turn))
+        turn = await self.admit(message, message.from_user)
+        if turn is None:
             return None
         data[self.data_key] = turn
         return await handler(event, data)
 
-    async def reply(
-        self,
-        message: Message,
-        turn: Turn,
-        reply: str,
-        *,
-        input_tokens: int = 0,
-        output_tokens: int = 0,
-        cached_tokens: int = 0,
-        user_message: str | None = None,
-        **answer: Any,
-    ) -> Appended:
-        """Finish the turn and answer: ``finish_turn`` stores the user's message (its text or
-        caption, or ``user_message``) and ``reply`` with the token usage, then
-        ``message.answer(reply, **answer)`` sends it. If storing fails the reply is still sent,
-        then the ``StoreError`` is raised."""
-        text = user_message if user_message is not None else message.text or message.caption
-        return await self.turns.finish_and_send(
-            turn,
-            text or "",
-            reply,
-            lambda reply: message.answer(reply, **answer),
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            cached_tokens=cached_tokens,
-        )
+    def message_of(self, event: Message) -> Message:
+        return event
+
+    def answer(self, message: Message, text: str, **send: Any) -> Awaitable[Any]:
+        return message.answer(text, **send)
 
 
 class SessionkeeperStorage(BaseStorage):

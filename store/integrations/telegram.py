@@ -15,15 +15,15 @@ A rate-limited user gets the refusal and the update goes no further
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any
 
-from telegram import Update
+from telegram import Message, Update
 from telegram.ext import Application, ApplicationHandlerStop, CallbackContext, TypeHandler
 
-from ..client import AsyncStore
 from ..errors import InvalidInput
-from ..models import Appended, Turn
-from ._turns import DEFAULT_REFUSAL, display_name
+from ..models import Turn
+from ._turns import DEFAULT_REFUSAL
 from ._turns import TelegramTurns as _Turns
 
 __all__ = ["DEFAULT_REFUSAL", "TURN_ATTRIBUTE", "TelegramTurns", "current_turn"]
@@ -47,22 +47,14 @@ def current_turn(context: Context) -> Turn:
     return turn
 
 
-class TelegramTurns(_Turns):
+class TelegramTurns(_Turns[Update, Message]):
     """Begins a turn for each new message with a sender (``update.message``), in a
     ``TypeHandler(Update, ...)`` of an early group: admitted, the ``Turn`` is available to the
     later groups' handlers as ``current_turn(context)``; refused by the rate limit, the user is
     answered with ``refusal`` (fields ``{retry_in}``, ``{retry_at}``, ``{window}``) and
-    ``ApplicationHandlerStop`` ends the update's handling. Needs a ``store.AsyncStore``."""
-
-    def __init__(
-        self,
-        db: AsyncStore,
-        *,
-        refusal: str = DEFAULT_REFUSAL,
-        channel: str = "telegram",
-        history_pairs: int | None = None,
-    ) -> None:
-        super().__init__(db, refusal=refusal, channel=channel, history_pairs=history_pairs)
+    ``ApplicationHandlerStop`` ends the update's handling. ``reply(update, turn, reply, ...)``
+    finishes the turn and answers with ``update.message.reply_text``. Needs a
+    ``store.AsyncStore``."""
 
     def handler(self) -> TypeHandler[Update, Context, None]:
         """The handler to add to a group that runs before the bot's own (``install`` does)."""
@@ -77,39 +69,15 @@ class TelegramTurns(_Turns):
         message = update.message
         if message is None or message.from_user is None:
             return
-        sender = message.from_user
-        turn = await self.begin(sender.id, display_name(sender.first_name, sender.last_name))
-        if not turn.allowed:
-            await message.reply_text(self.refusal_for(turn))
+        turn = await self.admit(message, message.from_user)
+        if turn is None:
             raise ApplicationHandlerStop
         setattr(context, TURN_ATTRIBUTE, turn)
 
-    async def reply(
-        self,
-        update: Update,
-        turn: Turn,
-        reply: str,
-        *,
-        input_tokens: int = 0,
-        output_tokens: int = 0,
-        cached_tokens: int = 0,
-        user_message: str | None = None,
-        **send: Any,
-    ) -> Appended:
-        """Finish the turn and answer: ``finish_turn`` stores the user's message (its text or
-        caption, or ``user_message``) and ``reply`` with the token usage, then
-        ``update.message.reply_text(reply, **send)`` sends it. If storing fails the reply is
-        still sent, then the ``StoreError`` is raised."""
-        message = update.message
-        if message is None:
+    def message_of(self, event: Update) -> Message:
+        if event.message is None:
             raise InvalidInput("the update holds no message to reply to")
-        text = user_message if user_message is not None else message.text or message.caption
-        return await self.finish_and_send(
-            turn,
-            text or "",
-            reply,
-            lambda reply: message.reply_text(reply, **send),
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            cached_tokens=cached_tokens,
-        )
+        return event.message
+
+    def answer(self, message: Message, text: str, **send: Any) -> Awaitable[Any]:
+        return message.reply_text(text, **send)

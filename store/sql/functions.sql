@@ -21,6 +21,18 @@
 -- holds exactly these definitions.
 
 -- =============================================================================================
+-- Usage totals
+-- =============================================================================================
+
+-- sk_capped_total: a token total that stops at the bigint maximum instead of failing. Daily
+-- totals add up many calls, and one total that overflowed would fail the usage rollup (or an
+-- erasure) on every retry, for every user. The store's per-call cap (2^31 - 1) keeps real
+-- totals far below it; rows written by release 0.1.0 (up to 2^62 a call) or by hand may not be.
+CREATE OR REPLACE FUNCTION sk_capped_total(p_total numeric) RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$ SELECT least(p_total, 9223372036854775807)::bigint $$;
+
+-- =============================================================================================
 -- Rate limits
 -- Every configured cap (per minute, hour, day) is decided in one call; a request refused by any
 -- cap counts against none of them. Windows are aligned to the epoch (UTC days).
@@ -36,6 +48,8 @@ LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
     v_now timestamptz := coalesce(p_now, now());
+    v_first_start timestamptz;
+    v_last_start timestamptz;
 BEGIN
     IF NOT p_durable THEN
         -- A request counter is soft state: this commit need not wait for the WAL flush.
@@ -58,6 +72,9 @@ BEGIN
         RETURN NEXT;
         RETURN;
     END IF;
+    SELECT min(to_timestamp(floor(extract(epoch FROM v_now) / w) * w)),
+           max(to_timestamp(floor(extract(epoch FROM v_now) / w) * w))
+    INTO v_first_start, v_last_start FROM unnest(p_windows) AS w;
     -- Upserting every window (aligned to the epoch, so UTC days) locks its row in window order,
     -- so concurrent checks of one user queue up, and returns its latest count. Only when no cap
     -- is reached are the counts raised: a refused request counts against none of them.
@@ -79,9 +96,13 @@ BEGIN
     INTO allowed, retry_at, refused_window
     FROM counted c JOIN windows w ON w.seconds = c.window_seconds;
     IF allowed THEN
+        -- The range of the windows' starts (parameters: an array would not do) prunes the
+        -- partitions at executor start-up (rate_limits is partitioned by window_start,
+        -- revision 0012): the windows of one request lie in one daily partition.
         UPDATE rate_limits r SET request_count = r.request_count + 1
         WHERE r.user_id = p_user_id
           AND r.window_seconds = ANY (p_windows)
+          AND r.window_start BETWEEN v_first_start AND v_last_start
           AND r.window_start
               = to_timestamp(floor(extract(epoch FROM v_now) / r.window_seconds) * r.window_seconds);
     END IF;
@@ -235,14 +256,62 @@ BEGIN
 END $$;
 
 -- =============================================================================================
--- Identity: link codes
--- The online part of linking a user's channels under one person. Creating a code is a plain
--- statement (store/queries.sql); redeeming one must serialise with other redemptions.
+-- Identity: link codes and persons
+-- The online part of linking a user's channels under one person, and of leaving it. Creating a
+-- code is a plain statement (store/queries.sql). Locks, always taken in this order, so that
+-- nothing deadlocks and nothing is serialised database-wide:
+-- 1. the redeeming account: advisory lock ("skac", hash of its user id); its attempts are
+--    counted one at a time, so concurrent guesses cannot overshoot the failure limit;
+-- 2. the code's row (FOR UPDATE): a code raced for by many accounts is redeemed once;
+-- 3. each person being merged or left: advisory lock ("skpe", hash of the person id, or of the
+--    user id for a user without a person), in ascending key order. Merges of overlapping persons
+--    wait for each other; unrelated ones run in parallel.
 -- =============================================================================================
+
+-- sk_lock_people: take the person locks (3. above) of two users and return their persons,
+-- as they are once the locks are held. A merge or an unlink that committed while this waited
+-- may have moved a user to another person: then the locks taken are released (the block's
+-- subtransaction rolls back) and the right ones are taken, still in ascending order.
+CREATE OR REPLACE FUNCTION sk_lock_people(
+    p_first uuid, p_second uuid, OUT first_person uuid, OUT second_person uuid
+)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    v_key integer;
+BEGIN
+    LOOP
+        SELECT u.person_id INTO first_person FROM users u WHERE u.user_id = p_first;
+        SELECT u.person_id INTO second_person FROM users u WHERE u.user_id = p_second;
+        BEGIN
+            FOR v_key IN
+                SELECT DISTINCT hashtext(k::text) AS lock_key
+                FROM unnest(ARRAY[coalesce(first_person, p_first),
+                                  coalesce(second_person, p_second)]) k
+                ORDER BY lock_key
+            LOOP
+                PERFORM pg_advisory_xact_lock(1936420965, v_key);  -- "skpe"
+            END LOOP;
+            IF NOT EXISTS (
+                SELECT 1 FROM users u
+                WHERE (u.user_id = p_first AND u.person_id IS DISTINCT FROM first_person)
+                   OR (u.user_id = p_second AND u.person_id IS DISTINCT FROM second_person)
+            ) THEN
+                RETURN;
+            END IF;
+            RAISE EXCEPTION USING ERRCODE = 'SK001', MESSAGE = 'persons moved; lock again';
+        EXCEPTION WHEN SQLSTATE 'SK001' THEN
+            NULL;  -- the subtransaction's locks are released; read the persons again
+        END;
+    END LOOP;
+END $$;
 
 -- sk_redeem_link_code: outcome 'linked', 'own', 'invalid', 'expired' or 'locked'. Failures are
 -- counted in a window; reaching p_max_failures locks the user out for p_lockout, during which
--- even the right code is refused (guessing must not pay).
+-- even the right code is refused (guessing must not pay). A success does not reset the count:
+-- an attacker redeeming codes of its own accounts must not earn more guesses. The bound these
+-- limits give is worked out in the README ("Identity and link codes"). The code's format is
+-- checked by the store before it gets here (12 symbols; bots of 0.1.0 send six digits).
 CREATE OR REPLACE FUNCTION sk_redeem_link_code(
     p_user_id uuid, p_code text, p_now timestamptz,
     p_max_failures integer, p_failure_window interval, p_lockout interval
@@ -258,10 +327,7 @@ DECLARE
     v_user_person uuid;
     v_person uuid;
 BEGIN
-    -- Redemptions are rare; one at a time means person merges never interleave or deadlock,
-    -- and a code raced for by many users is redeemed once.
-    -- The key is "sk-link" in ASCII.
-    PERFORM pg_advisory_xact_lock(32487465158274667);
+    PERFORM pg_advisory_xact_lock(1936417123, hashtext(p_user_id::text));  -- "skac"
     PERFORM 1 FROM users u WHERE u.user_id = p_user_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION USING ERRCODE = 'no_data_found',
@@ -273,7 +339,7 @@ BEGIN
         RETURN QUERY SELECT 'locked', NULL::uuid, NULL::uuid, v_failures.locked_until;
         RETURN;
     END IF;
-    SELECT * INTO v_code FROM link_codes c WHERE c.code = p_code;
+    SELECT * INTO v_code FROM link_codes c WHERE c.code = p_code FOR UPDATE;
     IF FOUND AND v_code.user_id = p_user_id THEN
         RETURN QUERY SELECT 'own', NULL::uuid, NULL::uuid, NULL::timestamptz;
         RETURN;
@@ -302,20 +368,45 @@ BEGIN
         RETURN;
     END IF;
     UPDATE link_codes c SET used_at = v_now, used_by = p_user_id WHERE c.code = p_code;
-    SELECT u.person_id INTO v_owner_person FROM users u WHERE u.user_id = v_code.user_id;
-    SELECT u.person_id INTO v_user_person FROM users u WHERE u.user_id = p_user_id;
+    SELECT l.first_person, l.second_person INTO v_owner_person, v_user_person
+    FROM sk_lock_people(v_code.user_id, p_user_id) l;
     v_person := coalesce(v_owner_person, v_user_person);
     IF v_person IS NULL THEN
         INSERT INTO persons AS p (created_at) VALUES (v_now) RETURNING p.person_id INTO v_person;
     END IF;
-    -- Both users and every user of either's person end up under one person. A person left
-    -- without users stays (nothing is deleted on the online path).
+    -- Both users and every user of either's person end up under one person. A person emptied
+    -- by a merge stays (nothing is deleted on the online path but by unlink).
     UPDATE users u SET person_id = v_person, updated_at = v_now
     WHERE u.user_id IN (v_code.user_id, p_user_id)
        OR u.person_id IN (v_owner_person, v_user_person);
-    UPDATE link_code_failures f SET failures = 0, window_start = v_now
-    WHERE f.user_id = p_user_id;
     RETURN QUERY SELECT 'linked', v_person, v_code.user_id, NULL::timestamptz;
+END $$;
+
+-- sk_unlink: the user leaves its person; the person goes when no user is left in it. No row
+-- of the result is missing: person_id is NULL when the user was linked to nobody.
+CREATE OR REPLACE FUNCTION sk_unlink(p_user_id uuid, p_now timestamptz)
+RETURNS TABLE (person_id uuid, person_deleted boolean)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    v_person uuid;
+BEGIN
+    PERFORM 1 FROM users u WHERE u.user_id = p_user_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'no_data_found',
+            MESSAGE = 'user ' || p_user_id || ' does not exist';
+    END IF;
+    SELECT l.first_person INTO v_person FROM sk_lock_people(p_user_id, p_user_id) l;
+    IF v_person IS NULL THEN
+        RETURN QUERY SELECT NULL::uuid, false;
+        RETURN;
+    END IF;
+    UPDATE users u SET person_id = NULL, updated_at = coalesce(p_now, now())
+    WHERE u.user_id = p_user_id;
+    DELETE FROM persons p
+    WHERE p.person_id = v_person
+      AND NOT EXISTS (SELECT 1 FROM users u WHERE u.person_id = v_person);
+    RETURN QUERY SELECT v_person, FOUND;
 END $$;
 
 -- =============================================================================================
@@ -384,6 +475,7 @@ DECLARE
     v_users uuid[];
     v_persons uuid[];
     v_n bigint;
+    v_watermark bigint;
 BEGIN
     -- Locking the users first makes concurrent inserts that reference them (a new session,
     -- usage, a link code) wait, and then fail on the foreign key.
@@ -410,6 +502,11 @@ BEGIN
                    WHERE m.session_id = s.session_id AND s.user_id = ANY(v_users) RETURNING 1)
         SELECT count(*) INTO v_n FROM d;
         RETURN QUERY SELECT 'session_messages', 'deleted', v_n;
+        -- The sessions' cascade would take them too; deleting them here reports them.
+        WITH d AS (DELETE FROM turn_receipts r USING sessions s
+                   WHERE r.session_id = s.session_id AND s.user_id = ANY(v_users) RETURNING 1)
+        SELECT count(*) INTO v_n FROM d;
+        RETURN QUERY SELECT 'turn_receipts', 'deleted', v_n;
         WITH d AS (DELETE FROM sessions WHERE user_id = ANY(v_users) RETURNING 1)
         SELECT count(*) INTO v_n FROM d;
         RETURN QUERY SELECT 'sessions', 'deleted', v_n;
@@ -457,19 +554,28 @@ BEGIN
         SELECT count(*) INTO v_n FROM d;
         RETURN QUERY SELECT 'aiogram_fsm_states', 'deleted', v_n;
         -- Raw usage goes; what the rollup has not counted yet is added to the anonymous daily
-        -- totals first (UTC days, as the rollup counts).
+        -- totals first (UTC days, as the rollup counts). Not counted yet: a row without flag
+        -- at or beyond the rollup's watermark, or a row from before revision 0012 whose flag
+        -- is still false (see jobs/usage_rollup.py). The watermark's row lock waits for a rollup batch
+        -- in progress, and the statements after it see what that batch committed.
+        SELECT w.watermark INTO v_watermark FROM usage_rollup_state w FOR SHARE;
         WITH d AS (DELETE FROM usage_stats WHERE user_id = ANY(v_users) RETURNING *),
         folded AS (
             INSERT INTO usage_daily AS t (day, user_id, channel, requests, input_tokens,
                                           output_tokens, cached_tokens, updated_at)
             SELECT (created_at AT TIME ZONE 'UTC')::date, v_anonymous, channel, count(*),
-                   sum(input_tokens), sum(output_tokens), sum(cached_tokens), now()
-            FROM d WHERE NOT rolled_up GROUP BY 1, 3
+                   sk_capped_total(sum(input_tokens)), sk_capped_total(sum(output_tokens)),
+                   sk_capped_total(sum(cached_tokens)), now()
+            FROM d
+            WHERE NOT rolled_up OR rolled_up IS NULL AND inserted_xid >= coalesce(v_watermark, 0)
+            GROUP BY 1, 3
             ON CONFLICT (day, user_id, channel) DO UPDATE
                 SET requests = t.requests + EXCLUDED.requests,
-                    input_tokens = t.input_tokens + EXCLUDED.input_tokens,
-                    output_tokens = t.output_tokens + EXCLUDED.output_tokens,
-                    cached_tokens = t.cached_tokens + EXCLUDED.cached_tokens,
+                    input_tokens = sk_capped_total(t.input_tokens::numeric + EXCLUDED.input_tokens),
+                    output_tokens = sk_capped_total(t.output_tokens::numeric
+                                                    + EXCLUDED.output_tokens),
+                    cached_tokens = sk_capped_total(t.cached_tokens::numeric
+                                                    + EXCLUDED.cached_tokens),
                     updated_at = EXCLUDED.updated_at
         )
         SELECT count(*) INTO v_n FROM d;
@@ -479,14 +585,16 @@ BEGIN
         merged AS (
             INSERT INTO usage_daily AS t (day, user_id, channel, requests, input_tokens,
                                           output_tokens, cached_tokens, updated_at)
-            SELECT day, v_anonymous, channel, sum(requests), sum(input_tokens),
-                   sum(output_tokens), sum(cached_tokens), now()
+            SELECT day, v_anonymous, channel, sum(requests), sk_capped_total(sum(input_tokens)),
+                   sk_capped_total(sum(output_tokens)), sk_capped_total(sum(cached_tokens)), now()
             FROM d GROUP BY day, channel
             ON CONFLICT (day, user_id, channel) DO UPDATE
                 SET requests = t.requests + EXCLUDED.requests,
-                    input_tokens = t.input_tokens + EXCLUDED.input_tokens,
-                    output_tokens = t.output_tokens + EXCLUDED.output_tokens,
-                    cached_tokens = t.cached_tokens + EXCLUDED.cached_tokens,
+                    input_tokens = sk_capped_total(t.input_tokens::numeric + EXCLUDED.input_tokens),
+                    output_tokens = sk_capped_total(t.output_tokens::numeric
+                                                    + EXCLUDED.output_tokens),
+                    cached_tokens = sk_capped_total(t.cached_tokens::numeric
+                                                    + EXCLUDED.cached_tokens),
                     updated_at = EXCLUDED.updated_at
         )
         SELECT count(*) INTO v_n FROM d;

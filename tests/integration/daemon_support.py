@@ -31,5 +31,10 @@ def daemon_env(database_url: str, **settings: str) -> dict[str, str]:
 
 
 def every_job(schedule: str) -> dict[str, str]:
-    """``SESSIONKEEPER_<JOB>_SCHEDULE`` for all five jobs."""
-    return {f"SESSIONKEEPER_{name.upper()}_SCHEDULE": schedule for name in JOB_NAMES}
+    """``SESSIONKEEPER_<JOB>_SCHEDULE`` for every job, each enabled (user_retention is off by
+    default)."""
+    return {
+        f"SESSIONKEEPER_{name.upper()}_{key}": value
+        for name in JOB_NAMES
+        for key, value in (("SCHEDULE", schedule), ("ENABLED", "true"))
+    }

@@ -3,22 +3,26 @@
 The real ``Bot`` objects of aiogram and python-telegram-bot are pointed at it (both take a
 custom API base URL) and call it over HTTP as they would call Telegram: it answers ``getMe``,
 records every ``sendMessage`` (what the bot sent, as it went over the wire), hands out queued
-updates through ``getUpdates`` (long polling) and accepts any other method.
+updates through ``getUpdates`` (long polling) and accepts any other method. ``run`` plays a
+bot test's scenario against it; ``stored`` reads back what the store kept of a Telegram user.
 """
 
 from __future__ import annotations
 
+import asyncio
 import email.parser
 import email.policy
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl
+
+import psycopg
 
 TOKEN = "123456:TEST-fake-token"
 BOT_ID = 123456
@@ -178,3 +182,27 @@ def fake_telegram(
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+def run(scenario: Callable[[FakeTelegram], Awaitable[None]]) -> FakeTelegram:
+    """Run ``scenario`` on a new event loop against a fake server; the server, stopped."""
+
+    async def main() -> None:
+        with fake_telegram() as telegram:
+            fake.append(telegram)
+            await scenario(telegram)
+
+    fake: list[FakeTelegram] = []
+    asyncio.run(main())
+    return fake[0]
+
+
+def stored(database_url: str, telegram_id: int) -> list[tuple[Any, ...]]:
+    """The (role, content) of every message the store keeps for a Telegram user, in order."""
+    with psycopg.connect(database_url) as conn:
+        return conn.execute(
+            "SELECT m.role, m.content FROM session_messages m JOIN sessions s USING (session_id)"
+            " JOIN users u USING (user_id) WHERE u.channel = 'telegram'"
+            " AND u.channel_user_id = %s ORDER BY m.seq",
+            [str(telegram_id)],
+        ).fetchall()

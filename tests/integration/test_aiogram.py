@@ -3,10 +3,7 @@ over HTTP to a fake Telegram server on loopback, a real AsyncStore on PostgreSQL
 
 from __future__ import annotations
 
-import asyncio
 import re
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 import psycopg
 import pytest
@@ -17,7 +14,7 @@ from aiogram.fsm.context import FSMContext
 from aiogram.fsm.state import State, StatesGroup
 from aiogram.fsm.storage.base import StorageKey
 from aiogram.types import Message, Update
-from fake_telegram import BOT_ID, TOKEN, FakeTelegram, fake_telegram, message_update
+from fake_telegram import BOT_ID, TOKEN, FakeTelegram, message_update, run, stored
 
 from store import AsyncStore, InvalidInput, Store, Turn
 from store.integrations.aiogram import SessionkeeperStorage, TurnMiddleware
@@ -29,33 +26,12 @@ class Order(StatesGroup):
     size = State()
 
 
-def run(scenario: Callable[[FakeTelegram], Awaitable[None]]) -> FakeTelegram:
-    async def main() -> None:
-        with fake_telegram() as telegram:
-            fake.append(telegram)
-            await scenario(telegram)
-
-    fake: list[FakeTelegram] = []
-    asyncio.run(main())
-    return fake[0]
-
-
 def real_bot(telegram: FakeTelegram) -> Bot:
     return Bot(TOKEN, session=AiohttpSession(api=TelegramAPIServer.from_base(telegram.url)))
 
 
 async def feed(dp: Dispatcher, bot: Bot, update_id: int, text: str, sender: int = ADA) -> None:
     await dp.feed_update(bot, Update.model_validate(message_update(update_id, sender, text)))
-
-
-def stored(database_url: str, telegram_id: int) -> list[tuple[Any, ...]]:
-    with psycopg.connect(database_url) as conn:
-        return conn.execute(
-            "SELECT m.role, m.content FROM session_messages m JOIN sessions s USING (session_id)"
-            " JOIN users u USING (user_id) WHERE u.channel = 'telegram'"
-            " AND u.channel_user_id = %s ORDER BY m.seq",
-            [str(telegram_id)],
-        ).fetchall()
 
 
 def test_a_message_is_a_stored_turn_and_the_reply_goes_over_the_wire(database_url: str) -> None:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import psycopg
@@ -18,6 +19,7 @@ import pytest
 from jobs import JOB_NAMES, locking
 from sessionkeeper.admin import migrate
 from sessionkeeper.admin.embedded import EmbeddedPostgres
+from store import Store
 
 SUBCOMMANDS = [
     [],
@@ -29,6 +31,8 @@ SUBCOMMANDS = [
     ["jobs", "run"],
     ["sessions"],
     ["sessions", "restore"],
+    ["export"],
+    ["unlink"],
 ]
 
 
@@ -197,7 +201,7 @@ def test_jobs_run_reports_its_outcome_in_the_exit_code(database_url: str) -> Non
         assert "skipped" in skipped.stdout
 
         conn.execute("ALTER TABLE usage_daily RENAME TO usage_daily_gone")
-        conn.execute("UPDATE usage_stats SET rolled_up = false")
+        conn.execute("UPDATE usage_rollup_state SET watermark = 0")
         failed = sessionkeeper("jobs", "run", "usage_rollup", env=env)
         assert failed.returncode == 1
         assert "failure" in failed.stdout and "UndefinedTable" in failed.stdout
@@ -226,12 +230,14 @@ def test_a_signal_ends_a_jobs_run_pausing_between_batches(database_url: str) -> 
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(
             """
-            WITH u AS (INSERT INTO users (channel, channel_user_id) VALUES ('telegram', '9')
-                       RETURNING user_id)
-            INSERT INTO usage_stats (user_id, channel, input_tokens)
-            SELECT user_id, 'telegram', 5 FROM u, generate_series(1, 3)
+            INSERT INTO users (channel, channel_user_id) VALUES ('telegram', '9')
             """
         )
+        for _ in range(3):  # three transactions: a transaction's rows are counted together
+            conn.execute(
+                "INSERT INTO usage_stats (user_id, channel, input_tokens)"
+                " SELECT user_id, 'telegram', 5 FROM users"
+            )
         run = subprocess.Popen(
             [sys.executable, "-m", "scheduler", "jobs", "run", "usage_rollup"],
             stdout=subprocess.PIPE,
@@ -241,7 +247,7 @@ def test_a_signal_ends_a_jobs_run_pausing_between_batches(database_url: str) -> 
         )
         try:
             # The first batch rolled up one row; the run then pauses for an hour.
-            rolled = "SELECT count(*) FROM usage_stats WHERE rolled_up"
+            rolled = "SELECT count(*) FROM usage_daily"
             deadline = time.monotonic() + 60  # a bound on the wait, not a timing
             while conn.execute(rolled).fetchone() != (1,):
                 assert run.poll() is None and time.monotonic() < deadline, run.stderr
@@ -289,6 +295,8 @@ def test_sessions_restore(database_url: str) -> None:
         assert restored.returncode == 0, restored.stderr
         assert "restored with 2 messages" in restored.stdout
         assert conn.execute("SELECT count(*) FROM session_messages").fetchone() == (2,)
+        kept = conn.execute("SELECT last_active < now() - interval '89 days' FROM sessions")
+        assert kept.fetchone() == (True,)
 
     again = sessionkeeper("sessions", "restore", str(row[0]), env=env)
     assert again.returncode == 1
@@ -304,3 +312,23 @@ def test_unwritable_embedded_dir_is_one_line_error(tmp_path: Path) -> None:
     assert "SESSIONKEEPER_EMBEDDED_DIR" in result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_unlink(database_url: str) -> None:
+    env = clean_env(DATABASE_URL=database_url)
+    with Store(database_url) as store:
+        a = store.get_or_create_user("telegram", "a").user_id
+        b = store.get_or_create_user("whatsapp", "b").user_id
+        person = store.redeem_link_code(b, store.create_link_code(a).code).person_id
+    first = sessionkeeper("unlink", "--user", str(a), env=env)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip() == f"user {a} left person {person}"
+    second = sessionkeeper("unlink", "--user", str(b), env=env)
+    assert "(its last user: the person was deleted)" in second.stdout
+    again = sessionkeeper("unlink", "--user", str(b), env=env)
+    assert again.stdout.strip() == f"user {b} was not linked to a person"
+    unknown = sessionkeeper("unlink", "--user", str(uuid.uuid4()), env=env)
+    assert unknown.returncode == 1 and "does not exist" in unknown.stderr
+    for bad in (["--user", "b"], []):
+        refused = sessionkeeper("unlink", *bad, env=env)
+        assert refused.returncode == 2, refused.stderr

@@ -123,11 +123,12 @@ def rows_about(conn: psycopg.Connection[Any], user: uuid.UUID) -> dict[str, int]
 def usage_totals(conn: psycopg.Connection[Any]) -> tuple[Any, ...]:
     """All tokens and requests, rolled up or not: what anonymisation must keep."""
     row = conn.execute(
-        "SELECT (SELECT sum(requests) FROM usage_daily)"
-        " + (SELECT count(*) FROM usage_stats WHERE NOT rolled_up),"
+        "WITH pending AS (SELECT * FROM usage_stats WHERE NOT rolled_up OR rolled_up IS NULL"
+        "    AND inserted_xid >= (SELECT watermark FROM usage_rollup_state))"
+        "SELECT (SELECT sum(requests) FROM usage_daily) + (SELECT count(*) FROM pending),"
         " (SELECT sum(input_tokens + output_tokens + cached_tokens) FROM usage_daily)"
         " + (SELECT coalesce(sum(input_tokens + output_tokens + cached_tokens), 0)"
-        "    FROM usage_stats WHERE NOT rolled_up)"
+        "    FROM pending)"
     ).fetchone()
     assert row is not None
     return tuple(row)
@@ -146,6 +147,7 @@ def test_forget_user_removes_everything_about_it(
     assert rows_about(conn, world.bob) == bob_before
     assert forgotten.deleted == {
         "session_messages": 6,
+        "turn_receipts": 0,  # her turns were appended without finish_turn
         "sessions": 1,
         "archived_session_messages": 2,
         "archived_sessions": 1,

@@ -8,6 +8,7 @@ and after.
 
 from __future__ import annotations
 
+import json
 import random
 import signal
 import subprocess
@@ -28,6 +29,7 @@ from test_cli import clean_env, sessionkeeper
 from test_migrations import _drift
 
 from sessionkeeper.admin import legacy, migrate
+from sessionkeeper.admin.legacy import conversion
 from store import SchemaOutOfDate, Store
 
 SEED_DDL = Path(__file__).with_name("legacy_seed.sql").read_text()
@@ -241,11 +243,11 @@ def converted(
     """History rows per session, and quarantined messages by (session, array index)."""
     with psycopg.connect(url) as conn:
         histories: dict[uuid.UUID, list[tuple[Any, ...]]] = {}
-        for sid, seq, role, content, created in conn.execute(
-            "SELECT session_id, seq, role, content, created_at FROM session_messages"
+        for sid, seq, role, content, created, extra in conn.execute(
+            "SELECT session_id, seq, role, content, created_at, extra FROM session_messages"
             " ORDER BY session_id, seq"
         ):
-            histories.setdefault(sid, []).append((seq, role, content, created))
+            histories.setdefault(sid, []).append((seq, role, content, created, extra))
         quarantined = {
             (sid, index): (reason, message, user)
             for sid, index, reason, message, user in conn.execute(
@@ -268,8 +270,8 @@ def expected_time(value: Any) -> datetime | None:
 
 
 def assert_every_message_kept(url: str, seed: Seed) -> None:
-    """Each legacy element is either the next history row (same role, content, timestamp) or
-    quarantined verbatim; nothing else exists."""
+    """Each legacy element is either the next history row (same role, content, timestamp, and
+    its other keys as extra) or quarantined verbatim; nothing else exists."""
     histories, quarantined = converted(url)
     with psycopg.connect(url) as conn:
         sessions = conn.execute("SELECT session_id, user_id, next_seq FROM sessions").fetchall()
@@ -284,8 +286,9 @@ def assert_every_message_kept(url: str, seed: Seed) -> None:
                 _, message, user = quarantined.pop((sid, index))
                 assert message == element and user == owners[sid]
                 continue
-            seq, role, content, created = next(rows)
+            seq, role, content, created, extra = next(rows)
             assert (seq, role, content) == (kept, element["role"], element["content"])
+            assert extra == (legacy.extra_fields(element) or None), (sid, index)
             wanted = expected_time(element.get("timestamp"))
             if wanted is not None:
                 assert created == wanted, (sid, index)
@@ -392,6 +395,155 @@ def test_migrate_adopts_a_seed_database_and_keeps_every_message(seed_url: str) -
 
     again = migrate_cli(seed_url)
     assert again.returncode == 0 and "already at" in again.stdout, again.stdout
+
+
+# Numbers a Python float cannot hold: more than 17 significant digits, and beyond its range
+# (PostgreSQL writes 1e400 + 0.5 out in full; Python reads it as infinity).
+PRECISE = "0.12345678901234567890123456789"
+HUGE_INT = "123456789012345678901234567890"
+OUT_OF_RANGE = "1" + "0" * 400 + ".5"
+CALL = {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}
+WITH_EXTRAS = uid(0x100)  # sorts first: the first batch of one converts it alone
+
+
+def add_history_with_extras(url: str, seed: Seed) -> None:
+    """A session whose messages carry keys besides role, content and timestamp, written as JSON
+    text so that its numbers reach the legacy column exactly."""
+    history = f"""[
+        {{"role": "user", "content": "Weather in Oslo?", "timestamp": "{iso(T0)}",
+          "name": "Zoë", "id": "m1"}},
+        {{"role": "assistant", "content": "", "tool_calls": [{json.dumps(CALL)}]}},
+        {{"role": "tool", "content": "-3 °C", "tool_call_id": "c1",
+          "meta": {{"source": {{"api": "met", "cached": true}}, "tries": [1, 2.5, null]}}}},
+        {{"role": "tool", "content": "too big", "tool_call_id": "c2",
+          "blob": "{"x" * 64 * 1024}"}},
+        {{"role": "assistant", "content": "overflow", "score": {OUT_OF_RANGE}}},
+        {{"role": "user", "content": {PRECISE}}},
+        {{"role": "assistant", "content": "Cold.", "score": {PRECISE}, "count": {HUGE_INT}}}
+    ]"""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO sessions (session_id, user_id, messages, last_active, created_at)"
+            " VALUES (%s, %s, %s::jsonb, %s, %s)",
+            [WITH_EXTRAS, uid(5), history, T0, T0],
+        )
+        row = conn.execute(
+            "SELECT messages FROM sessions WHERE session_id = %s", [WITH_EXTRAS]
+        ).fetchone()
+    assert row is not None
+    seed.histories[WITH_EXTRAS] = row[0]  # as Python reads it, like the converted side
+
+
+def test_other_keys_of_a_message_are_kept_as_its_extra(seed_url: str) -> None:
+    seed = build_seed(seed_url, extra_sessions=0)
+    add_history_with_extras(seed_url, seed)
+
+    dry = migrate_cli(seed_url, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "10 quarantined" in dry.stdout, dry.stdout
+    assert "4 carry extra fields (kept in session_messages.extra)" in dry.stdout
+
+    first = migrate_cli(seed_url, "--batch-size", "1", "--max-batches", "1")
+    assert first.returncode == 0, first.stderr
+    assert "batch 1: 1/6 sessions, 4 messages copied, 3 quarantined" in first.stdout
+    with psycopg.connect(seed_url) as conn:
+        # Copied and verified jsonb to jsonb: every digit is there.
+        assert conn.execute(
+            "SELECT extra ->> 'score', extra ->> 'count' FROM session_messages"
+            " WHERE session_id = %s AND seq = 3",
+            [WITH_EXTRAS],
+        ).fetchone() == (PRECISE, HUGE_INT)
+        assert conn.execute(
+            "SELECT reason, message ->> 'score' FROM legacy_quarantined_messages"
+            " WHERE session_id = %s ORDER BY array_index",
+            [WITH_EXTRAS],
+        ).fetchall() == [
+            (f"extra fields over {64 * 1024} bytes", None),
+            ("number out of range in extra fields", OUT_OF_RANGE),
+            ("content is not text", None),
+        ]
+        # Quarantined verbatim, number and all.
+        assert conn.execute(
+            "SELECT message ->> 'content' FROM legacy_quarantined_messages"
+            " WHERE session_id = %s AND array_index = 5",
+            [WITH_EXTRAS],
+        ).fetchone() == (PRECISE,)
+        converted_first = conn.execute(
+            "SELECT seq, role, content, extra::text FROM session_messages WHERE session_id = %s"
+            " ORDER BY seq",
+            [WITH_EXTRAS],
+        ).fetchall()
+
+    # Running migrate again converts the rest and leaves what was converted as it was.
+    second = migrate_cli(seed_url)
+    assert second.returncode == 0, second.stderr
+    assert "every history converted" in second.stdout
+    third = migrate_cli(seed_url)
+    assert third.returncode == 0 and "already at" in third.stdout, third.stdout
+    assert_every_message_kept(seed_url, seed)
+    assert ours_drift(seed_url) == []
+    with psycopg.connect(seed_url) as conn:
+        assert (
+            conn.execute(
+                "SELECT seq, role, content, extra::text FROM session_messages"
+                " WHERE session_id = %s ORDER BY seq",
+                [WITH_EXTRAS],
+            ).fetchall()
+            == converted_first
+        )
+        assert conn.execute(
+            "SELECT count(*) FROM session_messages WHERE extra IS NOT NULL"
+        ).fetchone() == (4,)
+
+    with Store(seed_url) as store:
+        history = store.get_history(WITH_EXTRAS, max_pairs=10)
+    assert [(m.role, m.content) for m in history] == [
+        ("user", "Weather in Oslo?"),
+        ("assistant", ""),
+        ("tool", "-3 °C"),
+        ("assistant", "Cold."),
+    ]
+    assert [m.extra for m in history[:3]] == [
+        {"name": "Zoë", "id": "m1"},
+        {"tool_calls": [CALL]},
+        {
+            "tool_call_id": "c1",
+            "meta": {"source": {"api": "met", "cached": True}, "tries": [1, 2.5, None]},
+        },
+    ]
+    last = history[3].extra
+    assert last is not None and last["count"] == int(HUGE_INT)
+    assert last["score"] == float(PRECISE)  # a Python reader gets the nearest float
+
+
+def test_verification_compares_extra_exactly(seed_url: str) -> None:
+    build_seed(seed_url, extra_sessions=0)
+    assert migrate_cli(seed_url, "--max-batches", "0").returncode == 0
+    sid = uid(0x106)
+    verify = conversion.QUERIES["verify_batch"]
+    with psycopg.connect(seed_url) as conn:
+        conn.execute(
+            "INSERT INTO sessions (session_id, user_id, messages) VALUES (%s, %s, %s::jsonb)",
+            [sid, uid(5), f'[{{"role": "user", "content": "a", "name": "Zoë", "n": {PRECISE}}}]'],
+        )
+        conn.execute(
+            "INSERT INTO session_messages (session_id, seq, role, content, extra)"
+            " SELECT session_id, 0, 'user', 'a', (messages -> 0) - 'role' - 'content'"
+            " FROM sessions WHERE session_id = %s",
+            [sid],
+        )
+        assert conn.execute(verify, {"ids": [sid]}).fetchall() == []
+        # The same extra after a trip through a Python float: one digit off is a mismatch.
+        (extra,) = conn.execute(
+            "SELECT extra FROM session_messages WHERE session_id = %s", [sid]
+        ).fetchone() or (None,)
+        assert extra == {"name": "Zoë", "n": float(PRECISE)}
+        conn.execute(
+            "UPDATE session_messages SET extra = %s WHERE session_id = %s", [Jsonb(extra), sid]
+        )
+        assert conn.execute(verify, {"ids": [sid]}).fetchall() == [(sid,)]
+        conn.execute("UPDATE session_messages SET extra = NULL WHERE session_id = %s", [sid])
+        assert conn.execute(verify, {"ids": [sid]}).fetchall() == [(sid,)]
 
 
 def test_dry_run_reports_and_changes_nothing(seed_url: str) -> None:

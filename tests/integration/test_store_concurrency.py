@@ -10,12 +10,13 @@ import asyncio
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import psycopg
-from store_support import T0, count
+from store_support import T0, count, store_fixture  # noqa: F401 (fixture)
 
-from store import AsyncStore, LinkCodeInvalid, Linked, Store
+from store import AsyncStore, LinkCodeInvalid, LinkCodeLocked, Linked, Store, Unlinked
 
 T = TypeVar("T")
 
@@ -112,3 +113,96 @@ def test_twenty_users_racing_for_one_code_redeem_it_once(
     assert sum(isinstance(o, LinkCodeInvalid) for o in outcomes) == 19
     assert count(conn, "users", "person_id IS NOT NULL") == 2
     assert count(conn, "link_codes", "used_at IS NOT NULL") == 1
+
+
+def test_thirty_concurrent_guesses_of_one_account_evaluate_only_its_ten(
+    database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    # An account's attempts are counted one at a time: concurrency buys no extra guesses.
+    async def scenario() -> list[object]:
+        async with AsyncStore(database_url, max_size=10) as store:
+            guesser = await store.get_or_create_user("whatsapp", "guesser")
+            return await asyncio.gather(
+                *(
+                    store.redeem_link_code(guesser.user_id, f"0000-0000-{i:04d}", now=T0)
+                    for i in range(30)
+                ),
+                return_exceptions=True,
+            )
+
+    outcomes = asyncio.run(scenario())
+    assert sum(type(o) is LinkCodeInvalid for o in outcomes) == 10
+    assert sum(isinstance(o, LinkCodeLocked) for o in outcomes) == 20
+
+
+def test_a_chain_of_concurrent_merges_ends_in_one_person(
+    database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    # user i+1 redeems user i's code, all at once: overlapping persons merge one at a time
+    # (each waits for the other's person lock, then sees where its users are now).
+    async def scenario() -> list[object]:
+        async with AsyncStore(database_url, max_size=10) as store:
+            people = [await store.get_or_create_user("telegram", f"p{i}") for i in range(20)]
+            codes = [await store.create_link_code(p.user_id, now=T0) for p in people]
+            return await asyncio.gather(
+                *(
+                    store.redeem_link_code(people[i + 1].user_id, codes[i].code, now=T0)
+                    for i in range(19)
+                )
+            )
+
+    outcomes = asyncio.run(scenario())
+    assert all(isinstance(o, Linked) for o in outcomes)
+    persons = conn.execute("SELECT DISTINCT person_id FROM users").fetchall()
+    assert len(persons) == 1 and persons[0][0] is not None
+
+
+def test_concurrent_merges_and_unlinks_leave_no_user_in_a_deleted_person(
+    database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    async def scenario() -> list[object]:
+        async with AsyncStore(database_url, max_size=10) as store:
+            people = [await store.get_or_create_user("telegram", f"p{i}") for i in range(12)]
+            codes = [await store.create_link_code(p.user_id, now=T0) for p in people]
+            # Pairs (0,1), (2,3), ... first; then chain the pairs while their users leave.
+            for i in range(0, 12, 2):
+                await store.redeem_link_code(people[i + 1].user_id, codes[i].code, now=T0)
+            later = T0 + timedelta(seconds=1)
+            codes = [await store.create_link_code(p.user_id, now=later) for p in people]
+            return await asyncio.gather(
+                *(
+                    store.redeem_link_code(people[i + 1].user_id, codes[i].code, now=later)
+                    for i in range(1, 11, 2)
+                ),
+                *(store.unlink(people[i].user_id, now=later) for i in range(0, 12, 4)),
+            )
+
+    outcomes = asyncio.run(scenario())
+    assert all(isinstance(o, Linked | Unlinked) for o in outcomes)
+    assert (
+        count(
+            conn,
+            "users u",
+            "u.person_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM"
+            " persons p WHERE p.person_id = u.person_id)",
+        )
+        == 0
+    )
+    # A person without users exists only when a merge emptied it (merges keep them).
+    assert count(conn, "users", "person_id IS NULL") <= 3
+
+
+def test_redemptions_of_unrelated_people_do_not_wait_for_each_other(
+    store: Store, database_url: str
+) -> None:
+    a, b, c, d = (store.get_or_create_user("telegram", n, now=T0).user_id for n in "abcd")
+    code_ab = store.create_link_code(a, now=T0).code
+    code_cd = store.create_link_code(c, now=T0).code
+    with psycopg.connect(database_url) as held:  # a transaction left open mid-redemption
+        held.execute(
+            "SELECT * FROM sk_redeem_link_code(%s, %s, %s, 10, '10 min', '15 min')",
+            (b, code_ab.replace("-", ""), T0),
+        )
+        with Store(database_url, statement_timeout_ms=2000) as other:
+            assert other.redeem_link_code(d, code_cd, now=T0).owner_id == c
+        held.rollback()

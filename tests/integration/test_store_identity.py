@@ -1,8 +1,11 @@
-"""Identity linking: six-digit single-use codes, atomic person merges, lock-out after guessing."""
+"""Identity linking: 12-character single-use codes, atomic person merges, lock-out after
+guessing."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -11,11 +14,19 @@ import pytest
 from store_support import T0, count, store_fixture  # noqa: F401 (fixture)
 
 from store import (
+    AsyncStore,
+    InvalidInput,
     LinkCodeExpired,
     LinkCodeInvalid,
     LinkCodeLocked,
+    LinkCodeOutdated,
+    NotFound,
     Store,
     StoreError,
+    Unlinked,
+    close_database,
+    init_database,
+    unlink,
 )
 
 
@@ -26,7 +37,7 @@ def users(store: Store, *names: str) -> list[Any]:
 def test_code_links_two_users_under_one_person(store: Store) -> None:
     owner, other = users(store, "owner", "other")
     code = store.create_link_code(owner, now=T0)
-    assert re.fullmatch(r"[0-9]{6}", code.code)
+    assert re.fullmatch(r"[0-9A-HJKMNP-TV-Z]{4}(-[0-9A-HJKMNP-TV-Z]{4}){2}", code.code)
     assert code.expires_at == T0 + timedelta(minutes=10)
     linked = store.redeem_link_code(other, code.code, now=T0 + timedelta(minutes=9))
     assert linked.owner_id == owner
@@ -84,7 +95,7 @@ def test_persons_merge_atomically(store: Store, conn: psycopg.Connection[Any]) -
 def test_too_many_wrong_codes_lock_out_even_the_right_one(store: Store) -> None:
     owner, guesser = users(store, "owner", "guesser")
     right = store.create_link_code(owner, now=T0).code
-    wrong = f"{(int(right) + 1) % 1_000_000:06d}"
+    wrong = "0000-0000-0000"
     for i in range(10):
         with pytest.raises(LinkCodeInvalid):
             store.redeem_link_code(guesser, wrong, now=T0 + timedelta(seconds=i))
@@ -100,11 +111,102 @@ def test_wrong_codes_spread_over_time_do_not_lock(store: Store) -> None:
     owner, guesser = users(store, "owner", "guesser")
     for i in range(15):  # one every two minutes: never ten within ten minutes
         with pytest.raises(LinkCodeInvalid):
-            store.redeem_link_code(guesser, "000000", now=T0 + timedelta(minutes=2 * i))
+            store.redeem_link_code(guesser, "ZZZZ-ZZZZ-ZZZZ", now=T0 + timedelta(minutes=2 * i))
     later = T0 + timedelta(minutes=31)
     store.redeem_link_code(guesser, store.create_link_code(owner, now=later).code, now=later)
 
 
+def test_a_code_is_accepted_as_people_type_it(store: Store) -> None:
+    owner, other = users(store, "owner", "other")
+    code = store.create_link_code(owner, now=T0).code  # e.g. 7KQ2-M9XD-4HTR
+    typed = f"  {code.lower().replace('-', ' ').replace('0', 'o').replace('1', 'l')} "
+    assert store.redeem_link_code(other, typed, now=T0).owner_id == owner
+
+
+def test_a_six_digit_code_of_the_previous_release_is_refused_clearly(
+    store: Store, conn: psycopg.Connection[Any]
+) -> None:
+    owner, other = users(store, "owner", "other")
+    # The 0.1.0 store wrote six-digit codes; one may still be live after the upgrade.
+    conn.execute(
+        "INSERT INTO link_codes (code, user_id, created_at, expires_at)"
+        " VALUES ('123456', %s, %s, %s)",
+        (owner, T0, T0 + timedelta(minutes=10)),
+    )
+    with pytest.raises(LinkCodeOutdated, match="ask for a new code") as caught:
+        store.redeem_link_code(other, "123 456", now=T0)
+    assert isinstance(caught.value, LinkCodeInvalid)  # handlers of LinkCodeInvalid still catch it
+    assert count(conn, "link_codes", "used_at IS NOT NULL") == 0
+    assert count(conn, "link_code_failures") == 0  # refused before the database: not a guess
+
+
+@pytest.mark.parametrize("typed", ["7KQ2-M9XD-4HT", "7KQ2-M9XD-4HTRX", "7KQ2-M9XD-4HTU", "12a456"])
+def test_malformed_codes_are_invalid_input(store: Store, typed: str) -> None:
+    (user,) = users(store, "user")
+    with pytest.raises(InvalidInput, match="12 letters and digits"):
+        store.redeem_link_code(user, typed, now=T0)
+
+
+def test_a_success_does_not_earn_an_attacker_more_guesses(store: Store) -> None:
+    """Redeeming a code of one's own second account used to reset the failure count: with it,
+    any number of guesses per account."""
+    attacker, second = users(store, "attacker", "second")
+    for i in range(9):
+        with pytest.raises(LinkCodeInvalid):
+            store.redeem_link_code(attacker, "0000-0000-0000", now=T0 + timedelta(seconds=i))
+    store.redeem_link_code(attacker, store.create_link_code(second, now=T0).code, now=T0)
+    with pytest.raises(LinkCodeInvalid):
+        store.redeem_link_code(attacker, "0000-0000-0000", now=T0 + timedelta(seconds=20))
+    with pytest.raises(LinkCodeLocked):
+        store.redeem_link_code(attacker, "0000-0000-0000", now=T0 + timedelta(seconds=21))
+
+
+def test_unlink_leaves_the_person_and_the_last_user_takes_it_along(
+    store: Store, conn: psycopg.Connection[Any]
+) -> None:
+    a, b, c = users(store, "a", "b", "c")
+    person = store.redeem_link_code(b, store.create_link_code(a, now=T0).code, now=T0).person_id
+    store.redeem_link_code(c, store.create_link_code(a, now=T0).code, now=T0)
+
+    left = store.unlink(b, now=T0 + timedelta(minutes=1))
+    assert (left.user_id, left.person_id, left.person_deleted) == (b, person, False)
+    assert [u.user_id for u in store.get_linked_users(b)] == [b]
+    assert {u.user_id for u in store.get_linked_users(a)} == {a, c}
+    assert store.unlink(c).person_deleted is False
+    last = store.unlink(a)
+    assert (last.person_id, last.person_deleted) == (person, True)
+    assert count(conn, "persons") == 0
+    # Linked to nobody: nothing to leave.
+    alone = store.unlink(a)
+    assert (alone.person_id, alone.person_deleted) == (None, False)
+    # Unlinked users link again as anyone does.
+    relinked = store.redeem_link_code(b, store.create_link_code(a, now=T0).code, now=T0)
+    assert {u.user_id for u in store.get_linked_users(a)} == {a, b} and relinked.person_id
+
+
+def test_unlink_of_an_unknown_or_malformed_user(store: Store) -> None:
+    with pytest.raises(NotFound):
+        store.unlink(uuid.uuid4())
+    with pytest.raises(InvalidInput, match="user_id"):
+        store.unlink("nobody")
+
+
+def test_unlink_from_the_async_store_and_the_default_store(store: Store, database_url: str) -> None:
+    a, b = users(store, "a", "b")
+    store.redeem_link_code(b, store.create_link_code(a, now=T0).code, now=T0)
+
+    async def leave() -> Unlinked:
+        async with AsyncStore(database_url) as astore:
+            return await astore.unlink(a)
+
+    assert asyncio.run(leave()).person_deleted is False
+    init_database(database_url)
+    try:
+        assert unlink(b).person_deleted is True
+    finally:
+        close_database()
+
+
 def test_link_errors_share_the_store_base_class() -> None:
-    for error in (LinkCodeInvalid, LinkCodeExpired, LinkCodeLocked):
+    for error in (LinkCodeInvalid, LinkCodeExpired, LinkCodeLocked, LinkCodeOutdated):
         assert issubclass(error, StoreError)

@@ -145,7 +145,7 @@ def test_unknown_ids_raise_not_found(store: Store) -> None:
         lambda: store.get_or_create_session(missing),
         lambda: store.check_rate_limit(missing),
         lambda: store.create_link_code(missing),
-        lambda: store.redeem_link_code(missing, "123456"),
+        lambda: store.redeem_link_code(missing, "7KQ2-M9XD-4HTR"),
         lambda: store.get_linked_users(missing),
         lambda: store.trim_session_history(missing),
     ):

@@ -3,14 +3,13 @@ calling a fake Telegram server on loopback over HTTP, a real AsyncStore on Postg
 
 from __future__ import annotations
 
-import asyncio
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import psycopg
 import pytest
-from fake_telegram import TOKEN, FakeTelegram, fake_telegram, message_update
+from fake_telegram import TOKEN, FakeTelegram, message_update, run, stored
 from telegram import Update
 from telegram.ext import Application, ContextTypes, MessageHandler, filters
 
@@ -18,17 +17,6 @@ from store import AsyncStore, InvalidInput, Store
 from store.integrations.telegram import TelegramTurns, current_turn
 
 ADA = 7001
-
-
-def run(scenario: Callable[[FakeTelegram], Awaitable[None]]) -> FakeTelegram:
-    async def main() -> None:
-        with fake_telegram() as telegram:
-            fake.append(telegram)
-            await scenario(telegram)
-
-    fake: list[FakeTelegram] = []
-    asyncio.run(main())
-    return fake[0]
 
 
 def application(telegram: FakeTelegram) -> Application[Any, Any, Any, Any, Any, Any]:
@@ -40,13 +28,19 @@ async def feed(app: Application[Any, Any, Any, Any, Any, Any], update_id: int, t
     await app.process_update(Update.de_json(message_update(update_id, ADA, text), app.bot))
 
 
-def stored(database_url: str) -> list[tuple[Any, ...]]:
-    with psycopg.connect(database_url) as conn:
-        return conn.execute(
-            "SELECT m.role, m.content FROM session_messages m JOIN sessions s USING (session_id)"
-            " JOIN users u USING (user_id) WHERE u.channel_user_id = %s ORDER BY m.seq",
-            [str(ADA)],
-        ).fetchall()
+async def serve(
+    telegram: FakeTelegram,
+    turns: TelegramTurns,
+    chat: Callable[[Update, ContextTypes.DEFAULT_TYPE], Coroutine[Any, Any, None]],
+    *texts: str,
+) -> None:
+    """An Application with ``turns`` installed and ``chat`` handling text, fed ``texts``."""
+    app = application(telegram)
+    turns.install(app)
+    app.add_handler(MessageHandler(filters.TEXT, chat))
+    async with app:
+        for update_id, text in enumerate(texts, start=1):
+            await feed(app, update_id, text)
 
 
 def test_a_message_is_a_stored_turn_and_the_reply_goes_over_the_wire(database_url: str) -> None:
@@ -65,12 +59,7 @@ def test_a_message_is_a_stored_turn_and_the_reply_goes_over_the_wire(database_ur
                     update, turn, f"echo: {update.message.text}", input_tokens=5, output_tokens=7
                 )
 
-            app = application(telegram)
-            turns.install(app)
-            app.add_handler(MessageHandler(filters.TEXT, chat))
-            async with app:
-                await feed(app, 1, "hello")
-                await feed(app, 2, "again")
+            await serve(telegram, turns, chat, "hello", "again")
 
     telegram = run(scenario)
 
@@ -82,7 +71,7 @@ def test_a_message_is_a_stored_turn_and_the_reply_goes_over_the_wire(database_ur
         {"role": "user", "content": "hello"},
         {"role": "assistant", "content": "echo: hello"},
     ]
-    assert stored(database_url) == [
+    assert stored(database_url, ADA) == [
         ("user", "hello"),
         ("assistant", "echo: hello"),
         ("user", "again"),
@@ -109,12 +98,7 @@ def test_a_rate_limited_user_gets_the_refusal_and_no_later_handler_runs(
                 handled.append(update.message.text or "")
                 await turns.reply(update, current_turn(context), "ok")
 
-            app = application(telegram)
-            turns.install(app)
-            app.add_handler(MessageHandler(filters.TEXT, chat))
-            async with app:
-                await feed(app, 1, "one")
-                await feed(app, 2, "two")
+            await serve(telegram, turns, chat, "one", "two")
 
     telegram = run(scenario)
 
@@ -124,7 +108,7 @@ def test_a_rate_limited_user_gets_the_refusal_and_no_later_handler_runs(
     # The day's window ends at the next UTC midnight: at most 24 hours away.
     matched = re.fullmatch(r"Not now: try again in (\d+) (hours|minutes|seconds?)\.", refusal)
     assert matched and int(matched[1]) <= 60
-    assert stored(database_url) == [("user", "one"), ("assistant", "ok")]
+    assert stored(database_url, ADA) == [("user", "one"), ("assistant", "ok")]
 
 
 def test_without_the_turns_handler_a_handler_is_told(database_url: str) -> None:

@@ -240,6 +240,8 @@ KNOWN_CROSS_SHARD = {
     # Filled from the session CTE's user_id, not from a parameter.
     ("append_messages", "usage_stats"),
     ("append_messages", "users"),
+    # finish_turn's idempotency receipts are keyed by the turn (session and turn id).
+    ("append_messages", "turn_receipts"),
 }
 
 

@@ -20,8 +20,8 @@ USER = uuid4()
 
 
 def well_formed(code: object) -> bool:
-    """A code the store itself would accept from a user, as drawn (six digits today)."""
-    return isinstance(code, str) and validate.link_code(code) == code and len(code) == 6
+    """A code the store itself would accept from a user, as drawn (12 symbols of base32)."""
+    return isinstance(code, str) and validate.link_code(code) == code and len(code) == 12
 
 
 def granted(step: core.Step) -> Rows:
@@ -81,14 +81,15 @@ def test_drawing_stops_at_its_limit_with_a_store_error(config: StoreConfig) -> N
     assert len(db.sent) == core.LINK_CODE_DRAWS == 20
 
 
-def test_draws_are_spread_over_the_six_digits(config: StoreConfig) -> None:
-    # 20 draws from a million: a repeat has a chance of 2e-4; a constant or short-range draw
+def test_draws_are_spread_over_the_whole_code_space(config: StoreConfig) -> None:
+    # 20 draws from 2^60: a repeat is all but impossible; a constant or short-range draw
     # (a broken generator) would fail here.
     db = InMemoryDatabase(create_link_code=lambda step: [])
     with pytest.raises(store.StoreError):
         db.call(core.create_link_code, config, USER)
     codes = [str(step.params["code"]) for step in db.sent]
-    assert len(set(codes)) >= core.LINK_CODE_DRAWS - 1
+    assert len(set(codes)) == core.LINK_CODE_DRAWS
+    assert len(set("".join(codes))) >= 24  # 240 symbols drawn from 32 cover nearly all
 
 
 # -- redemption --------------------------------------------------------------------------------
@@ -98,7 +99,7 @@ PERSON, OWNER = uuid4(), uuid4()
 
 def redeem(config: StoreConfig, row: Rows) -> tuple[store.Linked, InMemoryDatabase]:
     db = InMemoryDatabase(redeem_link_code=[row])
-    return db.call(core.redeem_link_code, config, USER, " 123456 ", now=T0), db
+    return db.call(core.redeem_link_code, config, USER, " 7kq2-m9xd 4htr ", now=T0), db
 
 
 def outcome(name: str, locked_until: datetime | None = None) -> Rows:
@@ -112,7 +113,7 @@ def test_linked_outcome_returns_the_person_and_the_codes_owner(config: StoreConf
     assert linked == store.Linked(person_id=PERSON, owner_id=OWNER)
     assert db.sent[0].params == {
         "user_id": USER,
-        "code": "123456",  # surrounding blanks are stripped before the statement
+        "code": "7KQ2M9XD4HTR",  # as typed; case, blanks and dashes do not matter
         "now": T0,
         "max_failures": config.link_max_failures,
         "failure_window": config.link_failure_window,
@@ -153,7 +154,9 @@ def test_the_failure_that_reaches_the_cap_still_reports_its_own_outcome(
         redeem(config, outcome("invalid", locked_until=T0 + timedelta(minutes=15)))
 
 
-@pytest.mark.parametrize("code", ["12345", "1234567", "abcdef", "", None, 123456, "12 456"])
+@pytest.mark.parametrize(
+    "code", ["12345", "1234567", "abcdef", "", None, 123456, "12 456", "7KQ2-M9XD-4HTU", "7KQ2"]
+)
 def test_a_malformed_code_never_reaches_the_database(config: StoreConfig, code: object) -> None:
     db = InMemoryDatabase()
     with pytest.raises(store.InvalidInput) as raised:
@@ -161,6 +164,17 @@ def test_a_malformed_code_never_reaches_the_database(config: StoreConfig, code: 
     assert raised.value.field == "code" and db.sent == []
 
 
+@pytest.mark.parametrize("code", ["123456", " 123 456 ", "123-456"])
+def test_a_six_digit_code_of_the_previous_release_is_outdated(
+    config: StoreConfig, code: str
+) -> None:
+    db = InMemoryDatabase()
+    with pytest.raises(store.LinkCodeOutdated, match="ask for a new code"):
+        db.call(core.redeem_link_code, config, USER, code)
+    assert db.sent == []  # never sent, so never counted as a failure
+
+
 def test_link_code_errors_share_one_base() -> None:
-    for error in (store.LinkCodeInvalid, store.LinkCodeExpired, store.LinkCodeLocked):
+    errors = (store.LinkCodeInvalid, store.LinkCodeExpired, store.LinkCodeLocked)
+    for error in (*errors, store.LinkCodeOutdated):
         assert issubclass(error, store.LinkCodeError) and issubclass(error, store.StoreError)

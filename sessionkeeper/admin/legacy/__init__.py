@@ -11,7 +11,8 @@ by having ``sessions.messages`` and no Alembic version table, and upgraded in th
    and the database is stamped at 0001.
 2. **Upgrade**: Alembic takes it from 0001 to head like any other database.
 3. **Convert** (``conversion``) the histories in batches, one transaction each, each verified in
-   SQL before its arrays are released; messages the store's validation refuses are quarantined.
+   SQL before its arrays are released; a message's keys besides role, content and timestamp
+   become its ``extra``; messages the store's validation refuses are quarantined.
    When no array is left the column is dropped and the schema equals a fresh one.
 
 ``inspection`` finds out what a database holds; ``report`` is ``--dry-run``.
@@ -30,6 +31,7 @@ from .conversion import (
     ConversionOptions,
     ConversionTotals,
     convert,
+    extra_fields,
     legacy_zone,
     message_time,
     quarantine_reason,
@@ -52,6 +54,7 @@ __all__ = [
     "ConversionTotals",
     "Inspection",
     "LegacyDatabaseError",
+    "extra_fields",
     "inspect",
     "message_time",
     "plan",

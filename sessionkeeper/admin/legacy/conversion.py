@@ -1,13 +1,16 @@
 """Step 3, conversion: the legacy histories are copied into ``session_messages`` in batches, one
 transaction each. A batch copies the arrays of its sessions (seq 0, 1, ... in array order, with
-role, content and the message's own timestamp), verifies the copy in SQL against the array, and
-only then sets the session's ``messages`` to NULL and its ``next_seq``. NULL is the per-session
-"converted" marker, so an interrupted run loses nothing, and a re-run goes on where it stopped
-without duplicates. When no array is left the column is dropped.
+role, content, the message's own timestamp and its other keys as ``extra``), verifies the copy in
+SQL against the array, and only then sets the session's ``messages`` to NULL and its
+``next_seq``. NULL is the per-session "converted" marker, so an interrupted run loses nothing,
+and a re-run goes on where it stopped without duplicates. When no array is left the column is
+dropped.
 
 Messages the store would refuse today (its own check, ``store.validate.message``) are moved
 verbatim to ``legacy_quarantined_messages`` with a reason, never dropped; the history keeps the
-others, renumbered without gaps.
+others, renumbered without gaps. Whatever JSON is copied as it was (a quarantined message, a
+message's extra fields) goes from the array to its new place in SQL, jsonb to jsonb: a number
+with more digits than a Python float holds arrives exactly as it was written.
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ from uuid import UUID
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import psycopg
-from psycopg.types.json import Jsonb
 
 from store import validate
 from store.config import StoreConfig
@@ -49,6 +51,9 @@ def legacy_zone(name: str) -> ZoneInfo:
         raise ConfigurationError(f"unknown time zone {name!r} (legacy time zone)") from None
 
 
+# A legacy message's keys that have columns of their own; any other key is kept in ``extra``.
+OWN_KEYS = frozenset({"role", "content", "timestamp"})
+
 # The quarantine's wording for each rule of the store's message check; the reasons stored in
 # legacy_quarantined_messages have always read like this.
 _REASONS = {
@@ -59,20 +64,39 @@ _REASONS = {
     "nul": "NUL in content",
     "unicode": "invalid Unicode",
 }
+# The same for the rules of the extra fields' check (``store.validate.extra``). A JSON value
+# Python cannot write back is a number beyond a float's range (1e400 reads as infinity).
+_EXTRA_REASONS = {
+    "nul": "NUL in extra fields",
+    "unicode": "invalid Unicode in extra fields",
+    "json": "number out of range in extra fields",
+}
+
+
+def extra_fields(element: dict[str, object]) -> dict[str, object]:
+    """A legacy message's keys besides role, content and timestamp: its ``extra``."""
+    return {key: value for key, value in element.items() if key not in OWN_KEYS}
 
 
 def quarantine_reason(element: object, max_bytes: int) -> str | None:
-    """Why the store would refuse this legacy message (``store.validate.message`` decides), in
-    the quarantine's words; None if it would take it. The timestamp is not judged here: an
-    unreadable one is replaced (``message_time``), not quarantined."""
+    """Why the store would refuse this legacy message (``store.validate.message`` decides, its
+    other keys checked as the message's ``extra``), in the quarantine's words; None if it would
+    take it. The timestamp is not judged here: an unreadable one is replaced (``message_time``),
+    not quarantined."""
     if isinstance(element, dict):
-        element = {"role": element.get("role"), "content": element.get("content")}
+        element = {
+            "role": element.get("role"),
+            "content": element.get("content"),
+            "extra": extra_fields(element),
+        }
     try:
         validate.message(_store_config(max_bytes), element, "message")
     except InvalidInput as refused:
+        in_extra = (refused.field or "").endswith(".extra")
         if refused.rule == "size":
-            return f"over {max_bytes} bytes"
-        return _REASONS.get(refused.rule or "", str(refused))
+            return f"extra fields over {max_bytes} bytes" if in_extra else f"over {max_bytes} bytes"
+        reasons = _EXTRA_REASONS if in_extra else _REASONS
+        return reasons.get(refused.rule or "", str(refused))
     return None
 
 
@@ -109,6 +133,7 @@ class ConversionTotals:
     messages: int = 0
     quarantined: Counter[str] = field(default_factory=Counter)
     unreadable_times: int = 0
+    with_extra: int = 0  # copied messages that carry extra fields
     batches: int = 0
 
     def add(self, other: ConversionTotals) -> None:
@@ -116,6 +141,7 @@ class ConversionTotals:
         self.messages += other.messages
         self.quarantined.update(other.quarantined)
         self.unreadable_times += other.unreadable_times
+        self.with_extra += other.with_extra
         self.batches += other.batches
 
     def summary(self) -> str:
@@ -125,6 +151,8 @@ class ConversionTotals:
             f"{self.quarantined.total()} quarantined in {QUARANTINE_TABLE}"
         )
         line += f" ({reasons})" if reasons else ""
+        if self.with_extra:
+            line += f"; {self.with_extra} carry extra fields (kept in session_messages.extra)"
         if self.unreadable_times:
             line += (
                 f"; {self.unreadable_times} without a readable timestamp took the previous"
@@ -149,15 +177,34 @@ class ConversionOptions:
 
 
 @dataclass
+class _Elements:
+    """Array elements named by (session, array index) as parallel lists, the shape the
+    statements that copy JSON in SQL take."""
+
+    session_ids: list[UUID] = field(default_factory=list)
+    array_indexes: list[int] = field(default_factory=list)
+
+    def add(self, session_id: UUID, array_index: int) -> None:
+        self.session_ids.append(session_id)
+        self.array_indexes.append(array_index)
+
+    def params(self) -> dict[str, list[Any]]:
+        return {"session_ids": self.session_ids, "array_indexes": self.array_indexes}
+
+
+@dataclass
 class _Batch:
     rows: list[tuple[UUID, int, str, str, datetime]] = field(default_factory=list)
-    quarantined: list[dict[str, object]] = field(default_factory=list)
+    # Rows whose element has extra fields, with their seq; copied in SQL after the rows.
+    with_extra: _Elements = field(default_factory=_Elements)
+    seqs_with_extra: list[int] = field(default_factory=list)
+    quarantined: _Elements = field(default_factory=_Elements)
+    reasons: list[str] = field(default_factory=list)
     totals: ConversionTotals = field(default_factory=ConversionTotals)
 
 
 def split_history(
     session_id: UUID,
-    user_id: UUID,
     started: datetime,
     history: object,
     options: ConversionOptions,
@@ -169,15 +216,8 @@ def split_history(
     for index, element in enumerate(history_elements(history)):
         reason = quarantine_reason(element, options.max_message_bytes)
         if reason is not None:
-            into.quarantined.append(
-                {
-                    "session_id": session_id,
-                    "array_index": index,
-                    "user_id": user_id,
-                    "reason": reason,
-                    "message": Jsonb(element),
-                }
-            )
+            into.quarantined.add(session_id, index)
+            into.reasons.append(reason)
             into.totals.quarantined[reason] += 1
             continue
         assert isinstance(element, dict)
@@ -186,6 +226,10 @@ def split_history(
             into.totals.unreadable_times += 1
             moment = previous
         into.rows.append((session_id, seq, element["role"], element["content"], moment))
+        if extra_fields(element):
+            into.with_extra.add(session_id, index)
+            into.seqs_with_extra.append(seq)
+            into.totals.with_extra += 1
         seq, previous = seq + 1, moment
     into.totals.messages += seq
     into.totals.sessions += 1
@@ -201,8 +245,8 @@ def convert_batch(
         if not sessions:
             return None
         batch = _Batch()
-        for session_id, user_id, started, history in sessions:
-            split_history(session_id, user_id, started, history, options, zone, batch)
+        for session_id, started, history in sessions:
+            split_history(session_id, started, history, options, zone, batch)
         try:
             with (
                 conn.cursor() as cursor,
@@ -218,9 +262,16 @@ def convert_batch(
                 f" ({exc.diag.message_detail}); were bots running during the conversion?"
                 " Nothing of this batch was written"
             ) from None
-        if batch.quarantined:
-            with conn.cursor() as cursor:
-                cursor.executemany(QUERIES["insert_quarantined"], batch.quarantined)
+        if batch.seqs_with_extra:
+            conn.execute(
+                QUERIES["copy_extras"],
+                {**batch.with_extra.params(), "seqs": batch.seqs_with_extra},
+            )
+        if batch.reasons:
+            conn.execute(
+                QUERIES["insert_quarantined"],
+                {**batch.quarantined.params(), "reasons": batch.reasons},
+            )
         ids = [s[0] for s in sessions]
         mismatched = conn.execute(QUERIES["verify_batch"], {"ids": ids}).fetchall()
         if mismatched:
@@ -282,7 +333,7 @@ def survey(
         cursor.execute(QUERIES["survey"])
         while chunk := cursor.fetchmany(options.batch_size):
             batch = _Batch()
-            for session_id, user_id, started, history in chunk:
-                split_history(session_id, user_id, started, history, options, zone, batch)
+            for session_id, started, history in chunk:
+                split_history(session_id, started, history, options, zone, batch)
             totals.add(batch.totals)
     return totals
