@@ -338,10 +338,15 @@ class Store(_Shell):
 
     def execute(self, plan: core.Plan[T]) -> T:
         try:
-            with self.pool.connection() as conn:
-                return run_plan(conn, plan, self._after_error)
+            conn = self.pool.getconn()
         except psycopg.Error as exc:  # no connection in time (PoolTimeout)
             raise_store_error(exc)
+        # getconn/putconn rather than pool.connection(): that context manager also enters the
+        # connection's own (a commit check, pointless in autocommit) and times the usage.
+        try:
+            return run_plan(conn, plan, self._after_error)
+        finally:
+            self.pool.putconn(conn)
 
     def close(self) -> None:
         self.pool.close()
@@ -386,10 +391,13 @@ class AsyncStore(_Shell):
         if not self._opened:
             await self.open()
         try:
-            async with self.pool.connection() as conn:
-                return await run_plan_async(conn, plan, self._after_error)
+            conn = await self.pool.getconn()
         except psycopg.Error as exc:  # no connection in time (PoolTimeout)
             raise_store_error(exc)
+        try:
+            return await run_plan_async(conn, plan, self._after_error)
+        finally:
+            await self.pool.putconn(conn)
 
     async def close(self) -> None:
         await self.pool.close()
