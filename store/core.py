@@ -497,10 +497,8 @@ def _draw_link_code(params: Mapping[str, object]) -> Plan[models.LinkCode]:
             secrets.choice(validate.LINK_CODE_ALPHABET) for _ in range(validate.LINK_CODE_LENGTH)
         )
         rows = yield Step("create_link_code", {**params, "code": code})
-        if rows:
-            return models.LinkCode(
-                validate.display_link_code(rows[0]["code"]), rows[0]["expires_at"]
-            )
+        if rows:  # the database keeps only the code's hash: this is its one appearance
+            return models.LinkCode(validate.display_link_code(code), rows[0]["expires_at"])
     raise errors.StoreError(f"no free link code after {LINK_CODE_DRAWS} draws; expire old codes")
 
 

@@ -247,6 +247,16 @@ END $$;
 --    wait for each other; unrelated ones run in parallel.
 -- =============================================================================================
 
+-- sk_link_code_key: what link_codes.code holds for a code of this release: a SHA-256 of the
+-- canonical code (12 symbols, as store.validate.link_code gives it), so that whoever reads the
+-- table (a backup, a read-only role) finds no code to type. Codes of release 0.1.0 are stored
+-- as typed (six digits) and are redeemed as they are. Used by create_link_code
+-- (store/queries.sql) and by sk_redeem_link_code.
+CREATE OR REPLACE FUNCTION sk_link_code_key(p_code text) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+    SELECT 'h:' || encode(sha256(convert_to(p_code, 'UTF8')), 'hex')
+$$;
+
 -- sk_lock_people: take the person locks (3. above) of two users and return their persons,
 -- as they are once the locks are held. A merge or an unlink that committed while this waited
 -- may have moved a user to another person: then the locks taken are released (the block's
@@ -318,7 +328,11 @@ BEGIN
         RETURN QUERY SELECT 'locked', NULL::uuid, NULL::uuid, v_failures.locked_until;
         RETURN;
     END IF;
-    SELECT * INTO v_code FROM link_codes c WHERE c.code = p_code FOR UPDATE;
+    -- The code's key; or the code itself, as bots of 0.1.0 stored it (never a stored key
+    -- passed as the code: reading the table must not be enough to redeem).
+    SELECT * INTO v_code FROM link_codes c
+    WHERE c.code = sk_link_code_key(p_code) OR (c.code = p_code AND p_code NOT LIKE 'h:%')
+    FOR UPDATE;
     IF FOUND AND v_code.user_id = p_user_id THEN
         RETURN QUERY SELECT 'own', NULL::uuid, NULL::uuid, NULL::timestamptz;
         RETURN;
@@ -346,7 +360,7 @@ BEGIN
         RETURN QUERY SELECT v_outcome, NULL::uuid, NULL::uuid, v_failures.locked_until;
         RETURN;
     END IF;
-    UPDATE link_codes c SET used_at = v_now, used_by = p_user_id WHERE c.code = p_code;
+    UPDATE link_codes c SET used_at = v_now, used_by = p_user_id WHERE c.code = v_code.code;
     SELECT l.first_person, l.second_person INTO v_owner_person, v_user_person
     FROM sk_lock_people(v_code.user_id, p_user_id) l;
     v_person := coalesce(v_owner_person, v_user_person);
