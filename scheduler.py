@@ -262,13 +262,25 @@ def cmd_citus_ddl(args: argparse.Namespace) -> int:
     return 0
 
 
+def _log_level(name: str) -> str:
+    """A level name logging knows (``--log-level``), so that a typo is a usage error."""
+    if not isinstance(logging.getLevelName(name.upper()), int):
+        raise argparse.ArgumentTypeError(f"unknown logging level {name!r}")
+    return name.upper()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sessionkeeper", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--database-url",
         help="PostgreSQL URL (default: SESSIONKEEPER_DATABASE_URL, DATABASE_URL, else embedded)",
     )
-    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        type=_log_level,
+        help="logging level: DEBUG, INFO, WARNING, ERROR or CRITICAL (default INFO)",
+    )
     parser.add_argument(
         "--log-format",
         choices=("text", "json"),
@@ -372,18 +384,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except UsageError as exc:
         message = str(exc)
-        print(
-            message if message.startswith("sessionkeeper") else f"sessionkeeper: {message}",
-            file=sys.stderr,
-        )
+        _complain(message if message.startswith("sessionkeeper") else f"sessionkeeper: {message}")
         return 2
     except StoreError as exc:
-        print(f"sessionkeeper: {redact(str(exc))}", file=sys.stderr)
+        _complain(f"sessionkeeper: {redact(str(exc))}")
         return 1
     except (psycopg.OperationalError, sqlalchemy.exc.OperationalError) as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        print(f"sessionkeeper: database unavailable: {redact(reason)}", file=sys.stderr)
+        _complain(f"sessionkeeper: database unavailable: {redact(reason)}")
         return 1
+
+
+def _complain(message: str) -> None:
+    """One line on stderr, whatever the message quotes (an argument may hold a line break)."""
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message.strip())
+    print(shown, file=sys.stderr)
 
 
 if __name__ == "__main__":

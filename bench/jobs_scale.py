@@ -1,8 +1,9 @@
 """Jobs at scale: the maintenance jobs on large backlogs while bots keep talking.
 
 The backlog (``Scale``; ``--quick`` divides it): expired rate-limit windows, idle sessions with
-their messages, raw usage rows, spread over a few thousand users. Each job then runs once, as
-the daemon would call it (``jobs.<name>.run(conn, Settings(), now)`` on an autocommit
+their messages, raw usage rows, spread over a few thousand users, in daily time partitions
+(made with partition_maintenance before seeding, when the release has it). Each job then runs
+once, as the daemon would call it (``jobs.<name>.run(conn, Settings(), now)`` on an autocommit
 connection, default batch sizes), while a paced online load (``rate`` turns per second of this
 store's ``begin_turn`` + ``finish_turn``) runs beside it. Reported per job: rows per second, and
 the online p50/p99 while the job ran against the same load with no job running.
@@ -15,14 +16,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 
 from .harness import ServerDelta, WalMeter, median, percentile
 
-JOBS = ("rate_limit_cleanup", "session_archival", "usage_rollup")
+JOBS = ("partition_maintenance", "rate_limit_cleanup", "session_archival", "usage_rollup")
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,14 @@ def seed(conninfo: str, scale: Scale) -> dict[str, float]:
         ("usage_stats", SEED_USAGE, {"rows": scale.usage_rows, "users": scale.users}),
     ]
     with psycopg.connect(conninfo, autocommit=True) as conn:
+        partitions = job_module("partition_maintenance")
+        if partitions is not None:
+            # Daily partitions over the whole backlog (its oldest rows are 30 days old), as a
+            # daemon running partition_maintenance would have made them.
+            t0 = time.perf_counter()
+            settings = partitions.Settings(ahead=40)
+            partitions.run(conn, settings, datetime.now(UTC) - timedelta(days=35))
+            timings["partitions"] = round(time.perf_counter() - t0, 2)
         for name, statement, params in steps:
             t0 = time.perf_counter()
             conn.execute(statement, params)

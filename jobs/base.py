@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -13,7 +15,7 @@ from typing import Any
 import psycopg
 
 from store.config import StoreConfig
-from store.settings import require
+from store.settings import CENTURY_SECONDS, require
 
 from .sql import QUERIES
 
@@ -47,7 +49,8 @@ class BatchSettings:
     pause_seconds: float = 0.0
 
     def __post_init__(self) -> None:
-        # Every number a job takes is a size, a count or a span of seconds.
+        # Every number a job takes is a size, a count or a span of seconds; at most a century,
+        # so that now minus it stays a time PostgreSQL and Python can hold.
         for item in dataclasses.fields(self):
             value = getattr(self, item.name)
             if isinstance(value, bool) or not isinstance(value, int | float):
@@ -55,10 +58,12 @@ class BatchSettings:
             minimum = 1 if item.name == "batch_size" else 0
             kind = "a whole number" if isinstance(value, int) else "a number"
             require(
-                math.isfinite(value) and value >= minimum,
+                # isfinite() overflows on an int beyond a float; an int is finite anyway.
+                (isinstance(value, int) or math.isfinite(value))
+                and minimum <= value <= CENTURY_SECONDS,
                 item.name,
                 value,
-                f"{kind} of at least {minimum}",
+                f"{kind} from {minimum} to {CENTURY_SECONDS}",
             )
 
 
@@ -84,6 +89,34 @@ class JobResult:
     stopped: bool = False
 
 
+@dataclass
+class Progress:
+    """Rows a run has committed so far: what its report says should it fail later."""
+
+    rows: int = 0
+
+
+_progress: ContextVar[Progress | None] = ContextVar("job_progress", default=None)
+
+
+@contextlib.contextmanager
+def tracking() -> Iterator[Progress]:
+    """Count the rows the job run in this block commits (``committed``)."""
+    progress = Progress()
+    token = _progress.set(progress)
+    try:
+        yield progress
+    finally:
+        _progress.reset(token)
+
+
+def committed(rows: int) -> None:
+    """Record ``rows`` whose transaction has committed (batches call it after each commit)."""
+    progress = _progress.get()
+    if progress is not None:
+        progress.rows += rows
+
+
 def batches(
     conn: Connection, step: Step, settings: BatchSettings, pause: Pause
 ) -> tuple[int, bool]:
@@ -98,6 +131,7 @@ def batches(
     while True:
         with conn.transaction():
             handled = step(conn)
+        committed(handled)
         total += handled
         if handled < settings.batch_size:
             return total, False

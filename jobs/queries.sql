@@ -5,18 +5,20 @@
 -- that an online call is using is left for the next batch instead of waiting for it.
 
 -- name: rate_limit_cleanup
--- A window can no longer affect a decision once it has ended (plus a grace period).
--- window_start < %(now)s lets the index on window_start bound the scan.
+-- Only for the DEFAULT partition (rate_limits_default, the safety net for windows no partition
+-- covers, normally empty): whole partitions of ended windows are dropped instead (jobs/
+-- partitions.py). A window can no longer affect a decision once it has ended (plus a grace
+-- period). window_start < %(now)s lets the index on window_start bound the scan.
 WITH b AS (
     SELECT user_id, window_seconds, window_start
-    FROM rate_limits
+    FROM rate_limits_default
     WHERE window_start < %(now)s
       AND window_start + make_interval(secs => window_seconds + %(grace_seconds)s) < %(now)s
     ORDER BY window_start
     LIMIT %(batch_size)s
     FOR UPDATE SKIP LOCKED
 )
-DELETE FROM rate_limits r
+DELETE FROM rate_limits_default r
 USING b
 WHERE r.user_id = b.user_id
   AND r.window_seconds = b.window_seconds
@@ -175,11 +177,68 @@ SELECT count(*) FROM proactive_user_list
 -- Raise the list's version and NOTIFY the bots when it changed (or was never published).
 SELECT sk_publish_proactive_list(%(changed)s)
 
+-- name: usage_rollup_lock
+-- First statement of every rollup batch: the watermark, locked until the batch commits, so
+-- that batches never overlap and erasure (sk_forget) waits for a batch in progress.
+SELECT watermark FROM usage_rollup_state FOR UPDATE
+
 -- name: usage_rollup
--- Mark raw rows as rolled up and add them to the daily totals in one statement (one
--- transaction): a row is counted exactly once, however late it arrives. Days are UTC days.
+-- One batch of the watermark rollup: the raw rows with inserted_xid from the watermark up to
+-- the bound, added to the daily totals (UTC days), and the watermark moved to the bound, in one
+-- transaction. The bound is at most the oldest transaction still running (the snapshot's
+-- xmin): every transaction below it has ended, so no row can ever appear below the bound
+-- again, and raw rows are read once and never written. Within that, the bound is just past
+-- the batch_size-th row's transaction: a batch counts at least batch_size rows (all rows of a
+-- transaction together) unless the range up to the horizon holds fewer, which ends the run.
+-- Rows with a rolled_up flag (written before revision 0012) are usage_rollup_legacy's, never
+-- counted here. Totals stop at the bigint maximum instead of failing (sk_capped_total): one
+-- overflowing total would otherwise fail every batch, for every user, on every run.
+WITH horizon AS (
+    SELECT (pg_snapshot_xmin(pg_current_snapshot()))::text::bigint AS xmin
+), bound AS (
+    SELECT least(h.xmin, coalesce(
+               (SELECT s.inserted_xid + 1 FROM usage_stats s
+                WHERE s.inserted_xid >= %(watermark)s
+                ORDER BY s.inserted_xid OFFSET %(batch_size)s - 1 LIMIT 1),
+               h.xmin)) AS upto
+    FROM horizon h
+), counted AS (
+    SELECT s.user_id, s.channel, s.created_at, s.input_tokens, s.output_tokens, s.cached_tokens
+    FROM usage_stats s, bound b
+    WHERE s.inserted_xid >= %(watermark)s AND s.inserted_xid < b.upto
+      AND s.rolled_up IS NULL
+), totals AS (
+    INSERT INTO usage_daily AS d
+        (day, user_id, channel, requests, input_tokens, output_tokens, cached_tokens, updated_at)
+    SELECT (created_at AT TIME ZONE 'UTC')::date, user_id, channel, count(*),
+           sk_capped_total(sum(input_tokens)), sk_capped_total(sum(output_tokens)),
+           sk_capped_total(sum(cached_tokens)), %(now)s
+    FROM counted
+    GROUP BY 1, 2, 3
+    ON CONFLICT (day, user_id, channel) DO UPDATE
+        SET requests = d.requests + EXCLUDED.requests,
+            input_tokens = sk_capped_total(d.input_tokens::numeric + EXCLUDED.input_tokens),
+            output_tokens = sk_capped_total(d.output_tokens::numeric + EXCLUDED.output_tokens),
+            cached_tokens = sk_capped_total(d.cached_tokens::numeric + EXCLUDED.cached_tokens),
+            updated_at = EXCLUDED.updated_at
+), advanced AS (
+    UPDATE usage_rollup_state w
+    SET watermark = b.upto, updated_at = %(now)s
+    FROM bound b
+    WHERE b.upto > %(watermark)s
+    RETURNING w.watermark
+)
+SELECT (SELECT count(*) FROM counted) AS rows,
+       coalesce((SELECT watermark FROM advanced), %(watermark)s) AS watermark
+
+-- name: usage_rollup_legacy
+-- Rows written before revision 0012 and not yet counted (rolled_up false; later rows leave it
+-- NULL): release 0.1.0's flagging rollup, kept for them alone, so that a 0.1.0 daemon still
+-- running it during the upgrade and this one count each such row exactly once (the row lock
+-- and the flag decide). It finds nothing once they are counted: the partial index
+-- ix_usage_stats_pending is then empty.
 WITH b AS (
-    SELECT stat_id
+    SELECT stat_id, created_at
     FROM usage_stats
     WHERE NOT rolled_up
     ORDER BY created_at
@@ -189,38 +248,125 @@ WITH b AS (
     UPDATE usage_stats u
     SET rolled_up = true
     FROM b
-    WHERE u.stat_id = b.stat_id
+    WHERE u.stat_id = b.stat_id AND u.created_at = b.created_at
     RETURNING u.user_id, u.channel, u.created_at, u.input_tokens, u.output_tokens, u.cached_tokens
 ), totals AS (
     INSERT INTO usage_daily AS d
         (day, user_id, channel, requests, input_tokens, output_tokens, cached_tokens, updated_at)
     SELECT (created_at AT TIME ZONE 'UTC')::date, user_id, channel, count(*),
-           sum(input_tokens), sum(output_tokens), sum(cached_tokens), %(now)s
+           sk_capped_total(sum(input_tokens)), sk_capped_total(sum(output_tokens)),
+           sk_capped_total(sum(cached_tokens)), %(now)s
     FROM marked
     GROUP BY 1, 2, 3
     ON CONFLICT (day, user_id, channel) DO UPDATE
         SET requests = d.requests + EXCLUDED.requests,
-            input_tokens = d.input_tokens + EXCLUDED.input_tokens,
-            output_tokens = d.output_tokens + EXCLUDED.output_tokens,
-            cached_tokens = d.cached_tokens + EXCLUDED.cached_tokens,
+            input_tokens = sk_capped_total(d.input_tokens::numeric + EXCLUDED.input_tokens),
+            output_tokens = sk_capped_total(d.output_tokens::numeric + EXCLUDED.output_tokens),
+            cached_tokens = sk_capped_total(d.cached_tokens::numeric + EXCLUDED.cached_tokens),
             updated_at = EXCLUDED.updated_at
 )
 SELECT count(*) FROM marked
 
 -- name: usage_prune
--- Raw rows already in usage_daily and older than the retention period.
+-- Only for the DEFAULT partition (usage_stats_default, normally empty): whole partitions are
+-- dropped instead (jobs/partitions.py). Counted raw rows older than the retention period.
 WITH b AS (
-    SELECT stat_id
-    FROM usage_stats
-    WHERE rolled_up
-      AND created_at < %(now)s - make_interval(secs => %(prune_after_seconds)s)
+    SELECT stat_id, created_at
+    FROM usage_stats_default
+    WHERE created_at < %(now)s - make_interval(secs => %(prune_after_seconds)s)
+      AND (rolled_up
+           OR rolled_up IS NULL AND inserted_xid < (SELECT watermark FROM usage_rollup_state))
     ORDER BY created_at
     LIMIT %(batch_size)s
     FOR UPDATE SKIP LOCKED
 )
-DELETE FROM usage_stats s
+DELETE FROM usage_stats_default s
 USING b
-WHERE s.stat_id = b.stat_id
+WHERE s.stat_id = b.stat_id AND s.created_at = b.created_at
+
+-- name: usage_partition_pending
+-- Whether a usage_stats partition still holds rows the rollup has not counted (checked under
+-- the lock of its detach: nothing can be added meanwhile).
+SELECT EXISTS (
+    SELECT 1 FROM {partition}
+    WHERE NOT rolled_up
+       OR rolled_up IS NULL AND inserted_xid >= (SELECT watermark FROM usage_rollup_state)
+)
+
+-- name: partitions
+-- The partitions of the given tables with their bounds (NULL lower: MINVALUE; both NULL: the
+-- DEFAULT partition). The bounds are read back from their text form, which carries the offset.
+SELECT p.relname AS parent, c.relname AS name,
+       pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT' AS is_default,
+       (regexp_match(pg_get_expr(c.relpartbound, c.oid),
+                     'FROM \(''([^'']*)''\)'))[1]::timestamptz AS lower,
+       (regexp_match(pg_get_expr(c.relpartbound, c.oid),
+                     'TO \(''([^'']*)''\)'))[1]::timestamptz AS upper,
+       c.reltuples AS estimated_rows
+FROM pg_inherits i
+JOIN pg_class c ON c.oid = i.inhrelid
+JOIN pg_class p ON p.oid = i.inhparent
+WHERE i.inhparent = ANY (%(tables)s::text[]::regclass[])
+ORDER BY 1, 4 NULLS FIRST
+
+-- name: partition_lock_timeout
+-- The longest wait for a lock of partition DDL: lock_timeout_ms, and less than half the
+-- server's deadlock_timeout. The bots lock users and these tables in both orders (begin_turn:
+-- users first; an INSERT's foreign-key check: the table first), so no lock order of the job's
+-- avoids every cycle with them; but a job that gives up its wait before any deadlock check
+-- runs is always the one that yields: a bot is never chosen as the deadlock's victim.
+SELECT set_config('lock_timeout',
+                  least(%(lock_timeout_ms)s,
+                        extract(epoch FROM current_setting('deadlock_timeout')::interval)
+                        * 1000 / 2)::int || 'ms',
+                  true)
+
+-- name: partition_lock_for_create
+-- First statements of a partition's creation: every lock its ATTACH needs, strongest mode
+-- first (ATTACH also locks users, for the foreign key, and the DEFAULT partition; taken as
+-- they came, they deadlocked with a begin_turn in the bench on PostgreSQL 15), so the
+-- transaction waits only here, under partition_lock_timeout, and then takes milliseconds.
+LOCK TABLE users IN SHARE ROW EXCLUSIVE MODE;
+LOCK TABLE {parent} IN ACCESS EXCLUSIVE MODE
+
+-- name: partition_lock_for_drop
+-- The same for a detach and drop: dropping the detached partition drops its foreign key, which
+-- needs users in ACCESS EXCLUSIVE mode (every bot waits for these milliseconds).
+LOCK TABLE users IN ACCESS EXCLUSIVE MODE;
+LOCK TABLE {parent} IN ACCESS EXCLUSIVE MODE
+
+-- name: partition_create
+-- A new partition is made outside the table and attached (ATTACH needs SHARE UPDATE EXCLUSIVE
+-- on the table where CREATE TABLE ... PARTITION OF needs ACCESS EXCLUSIVE); the CHECK proves
+-- its range so that ATTACH does not scan it. Identifiers and bounds are filled in by
+-- jobs/partitions.py.
+CREATE TABLE {partition} (LIKE {parent} INCLUDING ALL);
+ALTER TABLE {partition} ADD CONSTRAINT {check} CHECK ({key} >= {lower} AND {key} < {upper})
+
+-- name: partition_adopt_default_rows
+-- Rows of the new range that went to the DEFAULT partition meanwhile move into it (ATTACH
+-- would fail on them); rows move whole, inserted_xid included, so none is counted twice.
+WITH moved AS (
+    DELETE FROM {default} WHERE {key} >= {lower} AND {key} < {upper} RETURNING *
+)
+INSERT INTO {partition} SELECT * FROM moved
+
+-- name: partition_attach
+ALTER TABLE {parent} ATTACH PARTITION {partition} FOR VALUES FROM ({lower}) TO ({upper});
+ALTER TABLE {partition} DROP CONSTRAINT {check}
+
+-- name: partition_detach
+ALTER TABLE {parent} DETACH PARTITION {partition}
+
+-- name: partition_detach_concurrently
+-- Allowed only when the table has no DEFAULT partition, and outside a transaction block.
+ALTER TABLE {parent} DETACH PARTITION {partition} CONCURRENTLY
+
+-- name: partition_drop
+DROP TABLE {partition}
+
+-- name: partition_count
+SELECT count(*) FROM {partition}
 
 -- name: user_retention_batch
 -- The next batch_size users in user_id order (keyset: after %(after)s), and which of them had

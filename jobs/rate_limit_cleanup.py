@@ -1,12 +1,20 @@
-"""rate_limit_cleanup: delete rate-limit windows that can no longer affect a decision."""
+"""rate_limit_cleanup: remove rate-limit windows that can no longer affect a decision.
+
+rate_limits is partitioned by window_start (jobs/partitions.py): a partition is dropped whole
+once every window in it has ended, i.e. once its end is older than the longest window the
+store counts (a day) plus ``grace_seconds``; no row is deleted one by one. Only the DEFAULT
+partition (windows no partition covered, normally none) is cleaned row by row, in batches.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from store.config import StoreConfig
+from store.config import LONGEST_RATE_WINDOW_SECONDS, StoreConfig
+from store.settings import require
 
+from . import partitions
 from .base import (
     STORE_DEFAULTS,
     BatchSettings,
@@ -21,8 +29,20 @@ from .base import (
 
 @dataclass(frozen=True)
 class Settings(BatchSettings):
-    # Extra time a window is kept after it ended (0: deleted as soon as it ended).
+    # Extra time a window is kept after it ended (0: removed as soon as it ended).
     grace_seconds: int = 0
+    # Longest wait for the lock of a partition's detach; a partition not dropped in time waits
+    # for the next run.
+    lock_timeout_ms: int = 400
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(
+            self.lock_timeout_ms >= 1,
+            "lock_timeout_ms",
+            self.lock_timeout_ms,
+            "a whole number of at least 1",
+        )
 
 
 def run(
@@ -32,6 +52,16 @@ def run(
     pause: Pause = uninterrupted,
     store: StoreConfig = STORE_DEFAULTS,
 ) -> JobResult:
+    # A window starting in a partition ends at most the longest window after the partition's end.
+    before = now - timedelta(seconds=LONGEST_RATE_WINDOW_SECONDS + settings.grace_seconds)
+    dropped, dropped_rows, deferred = partitions.drop_expired(
+        conn, "rate_limits", before, settings.lock_timeout_ms
+    )
     params = job_params(settings, now, store)
     done = main_then_retention(conn, "rate_limit_cleanup", None, params, settings, pause)
-    return JobResult(done.main, {"deleted": done.main}, done.stopped)
+    details = {
+        "deleted": dropped_rows + done.main,
+        "partitions_dropped": dropped,
+        "partitions_deferred": deferred,
+    }
+    return JobResult(dropped_rows + done.main, details, done.stopped)

@@ -14,6 +14,7 @@ from store.config import StoreConfig
 
 from . import (
     link_code_expiry,
+    partition_maintenance,
     proactive_reload,
     rate_limit_cleanup,
     session_archival,
@@ -38,11 +39,18 @@ JOBS: dict[str, JobSpec] = {
     spec.name: spec
     for spec in (
         JobSpec(
+            "partition_maintenance",
+            partition_maintenance.run,
+            partition_maintenance.Settings,
+            "10m",
+            "make the time partitions of rate_limits and usage_stats ahead of need",
+        ),
+        JobSpec(
             "rate_limit_cleanup",
             rate_limit_cleanup.run,
             rate_limit_cleanup.Settings,
             "5m",
-            "delete rate-limit windows that ended",
+            "drop partitions of rate-limit windows that ended",
         ),
         JobSpec(
             "link_code_expiry",
@@ -70,7 +78,7 @@ JOBS: dict[str, JobSpec] = {
             usage_rollup.run,
             usage_rollup.Settings,
             "5m",
-            "roll usage_stats up into usage_daily",
+            "roll usage_stats up into usage_daily (and drop old counted partitions)",
         ),
         JobSpec(
             "user_retention",

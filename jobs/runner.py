@@ -19,7 +19,7 @@ from store.config import StoreConfig
 from store.connection import redact
 
 from . import ledger
-from .base import STORE_DEFAULTS, Connection, Pause, uninterrupted
+from .base import STORE_DEFAULTS, Connection, Pause, tracking, uninterrupted
 from .locking import job_lock
 from .registry import JOBS
 
@@ -94,11 +94,18 @@ def run_job(
                 ledger.sweep_interrupted(conn, name)
                 run_id = ledger.start(conn, name, replica_id, details)
                 try:
-                    result = spec.run(conn, settings, now, pause, store)
+                    with tracking() as progress:
+                        try:
+                            result = spec.run(conn, settings, now, pause, store)
+                        finally:
+                            # Batches committed before a failure stay done: they count.
+                            rows = progress.rows
                 except Exception as exc:
                     failure = exc
                     # Still under the lock when the connection survived the error.
-                    recorded = _record_failure(lambda: nullcontext(conn), run_id, exc, quiet=True)
+                    recorded = _record_failure(
+                        lambda: nullcontext(conn), run_id, exc, rows, quiet=True
+                    )
                 else:
                     rows = result.rows
                     details.update(result.details)
@@ -113,21 +120,27 @@ def run_job(
     if failure is not None:
         if run_id is not None and not recorded:
             # The run's own connection may be what broke: try a fresh one.
-            _record_failure(connect, run_id, failure)
+            _record_failure(connect, run_id, failure, rows)
         error = describe_error(failure)
-        report = RunReport(name, "failure", 0, duration, time.time(), run_id, error, details)
+        report = RunReport(name, "failure", rows, duration, time.time(), run_id, error, details)
         raise JobFailed(report) from failure
     outcome = "skipped" if skip_reason else "success"
     return RunReport(name, outcome, rows, duration, time.time(), run_id, skip_reason, details)
 
 
 def _record_failure(
-    connect: ConnectionSource, run_id: int, failure: BaseException, *, quiet: bool = False
+    connect: ConnectionSource,
+    run_id: int,
+    failure: BaseException,
+    rows: int,
+    *,
+    quiet: bool = False,
 ) -> bool:
-    """Mark run ``run_id`` failed; False (logged unless ``quiet``) if the ledger is unreachable."""
+    """Mark run ``run_id`` failed after committing ``rows``; False (logged unless ``quiet``)
+    if the ledger is unreachable."""
     try:
         with connect() as conn:
-            ledger.finish(conn, run_id, "failure", error=describe_error(failure))
+            ledger.finish(conn, run_id, "failure", rows=rows, error=describe_error(failure))
     except Exception as exc:
         if not quiet:
             log.warning(

@@ -1,34 +1,70 @@
 """usage_rollup: add raw ``usage_stats`` rows to the daily per-user, per-channel totals.
 
-Each batch flags its rows ``rolled_up`` in the same statement that adds them to
-``usage_daily``, so a row is counted exactly once however often the job runs, and a row that
-arrives late (for a day already rolled up) is still counted.
+A watermark rollup (docs/partitions.md): every raw row carries the id of the transaction that
+wrote it (``inserted_xid``), and ``usage_rollup_state.watermark`` says that every row below it is
+in ``usage_daily``. A batch counts the rows from the watermark up to the oldest transaction still
+running (every transaction below it has ended, so no row can appear there later) and moves the
+watermark, in one transaction under the watermark row's lock: raw rows are read once and never
+written, running twice or concurrently never counts a row twice, and a row is counted however
+late it arrives (whatever its created_at, it is above the watermark until counted; no allowance
+to tune). Days are UTC days of created_at.
+
+Rows written before revision 0012 carry no inserted_xid: release 0.1.0's flagging statement
+still counts them (``usage_rollup_legacy``), exactly once even beside a 0.1.0 daemon.
+
+Retention (``prune_after_seconds``): partitions whose whole range is older than that, and whose
+rows are all counted, are detached and dropped; only the DEFAULT partition is pruned row by row.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+
+from psycopg import sql
 
 from store.config import StoreConfig
+from store.settings import require
 
+from . import partitions
 from .base import (
     STORE_DEFAULTS,
     BatchSettings,
     Connection,
     JobResult,
     Pause,
+    batches,
+    delete_batches,
     job_params,
-    main_then_retention,
     uninterrupted,
 )
 from .sql import QUERIES
 
+DAY = 86400
+
 
 @dataclass(frozen=True)
 class Settings(BatchSettings):
-    # Rolled-up raw rows older than this are deleted; 0 keeps them.
+    # Raw rows older than this are removed once counted (whole partitions); 0 keeps them.
     prune_after_seconds: int = 0
+    # Longest wait for the lock of a partition's detach; a partition not dropped in time waits
+    # for the next run.
+    lock_timeout_ms: int = 400
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(
+            self.prune_after_seconds == 0 or self.prune_after_seconds >= DAY,
+            "prune_after_seconds",
+            self.prune_after_seconds,
+            f"0 (keep raw rows) or at least {DAY} (a day: raw rows outlive their day)",
+        )
+        require(
+            self.lock_timeout_ms >= 1,
+            "lock_timeout_ms",
+            self.lock_timeout_ms,
+            "a whole number of at least 1",
+        )
 
 
 def run(
@@ -41,10 +77,45 @@ def run(
     params = job_params(settings, now, store)
 
     def roll(c: Connection) -> int:
-        row = c.execute(QUERIES["usage_rollup"], params).fetchone()
+        row = c.execute(QUERIES["usage_rollup_lock"]).fetchone()
+        watermark = int(row[0]) if row else 0
+        result = c.execute(QUERIES["usage_rollup"], {**params, "watermark": watermark}).fetchone()
+        return int(result[0]) if result else 0
+
+    legacy, stopped = legacy_batches(conn, params, settings, pause)
+    rolled = 0
+    if not stopped:
+        rolled, stopped = batches(conn, roll, settings, pause)
+    details = {"rolled_up": legacy + rolled}
+    pruned = 0
+    if settings.prune_after_seconds > 0 and not stopped:
+        before = now - timedelta(seconds=settings.prune_after_seconds)
+        dropped, pruned, deferred = partitions.drop_expired(
+            conn, "usage_stats", before, settings.lock_timeout_ms, keep_if=_pending
+        )
+        in_default, stopped = delete_batches(conn, "usage_prune", params, settings, pause)
+        pruned += in_default
+        details.update(partitions_dropped=dropped, partitions_kept=deferred)
+    details["pruned"] = pruned
+    return JobResult(legacy + rolled + pruned, details, stopped)
+
+
+def legacy_batches(
+    conn: Connection, params: dict[str, object], settings: Settings, pause: Pause
+) -> tuple[int, bool]:
+    """The legacy pass: rows from before revision 0012 that the flag says are not counted."""
+
+    def step(c: Connection) -> int:
+        row = c.execute(QUERIES["usage_rollup_legacy"], params).fetchone()
         return int(row[0]) if row else 0
 
-    prune = "usage_prune" if settings.prune_after_seconds > 0 else None
-    done = main_then_retention(conn, roll, prune, params, settings, pause)
-    details = {"rolled_up": done.main, "pruned": done.retention}
-    return JobResult(done.main + done.retention, details, done.stopped)
+    return batches(conn, step, settings, pause)
+
+
+def _pending(conn: Connection, partition: str) -> bool:
+    """Whether detached ``partition`` still holds rows the rollup has not counted."""
+    statement = sql.SQL(QUERIES["usage_partition_pending"]).format(
+        partition=sql.Identifier(partition)
+    )
+    row = conn.execute(statement).fetchone()
+    return bool(row and row[0])

@@ -11,7 +11,7 @@ from alembic import context
 
 from sessionkeeper.admin.functions import apply_functions
 from sessionkeeper.admin.migrate import MIGRATION_LOCK_KEY, engine_for
-from store.schema import metadata
+from store.schema import is_partition, metadata
 
 config = context.config
 
@@ -39,6 +39,7 @@ def _run(connection: object) -> None:
         compare_type=True,
         compare_server_default=True,
         transaction_per_migration=True,
+        include_name=include_name,
     )
     # Replicas may all run "migrate" at start-up: one at a time, the others then find head.
     context.execute(f"SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})")
@@ -48,6 +49,11 @@ def _run(connection: object) -> None:
             _apply_functions_at_head(connection)
     finally:
         context.execute(f"SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})")
+
+
+def include_name(name: str | None, type_: str, parent_names: object) -> bool:
+    """Partitions are the partition_maintenance job's, not the schema's (store.schema)."""
+    return not (type_ == "table" and is_partition(name))
 
 
 def _apply_functions_at_head(connection: object) -> None:

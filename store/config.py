@@ -8,7 +8,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from . import settings
-from .settings import require
+from .settings import CENTURY, SQL_INTEGER_MAX, require
+
+# The windows of the rate-limit caps (per minute, hour, day), in seconds.
+RATE_WINDOW_SECONDS = (60, 3600, 86400)
+LONGEST_RATE_WINDOW_SECONDS = max(RATE_WINDOW_SECONDS)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,16 +64,25 @@ class StoreConfig:
     proactive_channel: str = "telegram"
 
     def __post_init__(self) -> None:
-        at_least_one = "a whole number of at least 1"
-        for name in (
-            "max_size",
-            "connect_timeout",
-            "history_pairs",
-            "max_message_bytes",
-            "link_max_failures",
+        # Upper bounds: what PostgreSQL takes where the value goes (an SQL integer parameter or
+        # setting, a text value of at most 1 GB), so that an accepted setting cannot fail later.
+        for name, maximum in (
+            ("max_size", 10_000),
+            ("connect_timeout", SQL_INTEGER_MAX),
+            ("history_pairs", 100_000),
+            ("max_message_bytes", 2**29),
+            ("link_max_failures", SQL_INTEGER_MAX),
         ):
             value = getattr(self, name)
-            require(value >= 1, name, value, at_least_one)
+            require(1 <= value <= maximum, name, value, f"a whole number from 1 to {maximum}")
+        for name in ("statement_timeout_ms", "tcp_user_timeout_ms", "prepare_threshold"):
+            value = getattr(self, name)
+            require(
+                value is None or 0 <= value <= SQL_INTEGER_MAX,
+                name,
+                value,
+                f"a whole number from 0 to {SQL_INTEGER_MAX}, or none",
+            )
         for name in ("pool_timeout", "reconnect_delay", "reconnect_max_delay", "reconnect_timeout"):
             value = getattr(self, name)
             require(value > 0, name, value, "a number above 0")
@@ -80,16 +93,27 @@ class StoreConfig:
             f"a whole number from 0 to max_size ({self.max_size})",
         )
         require(
-            self.carry_over_pairs >= 0,
+            0 <= self.carry_over_pairs <= 100_000,
             "carry_over_pairs",
             self.carry_over_pairs,
-            "a whole number of at least 0",
+            "a whole number from 0 to 100000",
         )
         for name, cap in self.rate_caps_by_name().items():
-            require(cap is None or cap >= 1, name, cap, f"{at_least_one}, or none")
-        for name in ("idle_timeout", "link_code_ttl"):
+            require(
+                cap is None or 1 <= cap <= SQL_INTEGER_MAX,
+                name,
+                cap,
+                f"a whole number from 1 to {SQL_INTEGER_MAX}, or none",
+            )
+        for name in ("idle_timeout", "link_code_ttl", "link_failure_window", "link_lockout"):
             value = getattr(self, name)
-            require(value > timedelta(0), name, value, "a positive duration")
+            positive = name != "link_lockout"  # no lock-out at all is a choice
+            require(
+                (value > timedelta(0) if positive else value >= timedelta(0)) and value <= CENTURY,
+                name,
+                value,
+                ("a positive duration" if positive else "a duration") + " of at most 100 years",
+            )
         require(
             bool(self.proactive_channel),
             "proactive_channel",
@@ -106,9 +130,8 @@ class StoreConfig:
 
     def rate_windows(self) -> tuple[list[int], list[int]]:
         """The configured caps as parallel lists (window seconds, cap), shortest window first."""
-        seconds = (60, 3600, 86400)
         caps = (self.rate_per_minute, self.rate_per_hour, self.rate_per_day)
-        pairs = [(s, c) for s, c in zip(seconds, caps, strict=True) if c is not None]
+        pairs = [(s, c) for s, c in zip(RATE_WINDOW_SECONDS, caps, strict=True) if c is not None]
         return [s for s, _ in pairs], [c for _, c in pairs]
 
     @classmethod

@@ -38,7 +38,7 @@ def secure_conninfo(url: str, *, application_name: str = "sessionkeeper") -> str
         params = conninfo_to_dict(url)
     except psycopg.ProgrammingError as exc:
         raise ConfigurationError(
-            f"invalid database URL {redact(url)}: {redact(str(exc))}"
+            f"invalid database URL {redact(url)}: {redact(' '.join(str(exc).split()))}"
         ) from None
     hosts = [h for h in str(params.get("host") or "").split(",") if h]
     remote = any(not h.startswith("/") and h not in _LOCAL_HOSTS for h in hosts)

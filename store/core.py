@@ -240,7 +240,10 @@ def finish_turn(
     if isinstance(turn, models.Turn):
         if turn.session_id is None:
             raise errors.InvalidInput("the turn was refused by the rate limit; it has no session")
-        session_id, asked_at, turn_id = turn.session_id, turn.started_at, turn.turn_id
+        # A Turn can be built by hand: its fields are checked like any argument.
+        session_id, asked_at = validate.uuid(turn.session_id, "turn.session_id"), turn.started_at
+        if turn.turn_id is not None:
+            turn_id = validate.uuid(turn.turn_id, "turn.turn_id")
     else:
         session_id, asked_at = validate.uuid(turn, "session_id"), None
     batch = [

@@ -10,12 +10,18 @@ key columns; where the seed's design was a known problem the shape differs:
 * ``rate_limits`` windows carry their length, so minute, hour and day caps live side by side;
 * idle sessions move to ``archived_sessions`` / ``archived_session_messages``: nothing is
   silently deleted;
-* ``job_runs`` is the daemon's run ledger and ``usage_daily`` holds the usage rollups.
+* ``job_runs`` is the daemon's run ledger and ``usage_daily`` holds the usage rollups;
+* ``rate_limits`` and ``usage_stats`` are range-partitioned by time (revision 0012): expiry drops
+  whole partitions. The partitions themselves (``<table>_p<start>``, ``<table>_legacy``,
+  ``<table>_default``) are made by the partition_maintenance job, not described here
+  (``is_partition`` tells the schema checks to leave them out).
 
 All timestamps are ``timestamptz``.
 """
 
 from __future__ import annotations
+
+import re
 
 from sqlalchemy import (
     BigInteger,
@@ -50,6 +56,8 @@ metadata = MetaData(
 JOB_OUTCOMES = ("running", "success", "failure", "skipped")
 
 _NOW = text("now()")
+# The inserting transaction's id as a bigint (xid8 has no cast to bigint).
+XID_DEFAULT = "(pg_current_xact_id())::text::bigint"
 _NEW_UUID = text("gen_random_uuid()")
 
 
@@ -178,6 +186,17 @@ archived_session_messages = Table(
     PrimaryKeyConstraint("session_id", "seq"),
 )
 
+# The partitions of the partitioned tables: the pre-0012 table (``_legacy``, covering the past),
+# the safety net (``_default``) and the ones partition_maintenance makes (``_p20261129_0000``).
+PARTITIONED = ("rate_limits", "usage_stats")
+_PARTITION_NAME = re.compile("^(?:" + "|".join(PARTITIONED) + r")_(?:legacy|default|p\d{8}_\d{4})$")
+
+
+def is_partition(name: str | None) -> bool:
+    """Whether table ``name`` is a partition of one of the PARTITIONED tables."""
+    return bool(name and _PARTITION_NAME.match(name))
+
+
 rate_limits = Table(
     "rate_limits",
     metadata,
@@ -189,20 +208,29 @@ rate_limits = Table(
     PrimaryKeyConstraint("user_id", "window_seconds", "window_start"),
     CheckConstraint("window_seconds > 0", name="window_seconds"),
     Index("ix_rate_limits_window_start", "window_start"),
+    # Every key includes window_start, so one request's windows land in one (daily) partition.
+    postgresql_partition_by="RANGE (window_start)",
 )
 
 usage_stats = Table(
     "usage_stats",
     metadata,
-    Column("stat_id", UUID(as_uuid=True), primary_key=True, server_default=_NEW_UUID),
+    Column("stat_id", UUID(as_uuid=True), nullable=False, server_default=_NEW_UUID),
     _cascade_fk("user_id", "users.user_id"),
     Column("channel", Text, nullable=False),
     Column("input_tokens", BigInteger, nullable=False, server_default=text("0")),
     Column("output_tokens", BigInteger, nullable=False, server_default=text("0")),
     Column("cached_tokens", BigInteger, nullable=False, server_default=text("0")),
     _tstz("created_at"),
-    # Set by the usage_rollup job in the transaction that adds the row to usage_daily.
-    Column("rolled_up", Boolean, nullable=False, server_default=text("false")),
+    # Release 0.1.0's rollup flag, no longer written (expand/contract: dropped a release later).
+    # Rows written since revision 0012 leave it NULL, so 0.1.0's rollup ("NOT rolled_up") and
+    # prune ("rolled_up") never touch them; false/true: a row from before 0012 not yet / already
+    # counted by the flag.
+    Column("rolled_up", Boolean),
+    # The inserting transaction's id (NULL: a row from before revision 0012). The rollup counts
+    # rows by this key up to the oldest transaction still running, a range no new row can enter.
+    Column("inserted_xid", BigInteger, server_default=text(XID_DEFAULT)),
+    PrimaryKeyConstraint("stat_id", "created_at"),
     CheckConstraint(
         "input_tokens >= 0 AND output_tokens >= 0 AND cached_tokens >= 0", name="tokens"
     ),
@@ -213,6 +241,20 @@ usage_stats = Table(
     ),
     Index("ix_usage_stats_created_at", "created_at"),
     Index("ix_usage_stats_user_id", "user_id"),
+    Index("ix_usage_stats_inserted_xid", "inserted_xid"),
+    postgresql_partition_by="RANGE (created_at)",
+)
+
+# The usage rollup's progress (one row): every raw row with inserted_xid below ``watermark`` is
+# in usage_daily. Advanced by the rollup and read by erasure under this row's lock.
+usage_rollup_state = Table(
+    "usage_rollup_state",
+    metadata,
+    Column("singleton", Boolean, nullable=False, server_default=text("true")),
+    Column("watermark", BigInteger, nullable=False, server_default=text("0")),
+    _tstz("updated_at"),
+    PrimaryKeyConstraint("singleton"),
+    CheckConstraint("singleton", name="singleton"),
 )
 
 usage_daily = Table(

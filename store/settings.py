@@ -46,6 +46,13 @@ _FALSE = frozenset({"0", "false", "no", "off"})
 _DURATION = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
+# Upper bounds every loader shares: a setting the store or a job adds to (or subtracts from) a
+# time is at most a century, which keeps the result within what PostgreSQL and Python hold
+# (the store accepts times up to year 9000); a count sent as an SQL integer fits one.
+CENTURY = timedelta(days=36525)
+CENTURY_SECONDS = int(CENTURY.total_seconds())
+SQL_INTEGER_MAX = 2**31 - 1
+
 log = logging.getLogger("sessionkeeper.settings")
 T = TypeVar("T")
 KeyPath = tuple[str, ...]
@@ -115,7 +122,7 @@ class Source:
 def _read_toml(path: str) -> dict[str, Any]:
     try:
         return tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
+    except (OSError, UnicodeDecodeError) as exc:  # also a binary file given by mistake
         raise ConfigurationError(f"cannot read configuration file {path}: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigurationError(f"invalid configuration file {path}: {exc}") from None

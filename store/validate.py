@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
+from itertools import islice
 from typing import Any, NamedTuple, TypeVar
 from uuid import UUID
 
@@ -19,7 +20,15 @@ T = TypeVar("T")
 MAX_ID_LENGTH = 256
 MAX_NAME_LENGTH = 256
 MAX_BATCH = 1000
-MAX_TOKENS = 2**62
+MAX_EXTRA_DEPTH = 64  # a message's extra fields; Python's json recursion ends near 1000
+# Per call. Daily totals add up many calls in bigint columns (the rollup saturates at the
+# bigint maximum, which this keeps out of reach: 2**32 calls a day per user and channel).
+MAX_TOKENS = 2**31 - 1
+# Every time the store accepts (now=, message timestamps) lies in [EARLIEST, LATEST). Python
+# reads no year outside 1-9999 back, and the store adds its intervals (link-code validity,
+# lock-out, rate windows) to the time it was given: the margin below year 10000 covers them.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 _CHANNEL = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 # Link codes: 12 symbols of Crockford's base32 (digits and capitals without I, L, O, U), 60
 # bits from the CSPRNG; see "Identity" in the README for the bound this size gives.
@@ -57,6 +66,9 @@ def text(value: object, field: str, *, max_chars: int | None = None) -> str:
 def identifier(value: object, field: str) -> str:
     """An id a channel gives (chat or user id): a string, or an integer as Telegram sends."""
     if isinstance(value, int) and not isinstance(value, bool):
+        # Checked before str(): Python refuses to print integers of over 4300 digits.
+        if abs(value) >= 10**MAX_ID_LENGTH:
+            raise InvalidInput(f"{field} is longer than {MAX_ID_LENGTH} digits", field=field)
         value = str(value)
     return text(value, field, max_chars=MAX_ID_LENGTH)
 
@@ -84,7 +96,18 @@ def uuid(value: object, field: str) -> UUID:
             return UUID(value)
         except ValueError:
             pass
-    raise InvalidInput(f"{field} must be a UUID, not {value!r:.60}", field=field)
+    raise InvalidInput(f"{field} must be a UUID, not {_shown(value)}", field=field)
+
+
+def _shown(value: object) -> str:
+    """A short repr for an error message; repr() itself may fail (an int of over 4300
+    digits) or be huge."""
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    try:
+        return f"{value!r:.60}"
+    except Exception:
+        return type(value).__name__
 
 
 def count(value: object, field: str, *, minimum: int, maximum: int) -> int:
@@ -104,15 +127,32 @@ def pairs(value: object, field: str = "max_pairs", *, default: int) -> int:
     return default if value is None else count(value, field, minimum=1, maximum=100_000)
 
 
-def moment(value: object, field: str) -> datetime | None:
-    """An aware datetime, or None (the database clock decides)."""
+def moment(value: object, field: str, *, rule: str | None = None) -> datetime | None:
+    """An aware datetime between ``EARLIEST`` and ``LATEST``, in UTC; or None (the database
+    clock decides)."""
     if value is None:
         return None
     if not isinstance(value, datetime):
-        raise InvalidInput(f"{field} must be a datetime, not {type(value).__name__}", field=field)
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise InvalidInput(f"{field} must carry a time zone", field=field)
-    return value
+        raise InvalidInput(
+            f"{field} must be a datetime, not {type(value).__name__}", field=field, rule=rule
+        )
+    try:
+        offset = value.utcoffset()
+    except (TypeError, ValueError) as exc:  # a tzinfo that breaks its contract
+        raise InvalidInput(
+            f"{field} has an unusable time zone: {exc}", field=field, rule=rule
+        ) from None
+    if offset is None:
+        raise InvalidInput(f"{field} must carry a time zone", field=field, rule=rule)
+    # Aware comparison never overflows; converting a datetime near year 1 or 9999 to UTC can.
+    if not EARLIEST <= value < LATEST:
+        raise InvalidInput(
+            f"{field} must lie between {EARLIEST:%Y-%m-%d} and {LATEST:%Y-%m-%d} (UTC),"
+            f" not {value.isoformat()}",
+            field=field,
+            rule=rule,
+        )
+    return value.astimezone(UTC)
 
 
 def link_code(value: object) -> str:
@@ -161,6 +201,10 @@ def extra(config: StoreConfig, value: object, field: str) -> str | None:
         raise InvalidInput(f"{field} must be a mapping (a JSON object)", field=field, rule="type")
     if not value:
         return None
+    if _too_deep(value, MAX_EXTRA_DEPTH):  # json.dumps would raise RecursionError
+        raise InvalidInput(
+            f"{field} is nested deeper than {MAX_EXTRA_DEPTH} levels", field=field, rule="json"
+        )
     try:
         encoded = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
@@ -180,6 +224,19 @@ def extra(config: StoreConfig, value: object, field: str) -> str | None:
             rule="size",
         )
     return encoded
+
+
+def _too_deep(value: object, limit: int) -> bool:
+    """Whether objects and arrays nest deeper than ``limit`` (checked without recursion)."""
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, Mapping | list | tuple):
+            if depth > limit:
+                return True
+            children = item.values() if isinstance(item, Mapping) else item
+            pending.extend((child, depth + 1) for child in children)
+    return False
 
 
 def _strings(value: object) -> Iterator[str]:
@@ -230,7 +287,7 @@ def message(
     return (
         str(role),
         "" if body == "" and extras is not None else content(config, body, f"{field}.content"),
-        moment(stamp, f"{field}.timestamp"),
+        moment(stamp, f"{field}.timestamp", rule="timestamp"),
         extras,
     )
 
@@ -248,7 +305,9 @@ def messages(config: StoreConfig, values: object) -> Batch:
     """A batch of 1 to ``MAX_BATCH`` messages; any bad message fails the whole batch."""
     if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
         raise InvalidInput("messages must be a list of {role, content} mappings", field="messages")
-    batch = [message(config, value, f"messages[{i}]") for i, value in enumerate(values)]
+    # One more than the limit is enough to refuse: an endless iterable is not read to its end.
+    entries = islice(values, MAX_BATCH + 1)
+    batch = [message(config, value, f"messages[{i}]") for i, value in enumerate(entries)]
     if not 1 <= len(batch) <= MAX_BATCH:
         raise InvalidInput(f"messages must hold 1 to {MAX_BATCH} entries", field="messages")
     return Batch(

@@ -13,7 +13,10 @@ Placement, derived from ``store.schema`` so that a new table cannot be forgotten
 * a table without one whose foreign key leads to such a table (a session's messages) gets the
   column, filled from its parent, and is distributed the same way;
 * ``persons`` is a reference table (small, written only when a link is redeemed; ``users``
-  refers to it, which Citus allows from a distributed table to a reference table);
+  refers to it, which Citus allows from a distributed table to a reference table), and so is
+  ``usage_rollup_state`` (the rollup's one-row watermark). Note: the watermark counts rows by
+  transaction id, which on Citus is per node; the rollup would need Citus's distributed
+  transaction ids first (docs/partitions.md);
 * ``job_runs`` (the daemon's ledger), ``applied_functions``, ``proactive_list_state`` and
   ``aiogram_fsm_states`` stay plain tables on the coordinator (see ``COORDINATOR_TABLES``);
 * any other table stops the generator until someone decides.
@@ -37,7 +40,8 @@ from store import schema
 
 DISTRIBUTION_COLUMN = "user_id"
 COLOCATION_ROOT = "users"
-REFERENCE_TABLES = frozenset({"persons"})
+# usage_rollup_state: the rollup's one-row watermark, read (locked) with distributed usage rows.
+REFERENCE_TABLES = frozenset({"persons", "usage_rollup_state"})
 # The daemon's run ledger and the migrations' own bookkeeping: read by operators, never joined.
 # proactive_list_state is one row (the published list's version). aiogram_fsm_states is keyed
 # by Telegram ids and its user_id is NULL until the user exists, which a distribution column

@@ -21,7 +21,7 @@ from jobs.registry import JOBS
 from store import settings
 from store.config import StoreConfig
 from store.errors import ConfigurationError
-from store.settings import KeyPath, SettingError, Source, parse, require
+from store.settings import CENTURY_SECONDS, KeyPath, SettingError, Source, parse, require
 
 from .schedule import Schedule
 
@@ -89,17 +89,24 @@ class Config:
     config_file: str | None = None
 
     def __post_init__(self) -> None:
-        for name, minimum in (
-            ("metrics_port", 0),
-            ("workers", 1),
-            ("pool_size", 2),
-            ("gauge_interval_seconds", 1),
-            ("statement_timeout_seconds", 0),
-            ("lock_timeout_seconds", 0),
-            ("ledger_retention_seconds", 3600),
+        # Upper bounds: what the socket, the thread pool and PostgreSQL take (its timeouts are
+        # milliseconds in an int), so that an accepted value cannot fail later.
+        for name, minimum, maximum in (
+            ("metrics_port", 0, 65535),
+            ("workers", 1, 1000),
+            ("pool_size", 2, 1000),
+            ("gauge_interval_seconds", 1, 86400),
+            ("statement_timeout_seconds", 0, 2_147_483),
+            ("lock_timeout_seconds", 0, 2_147_483),
+            ("ledger_retention_seconds", 3600, CENTURY_SECONDS),
         ):
             value = getattr(self, name)
-            require(value >= minimum, name, value, f"a whole number of at least {minimum}")
+            require(
+                minimum <= value <= maximum,
+                name,
+                value,
+                f"a whole number from {minimum} to {maximum}",
+            )
         require(self.log_format in ("text", "json"), "log_format", self.log_format, "text or json")
 
 

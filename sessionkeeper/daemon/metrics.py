@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from jobs.partitions import KEYS as PARTITIONED_TABLES
 from jobs.runner import RunReport
 
 OUTCOMES = ("success", "failure", "skipped")
@@ -75,6 +76,16 @@ class DaemonMetrics:
             "1 when the database answered the daemon's last check, else 0.",
             registry=r,
         )
+        self.partitions_ahead = Gauge(
+            "sessionkeeper_partitions_ahead",
+            "Time partitions of the table made ahead of the current one (partition_maintenance"
+            " keeps its `ahead` setting; 0: rows of now go to the DEFAULT partition).",
+            ["table"],
+            registry=r,
+        )
+        for table in PARTITIONED_TABLES:
+            # Unknown (NaN, which no alert threshold matches) until the first gauge refresh.
+            self.partitions_ahead.labels(table).set(float("nan"))
         self.domain = {
             name: Gauge(f"sessionkeeper_{name}", text, registry=r)
             for name, text in DOMAIN_GAUGES.items()
@@ -92,8 +103,9 @@ class DaemonMetrics:
         if report.outcome == "skipped":
             return
         self.duration.labels(report.job).observe(report.duration_seconds)
+        # A failed run counts the rows of the batches it committed before failing.
+        self.rows.labels(report.job).inc(report.rows)
         if report.outcome == "success":
-            self.rows.labels(report.job).inc(report.rows)
             self.last_success.labels(report.job).set(report.finished_at)
             if report.job == "proactive_reload" and "size" in report.details:
                 self.domain["proactive_users"].set(report.details["size"])
@@ -106,6 +118,10 @@ class DaemonMetrics:
         for name, gauge in self.domain.items():
             if name in values:
                 gauge.set(values[name])
+
+    def set_partitions_ahead(self, lead: dict[str, int]) -> None:
+        for table, value in lead.items():
+            self.partitions_ahead.labels(table).set(value)
 
     def add_pool(self, stats: Callable[[], dict[str, int]]) -> None:
         self.registry.register(_PoolCollector(stats))

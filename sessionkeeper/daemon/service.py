@@ -28,7 +28,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from jobs import JOB_NAMES, session_archival
+from jobs import JOB_NAMES, partitions, session_archival
 from jobs.runner import JobFailed, RunReport, describe_error, run_job
 from jobs.sql import QUERIES
 from store.errors import ConfigurationError
@@ -225,9 +225,15 @@ class Daemon:
     def refresh_gauges(self) -> None:
         try:
             with self.pool.connection(timeout=5) as conn:
-                cursor = conn.execute(QUERIES["domain_gauges"], self._gauge_params())
+                params = self._gauge_params()
+                cursor = conn.execute(QUERIES["domain_gauges"], params)
                 row = cursor.fetchone()
                 names = [column.name for column in cursor.description or ()]
+                existing = partitions.list_partitions(conn)
+                lead = {
+                    table: partitions.ahead(existing, table, params["now"])
+                    for table in partitions.KEYS
+                }
         except psycopg.errors.UndefinedTable:
             # Not migrated yet: the database answered (as /readyz says), there is nothing to count.
             self.metrics.database_up.set(1)
@@ -239,6 +245,7 @@ class Daemon:
         self.metrics.database_up.set(1)
         if row is not None:
             self.metrics.set_domain(dict(zip(names, row, strict=True)))
+        self.metrics.set_partitions_ahead(lead)
 
     def _gauge_params(self) -> dict[str, Any]:
         """The archival backlog is counted with session_archival's own idle age and clock."""

@@ -21,6 +21,18 @@
 -- holds exactly these definitions.
 
 -- =============================================================================================
+-- Usage totals
+-- =============================================================================================
+
+-- sk_capped_total: a token total that stops at the bigint maximum instead of failing. Daily
+-- totals add up many calls, and one total that overflowed would fail the usage rollup (or an
+-- erasure) on every retry, for every user. The store's per-call cap (2^31 - 1) keeps real
+-- totals far below it; rows written by release 0.1.0 (up to 2^62 a call) or by hand may not be.
+CREATE OR REPLACE FUNCTION sk_capped_total(p_total numeric) RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$ SELECT least(p_total, 9223372036854775807)::bigint $$;
+
+-- =============================================================================================
 -- Rate limits
 -- Every configured cap (per minute, hour, day) is decided in one call; a request refused by any
 -- cap counts against none of them. Windows are aligned to the epoch (UTC days).
@@ -36,6 +48,8 @@ LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
     v_now timestamptz := coalesce(p_now, now());
+    v_first_start timestamptz;
+    v_last_start timestamptz;
 BEGIN
     IF NOT p_durable THEN
         -- A request counter is soft state: this commit need not wait for the WAL flush.
@@ -58,6 +72,9 @@ BEGIN
         RETURN NEXT;
         RETURN;
     END IF;
+    SELECT min(to_timestamp(floor(extract(epoch FROM v_now) / w) * w)),
+           max(to_timestamp(floor(extract(epoch FROM v_now) / w) * w))
+    INTO v_first_start, v_last_start FROM unnest(p_windows) AS w;
     -- Upserting every window (aligned to the epoch, so UTC days) locks its row in window order,
     -- so concurrent checks of one user queue up, and returns its latest count. Only when no cap
     -- is reached are the counts raised: a refused request counts against none of them.
@@ -79,9 +96,13 @@ BEGIN
     INTO allowed, retry_at, refused_window
     FROM counted c JOIN windows w ON w.seconds = c.window_seconds;
     IF allowed THEN
+        -- The range of the windows' starts (parameters: an array would not do) prunes the
+        -- partitions at executor start-up (rate_limits is partitioned by window_start,
+        -- revision 0012): the windows of one request lie in one daily partition.
         UPDATE rate_limits r SET request_count = r.request_count + 1
         WHERE r.user_id = p_user_id
           AND r.window_seconds = ANY (p_windows)
+          AND r.window_start BETWEEN v_first_start AND v_last_start
           AND r.window_start
               = to_timestamp(floor(extract(epoch FROM v_now) / r.window_seconds) * r.window_seconds);
     END IF;
@@ -473,6 +494,7 @@ DECLARE
     v_persons uuid[];
     v_key integer;
     v_n bigint;
+    v_watermark bigint;
 BEGIN
     -- Locks, in the order redemption and unlink take them (see "Identity" above), so that none
     -- of the three deadlocks against another: 1. the account lock of each user, 2. the link
@@ -585,19 +607,28 @@ BEGIN
         SELECT count(*) INTO v_n FROM d;
         RETURN QUERY SELECT 'aiogram_fsm_states', 'deleted', v_n;
         -- Raw usage goes; what the rollup has not counted yet is added to the anonymous daily
-        -- totals first (UTC days, as the rollup counts).
+        -- totals first (UTC days, as the rollup counts). Not counted yet: a row without flag
+        -- at or beyond the rollup's watermark, or a row from before revision 0012 whose flag
+        -- is still false (see jobs/usage_rollup.py). The watermark's row lock waits for a rollup batch
+        -- in progress, and the statements after it see what that batch committed.
+        SELECT w.watermark INTO v_watermark FROM usage_rollup_state w FOR SHARE;
         WITH d AS (DELETE FROM usage_stats WHERE user_id = ANY(v_users) RETURNING *),
         folded AS (
             INSERT INTO usage_daily AS t (day, user_id, channel, requests, input_tokens,
                                           output_tokens, cached_tokens, updated_at)
             SELECT (created_at AT TIME ZONE 'UTC')::date, v_anonymous, channel, count(*),
-                   sum(input_tokens), sum(output_tokens), sum(cached_tokens), now()
-            FROM d WHERE NOT rolled_up GROUP BY 1, 3
+                   sk_capped_total(sum(input_tokens)), sk_capped_total(sum(output_tokens)),
+                   sk_capped_total(sum(cached_tokens)), now()
+            FROM d
+            WHERE NOT rolled_up OR rolled_up IS NULL AND inserted_xid >= coalesce(v_watermark, 0)
+            GROUP BY 1, 3
             ON CONFLICT (day, user_id, channel) DO UPDATE
                 SET requests = t.requests + EXCLUDED.requests,
-                    input_tokens = t.input_tokens + EXCLUDED.input_tokens,
-                    output_tokens = t.output_tokens + EXCLUDED.output_tokens,
-                    cached_tokens = t.cached_tokens + EXCLUDED.cached_tokens,
+                    input_tokens = sk_capped_total(t.input_tokens::numeric + EXCLUDED.input_tokens),
+                    output_tokens = sk_capped_total(t.output_tokens::numeric
+                                                    + EXCLUDED.output_tokens),
+                    cached_tokens = sk_capped_total(t.cached_tokens::numeric
+                                                    + EXCLUDED.cached_tokens),
                     updated_at = EXCLUDED.updated_at
         )
         SELECT count(*) INTO v_n FROM d;
@@ -607,14 +638,16 @@ BEGIN
         merged AS (
             INSERT INTO usage_daily AS t (day, user_id, channel, requests, input_tokens,
                                           output_tokens, cached_tokens, updated_at)
-            SELECT day, v_anonymous, channel, sum(requests), sum(input_tokens),
-                   sum(output_tokens), sum(cached_tokens), now()
+            SELECT day, v_anonymous, channel, sum(requests), sk_capped_total(sum(input_tokens)),
+                   sk_capped_total(sum(output_tokens)), sk_capped_total(sum(cached_tokens)), now()
             FROM d GROUP BY day, channel
             ON CONFLICT (day, user_id, channel) DO UPDATE
                 SET requests = t.requests + EXCLUDED.requests,
-                    input_tokens = t.input_tokens + EXCLUDED.input_tokens,
-                    output_tokens = t.output_tokens + EXCLUDED.output_tokens,
-                    cached_tokens = t.cached_tokens + EXCLUDED.cached_tokens,
+                    input_tokens = sk_capped_total(t.input_tokens::numeric + EXCLUDED.input_tokens),
+                    output_tokens = sk_capped_total(t.output_tokens::numeric
+                                                    + EXCLUDED.output_tokens),
+                    cached_tokens = sk_capped_total(t.cached_tokens::numeric
+                                                    + EXCLUDED.cached_tokens),
                     updated_at = EXCLUDED.updated_at
         )
         SELECT count(*) INTO v_n FROM d;

@@ -201,7 +201,7 @@ def test_jobs_run_reports_its_outcome_in_the_exit_code(database_url: str) -> Non
         assert "skipped" in skipped.stdout
 
         conn.execute("ALTER TABLE usage_daily RENAME TO usage_daily_gone")
-        conn.execute("UPDATE usage_stats SET rolled_up = false")
+        conn.execute("UPDATE usage_rollup_state SET watermark = 0")
         failed = sessionkeeper("jobs", "run", "usage_rollup", env=env)
         assert failed.returncode == 1
         assert "failure" in failed.stdout and "UndefinedTable" in failed.stdout
@@ -230,12 +230,14 @@ def test_a_signal_ends_a_jobs_run_pausing_between_batches(database_url: str) -> 
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(
             """
-            WITH u AS (INSERT INTO users (channel, channel_user_id) VALUES ('telegram', '9')
-                       RETURNING user_id)
-            INSERT INTO usage_stats (user_id, channel, input_tokens)
-            SELECT user_id, 'telegram', 5 FROM u, generate_series(1, 3)
+            INSERT INTO users (channel, channel_user_id) VALUES ('telegram', '9')
             """
         )
+        for _ in range(3):  # three transactions: a transaction's rows are counted together
+            conn.execute(
+                "INSERT INTO usage_stats (user_id, channel, input_tokens)"
+                " SELECT user_id, 'telegram', 5 FROM users"
+            )
         run = subprocess.Popen(
             [sys.executable, "-m", "scheduler", "jobs", "run", "usage_rollup"],
             stdout=subprocess.PIPE,
@@ -245,7 +247,7 @@ def test_a_signal_ends_a_jobs_run_pausing_between_batches(database_url: str) -> 
         )
         try:
             # The first batch rolled up one row; the run then pauses for an hour.
-            rolled = "SELECT count(*) FROM usage_stats WHERE rolled_up"
+            rolled = "SELECT count(*) FROM usage_daily"
             deadline = time.monotonic() + 60  # a bound on the wait, not a timing
             while conn.execute(rolled).fetchone() != (1,):
                 assert run.poll() is None and time.monotonic() < deadline, run.stderr

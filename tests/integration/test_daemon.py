@@ -186,6 +186,7 @@ def test_schedules_backlog_and_process_start_are_exported(
         job: daemon.value("sessionkeeper_job_interval_seconds", job=job) for job in JOB_NAMES
     }
     assert intervals == {
+        "partition_maintenance": 365 * 86400,
         "rate_limit_cleanup": 90,
         "link_code_expiry": 86400,
         "session_archival": 365 * 86400,  # NEVER: once a year
@@ -217,9 +218,11 @@ def test_jobs_run_on_schedule_and_are_counted(
             RETURNING user_id
         )
         INSERT INTO rate_limits (user_id, window_seconds, window_start, request_count)
-        SELECT user_id, 60, now() - interval '1 hour', 3 FROM u
+        SELECT user_id, 60, now() - interval '3 days', 3 FROM u
         """
     )
+    # (Days before any partition partition_maintenance makes: the DEFAULT partition's row is
+    # deleted by row; windows in a partition go when the whole partition has ended.)
     daemon = start_daemon(database_url, **every_job("1"))
 
     def all_succeeded() -> bool:

@@ -123,11 +123,12 @@ def rows_about(conn: psycopg.Connection[Any], user: uuid.UUID) -> dict[str, int]
 def usage_totals(conn: psycopg.Connection[Any]) -> tuple[Any, ...]:
     """All tokens and requests, rolled up or not: what anonymisation must keep."""
     row = conn.execute(
-        "SELECT (SELECT sum(requests) FROM usage_daily)"
-        " + (SELECT count(*) FROM usage_stats WHERE NOT rolled_up),"
+        "WITH pending AS (SELECT * FROM usage_stats WHERE NOT rolled_up OR rolled_up IS NULL"
+        "    AND inserted_xid >= (SELECT watermark FROM usage_rollup_state))"
+        "SELECT (SELECT sum(requests) FROM usage_daily) + (SELECT count(*) FROM pending),"
         " (SELECT sum(input_tokens + output_tokens + cached_tokens) FROM usage_daily)"
         " + (SELECT coalesce(sum(input_tokens + output_tokens + cached_tokens), 0)"
-        "    FROM usage_stats WHERE NOT rolled_up)"
+        "    FROM pending)"
     ).fetchone()
     assert row is not None
     return tuple(row)

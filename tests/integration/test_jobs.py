@@ -16,6 +16,7 @@ import pytest
 from freezegun import freeze_time
 
 from jobs import (
+    JOB_NAMES,
     link_code_expiry,
     locking,
     proactive_reload,
@@ -25,6 +26,7 @@ from jobs import (
 )
 from jobs.runner import JobFailed, run_job
 from jobs.sql import QUERIES
+from sessionkeeper.daemon.metrics import DaemonMetrics
 from store import Store, StoreConfig
 from store.errors import NotFound
 
@@ -212,6 +214,24 @@ def test_restore_brings_an_archived_session_back(conn: Conn) -> None:
         session_archival.restore(conn, session, NOW)
     with pytest.raises(NotFound):
         session_archival.restore(conn, uuid.uuid4(), NOW)
+
+
+def test_session_archival_pauses_in_proportion_to_each_batch(conn: Conn) -> None:
+    user = make_user(conn)
+    for _ in range(3):
+        conn.execute(
+            "INSERT INTO sessions (user_id, last_active) VALUES (%s, %s)", (user, ago(days=60))
+        )
+    pauses: list[float] = []
+
+    def pause(seconds: float) -> bool:
+        pauses.append(seconds)
+        return False
+
+    settings = session_archival.Settings(batch_size=1, pause_ratio=2.0, pause_seconds=0)
+    assert session_archival.run(conn, settings, NOW, pause).rows == 3
+    # One pause after each full batch, twice as long as the batch took (measured: above 0).
+    assert len(pauses) == 3 and all(seconds > 0 for seconds in pauses)
 
 
 def test_a_restored_session_stays_online_for_idle_seconds_after_restoring(conn: Conn) -> None:
@@ -423,14 +443,25 @@ def test_usage_rollup_is_idempotent_and_counts_late_rows(conn: Conn) -> None:
     assert daily(conn)[0] == (yesterday, "telegram", 3, 1011, 2022, 3033)
 
 
-def test_usage_rollup_prunes_only_rolled_up_old_rows(conn: Conn) -> None:
+def rolled_up(conn: Conn) -> int:
+    """Requests in the daily totals: raw rows counted so far."""
+    return int(rows(conn, "SELECT coalesce(sum(requests), 0) FROM usage_daily")[0][0])
+
+
+def test_usage_rollup_prunes_only_counted_old_rows(conn: Conn) -> None:
+    # No partition covers these days: the rows are in the DEFAULT partition, pruned by row.
     user = make_user(conn)
     track(conn, user, "telegram", ago(days=40), 1)
     track(conn, user, "telegram", ago(days=1), 2)
     settings = usage_rollup.Settings(prune_after_seconds=30 * 86400)
     result = usage_rollup.run(conn, settings, NOW)
-    assert result.details == {"rolled_up": 2, "pruned": 1}
-    assert rows(conn, "SELECT input_tokens, rolled_up FROM usage_stats") == [(2, True)]
+    assert result.details == {
+        "rolled_up": 2,
+        "pruned": 1,
+        "partitions_dropped": 0,
+        "partitions_kept": 0,
+    }
+    assert rows(conn, "SELECT input_tokens FROM usage_stats") == [(2,)]
     assert [r[2] for r in daily(conn)] == [1, 1]
 
 
@@ -450,6 +481,11 @@ def ledger(conn: Conn) -> list[tuple[Any, ...]]:
     )
 
 
+def cleaned(rows: int) -> dict[str, int]:
+    """rate_limit_cleanup's details when no partition was due (rows from the DEFAULT one)."""
+    return {"deleted": rows, "partitions_dropped": 0, "partitions_deferred": 0}
+
+
 def test_runner_records_each_run_and_uses_frozen_time(database_url: str, conn: Conn) -> None:
     user = make_user(conn)
     conn.execute(
@@ -465,8 +501,8 @@ def test_runner_records_each_run_and_uses_frozen_time(database_url: str, conn: C
         )
     assert (first.outcome, first.rows, second.outcome, second.rows) == ("success", 0, "success", 1)
     assert ledger(conn) == [
-        ("rate_limit_cleanup", "r1", "success", 0, None, {"trigger": "manual", "deleted": 0}),
-        ("rate_limit_cleanup", "r1", "success", 1, None, {"slot": SLOT, "deleted": 1}),
+        ("rate_limit_cleanup", "r1", "success", 0, None, {"trigger": "manual", **cleaned(0)}),
+        ("rate_limit_cleanup", "r1", "success", 1, None, {"slot": SLOT, **cleaned(1)}),
     ]
     finished = rows(conn, "SELECT bool_and(finished_at >= started_at) FROM job_runs")
     assert finished == [(True,)]
@@ -540,12 +576,37 @@ def test_a_failed_run_is_recorded_and_releases_the_lock(database_url: str, conn:
     assert report.outcome == "failure" and report.run_id is not None
     assert report.error is not None and report.error.startswith("UndefinedTable")
     assert [(r[2], r[4]) for r in ledger(conn)] == [("failure", report.error)]
-    # Nothing half-done: the batch rolled back, the row is still pending.
-    assert rows(conn, "SELECT rolled_up FROM usage_stats") == [(False,)]
+    # Nothing half-done: the batch rolled back, the watermark did not move.
+    assert rows(conn, "SELECT watermark FROM usage_rollup_state") == [(0,)]
 
     conn.execute("ALTER TABLE usage_daily_moved RENAME TO usage_daily")
     retry = run_job(connect, "usage_rollup", usage_rollup.Settings(), replica_id="b", slot=SLOT)
     assert (retry.outcome, retry.rows) == ("success", 1)
+
+
+def test_a_run_failing_after_committed_batches_records_their_rows(
+    database_url: str, conn: Conn
+) -> None:
+    user = make_user(conn)
+    for minutes in range(5):
+        track(conn, user, "telegram", ago(minutes=minutes), 1)
+
+    def pause(seconds: float) -> bool:  # after the first batch, the next one cannot write
+        conn.execute("ALTER TABLE IF EXISTS usage_daily RENAME TO usage_daily_moved")
+        return False
+
+    settings = usage_rollup.Settings(batch_size=2)
+    with pytest.raises(JobFailed) as failed:
+        run_job(connector(database_url), "usage_rollup", settings, replica_id="a", pause=pause)
+    report = failed.value.report
+    assert (report.outcome, report.rows) == ("failure", 2)
+    assert [(r[2], r[3]) for r in ledger(conn)] == [("failure", 2)]
+    metrics = DaemonMetrics(JOB_NAMES)
+    metrics.observe(report)
+    rows_total = metrics.registry.get_sample_value(
+        "sessionkeeper_job_rows_total", {"job": "usage_rollup"}
+    )
+    assert rows_total == 2
 
 
 def test_a_run_left_running_is_marked_failed_by_the_next(database_url: str, conn: Conn) -> None:
@@ -570,7 +631,7 @@ def test_a_stop_request_ends_the_run_between_batches(database_url: str, conn: Co
         pause=lambda seconds: True,
     )
     assert (report.outcome, report.rows, report.details["stopped"]) == ("success", 2, True)
-    assert rows(conn, "SELECT count(*) FROM usage_stats WHERE rolled_up") == [(2,)]
+    assert rolled_up(conn) == 2
 
 
 # Rows to roll up in batches of 2 -> rows rolled up (committed) at each pause: n batches make
@@ -589,7 +650,7 @@ def test_the_loop_pauses_between_batches_outside_their_transactions(
 
         def pause(seconds: float) -> bool:
             # Another session sees the batch committed; the job's session has no transaction.
-            done = rows(conn, "SELECT count(*) FROM usage_stats WHERE rolled_up")[0][0]
+            done = rolled_up(conn)
             pauses.append((seconds, done, job_conn.info.transaction_status))
             return False
 
@@ -627,7 +688,7 @@ def test_a_stop_request_during_a_pause_ends_the_run_without_waiting_it_out(
     [report] = reports
     assert (report.outcome, report.rows, report.details["stopped"]) == ("success", 2, True)
     assert [(r[2], r[3], r[5]["stopped"]) for r in ledger(conn)] == [("success", 2, True)]
-    assert rows(conn, "SELECT count(*) FROM usage_stats WHERE rolled_up") == [(2,)]
+    assert rolled_up(conn) == 2
 
 
 @pytest.fixture

@@ -7,7 +7,11 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from sessionkeeper.admin import migrate
-from store.schema import metadata
+from store.schema import is_partition, metadata
+
+
+def include_name(name: str | None, type_: str, parent_names: object) -> bool:
+    return not (type_ == "table" and is_partition(name))
 
 
 def _drift(url: str) -> list[object]:
@@ -16,7 +20,11 @@ def _drift(url: str) -> list[object]:
         with engine.connect() as connection:
             context = MigrationContext.configure(
                 connection,
-                opts={"compare_type": True, "compare_server_default": True},
+                opts={
+                    "compare_type": True,
+                    "compare_server_default": True,
+                    "include_name": include_name,
+                },
             )
             return list(compare_metadata(context, metadata))
     finally:

@@ -22,6 +22,7 @@ import pytest
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from jobs import usage_rollup as new_usage_rollup
 from jobs.sql import parse as parse_jobs
 from store.queries import parse as parse_store
 
@@ -420,6 +421,10 @@ def proactive_reload(old: OldRelease) -> None:
 
 @covers("jobs:usage_rollup", "jobs:usage_prune")
 def usage_rollup(old: OldRelease) -> None:
+    # 0.1.0's rollup and prune run beside this release's rollup during the upgrade. They act on
+    # the rows written before revision 0012 (a rolled_up flag) only; rows written since (by bots
+    # of either release: the flag left NULL) are the watermark rollup's. Each row is counted
+    # once, whichever daemon runs first and however often.
     user = old.user()
     for tokens in (10, 20):
         old.store(
@@ -431,12 +436,22 @@ def usage_rollup(old: OldRelease) -> None:
             cached_tokens=0,
             now=T0,
         )
-    assert old.first("usage_rollup", batch_size=100, now=NOW) == {"count": 2}
-    assert old.sql("SELECT requests, input_tokens FROM usage_daily WHERE user_id = %s", user) == [
-        {"requests": 2, "input_tokens": 30}
-    ]
+    old.sql(  # a row from before the upgrade, not yet counted
+        "INSERT INTO usage_stats (user_id, channel, input_tokens, created_at, rolled_up)"
+        " VALUES (%s, 'telegram', 400, %s, false)",
+        user,
+        T0,
+    )
+    totals = "SELECT requests, input_tokens FROM usage_daily WHERE user_id = %s"
+    assert old.first("usage_rollup", batch_size=100, now=NOW) == {"count": 1}
+    assert old.sql(totals, user) == [{"requests": 1, "input_tokens": 400}]
+    with psycopg.connect(old.conn.info.dsn, autocommit=True) as conn:
+        assert new_usage_rollup.run(conn, new_usage_rollup.Settings(), NOW).rows == 2
+    assert old.first("usage_rollup", batch_size=100, now=NOW) == {"count": 0}
+    assert old.sql(totals, user) == [{"requests": 3, "input_tokens": 430}]
     pruned = old.job("usage_prune", now=NOW, prune_after_seconds=86400, batch_size=100)
-    assert pruned.rowcount == 2
+    assert pruned.rowcount == 1  # the flagged row; rows without the flag are left alone
+    assert old.sql("SELECT count(*) FROM usage_stats") == [{"count": 2}]
 
 
 @covers(

@@ -3,14 +3,18 @@ plans PostgreSQL chooses for them on a table holding many sessions' histories.""
 
 from __future__ import annotations
 
+import re
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 import pytest
 
+from jobs import partition_maintenance
 from store.queries import QUERIES
 
+DAY = timedelta(days=1)
 SESSIONS = 300
 MESSAGES_EACH = 100
 
@@ -82,3 +86,85 @@ def test_finish_turn_statement_reads_no_other_history(
     # The receipts of earlier turns are found (and expired) by the session's key range.
     assert "Seq Scan on turn_receipts" not in text
     assert "pk_turn_receipts" in text
+
+
+# -- time partitions (revision 0012) -----------------------------------------------------------
+
+TODAY = datetime(2026, 3, 10, 12, 0, 30, tzinfo=UTC)
+PARTITION = re.compile(r"\b(?:rate_limits|usage_stats)_(?:p\d{8}_\d{4}|default|legacy)\b")
+AUTO_EXPLAIN = {
+    "auto_explain.log_min_duration": "0",
+    "auto_explain.log_nested_statements": "on",
+    "auto_explain.log_analyze": "on",
+    "auto_explain.log_timing": "off",
+    "auto_explain.log_level": "notice",
+}
+
+
+def explained(conn: psycopg.Connection[Any]) -> list[str]:
+    """Plans of every statement ``conn`` runs from now on, nested ones (inside the sk_*
+    functions) included, as they ran (auto_explain, sent to the client as notices)."""
+    plans: list[str] = []
+    conn.add_notice_handler(lambda diag: plans.append(diag.message_primary or ""))
+    conn.execute("LOAD 'auto_explain'")
+    for name, value in AUTO_EXPLAIN.items():
+        conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+    return plans
+
+
+@pytest.mark.parametrize("caps", [[15], [15, 100, 1000]])
+def test_the_hot_path_touches_one_partition_of_each_table(
+    conn: psycopg.Connection[Any], caps: list[int]
+) -> None:
+    # Partitions for the days around now, each holding rows, and rows in the DEFAULT ones.
+    partition_maintenance.run(conn, partition_maintenance.Settings(ahead=6), TODAY - 3 * DAY)
+    conn.execute(
+        "INSERT INTO users (channel, channel_user_id) SELECT 'telegram', 'u' || g"
+        " FROM generate_series(1, 50) g"
+    )
+    for days in range(-3, 30):
+        at = {"at": TODAY + days * DAY}
+        conn.execute(
+            "INSERT INTO rate_limits (user_id, window_seconds, window_start, request_count)"
+            " SELECT user_id, 60, %(at)s, 1 FROM users",
+            at,
+        )
+        conn.execute(
+            "INSERT INTO usage_stats (user_id, channel, created_at)"
+            " SELECT user_id, 'telegram', %(at)s FROM users",
+            at,
+        )
+    conn.execute("ANALYZE")
+    windows = [60, 3600, 86400][: len(caps)]
+    plans = explained(conn)
+    for _ in range(7):  # past psycopg's and PL/pgSQL's first, custom plans
+        begun = conn.execute(
+            "SELECT session_id FROM sk_begin_turn('telegram', 'u1', NULL, %s, %s, %s, false,"
+            " '30 minutes', 0, 20)",
+            (TODAY, windows, caps),
+        ).fetchone()
+        assert begun is not None
+        conn.execute(
+            QUERIES["append_messages"],
+            {
+                "session_id": begun[0],
+                "roles": ["user", "assistant"],
+                "contents": ["q", "a"],
+                "created": [None, None],
+                "extras": [None, None],
+                "now": TODAY,
+                "keep": 40,
+                "track_usage": True,
+                "input_tokens": 1,
+                "output_tokens": 1,
+                "cached_tokens": 0,
+                "turn_id": uuid.uuid4(),
+            },
+        )
+    touching = [plan for plan in plans if "rate_limits" in plan or "usage_stats" in plan]
+    assert touching, "auto_explain logged no plan"
+    named = {name for plan in touching for name in PARTITION.findall(plan)}
+    # Only today's partitions appear: no plan reads or updates another partition.
+    assert named <= {"rate_limits_p20260310_0000", "usage_stats_p20260310_0000"}
+    if len(caps) > 1:  # the UPDATE of several windows prunes at executor start-up
+        assert any("Subplans Removed" in plan for plan in touching)

@@ -237,14 +237,15 @@ def test_range_checks_name_where_the_value_came_from(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError) as by_env:
         StoreConfig.from_env({"SESSIONKEEPER_MAX_SIZE": "0"})
     assert str(by_env.value) == (
-        "invalid setting SESSIONKEEPER_MAX_SIZE: '0' is not a whole number of at least 1"
+        "invalid setting SESSIONKEEPER_MAX_SIZE: '0' is not a whole number from 1 to 10000"
     )
     path = tmp_path / "sk.toml"
     path.write_text("rate_per_hour = 0\n")
     with pytest.raises(ConfigurationError) as by_file:
         StoreConfig.from_env({}, config_file=path)
     assert str(by_file.value) == (
-        f"invalid setting rate_per_hour in {path}: 0 is not a whole number of at least 1, or none"
+        f"invalid setting rate_per_hour in {path}: 0 is not a whole number"
+        " from 1 to 2147483647, or none"
     )
     with pytest.raises(ConfigurationError) as by_keyword:
         StoreConfig(idle_timeout=timedelta(0))

@@ -1,0 +1,296 @@
+"""Time partitions of rate_limits and usage_stats: made ahead, dropped whole, and the
+watermark rollup that never rewrites a raw row."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+
+from jobs import partition_maintenance, partitions, rate_limit_cleanup, usage_rollup
+from store import Store
+
+Conn = psycopg.Connection[tuple[Any, ...]]
+NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
+DAY = timedelta(days=1)
+
+
+def make_user(conn: Conn) -> uuid.UUID:
+    row = conn.execute(
+        "INSERT INTO users (channel, channel_user_id) VALUES ('telegram', %s) RETURNING user_id",
+        (uuid.uuid4().hex,),
+    ).fetchone()
+    assert row is not None
+    return uuid.UUID(str(row[0]))
+
+
+def names(conn: Conn, table: str) -> list[str]:
+    return [p.name for p in partitions.list_partitions(conn, (table,))]
+
+
+def maintain(conn: Conn, now: datetime = NOW, **settings: Any) -> dict[str, Any]:
+    result = partition_maintenance.run(conn, partition_maintenance.Settings(**settings), now)
+    return result.details
+
+
+def track(conn: Conn, user: uuid.UUID, at: datetime, tokens: int = 1) -> None:
+    conn.execute(
+        "INSERT INTO usage_stats (user_id, channel, input_tokens, created_at)"
+        " VALUES (%s, 'telegram', %s, %s)",
+        (user, tokens, at),
+    )
+
+
+def counted(conn: Conn) -> tuple[int, int]:
+    row = conn.execute(
+        "SELECT coalesce(sum(requests), 0), coalesce(sum(input_tokens), 0) FROM usage_daily"
+    ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+def raw_updates(conn: Conn) -> int:
+    """Row updates ever made in the partitions of usage_stats (statistics flushed first)."""
+    conn.execute("SELECT pg_stat_force_next_flush()")
+    row = conn.execute(
+        "SELECT coalesce(sum(n_tup_upd), 0) FROM pg_stat_user_tables"
+        " WHERE relid IN (SELECT relid FROM pg_partition_tree('usage_stats') WHERE isleaf)"
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+# -- partition_maintenance ---------------------------------------------------------------------
+
+
+def test_maintenance_makes_partitions_ahead_and_is_idempotent(conn: Conn) -> None:
+    details = maintain(conn, ahead=3)
+    assert details == {"created": 8, "deferred": 0, "ahead": {"rate_limits": 3, "usage_stats": 3}}
+    assert names(conn, "rate_limits") == [
+        "rate_limits_default",
+        "rate_limits_p20260310_0000",
+        "rate_limits_p20260311_0000",
+        "rate_limits_p20260312_0000",
+        "rate_limits_p20260313_0000",
+    ]
+    assert maintain(conn, ahead=3)["created"] == 0
+    # A day later one more is made, and the lead is back.
+    assert maintain(conn, NOW + DAY, ahead=3) == {
+        "created": 2,
+        "deferred": 0,
+        "ahead": {"rate_limits": 3, "usage_stats": 3},
+    }
+
+
+def test_rows_taken_by_the_default_partition_move_into_the_new_partition(conn: Conn) -> None:
+    user = make_user(conn)
+    track(conn, user, NOW, 5)  # no partition yet: the DEFAULT partition takes it
+    track(conn, user, NOW + 30 * DAY, 7)  # beyond the partitions made below: stays there
+    assert usage_rollup.run(conn, usage_rollup.Settings(), NOW).rows == 2
+    maintain(conn, ahead=1)
+    placed = conn.execute(
+        "SELECT tableoid::regclass::text, input_tokens FROM usage_stats ORDER BY 2"
+    ).fetchall()
+    assert placed == [("usage_stats_p20260310_0000", 5), ("usage_stats_default", 7)]
+    # Moved whole (its transaction id too): counted once, not again.
+    assert usage_rollup.run(conn, usage_rollup.Settings(), NOW).rows == 0
+    assert counted(conn) == (2, 12)
+
+
+def test_the_lead_is_zero_when_no_partition_holds_now(conn: Conn) -> None:
+    maintain(conn, ahead=2)
+    later = partitions.list_partitions(conn)
+    assert partitions.ahead(later, "usage_stats", NOW) == 2
+    assert partitions.ahead(later, "usage_stats", NOW + 10 * DAY) == 0
+
+
+# -- retention: whole partitions ---------------------------------------------------------------
+
+
+def test_rate_limit_cleanup_drops_ended_partitions_without_deleting_rows(conn: Conn) -> None:
+    user = make_user(conn)
+    maintain(conn, NOW - 5 * DAY, ahead=6)
+    for days in range(5):
+        conn.execute(
+            "INSERT INTO rate_limits (user_id, window_seconds, window_start, request_count)"
+            " VALUES (%s, 86400, %s, 1), (%s, 60, %s, 1)",
+            (user, NOW - (days + 1) * DAY, user, NOW - days * DAY),
+        )
+    before = len(names(conn, "rate_limits"))
+    result = rate_limit_cleanup.run(conn, rate_limit_cleanup.Settings(), NOW)
+    # Partitions that ended a day (the longest window) before now: March 5th to 8th.
+    assert result.details == {"deleted": 7, "partitions_dropped": 4, "partitions_deferred": 0}
+    assert len(names(conn, "rate_limits")) == before - 4
+    left = conn.execute("SELECT window_seconds, window_start FROM rate_limits").fetchall()
+    assert set(left) == {(86400, NOW - DAY), (60, NOW - DAY), (60, NOW)}
+
+
+def test_usage_prune_drops_counted_partitions_and_late_rows_still_count(conn: Conn) -> None:
+    user = make_user(conn)
+    maintain(conn, NOW - 40 * DAY, ahead=45)
+    track(conn, user, NOW - 35 * DAY)
+    settings = usage_rollup.Settings(prune_after_seconds=30 * 86400)
+    first = usage_rollup.run(conn, settings, NOW)
+    assert (first.details["rolled_up"], first.details["partitions_dropped"]) == (1, 10)
+    # A late row for a day whose partition is gone: the DEFAULT partition takes it, the
+    # rollup counts it, and the prune then deletes it there.
+    track(conn, user, NOW - 36 * DAY, 10)
+    second = usage_rollup.run(conn, settings, NOW)
+    assert second.details == {
+        "rolled_up": 1,
+        "pruned": 1,
+        "partitions_dropped": 0,
+        "partitions_kept": 0,
+    }
+    assert conn.execute("SELECT count(*) FROM usage_stats").fetchone() == (0,)
+    assert counted(conn) == (2, 11)
+
+
+def test_a_partition_holding_uncounted_rows_is_kept(conn: Conn) -> None:
+    user = make_user(conn)
+    maintain(conn, NOW - 40 * DAY, ahead=2)
+    track(conn, user, NOW - 40 * DAY)
+    # Prune without rolling up first: the check under the detach's lock keeps the partition.
+    dropped = partitions.drop_expired(
+        conn, "usage_stats", NOW - 30 * DAY, 1000, keep_if=usage_rollup._pending
+    )
+    assert dropped == (2, 0, 1)
+    assert conn.execute("SELECT count(*) FROM usage_stats").fetchone() == (1,)
+
+
+# -- the watermark rollup ----------------------------------------------------------------------
+
+
+def test_rollup_never_updates_raw_rows(conn: Conn) -> None:
+    maintain(conn, ahead=2)
+    users = [make_user(conn) for _ in range(3)]
+    for i in range(30):
+        track(conn, users[i % 3], NOW - timedelta(hours=i), i)
+    settings = usage_rollup.Settings(batch_size=7)
+    assert usage_rollup.run(conn, settings, NOW).rows == 30
+    assert usage_rollup.run(conn, settings, NOW).rows == 0
+    assert counted(conn) == (30, sum(range(30)))
+    assert raw_updates(conn) == 0
+
+
+def test_a_transaction_with_more_rows_than_a_batch_is_counted_in_one_run(conn: Conn) -> None:
+    user = make_user(conn)
+    conn.execute(
+        "INSERT INTO usage_stats (user_id, channel, input_tokens, created_at)"
+        " SELECT %s, 'telegram', 1, %s FROM generate_series(1, 5)",
+        (user, NOW),
+    )
+    track(conn, user, NOW, 10)
+    result = usage_rollup.run(conn, usage_rollup.Settings(batch_size=2), NOW)
+    assert result.rows == 6
+    assert counted(conn) == (6, 15)
+
+
+def test_a_row_of_a_transaction_still_running_waits_for_the_next_run(
+    conn: Conn, database_url: str
+) -> None:
+    user = make_user(conn)
+    track(conn, user, NOW, 1)
+    with psycopg.connect(database_url) as writer:  # a transaction left open
+        writer.execute(
+            "INSERT INTO usage_stats (user_id, channel, input_tokens, created_at)"
+            " VALUES (%s, 'telegram', 100, %s)",
+            (user, NOW),
+        )
+        track(conn, user, NOW, 10)  # a later transaction, committed
+        # Nothing from the open transaction on is counted: it could still commit below.
+        assert usage_rollup.run(conn, usage_rollup.Settings(), NOW).rows == 1
+        writer.commit()
+    assert usage_rollup.run(conn, usage_rollup.Settings(), NOW).rows == 2
+    assert counted(conn) == (3, 111)
+
+
+def test_concurrent_rollups_never_count_a_row_twice(conn: Conn, database_url: str) -> None:
+    user = make_user(conn)
+    for i in range(200):
+        track(conn, user, NOW - timedelta(minutes=i), 1)
+    start = threading.Barrier(3)
+    results: list[int] = []
+
+    def roll() -> None:
+        with psycopg.connect(database_url, autocommit=True) as own:
+            start.wait()
+            results.append(usage_rollup.run(own, usage_rollup.Settings(batch_size=10), NOW).rows)
+
+    threads = [threading.Thread(target=roll) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sum(results) == 200
+    assert counted(conn) == (200, 200)
+
+
+def test_erasure_between_rollups_stays_exact(conn: Conn) -> None:
+    user, other = make_user(conn), make_user(conn)
+    for tokens in (1, 2):
+        track(conn, user, NOW, tokens)
+    track(conn, other, NOW, 1000)
+    usage_rollup.run(conn, usage_rollup.Settings(), NOW)
+    track(conn, user, NOW, 4)  # not rolled up yet
+    conn.execute("SELECT * FROM sk_forget(%s, NULL)", (user,))
+    usage_rollup.run(conn, usage_rollup.Settings(), NOW)
+    assert counted(conn) == (4, 1007)
+    anonymous = conn.execute(
+        "SELECT requests, input_tokens FROM usage_daily WHERE user_id = %s",
+        (uuid.UUID(int=0),),
+    ).fetchall()
+    assert anonymous == [(3, 7)]
+
+
+# -- bots beside partition DDL -----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_bots_never_fail_while_partitions_are_made_and_dropped(
+    conn: Conn, database_url: str
+) -> None:
+    # begin_turn locks the user before rate_limits; finish_turn's usage row (and 0.1.0's
+    # check_rate_limit) lock the table before the user (foreign-key check): the job must
+    # yield in every lock cycle with either.
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    turns = [0]
+
+    def bot(number: int) -> None:
+        with Store(database_url, max_size=1, rate_per_minute=None) as store:
+            while not stop.is_set():
+                try:
+                    turn = store.begin_turn("telegram", f"bot{number}")
+                    store.finish_turn(turn, "q", "a", input_tokens=1, output_tokens=1)
+                    turns[0] += 1
+                except BaseException as exc:
+                    errors.append(exc)
+                    return
+
+    bots = [threading.Thread(target=bot, args=(n,)) for n in range(3)]
+    for thread in bots:
+        thread.start()
+    real_now = datetime.now(UTC)
+    made = dropped = 0
+    try:
+        for step in range(12):
+            # Partitions made a day further ahead each step, and the oldest ones dropped.
+            made += maintain(conn, real_now - 8 * DAY, ahead=8 + step)["created"]
+            result = rate_limit_cleanup.run(
+                conn, rate_limit_cleanup.Settings(), real_now - (6 - step) * DAY
+            )
+            dropped += result.details["partitions_dropped"]
+            usage_rollup.run(
+                conn, usage_rollup.Settings(prune_after_seconds=86400), real_now - 6 * DAY
+            )
+    finally:
+        stop.set()
+        for thread in bots:
+            thread.join(60)
+    assert errors == []
+    assert turns[0] > 0 and made > 0 and dropped > 0
