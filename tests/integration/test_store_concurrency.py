@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import psycopg
 import pytest
 from store_support import T0, count, store_fixture  # noqa: F401 (fixture)
+from test_store_failover import wait_until_waiting_on_locks
 
 from store import (
     AsyncStore,
@@ -296,3 +297,28 @@ def test_concurrent_redemptions_unlinks_and_erasures_never_deadlock_nor_orphan(
     gone = conn.execute("SELECT count(*) FROM users WHERE user_id = ANY(%s)", (erased,))
     assert gone.fetchone() == (0,)
     assert count(conn, "users", "channel = 'whatsapp' AND person_id IS NOT NULL") > 0
+
+
+def test_a_person_erased_while_a_merge_brings_a_user_erases_the_newcomer_too(
+    database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    # The erasure read the person's users, then waited for the person's lock held by a merge
+    # that adds one more: under the lock it reads them again and erases all three.
+    with Store(database_url) as store:
+        a, b, c = (store.get_or_create_user("telegram", n, now=T0).user_id for n in "abc")
+        person = store.redeem_link_code(b, store.create_link_code(a, now=T0).code, now=T0)
+        with psycopg.connect(database_url) as merge:  # mid-merge: the person's lock is held
+            merge.execute(
+                "SELECT pg_advisory_xact_lock(1936420965, hashtext(%s::text))",
+                (person.person_id,),
+            )
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                erasure = pool.submit(store.forget_person, person.person_id)
+                wait_until_waiting_on_locks(conn, 1)
+                merge.execute(
+                    "UPDATE users SET person_id = %s WHERE user_id = %s", (person.person_id, c)
+                )
+                merge.commit()
+                forgotten = erasure.result(timeout=30)
+    assert forgotten.deleted["users"] == 3 and forgotten.deleted["persons"] == 1
+    assert count(conn, "users") == 0 and count(conn, "persons") == 0
