@@ -398,6 +398,13 @@ SELECT (SELECT count(*) FROM scanned) AS scanned,
        (SELECT user_id FROM scanned ORDER BY user_id DESC LIMIT 1) AS last_user_id,
        (SELECT array_agg(user_id ORDER BY user_id) FROM inactive) AS inactive
 
+-- name: user_retention_lock_timeout
+-- The batch holds its users' rows while it erases them one by one, against the order in which
+-- sk_forget, redemption and unlink take their locks (store/sql/functions.sql, "Identity"). So
+-- an erasure does not wait long for a lock an online call holds: the user is left for the
+-- next run (long before deadlock_timeout, 1 s, would make PostgreSQL abort one of the two).
+SET LOCAL lock_timeout = '200ms'
+
 -- name: user_retention_forget
 -- Exactly what store.forget_user does (sk_forget, store/sql/functions.sql).
 SELECT table_name, action, row_count FROM sk_forget(%(user_id)s::uuid, NULL)

@@ -8,8 +8,11 @@ active since the cutoff. Each inactive user is erased exactly as ``store.forget_
 by the same ``sk_forget`` (usage kept only as anonymous totals; a person goes with its last
 user). The batch locks the users it found inactive, so a message arriving meanwhile waits
 for the erasure and then starts a new user. A user another subsystem's table still references
-is left alone and counted as ``blocked`` (``ErasureBlocked``). With ``dry_run`` the run only
-counts whom it would forget (``details.would_forget``) and changes nothing.
+is left alone and counted as ``blocked`` (``ErasureBlocked``). A user whose erasure would
+have to wait for a link redemption or unlink in progress on its person is left for the next
+run and counted as ``busy``: the batch already holds the users' rows, which such a call may
+wait for in turn, so waiting for it could deadlock. With ``dry_run`` the run only counts whom
+it would forget (``details.would_forget``) and changes nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID
+
+import psycopg
 
 from store.config import StoreConfig
 
@@ -54,7 +59,7 @@ def run(
     store: StoreConfig = STORE_DEFAULTS,
 ) -> JobResult:
     params: dict[str, Any] = {**job_params(settings, now, store), "after": UUID(int=0)}
-    counts = {"scanned": 0, "inactive": 0, "forgotten": 0, "blocked": 0, "persons": 0}
+    counts = {"scanned": 0, "inactive": 0, "forgotten": 0, "blocked": 0, "busy": 0, "persons": 0}
 
     def batch(c: Connection) -> int:
         row = c.execute(QUERIES["user_retention_batch"], params).fetchone()
@@ -64,6 +69,7 @@ def run(
         counts["scanned"] += scanned
         counts["inactive"] += len(inactive or [])
         if not settings.dry_run:
+            c.execute(QUERIES["user_retention_lock_timeout"])
             for user_id in inactive or []:
                 _forget(c, user_id, counts)
         return int(scanned)
@@ -81,10 +87,17 @@ def run(
 
 
 def _forget(conn: Connection, user_id: UUID, counts: dict[str, int]) -> None:
-    done = {
-        (table, action): n
-        for table, action, n in conn.execute(QUERIES["user_retention_forget"], {"user_id": user_id})
-    }
+    try:
+        with conn.transaction():  # a savepoint: a busy user's erasure is undone, not the batch
+            done = {
+                (table, action): n
+                for table, action, n in conn.execute(
+                    QUERIES["user_retention_forget"], {"user_id": user_id}
+                )
+            }
+    except psycopg.errors.LockNotAvailable:
+        counts["busy"] += 1
+        return
     if any(table == "blocked" for table, _ in done):
         counts["blocked"] += 1
     elif done:  # nothing: the user was forgotten meanwhile

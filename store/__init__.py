@@ -45,6 +45,7 @@ from .errors import (
     ReadOnlyDatabase,
     SchemaOutOfDate,
     StoreError,
+    TransactionConflict,
 )
 from .export import Exported
 from .models import (
@@ -94,6 +95,7 @@ __all__ = [
     "Store",
     "StoreConfig",
     "StoreError",
+    "TransactionConflict",
     "Turn",
     "Unlinked",
     "User",

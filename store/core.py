@@ -93,6 +93,14 @@ class Runner(Generic[T]):
             self._result = stop.value
 
 
+# A statement that lost a race with another transaction: rolled back whole, safe to retry.
+_CONFLICTS = (
+    pg_errors.DeadlockDetected,
+    pg_errors.SerializationFailure,
+    pg_errors.LockNotAvailable,
+)
+
+
 def translate(exc: Exception, sent: Step | None = None) -> Exception:
     """The ``StoreError`` a driver or pool error stands for (the error itself if none).
     ``sent`` is the step whose statement had been sent when the error came, if any."""
@@ -107,6 +115,13 @@ def translate(exc: Exception, sent: Step | None = None) -> Exception:
         return errors.NotFound(_describe(exc))
     if isinstance(exc, pg_errors.UndefinedFunction | pg_errors.UndefinedTable):
         return errors.SchemaOutOfDate(f"{_describe(exc)}; run `sessionkeeper migrate`")
+    if isinstance(
+        exc,
+        pg_errors.DeadlockDetected | pg_errors.SerializationFailure | pg_errors.LockNotAvailable,
+    ):
+        return errors.TransactionConflict(
+            f"{_describe(exc)}: rolled back whole, nothing was written; trying again is safe"
+        )
     if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
         if sent is not None and connection_lost(exc):
             return errors.DatabaseUnavailable(
@@ -517,10 +532,8 @@ def _draw_link_code(params: Mapping[str, object]) -> Plan[models.LinkCode]:
             secrets.choice(validate.LINK_CODE_ALPHABET) for _ in range(validate.LINK_CODE_LENGTH)
         )
         rows = yield Step("create_link_code", {**params, "code": code})
-        if rows:
-            return models.LinkCode(
-                validate.display_link_code(rows[0]["code"]), rows[0]["expires_at"]
-            )
+        if rows:  # the database keeps only the code's hash: this is its one appearance
+            return models.LinkCode(validate.display_link_code(code), rows[0]["expires_at"])
     raise errors.StoreError(f"no free link code after {LINK_CODE_DRAWS} draws; expire old codes")
 
 

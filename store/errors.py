@@ -88,5 +88,11 @@ class ReadOnlyDatabase(DatabaseUnavailable):
     URL, finds the new primary."""
 
 
+class TransactionConflict(DatabaseUnavailable):
+    """The statement lost a race with another transaction (a deadlock, a serialization
+    failure, a lock it could not get within ``lock_timeout``) and was rolled back whole:
+    nothing was written, and trying again is safe."""
+
+
 class SchemaOutOfDate(StoreError):
     """The database is not migrated to the revision this code expects."""

@@ -150,18 +150,19 @@ FROM sk_proactive_candidates(%(channel)s)
 ORDER BY user_created_at, user_id
 
 -- create_link_code --
--- A user has at most one live code: a new one retires the previous. A clash with any stored
--- code inserts nothing, and the caller draws again.
+-- A user has at most one live code: a new one retires the previous. Only the code's key
+-- (sk_link_code_key, a hash) is stored; the caller alone keeps the code. A clash with any
+-- stored key inserts nothing, and the caller draws again.
 WITH retired AS (
     UPDATE link_codes c SET expires_at = coalesce(%(now)s::timestamptz, now())
     WHERE c.user_id = %(user_id)s AND c.used_at IS NULL
       AND c.expires_at > coalesce(%(now)s::timestamptz, now())
 )
 INSERT INTO link_codes AS c (code, user_id, created_at, expires_at)
-VALUES (%(code)s, %(user_id)s, coalesce(%(now)s::timestamptz, now()),
+VALUES (sk_link_code_key(%(code)s), %(user_id)s, coalesce(%(now)s::timestamptz, now()),
         coalesce(%(now)s::timestamptz, now()) + %(ttl)s::interval)
 ON CONFLICT (code) DO NOTHING
-RETURNING c.code, c.expires_at
+RETURNING c.expires_at
 
 -- redeem_link_code --
 SELECT outcome, person_id, owner_id, locked_until
@@ -270,9 +271,14 @@ SELECT row_to_json(t)::text AS doc FROM legacy_quarantined_messages t
 WHERE t.user_id = ANY(%(users)s::uuid[]) ORDER BY t.session_id, t.array_index
 
 -- export_link_codes --
--- Codes the users made, and codes of others they redeemed (as erasure deletes them).
+-- Codes the users made, and codes of others they redeemed (as erasure deletes them). A code
+-- of release 0.1.0, stored as typed, is shown by its key like the others: the document must
+-- not hold a code anybody could still redeem.
 DECLARE sk_export NO SCROLL CURSOR FOR
-SELECT row_to_json(t)::text AS doc FROM link_codes t
+SELECT (to_jsonb(t) || jsonb_build_object('code', CASE WHEN t.code LIKE 'h:%%' THEN t.code
+                                                       ELSE sk_link_code_key(t.code) END))::text
+       AS doc
+FROM link_codes t
 WHERE t.user_id = ANY(%(users)s::uuid[]) OR t.used_by = ANY(%(users)s::uuid[])
 ORDER BY t.created_at, t.code
 

@@ -258,15 +258,28 @@ END $$;
 -- =============================================================================================
 -- Identity: link codes and persons
 -- The online part of linking a user's channels under one person, and of leaving it. Creating a
--- code is a plain statement (store/queries.sql). Locks, always taken in this order, so that
--- nothing deadlocks and nothing is serialised database-wide:
+-- code is a plain statement (store/queries.sql). Locks, always taken in this order by
+-- redemption, unlink and erasure (sk_forget), so that none of them deadlocks against another
+-- and nothing is serialised database-wide:
 -- 1. the redeeming account: advisory lock ("skac", hash of its user id); its attempts are
---    counted one at a time, so concurrent guesses cannot overshoot the failure limit;
--- 2. the code's row (FOR UPDATE): a code raced for by many accounts is redeemed once;
+--    counted one at a time, so concurrent guesses cannot overshoot the failure limit (an
+--    erasure takes those of all the users it erases, in ascending key order);
+-- 2. the code's row (FOR UPDATE): a code raced for by many accounts is redeemed once (an
+--    erasure locks every code it will delete, in code order);
 -- 3. each person being merged or left: advisory lock ("skpe", hash of the person id, or of the
 --    user id for a user without a person), in ascending key order. Merges of overlapping persons
 --    wait for each other; unrelated ones run in parallel.
 -- =============================================================================================
+
+-- sk_link_code_key: what link_codes.code holds for a code of this release: a SHA-256 of the
+-- canonical code (12 symbols, as store.validate.link_code gives it), so that whoever reads the
+-- table (a backup, a read-only role) finds no code to type. Codes of release 0.1.0 are stored
+-- as typed (six digits) and are redeemed as they are. Used by create_link_code
+-- (store/queries.sql) and by sk_redeem_link_code.
+CREATE OR REPLACE FUNCTION sk_link_code_key(p_code text) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+    SELECT 'h:' || encode(sha256(convert_to(p_code, 'UTF8')), 'hex')
+$$;
 
 -- sk_lock_people: take the person locks (3. above) of two users and return their persons,
 -- as they are once the locks are held. A merge or an unlink that committed while this waited
@@ -339,7 +352,11 @@ BEGIN
         RETURN QUERY SELECT 'locked', NULL::uuid, NULL::uuid, v_failures.locked_until;
         RETURN;
     END IF;
-    SELECT * INTO v_code FROM link_codes c WHERE c.code = p_code FOR UPDATE;
+    -- The code's key; or the code itself, as bots of 0.1.0 stored it (never a stored key
+    -- passed as the code: reading the table must not be enough to redeem).
+    SELECT * INTO v_code FROM link_codes c
+    WHERE c.code = sk_link_code_key(p_code) OR (c.code = p_code AND p_code NOT LIKE 'h:%')
+    FOR UPDATE;
     IF FOUND AND v_code.user_id = p_user_id THEN
         RETURN QUERY SELECT 'own', NULL::uuid, NULL::uuid, NULL::timestamptz;
         RETURN;
@@ -367,7 +384,7 @@ BEGIN
         RETURN QUERY SELECT v_outcome, NULL::uuid, NULL::uuid, v_failures.locked_until;
         RETURN;
     END IF;
-    UPDATE link_codes c SET used_at = v_now, used_by = p_user_id WHERE c.code = p_code;
+    UPDATE link_codes c SET used_at = v_now, used_by = p_user_id WHERE c.code = v_code.code;
     SELECT l.first_person, l.second_person INTO v_owner_person, v_user_person
     FROM sk_lock_people(v_code.user_id, p_user_id) l;
     v_person := coalesce(v_owner_person, v_user_person);
@@ -391,12 +408,13 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_person uuid;
 BEGIN
+    SELECT l.first_person INTO v_person FROM sk_lock_people(p_user_id, p_user_id) l;
+    -- Checked under the lock: an erasure that held it may have removed the user.
     PERFORM 1 FROM users u WHERE u.user_id = p_user_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION USING ERRCODE = 'no_data_found',
             MESSAGE = 'user ' || p_user_id || ' does not exist';
     END IF;
-    SELECT l.first_person INTO v_person FROM sk_lock_people(p_user_id, p_user_id) l;
     IF v_person IS NULL THEN
         RETURN QUERY SELECT NULL::uuid, false;
         RETURN;
@@ -474,27 +492,62 @@ DECLARE
     v_anonymous CONSTANT uuid := '00000000-0000-0000-0000-000000000000';
     v_users uuid[];
     v_persons uuid[];
+    v_key integer;
     v_n bigint;
     v_watermark bigint;
 BEGIN
-    -- Locking the users first makes concurrent inserts that reference them (a new session,
-    -- usage, a link code) wait, and then fail on the foreign key.
+    -- Locks, in the order redemption and unlink take them (see "Identity" above), so that none
+    -- of the three deadlocks against another: 1. the account lock of each user, 2. the link
+    -- codes about to be deleted, 3. the person lock; then the rows. A redemption by one of the
+    -- users finishes first or finds it gone; a merge or unlink of its person finishes first,
+    -- and who is erased is read again under the locks (when a person's users changed
+    -- meanwhile, the locks are released and taken again).
+    LOOP
+        IF p_person_id IS NOT NULL THEN
+            PERFORM 1 FROM persons WHERE person_id = p_person_id;
+            IF NOT FOUND THEN
+                RETURN;
+            END IF;
+            SELECT coalesce(array_agg(user_id ORDER BY user_id), '{}') INTO v_users
+            FROM users WHERE person_id = p_person_id;
+        ELSE
+            v_users := ARRAY[p_user_id];
+        END IF;
+        BEGIN
+            FOR v_key IN
+                SELECT DISTINCT hashtext(u::text) AS lock_key FROM unnest(v_users) u
+                ORDER BY lock_key
+            LOOP
+                PERFORM pg_advisory_xact_lock(1936417123, v_key);  -- "skac"
+            END LOOP;
+            PERFORM 1 FROM link_codes c
+            WHERE c.user_id = ANY(v_users) OR c.used_by = ANY(v_users)
+            ORDER BY c.code FOR UPDATE;
+            IF p_person_id IS NOT NULL THEN
+                PERFORM pg_advisory_xact_lock(1936420965, hashtext(p_person_id::text));  -- "skpe"
+                EXIT WHEN v_users = (SELECT coalesce(array_agg(user_id ORDER BY user_id), '{}')
+                                     FROM users WHERE person_id = p_person_id);
+                RAISE EXCEPTION USING ERRCODE = 'SK001', MESSAGE = 'users moved; lock again';
+            END IF;
+            SELECT array_remove(ARRAY[l.first_person], NULL) INTO v_persons
+            FROM sk_lock_people(p_user_id, p_user_id) l;
+            EXIT;
+        EXCEPTION WHEN SQLSTATE 'SK001' THEN
+            NULL;  -- the subtransaction's locks are released; read the users again
+        END;
+    END LOOP;
+    -- The users' rows last: concurrent inserts that reference them (a new session, usage, a
+    -- link code) wait, and then fail on the foreign key.
     IF p_person_id IS NOT NULL THEN
         PERFORM 1 FROM persons WHERE person_id = p_person_id FOR UPDATE;
         IF NOT FOUND THEN
-            RETURN;
+            RETURN;  -- erased meanwhile
         END IF;
         v_persons := ARRAY[p_person_id];
-        SELECT coalesce(array_agg(user_id), '{}') INTO v_users
-        FROM (SELECT user_id FROM users WHERE person_id = p_person_id
-              ORDER BY user_id FOR UPDATE) u;
-    ELSE
-        SELECT array_agg(user_id), array_agg(person_id) FILTER (WHERE person_id IS NOT NULL)
-        INTO v_users, v_persons
-        FROM (SELECT user_id, person_id FROM users WHERE user_id = p_user_id FOR UPDATE) u;
-        IF v_users IS NULL THEN
-            RETURN;
-        END IF;
+    END IF;
+    PERFORM 1 FROM users WHERE user_id = ANY(v_users) ORDER BY user_id FOR UPDATE;
+    IF NOT FOUND AND p_person_id IS NULL THEN
+        RETURN;  -- no such user, or erased meanwhile
     END IF;
 
     BEGIN

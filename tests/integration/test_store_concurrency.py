@@ -11,12 +11,24 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from functools import partial
 from typing import Any, TypeVar
 
 import psycopg
+import pytest
 from store_support import T0, count, store_fixture  # noqa: F401 (fixture)
+from test_store_failover import wait_until_waiting_on_locks
 
-from store import AsyncStore, LinkCodeInvalid, LinkCodeLocked, Linked, Store, Unlinked
+from store import (
+    AsyncStore,
+    Forgotten,
+    LinkCodeInvalid,
+    LinkCodeLocked,
+    Linked,
+    NotFound,
+    Store,
+    Unlinked,
+)
 
 T = TypeVar("T")
 
@@ -31,6 +43,14 @@ def in_threads(workers: int, call: Callable[[int], T]) -> list[T]:
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(run, range(workers)))
+
+
+def outcome_of_nth(calls: list[Callable[[], T]], i: int) -> T | Exception:
+    """What ``calls[i]()`` returned, or the error it raised."""
+    try:
+        return calls[i]()
+    except Exception as exc:
+        return exc
 
 
 def test_sixteen_concurrent_first_messages_make_one_user_and_one_session(
@@ -206,3 +226,99 @@ def test_redemptions_of_unrelated_people_do_not_wait_for_each_other(
         with Store(database_url, statement_timeout_ms=2000) as other:
             assert other.redeem_link_code(d, code_cd, now=T0).owner_id == c
         held.rollback()
+
+
+@pytest.mark.slow
+def test_concurrent_redemptions_unlinks_and_erasures_never_deadlock_nor_orphan(
+    database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    # Owners o0..o7 linked in pairs (four persons); fresh redeemers r0..r7 redeem the owners'
+    # codes while owners leave their persons, owners and a redeemer are forgotten, and a whole
+    # person is forgotten, all at once over the same persons. The three take their locks in
+    # one order: nothing deadlocks, and every call either happens wholly before or after the
+    # others it overlaps. Redeemers have no person of their own, so no merge empties a person:
+    # a person without users here is one that an erasure or unlink left behind.
+    rounds = 8
+    erased: list[object] = []
+    with Store(database_url, max_size=16) as store:
+        for n in range(rounds):
+            owners = [store.get_or_create_user("telegram", f"o{n}-{i}").user_id for i in range(8)]
+            redeemers = [
+                store.get_or_create_user("whatsapp", f"r{n}-{i}").user_id for i in range(8)
+            ]
+            pairs = [
+                store.redeem_link_code(owners[i + 1], store.create_link_code(owners[i]).code)
+                for i in range(0, 8, 2)
+            ]
+            codes = [store.create_link_code(o).code for o in owners]
+            erased += [owners[1], owners[4], redeemers[2]]
+            calls: list[Callable[[], object]] = [
+                *(partial(store.redeem_link_code, redeemers[i], codes[i]) for i in range(8)),
+                partial(store.forget_user, owners[1]),
+                partial(store.forget_user, owners[4]),
+                partial(store.forget_user, redeemers[2]),
+                partial(store.forget_person, pairs[3].person_id),  # o6 and o7
+                partial(store.unlink, owners[0]),
+                partial(store.unlink, owners[5]),
+                partial(store.unlink, owners[6]),
+                partial(store.unlink, redeemers[3]),
+            ]
+
+            outcomes = in_threads(len(calls), partial(outcome_of_nth, calls))
+            # A call that lost a race finds its user or code gone; nothing else goes wrong.
+            unexpected = [
+                o
+                for o in outcomes
+                if not isinstance(o, Linked | Unlinked | Forgotten | NotFound | LinkCodeInvalid)
+            ]
+            assert unexpected == []
+    assert (
+        count(
+            conn,
+            "users u",
+            "u.person_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM"
+            " persons p WHERE p.person_id = u.person_id)",
+        )
+        == 0
+    )
+    orphans = "NOT EXISTS (SELECT 1 FROM users u WHERE u.person_id = p.person_id)"
+    assert count(conn, "persons p", orphans) == 0
+    # No code names a user that is gone (a redemption by a forgotten user ran before it).
+    assert (
+        count(
+            conn,
+            "link_codes c",
+            "NOT EXISTS (SELECT 1 FROM users u WHERE"
+            " u.user_id = c.used_by) AND c.used_by IS NOT NULL",
+        )
+        == 0
+    )
+    # What could not have happened otherwise did: the erased are gone, the others linked.
+    gone = conn.execute("SELECT count(*) FROM users WHERE user_id = ANY(%s)", (erased,))
+    assert gone.fetchone() == (0,)
+    assert count(conn, "users", "channel = 'whatsapp' AND person_id IS NOT NULL") > 0
+
+
+def test_a_person_erased_while_a_merge_brings_a_user_erases_the_newcomer_too(
+    database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    # The erasure read the person's users, then waited for the person's lock held by a merge
+    # that adds one more: under the lock it reads them again and erases all three.
+    with Store(database_url) as store:
+        a, b, c = (store.get_or_create_user("telegram", n, now=T0).user_id for n in "abc")
+        person = store.redeem_link_code(b, store.create_link_code(a, now=T0).code, now=T0)
+        with psycopg.connect(database_url) as merge:  # mid-merge: the person's lock is held
+            merge.execute(
+                "SELECT pg_advisory_xact_lock(1936420965, hashtext(%s::text))",
+                (person.person_id,),
+            )
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                erasure = pool.submit(store.forget_person, person.person_id)
+                wait_until_waiting_on_locks(conn, 1)
+                merge.execute(
+                    "UPDATE users SET person_id = %s WHERE user_id = %s", (person.person_id, c)
+                )
+                merge.commit()
+                forgotten = erasure.result(timeout=30)
+    assert forgotten.deleted["users"] == 3 and forgotten.deleted["persons"] == 1
+    assert count(conn, "users") == 0 and count(conn, "persons") == 0

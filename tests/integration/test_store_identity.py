@@ -4,6 +4,9 @@ guessing."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import io
+import json
 import re
 import uuid
 from datetime import timedelta
@@ -68,6 +71,52 @@ def test_own_code_is_refused(store: Store) -> None:
     code = store.create_link_code(owner, now=T0).code
     with pytest.raises(LinkCodeInvalid, match="your own"):
         store.redeem_link_code(owner, code, now=T0)
+
+
+def key_of(code: str) -> str:
+    """What link_codes.code holds for a code of this release (sk_link_code_key)."""
+    canonical = code.replace("-", "")
+    return "h:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def test_only_the_hash_of_a_code_is_stored(
+    store: Store, conn: psycopg.Connection[Any], database_url: str
+) -> None:
+    owner, other = users(store, "owner", "other")
+    code = store.create_link_code(owner, now=T0).code
+    stored = [row[0] for row in conn.execute("SELECT code FROM link_codes")]
+    assert stored == [key_of(code)]
+    dump = conn.execute("SELECT string_agg(l::text, ' ') FROM link_codes l").fetchone()
+    assert dump is not None and code.replace("-", "") not in dump[0]
+    # Who read the table cannot redeem with what it found: not typed into a bot...
+    with pytest.raises(InvalidInput):
+        store.redeem_link_code(other, stored[0], now=T0)
+    # ...nor passed to the function itself (it is an unknown code, and counted as a failure).
+    with psycopg.connect(database_url, autocommit=True) as direct:
+        row = direct.execute(
+            "SELECT outcome FROM sk_redeem_link_code(%s, %s, %s, 10, '10 min', '15 min')",
+            (other, stored[0], T0),
+        ).fetchone()
+    assert row == ("invalid",)
+    assert store.redeem_link_code(other, code, now=T0).owner_id == owner
+
+
+def test_an_export_holds_no_usable_code(store: Store, conn: psycopg.Connection[Any]) -> None:
+    owner, old_owner = users(store, "owner", "old-owner")
+    code = store.create_link_code(owner, now=T0).code
+    # A live code of release 0.1.0, stored as typed (six digits).
+    conn.execute(
+        "INSERT INTO link_codes (code, user_id, created_at, expires_at) VALUES (%s, %s, %s, %s)",
+        ("123456", old_owner, T0, T0 + timedelta(minutes=10)),
+    )
+    for user, plain, key in (
+        (owner, code.replace("-", ""), key_of(code)),
+        (old_owner, "123456", "h:" + hashlib.sha256(b"123456").hexdigest()),
+    ):
+        out = io.StringIO()
+        store.export_user(user, out)
+        assert plain not in out.getvalue()
+        assert [c["code"] for c in json.loads(out.getvalue())["tables"]["link_codes"]] == [key]
 
 
 def test_new_code_retires_the_previous_one(store: Store) -> None:

@@ -79,7 +79,13 @@ def test_inactive_users_are_forgotten_and_active_ones_kept(conn: Conn, world: An
     result = user_retention.run(conn, SETTINGS, NOW)
     assert names(conn) == {"chatty", "archived", "renamed"}
     assert result.rows == 3
-    assert result.details == {"scanned": 6, "forgotten": 3, "blocked": 0, "persons": 0}
+    assert result.details == {
+        "scanned": 6,
+        "forgotten": 3,
+        "blocked": 0,
+        "busy": 0,
+        "persons": 0,
+    }
     # As forget_user: nothing left about them, usage kept as anonymous totals.
     for table in ("sessions", "archived_sessions", "usage_stats"):
         owners = {row[0] for row in conn.execute(f"SELECT user_id FROM {table}")}
@@ -120,6 +126,26 @@ def test_a_linked_user_leaves_its_person_to_the_others(conn: Conn, world: Any) -
     )
     assert user_retention.run(conn, SETTINGS, NOW).details["persons"] == 0
     assert conn.execute("SELECT count(*) FROM persons").fetchone() == (1,)
+
+
+def test_a_user_whose_person_is_being_linked_is_left_for_the_next_run(
+    conn: Conn, world: Any, database_url: str
+) -> None:
+    # A redemption or unlink holds the person's lock and may next wait for the user's row,
+    # which the batch holds: the erasure gives up on that user instead of waiting (a deadlock).
+    row = conn.execute("INSERT INTO persons DEFAULT VALUES RETURNING person_id").fetchone()
+    assert row is not None
+    person = row[0]
+    conn.execute("UPDATE users SET person_id = %s WHERE user_id = %s", (person, world["silent"]))
+    conn.execute("SET statement_timeout = '10s'")  # were the job to wait, it fails instead
+    with psycopg.connect(database_url) as online:  # mid-redemption: the person lock is held
+        online.execute("SELECT pg_advisory_xact_lock(1936420965, hashtext(%s::text))", (person,))
+        result = user_retention.run(conn, SETTINGS, NOW)
+        online.rollback()
+    assert (result.details["forgotten"], result.details["busy"]) == (2, 1)
+    assert "silent" in names(conn)
+    assert user_retention.run(conn, SETTINGS, NOW).details["forgotten"] == 1
+    assert "silent" not in names(conn)
 
 
 def connector(url: str) -> Any:

@@ -272,7 +272,7 @@ CANNED: dict[str, Rows] = {
     "track_usage": one(stat_id=str(SESSION)),
     "register_proactive_user": one(user_id=USER, chat_id="chat-1"),
     "load_users_from_db": [{"user_id": USER, "chat_id": "1"}, {"user_id": PERSON, "chat_id": "2"}],
-    "create_link_code": one(code="7KQ2M9XD4HTR", expires_at=T0),
+    "create_link_code": one(expires_at=T0),
     "redeem_link_code": one(outcome="linked", person_id=PERSON, owner_id=USER, locked_until=None),
     "unlink": one(person_id=PERSON, person_deleted=True),
     "get_linked_users": user_row(person_id=PERSON, created=False),
@@ -335,7 +335,7 @@ CALLS: dict[str, tuple[Callable[..., core.Plan[Any]], tuple[Any, ...], str, obje
         core.create_link_code,
         (USER,),
         "create_link_code",
-        store.LinkCode("7KQ2-M9XD-4HTR", T0),
+        None,  # a fresh random code: tests/unit/test_link_codes.py checks it is the one sent
     ),
     "redeem_link_code": (
         core.redeem_link_code,

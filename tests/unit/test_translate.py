@@ -30,6 +30,9 @@ SECRET = "hunter2-s3cret"
         ("08006", store.DatabaseUnavailable),  # connection_failure
         ("53300", store.DatabaseUnavailable),  # too_many_connections
         ("25006", store.ReadOnlyDatabase),  # read_only_sql_transaction: a standby answered
+        ("40P01", store.TransactionConflict),  # deadlock_detected: rolled back, retry is safe
+        ("40001", store.TransactionConflict),  # serialization_failure
+        ("55P03", store.TransactionConflict),  # lock_not_available: lock_timeout
     ],
 )
 def test_sqlstates_become_store_errors(sqlstate: str, expected: type[store.StoreError]) -> None:
