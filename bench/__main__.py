@@ -51,7 +51,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="auto: SESSIONKEEPER_BENCH_DATABASE_URL, else Debian's PostgreSQL 15, else embedded",
     )
     parser.add_argument(
-        "--jobs-scale", type=int, help="divide the jobs backlog by this (1; quick 50)"
+        "--jobs-scale",
+        type=float,
+        help="divide the jobs backlog by this (1; quick 50; 0.1 is ten times the backlog)",
     )
     parser.add_argument(
         "--online-rate", type=float, default=100.0, help="turns/s of the load beside the jobs"

@@ -34,13 +34,14 @@ class Scale:
     usage_rows: int = 1_000_000
     users: int = 10_000
 
-    def divided(self, by: int) -> Scale:
+    def divided(self, by: float) -> Scale:
+        """The backlog divided by ``by`` (0.1: ten times today's)."""
         return Scale(
-            self.rate_limit_windows // by,
-            self.idle_sessions // by,
+            int(self.rate_limit_windows / by),
+            int(self.idle_sessions / by),
             self.messages_per_session,
-            self.usage_rows // by,
-            max(100, self.users // by),
+            int(self.usage_rows / by),
+            max(100, int(self.users / by)),
         )
 
 
