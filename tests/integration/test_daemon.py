@@ -18,6 +18,7 @@ import psycopg
 import pytest
 from daemon_support import daemon_env, every_job
 from prometheus_client.parser import text_string_to_metric_families
+from tool_support import unavailable
 
 from jobs import JOB_NAMES
 from sessionkeeper.admin import migrate
@@ -131,7 +132,7 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
 def promtool_check(body: str) -> None:
     promtool = shutil.which("promtool")
     if promtool is None:
-        pytest.skip("promtool (Debian package prometheus) is not installed")
+        unavailable("promtool (Debian package prometheus) is not installed")
     result = subprocess.run(
         [promtool, "check", "metrics"], input=body, capture_output=True, text=True, check=False
     )

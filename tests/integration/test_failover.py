@@ -29,6 +29,7 @@ import psycopg
 import pytest
 from daemon_support import daemon_env, every_job
 from patroni_support import Node, PatroniCluster, connect, missing_tools
+from tool_support import unavailable
 
 import store
 from jobs import JOB_NAMES
@@ -246,7 +247,7 @@ class Daemons:
 def cluster() -> Iterator[PatroniCluster]:
     missing = missing_tools()
     if missing:
-        pytest.skip(f"not installed (apt-get install {' '.join(missing)}; .ci/run does)")
+        unavailable(f"not installed (apt-get install {' '.join(missing)}; .ci/run does)")
     patroni = PatroniCluster()
     try:
         patroni.start()

@@ -24,6 +24,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from store_support import T0, count
 from test_store_concurrency import in_threads
+from tool_support import unavailable
 
 from store import Store
 
@@ -40,7 +41,7 @@ def _free_port() -> int:
 @pytest.fixture
 def bouncer_url(database_url: str) -> Iterator[str]:
     if not os.access(PGBOUNCER, os.X_OK):
-        pytest.skip("pgbouncer is not installed (apt-get install pgbouncer)")
+        unavailable("pgbouncer is not installed (apt-get install pgbouncer)")
     target = conninfo_to_dict(database_url)
     directory = Path(tempfile.mkdtemp(prefix="sk-pgbouncer-"))
     port = _free_port()
