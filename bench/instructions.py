@@ -21,6 +21,7 @@ import asyncio
 import functools
 import sys
 import threading
+
 from . import this_store, workload
 
 USERS = 64
