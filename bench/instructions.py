@@ -70,6 +70,7 @@ def run_sync(url: str, workers: int, warmup: int, turns: int) -> None:
 def run_async(url: str, workers: int, warmup: int, turns: int, uvloop: bool) -> None:
     from store import AsyncStore
 
+    loop: asyncio.AbstractEventLoop
     if uvloop:
         import uvloop as uv
 
