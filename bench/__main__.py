@@ -89,10 +89,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def store_designs(conninfo: str) -> list[hotpath.Design]:
-    """This store, sync and async, on one database; none while store.Store is missing."""
+    """This store, sync and async (and on uvloop when installed), on one database; none while
+    store.Store is missing."""
     if not this_store.available():
         return []
-    return [this_store.StoreDesign(conninfo), this_store.AsyncStoreDesign(conninfo)]
+    designs: list[hotpath.Design] = [
+        this_store.StoreDesign(conninfo),
+        this_store.AsyncStoreDesign(conninfo),
+    ]
+    if this_store.uvloop_available():
+        designs.append(this_store.UvloopStoreDesign(conninfo))
+    return designs
 
 
 class Bench:
