@@ -11,7 +11,17 @@ Only the measured turns run inside ``functools.reduce`` (a C function nothing el
 path calls), so ``--toggle-collect`` counts them and neither start-up nor the warm-up; divide
 the "Collected" total by ``--turns``. ``--design``: ``sync`` (``Store``, one thread per worker),
 ``async`` (``AsyncStore``, one task per worker on one event loop) or ``uvloop`` (the same on
-uvloop's loop). Each worker serves its own users in turn, as in bench/hotpath.py.
+uvloop's loop). Each worker serves its own users in turn, as in bench/hotpath.py. ``prepare``
+also seeds ``--bystanders`` users that no turn touches, so that the tables are not tiny (on a
+tiny table the planner picks sequential scans that a real database never runs).
+
+The server's side, counted the same way: run the postmaster itself under valgrind (its
+backends are forks, one output file each, ``%p``) with collection on only inside statements
+and commits, ``--collect-atstart=no --toggle-collect=PortalRun --toggle-collect=PortalStart
+--toggle-collect=GetCachedPlan --toggle-collect=StartTransactionCommand
+--toggle-collect=CommitTransactionCommand``; ``run --design sync --workers 1`` prints the pid of
+the backend that serves every turn. The difference between runs of 300 and 100 turns (after the
+same warm-up, with ``VACUUM`` before each and autovacuum off) divided by 200 is one turn's count.
 """
 
 from __future__ import annotations
@@ -21,10 +31,17 @@ import asyncio
 import functools
 import sys
 import threading
+from datetime import timedelta
+from typing import Any
+
+import psycopg
 
 from . import this_store, workload
 
 USERS = 64
+# The turns run long after ``prepare``: sessions must not go stale meanwhile (a stale one is
+# replaced by a new one that carries only a few pairs, and the turn would read less).
+OPTIONS: dict[str, Any] = {"rate_per_minute": 10**9, "idle_timeout": timedelta(days=365)}
 
 
 def _turns(count: int, workers: int) -> list[list[tuple[str, int]]]:
@@ -39,7 +56,7 @@ def _turns(count: int, workers: int) -> list[list[tuple[str, int]]]:
 def run_sync(url: str, workers: int, warmup: int, turns: int) -> None:
     from store import Store
 
-    store = Store(url, min_size=workers, max_size=workers, rate_per_minute=10**9)
+    store = Store(url, min_size=workers, max_size=workers, **OPTIONS)
     design = this_store.StoreDesign(url)
     design.store = store
     store.pool.wait()
@@ -54,13 +71,24 @@ def run_sync(url: str, workers: int, warmup: int, turns: int) -> None:
             design.turn(0, user, seed)
 
     def in_threads(plans: list[list[tuple[str, int]]], measured: bool) -> None:
-        # callgrind toggles collection per thread: each thread runs its turns inside reduce.
-        target = (lambda p: functools.reduce(lambda _, q: work(q), [p], None)) if measured else work
-        threads = [threading.Thread(target=target, args=(p,)) for p in plans]
+        errors: list[BaseException] = []
+
+        def run(plan: list[tuple[str, int]]) -> None:
+            try:
+                if measured:  # callgrind toggles collection per thread: each runs reduce
+                    functools.reduce(lambda _, p: work(p), [plan], None)
+                else:
+                    work(plan)
+            except BaseException as exc:  # a failed turn fails the count
+                errors.append(exc)
+
+        threads = [threading.Thread(target=run, args=(p,)) for p in plans]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
+        if errors:
+            raise errors[0]
 
     in_threads(_turns(warmup, workers), measured=False)
     in_threads(_turns(turns, workers), measured=True)
@@ -77,7 +105,7 @@ def run_async(url: str, workers: int, warmup: int, turns: int, uvloop: bool) -> 
         loop = uv.new_event_loop()
     else:
         loop = asyncio.new_event_loop()
-    store = AsyncStore(url, min_size=workers, max_size=workers, rate_per_minute=10**9)
+    store = AsyncStore(url, min_size=workers, max_size=workers, **OPTIONS)
     design = this_store.AsyncStoreDesign(url)
     design.store = store
 
@@ -109,11 +137,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--turns", type=int, default=300)
+    parser.add_argument(
+        "--bystanders",
+        type=int,
+        default=5000,
+        help="prepare: other users with full histories, so that tables have a realistic size"
+        " and the plans are the index lookups a real database gets",
+    )
     args = parser.parse_args(argv)
     if args.action == "prepare":
         this_store.install(args.url)
         users = workload.channel_user_ids(USERS, prefix="i")
         this_store.seed_users(args.url, users, workload.history(workload.HISTORY_PAIRS))
+        others = workload.channel_user_ids(args.bystanders, prefix="b")
+        this_store.seed_users(args.url, others, workload.history(workload.HISTORY_PAIRS))
+        with psycopg.connect(args.url, autocommit=True) as conn:
+            conn.execute("VACUUM ANALYZE")
     elif args.design == "sync":
         run_sync(args.url, args.workers, args.warmup, args.turns)
     else:
