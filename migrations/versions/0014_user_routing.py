@@ -1,0 +1,164 @@
+"""user routing: keyed user ids, and user_id on session_messages and turn_receipts, online
+
+Revision ID: 0014
+Revises: 0012
+Create Date: 2026-11-29
+
+So that every hot-path statement can name the user, the column Citus would distribute by
+(docs/scaling.md, issue 16):
+
+1. ``user_key_secret``: one row of 32 random bytes, the key of ``sk_user_key`` (new users' ids
+   are a keyed hash of their channel identity). Made here, once; never sent to a client.
+2. ``session_messages.user_id`` and ``turn_receipts.user_id``, nullable (a catalogue change).
+3. A ``BEFORE INSERT`` trigger on each, ``WHEN (NEW.user_id IS NULL)``, that copies the
+   session's user (``sk_fill_user_id``): bots of release 0.1.0 (and anything else that does
+   not give the column) keep inserting rows that carry it. The function's definition is taken
+   from store/sql/functions.sql, which `sessionkeeper migrate` applies only after the
+   revisions: the triggers must exist before the backfill.
+4. ``CHECK (user_id IS NOT NULL) NOT VALID``: enforced from now on for new rows.
+5. The existing rows, in batches of ``BATCH`` in primary-key order, each its own transaction.
+6. ``VALIDATE CONSTRAINT``: a scan under SHARE UPDATE EXCLUSIVE, which does not block writes.
+
+Every DDL step waits at most LOCK_TIMEOUT for its lock and is retried; every step can run
+again, so a migration interrupted half-way is finished by the next `sessionkeeper migrate`.
+The next release contracts: NOT NULL (proved by the validated CHECK, no scan) and the triggers
+dropped, once no bot of 0.1.0 runs (docs/upgrades.md).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import psycopg
+from alembic import op
+
+from sessionkeeper.admin.functions import definition
+
+revision: str = "0014"
+down_revision: str | None = "0012"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+# Below the server's deadlock_timeout (1 s by default), as in revision 0012: the migration is
+# the one that yields and retries, never a bot.
+LOCK_TIMEOUT = "200ms"
+ATTEMPTS = 60
+BATCH = 5000
+
+# The tables that get their session's user, and their primary keys (the backfill's order).
+OWNED = {"session_messages": ("session_id", "seq"), "turn_receipts": ("session_id", "turn_id")}
+
+
+def upgrade() -> None:
+    op.execute(
+        """
+        CREATE TABLE IF NOT EXISTS user_key_secret (
+            singleton boolean NOT NULL DEFAULT true,
+            secret bytea NOT NULL,
+            created_at timestamptz NOT NULL DEFAULT now(),
+            CONSTRAINT pk_user_key_secret PRIMARY KEY (singleton),
+            CONSTRAINT ck_user_key_secret_singleton CHECK (singleton),
+            CONSTRAINT ck_user_key_secret_secret_length CHECK (octet_length(secret) >= 32)
+        )
+        """
+    )
+    # The steps below need transactions of their own (short lock waits, committed batches).
+    bind = op.get_bind()
+    bind.commit()
+    conn: Any = bind.connection.driver_connection
+    conn.autocommit = True
+    try:
+        conn.execute(
+            "INSERT INTO user_key_secret (secret) VALUES (%s) ON CONFLICT DO NOTHING",
+            (secrets.token_bytes(32),),
+        )
+        # CREATE OR REPLACE FUNCTION locks no table; functions.sql replaces it again at head.
+        conn.execute(definition("sk_fill_user_id"))
+        for table, key in OWNED.items():
+            expand(conn, table)
+            backfill(conn, table, key)
+            conn.execute(f"ALTER TABLE {table} VALIDATE CONSTRAINT ck_{table}_user_id")
+    finally:
+        conn.autocommit = False
+
+
+def expand(conn: Any, table: str) -> None:
+    """Column, trigger and NOT VALID check, each step skipped when done already."""
+    _short(conn, f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS user_id uuid")
+    if not _exists(conn, "pg_trigger", "tgname", f"tg_{table}_user_id"):
+        _short(
+            conn,
+            f"CREATE TRIGGER tg_{table}_user_id BEFORE INSERT ON {table} FOR EACH ROW"
+            " WHEN (NEW.user_id IS NULL) EXECUTE FUNCTION sk_fill_user_id()",
+        )
+    if not _exists(conn, "pg_constraint", "conname", f"ck_{table}_user_id"):
+        _short(
+            conn,
+            f"ALTER TABLE {table} ADD CONSTRAINT ck_{table}_user_id"
+            " CHECK (user_id IS NOT NULL) NOT VALID",
+        )
+
+
+def backfill(conn: Any, table: str, key: tuple[str, str], batch: int = BATCH) -> int:
+    """Give every row its session's user, ``batch`` rows (in key order) a transaction; returns
+    how many rows were filled. Rows inserted meanwhile carry the user (the trigger)."""
+    first, second = key
+    # Names from OWNED, not input.
+    step = (
+        f"WITH b AS (SELECT {first}, {second} FROM {table} {{where}}"  # noqa: S608
+        f" ORDER BY {first}, {second} LIMIT {batch}),"
+        f" filled AS (UPDATE {table} t SET user_id = s.user_id FROM b, sessions s"
+        f" WHERE t.{first} = b.{first} AND t.{second} = b.{second}"
+        f" AND s.session_id = b.{first} AND t.user_id IS NULL RETURNING 1)"
+        f" SELECT (SELECT count(*) FROM filled),"
+        f" (SELECT ARRAY[{first}::text, {second}::text] FROM b"
+        f" ORDER BY {first} DESC, {second} DESC LIMIT 1)"
+    )
+    after: list[str] | None = None
+    filled = 0
+    while True:
+        if after is None:
+            statement, params = step.format(where=""), ()
+        else:
+            statement = step.format(where=f"WHERE ({first}, {second}) > (%s, %s)")
+            params = tuple(after)
+        row = _retried(conn, lambda: conn.execute(statement, params).fetchone())
+        filled += row[0]
+        if row[1] is None:
+            return filled
+        after = row[1]
+
+
+def _exists(conn: Any, catalog: str, column: str, name: str) -> bool:
+    # Names are ours (constants above), not input.
+    query = f"SELECT EXISTS (SELECT 1 FROM {catalog} WHERE {column} = %s)"  # noqa: S608
+    return bool(conn.execute(query, (name,)).fetchone()[0])
+
+
+def _short(conn: Any, statement: str) -> None:
+    _retried(conn, lambda: conn.execute(statement))
+
+
+def _retried(conn: Any, work: Callable[[], Any]) -> Any:
+    """``work`` in one transaction that waits at most LOCK_TIMEOUT for a lock, retried."""
+    for attempt in range(ATTEMPTS):
+        try:
+            with conn.transaction():
+                conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+                return work()
+        except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
+            if attempt == ATTEMPTS - 1:
+                raise
+            time.sleep(0.2)
+    raise AssertionError("unreachable")
+
+
+def downgrade() -> None:
+    op.execute("SET LOCAL lock_timeout = '5s'")
+    for table in OWNED:
+        op.execute(f"DROP TRIGGER IF EXISTS tg_{table}_user_id ON {table}")
+        op.execute(f"ALTER TABLE {table} DROP COLUMN IF EXISTS user_id")
+    op.execute("DROP TABLE IF EXISTS user_key_secret")
