@@ -312,7 +312,8 @@ def _append(
     batch = validate.messages(config, messages)
     params = {
         "session_id": session_id,
-        "user_id": user_id,
+        # Only with a Turn: append_messages_by_session reads the user from the session.
+        **({} if user_id is None else {"user_id": user_id}),
         "roles": batch.roles,
         "contents": batch.contents,
         "created": batch.created,
@@ -331,7 +332,7 @@ def _append(
 def _append_steps(
     session_id: UUID, params: dict[str, Any], *, retryable: bool
 ) -> Plan[models.Appended]:
-    user_id = params["user_id"]
+    user_id = params.get("user_id")
     # With the user, every part of the statement names it (it routes on Citus); with a session
     # id alone, the statement reads the user from the session.
     name = "append_messages" if user_id is not None else "append_messages_by_session"

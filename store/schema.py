@@ -139,7 +139,6 @@ sessions = Table(
 )
 
 
-
 def _owner() -> list[object]:
     """The session's user, copied onto a session's rows (revision 0014) so that every statement
     can name the user (the distribution column on Citus, docs/scaling.md). Nullable with a

@@ -62,11 +62,14 @@ def test_trim_deletes_an_index_range(conn: psycopg.Connection[Any], busy: uuid.U
     assert "pk_session_messages" in text
 
 
+@pytest.mark.parametrize("statement", ["append_messages", "append_messages_by_session"])
 def test_finish_turn_statement_reads_no_other_history(
-    conn: psycopg.Connection[Any], busy: uuid.UUID
+    conn: psycopg.Connection[Any], busy: uuid.UUID, statement: str
 ) -> None:
+    owner = conn.execute("SELECT user_id FROM sessions WHERE session_id = %s", (busy,))
     params: dict[str, object] = {
         "session_id": busy,
+        "user_id": owner.fetchone()[0],  # type: ignore[index]
         "roles": ["user", "assistant"],
         "contents": ["q", "a"],
         "created": [None, None],
@@ -79,10 +82,12 @@ def test_finish_turn_statement_reads_no_other_history(
         "cached_tokens": 0,
         "turn_id": uuid.uuid4(),
     }
-    text = plan(conn, "append_messages", params)
+    text = plan(conn, statement, params)
     # (The planner may scan the small sessions table; the history is what grows.)
     assert "Seq Scan on session_messages" not in text
     assert "pk_session_messages" in text
+    # The user_id filters (revision 0014) are checked on the rows the key range found.
+    assert re.search(r"Filter: .*user_id = ", text)
     # The receipts of earlier turns are found (and expired) by the session's key range.
     assert "Seq Scan on turn_receipts" not in text
     assert "pk_turn_receipts" in text
