@@ -144,7 +144,8 @@ def test_the_hot_path_touches_one_partition_of_each_table(
     plans = explained(conn)
     for _ in range(7):  # past psycopg's and PL/pgSQL's first, custom plans
         begun = conn.execute(
-            "SELECT session_id FROM sk_begin_turn('telegram', 'u1', NULL, %s, %s, %s, false,"
+            "SELECT session_id, user_id FROM sk_begin_turn('telegram', 'u1', NULL, %s, %s, %s,"
+            " false,"
             " '30 minutes', 0, 20)",
             (TODAY, windows, caps),
         ).fetchone()
@@ -153,6 +154,7 @@ def test_the_hot_path_touches_one_partition_of_each_table(
             QUERIES["append_messages"],
             {
                 "session_id": begun[0],
+                "user_id": begun[1],
                 "roles": ["user", "assistant"],
                 "contents": ["q", "a"],
                 "created": [None, None],
