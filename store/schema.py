@@ -40,6 +40,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP, UUID
+from sqlalchemy.schema import SchemaItem
 
 from .models import ROLES
 
@@ -139,7 +140,7 @@ sessions = Table(
 )
 
 
-def _owner() -> list[object]:
+def _owner() -> list[SchemaItem]:
     """The session's user, copied onto a session's rows (revision 0014) so that every statement
     can name the user (the distribution column on Citus, docs/scaling.md). Nullable with a
     CHECK while bots of release 0.1.0, which do not write it, may run: a trigger

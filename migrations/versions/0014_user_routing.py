@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
@@ -118,6 +118,7 @@ def backfill(conn: Any, table: str, key: tuple[str, str], batch: int = BATCH) ->
         f" ORDER BY {first} DESC, {second} DESC LIMIT 1)"
     )
     after: list[str] | None = None
+    params: tuple[str, ...] = ()
     filled = 0
     while True:
         if after is None:
@@ -125,8 +126,8 @@ def backfill(conn: Any, table: str, key: tuple[str, str], batch: int = BATCH) ->
         else:
             statement = step.format(where=f"WHERE ({first}, {second}) > (%s, %s)")
             params = tuple(after)
-        row = _retried(conn, lambda: conn.execute(statement, params).fetchone())
-        filled += row[0]
+        row = _retried(conn, statement, params)
+        filled += int(row[0])
         if row[1] is None:
             return filled
         after = row[1]
@@ -139,16 +140,18 @@ def _exists(conn: Any, catalog: str, column: str, name: str) -> bool:
 
 
 def _short(conn: Any, statement: str) -> None:
-    _retried(conn, lambda: conn.execute(statement))
+    _retried(conn, statement)
 
 
-def _retried(conn: Any, work: Callable[[], Any]) -> Any:
-    """``work`` in one transaction that waits at most LOCK_TIMEOUT for a lock, retried."""
+def _retried(conn: Any, statement: str, params: Sequence[Any] = ()) -> Any:
+    """``statement`` in a transaction of its own that waits at most LOCK_TIMEOUT for a lock,
+    retried; its first row (None if it returns none)."""
     for attempt in range(ATTEMPTS):
         try:
             with conn.transaction():
                 conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
-                return work()
+                cursor = conn.execute(statement, params or None)
+                return cursor.fetchone() if cursor.description else None
         except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
             if attempt == ATTEMPTS - 1:
                 raise

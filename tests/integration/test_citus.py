@@ -13,8 +13,8 @@ import sys
 from typing import Any
 
 import pglast
-import sqlalchemy as sa
 import psycopg
+import sqlalchemy as sa
 from pglast import ast
 
 from sessionkeeper.admin import citus
@@ -148,7 +148,7 @@ def test_users_whose_id_is_not_their_key_are_re_keyed_everywhere(database_url: s
         ).fetchone() == (0,)
         for table, column in citus.user_id_columns():
             # Names from the schema, not input.
-            left = conn.execute(f"SELECT count(*) FROM {table} WHERE {column} = %s", (legacy,))  # noqa: S608
+            left = conn.execute(f"SELECT count(*) FROM {table} WHERE {column} = %s", (legacy,))
             assert left.fetchone() == (0,), f"{table}.{column} still holds the old id"
         moved = conn.execute(
             "SELECT (SELECT count(*) FROM sessions WHERE user_id = %(k)s),"

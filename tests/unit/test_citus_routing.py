@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import UTC, datetime
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import pglast
