@@ -11,7 +11,7 @@ by statement, not by scope (a pin anywhere in the statement counts for the alias
 good enough to catch a new statement that forgets the column, not a proof of Citus's planner.
 
 Today's statements that would cross shards are pinned below with the reason (docs/scaling.md,
-"What must change in the store first"): the list may shrink, never grow unnoticed.
+"Every hot-path statement names the user"): the list may shrink, never grow unnoticed.
 """
 
 from __future__ import annotations
