@@ -161,9 +161,16 @@ DECLARE
     v_key uuid := sk_user_key(p_channel, p_channel_user_id);
     v_user uuid;
     v_authenticated boolean;
+    v_attempts integer := 0;
 BEGIN
     user_created := false;
     LOOP
+        v_attempts := v_attempts + 1;
+        IF v_attempts > 3 THEN
+            -- Not reached unless the key collides with another user's id (122 random bits).
+            RAISE EXCEPTION USING ERRCODE = 'unique_violation',
+                MESSAGE = 'no user found or created for this channel identity';
+        END IF;
         SELECT u.user_id, u.person_id, u.display_name, u.authenticated
         INTO v_user, person_id, display_name, v_authenticated
         FROM users u WHERE u.user_id = v_key FOR NO KEY UPDATE;
