@@ -173,6 +173,12 @@ def test_rows_inserted_without_the_user_get_it_from_their_session(
     for table in ("session_messages", "turn_receipts"):
         # Names are constants.
         assert one(conn, f"SELECT user_id FROM {table}") == turn.user.user_id
+    # Only rows without the user fire it: the store's own inserts give it and skip the call.
+    triggers = conn.execute(
+        "SELECT pg_get_triggerdef(oid) FROM pg_trigger WHERE tgname LIKE 'tg_%%_user_id'"
+    ).fetchall()
+    assert len(triggers) == 2
+    assert all("BEFORE INSERT" in t and "WHEN ((new.user_id IS NULL))" in t for (t,) in triggers)
     # Validated: the next release's NOT NULL needs no scan.
     assert conn.execute(
         "SELECT conname, convalidated FROM pg_constraint WHERE conname LIKE 'ck_%%_user_id'"
