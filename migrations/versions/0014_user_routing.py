@@ -18,6 +18,11 @@ So that every hot-path statement can name the user, the column Citus would distr
 4. ``CHECK (user_id IS NOT NULL) NOT VALID``: enforced from now on for new rows.
 5. The existing rows, in batches of ``BATCH`` in primary-key order, each its own transaction.
 6. ``VALIDATE CONSTRAINT``: a scan under SHARE UPDATE EXCLUSIVE, which does not block writes.
+7. Extended statistics (``dependencies``) on (session_id, user_id), then ANALYZE: the session
+   determines the user, and without them the planner multiplies the selectivities of the two
+   equalities every statement now has, expects one row, and reads a whole session's history
+   (and sorts it) instead of its newest rows by the primary key (tests/integration/
+   test_store_plans.py).
 
 Every DDL step waits at most LOCK_TIMEOUT for its lock and is retried; every step can run
 again, so a migration interrupted half-way is finished by the next `sessionkeeper migrate`.
@@ -81,6 +86,12 @@ def upgrade() -> None:
             expand(conn, table)
             backfill(conn, table, key)
             conn.execute(f"ALTER TABLE {table} VALIDATE CONSTRAINT ck_{table}_user_id")
+            # SHARE UPDATE EXCLUSIVE, like VALIDATE: writes go on.
+            conn.execute(
+                f"CREATE STATISTICS IF NOT EXISTS st_{table}_session_user (dependencies)"
+                f" ON session_id, user_id FROM {table}"
+            )
+            conn.execute(f"ANALYZE {table}")
     finally:
         conn.autocommit = False
 
@@ -162,6 +173,7 @@ def _retried(conn: Any, statement: str, params: Sequence[Any] = ()) -> Any:
 def downgrade() -> None:
     op.execute("SET LOCAL lock_timeout = '5s'")
     for table in OWNED:
+        op.execute(f"DROP STATISTICS IF EXISTS st_{table}_session_user")
         op.execute(f"DROP TRIGGER IF EXISTS tg_{table}_user_id ON {table}")
         op.execute(f"ALTER TABLE {table} DROP COLUMN IF EXISTS user_id")
     op.execute("DROP TABLE IF EXISTS user_key_secret")

@@ -93,6 +93,25 @@ def test_finish_turn_statement_reads_no_other_history(
     assert "pk_turn_receipts" in text
 
 
+def test_begin_turns_history_read_is_the_sessions_key_range(
+    conn: psycopg.Connection[Any], busy: uuid.UUID
+) -> None:
+    # sk_history_arrays_v3 names the user too (revision 0014): a filter on the rows of the
+    # session's key range, read newest first. Without revision 0014's statistics (session_id
+    # determines user_id) the planner multiplies the two equalities' selectivities, expects one
+    # row, and reads and sorts the whole session instead.
+    owner = conn.execute("SELECT user_id FROM sessions WHERE session_id = %s", (busy,)).fetchone()
+    assert owner is not None
+    # The generic plan, as begin_turn runs it (plan_cache_mode = force_generic_plan).
+    conn.execute("PREPARE h(uuid, uuid) AS SELECT * FROM sk_history_arrays_v3($1, $2, 20)")
+    conn.execute("SET plan_cache_mode = force_generic_plan")
+    rows = conn.execute(f"EXPLAIN EXECUTE h('{owner[0]}', '{busy}')").fetchall()
+    text = "\n".join(row[0] for row in rows)
+    assert "Index Scan Backward using pk_session_messages" in text
+    assert re.search(r"Filter: \(user_id = ", text)
+    assert "Seq Scan" not in text and "Bitmap" not in text
+
+
 # -- time partitions (revision 0012) -----------------------------------------------------------
 
 TODAY = datetime(2026, 3, 10, 12, 0, 30, tzinfo=UTC)
