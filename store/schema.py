@@ -144,7 +144,9 @@ def _owner() -> list[SchemaItem]:
     """The session's user, copied onto a session's rows (revision 0014) so that every statement
     can name the user (the distribution column on Citus, docs/scaling.md). Nullable with a
     CHECK while bots of release 0.1.0, which do not write it, may run: a trigger
-    (sk_fill_user_id) fills it for them. The next release makes it NOT NULL."""
+    (sk_fill_user_id) fills it for them. The next release makes it NOT NULL. Revision 0014
+    also creates statistics (``st_<table>_session_user``, dependencies): the session
+    determines the user, which the planner must know to keep using the primary key."""
     return [
         Column("user_id", UUID(as_uuid=True)),
         CheckConstraint("user_id IS NOT NULL", name="user_id"),
