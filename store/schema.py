@@ -111,7 +111,9 @@ persons = Table(
 users = Table(
     "users",
     metadata,
-    Column("user_id", UUID(as_uuid=True), primary_key=True, server_default=_NEW_UUID),
+    # No default: a user's id is its key, sk_user_key(channel, channel_user_id), given by the
+    # store or, for an insert without one, by a trigger (revision 0014).
+    Column("user_id", UUID(as_uuid=True), primary_key=True),
     Column("channel", Text, nullable=False),
     Column("channel_user_id", Text, nullable=False),
     Column("display_name", Text),

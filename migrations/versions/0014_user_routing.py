@@ -9,6 +9,9 @@ So that every hot-path statement can name the user, the column Citus would distr
 
 1. ``user_key_secret``: one row of 32 random bytes, the key of ``sk_user_key`` (new users' ids
    are a keyed hash of their channel identity). Made here, once; never sent to a client.
+   ``users.user_id`` loses its random default for a ``BEFORE INSERT ... WHEN (NEW.user_id IS
+   NULL)`` trigger that gives the key (``sk_key_new_user``): a user inserted without an id (by
+   release 0.1.0's get_or_create_user) gets its key too.
 2. ``session_messages.user_id`` and ``turn_receipts.user_id``, nullable (a catalogue change).
 3. A ``BEFORE INSERT`` trigger on each, ``WHEN (NEW.user_id IS NULL)``, that copies the
    session's user (``sk_fill_user_id``): bots of release 0.1.0 (and anything else that does
@@ -80,8 +83,17 @@ def upgrade() -> None:
             "INSERT INTO user_key_secret (secret) VALUES (%s) ON CONFLICT DO NOTHING",
             (secrets.token_bytes(32),),
         )
-        # CREATE OR REPLACE FUNCTION locks no table; functions.sql replaces it again at head.
-        conn.execute(definition("sk_fill_user_id"))
+        # CREATE OR REPLACE FUNCTION locks no table; functions.sql replaces them again at head.
+        for function in ("sk_user_key", "sk_key_new_user", "sk_fill_user_id"):
+            conn.execute(definition(function))
+        if not _exists(conn, "pg_trigger", "tgname", "tg_users_user_id"):
+            _short(
+                conn,
+                "CREATE TRIGGER tg_users_user_id BEFORE INSERT ON users FOR EACH ROW"
+                " WHEN (NEW.user_id IS NULL) EXECUTE FUNCTION sk_key_new_user()",
+            )
+        # After the trigger: from here an insert without an id gets its key, not NULL.
+        _short(conn, "ALTER TABLE users ALTER COLUMN user_id DROP DEFAULT")
         for table, key in OWNED.items():
             expand(conn, table)
             backfill(conn, table, key)
@@ -176,4 +188,6 @@ def downgrade() -> None:
         op.execute(f"DROP STATISTICS IF EXISTS st_{table}_session_user")
         op.execute(f"DROP TRIGGER IF EXISTS tg_{table}_user_id ON {table}")
         op.execute(f"ALTER TABLE {table} DROP COLUMN IF EXISTS user_id")
+    op.execute("ALTER TABLE users ALTER COLUMN user_id SET DEFAULT gen_random_uuid()")
+    op.execute("DROP TRIGGER IF EXISTS tg_users_user_id ON users")
     op.execute("DROP TABLE IF EXISTS user_key_secret")

@@ -25,8 +25,7 @@ Placement, derived from ``store.schema`` so that a new table cannot be forgotten
 * any other table stops the generator until someone decides.
 
 Users are found by their id, ``sk_user_key(channel, channel_user_id)`` (store/sql/functions.sql).
-Users whose id is not their key (created before revision 0014, or by bots of release 0.1.0)
-would not be found on Citus, so the DDL re-keys them first (step 0): every column that holds a
+Users whose id is not their key (created before revision 0014) would not be found on Citus, so the DDL re-keys them first (step 0): every column that holds a
 user id, in every table, moves from the old id to the key, and ``user_id_rekeys`` keeps the
 mapping, for whoever stores user ids outside this database (a bot's own tables, logs). A
 generated step rather than a refusal: the DDL runs in a maintenance window anyway, and the
@@ -201,10 +200,14 @@ def ddl() -> str:
         "-- Read docs/scaling.md first. Stop every bot and daemon: step 0 changes user ids.",
         "BEGIN;",
         "",
-        "-- 0. Users whose id is not their key (sk_user_key: users created before revision 0014",
-        "-- or by bots of release 0.1.0) get it, in every table that holds user ids;",
+        "-- 0. Users whose id is not their key (sk_user_key: users created before revision",
+        "-- 0014) get it, in every table that holds user ids;",
         "-- user_id_rekeys keeps the mapping for ids stored outside this database.",
         *_rekey(),
+        "",
+        "-- The store gives every new user its id; the trigger that keys users inserted",
+        "-- without one (for bots of 0.1.0) goes.",
+        "DROP TRIGGER IF EXISTS tg_users_user_id ON users;",
         "",
         f"-- 1. Every distributed table carries {DISTRIBUTION_COLUMN}, NOT NULL: the column",
         "-- revision 0014 added (its validated CHECK proves it, and no bot of 0.1.0 runs any more:",

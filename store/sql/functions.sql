@@ -114,8 +114,9 @@ END $$;
 -- A user's id is a keyed hash of its channel identity, so every statement can find a user by
 -- its id, the column Citus distributes by (docs/scaling.md), and no statement has to look a
 -- user up by (channel, channel_user_id). Users created before revision 0014 (and by bots of
--- release 0.1.0 during an upgrade) keep the random id they got; on one node they are still
--- found by their channel identity, and `sessionkeeper citus-ddl` re-keys them before the move.
+-- release 0.1.0 before the upgrade's migration) keep the random id they got; on one node they
+-- are still found by their channel identity, and `sessionkeeper citus-ddl` re-keys them before
+-- the move. Since revision 0014 every new user gets its key, however it is inserted.
 -- =============================================================================================
 
 -- sk_user_key: the user id of a channel identity: the first 16 bytes of
@@ -185,9 +186,9 @@ BEGIN
         INTO v_user, person_id, display_name, v_authenticated;
         user_created := v_user IS NOT NULL;
         EXIT WHEN v_user IS NOT NULL;
-        -- The identity exists under another id: a user created before revision 0014 (or by a
-        -- bot of release 0.1.0), whose random id stays; or a concurrent first message's. Only
-        -- on one node: `sessionkeeper citus-ddl` re-keys the first kind before distributing.
+        -- The identity exists under another id: a user created before revision 0014, whose
+        -- random id stays; or a concurrent first message's. The first kind only on one node:
+        -- `sessionkeeper citus-ddl` re-keys them before distributing.
         SELECT u.user_id, u.person_id, u.display_name, u.authenticated
         INTO v_user, person_id, display_name, v_authenticated
         FROM users u WHERE u.channel = p_channel AND u.channel_user_id = p_channel_user_id
@@ -204,6 +205,17 @@ BEGIN
         RETURNING u.person_id, u.display_name INTO person_id, display_name;
     END IF;
     RETURN NEXT;
+END $$;
+
+-- sk_key_new_user: a trigger function (revision 0014) that gives a user inserted without an id
+-- its key, in place of the random default the column had: bots of release 0.1.0 insert users
+-- that way (get_or_create_user), and so do hand-written or bench inserts. The trigger fires
+-- only WHEN (NEW.user_id IS NULL): sk_channel_user gives the id and pays nothing.
+CREATE OR REPLACE FUNCTION sk_key_new_user() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.user_id := sk_user_key(NEW.channel, NEW.channel_user_id);
+    RETURN NEW;
 END $$;
 
 -- sk_fill_user_id: a trigger function (revision 0014) that gives a session_messages or

@@ -122,10 +122,10 @@ def test_every_column_holding_a_user_id_is_re_keyed() -> None:
 
 def test_users_whose_id_is_not_their_key_are_re_keyed_everywhere(database_url: str) -> None:
     with psycopg.connect(database_url, autocommit=True) as conn:
-        # A user as release 0.1.0 (or any release before revision 0014) made it: a random id.
+        # A user as releases before revision 0014 made it: a random id.
         legacy = conn.execute(
-            "INSERT INTO users (channel, channel_user_id, authenticated)"
-            " VALUES ('telegram', 'old', true) RETURNING user_id"
+            "INSERT INTO users (user_id, channel, channel_user_id, authenticated)"
+            " VALUES (gen_random_uuid(), 'telegram', 'old', true) RETURNING user_id"
         ).fetchone()[0]  # type: ignore[index]
     with Store(database_url) as store:
         old = store.begin_turn("telegram", "old")

@@ -78,12 +78,12 @@ def test_a_new_users_id_is_its_keyed_channel_identity(
 
 
 def test_users_with_random_ids_keep_them(database_url: str, conn: psycopg.Connection[Any]) -> None:
-    # Made as before revision 0014 (and as release 0.1.0's get_or_create_user still does).
+    # Made as before revision 0014: a random id.
     legacy = [
         one(
             conn,
-            "INSERT INTO users (channel, channel_user_id, display_name, authenticated)"
-            " VALUES ('telegram', %s, 'Old', %s) RETURNING user_id",
+            "INSERT INTO users (user_id, channel, channel_user_id, display_name, authenticated)"
+            " VALUES (gen_random_uuid(), 'telegram', %s, 'Old', %s) RETURNING user_id",
             sender,
             authenticated,
         )
@@ -101,6 +101,22 @@ def test_users_with_random_ids_keep_them(database_url: str, conn: psycopg.Connec
     assert [m.content for m in history] == ["hello", "hi"]
     assert one(conn, "SELECT count(*) FROM users") == 2
     assert one(conn, "SELECT bool_and(authenticated) FROM users")
+
+
+def test_a_user_inserted_without_an_id_gets_its_key(conn: psycopg.Connection[Any]) -> None:
+    # As release 0.1.0's get_or_create_user inserts (the column's random default is gone).
+    old = parse((FIXTURES / "store_queries.sql").read_text(encoding="utf-8"))
+    row = conn.execute(
+        old["get_or_create_user"],
+        {"channel": "telegram", "channel_user_id": "77", "display_name": None, "now": None},
+    ).fetchone()
+    assert row is not None
+    assert row[0] == one(conn, "SELECT sk_user_key('telegram', '77')")
+    given = uuid.uuid4()  # an explicit id is kept (the trigger fires only without one)
+    conn.execute(
+        "INSERT INTO users (user_id, channel, channel_user_id) VALUES (%s, 'x', '1')", (given,)
+    )
+    assert one(conn, "SELECT user_id FROM users WHERE channel = 'x'") == given
 
 
 def test_a_known_user_with_nothing_new_is_not_written(
@@ -177,7 +193,7 @@ def test_rows_inserted_without_the_user_get_it_from_their_session(
     triggers = conn.execute(
         "SELECT pg_get_triggerdef(oid) FROM pg_trigger WHERE tgname LIKE 'tg_%%_user_id'"
     ).fetchall()
-    assert len(triggers) == 2
+    assert len(triggers) == 3  # users (sk_key_new_user), session_messages, turn_receipts
     assert all("BEFORE INSERT" in t and "WHEN ((new.user_id IS NULL))" in t for (t,) in triggers)
     # Validated: the next release's NOT NULL needs no scan.
     assert conn.execute(

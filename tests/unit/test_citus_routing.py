@@ -243,7 +243,7 @@ def hot_path_gaps() -> list[Gap]:
 # The hot path's statements that would cross shards, and why (docs/scaling.md).
 KNOWN_CROSS_SHARD = {
     # The channel-identity lookup of a user whose id is not its key (sk_user_key): a user
-    # created before revision 0014 or by a bot of release 0.1.0. Reached only when the lookup
+    # created before revision 0014 (random). Reached only when the lookup
     # by key found nothing and the insert met an existing row; on Citus, after citus-ddl's
     # re-keying, only when two first messages of one user race (once per user, if ever).
     ("sk_channel_user", "users"),
