@@ -5,7 +5,9 @@
 -- database is at head (also when no revision was pending), executes this whole file in the
 -- same transaction, under the migration lock (sessionkeeper/admin/functions.py). Applying it
 -- again changes nothing. Revisions 0001-0007 created these functions and stay as they were;
--- from 0008 on revisions change tables only.
+-- from 0008 on revisions change tables only. A revision whose triggers need a function before
+-- this file runs takes that function's statement from here (0014: sk_user_key,
+-- sk_key_new_user, sk_fill_user_id), never a copy.
 --
 -- Rules (docs/upgrades.md): bots of the previous release keep calling these while they are
 -- rolled, so
