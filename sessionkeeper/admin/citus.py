@@ -25,9 +25,10 @@ Placement, derived from ``store.schema`` so that a new table cannot be forgotten
 * any other table stops the generator until someone decides.
 
 Users are found by their id, ``sk_user_key(channel, channel_user_id)`` (store/sql/functions.sql).
-Users whose id is not their key (created before revision 0014) would not be found on Citus, so the DDL re-keys them first (step 0): every column that holds a
-user id, in every table, moves from the old id to the key, and ``user_id_rekeys`` keeps the
-mapping, for whoever stores user ids outside this database (a bot's own tables, logs). A
+Users whose id is not their key (created before revision 0014) would not be found on Citus, so
+the DDL re-keys them first (step 0): every column that holds a user id, in every table, moves
+from the old id to the key, and ``user_id_rekeys`` keeps the mapping, for whoever stores user
+ids outside this database (a bot's own tables, logs). A
 generated step rather than a refusal: the DDL runs in a maintenance window anyway, and the
 re-keying is derived from the schema like everything else here, so a new table holding user
 ids cannot be forgotten.
