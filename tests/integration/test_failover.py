@@ -363,7 +363,7 @@ def check_turns(url: str, load: Load) -> None:
             assert sessions == (1,), worker.name
             stored = conn.execute(
                 "SELECT m.seq, m.role, m.content FROM session_messages m"
-                " JOIN sessions s USING (session_id) JOIN users u USING (user_id)"
+                " JOIN sessions s USING (session_id) JOIN users u ON u.user_id = s.user_id"
                 " WHERE u.channel_user_id = %s ORDER BY m.seq",
                 (worker.name,),
             ).fetchall()
