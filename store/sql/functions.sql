@@ -367,16 +367,27 @@ AS $$
 #variable_conflict use_column
 DECLARE
     v_now timestamptz := coalesce(p_now, now());
+    v_key uuid := sk_user_key(p_channel, p_channel_user_id);
     v_user uuid;
+    v_authenticated boolean;
     v_session uuid;
     v_last_active timestamptz;
 BEGIN
     now := v_now;
-    -- The user, locked until commit (see sk_current_session), written only when something
-    -- changes; found by its id (sk_user_key), not by its channel identity.
-    SELECT c.user_id, c.person_id, c.display_name, c.user_created
-    INTO v_user, person_id, display_name, user_created
-    FROM sk_channel_user(p_channel, p_channel_user_id, p_display_name, v_now) c;
+    user_created := false;
+    -- The user, locked until commit (see sk_current_session), found by its id (sk_user_key),
+    -- not by its channel identity: sk_channel_user's first step, here. A known, authenticated
+    -- user with no new display name (most messages) is written nothing; any other case is
+    -- sk_channel_user's (a new user, a change, a user created before revision 0014).
+    SELECT u.user_id, u.person_id, u.display_name, u.authenticated
+    INTO v_user, person_id, display_name, v_authenticated
+    FROM users u WHERE u.user_id = v_key FOR NO KEY UPDATE;
+    IF v_user IS NULL OR NOT v_authenticated
+       OR display_name IS DISTINCT FROM coalesce(p_display_name, display_name) THEN
+        SELECT c.user_id, c.person_id, c.display_name, c.user_created
+        INTO v_user, person_id, display_name, user_created
+        FROM sk_channel_user(p_channel, p_channel_user_id, p_display_name, v_now) c;
+    END IF;
     user_id := v_user;
     IF cardinality(p_windows) = 1 AND p_caps[1] > 0 THEN
         -- One cap: sk_check_rate_limit's one-cap upsert, here (see there).
