@@ -222,7 +222,7 @@ END $$;
 
 -- sk_fill_user_id: a trigger function (revision 0014) that gives a session_messages or
 -- turn_receipts row its session's user_id when the insert did not (statements of release 0.1.0
--- and the archival's restore do not). The triggers fire only WHEN (NEW.user_id IS NULL): the
+-- do not). The triggers fire only WHEN (NEW.user_id IS NULL): the
 -- store's own statements give it, and pay nothing. The release after 0.2.0 drops the triggers
 -- and makes the column NOT NULL (docs/upgrades.md).
 CREATE OR REPLACE FUNCTION sk_fill_user_id() RETURNS trigger
