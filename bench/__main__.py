@@ -115,16 +115,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def parse_variant(text: str) -> dict[str, dict[str, float | int]]:
-    """``job.key=value,...`` as settings per job (numbers only: every job setting is one)."""
-    settings: dict[str, dict[str, float | int]] = {}
+def parse_variant(text: str) -> dict[str, dict[str, float | int | bool]]:
+    """``job.key=value,...`` as settings per job (every job setting is a number or a flag)."""
+    settings: dict[str, dict[str, float | int | bool]] = {}
     for item in text.split(","):
         name, _, value = item.partition("=")
         job, _, key = name.strip().partition(".")
         if not (job and key and value):
             raise ValueError(f"{item!r} is not JOB.KEY=VALUE")
-        number = float(value)
-        settings.setdefault(job, {})[key] = int(number) if number.is_integer() else number
+        parsed: float | int | bool
+        if value.strip().lower() in ("true", "false"):
+            parsed = value.strip().lower() == "true"
+        else:
+            number = float(value)
+            parsed = int(number) if number.is_integer() else number
+        settings.setdefault(job, {})[key] = parsed
     return settings
 
 
