@@ -55,11 +55,6 @@ DELETE FROM link_code_failures f
 USING b
 WHERE f.user_id = b.user_id
 
--- name: batch_without_flush_wait
--- The batch's transaction commits without waiting for its WAL flush (session_archival's
--- durable_batches = false); the rest of the session keeps the daemon's setting.
-SET LOCAL synchronous_commit = off
-
 -- name: archive_sessions
 -- Step 1 of a batch: copy idle sessions to the archive, keeping them locked until commit.
 -- Messages must move before the session rows go (their foreign key cascades). A session

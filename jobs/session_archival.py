@@ -48,9 +48,6 @@ class Settings(BatchSettings):
     # whatever slows it (locks, I/O, CPU).
     batch_seconds: float = 0.5
     pause_ratio: float = 1.0
-    # False: each batch commits without waiting for its WAL to reach the disk
-    # (synchronous_commit off for the batch alone; why that is safe: docs/partitions.md).
-    durable_batches: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -81,8 +78,6 @@ def run(
     while True:
         started = time.monotonic()
         with conn.transaction():
-            if not settings.durable_batches:
-                conn.execute(QUERIES["batch_without_flush_wait"])
             chosen = conn.execute(QUERIES["archive_sessions"], {**params, "batch_size": size})
             ids = [row[0] for row in chosen]
             if ids:
