@@ -516,7 +516,8 @@ class Bench:
                 f"    turn mean ms idle {record['idle_mean_ms']} (server "
                 f"{record['idle_server_ms']}), during job {record['job_mean_ms']} (server "
                 f"{record['job_server_ms']}); CPU pressure idle {record['cpu_pressure_idle']},"
-                f" during job {record['cpu_pressure']}"
+                f" during job {record['cpu_pressure']}; checkpoints {record['checkpoints']},"
+                f" autovacuum workers {record['autovacuum_active']}"
             )
         self.server.drop_database("skbench_jobs")
 
@@ -568,6 +569,8 @@ class Bench:
                 "job_server_ms",
                 "cpu_pressure_idle",
                 "cpu_pressure",
+                "checkpoints",
+                "autovacuum_active",
             ),
         )
         keys = ("variant", "pause_seconds", "job")
@@ -612,6 +615,8 @@ class Bench:
                     ("wal_bytes_per_row", "WAL bytes/row"),
                     ("server_cpu_s", "server CPU s"),
                     ("seconds", "seconds"),
+                    ("checkpoints", "checkpoints"),
+                    ("autovacuum_active", "autovacuum workers"),
                     ("waits", "active backends by wait"),
                 ],
             ),

@@ -93,6 +93,8 @@ class ServerDelta:
     # /proc/pressure/cpu "some"; None where the kernel does not report it).
     cpu_pressure: float | None = None
     seconds: float = 0.0
+    # Checkpoints the server counted during the window (timed and requested).
+    checkpoints: int | None = None
 
     def active(self, role: str) -> float:
         """Mean number of active backends of ``role`` (all wait events, CPU included)."""
@@ -106,19 +108,25 @@ class WalMeter:
     over the postmaster's processes (psutil), when the server runs on this machine. Waits are
     sampled from ``pg_stat_activity`` every 10 ms on a separate connection, per role: a
     backend whose application_name is the daemon's (``JOB_APPLICATION``) serves a job, any
-    other serves the online load.
+    other client backend the online load; autovacuum workers are a role of their own, left out
+    of ``waits``.
     """
 
     SAMPLE_SECONDS = 0.01
     JOB_APPLICATION = "sessionkeeper-daemon"
     WAITS = """
-        SELECT CASE WHEN application_name = %s THEN 'job' ELSE 'online' END,
+        SELECT CASE WHEN backend_type = 'autovacuum worker' THEN 'autovacuum'
+                    WHEN application_name = %s THEN 'job' ELSE 'online' END,
                coalesce(wait_event_type || ':' || wait_event, 'CPU'), count(*)
         FROM pg_stat_activity
-        WHERE state = 'active' AND backend_type = 'client backend'
+        WHERE (state = 'active' AND backend_type = 'client backend'
+               OR backend_type = 'autovacuum worker')
           AND datname = current_database() AND pid <> pg_backend_pid()
         GROUP BY 1, 2
     """
+    # PostgreSQL 17 moved the checkpoint counters to pg_stat_checkpointer.
+    CHECKPOINTS = "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter"
+    CHECKPOINTS_17 = "SELECT num_timed + num_requested FROM pg_stat_checkpointer"
 
     def __init__(self, conninfo: str, server_pid: int | None = None) -> None:
         self.conninfo = conninfo
@@ -128,12 +136,13 @@ class WalMeter:
         self._sampler: threading.Thread | None = None
         self._waits: Counter[tuple[str, str]] = Counter()
         self._samples = 0
-        self._start: tuple[str, float | None, float, float | None, float] = (
+        self._start: tuple[str, float | None, float, float | None, float, int] = (
             "0/0",
             None,
             0.0,
             None,
             0.0,
+            0,
         )
 
     def lsn(self) -> str:
@@ -148,6 +157,12 @@ class WalMeter:
         assert row is not None
         return int(row[0])
 
+    def checkpoints(self) -> int:
+        newer = self.conn.info.server_version >= 170000
+        row = self.conn.execute(self.CHECKPOINTS_17 if newer else self.CHECKPOINTS).fetchone()
+        assert row is not None
+        return int(row[0])
+
     def begin(self) -> None:
         self._start = (
             self.lsn(),
@@ -155,6 +170,7 @@ class WalMeter:
             _machine_busy(),
             _cpu_stall_seconds(),
             time.perf_counter(),
+            self.checkpoints(),
         )
         self._waits = Counter()
         self._samples = 0
@@ -163,8 +179,9 @@ class WalMeter:
         self._sampler.start()
 
     def end(self) -> ServerDelta:
-        lsn, cpu, busy, stall, started = self._start
+        lsn, cpu, busy, stall, started, checkpoints = self._start
         wal_bytes = self.since(lsn)
+        checkpoints = self.checkpoints() - checkpoints
         now_cpu = self._server_cpu()
         busy = _machine_busy() - busy
         now_stall = _cpu_stall_seconds()
@@ -176,7 +193,8 @@ class WalMeter:
         overall: Counter[str] = Counter()
         by_role: dict[str, dict[str, float]] = {}
         for (role, name), count in self._waits.most_common():
-            overall[name] += count
+            if role != "autovacuum":
+                overall[name] += count
             by_role.setdefault(role, {})[name] = round(count / samples, 3)
         waits = {name: round(count / samples, 2) for name, count in overall.most_common(5)}
         return ServerDelta(
@@ -187,6 +205,7 @@ class WalMeter:
             by_role,
             None if stall is None or now_stall is None else round((now_stall - stall) / seconds, 3),
             seconds,
+            checkpoints,
         )
 
     def close(self) -> None:

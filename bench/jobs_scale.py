@@ -228,6 +228,10 @@ class JobRun:
             "waits_job": self.server.waits_by_role.get("job", {}),
             "cpu_pressure_idle": self.idle_server.cpu_pressure,
             "cpu_pressure": self.server.cpu_pressure,
+            # Candidates for what differs between a short and a long run of a job: checkpoints
+            # during it, and autovacuum workers on this database (mean active, sampled).
+            "checkpoints": self.server.checkpoints,
+            "autovacuum_active": self.server.active("autovacuum"),
             **split("idle", self.idle_ms, self.idle_server),
             **split("job", self.online_ms, self.server),
         }
