@@ -21,9 +21,10 @@ PREFIX = "s"
 
 SEED = [
     """
-    INSERT INTO users (channel, channel_user_id, authenticated)
-    SELECT %(channel)s, %(prefix)s || lpad(g::text, 7, '0'), true
-    FROM generate_series(0, %(users)s - 1) AS g
+    INSERT INTO users (user_id, channel, channel_user_id, authenticated)
+    SELECT sk_user_key(%(channel)s, cid), %(channel)s, cid, true
+    FROM generate_series(0, %(users)s - 1) AS g,
+         LATERAL (SELECT %(prefix)s || lpad(g::text, 7, '0')) AS c(cid)
     """,
     "INSERT INTO sessions (user_id, next_seq) SELECT user_id, %(messages)s FROM users",
     """

@@ -23,8 +23,9 @@ from .hotpath import UNLIMITED, texts
 USAGE: dict[str, Any] = {"input_tokens": 1200, "output_tokens": 300, "cached_tokens": 800}
 
 SEED_USERS = """
-INSERT INTO users (channel, channel_user_id, authenticated)
-SELECT %(channel)s, cid, true FROM unnest(%(ids)s::text[]) AS cid
+-- With the ids begin_turn gives new users (sk_user_key): the hot path's lookup by key.
+INSERT INTO users (user_id, channel, channel_user_id, authenticated)
+SELECT sk_user_key(%(channel)s, cid), %(channel)s, cid, true FROM unnest(%(ids)s::text[]) AS cid
 RETURNING user_id, channel_user_id
 """
 

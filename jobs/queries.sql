@@ -119,12 +119,12 @@ FOR UPDATE
 RETURNING session_id
 
 -- name: restore_session_messages
--- Step 2: copy its messages back, in order.
-INSERT INTO session_messages (session_id, seq, role, content, created_at, extra)
-SELECT session_id, seq, role, content, created_at, extra
-FROM archived_session_messages
-WHERE session_id = %(session_id)s
-ORDER BY seq
+-- Step 2: copy its messages back, in order, with the session's user (revision 0014).
+INSERT INTO session_messages (user_id, session_id, seq, role, content, created_at, extra)
+SELECT s.user_id, m.session_id, m.seq, m.role, m.content, m.created_at, m.extra
+FROM archived_session_messages m JOIN archived_sessions s ON s.session_id = m.session_id
+WHERE m.session_id = %(session_id)s
+ORDER BY m.seq
 
 -- name: restore_delete_archive
 -- Step 3: drop the archive copy (its messages go with it).

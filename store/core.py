@@ -250,13 +250,16 @@ def finish_turn(
 ) -> Plan[models.Appended]:
     """After the model answered, in one round trip and one transaction: append the user's
     message and the reply, trim the history to ``max_pairs``, touch ``last_active`` and record
-    the token usage. ``turn`` is what ``begin_turn`` returned (or a session id)."""
+    the token usage. ``turn`` is what ``begin_turn`` returned (or a session id: then the user
+    is read from the session, which one node does as well, but Citus would not route)."""
     turn_id: UUID | None = None
+    user_id: UUID | None = None
     if isinstance(turn, models.Turn):
         if turn.session_id is None:
             raise errors.InvalidInput("the turn was refused by the rate limit; it has no session")
         # A Turn can be built by hand: its fields are checked like any argument.
         session_id, asked_at = validate.uuid(turn.session_id, "turn.session_id"), turn.started_at
+        user_id = validate.uuid(turn.user.user_id, "turn.user.user_id")
         if turn.turn_id is not None:
             turn_id = validate.uuid(turn.turn_id, "turn.turn_id")
     else:
@@ -273,7 +276,9 @@ def finish_turn(
         "output_tokens": validate.tokens(output_tokens, "output_tokens"),
         "cached_tokens": validate.tokens(cached_tokens, "cached_tokens"),
     }
-    return _append(config, session_id, batch, now, keep=keep, usage=usage, turn_id=turn_id)
+    return _append(
+        config, session_id, batch, now, keep=keep, usage=usage, turn_id=turn_id, user_id=user_id
+    )
 
 
 # -- seed parity -------------------------------------------------------------------------------
@@ -302,10 +307,13 @@ def _append(
     keep: int | None = None,
     usage: Mapping[str, int] | None = None,
     turn_id: UUID | None = None,
+    user_id: UUID | None = None,
 ) -> Plan[models.Appended]:
     batch = validate.messages(config, messages)
     params = {
         "session_id": session_id,
+        # Only with a Turn: append_messages_by_session reads the user from the session.
+        **({} if user_id is None else {"user_id": user_id}),
         "roles": batch.roles,
         "contents": batch.contents,
         "created": batch.created,
@@ -324,15 +332,21 @@ def _append(
 def _append_steps(
     session_id: UUID, params: dict[str, Any], *, retryable: bool
 ) -> Plan[models.Appended]:
+    user_id = params.get("user_id")
+    # With the user, every part of the statement names it (it routes on Citus); with a session
+    # id alone, the statement reads the user from the session.
+    name = "append_messages" if user_id is not None else "append_messages_by_session"
+    missing = f"session {session_id} does not exist"
+
     def decode(rows: Rows) -> models.Appended:
-        row = _first(rows, f"session {session_id} does not exist")
+        row = _first(rows, missing if user_id is None else f"{missing} for user {user_id}")
         return models.Appended(
             row["session_id"], row["user_id"], row["appended"], row["trimmed"], row["next_seq"]
         )
 
     if not retryable:
-        return (yield from _single("append_messages", params, decode))
-    step = Step("append_messages", params, if_in_doubt=FINISH_TURN_IN_DOUBT)
+        return (yield from _single(name, params, decode))
+    step = Step(name, params, if_in_doubt=FINISH_TURN_IN_DOUBT)
     try:
         rows = yield step
     except pg_errors.UniqueViolation as exc:
@@ -357,7 +371,7 @@ def _request_key(turn_id: UUID, params: Mapping[str, object]) -> UUID:
     )
 
 
-_UNKEYED = frozenset({"session_id", "contents"})
+_UNKEYED = frozenset({"session_id", "user_id", "contents"})
 
 
 def _texts(value: object) -> list[str]:

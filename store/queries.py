@@ -27,4 +27,25 @@ def parse(text: str) -> dict[str, str]:
     return queries
 
 
-QUERIES = MappingProxyType(parse(resources.files(__package__).joinpath("queries.sql").read_text()))
+_USER = "%(user_id)s::uuid"
+_OWNER = "(SELECT user_id FROM owner)"
+
+
+def by_session(append: str) -> str:
+    """``append_messages`` for a caller that gives only the session (``append_messages`` and
+    ``finish_turn`` with a session id): the user id is read from the session, in the same
+    statement. One node runs it as well as the original; on Citus it would not route (the
+    user is unknown until the session is read), so bots that shard pass a ``Turn``."""
+    if _USER not in append or not append.startswith("WITH "):
+        raise ValueError("append_messages no longer names %(user_id)s::uuid after WITH")
+    owner = "WITH owner AS (SELECT o.user_id FROM sessions o WHERE o.session_id = %(session_id)s), "
+    return owner + append.removeprefix("WITH ").replace(_USER, _OWNER)
+
+
+def _load() -> dict[str, str]:
+    queries = parse(resources.files(__package__).joinpath("queries.sql").read_text())
+    queries["append_messages_by_session"] = by_session(queries["append_messages"])
+    return queries
+
+
+QUERIES = MappingProxyType(_load())

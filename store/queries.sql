@@ -19,10 +19,14 @@ FROM sk_begin_turn_v2(%(channel)s, %(channel_user_id)s, %(display_name)s,
                       %(durable)s, %(idle)s::interval, %(carry_pairs)s, %(history_pairs)s)
 
 -- append_messages --
--- Append a batch to a session; optionally trim and record usage (finish_turn does both).
+-- Append a batch to a session of user %(user_id)s; optionally trim and record usage
+-- (finish_turn does both). Every part names the user: on Citus, where the tables are
+-- distributed by user_id, the statement goes to that user's shard alone (docs/scaling.md).
 -- Raising sessions.next_seq locks the session row, so concurrent appends take consecutive seq
 -- ranges and none is lost. The cost does not depend on the history's length, and the trim is an
--- index range on the primary key (session_id, seq). NULL %(keep)s keeps everything.
+-- index range on the primary key (session_id, seq); the user_id filters are checked on the rows
+-- that range finds. NULL %(keep)s keeps everything. A session that is not the user's is not
+-- found (no row).
 -- All parts share one snapshot, so the DELETE cannot see the rows this statement inserts: a
 -- batch longer than %(keep)s inserts only its newest %(keep)s messages, and the others count
 -- as appended and trimmed.
@@ -33,19 +37,23 @@ FROM sk_begin_turn_v2(%(channel)s, %(channel_user_id)s, %(display_name)s,
 -- while the first is still running) both pass `prior`; the second then fails on the receipt's
 -- primary key, is rolled back whole, and the caller runs it again to read the receipt.
 -- Receipts go once the trim has removed the turn's messages (within 4 turns, see below).
+-- append_messages_by_session (store/queries.py) is this statement for a caller that knows only
+-- the session: %(user_id)s is read from the session.
 WITH prior AS (
-    SELECT r.session_id, s.user_id, r.next_seq, r.appended::bigint, r.trimmed::bigint
-    FROM turn_receipts r JOIN sessions s ON s.session_id = r.session_id
-    WHERE r.session_id = %(session_id)s AND r.turn_id = %(turn_id)s::uuid
+    SELECT r.session_id, r.user_id, r.next_seq, r.appended::bigint, r.trimmed::bigint
+    FROM turn_receipts r
+    WHERE r.user_id = %(user_id)s::uuid AND r.session_id = %(session_id)s
+      AND r.turn_id = %(turn_id)s::uuid
 ), session AS (
     UPDATE sessions s
     SET next_seq = s.next_seq + cardinality(%(roles)b::text[]),
         last_active = greatest(s.last_active, coalesce(%(now)s::timestamptz, now()))
-    WHERE s.session_id = %(session_id)s AND NOT EXISTS (SELECT FROM prior)
+    WHERE s.user_id = %(user_id)s::uuid AND s.session_id = %(session_id)s
+      AND NOT EXISTS (SELECT FROM prior)
     RETURNING s.session_id, s.user_id, s.next_seq
 ), appended AS (
-    INSERT INTO session_messages (session_id, seq, role, content, created_at, extra)
-    SELECT s.session_id, s.next_seq - cardinality(%(roles)b::text[]) + m.ord - 1,
+    INSERT INTO session_messages (user_id, session_id, seq, role, content, created_at, extra)
+    SELECT %(user_id)s::uuid, s.session_id, s.next_seq - cardinality(%(roles)b::text[]) + m.ord - 1,
            m.role, m.content, coalesce(m.created_at, %(now)s::timestamptz, now()),
            nullif(m.extra, '')::jsonb
     FROM session s,
@@ -56,14 +64,15 @@ WITH prior AS (
     RETURNING seq
 ), trimmed AS (
     DELETE FROM session_messages m USING session s
-    WHERE m.session_id = s.session_id AND m.seq < s.next_seq - %(keep)s::bigint
+    WHERE m.user_id = %(user_id)s::uuid AND m.session_id = s.session_id
+      AND m.seq < s.next_seq - %(keep)s::bigint
     RETURNING m.seq
 ), usage AS (
     INSERT INTO usage_stats (user_id, channel, input_tokens, output_tokens, cached_tokens,
                              created_at)
-    SELECT s.user_id, u.channel, %(input_tokens)s, %(output_tokens)s, %(cached_tokens)s,
+    SELECT %(user_id)s::uuid, u.channel, %(input_tokens)s, %(output_tokens)s, %(cached_tokens)s,
            coalesce(%(now)s::timestamptz, now())
-    FROM session s JOIN users u ON u.user_id = s.user_id
+    FROM session s JOIN users u ON u.user_id = %(user_id)s::uuid
     WHERE %(track_usage)s
     RETURNING stat_id
 ), counts AS (
@@ -72,8 +81,8 @@ WITH prior AS (
            (SELECT count(*) FROM trimmed)
                + cardinality(%(roles)b::text[]) - (SELECT count(*) FROM appended) AS trimmed
 ), receipt AS (
-    INSERT INTO turn_receipts (session_id, turn_id, appended, trimmed, next_seq)
-    SELECT s.session_id, %(turn_id)s::uuid, c.appended, c.trimmed, s.next_seq
+    INSERT INTO turn_receipts (user_id, session_id, turn_id, appended, trimmed, next_seq)
+    SELECT %(user_id)s::uuid, s.session_id, %(turn_id)s::uuid, c.appended, c.trimmed, s.next_seq
     FROM session s, counts c
     WHERE %(turn_id)s::uuid IS NOT NULL
 ), expired_receipts AS (
@@ -81,7 +90,8 @@ WITH prior AS (
     -- expired receipts visits every receipt of the session (about 20), which cost more than
     -- the rest of the statement's writes. A receipt may outlive its messages by 3 turns.
     DELETE FROM turn_receipts r USING session s
-    WHERE r.session_id = s.session_id AND r.next_seq <= s.next_seq - %(keep)s::bigint
+    WHERE r.user_id = %(user_id)s::uuid AND r.session_id = s.session_id
+      AND r.next_seq <= s.next_seq - %(keep)s::bigint
       AND (s.next_seq - cardinality(%(roles)b::text[])) / 8 < s.next_seq / 8
 )
 SELECT s.session_id, s.user_id, s.next_seq, c.appended, c.trimmed
@@ -106,16 +116,12 @@ SELECT seqs AS history_seqs, roles AS history_roles, contents AS history_content
 FROM sk_history_arrays_v2(%(session_id)s, %(history_pairs)s)
 
 -- get_or_create_user --
--- The seed's upsert: a user's first message creates it, every message marks it authenticated.
-INSERT INTO users AS u (channel, channel_user_id, display_name, authenticated, created_at,
-                        updated_at)
-VALUES (%(channel)s, %(channel_user_id)s, %(display_name)s, true,
-        coalesce(%(now)s::timestamptz, now()), coalesce(%(now)s::timestamptz, now()))
-ON CONFLICT (channel, channel_user_id) DO UPDATE
-SET authenticated = true, updated_at = EXCLUDED.updated_at,
-    display_name = coalesce(EXCLUDED.display_name, u.display_name)
-RETURNING u.user_id, u.channel, u.channel_user_id, u.display_name, u.person_id,
-          u.xmax = 0 AS user_created
+-- The seed's upsert, as begin_turn does it (sk_channel_user): a user's first message creates
+-- it (its id is sk_user_key's), every message marks it authenticated; the row is written only
+-- when something changes.
+SELECT c.user_id, %(channel)s::text AS channel, %(channel_user_id)s::text AS channel_user_id,
+       c.display_name, c.person_id, c.user_created
+FROM sk_channel_user(%(channel)s, %(channel_user_id)s, %(display_name)s, %(now)s::timestamptz) c
 
 -- get_or_create_session --
 SELECT session_id, created AS session_created

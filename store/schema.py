@@ -32,6 +32,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     Table,
@@ -39,6 +40,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP, UUID
+from sqlalchemy.schema import SchemaItem
 
 from .models import ROLES
 
@@ -109,7 +111,9 @@ persons = Table(
 users = Table(
     "users",
     metadata,
-    Column("user_id", UUID(as_uuid=True), primary_key=True, server_default=_NEW_UUID),
+    # No default: a user's id is its key, sk_user_key(channel, channel_user_id), given by the
+    # store or, for an insert without one, by a trigger (revision 0014).
+    Column("user_id", UUID(as_uuid=True), primary_key=True),
     Column("channel", Text, nullable=False),
     Column("channel_user_id", Text, nullable=False),
     Column("display_name", Text),
@@ -137,12 +141,27 @@ sessions = Table(
     Index("ix_sessions_last_active", "last_active"),
 )
 
+
+def _owner() -> list[SchemaItem]:
+    """The session's user, copied onto a session's rows (revision 0014) so that every statement
+    can name the user (the distribution column on Citus, docs/scaling.md). Nullable with a
+    CHECK while bots of release 0.1.0, which do not write it, may run: a trigger
+    (sk_fill_user_id) fills it for them. The next release makes it NOT NULL. Revision 0014
+    also creates statistics (``st_<table>_session_user``, dependencies): the session
+    determines the user, which the planner must know to keep using the primary key."""
+    return [
+        Column("user_id", UUID(as_uuid=True)),
+        CheckConstraint("user_id IS NOT NULL", name="user_id"),
+    ]
+
+
 session_messages = Table(
     "session_messages",
     metadata,
     *_message_columns("sessions"),
     _tstz("created_at"),
     _extra(),
+    *_owner(),
     PrimaryKeyConstraint("session_id", "seq"),
     CheckConstraint(_ROLE_CHECK, name="role"),
 )
@@ -160,6 +179,7 @@ turn_receipts = Table(
     Column("trimmed", Integer, nullable=False),
     # The session's next_seq after the turn: the turn's messages are next_seq - appended ...
     Column("next_seq", BigInteger, nullable=False),
+    *_owner(),
     PrimaryKeyConstraint("session_id", "turn_id"),
 )
 
@@ -255,6 +275,19 @@ usage_rollup_state = Table(
     _tstz("updated_at"),
     PrimaryKeyConstraint("singleton"),
     CheckConstraint("singleton", name="singleton"),
+)
+
+# The per-database secret of sk_user_key (revision 0014): 32 random bytes, one row, never sent
+# to a client. Losing or changing it changes the ids new users get: existing users would then
+# be found only by their channel identity (as users from before 0014 are), and not on Citus.
+user_key_secret = Table(
+    "user_key_secret",
+    metadata,
+    Column("singleton", Boolean, primary_key=True, server_default=text("true")),
+    Column("secret", LargeBinary, nullable=False),
+    _tstz("created_at"),
+    CheckConstraint("singleton", name="singleton"),
+    CheckConstraint("octet_length(secret) >= 32", name="secret_length"),
 )
 
 usage_daily = Table(

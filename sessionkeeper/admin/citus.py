@@ -9,9 +9,12 @@ users to another person, which would move rows between shards.
 
 Placement, derived from ``store.schema`` so that a new table cannot be forgotten:
 
-* a table with a ``user_id`` column is distributed by it, co-located with ``users``;
-* a table without one whose foreign key leads to such a table (a session's messages) gets the
-  column, filled from its parent, and is distributed the same way;
+* a table with a ``user_id`` column is distributed by it, co-located with ``users``. Where the
+  column is still nullable (``session_messages`` and ``turn_receipts``, revision 0014: a
+  trigger fills it for bots of release 0.1.0), the DDL makes it NOT NULL (the validated CHECK
+  proves it without a scan) and drops the trigger: no bot of 0.1.0 may run on Citus;
+* a table without one whose foreign key leads to such a table (the archive's messages) gets
+  the column, filled from its parent, and is distributed the same way;
 * ``persons`` is a reference table (small, written only when a link is redeemed; ``users``
   refers to it, which Citus allows from a distributed table to a reference table), and so is
   ``usage_rollup_state`` (the rollup's one-row watermark). Note: the watermark counts rows by
@@ -21,11 +24,22 @@ Placement, derived from ``store.schema`` so that a new table cannot be forgotten
   ``aiogram_fsm_states`` stay plain tables on the coordinator (see ``COORDINATOR_TABLES``);
 * any other table stops the generator until someone decides.
 
+Users are found by their id, ``sk_user_key(channel, channel_user_id)`` (store/sql/functions.sql).
+Users whose id is not their key (created before revision 0014) would not be found on Citus, so
+the DDL re-keys them first (step 0): every column that holds a user id, in every table, moves
+from the old id to the key, and ``user_id_rekeys`` keeps the mapping, for whoever stores user
+ids outside this database (a bot's own tables, logs). A
+generated step rather than a refusal: the DDL runs in a maintenance window anyway, and the
+re-keying is derived from the schema like everything else here, so a new table holding user
+ids cannot be forgotten.
+
 Citus requires every primary key and unique constraint of a distributed table to contain the
 distribution column, and a foreign key between two distributed tables to include it on both
-sides. The DDL therefore widens those keys with ``user_id`` first. The one constraint that
-cannot be kept is the uniqueness of ``(channel, channel_user_id)`` across users: see
-docs/scaling.md, "What must change in the store first".
+sides. The DDL therefore widens those keys with ``user_id`` first. The uniqueness of
+``(channel, channel_user_id)`` across users cannot be enforced across shards, and no longer
+needs to be: once every user's id is its key, the primary key ``user_id`` holds it by
+construction (two users of one channel identity would have one id); the index stays, plain,
+for the lookups by channel identity that are left (erasure of aiogram's states).
 """
 
 from __future__ import annotations
@@ -41,7 +55,8 @@ from store import schema
 DISTRIBUTION_COLUMN = "user_id"
 COLOCATION_ROOT = "users"
 # usage_rollup_state: the rollup's one-row watermark, read (locked) with distributed usage rows.
-REFERENCE_TABLES = frozenset({"persons", "usage_rollup_state"})
+# user_key_secret: sk_user_key's one-row secret, read by the statement before a user's lookup.
+REFERENCE_TABLES = frozenset({"persons", "usage_rollup_state", "user_key_secret"})
 # The daemon's run ledger and the migrations' own bookkeeping: read by operators, never joined.
 # proactive_list_state is one row (the published list's version). aiogram_fsm_states is keyed
 # by Telegram ids and its user_id is NULL until the user exists, which a distribution column
@@ -98,6 +113,70 @@ def placements() -> list[Placement]:
     return sorted(result, key=lambda p: (p.kind != "reference", p.table != COLOCATION_ROOT))
 
 
+# Columns that hold a user id under another name and without a foreign key (a redeemed code
+# names its redeemer; it outlives nothing, so no key was wanted).
+OTHER_USER_ID_COLUMNS = frozenset({("link_codes", "used_by")})
+
+
+def user_id_columns() -> list[tuple[str, str]]:
+    """Every (table, column) holding a user id: a ``user_id`` column, a foreign key to
+    ``users.user_id``, or one of OTHER_USER_ID_COLUMNS, in the schema's order."""
+    found = []
+    for table in schema.metadata.sorted_tables:
+        for column in table.c:
+            refers = any(
+                fk.column.table.name == COLOCATION_ROOT and fk.column.name == DISTRIBUTION_COLUMN
+                for fk in column.foreign_keys
+            )
+            named = column.name == DISTRIBUTION_COLUMN
+            if named or refers or (table.name, column.name) in OTHER_USER_ID_COLUMNS:
+                found.append((table.name, column.name))
+    return found
+
+
+def _user_references() -> list[tuple[str, ForeignKeyConstraint]]:
+    """The foreign keys that refer to ``users`` (dropped while users are re-keyed)."""
+    return [
+        (table.name, fk)
+        for table in schema.metadata.sorted_tables
+        for fk in sorted(table.foreign_key_constraints, key=lambda c: str(c.name))
+        if fk.referred_table.name == COLOCATION_ROOT
+    ]
+
+
+def _foreign_key(
+    table: str, fk: ForeignKeyConstraint, columns: list[str], targets: list[str]
+) -> str:
+    on_delete = f" ON DELETE {fk.ondelete}" if fk.ondelete else ""
+    return (
+        f"ALTER TABLE {table} ADD CONSTRAINT {fk.name} FOREIGN KEY ({_columns(columns)}) "
+        f"REFERENCES {fk.referred_table.name} ({_columns(targets)}){on_delete};"
+    )
+
+
+def _rekey() -> list[str]:
+    """Step 0: users whose id is not their key get it, in every table (see the module's doc)."""
+    key = "sk_user_key(u.channel, u.channel_user_id)"
+    out = [
+        "CREATE TABLE IF NOT EXISTS user_id_rekeys (old_user_id uuid PRIMARY KEY,"
+        " new_user_id uuid NOT NULL UNIQUE, rekeyed_at timestamptz NOT NULL DEFAULT now());",
+        # Names from store.schema, not input: a script to print, never executed here.
+        f"INSERT INTO user_id_rekeys (old_user_id, new_user_id) SELECT u.user_id, {key} "  # noqa: S608
+        f"FROM users u WHERE u.user_id <> {key} ON CONFLICT DO NOTHING;",
+    ]
+    references = _user_references()
+    out += [f"ALTER TABLE {table} DROP CONSTRAINT {fk.name};" for table, fk in references]
+    for table, column in user_id_columns():
+        out.append(
+            f"UPDATE {table} AS t SET {column} = r.new_user_id FROM user_id_rekeys AS r "  # noqa: S608
+            f"WHERE t.{column} = r.old_user_id;"
+        )
+    for table, fk in references:
+        columns = [e.parent.name for e in fk.elements]
+        out.append(_foreign_key(table, fk, columns, [e.column.name for e in fk.elements]))
+    return out
+
+
 def _columns(names: list[str]) -> str:
     return ", ".join(names)
 
@@ -119,11 +198,31 @@ def ddl() -> str:
         "-- sessionkeeper: distribute the schema over Citus (generated by `sessionkeeper "
         "citus-ddl`).",
         f"-- Distribution column: {DISTRIBUTION_COLUMN}; co-location group of {COLOCATION_ROOT}.",
-        "-- Read docs/scaling.md first: the store's user upsert needs a change before this.",
+        "-- Read docs/scaling.md first. Stop every bot and daemon: step 0 changes user ids.",
         "BEGIN;",
         "",
-        f"-- 1. Child tables carry {DISTRIBUTION_COLUMN}, filled from their parent.",
+        "-- 0. Users whose id is not their key (sk_user_key: users created before revision",
+        "-- 0014) get it, in every table that holds user ids;",
+        "-- user_id_rekeys keeps the mapping for ids stored outside this database.",
+        *_rekey(),
+        "",
+        "-- The store gives every new user its id; the trigger that keys users inserted",
+        "-- without one (for bots of 0.1.0) goes.",
+        "DROP TRIGGER IF EXISTS tg_users_user_id ON users;",
+        "",
+        f"-- 1. Every distributed table carries {DISTRIBUTION_COLUMN}, NOT NULL: the column",
+        "-- revision 0014 added (its validated CHECK proves it, and no bot of 0.1.0 runs any more:",
+        "-- the trigger that filled it for them goes), and the archive's, filled from its parent.",
     ]
+    for p in plan:
+        column = tables[p.table].c.get(DISTRIBUTION_COLUMN)
+        if p.kind == "distributed" and column is not None and column.nullable:
+            out += [
+                f"DROP TRIGGER IF EXISTS tg_{p.table}_{DISTRIBUTION_COLUMN} ON {p.table};",
+                f"ALTER TABLE {p.table} ALTER COLUMN {DISTRIBUTION_COLUMN} SET NOT NULL;",
+                f"ALTER TABLE {p.table} DROP CONSTRAINT IF EXISTS "
+                f"ck_{p.table}_{DISTRIBUTION_COLUMN};",
+            ]
     for p in plan:
         if p.parent is None:
             continue
@@ -172,12 +271,7 @@ def ddl() -> str:
     out += ["", "-- 4. The widened foreign keys."]
     for name, fk in widened_fks:
         columns = _widened([e.parent.name for e in fk.elements])
-        targets = _widened([e.column.name for e in fk.elements])
-        on_delete = f" ON DELETE {fk.ondelete}" if fk.ondelete else ""
-        out.append(
-            f"ALTER TABLE {name} ADD CONSTRAINT {fk.name} FOREIGN KEY ({_columns(columns)}) "
-            f"REFERENCES {fk.referred_table.name} ({_columns(targets)}){on_delete};"
-        )
+        out.append(_foreign_key(name, fk, columns, _widened([e.column.name for e in fk.elements])))
     out += [
         "",
         "COMMIT;",

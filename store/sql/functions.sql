@@ -5,7 +5,9 @@
 -- database is at head (also when no revision was pending), executes this whole file in the
 -- same transaction, under the migration lock (sessionkeeper/admin/functions.py). Applying it
 -- again changes nothing. Revisions 0001-0007 created these functions and stay as they were;
--- from 0008 on revisions change tables only.
+-- from 0008 on revisions change tables only. A revision whose triggers need a function before
+-- this file runs takes that function's statement from here (0014: sk_user_key,
+-- sk_key_new_user, sk_fill_user_id), never a copy.
 --
 -- Rules (docs/upgrades.md): bots of the previous release keep calling these while they are
 -- rolled, so
@@ -140,6 +142,127 @@ BEGIN
 END $$;
 
 -- =============================================================================================
+-- Users: the id a channel identity gets (revision 0014)
+-- A user's id is a keyed hash of its channel identity, so every statement can find a user by
+-- its id, the column Citus distributes by (docs/scaling.md), and no statement has to look a
+-- user up by (channel, channel_user_id). Users created before revision 0014 (and by bots of
+-- release 0.1.0 before the upgrade's migration) keep the random id they got; on one node they
+-- are still found by their channel identity, and `sessionkeeper citus-ddl` re-keys them before
+-- the move. Since revision 0014 every new user gets its key, however it is inserted.
+-- =============================================================================================
+
+-- sk_user_key: the user id of a channel identity: the first 16 bytes of
+-- SHA-256(secret || length of the channel in bytes (4 bytes, big-endian) || channel ||
+-- channel_user_id), UTF-8, shaped as a UUID of version 8 (RFC 9562's vendor-specific layout:
+-- it is not a name-based v5) with the RFC 4122 variant. The secret is 32 random bytes made by
+-- revision 0014 (user_key_secret), per database, and never sent to a client: a plain hash of
+-- a Telegram id could be inverted by trying every id, and a user id must not reveal its
+-- channel id. The length prefix keeps ('ab', 'c') apart from ('a', 'bc'); the truncated output
+-- leaves nothing for a length-extension attack to start from.
+CREATE OR REPLACE FUNCTION sk_user_key(p_channel text, p_channel_user_id text) RETURNS uuid
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE AS $$
+DECLARE
+    v_hash bytea;
+BEGIN
+    SELECT substr(sha256(k.secret || int4send(octet_length(convert_to(p_channel, 'UTF8')))
+                         || convert_to(p_channel, 'UTF8')
+                         || convert_to(p_channel_user_id, 'UTF8')), 1, 16)
+    INTO v_hash FROM user_key_secret k;
+    IF v_hash IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
+            MESSAGE = 'user_key_secret is empty: run `sessionkeeper migrate`';
+    END IF;
+    -- Version 8 in the high nibble of byte 6, variant 10 in the two high bits of byte 8.
+    v_hash := set_byte(v_hash, 6, (get_byte(v_hash, 6) & 15) | 128);
+    v_hash := set_byte(v_hash, 8, (get_byte(v_hash, 8) & 63) | 128);
+    RETURN encode(v_hash, 'hex')::uuid;
+END $$;
+
+-- sk_channel_user: the user of a channel identity, created on its first message (its id is
+-- sk_user_key's: the one way a user id is born), marked authenticated, its display name kept
+-- current; the row stays locked (FOR NO KEY UPDATE) until commit, which serialises a user's
+-- concurrent first messages (see sk_current_session). Written only when something changes:
+-- most messages come from a known, authenticated user with no new display name. begin_turn
+-- (sk_begin_turn_v2) and get_or_create_user call it.
+CREATE OR REPLACE FUNCTION sk_channel_user(
+    p_channel text, p_channel_user_id text, p_display_name text, p_now timestamptz
+) RETURNS TABLE (user_id uuid, person_id uuid, display_name text, user_created boolean)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    v_now timestamptz := coalesce(p_now, now());
+    v_key uuid := sk_user_key(p_channel, p_channel_user_id);
+    v_user uuid;
+    v_authenticated boolean;
+    v_attempts integer := 0;
+BEGIN
+    user_created := false;
+    LOOP
+        v_attempts := v_attempts + 1;
+        IF v_attempts > 3 THEN
+            -- Not reached unless the key collides with another user's id (122 random bits).
+            RAISE EXCEPTION USING ERRCODE = 'unique_violation',
+                MESSAGE = 'no user found or created for this channel identity';
+        END IF;
+        SELECT u.user_id, u.person_id, u.display_name, u.authenticated
+        INTO v_user, person_id, display_name, v_authenticated
+        FROM users u WHERE u.user_id = v_key FOR NO KEY UPDATE;
+        EXIT WHEN v_user IS NOT NULL;
+        -- A new user. Concurrent first messages compute the same key: one inserts, the others
+        -- wait for it here and then find nothing inserted.
+        INSERT INTO users AS u (user_id, channel, channel_user_id, display_name, authenticated,
+                                created_at, updated_at)
+        VALUES (v_key, p_channel, p_channel_user_id, p_display_name, true, v_now, v_now)
+        ON CONFLICT DO NOTHING
+        RETURNING u.user_id, u.person_id, u.display_name, u.authenticated
+        INTO v_user, person_id, display_name, v_authenticated;
+        user_created := v_user IS NOT NULL;
+        EXIT WHEN v_user IS NOT NULL;
+        -- The identity exists under another id: a user created before revision 0014, whose
+        -- random id stays; or a concurrent first message's. The first kind only on one node:
+        -- `sessionkeeper citus-ddl` re-keys them before distributing.
+        SELECT u.user_id, u.person_id, u.display_name, u.authenticated
+        INTO v_user, person_id, display_name, v_authenticated
+        FROM users u WHERE u.channel = p_channel AND u.channel_user_id = p_channel_user_id
+        FOR NO KEY UPDATE;
+        EXIT WHEN v_user IS NOT NULL;
+        -- Erased meanwhile: look again (the next insert creates it anew).
+    END LOOP;
+    user_id := v_user;
+    IF NOT v_authenticated OR display_name IS DISTINCT FROM coalesce(p_display_name, display_name)
+    THEN
+        UPDATE users u SET authenticated = true, updated_at = v_now,
+                           display_name = coalesce(p_display_name, u.display_name)
+        WHERE u.user_id = v_user
+        RETURNING u.person_id, u.display_name INTO person_id, display_name;
+    END IF;
+    RETURN NEXT;
+END $$;
+
+-- sk_key_new_user: a trigger function (revision 0014) that gives a user inserted without an id
+-- its key, in place of the random default the column had: bots of release 0.1.0 insert users
+-- that way (get_or_create_user), and so do hand-written or bench inserts. The trigger fires
+-- only WHEN (NEW.user_id IS NULL): sk_channel_user gives the id and pays nothing.
+CREATE OR REPLACE FUNCTION sk_key_new_user() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.user_id := sk_user_key(NEW.channel, NEW.channel_user_id);
+    RETURN NEW;
+END $$;
+
+-- sk_fill_user_id: a trigger function (revision 0014) that gives a session_messages or
+-- turn_receipts row its session's user_id when the insert did not (statements of release 0.1.0
+-- and the archival's restore do not). The triggers fire only WHEN (NEW.user_id IS NULL): the
+-- store's own statements give it, and pay nothing. The release after 0.2.0 drops the triggers
+-- and makes the column NOT NULL (docs/upgrades.md).
+CREATE OR REPLACE FUNCTION sk_fill_user_id() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    SELECT s.user_id INTO NEW.user_id FROM sessions s WHERE s.session_id = NEW.session_id;
+    RETURN NEW;
+END $$;
+
+-- =============================================================================================
 -- Turns: sessions and history
 -- Why functions: begin_turn must upsert the user, decide the rate limit, find or open the current
 -- session and read its history in one round trip, and stay race-free. A single statement with
@@ -185,15 +308,19 @@ BEGIN
     IF v_previous IS NOT NULL AND p_carry_pairs > 0 THEN
         -- Intermittent chatters keep context: the newest pairs of the stale session come along.
         -- Each message with its extra fields (revision 0011): a carried tool call keeps its id.
-        INSERT INTO session_messages (session_id, seq, role, content, created_at, extra)
-        SELECT v_new, row_number() OVER (ORDER BY m.seq) - 1, m.role, m.content, m.created_at,
-               m.extra
+        -- Every statement names the user (its rows' distribution column on Citus).
+        INSERT INTO session_messages (user_id, session_id, seq, role, content, created_at,
+                                      extra)
+        SELECT p_user_id, v_new, row_number() OVER (ORDER BY m.seq) - 1, m.role, m.content,
+               m.created_at, m.extra
         FROM (
             SELECT x.seq, x.role, x.content, x.created_at, x.extra FROM session_messages x
-            WHERE x.session_id = v_previous ORDER BY x.seq DESC LIMIT 2 * p_carry_pairs
+            WHERE x.user_id = p_user_id AND x.session_id = v_previous
+            ORDER BY x.seq DESC LIMIT 2 * p_carry_pairs
         ) m;
         GET DIAGNOSTICS v_carried = ROW_COUNT;
-        UPDATE sessions s SET next_seq = v_carried WHERE s.session_id = v_new;
+        UPDATE sessions s SET next_seq = v_carried
+        WHERE s.user_id = p_user_id AND s.session_id = v_new;
     END IF;
     session_id := v_new;
     created := true;
@@ -203,7 +330,7 @@ END $$;
 -- sk_history_arrays_v2: the newest pairs of a session, oldest first, as parallel arrays in one
 -- row (revision 0005): no per-message JSON to build on the server and parse on the client. The
 -- fifth array holds each message's extra fields (revision 0011; NULL for plain text).
--- begin_turn and get_history read it.
+-- get_history reads it (it is given a session, not a user); begin_turn reads v3.
 CREATE OR REPLACE FUNCTION sk_history_arrays_v2(p_session_id uuid, p_pairs integer)
 RETURNS TABLE (seqs bigint[], roles text[], contents text[], created timestamptz[],
                extras jsonb[])
@@ -217,6 +344,28 @@ LANGUAGE sql STABLE AS $$
     FROM (
         SELECT x.seq, x.role, x.content, x.created_at, x.extra FROM session_messages x
         WHERE x.session_id = p_session_id ORDER BY x.seq DESC LIMIT 2 * p_pairs
+    ) m
+$$;
+
+-- sk_history_arrays_v3: sk_history_arrays_v2 given the session's user too (revision 0014), so
+-- that the read names the distribution column (docs/scaling.md); on one node the filter is
+-- checked on the rows the index range already found. begin_turn reads it.
+CREATE OR REPLACE FUNCTION sk_history_arrays_v3(
+    p_user_id uuid, p_session_id uuid, p_pairs integer
+)
+RETURNS TABLE (seqs bigint[], roles text[], contents text[], created timestamptz[],
+               extras jsonb[])
+LANGUAGE sql STABLE AS $$
+    -- The newest 2 * p_pairs messages, oldest first: an index range on (session_id, seq).
+    SELECT coalesce(array_agg(m.seq ORDER BY m.seq), '{}'),
+           coalesce(array_agg(m.role ORDER BY m.seq), '{}'),
+           coalesce(array_agg(m.content ORDER BY m.seq), '{}'),
+           coalesce(array_agg(m.created_at ORDER BY m.seq), '{}'),
+           coalesce(array_agg(m.extra ORDER BY m.seq), '{}')
+    FROM (
+        SELECT x.seq, x.role, x.content, x.created_at, x.extra FROM session_messages x
+        WHERE x.user_id = p_user_id AND x.session_id = p_session_id
+        ORDER BY x.seq DESC LIMIT 2 * p_pairs
     ) m
 $$;
 
@@ -245,31 +394,14 @@ AS $$
 DECLARE
     v_now timestamptz := coalesce(p_now, now());
     v_user uuid;
-    v_authenticated boolean;
     v_session uuid;
 BEGIN
     now := v_now;
-    user_created := false;
-    -- Lock the user row until commit, as the seed's upsert did (see sk_current_session), but
-    -- write it only when something changes: most messages come from a known, authenticated
-    -- user with no new display name, and then nothing is written here.
-    SELECT u.user_id, u.person_id, u.display_name, u.authenticated
-    INTO v_user, person_id, display_name, v_authenticated
-    FROM users u WHERE u.channel = p_channel AND u.channel_user_id = p_channel_user_id
-    FOR NO KEY UPDATE;
-    IF v_user IS NULL OR NOT v_authenticated
-       OR display_name IS DISTINCT FROM coalesce(p_display_name, display_name) THEN
-        -- A new user (concurrent first messages meet in the unique index) or a change: the
-        -- seed's upsert.
-        INSERT INTO users AS u (channel, channel_user_id, display_name, authenticated,
-                                created_at, updated_at)
-        VALUES (p_channel, p_channel_user_id, p_display_name, true, v_now, v_now)
-        ON CONFLICT (channel, channel_user_id) DO UPDATE
-        SET authenticated = true, updated_at = v_now,
-            display_name = coalesce(EXCLUDED.display_name, u.display_name)
-        RETURNING u.user_id, u.person_id, u.display_name, u.xmax = 0
-        INTO v_user, person_id, display_name, user_created;
-    END IF;
+    -- The user, locked until commit (see sk_current_session), written only when something
+    -- changes; found by its id (sk_user_key), not by its channel identity.
+    SELECT c.user_id, c.person_id, c.display_name, c.user_created
+    INTO v_user, person_id, display_name, user_created
+    FROM sk_channel_user(p_channel, p_channel_user_id, p_display_name, v_now) c;
     user_id := v_user;
     SELECT d.allowed, d.retry_at, d.refused_window INTO allowed, retry_at, refused_window
     FROM sk_check_rate_limit(v_user, v_now, p_windows, p_caps, p_durable) d;
@@ -280,7 +412,7 @@ BEGIN
         session_id := v_session;
         SELECT h.seqs, h.roles, h.contents, h.created, h.extras
         INTO history_seqs, history_roles, history_contents, history_created, history_extras
-        FROM sk_history_arrays_v2(v_session, p_history_pairs) h;
+        FROM sk_history_arrays_v3(v_user, v_session, p_history_pairs) h;
     END IF;
     RETURN NEXT;
 END $$;

@@ -202,7 +202,7 @@ def stored(database_url: str, telegram_id: int) -> list[tuple[Any, ...]]:
     with psycopg.connect(database_url) as conn:
         return conn.execute(
             "SELECT m.role, m.content FROM session_messages m JOIN sessions s USING (session_id)"
-            " JOIN users u USING (user_id) WHERE u.channel = 'telegram'"
+            " JOIN users u ON u.user_id = s.user_id WHERE u.channel = 'telegram'"
             " AND u.channel_user_id = %s ORDER BY m.seq",
             [str(telegram_id)],
         ).fetchall()

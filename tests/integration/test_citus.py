@@ -14,6 +14,7 @@ from typing import Any
 
 import pglast
 import psycopg
+import sqlalchemy as sa
 from pglast import ast
 
 from sessionkeeper.admin import citus
@@ -104,3 +105,66 @@ def test_the_key_changes_run_on_a_database_at_head_and_keep_the_data(database_ur
         # The cascades still hold: erasing the user takes its sessions and messages along.
         conn.execute("DELETE FROM users WHERE user_id = %s", (turn.user.user_id,))
         assert conn.execute("SELECT count(*) FROM session_messages").fetchone() == (0,)
+
+
+# UUID columns that hold no user id (anything else must be re-keyed by step 0).
+NOT_USER_IDS = {"session_id", "person_id", "turn_id", "stat_id"}
+
+
+def test_every_column_holding_a_user_id_is_re_keyed() -> None:
+    rekeyed = set(citus.user_id_columns())
+    for table in schema.metadata.sorted_tables:
+        for column in table.c:
+            if isinstance(column.type, sa.UUID) and column.name not in NOT_USER_IDS:
+                assert (table.name, column.name) in rekeyed, (table.name, column.name)
+    assert ("link_codes", "used_by") in rekeyed and ("session_messages", "user_id") in rekeyed
+
+
+def test_users_whose_id_is_not_their_key_are_re_keyed_everywhere(database_url: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        # A user as releases before revision 0014 made it: a random id.
+        legacy = conn.execute(
+            "INSERT INTO users (user_id, channel, channel_user_id, authenticated)"
+            " VALUES (gen_random_uuid(), 'telegram', 'old', true) RETURNING user_id"
+        ).fetchone()[0]  # type: ignore[index]
+    with Store(database_url) as store:
+        old = store.begin_turn("telegram", "old")
+        assert old.user.user_id == legacy, "a user from before keyed ids keeps its id"
+        store.finish_turn(old, "hello", "hi", input_tokens=3)
+        code = store.create_link_code(old.user.user_id)
+        new = store.begin_turn("telegram", "new")
+        store.finish_turn(new, "hey", "ho")
+        store.redeem_link_code(new.user.user_id, code.code)
+    ddl = citus_ddl()
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        key = conn.execute("SELECT sk_user_key('telegram', 'old')").fetchone()[0]  # type: ignore[index]
+        assert key != legacy
+        conn.execute(ddl[: ddl.index("COMMIT;") + len("COMMIT;")])
+        assert conn.execute("SELECT old_user_id, new_user_id FROM user_id_rekeys").fetchall() == [
+            (legacy, key)
+        ], "only the legacy user moved, and the mapping says where"
+        assert conn.execute(
+            "SELECT count(*) FROM users WHERE user_id <> sk_user_key(channel, channel_user_id)"
+        ).fetchone() == (0,)
+        for table, column in citus.user_id_columns():
+            # Names from the schema, not input.
+            left = conn.execute(f"SELECT count(*) FROM {table} WHERE {column} = %s", (legacy,))
+            assert left.fetchone() == (0,), f"{table}.{column} still holds the old id"
+        moved = conn.execute(
+            "SELECT (SELECT count(*) FROM sessions WHERE user_id = %(k)s),"
+            " (SELECT count(*) FROM session_messages WHERE user_id = %(k)s),"
+            " (SELECT count(*) FROM usage_stats WHERE user_id = %(k)s),"
+            " (SELECT count(*) FROM link_codes WHERE user_id = %(k)s)",
+            {"k": key},
+        ).fetchone()
+        assert moved == (1, 2, 1, 1)
+        nullable = conn.execute(
+            "SELECT table_name FROM information_schema.columns WHERE column_name = 'user_id'"
+            " AND table_name IN ('session_messages', 'turn_receipts') AND is_nullable = 'YES'"
+        ).fetchall()
+        assert nullable == [], "the expanded columns are NOT NULL on Citus"
+    # The store still finds the user, now by its key, with its history.
+    with Store(database_url) as store:
+        again = store.begin_turn("telegram", "old")
+        assert again.user.user_id == key
+        assert [m.content for m in again.history] == ["hello", "hi"]

@@ -208,6 +208,9 @@ def test_restore_brings_an_archived_session_back(conn: Conn) -> None:
         (session, ago(days=40), 4, NOW)
     ]
     assert rows(conn, f"SELECT {MESSAGE_COLUMNS} FROM session_messages ORDER BY seq") == messages
+    # The restore writes the session's user itself (revision 0014), not through the trigger.
+    assert "user_id" in QUERIES["restore_session_messages"]
+    assert rows(conn, "SELECT DISTINCT user_id FROM session_messages") == [(user,)]
     assert rows(conn, "SELECT count(*) FROM archived_sessions") == [(0,)]
     assert rows(conn, "SELECT count(*) FROM archived_session_messages") == [(0,)]
     with pytest.raises(NotFound):

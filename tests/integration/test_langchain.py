@@ -117,7 +117,7 @@ def test_a_sync_chain_remembers_the_conversation(db: Store, conn: Conn) -> None:
     # Both turns went to the user's one current session, as the store's own roles.
     rows = conn.execute(
         "SELECT u.channel_user_id, m.role, m.content FROM session_messages m"
-        " JOIN sessions s USING (session_id) JOIN users u USING (user_id) ORDER BY m.seq"
+        " JOIN sessions s USING (session_id) JOIN users u ON u.user_id = s.user_id ORDER BY m.seq"
     ).fetchall()
     assert rows == [
         ("42", "user", "I am Ann."),

@@ -185,6 +185,11 @@ def turns(old: OldRelease) -> None:
     assert old.sql("SELECT input_tokens, output_tokens, cached_tokens FROM usage_stats") == [
         {"input_tokens": 3, "output_tokens": 5, "cached_tokens": 1}
     ]
+    # 0.1.0 does not write session_messages.user_id (revision 0014): the trigger gives it.
+    assert old.sql(
+        "SELECT count(*) AS n FROM session_messages m JOIN sessions s"
+        " ON s.session_id = m.session_id AND s.user_id = m.user_id"
+    ) == [{"n": 2}]
     second = begin_turn(old, T0 + timedelta(seconds=5))
     assert not second["user_created"] and not second["session_created"]
     assert second["session_id"] == session

@@ -205,7 +205,7 @@ class Conversation:
         with psycopg.connect(database_url) as conn:
             stored = conn.execute(
                 "SELECT m.role, m.content FROM session_messages m"
-                " JOIN sessions s USING (session_id) JOIN users u USING (user_id)"
+                " JOIN sessions s USING (session_id) JOIN users u ON u.user_id = s.user_id"
                 " WHERE u.channel = %s AND u.channel_user_id = %s ORDER BY m.seq",
                 (self.channel, self.sender),
             ).fetchall()

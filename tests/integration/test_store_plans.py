@@ -62,11 +62,14 @@ def test_trim_deletes_an_index_range(conn: psycopg.Connection[Any], busy: uuid.U
     assert "pk_session_messages" in text
 
 
+@pytest.mark.parametrize("statement", ["append_messages", "append_messages_by_session"])
 def test_finish_turn_statement_reads_no_other_history(
-    conn: psycopg.Connection[Any], busy: uuid.UUID
+    conn: psycopg.Connection[Any], busy: uuid.UUID, statement: str
 ) -> None:
+    owner = conn.execute("SELECT user_id FROM sessions WHERE session_id = %s", (busy,))
     params: dict[str, object] = {
         "session_id": busy,
+        "user_id": owner.fetchone()[0],  # type: ignore[index]
         "roles": ["user", "assistant"],
         "contents": ["q", "a"],
         "created": [None, None],
@@ -79,13 +82,34 @@ def test_finish_turn_statement_reads_no_other_history(
         "cached_tokens": 0,
         "turn_id": uuid.uuid4(),
     }
-    text = plan(conn, "append_messages", params)
+    text = plan(conn, statement, params)
     # (The planner may scan the small sessions table; the history is what grows.)
     assert "Seq Scan on session_messages" not in text
     assert "pk_session_messages" in text
+    # The user_id filters (revision 0014) are checked on the rows the key range found.
+    assert re.search(r"Filter: .*user_id = ", text)
     # The receipts of earlier turns are found (and expired) by the session's key range.
     assert "Seq Scan on turn_receipts" not in text
     assert "pk_turn_receipts" in text
+
+
+def test_begin_turns_history_read_is_the_sessions_key_range(
+    conn: psycopg.Connection[Any], busy: uuid.UUID
+) -> None:
+    # sk_history_arrays_v3 names the user too (revision 0014): a filter on the rows of the
+    # session's key range, read newest first. Without revision 0014's statistics (session_id
+    # determines user_id) the planner multiplies the two equalities' selectivities, expects one
+    # row, and reads and sorts the whole session instead.
+    owner = conn.execute("SELECT user_id FROM sessions WHERE session_id = %s", (busy,)).fetchone()
+    assert owner is not None
+    # The generic plan, as begin_turn runs it (plan_cache_mode = force_generic_plan).
+    conn.execute("PREPARE h(uuid, uuid) AS SELECT * FROM sk_history_arrays_v3($1, $2, 20)")
+    conn.execute("SET plan_cache_mode = force_generic_plan")
+    rows = conn.execute(f"EXPLAIN EXECUTE h('{owner[0]}', '{busy}')").fetchall()
+    text = "\n".join(row[0] for row in rows)
+    assert "Index Scan Backward using pk_session_messages" in text
+    assert re.search(r"Filter: \(user_id = ", text)
+    assert "Seq Scan" not in text and "Bitmap" not in text
 
 
 # -- time partitions (revision 0012) -----------------------------------------------------------
@@ -139,7 +163,8 @@ def test_the_hot_path_touches_one_partition_of_each_table(
     plans = explained(conn)
     for _ in range(7):  # past psycopg's and PL/pgSQL's first, custom plans
         begun = conn.execute(
-            "SELECT session_id FROM sk_begin_turn('telegram', 'u1', NULL, %s, %s, %s, false,"
+            "SELECT session_id, user_id FROM sk_begin_turn('telegram', 'u1', NULL, %s, %s, %s,"
+            " false,"
             " '30 minutes', 0, 20)",
             (TODAY, windows, caps),
         ).fetchone()
@@ -148,6 +173,7 @@ def test_the_hot_path_touches_one_partition_of_each_table(
             QUERIES["append_messages"],
             {
                 "session_id": begun[0],
+                "user_id": begun[1],
                 "roles": ["user", "assistant"],
                 "contents": ["q", "a"],
                 "created": [None, None],

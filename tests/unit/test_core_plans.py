@@ -163,6 +163,7 @@ def test_finish_turn_sends_both_messages_trim_and_usage(config: StoreConfig) -> 
     assert isinstance(params.pop("turn_id"), UUID)  # the request's idempotency key
     assert params == {
         "session_id": SESSION,
+        "user_id": USER,  # the Turn's user: every part of the statement names it (Citus)
         "roles": ["user", "assistant"],
         "contents": ["question", "answer"],
         # the user's message is dated when the turn began; the reply when it is stored
@@ -179,7 +180,9 @@ def test_finish_turn_sends_both_messages_trim_and_usage(config: StoreConfig) -> 
 
 def test_finish_turn_keys_a_request_by_its_turn_and_arguments(config: StoreConfig) -> None:
     turn, other_turn = admitted_turn(config), admitted_turn(config)
-    db = InMemoryDatabase(append_messages=[appended_row()] * 6)
+    db = InMemoryDatabase(
+        append_messages=[appended_row()] * 5, append_messages_by_session=[appended_row()]
+    )
     calls = [
         (turn, "q", "a", 1),
         (turn, "q", "a", 1),  # the same call again (a retry): the same key
@@ -203,7 +206,7 @@ def test_finish_turn_keeps_max_pairs_when_given(config: StoreConfig) -> None:
 
 
 def test_finish_turn_takes_a_session_id_and_message_mappings(config: StoreConfig) -> None:
-    db = InMemoryDatabase(append_messages=[appended_row()])
+    db = InMemoryDatabase(append_messages_by_session=[appended_row()])
     asked = "2026-03-02T11:00:00+01:00"
     db.call(
         core.finish_turn,
@@ -212,7 +215,10 @@ def test_finish_turn_takes_a_session_id_and_message_mappings(config: StoreConfig
         {"role": "user", "content": "q", "timestamp": asked},
         {"role": "tool", "content": "{}"},
     )
+    # Without a Turn, the user is read from the session (a statement Citus would not route).
+    assert db.names() == ["append_messages_by_session"]
     params = db.sent[0].params
+    assert "user_id" not in params
     assert params["session_id"] == SESSION and params["roles"] == ["user", "tool"]
     assert params["created"] == [
         datetime(2026, 3, 2, 11, tzinfo=timezone(timedelta(hours=1))),
@@ -240,7 +246,7 @@ def test_the_message_arrays_are_sent_in_binary(config: StoreConfig) -> None:
 
 
 def test_append_messages_neither_trims_nor_records_usage(config: StoreConfig) -> None:
-    db = InMemoryDatabase(append_messages=[appended_row(appended=1)])
+    db = InMemoryDatabase(append_messages_by_session=[appended_row(appended=1)])
     message = store.Message("system", "be brief", T0)
     db.call(core.append_messages, config, SESSION, [message])
     params = db.sent[0].params
@@ -254,9 +260,13 @@ def test_append_messages_neither_trims_nor_records_usage(config: StoreConfig) ->
 
 
 def test_appending_to_a_missing_session_is_not_found(config: StoreConfig) -> None:
-    db = InMemoryDatabase(append_messages=[[]])
+    db = InMemoryDatabase(append_messages_by_session=[[]])
     with pytest.raises(store.NotFound, match=f"session {SESSION} does not exist"):
         db.call(core.finish_turn, config, SESSION, "q", "a")
+    turn = admitted_turn(config)
+    db = InMemoryDatabase(append_messages=[[]])
+    with pytest.raises(store.NotFound, match=f"does not exist for user {turn.user.user_id}"):
+        db.call(core.finish_turn, config, turn, "q", "a")
 
 
 # -- every operation ---------------------------------------------------------------------------
@@ -264,6 +274,7 @@ def test_appending_to_a_missing_session_is_not_found(config: StoreConfig) -> Non
 CANNED: dict[str, Rows] = {
     "begin_turn": turn_row(),
     "append_messages": appended_row(),
+    "append_messages_by_session": appended_row(),
     "trim_session_history": one(session_id=SESSION, trimmed=4),
     "get_history": turn_row(),
     "get_or_create_user": user_row(person_id=None, created=True),
@@ -285,11 +296,11 @@ CANNED: dict[str, Rows] = {
 CALLS: dict[str, tuple[Callable[..., core.Plan[Any]], tuple[Any, ...], str, object]] = {
     # operation: (plan function, arguments after the config, statement, expected result)
     "begin_turn": (core.begin_turn, ("telegram", "1"), "begin_turn", None),
-    "finish_turn": (core.finish_turn, (SESSION, "q", "a"), "append_messages", None),
+    "finish_turn": (core.finish_turn, (SESSION, "q", "a"), "append_messages_by_session", None),
     "append_messages": (
         core.append_messages,
         (SESSION, [{"role": "user", "content": "x"}]),
-        "append_messages",
+        "append_messages_by_session",
         store.Appended(SESSION, USER, 2, 0, 8),
     ),
     "trim_session_history": (core.trim_session_history, (SESSION, 2), "trim_session_history", 4),
@@ -509,7 +520,7 @@ def test_a_channel_outside_the_allow_list_is_refused(config: StoreConfig) -> Non
 
 def test_max_message_bytes_counts_utf8_bytes(config: StoreConfig) -> None:
     small = replace(config, max_message_bytes=4)
-    db = InMemoryDatabase(append_messages=[appended_row()])
+    db = InMemoryDatabase(append_messages_by_session=[appended_row()])
     db.call(core.append_messages, small, SESSION, message("ab€"[:2] + "c"))  # 3 bytes
     with pytest.raises(store.InvalidInput, match="5 bytes; the limit is 4"):
         db.call(core.append_messages, small, SESSION, message("ab€"))  # 5 bytes
