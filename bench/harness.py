@@ -224,6 +224,11 @@ class WalMeter:
             with contextlib.suppress(psutil.Error):
                 times = process.cpu_times()
                 total += times.user + times.system
+        # Backends that exited during the window: their time is the postmaster's children's
+        # now (without it a window in which connections closed could show negative CPU).
+        with contextlib.suppress(psutil.Error):
+            reaped = postmaster.cpu_times()
+            total += reaped.children_user + reaped.children_system
         return total
 
     def _sample(self) -> None:
