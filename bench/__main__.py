@@ -15,6 +15,7 @@ from pathlib import Path
 import psycopg
 
 from . import (
+    daemon,
     growth,
     hotpath,
     jobs_scale,
@@ -64,6 +65,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="pauses between batches (s) to also run each job with, once (default 0.02)",
     )
     parser.add_argument(
+        "--jobs",
+        default=",".join(jobs_scale.JOBS),
+        help=f"jobs the jobs section times (default {','.join(jobs_scale.JOBS)})",
+    )
+    parser.add_argument(
+        "--job-variant",
+        action="append",
+        default=[],
+        metavar="JOB.KEY=VALUE[,...]",
+        help="job settings to run beside the defaults, interleaved run by run (A/B), e.g."
+        " session_archival.batch_seconds=0.1,session_archival.pause_ratio=3; repeatable",
+    )
+    parser.add_argument(
+        "--no-daemon",
+        action="store_true",
+        help="skip the jobs section's last step: `sessionkeeper run` as a process on a fresh"
+        " backlog, for its peak memory (VmHWM)",
+    )
+    parser.add_argument(
         "--scale-users",
         default="1000,100000",
         help="user counts for the scale section (default 1000,100000; 1,000,000 takes an hour"
@@ -82,10 +102,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.job_pauses = [float(p) for p in args.job_pauses.split(",") if p and float(p) > 0]
     args.scale_users = [int(n) for n in args.scale_users.split(",") if n]
     args.sections = [s for s in args.only.split(",") if s]
+    args.jobs = tuple(j for j in args.jobs.split(",") if j)
+    if set(args.jobs) - set(jobs_scale.JOBS):
+        parser.error(f"--jobs: one of {','.join(jobs_scale.JOBS)}")
+    try:
+        args.variants = {"default": {}} | {v: parse_variant(v) for v in args.job_variant}
+    except ValueError as exc:
+        parser.error(f"--job-variant: {exc}")
     unknown = set(args.sections) - set(SECTIONS)
     if unknown:
         parser.error(f"unknown section(s): {', '.join(sorted(unknown))}")
     return args
+
+
+def parse_variant(text: str) -> dict[str, dict[str, float | int | bool]]:
+    """``job.key=value,...`` as settings per job (every job setting is a number or a flag)."""
+    settings: dict[str, dict[str, float | int | bool]] = {}
+    for item in text.split(","):
+        name, _, value = item.partition("=")
+        job, _, key = name.strip().partition(".")
+        if not (job and key and value):
+            raise ValueError(f"{item!r} is not JOB.KEY=VALUE")
+        parsed: float | int | bool
+        if value.strip().lower() in ("true", "false"):
+            parsed = value.strip().lower() == "true"
+        else:
+            number = float(value)
+            parsed = int(number) if number.is_integer() else number
+        settings.setdefault(job, {})[key] = parsed
+    return settings
 
 
 def store_designs(conninfo: str) -> list[hotpath.Design]:
@@ -418,13 +463,16 @@ class Bench:
             self.say("store.Store not importable: jobs at scale skipped")
             return
         for run in range(self.args.runs):
-            self.jobs_run(run, 0.0)
+            for variant in self.args.variants:
+                self.jobs_run(run, 0.0, variant)
         for pause in self.args.job_pauses:
-            self.jobs_run(self.args.runs, pause)
+            self.jobs_run(self.args.runs, pause, "default")
         self.jobs_tables()
+        if not self.args.no_daemon:
+            self.jobs_daemon()
 
-    def jobs_run(self, run: int, pause: float) -> None:
-        """One run on a fresh database: seed the backlog, then each job under the load."""
+    def jobs_backlog(self, run: int) -> tuple[str, this_store.StoreDesign, jobs_scale.PacedLoad]:
+        """A fresh database with the backlog, and the online load on it (not started)."""
         args = self.args
         scale = jobs_scale.Scale().divided(args.jobs_scale)
         url = self.server.create_database("skbench_jobs")
@@ -443,6 +491,12 @@ class Bench:
             workers,
             args.online_rate,
         )
+        return url, design, load
+
+    def jobs_run(self, run: int, pause: float, variant: str) -> None:
+        """One run on a fresh database: seed the backlog, then each job under the load."""
+        args = self.args
+        url, design, load = self.jobs_backlog(run)
         load.start()
         try:
             runs = jobs_scale.run_jobs(
@@ -451,6 +505,8 @@ class Bench:
                 idle_seconds=max(3.0, args.duration),
                 server_pid=self.server.pid,
                 pause_seconds=pause,
+                jobs=args.jobs,
+                overrides=args.variants[variant],
             )
         finally:
             load.stop()
@@ -459,14 +515,48 @@ class Bench:
             record = self.rec.add(
                 "jobs",
                 run=run,
+                variant=variant,
                 online_rate=args.online_rate,
                 pause_seconds=pause,
                 **job_run.record(),
             )
             self.say(
-                f"run {run + 1} pause {pause:g} s {record['job']:18} {record['rows']:>9,} rows "
-                f"{record['rows_per_s']:>9,} rows/s  online p99 x{record['p99_ratio']}"
+                f"run {run + 1} {variant} pause {pause:g} s {record['job']:18} "
+                f"{record['rows']:>9,} rows {record['rows_per_s']:>9,} rows/s  "
+                f"online p99 x{record['p99_ratio']}\n"
+                f"    online backends idle {record['waits_online_idle']}\n"
+                f"    online backends during job {record['waits_online']}\n"
+                f"    job backend {record['waits_job']}\n"
+                f"    turn mean ms idle {record['idle_mean_ms']} (server "
+                f"{record['idle_server_ms']}), during job {record['job_mean_ms']} (server "
+                f"{record['job_server_ms']}); CPU pressure idle {record['cpu_pressure_idle']},"
+                f" during job {record['cpu_pressure']}; checkpoints {record['checkpoints']},"
+                f" autovacuum workers {record['autovacuum_active']}"
             )
+        self.server.drop_database("skbench_jobs")
+
+    def jobs_daemon(self) -> None:
+        """``sessionkeeper run`` as a process on a fresh backlog, under the online load."""
+        url, design, load = self.jobs_backlog(self.args.runs)
+        load.start()
+        try:
+            measured = daemon.run(url, self.args.jobs)
+        finally:
+            load.stop()
+            design.close()
+        record = self.rec.add("jobs_daemon", jobs_scale=self.args.jobs_scale, **measured)
+        runs = ", ".join(
+            f"{job} {run['outcome']} {run['rows']:,} rows {run['seconds']:.1f} s"
+            for job, run in record["runs"].items()
+        )
+        self.show(
+            f"The daemon process on the backlog (/ {self.args.jobs_scale})",
+            f"`sessionkeeper run`: peak RSS (VmHWM) {record['daemon_peak_rss_mb']} MB (target"
+            f" under 100 MB); {record['daemon_rss_before_jobs_mb']} MB when its first job"
+            f" started; a process that only imports it: {record['import_only_rss_mb']} MB."
+            f" Runs: {runs}. SIGTERM: exit code {record['exit_code']} after"
+            f" {record['stop_seconds']} s.",
+        )
         self.server.drop_database("skbench_jobs")
 
     def jobs_tables(self) -> None:
@@ -474,7 +564,7 @@ class Bench:
         records = self.rec.section("jobs")
         rows = report.medians(
             records,
-            ("pause_seconds", "job"),
+            ("variant", "pause_seconds", "job"),
             (
                 "rows",
                 "rows_incl_messages",
@@ -487,11 +577,24 @@ class Bench:
                 "p99_ratio",
                 "wal_bytes_per_row",
                 "server_cpu_s",
+                "idle_mean_ms",
+                "idle_server_ms",
+                "job_mean_ms",
+                "job_server_ms",
+                "cpu_pressure_idle",
+                "cpu_pressure",
+                "checkpoints",
+                "autovacuum_active",
             ),
         )
-        waits = report.mean_waits(records, ("pause_seconds", "job"))
+        keys = ("variant", "pause_seconds", "job")
+        waits = {
+            field: report.mean_waits(records, keys, field)
+            for field in ("waits", "waits_online_idle", "waits_online", "waits_job")
+        }
         for row in rows:
-            row["waits"] = waits.get((row["pause_seconds"], row["job"]), "")
+            for field, described in waits.items():
+                row[field] = described.get(tuple(row[k] for k in keys), "")
         self.show(
             f"Jobs at scale (backlog / {args.jobs_scale}; online load {args.online_rate:g} "
             f"turns/s on 4 threads; default settings: medians of {args.runs} runs; with a pause"
@@ -500,6 +603,7 @@ class Bench:
                 rows,
                 [
                     ("job", "job"),
+                    ("variant", "settings"),
                     ("pause_seconds", "pause s"),
                     ("rows", "rows"),
                     ("rows_incl_messages", "rows incl. messages"),
@@ -520,11 +624,38 @@ class Bench:
                 rows,
                 [
                     ("job", "job"),
+                    ("variant", "settings"),
                     ("pause_seconds", "pause s"),
                     ("wal_bytes_per_row", "WAL bytes/row"),
                     ("server_cpu_s", "server CPU s"),
                     ("seconds", "seconds"),
+                    ("checkpoints", "checkpoints"),
+                    ("autovacuum_active", "autovacuum workers"),
                     ("waits", "active backends by wait"),
+                ],
+            ),
+        )
+        self.show(
+            "Jobs at scale: where the online turns' time went, idle (the window before the job)"
+            " and while the job ran. Mean turn time and its server part (mean active online"
+            " backends / turns per second); CPU pressure: share of the time some runnable task"
+            " of the machine waited for a CPU (/proc/pressure/cpu); mean active backends per"
+            " wait event, the online ones and the job's apart",
+            report.table(
+                rows,
+                [
+                    ("job", "job"),
+                    ("variant", "settings"),
+                    ("pause_seconds", "pause s"),
+                    ("idle_mean_ms", "idle turn ms"),
+                    ("idle_server_ms", "idle server ms"),
+                    ("job_mean_ms", "turn ms"),
+                    ("job_server_ms", "server ms"),
+                    ("cpu_pressure_idle", "CPU pressure idle"),
+                    ("cpu_pressure", "CPU pressure"),
+                    ("waits_online_idle", "online backends idle"),
+                    ("waits_online", "online backends"),
+                    ("waits_job", "job backend"),
                 ],
             ),
         )

@@ -87,6 +87,18 @@ class ServerDelta:
     waits: dict[str, float]
     # CPU seconds used on the whole machine (every process, every CPU).
     machine_busy_seconds: float
+    # The same means split by who the backend serves (``WalMeter.ROLE``: "job", "online").
+    waits_by_role: dict[str, dict[str, float]] = field(default_factory=dict)
+    # Share of the window in which some runnable task waited for a CPU (Linux PSI,
+    # /proc/pressure/cpu "some"; None where the kernel does not report it).
+    cpu_pressure: float | None = None
+    seconds: float = 0.0
+    # Checkpoints the server counted during the window (timed and requested).
+    checkpoints: int | None = None
+
+    def active(self, role: str) -> float:
+        """Mean number of active backends of ``role`` (all wait events, CPU included)."""
+        return round(sum(self.waits_by_role.get(role, {}).values()), 3)
 
 
 class WalMeter:
@@ -94,17 +106,27 @@ class WalMeter:
 
     WAL is the insert position's advance (``pg_current_wal_insert_lsn``). Server CPU is the sum
     over the postmaster's processes (psutil), when the server runs on this machine. Waits are
-    sampled from ``pg_stat_activity`` every 10 ms on a separate connection.
+    sampled from ``pg_stat_activity`` every 10 ms on a separate connection, per role: a
+    backend whose application_name is the daemon's (``JOB_APPLICATION``) serves a job, any
+    other client backend the online load; autovacuum workers are a role of their own, left out
+    of ``waits``.
     """
 
     SAMPLE_SECONDS = 0.01
+    JOB_APPLICATION = "sessionkeeper-daemon"
     WAITS = """
-        SELECT coalesce(wait_event_type || ':' || wait_event, 'CPU'), count(*)
+        SELECT CASE WHEN backend_type = 'autovacuum worker' THEN 'autovacuum'
+                    WHEN application_name = %s THEN 'job' ELSE 'online' END,
+               coalesce(wait_event_type || ':' || wait_event, 'CPU'), count(*)
         FROM pg_stat_activity
-        WHERE state = 'active' AND backend_type = 'client backend'
+        WHERE (state = 'active' AND backend_type = 'client backend'
+               OR backend_type = 'autovacuum worker')
           AND datname = current_database() AND pid <> pg_backend_pid()
-        GROUP BY 1
+        GROUP BY 1, 2
     """
+    # PostgreSQL 17 moved the checkpoint counters to pg_stat_checkpointer.
+    CHECKPOINTS = "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter"
+    CHECKPOINTS_17 = "SELECT num_timed + num_requested FROM pg_stat_checkpointer"
 
     def __init__(self, conninfo: str, server_pid: int | None = None) -> None:
         self.conninfo = conninfo
@@ -112,9 +134,16 @@ class WalMeter:
         self.server_pid = server_pid
         self._sampling = threading.Event()
         self._sampler: threading.Thread | None = None
-        self._waits: Counter[str] = Counter()
+        self._waits: Counter[tuple[str, str]] = Counter()
         self._samples = 0
-        self._start: tuple[str, float | None, float] = ("0/0", None, 0.0)
+        self._start: tuple[str, float | None, float, float | None, float, int] = (
+            "0/0",
+            None,
+            0.0,
+            None,
+            0.0,
+            0,
+        )
 
     def lsn(self) -> str:
         row = self.conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
@@ -128,8 +157,21 @@ class WalMeter:
         assert row is not None
         return int(row[0])
 
+    def checkpoints(self) -> int:
+        newer = self.conn.info.server_version >= 170000
+        row = self.conn.execute(self.CHECKPOINTS_17 if newer else self.CHECKPOINTS).fetchone()
+        assert row is not None
+        return int(row[0])
+
     def begin(self) -> None:
-        self._start = (self.lsn(), self._server_cpu(), _machine_busy())
+        self._start = (
+            self.lsn(),
+            self._server_cpu(),
+            _machine_busy(),
+            _cpu_stall_seconds(),
+            time.perf_counter(),
+            self.checkpoints(),
+        )
         self._waits = Counter()
         self._samples = 0
         self._sampling.set()
@@ -137,17 +179,33 @@ class WalMeter:
         self._sampler.start()
 
     def end(self) -> ServerDelta:
-        lsn, cpu, busy = self._start
+        lsn, cpu, busy, stall, started, checkpoints = self._start
         wal_bytes = self.since(lsn)
+        checkpoints = self.checkpoints() - checkpoints
         now_cpu = self._server_cpu()
         busy = _machine_busy() - busy
+        now_stall = _cpu_stall_seconds()
+        seconds = time.perf_counter() - started
         self._sampling.clear()
         if self._sampler is not None:
             self._sampler.join()
         samples = max(self._samples, 1)
-        waits = {name: round(count / samples, 2) for name, count in self._waits.most_common(5)}
+        overall: Counter[str] = Counter()
+        by_role: dict[str, dict[str, float]] = {}
+        for (role, name), count in self._waits.most_common():
+            if role != "autovacuum":
+                overall[name] += count
+            by_role.setdefault(role, {})[name] = round(count / samples, 3)
+        waits = {name: round(count / samples, 2) for name, count in overall.most_common(5)}
         return ServerDelta(
-            wal_bytes, None if cpu is None or now_cpu is None else now_cpu - cpu, waits, busy
+            wal_bytes,
+            None if cpu is None or now_cpu is None else now_cpu - cpu,
+            waits,
+            busy,
+            by_role,
+            None if stall is None or now_stall is None else round((now_stall - stall) / seconds, 3),
+            seconds,
+            checkpoints,
         )
 
     def close(self) -> None:
@@ -166,15 +224,30 @@ class WalMeter:
             with contextlib.suppress(psutil.Error):
                 times = process.cpu_times()
                 total += times.user + times.system
+        # Backends that exited during the window: their time is the postmaster's children's
+        # now (without it a window in which connections closed could show negative CPU).
+        with contextlib.suppress(psutil.Error):
+            reaped = postmaster.cpu_times()
+            total += reaped.children_user + reaped.children_system
         return total
 
     def _sample(self) -> None:
         with psycopg.connect(self.conninfo, autocommit=True) as conn:
             while self._sampling.is_set():
-                for name, count in conn.execute(self.WAITS):
-                    self._waits[name] += count
+                for role, name, count in conn.execute(self.WAITS, (self.JOB_APPLICATION,)):
+                    self._waits[role, name] += count
                 self._samples += 1
                 time.sleep(self.SAMPLE_SECONDS)
+
+
+def _cpu_stall_seconds() -> float | None:
+    """Seconds in which some runnable task of the machine waited for a CPU, since boot."""
+    try:
+        with open("/proc/pressure/cpu") as pressure:
+            some = pressure.readline().split()
+    except OSError:
+        return None
+    return int(some[-1].partition("=")[2]) / 1e6
 
 
 def _machine_busy() -> float:

@@ -192,6 +192,7 @@ class JobRun:
     online_ms: list[float]
     idle_ms: list[float]
     server: ServerDelta
+    idle_server: ServerDelta
 
     def record(self) -> dict[str, Any]:
         idle_p99 = percentile(self.idle_ms, 99)
@@ -217,7 +218,34 @@ class JobRun:
                 round(self.server.cpu_seconds, 2) if self.server.cpu_seconds is not None else None
             ),
             "waits": self.server.waits,
+            # Where the online turns' time went, idle and while the job ran: the online
+            # backends' waits alone (mean active backends per wait event), the job's backend
+            # alone, the machine's CPU pressure, and the turn split into server time (Little's
+            # law: active online backends / turns per second) and the rest (client, network,
+            # waiting for a CPU to run the client on).
+            "waits_online_idle": self.idle_server.waits_by_role.get("online", {}),
+            "waits_online": self.server.waits_by_role.get("online", {}),
+            "waits_job": self.server.waits_by_role.get("job", {}),
+            "cpu_pressure_idle": self.idle_server.cpu_pressure,
+            "cpu_pressure": self.server.cpu_pressure,
+            # Candidates for what differs between a short and a long run of a job: checkpoints
+            # during it, and autovacuum workers on this database (mean active, sampled).
+            "checkpoints": self.server.checkpoints,
+            "autovacuum_active": self.server.active("autovacuum"),
+            **split("idle", self.idle_ms, self.idle_server),
+            **split("job", self.online_ms, self.server),
         }
+
+
+def split(label: str, latencies_ms: list[float], server: ServerDelta) -> dict[str, float | None]:
+    """A turn's mean time, and how much of it the server spent (Little's law)."""
+    if not latencies_ms or not server.seconds:
+        return {f"{label}_mean_ms": None, f"{label}_server_ms": None}
+    turns_per_s = len(latencies_ms) / server.seconds
+    return {
+        f"{label}_mean_ms": round(sum(latencies_ms) / len(latencies_ms), 3),
+        f"{label}_server_ms": round(server.active("online") / turns_per_s * 1000, 3),
+    }
 
 
 def job_module(name: str) -> Any | None:
@@ -234,32 +262,42 @@ def run_jobs(
     server_pid: int | None = None,
     pause_seconds: float = 0.0,
     jobs: tuple[str, ...] = JOBS,
+    overrides: dict[str, dict[str, Any]] | None = None,
 ) -> list[JobRun]:
     """Each job once under ``load`` (already started); idle p99 measured before each job.
 
     Jobs run with their default settings, except ``pause_seconds`` (the pause between
-    batches) when it is not 0. While a job runs its WAL, the server's CPU time and the sampled
-    waits are recorded too.
+    batches) when it is not 0 and the settings in ``overrides`` (per job). The job's
+    connection carries the daemon's application_name, so the wait samples tell its backend
+    from the online ones. While a job runs (and over the idle window before it) its WAL, the
+    server's CPU time and the sampled waits are recorded too.
     """
     runs = []
     meter = WalMeter(conninfo, server_pid)
-    with psycopg.connect(conninfo, autocommit=True) as conn:
+    with psycopg.connect(
+        conninfo, autocommit=True, application_name=WalMeter.JOB_APPLICATION
+    ) as conn:
         for name in jobs:
             module = job_module(name)
             if module is None:
                 continue
             idle = load.record()
+            meter.begin()
             time.sleep(idle_seconds)
+            idle_server = meter.end()
             busy = load.record()
             meter.begin()
             t0 = time.perf_counter()
-            settings = (
-                module.Settings(pause_seconds=pause_seconds) if pause_seconds else module.Settings()
-            )
+            changed = dict((overrides or {}).get(name, {}))
+            if pause_seconds:
+                changed["pause_seconds"] = pause_seconds
+            settings = module.Settings(**changed)
             result = module.run(conn, settings, datetime.now(UTC))
             seconds = time.perf_counter() - t0
             server = meter.end()
             load.record()
-            runs.append(JobRun(name, result.rows, seconds, result.details, busy, idle, server))
+            runs.append(
+                JobRun(name, result.rows, seconds, result.details, busy, idle, server, idle_server)
+            )
     meter.close()
     return runs

@@ -53,12 +53,13 @@ def medians(
 
 
 def mean_waits(
-    records: Iterable[dict[str, Any]], keys: Sequence[str]
+    records: Iterable[dict[str, Any]], keys: Sequence[str], field: str = "waits"
 ) -> dict[tuple[Any, ...], str]:
-    """Per distinct ``keys``: the wait events' mean over the records, largest first, as text."""
+    """Per distinct ``keys``: the wait events' mean over the records (the ``field`` of each),
+    largest first, as text."""
     groups: dict[tuple[Any, ...], list[dict[str, float]]] = {}
     for record in records:
-        groups.setdefault(tuple(record[k] for k in keys), []).append(record.get("waits") or {})
+        groups.setdefault(tuple(record[k] for k in keys), []).append(record.get(field) or {})
     described = {}
     for group_key, waits in groups.items():
         names = {name for w in waits for name in w}

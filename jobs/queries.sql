@@ -207,20 +207,18 @@ WITH horizon AS (
     FROM usage_stats s, bound b
     WHERE s.inserted_xid >= %(watermark)s AND s.inserted_xid < b.upto
       AND s.rolled_up IS NULL
-), totals AS (
-    INSERT INTO usage_daily AS d
-        (day, user_id, channel, requests, input_tokens, output_tokens, cached_tokens, updated_at)
-    SELECT (created_at AT TIME ZONE 'UTC')::date, user_id, channel, count(*),
-           sk_capped_total(sum(input_tokens)), sk_capped_total(sum(output_tokens)),
-           sk_capped_total(sum(cached_tokens)), %(now)s
+), days AS (
+    SELECT (created_at AT TIME ZONE 'UTC')::date AS day, user_id, channel, count(*) AS requests,
+           sk_capped_total(sum(input_tokens)) AS input_tokens,
+           sk_capped_total(sum(output_tokens)) AS output_tokens,
+           sk_capped_total(sum(cached_tokens)) AS cached_tokens
     FROM counted
     GROUP BY 1, 2, 3
-    ON CONFLICT (day, user_id, channel) DO UPDATE
-        SET requests = d.requests + EXCLUDED.requests,
-            input_tokens = sk_capped_total(d.input_tokens::numeric + EXCLUDED.input_tokens),
-            output_tokens = sk_capped_total(d.output_tokens::numeric + EXCLUDED.output_tokens),
-            cached_tokens = sk_capped_total(d.cached_tokens::numeric + EXCLUDED.cached_tokens),
-            updated_at = EXCLUDED.updated_at
+), totals AS (
+    SELECT sk_add_usage_daily(array_agg(day), array_agg(user_id), array_agg(channel),
+                              array_agg(requests), array_agg(input_tokens),
+                              array_agg(output_tokens), array_agg(cached_tokens), %(now)s)
+    FROM days
 ), advanced AS (
     UPDATE usage_rollup_state w
     SET watermark = b.upto, updated_at = %(now)s
@@ -228,8 +226,10 @@ WITH horizon AS (
     WHERE b.upto > %(watermark)s
     RETURNING w.watermark
 )
+-- (totals is one row: reading it here is what runs it.)
 SELECT (SELECT count(*) FROM counted) AS rows,
        coalesce((SELECT watermark FROM advanced), %(watermark)s) AS watermark
+FROM totals
 
 -- name: usage_rollup_legacy
 -- Rows written before revision 0012 and not yet counted (rolled_up false; later rows leave it
@@ -250,22 +250,19 @@ WITH b AS (
     FROM b
     WHERE u.stat_id = b.stat_id AND u.created_at = b.created_at
     RETURNING u.user_id, u.channel, u.created_at, u.input_tokens, u.output_tokens, u.cached_tokens
-), totals AS (
-    INSERT INTO usage_daily AS d
-        (day, user_id, channel, requests, input_tokens, output_tokens, cached_tokens, updated_at)
-    SELECT (created_at AT TIME ZONE 'UTC')::date, user_id, channel, count(*),
-           sk_capped_total(sum(input_tokens)), sk_capped_total(sum(output_tokens)),
-           sk_capped_total(sum(cached_tokens)), %(now)s
+), days AS (
+    SELECT (created_at AT TIME ZONE 'UTC')::date AS day, user_id, channel, count(*) AS requests,
+           sk_capped_total(sum(input_tokens)) AS input_tokens,
+           sk_capped_total(sum(output_tokens)) AS output_tokens,
+           sk_capped_total(sum(cached_tokens)) AS cached_tokens
     FROM marked
     GROUP BY 1, 2, 3
-    ON CONFLICT (day, user_id, channel) DO UPDATE
-        SET requests = d.requests + EXCLUDED.requests,
-            input_tokens = sk_capped_total(d.input_tokens::numeric + EXCLUDED.input_tokens),
-            output_tokens = sk_capped_total(d.output_tokens::numeric + EXCLUDED.output_tokens),
-            cached_tokens = sk_capped_total(d.cached_tokens::numeric + EXCLUDED.cached_tokens),
-            updated_at = EXCLUDED.updated_at
 )
-SELECT count(*) FROM marked
+SELECT (SELECT count(*) FROM marked)
+FROM (SELECT sk_add_usage_daily(array_agg(day), array_agg(user_id), array_agg(channel),
+                                array_agg(requests), array_agg(input_tokens),
+                                array_agg(output_tokens), array_agg(cached_tokens), %(now)s)
+      FROM days) AS totals
 
 -- name: usage_prune
 -- Only for the DEFAULT partition (usage_stats_default, normally empty): whole partitions are

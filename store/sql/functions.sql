@@ -34,6 +34,36 @@ CREATE OR REPLACE FUNCTION sk_capped_total(p_total numeric) RETURNS bigint
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$ SELECT least(p_total, 9223372036854775807)::bigint $$;
 
+-- sk_add_usage_daily: adds totals to usage_daily, one element of the arrays per (day, user,
+-- channel); the one upsert of the daily totals (the rollups in jobs/queries.sql and erasure
+-- call it). Callers pass each key once, with totals already capped (sk_capped_total); NULL
+-- arrays add nothing. Returns the number of keys written.
+CREATE OR REPLACE FUNCTION sk_add_usage_daily(
+    p_days date[], p_user_ids uuid[], p_channels text[], p_requests bigint[],
+    p_input_tokens bigint[], p_output_tokens bigint[], p_cached_tokens bigint[],
+    p_now timestamptz
+) RETURNS bigint
+LANGUAGE sql
+AS $$
+    WITH added AS (
+        INSERT INTO usage_daily AS t (day, user_id, channel, requests, input_tokens, output_tokens,
+                                      cached_tokens, updated_at)
+        SELECT a.day, a.user_id, a.channel, a.requests, a.input_tokens, a.output_tokens,
+               a.cached_tokens, p_now
+        FROM unnest(p_days, p_user_ids, p_channels, p_requests, p_input_tokens, p_output_tokens,
+                    p_cached_tokens)
+             AS a (day, user_id, channel, requests, input_tokens, output_tokens, cached_tokens)
+        ON CONFLICT (day, user_id, channel) DO UPDATE
+            SET requests = t.requests + EXCLUDED.requests,
+                input_tokens = sk_capped_total(t.input_tokens::numeric + EXCLUDED.input_tokens),
+                output_tokens = sk_capped_total(t.output_tokens::numeric + EXCLUDED.output_tokens),
+                cached_tokens = sk_capped_total(t.cached_tokens::numeric + EXCLUDED.cached_tokens),
+                updated_at = EXCLUDED.updated_at
+        RETURNING 1
+    )
+    SELECT count(*) FROM added
+$$;
+
 -- =============================================================================================
 -- Rate limits
 -- Every configured cap (per minute, hour, day) is decided in one call; a request refused by any
@@ -222,7 +252,7 @@ END $$;
 
 -- sk_fill_user_id: a trigger function (revision 0014) that gives a session_messages or
 -- turn_receipts row its session's user_id when the insert did not (statements of release 0.1.0
--- and the archival's restore do not). The triggers fire only WHEN (NEW.user_id IS NULL): the
+-- do not). The triggers fire only WHEN (NEW.user_id IS NULL): the
 -- store's own statements give it, and pay nothing. The release after 0.2.0 drops the triggers
 -- and makes the column NOT NULL (docs/upgrades.md).
 CREATE OR REPLACE FUNCTION sk_fill_user_id() RETURNS trigger
@@ -671,6 +701,7 @@ DECLARE
     v_key integer;
     v_n bigint;
     v_watermark bigint;
+    v_added bigint;
 BEGIN
     -- Locks, in the order redemption and unlink take them (see "Identity" above), so that none
     -- of the three deadlocks against another: 1. the account lock of each user, 2. the link
@@ -790,43 +821,34 @@ BEGIN
         SELECT w.watermark INTO v_watermark FROM usage_rollup_state w FOR SHARE;
         WITH d AS (DELETE FROM usage_stats WHERE user_id = ANY(v_users) RETURNING *),
         folded AS (
-            INSERT INTO usage_daily AS t (day, user_id, channel, requests, input_tokens,
-                                          output_tokens, cached_tokens, updated_at)
-            SELECT (created_at AT TIME ZONE 'UTC')::date, v_anonymous, channel, count(*),
-                   sk_capped_total(sum(input_tokens)), sk_capped_total(sum(output_tokens)),
-                   sk_capped_total(sum(cached_tokens)), now()
+            SELECT (created_at AT TIME ZONE 'UTC')::date AS day, channel, count(*) AS requests,
+                   sk_capped_total(sum(input_tokens)) AS input_tokens,
+                   sk_capped_total(sum(output_tokens)) AS output_tokens,
+                   sk_capped_total(sum(cached_tokens)) AS cached_tokens
             FROM d
             WHERE NOT rolled_up OR rolled_up IS NULL AND inserted_xid >= coalesce(v_watermark, 0)
-            GROUP BY 1, 3
-            ON CONFLICT (day, user_id, channel) DO UPDATE
-                SET requests = t.requests + EXCLUDED.requests,
-                    input_tokens = sk_capped_total(t.input_tokens::numeric + EXCLUDED.input_tokens),
-                    output_tokens = sk_capped_total(t.output_tokens::numeric
-                                                    + EXCLUDED.output_tokens),
-                    cached_tokens = sk_capped_total(t.cached_tokens::numeric
-                                                    + EXCLUDED.cached_tokens),
-                    updated_at = EXCLUDED.updated_at
+            GROUP BY 1, 2
         )
-        SELECT count(*) INTO v_n FROM d;
+        SELECT (SELECT count(*) FROM d), sk_add_usage_daily(
+                   array_agg(f.day), array_fill(v_anonymous, ARRAY[count(*)::int]),
+                   array_agg(f.channel), array_agg(f.requests), array_agg(f.input_tokens),
+                   array_agg(f.output_tokens), array_agg(f.cached_tokens), now())
+        INTO v_n, v_added FROM folded f;
         RETURN QUERY SELECT 'usage_stats', 'deleted', v_n;
         -- The user's daily totals are merged into the anonymous ones.
         WITH d AS (DELETE FROM usage_daily WHERE user_id = ANY(v_users) RETURNING *),
         merged AS (
-            INSERT INTO usage_daily AS t (day, user_id, channel, requests, input_tokens,
-                                          output_tokens, cached_tokens, updated_at)
-            SELECT day, v_anonymous, channel, sum(requests), sk_capped_total(sum(input_tokens)),
-                   sk_capped_total(sum(output_tokens)), sk_capped_total(sum(cached_tokens)), now()
+            SELECT day, channel, sum(requests)::bigint AS requests,
+                   sk_capped_total(sum(input_tokens)) AS input_tokens,
+                   sk_capped_total(sum(output_tokens)) AS output_tokens,
+                   sk_capped_total(sum(cached_tokens)) AS cached_tokens
             FROM d GROUP BY day, channel
-            ON CONFLICT (day, user_id, channel) DO UPDATE
-                SET requests = t.requests + EXCLUDED.requests,
-                    input_tokens = sk_capped_total(t.input_tokens::numeric + EXCLUDED.input_tokens),
-                    output_tokens = sk_capped_total(t.output_tokens::numeric
-                                                    + EXCLUDED.output_tokens),
-                    cached_tokens = sk_capped_total(t.cached_tokens::numeric
-                                                    + EXCLUDED.cached_tokens),
-                    updated_at = EXCLUDED.updated_at
         )
-        SELECT count(*) INTO v_n FROM d;
+        SELECT (SELECT count(*) FROM d), sk_add_usage_daily(
+                   array_agg(m.day), array_fill(v_anonymous, ARRAY[count(*)::int]),
+                   array_agg(m.channel), array_agg(m.requests), array_agg(m.input_tokens),
+                   array_agg(m.output_tokens), array_agg(m.cached_tokens), now())
+        INTO v_n, v_added FROM merged m;
         RETURN QUERY SELECT 'usage_daily', 'anonymised', v_n;
         WITH d AS (DELETE FROM users WHERE user_id = ANY(v_users) RETURNING 1)
         SELECT count(*) INTO v_n FROM d;
