@@ -134,10 +134,17 @@ def parse_variant(text: str) -> dict[str, dict[str, float | int | bool]]:
 
 
 def store_designs(conninfo: str) -> list[hotpath.Design]:
-    """This store, sync and async, on one database; none while store.Store is missing."""
+    """This store, sync and async (and on uvloop when installed), on one database; none while
+    store.Store is missing."""
     if not this_store.available():
         return []
-    return [this_store.StoreDesign(conninfo), this_store.AsyncStoreDesign(conninfo)]
+    designs: list[hotpath.Design] = [
+        this_store.StoreDesign(conninfo),
+        this_store.AsyncStoreDesign(conninfo),
+    ]
+    if this_store.uvloop_available():
+        designs.append(this_store.UvloopStoreDesign(conninfo))
+    return designs
 
 
 class Bench:
@@ -285,6 +292,12 @@ class Bench:
         waits = report.mean_waits(self.rec.section("hotpath"), ("design", "workers"))
         for row in rows:
             row["waits"] = waits.get((row["design"], row["workers"]), "")
+            # Turns per CPU-second, client and server together: what a design gets out of the
+            # CPU it is given. On a machine shared with other work, turns/s also measures how
+            # much CPU a design wins from the scheduler (16 threads win more than one event-loop
+            # thread), so AsyncStore and Store are compared on this figure too.
+            cpu = (row["client_cpu_ms_per_op"] or 0) + (row["server_cpu_ms_per_op"] or 0)
+            row["turns_per_cpu_s"] = 1000 / cpu if cpu else None
         self.show(
             "Where a turn's time goes (client and server CPU per turn, CPUs they kept busy, CPUs"
             " other processes on the machine kept busy, and the mean number of active backends"
@@ -296,6 +309,7 @@ class Bench:
                     ("workers", "workers"),
                     ("client_cpu_ms_per_op", "client CPU ms/turn"),
                     ("server_cpu_ms_per_op", "server CPU ms/turn"),
+                    ("turns_per_cpu_s", "turns per CPU-s"),
                     ("busy_cpus", "CPUs busy"),
                     ("other_cpus", "other load (CPUs)"),
                     ("waits", "active backends by wait"),

@@ -13,14 +13,15 @@ hundreds of turns per second a few hundred users would otherwise be refused with
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from . import seed_port, workload
 from .harness import RoundTripCounter, WalMeter, Window, run_tasks, run_threads
 
 UNLIMITED = 1_000_000_000
+T = TypeVar("T")
 
 
 class Design(Protocol):
@@ -91,6 +92,11 @@ _PAIRS = [
 ]
 
 
+def _runner(design: Design) -> Callable[[Coroutine[Any, Any, T]], T]:
+    """How an asynchronous design's coroutine runs: asyncio's loop unless it names another."""
+    return getattr(design, "run", asyncio.run)
+
+
 @dataclass
 class HotPathResult:
     design: str
@@ -134,7 +140,7 @@ def measure(
             finally:
                 await design.close()
 
-        window = asyncio.run(main())
+        window = _runner(design)(main())
     else:
         design.open(conninfo, workers)
         try:
@@ -164,7 +170,7 @@ def round_trips(design: Design, proxy: RoundTripCounter, users: list[str]) -> fl
             await design.close()
 
     if design.asynchronous:
-        exchanges = asyncio.run(run_async())
+        exchanges = _runner(design)(run_async())
     else:
         design.open(proxy.conninfo(design.conninfo), 1)
         try:

@@ -10,7 +10,8 @@ the seed port's sessions hold, one row each.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import psycopg
 
@@ -19,6 +20,8 @@ from sessionkeeper.admin import migrate
 from . import workload
 from .growth import full_history
 from .hotpath import UNLIMITED, texts
+
+T = TypeVar("T")
 
 USAGE: dict[str, Any] = {"input_tokens": 1200, "output_tokens": 300, "cached_tokens": 800}
 
@@ -137,6 +140,26 @@ class AsyncStoreDesign:
 
     async def close(self) -> None:
         await self.store.close()
+
+
+class UvloopStoreDesign(AsyncStoreDesign):
+    """The asyncio store on uvloop's event loop (the ``uvloop`` extra), on the same database."""
+
+    name = "store (async, uvloop)"
+
+    @staticmethod
+    def run(main: Coroutine[Any, Any, T]) -> T:
+        import uvloop
+
+        return uvloop.run(main)
+
+
+def uvloop_available() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 class StoreGrowth:

@@ -14,7 +14,7 @@
 SELECT user_id, person_id, display_name, user_created, now, allowed, retry_at, refused_window,
        session_id, session_created, history_seqs, history_roles, history_contents,
        history_created, history_extras
-FROM sk_begin_turn_v2(%(channel)s, %(channel_user_id)s, %(display_name)s,
+FROM sk_begin_turn_v3(%(channel)s, %(channel_user_id)s, %(display_name)s,
                       %(now)s::timestamptz, %(windows)s::integer[], %(caps)s::integer[],
                       %(durable)s, %(idle)s::interval, %(carry_pairs)s, %(history_pairs)s)
 

@@ -183,7 +183,7 @@ END $$;
 -- current; the row stays locked (FOR NO KEY UPDATE) until commit, which serialises a user's
 -- concurrent first messages (see sk_current_session). Written only when something changes:
 -- most messages come from a known, authenticated user with no new display name. begin_turn
--- (sk_begin_turn_v2) and get_or_create_user call it.
+-- (sk_begin_turn_v3) and get_or_create_user call it.
 CREATE OR REPLACE FUNCTION sk_channel_user(
     p_channel text, p_channel_user_id text, p_display_name text, p_now timestamptz
 ) RETURNS TABLE (user_id uuid, person_id uuid, display_name text, user_created boolean)
@@ -369,14 +369,18 @@ LANGUAGE sql STABLE AS $$
     ) m
 $$;
 
--- sk_begin_turn_v2: everything before the model is called, in one round trip: the user
+-- sk_begin_turn_v3: everything before the model is called, in one round trip: the user
 -- (written only when something changes, revision 0005), the rate-limit decision, and when
 -- admitted the current session and its history, each message with its extra fields (0011).
+-- The common turn (one cap, a session active within p_idle) runs in this body: calling
+-- sk_check_rate_limit and sk_current_session for it cost a PL/pgSQL call each (executor
+-- start-up, a tuplestore for the result row, a second lock of the user row), 2-5 % of the
+-- server's instructions per turn (bench/RESULTS.md, issue 13). The other cases call them.
 -- plan_cache_mode = force_generic_plan (revision 0006): every statement here (and in the
 -- functions it calls, which inherit the setting) looks rows up by key or reads an index range,
 -- for which the generic plan is the plan; re-planning on every call cost ~10 % of a turn. A
 -- function setting, not a connection option, so it holds behind PgBouncer too.
-CREATE OR REPLACE FUNCTION sk_begin_turn_v2(
+CREATE OR REPLACE FUNCTION sk_begin_turn_v3(
     p_channel text, p_channel_user_id text, p_display_name text, p_now timestamptz,
     p_windows integer[], p_caps integer[], p_durable boolean,
     p_idle interval, p_carry_pairs integer, p_history_pairs integer
@@ -393,22 +397,62 @@ AS $$
 #variable_conflict use_column
 DECLARE
     v_now timestamptz := coalesce(p_now, now());
+    v_key uuid := sk_user_key(p_channel, p_channel_user_id);
     v_user uuid;
+    v_authenticated boolean;
     v_session uuid;
+    v_last_active timestamptz;
 BEGIN
     now := v_now;
-    -- The user, locked until commit (see sk_current_session), written only when something
-    -- changes; found by its id (sk_user_key), not by its channel identity.
-    SELECT c.user_id, c.person_id, c.display_name, c.user_created
-    INTO v_user, person_id, display_name, user_created
-    FROM sk_channel_user(p_channel, p_channel_user_id, p_display_name, v_now) c;
+    user_created := false;
+    -- The user, locked until commit (see sk_current_session), found by its id (sk_user_key),
+    -- not by its channel identity: sk_channel_user's first step, here. A known, authenticated
+    -- user with no new display name (most messages) is written nothing; any other case is
+    -- sk_channel_user's (a new user, a change, a user created before revision 0014).
+    SELECT u.user_id, u.person_id, u.display_name, u.authenticated
+    INTO v_user, person_id, display_name, v_authenticated
+    FROM users u WHERE u.user_id = v_key FOR NO KEY UPDATE;
+    IF v_user IS NULL OR NOT v_authenticated
+       OR display_name IS DISTINCT FROM coalesce(p_display_name, display_name) THEN
+        SELECT c.user_id, c.person_id, c.display_name, c.user_created
+        INTO v_user, person_id, display_name, user_created
+        FROM sk_channel_user(p_channel, p_channel_user_id, p_display_name, v_now) c;
+    END IF;
     user_id := v_user;
-    SELECT d.allowed, d.retry_at, d.refused_window INTO allowed, retry_at, refused_window
-    FROM sk_check_rate_limit(v_user, v_now, p_windows, p_caps, p_durable) d;
+    IF cardinality(p_windows) = 1 AND p_caps[1] > 0 THEN
+        -- One cap: sk_check_rate_limit's one-cap upsert, here (see there).
+        IF NOT p_durable THEN
+            PERFORM set_config('synchronous_commit', 'off', true);
+        END IF;
+        INSERT INTO rate_limits AS r (user_id, window_seconds, window_start, request_count)
+        VALUES (v_user, p_windows[1],
+                to_timestamp(floor(extract(epoch FROM v_now) / p_windows[1]) * p_windows[1]), 1)
+        ON CONFLICT (user_id, window_seconds, window_start)
+        DO UPDATE SET request_count = r.request_count + 1 WHERE r.request_count < p_caps[1];
+        allowed := FOUND;
+        IF NOT allowed THEN
+            refused_window := p_windows[1];
+            retry_at := to_timestamp(floor(extract(epoch FROM v_now) / p_windows[1])
+                                     * p_windows[1]) + make_interval(secs => p_windows[1]);
+        END IF;
+    ELSE
+        SELECT d.allowed, d.retry_at, d.refused_window INTO allowed, retry_at, refused_window
+        FROM sk_check_rate_limit(v_user, v_now, p_windows, p_caps, p_durable) d;
+    END IF;
     IF allowed THEN
-        -- A refused request opens no session and reads no history.
-        SELECT c.session_id, c.created INTO v_session, session_created
-        FROM sk_current_session(v_user, v_now, p_idle, p_carry_pairs) c;
+        -- A refused request opens no session and reads no history. The user row is locked
+        -- (above), and this statement takes a fresh snapshot: sk_current_session's first
+        -- steps. A session active within p_idle is the current one; otherwise
+        -- sk_current_session opens one (and carries pairs over).
+        SELECT s.session_id, s.last_active INTO v_session, v_last_active
+        FROM sessions s WHERE s.user_id = v_user
+        ORDER BY s.last_active DESC LIMIT 1;
+        IF v_session IS NOT NULL AND v_last_active > v_now - p_idle THEN
+            session_created := false;
+        ELSE
+            SELECT c.session_id, c.created INTO v_session, session_created
+            FROM sk_current_session(v_user, v_now, p_idle, p_carry_pairs) c;
+        END IF;
         session_id := v_session;
         SELECT h.seqs, h.roles, h.contents, h.created, h.extras
         INTO history_seqs, history_roles, history_contents, history_created, history_extras
@@ -828,8 +872,29 @@ END $$;
 -- names the release that stopped using it; it moves to "Retired" a release after that.
 -- =============================================================================================
 
--- sk_begin_turn: sk_begin_turn_v2 without the history's extra fields. Bots of release 0.1.0
--- call it; 0.2.0 calls sk_begin_turn_v2. It keeps the generic-plan setting it always had.
+-- sk_begin_turn_v2: the same call and result as sk_begin_turn_v3, which replaced it in 0.2.0
+-- (a caller of this name gets v3's work). Kept for callers of its name.
+CREATE OR REPLACE FUNCTION sk_begin_turn_v2(
+    p_channel text, p_channel_user_id text, p_display_name text, p_now timestamptz,
+    p_windows integer[], p_caps integer[], p_durable boolean,
+    p_idle interval, p_carry_pairs integer, p_history_pairs integer
+) RETURNS TABLE (
+    user_id uuid, person_id uuid, display_name text, user_created boolean, now timestamptz,
+    allowed boolean, retry_at timestamptz, refused_window integer,
+    session_id uuid, session_created boolean,
+    history_seqs bigint[], history_roles text[], history_contents text[],
+    history_created timestamptz[], history_extras jsonb[]
+)
+LANGUAGE sql
+SET plan_cache_mode = force_generic_plan
+AS $$
+    SELECT * FROM sk_begin_turn_v3(p_channel, p_channel_user_id, p_display_name, p_now,
+                                   p_windows, p_caps, p_durable, p_idle, p_carry_pairs,
+                                   p_history_pairs)
+$$;
+
+-- sk_begin_turn: sk_begin_turn_v3 without the history's extra fields. Bots of release 0.1.0
+-- call it; 0.2.0 calls sk_begin_turn_v3. It keeps the generic-plan setting it always had.
 CREATE OR REPLACE FUNCTION sk_begin_turn(
     p_channel text, p_channel_user_id text, p_display_name text, p_now timestamptz,
     p_windows integer[], p_caps integer[], p_durable boolean,
@@ -847,7 +912,7 @@ AS $$
     SELECT t.user_id, t.person_id, t.display_name, t.user_created, t.now, t.allowed,
            t.retry_at, t.refused_window, t.session_id, t.session_created, t.history_seqs,
            t.history_roles, t.history_contents, t.history_created
-    FROM sk_begin_turn_v2(p_channel, p_channel_user_id, p_display_name, p_now, p_windows,
+    FROM sk_begin_turn_v3(p_channel, p_channel_user_id, p_display_name, p_now, p_windows,
                           p_caps, p_durable, p_idle, p_carry_pairs, p_history_pairs) t
 $$;
 

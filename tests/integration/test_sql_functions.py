@@ -247,3 +247,45 @@ def test_an_older_release_leaves_newer_functions_in_place(database_url: str) -> 
         assert apply_functions(conn, release="99.0.0") is True
         assert definitions_on(conn) != changed
         assert conn.execute("SELECT release FROM applied_functions").fetchone() == ("99.0.0",)
+
+
+_BEGIN_TURN = "SELECT * FROM {}('telegram', %s, NULL, %s, %s, %s, true, '30 minutes', 1, 20)"
+
+
+def _begin(conn: psycopg.Connection[Any], name: str, user: str, at: Any, caps: list[int]) -> Any:
+    windows = [60, 3600, 86400][: len(caps)]
+    return conn.execute(_BEGIN_TURN.format(name), (user, at, windows, caps)).fetchone()
+
+
+def test_begin_turn_v3_decides_as_the_functions_it_folds_in(database_url: str) -> None:
+    # sk_begin_turn_v3 runs the one-cap rate check and the active-session lookup in its own
+    # body; sk_check_rate_limit and sk_current_session (which v2's body called) must agree.
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        first = _begin(conn, "sk_begin_turn_v3", "u1", T0, [2])
+        user_id, session_id = first[0], first[8]
+        assert first[3] and first[5] and first[9]  # created, allowed, new session
+        again = _begin(conn, "sk_begin_turn_v3", "u1", T0 + timedelta(seconds=5), [2])
+        assert (again[5], again[8], again[9]) == (True, session_id, False)
+        refused = _begin(conn, "sk_begin_turn_v3", "u1", T0 + timedelta(seconds=6), [2])
+        checked = conn.execute(
+            "SELECT * FROM sk_check_rate_limit(%s, %s, '{60}', '{2}', true)",
+            (user_id, T0 + timedelta(seconds=6)),
+        ).fetchone()
+        assert refused[5:8] == checked == (False, T0 + timedelta(seconds=30), 60)
+        assert refused[8] is None  # a refused turn opens no session and reads no history
+        # Idle past 30 minutes: a new session, as sk_current_session opens it.
+        later = _begin(conn, "sk_begin_turn_v3", "u1", T0 + timedelta(hours=1), [100, 1000])
+        assert later[5] and later[9] and later[8] != session_id
+        current = conn.execute(
+            "SELECT * FROM sk_current_session(%s, %s, '30 minutes', 1)",
+            (user_id, T0 + timedelta(hours=1)),
+        ).fetchone()
+        assert current == (later[8], False)
+
+
+def test_begin_turn_v2_is_kept_with_v3_answers(database_url: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        v3 = _begin(conn, "sk_begin_turn_v3", "u1", T0, [100])
+        v2 = _begin(conn, "sk_begin_turn_v2", "u1", T0 + timedelta(seconds=1), [100])
+        assert v2[0] == v3[0] and v2[8] == v3[8] and v2[5] is True
+        assert len(v2) == len(v3) == 15

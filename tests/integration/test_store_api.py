@@ -8,6 +8,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import uvloop
 from store_support import T0, count, store_fixture  # noqa: F401 (fixture)
 
 from store import AsyncStore, ConfigurationError, Store, StoreConfig
@@ -187,7 +188,9 @@ def test_module_level_functions_use_the_default_store(database_url: str) -> None
         api.pool_stats()
 
 
-def test_async_store_runs_the_same_operations(database_url: str) -> None:
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_async_store_runs_the_same_operations(database_url: str, loop: str) -> None:
+    # uvloop (the optional extra the README suggests for AsyncStore bots) runs it too.
     async def scenario() -> list[str]:
         async with AsyncStore(database_url, max_size=2) as store:
             turn = await store.begin_turn("telegram", "a1", now=T0)
@@ -201,7 +204,8 @@ def test_async_store_runs_the_same_operations(database_url: str) -> None:
             assert store.pool_stats()["pool_max"] == 2
             return [m.content for m in again.history]
 
-    assert asyncio.run(scenario()) == ["ping", "pong"]
+    run = asyncio.run if loop == "asyncio" else uvloop.run
+    assert run(scenario()) == ["ping", "pong"]
 
 
 def test_settings_come_from_the_environment(database_url: str) -> None:
