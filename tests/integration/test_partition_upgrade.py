@@ -3,38 +3,18 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import threading
 import uuid
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from upgrade_support import OLD, migrate_while_writing
 
 from jobs import usage_rollup
 from sessionkeeper.admin import migrate
-from store.queries import parse
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "release-0.1.0"
-OLD = parse((FIXTURES / "store_queries.sql").read_text(encoding="utf-8"))
 SEEDED = 2000
 WRITERS = 3
-
-
-def migrate_process(url: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SESSIONKEEPER_")}
-    env["DATABASE_URL"] = url
-    return subprocess.run(
-        [sys.executable, "-m", "scheduler", "migrate"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
-    )
 
 
 @pytest.mark.slow
@@ -61,60 +41,32 @@ def test_tables_in_use_are_partitioned_online(empty_database_url: str) -> None:
             (users[0], SEEDED // 2, SEEDED // 2),
         )
 
-    stop, migrating = threading.Event(), threading.Event()
-    written: list[int] = []
-    during: list[int] = []
-    errors: list[BaseException] = []
-
-    def bot(user: uuid.UUID) -> None:
+    def turn(conn: psycopg.Connection[Any], user: uuid.UUID) -> None:
         # Release 0.1.0's statements, one autocommit statement each, as its store sends them.
-        done = while_migrating = 0
-        try:
-            with psycopg.connect(url, autocommit=True) as conn:
-                while not stop.is_set() or done < 20:
-                    allowed = conn.execute(
-                        OLD["check_rate_limit"],
-                        {
-                            "user_id": user,
-                            "now": None,
-                            "windows": [60, 3600],
-                            "caps": [10**9, 10**9],
-                            "durable": False,
-                        },
-                    ).fetchone()
-                    assert allowed is not None and allowed[0]
-                    conn.execute(
-                        OLD["track_usage"],
-                        {
-                            "user_id": user,
-                            "channel": "telegram",
-                            "input_tokens": 1,
-                            "output_tokens": 0,
-                            "cached_tokens": 0,
-                            "now": None,
-                        },
-                    )
-                    done += 1
-                    while_migrating += migrating.is_set()
-        except BaseException as exc:
-            errors.append(exc)
-        written.append(done)
-        during.append(while_migrating)
+        allowed = conn.execute(
+            OLD["check_rate_limit"],
+            {
+                "user_id": user,
+                "now": None,
+                "windows": [60, 3600],
+                "caps": [10**9, 10**9],
+                "durable": False,
+            },
+        ).fetchone()
+        assert allowed is not None and allowed[0]
+        conn.execute(
+            OLD["track_usage"],
+            {
+                "user_id": user,
+                "channel": "telegram",
+                "input_tokens": 1,
+                "output_tokens": 0,
+                "cached_tokens": 0,
+                "now": None,
+            },
+        )
 
-    threads = [threading.Thread(target=bot, args=(user,)) for user in users]
-    for thread in threads:
-        thread.start()
-    try:
-        migrating.set()
-        result = migrate_process(url)
-        migrating.clear()
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(120)
-    assert result.returncode == 0, result.stderr
-    assert errors == []
-    assert sum(during) > 0, "no bot wrote while the migration ran"
+    written = migrate_while_writing(url, turn, users)
     assert migrate.current_revision(url) == migrate.head_revision()
 
     with psycopg.connect(url, autocommit=True) as conn:

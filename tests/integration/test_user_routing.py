@@ -10,17 +10,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import struct
-import threading
 import uuid
 from typing import Any
 
 import psycopg
 import pytest
-from test_partition_upgrade import FIXTURES, migrate_process
+from upgrade_support import OLD, migrate_while_writing
 
 from sessionkeeper.admin import migrate
 from store import AsyncStore, NotFound, Store, Turn
-from store.queries import parse
 
 
 def keyed(secret: bytes | None, channel: str, channel_user_id: str) -> uuid.UUID:
@@ -105,7 +103,7 @@ def test_users_with_random_ids_keep_them(database_url: str, conn: psycopg.Connec
 
 def test_a_user_inserted_without_an_id_gets_its_key(conn: psycopg.Connection[Any]) -> None:
     # As release 0.1.0's get_or_create_user inserts (the column's random default is gone).
-    old = parse((FIXTURES / "store_queries.sql").read_text(encoding="utf-8"))
+    old = OLD
     row = conn.execute(
         old["get_or_create_user"],
         {"channel": "telegram", "channel_user_id": "77", "display_name": None, "now": None},
@@ -211,7 +209,6 @@ def test_rows_inserted_without_the_user_get_it_from_their_session(
 
 # -- revision 0014 on a database in use ------------------------------------------------------
 
-OLD = parse((FIXTURES / "store_queries.sql").read_text(encoding="utf-8"))
 SEEDED_SESSIONS = 60
 SEEDED_EACH = 200  # 12 000 messages: more than one backfill batch
 WRITERS = 3
@@ -245,54 +242,26 @@ def test_the_revision_fills_existing_rows_while_old_bots_write(empty_database_ur
             row[0] for row in conn.execute("SELECT session_id FROM sessions LIMIT %s", (WRITERS,))
         ]
 
-    stop, migrating = threading.Event(), threading.Event()
-    written: list[int] = []
-    during: list[int] = []
-    errors: list[BaseException] = []
-
-    def bot(session_id: uuid.UUID) -> None:
+    def turn(conn: psycopg.Connection[Any], session_id: uuid.UUID) -> None:
         # Release 0.1.0's finish_turn: its append_messages, which does not name the user.
-        done = while_migrating = 0
-        try:
-            with psycopg.connect(url, autocommit=True) as conn:
-                while not stop.is_set() or done < 20:
-                    row = conn.execute(
-                        OLD["append_messages"],
-                        {
-                            "session_id": session_id,
-                            "roles": ["user", "assistant"],
-                            "contents": ["q", "a"],
-                            "created": [None, None],
-                            "now": None,
-                            "keep": None,
-                            "track_usage": False,
-                            "input_tokens": 0,
-                            "output_tokens": 0,
-                            "cached_tokens": 0,
-                        },
-                    ).fetchone()
-                    assert row is not None and row[3] == 2
-                    done += 1
-                    while_migrating += migrating.is_set()
-        except BaseException as exc:
-            errors.append(exc)
-        written.append(done)
-        during.append(while_migrating)
+        row = conn.execute(
+            OLD["append_messages"],
+            {
+                "session_id": session_id,
+                "roles": ["user", "assistant"],
+                "contents": ["q", "a"],
+                "created": [None, None],
+                "now": None,
+                "keep": None,
+                "track_usage": False,
+                "input_tokens": 0,
+                "output_tokens": 0,
+                "cached_tokens": 0,
+            },
+        ).fetchone()
+        assert row is not None and row[3] == 2
 
-    threads = [threading.Thread(target=bot, args=(s,)) for s in writers]
-    for thread in threads:
-        thread.start()
-    try:
-        migrating.set()
-        result = migrate_process(url)
-        migrating.clear()
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(120)
-    assert result.returncode == 0, result.stderr
-    assert errors == []
-    assert sum(during) > 0, "no bot wrote while the migration ran"
+    written = migrate_while_writing(url, turn, writers)
     assert migrate.current_revision(url) == migrate.head_revision()
     with psycopg.connect(url, autocommit=True) as conn:
         messages = SEEDED_SESSIONS * SEEDED_EACH + 2 * sum(written)
