@@ -69,10 +69,10 @@ WITH owners AS (
     SELECT o.user_id, now() - interval '61 days', now() - interval '60 days', %(messages)s
     FROM generate_series(1, %(sessions)s) AS g
     JOIN owners o ON o.n = 1 + g %% %(users)s
-    RETURNING session_id
+    RETURNING session_id, user_id
 )
-INSERT INTO session_messages (session_id, seq, role, content, created_at)
-SELECT c.session_id, k,
+INSERT INTO session_messages (user_id, session_id, seq, role, content, created_at)
+SELECT c.user_id, c.session_id, k,
        CASE WHEN k %% 2 = 0 THEN 'user' ELSE 'assistant' END,
        repeat(md5(c.session_id::text || k), 6),
        now() - interval '60 days'

@@ -28,8 +28,8 @@ SEED = [
     """,
     "INSERT INTO sessions (user_id, next_seq) SELECT user_id, %(messages)s FROM users",
     """
-    INSERT INTO session_messages (session_id, seq, role, content)
-    SELECT s.session_id, m.ord - 1, m.role, m.content
+    INSERT INTO session_messages (user_id, session_id, seq, role, content)
+    SELECT s.user_id, s.session_id, m.ord - 1, m.role, m.content
     FROM sessions s
     CROSS JOIN unnest(%(roles)s::text[], %(contents)s::text[])
         WITH ORDINALITY AS m(role, content, ord)

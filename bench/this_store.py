@@ -39,9 +39,9 @@ RETURNING session_id, user_id
 """
 
 SEED_MESSAGES = """
-INSERT INTO session_messages (session_id, seq, role, content)
-SELECT s.session_id, m.seq - 1, m.role, m.content
-FROM unnest(%(session_ids)s::uuid[]) AS s(session_id)
+INSERT INTO session_messages (user_id, session_id, seq, role, content)
+SELECT s.user_id, s.session_id, m.seq - 1, m.role, m.content
+FROM unnest(%(session_ids)s::uuid[], %(user_ids)s::uuid[]) AS s(session_id, user_id)
 CROSS JOIN unnest(%(roles)s::text[], %(contents)s::text[]) WITH ORDINALITY AS m(role, content, seq)
 """
 
@@ -75,6 +75,7 @@ def seed_users(
                 SEED_MESSAGES,
                 {
                     "session_ids": session_ids,
+                    "user_ids": ordered,
                     "roles": [m["role"] for m in history],
                     "contents": [m["content"] for m in history],
                 },

@@ -245,17 +245,22 @@ def convert_batch(
         if not sessions:
             return None
         batch = _Batch()
-        for session_id, started, history in sessions:
+        owners: dict[UUID, UUID] = {}
+        for session_id, started, history, user_id in sessions:
+            owners[session_id] = user_id
             split_history(session_id, started, history, options, zone, batch)
         try:
             with (
                 conn.cursor() as cursor,
                 cursor.copy(
-                    "COPY session_messages (session_id, seq, role, content, created_at) FROM STDIN"
+                    "COPY session_messages (user_id, session_id, seq, role, content, created_at)"
+                    " FROM STDIN"
                 ) as copy,
             ):
+                # Each row names its session's user (revision 0014; the fill trigger is for
+                # release 0.1.0's bots and goes in the next release).
                 for row in batch.rows:
-                    copy.write_row(row)
+                    copy.write_row((owners[row[0]], *row))
         except psycopg.errors.UniqueViolation as exc:
             raise LegacyDatabaseError(
                 "a session still holding a legacy history already has new history rows"

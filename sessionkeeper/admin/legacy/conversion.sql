@@ -10,7 +10,7 @@ SELECT session_id, created_at, messages FROM sessions WHERE messages IS NOT NULL
 
 -- claim_batch --
 -- The next sessions whose history is still in the legacy column, locked for this batch.
-SELECT session_id, created_at, messages
+SELECT session_id, created_at, messages, user_id
 FROM sessions
 WHERE messages IS NOT NULL
 ORDER BY session_id
