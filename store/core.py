@@ -545,7 +545,8 @@ def _draw_link_code(params: Mapping[str, object]) -> Plan[models.LinkCode]:
         code = "".join(
             secrets.choice(validate.LINK_CODE_ALPHABET) for _ in range(validate.LINK_CODE_LENGTH)
         )
-        rows = yield Step("create_link_code", {**params, "code": code})
+        key = validate.link_code_key(code)
+        rows = yield Step("create_link_code", {**params, "code_key": key})
         if rows:  # the database keeps only the code's hash: this is its one appearance
             return models.LinkCode(validate.display_link_code(code), rows[0]["expires_at"])
     raise errors.StoreError(f"no free link code after {LINK_CODE_DRAWS} draws; expire old codes")
@@ -561,7 +562,7 @@ def redeem_link_code(
     lately; the right one is refused too)."""
     params = {
         "user_id": validate.uuid(user_id, "user_id"),
-        "code": validate.link_code(code),
+        "code_key": validate.link_code_key(validate.link_code(code)),
         "now": validate.moment(now, "now"),
         "max_failures": config.link_max_failures,
         "failure_window": config.link_failure_window,

@@ -157,23 +157,25 @@ ORDER BY user_created_at, user_id
 
 -- create_link_code --
 -- A user has at most one live code: a new one retires the previous. Only the code's key
--- (sk_link_code_key, a hash) is stored; the caller alone keeps the code. A clash with any
--- stored key inserts nothing, and the caller draws again.
+-- (store.validate.link_code_key = sk_link_code_key, a hash) is sent and stored; the caller
+-- alone keeps the code. A clash with any stored key inserts nothing, and the caller draws
+-- again.
 WITH retired AS (
     UPDATE link_codes c SET expires_at = coalesce(%(now)s::timestamptz, now())
     WHERE c.user_id = %(user_id)s AND c.used_at IS NULL
       AND c.expires_at > coalesce(%(now)s::timestamptz, now())
 )
 INSERT INTO link_codes AS c (code, user_id, created_at, expires_at)
-VALUES (sk_link_code_key(%(code)s), %(user_id)s, coalesce(%(now)s::timestamptz, now()),
+VALUES (%(code_key)s, %(user_id)s, coalesce(%(now)s::timestamptz, now()),
         coalesce(%(now)s::timestamptz, now()) + %(ttl)s::interval)
 ON CONFLICT (code) DO NOTHING
 RETURNING c.expires_at
 
 -- redeem_link_code --
 SELECT outcome, person_id, owner_id, locked_until
-FROM sk_redeem_link_code(%(user_id)s, %(code)s, %(now)s::timestamptz, %(max_failures)s,
-                         %(failure_window)s::interval, %(lockout)s::interval)
+FROM sk_redeem_link_code_v2(%(user_id)s, %(code_key)s, NULL, %(now)s::timestamptz,
+                            %(max_failures)s, %(failure_window)s::interval,
+                            %(lockout)s::interval)
 
 -- get_linked_users --
 -- The user and every user of its person; nothing when the user does not exist.

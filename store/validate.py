@@ -3,6 +3,7 @@ raises ``InvalidInput`` naming the field."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -172,6 +173,13 @@ def link_code(value: object) -> str:
             "a link code is 12 letters and digits, such as 7KQ2-M9XD-4HTR", field="code"
         )
     return code
+
+
+def link_code_key(code: str) -> str:
+    """What the database stores and looks up for a canonical code (``sk_link_code_key`` in
+    store/sql/functions.sql computes the same): the store sends only this, so the code itself
+    never reaches the server's logs."""
+    return "h:" + hashlib.sha256(code.encode("utf-8")).hexdigest()
 
 
 def display_link_code(code: str) -> str:

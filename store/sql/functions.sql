@@ -480,8 +480,10 @@ END $$;
 -- sk_link_code_key: what link_codes.code holds for a code of this release: a SHA-256 of the
 -- canonical code (12 symbols, as store.validate.link_code gives it), so that whoever reads the
 -- table (a backup, a read-only role) finds no code to type. Codes of release 0.1.0 are stored
--- as typed (six digits) and are redeemed as they are. Used by create_link_code
--- (store/queries.sql) and by sk_redeem_link_code.
+-- as typed (six digits) and are redeemed as they are. The store computes the same key itself
+-- (store.validate.link_code_key) and sends only the key, so that the code never appears in the
+-- server's statement log or pg_stat_activity; sk_redeem_link_code (release 0.1.0's call) and
+-- the export use this function.
 CREATE OR REPLACE FUNCTION sk_link_code_key(p_code text) RETURNS text
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
     SELECT 'h:' || encode(sha256(convert_to(p_code, 'UTF8')), 'hex')
@@ -531,8 +533,11 @@ END $$;
 -- an attacker redeeming codes of its own accounts must not earn more guesses. The bound these
 -- limits give is worked out in the README ("Identity and link codes"). The code's format is
 -- checked by the store before it gets here (12 symbols; bots of 0.1.0 send six digits).
-CREATE OR REPLACE FUNCTION sk_redeem_link_code(
-    p_user_id uuid, p_code text, p_now timestamptz,
+-- The code arrives as its key (sk_link_code_key, computed by the store: the code itself never
+-- reaches the server); p_legacy_code is a code as bots of 0.1.0 send it (NULL from this
+-- release), matched as typed because that release stored six-digit codes so.
+CREATE OR REPLACE FUNCTION sk_redeem_link_code_v2(
+    p_user_id uuid, p_code_key text, p_legacy_code text, p_now timestamptz,
     p_max_failures integer, p_failure_window interval, p_lockout interval
 ) RETURNS TABLE (outcome text, person_id uuid, owner_id uuid, locked_until timestamptz)
 LANGUAGE plpgsql AS $$
@@ -559,9 +564,9 @@ BEGIN
         RETURN;
     END IF;
     -- The code's key; or the code itself, as bots of 0.1.0 stored it (never a stored key
-    -- passed as the code: reading the table must not be enough to redeem).
+    -- passed as that code: reading the table must not be enough to redeem).
     SELECT * INTO v_code FROM link_codes c
-    WHERE c.code = sk_link_code_key(p_code) OR (c.code = p_code AND p_code NOT LIKE 'h:%')
+    WHERE c.code = p_code_key OR (c.code = p_legacy_code AND p_legacy_code NOT LIKE 'h:%')
     FOR UPDATE;
     IF FOUND AND v_code.user_id = p_user_id THEN
         RETURN QUERY SELECT 'own', NULL::uuid, NULL::uuid, NULL::timestamptz;
@@ -604,6 +609,18 @@ BEGIN
        OR u.person_id IN (v_owner_person, v_user_person);
     RETURN QUERY SELECT 'linked', v_person, v_code.user_id, NULL::timestamptz;
 END $$;
+
+-- sk_redeem_link_code: sk_redeem_link_code_v2 for a caller that sends the code itself (bots of
+-- release 0.1.0): its key is computed here, and a six-digit code of that release is matched as
+-- typed.
+CREATE OR REPLACE FUNCTION sk_redeem_link_code(
+    p_user_id uuid, p_code text, p_now timestamptz,
+    p_max_failures integer, p_failure_window interval, p_lockout interval
+) RETURNS TABLE (outcome text, person_id uuid, owner_id uuid, locked_until timestamptz)
+LANGUAGE sql AS $$
+    SELECT * FROM sk_redeem_link_code_v2(p_user_id, sk_link_code_key(p_code), p_code, p_now,
+                                         p_max_failures, p_failure_window, p_lockout)
+$$;
 
 -- sk_unlink: the user leaves its person; the person goes when no user is left in it. No row
 -- of the result is missing: person_id is NULL when the user was linked to nobody.

@@ -30,6 +30,7 @@ from store import (
     close_database,
     init_database,
     unlink,
+    validate,
 )
 
 
@@ -99,6 +100,24 @@ def test_only_the_hash_of_a_code_is_stored(
         ).fetchone()
     assert row == ("invalid",)
     assert store.redeem_link_code(other, code, now=T0).owner_id == owner
+
+
+def test_the_store_sends_the_key_the_database_computes(
+    store: Store, conn: psycopg.Connection[Any]
+) -> None:
+    # The store hashes a code itself (the code never reaches the server's logs); the database
+    # must agree, or codes made by this release and redeemed through sk_redeem_link_code
+    # (release 0.1.0's call, which hashes in SQL) would not meet.
+    owner, other = users(store, "owner", "other")
+    code = store.create_link_code(owner, now=T0).code
+    canonical = validate.link_code(code)
+    row = conn.execute("SELECT sk_link_code_key(%s)", (canonical,)).fetchone()
+    assert row == (validate.link_code_key(canonical),) == (key_of(code),)
+    linked = conn.execute(
+        "SELECT outcome, owner_id FROM sk_redeem_link_code(%s, %s, %s, 10, '10 min', '15 min')",
+        (other, canonical, T0),
+    ).fetchone()
+    assert linked == ("linked", owner)
 
 
 def test_an_export_holds_no_usable_code(store: Store, conn: psycopg.Connection[Any]) -> None:

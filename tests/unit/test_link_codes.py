@@ -24,6 +24,15 @@ def well_formed(code: object) -> bool:
     return isinstance(code, str) and validate.link_code(code) == code and len(code) == 12
 
 
+def key_of(shown: str) -> str:
+    """What the store sends for a code as shown to a user: only its key, never the code."""
+    return validate.link_code_key(validate.link_code(shown))
+
+
+def is_key(value: object) -> bool:
+    return isinstance(value, str) and value.startswith("h:") and len(value) == 2 + 64
+
+
 def granted(step: core.Step) -> Rows:
     """The insert succeeds (the database returns no code: it stores only its hash)."""
     return one(expires_at=T0 + timedelta(minutes=10))
@@ -47,7 +56,8 @@ def test_a_free_code_is_taken_at_the_first_draw(config: StoreConfig) -> None:
     code = db.call(core.create_link_code, config, str(USER), now=T0)
     assert db.names() == ["create_link_code"]
     sent = db.sent[0].params
-    assert well_formed(sent["code"]) and validate.link_code(code.code) == sent["code"]
+    assert well_formed(validate.link_code(code.code)) and sent["code_key"] == key_of(code.code)
+    assert validate.link_code(code.code) not in map(str, sent.values())
     assert sent["user_id"] == USER and sent["now"] == T0 and sent["ttl"] == config.link_code_ttl
     assert code.expires_at == T0 + timedelta(minutes=10)
 
@@ -57,20 +67,21 @@ def test_a_clash_draws_again_with_the_same_parameters(config: StoreConfig) -> No
     db = InMemoryDatabase(create_link_code=clashes_then_granted(clashes))
     code = db.call(core.create_link_code, config, USER, now=T0)
     assert db.names() == ["create_link_code"] * (clashes + 1)
-    assert validate.link_code(code.code) == db.sent[-1].params["code"]
+    assert key_of(code.code) == db.sent[-1].params["code_key"]
     for step in db.sent:
-        assert {k: v for k, v in step.params.items() if k != "code"} == {
+        assert {k: v for k, v in step.params.items() if k != "code_key"} == {
             "user_id": USER,
             "now": T0,
             "ttl": config.link_code_ttl,
         }
-        assert well_formed(step.params["code"])
+        assert is_key(step.params["code_key"])
+    assert len({step.params["code_key"] for step in db.sent}) == clashes + 1
 
 
 def test_the_last_allowed_draw_still_succeeds(config: StoreConfig) -> None:
     db = InMemoryDatabase(create_link_code=clashes_then_granted(core.LINK_CODE_DRAWS - 1))
     code = db.call(core.create_link_code, config, USER)
-    assert validate.link_code(code.code) == db.sent[-1].params["code"]
+    assert key_of(code.code) == db.sent[-1].params["code_key"]
     assert len(db.sent) == core.LINK_CODE_DRAWS
 
 
@@ -87,7 +98,12 @@ def test_draws_are_spread_over_the_whole_code_space(config: StoreConfig) -> None
     db = InMemoryDatabase(create_link_code=lambda step: [])
     with pytest.raises(store.StoreError):
         db.call(core.create_link_code, config, USER)
-    codes = [str(step.params["code"]) for step in db.sent]
+    assert len({step.params["code_key"] for step in db.sent}) == core.LINK_CODE_DRAWS
+    granting = InMemoryDatabase(create_link_code=granted)
+    codes = [
+        validate.link_code(granting.call(core.create_link_code, config, USER).code)
+        for _ in range(core.LINK_CODE_DRAWS)
+    ]
     assert len(set(codes)) == core.LINK_CODE_DRAWS
     assert len(set("".join(codes))) >= 24  # 240 symbols drawn from 32 cover nearly all
 
@@ -113,7 +129,9 @@ def test_linked_outcome_returns_the_person_and_the_codes_owner(config: StoreConf
     assert linked == store.Linked(person_id=PERSON, owner_id=OWNER)
     assert db.sent[0].params == {
         "user_id": USER,
-        "code": "7KQ2M9XD4HTR",  # as typed; case, blanks and dashes do not matter
+        # Only the key of the code as typed (case, blanks and dashes do not matter): the code
+        # itself never reaches the server's logs.
+        "code_key": validate.link_code_key("7KQ2M9XD4HTR"),
         "now": T0,
         "max_failures": config.link_max_failures,
         "failure_window": config.link_failure_window,
