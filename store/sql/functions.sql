@@ -889,27 +889,6 @@ END $$;
 -- names the release that stopped using it; it moves to "Retired" a release after that.
 -- =============================================================================================
 
--- sk_begin_turn_v2: the same call and result as sk_begin_turn_v3, which replaced it in 0.2.0
--- (a caller of this name gets v3's work). Kept for callers of its name.
-CREATE OR REPLACE FUNCTION sk_begin_turn_v2(
-    p_channel text, p_channel_user_id text, p_display_name text, p_now timestamptz,
-    p_windows integer[], p_caps integer[], p_durable boolean,
-    p_idle interval, p_carry_pairs integer, p_history_pairs integer
-) RETURNS TABLE (
-    user_id uuid, person_id uuid, display_name text, user_created boolean, now timestamptz,
-    allowed boolean, retry_at timestamptz, refused_window integer,
-    session_id uuid, session_created boolean,
-    history_seqs bigint[], history_roles text[], history_contents text[],
-    history_created timestamptz[], history_extras jsonb[]
-)
-LANGUAGE sql
-SET plan_cache_mode = force_generic_plan
-AS $$
-    SELECT * FROM sk_begin_turn_v3(p_channel, p_channel_user_id, p_display_name, p_now,
-                                   p_windows, p_caps, p_durable, p_idle, p_carry_pairs,
-                                   p_history_pairs)
-$$;
-
 -- sk_begin_turn: sk_begin_turn_v3 without the history's extra fields. Bots of release 0.1.0
 -- call it; 0.2.0 calls sk_begin_turn_v3. It keeps the generic-plan setting it always had.
 CREATE OR REPLACE FUNCTION sk_begin_turn(
@@ -967,5 +946,11 @@ $$;
 
 -- =============================================================================================
 -- Retired
--- DROP FUNCTION IF EXISTS statements for functions no supported release calls any more (none yet).
+-- DROP FUNCTION IF EXISTS statements for functions no supported release calls any more.
 -- =============================================================================================
+
+-- sk_begin_turn_v2: only development builds of 0.2.0 had it (sk_begin_turn_v3 replaced it
+-- before the release); no release calls it.
+DROP FUNCTION IF EXISTS sk_begin_turn_v2(
+    text, text, text, timestamptz, integer[], integer[], boolean, interval, integer, integer
+);

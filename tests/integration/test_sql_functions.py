@@ -281,11 +281,3 @@ def test_begin_turn_v3_decides_as_the_functions_it_folds_in(database_url: str) -
             (user_id, T0 + timedelta(hours=1)),
         ).fetchone()
         assert current == (later[8], False)
-
-
-def test_begin_turn_v2_is_kept_with_v3_answers(database_url: str) -> None:
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        v3 = _begin(conn, "sk_begin_turn_v3", "u1", T0, [100])
-        v2 = _begin(conn, "sk_begin_turn_v2", "u1", T0 + timedelta(seconds=1), [100])
-        assert v2[0] == v3[0] and v2[8] == v3[8] and v2[5] is True
-        assert len(v2) == len(v3) == 15
