@@ -45,7 +45,7 @@ def status_mb(pid: int, field: str) -> float | None:
 
 def import_rss_mb() -> float | None:
     """Peak memory of a Python process that only imports the daemon's command line."""
-    probe = "import scheduler; print(open('/proc/self/status').read())"
+    probe = "import sessionkeeper.cli; print(open('/proc/self/status').read())"
     out = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     ).stdout
@@ -72,7 +72,7 @@ def run(
     t0 = time.perf_counter()
     with tempfile.TemporaryFile("w+") as log:
         daemon = subprocess.Popen(
-            [sys.executable, "-m", "scheduler", "run"],
+            [sys.executable, "-m", "sessionkeeper", "run"],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=log,

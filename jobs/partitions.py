@@ -1,10 +1,10 @@
 """Time partitions of ``rate_limits`` and ``usage_stats``: listing, making ahead, dropping.
 
-Both tables are range-partitioned by time (revision 0012). Partitions are aligned to the epoch
+Both tables are range-partitioned by time (revision 0013). Partitions are aligned to the epoch
 (so a one-day interval gives UTC days) and named ``<table>_p<YYYYMMDD>_<HHMM>`` after their
 start. ``<table>_default`` (the DEFAULT partition) takes any row no partition covers, so a
 missing partition never refuses a bot's write; ``<table>_legacy`` (a database upgraded with
-rows) is the table from before 0012, covering everything before the upgrade's cutover.
+rows) is the table from before 0013, covering everything before the upgrade's cutover.
 
 Partition DDL waits at most ``lock_timeout_ms`` for its locks: a partition that cannot be made
 or dropped now is left for the next run (reported in the run's details as ``deferred``), so

@@ -190,7 +190,7 @@ SELECT watermark FROM usage_rollup_state FOR UPDATE
 -- again, and raw rows are read once and never written. Within that, the bound is just past
 -- the batch_size-th row's transaction: a batch counts at least batch_size rows (all rows of a
 -- transaction together) unless the range up to the horizon holds fewer, which ends the run.
--- Rows with a rolled_up flag (written before revision 0012) are usage_rollup_legacy's, never
+-- Rows with a rolled_up flag (written before revision 0013) are usage_rollup_legacy's, never
 -- counted here. Totals stop at the bigint maximum instead of failing (sk_capped_total): one
 -- overflowing total would otherwise fail every batch, for every user, on every run.
 WITH horizon AS (
@@ -232,7 +232,7 @@ SELECT (SELECT count(*) FROM counted) AS rows,
 FROM totals
 
 -- name: usage_rollup_legacy
--- Rows written before revision 0012 and not yet counted (rolled_up false; later rows leave it
+-- Rows written before revision 0013 and not yet counted (rolled_up false; later rows leave it
 -- NULL): release 0.1.0's flagging rollup, kept for them alone, so that a 0.1.0 daemon still
 -- running it during the upgrade and this one count each such row exactly once (the row lock
 -- and the flag decide). It finds nothing once they are counted: the partial index

@@ -19,4 +19,4 @@ def parse(text: str) -> dict[str, str]:
     return queries
 
 
-QUERIES = parse(files("jobs").joinpath("queries.sql").read_text(encoding="utf-8"))
+QUERIES = parse(files("sessionkeeper.jobs").joinpath("queries.sql").read_text(encoding="utf-8"))

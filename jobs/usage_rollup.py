@@ -9,7 +9,7 @@ written, running twice or concurrently never counts a row twice, and a row is co
 late it arrives (whatever its created_at, it is above the watermark until counted; no allowance
 to tune). Days are UTC days of created_at.
 
-Rows written before revision 0012 carry no inserted_xid: release 0.1.0's flagging statement
+Rows written before revision 0013 carry no inserted_xid: release 0.1.0's flagging statement
 still counts them (``usage_rollup_legacy``), exactly once even beside a 0.1.0 daemon.
 
 Retention (``prune_after_seconds``): partitions whose whole range is older than that, and whose
@@ -103,7 +103,7 @@ def run(
 def legacy_batches(
     conn: Connection, params: dict[str, object], settings: Settings, pause: Pause
 ) -> tuple[int, bool]:
-    """The legacy pass: rows from before revision 0012 that the flag says are not counted."""
+    """The legacy pass: rows from before revision 0013 that the flag says are not counted."""
 
     def step(c: Connection) -> int:
         row = c.execute(QUERIES["usage_rollup_legacy"], params).fetchone()

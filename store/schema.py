@@ -11,7 +11,7 @@ key columns; where the seed's design was a known problem the shape differs:
 * idle sessions move to ``archived_sessions`` / ``archived_session_messages``: nothing is
   silently deleted;
 * ``job_runs`` is the daemon's run ledger and ``usage_daily`` holds the usage rollups;
-* ``rate_limits`` and ``usage_stats`` are range-partitioned by time (revision 0012): expiry drops
+* ``rate_limits`` and ``usage_stats`` are range-partitioned by time (revision 0013): expiry drops
   whole partitions. The partitions themselves (``<table>_p<start>``, ``<table>_legacy``,
   ``<table>_default``) are made by the partition_maintenance job, not described here
   (``is_partition`` tells the schema checks to leave them out).
@@ -94,7 +94,7 @@ def _message_columns(session_table: str) -> list[Column[object]]:
 
 
 # What a message needs beyond role and content (a tool call's id, an AI message's tool calls,
-# content blocks), as one JSON object; NULL for plain text messages. Revision 0011.
+# content blocks), as one JSON object; NULL for plain text messages. Revision 0010.
 def _extra() -> Column[object]:
     return Column("extra", JSONB)
 
@@ -206,7 +206,7 @@ archived_session_messages = Table(
     PrimaryKeyConstraint("session_id", "seq"),
 )
 
-# The partitions of the partitioned tables: the pre-0012 table (``_legacy``, covering the past),
+# The partitions of the partitioned tables: the pre-0013 table (``_legacy``, covering the past),
 # the safety net (``_default``) and the ones partition_maintenance makes (``_p20261129_0000``).
 PARTITIONED = ("rate_limits", "usage_stats")
 _PARTITION_NAME = re.compile("^(?:" + "|".join(PARTITIONED) + r")_(?:legacy|default|p\d{8}_\d{4})$")
@@ -243,11 +243,11 @@ usage_stats = Table(
     Column("cached_tokens", BigInteger, nullable=False, server_default=text("0")),
     _tstz("created_at"),
     # Release 0.1.0's rollup flag, no longer written (expand/contract: dropped a release later).
-    # Rows written since revision 0012 leave it NULL, so 0.1.0's rollup ("NOT rolled_up") and
-    # prune ("rolled_up") never touch them; false/true: a row from before 0012 not yet / already
+    # Rows written since revision 0013 leave it NULL, so 0.1.0's rollup ("NOT rolled_up") and
+    # prune ("rolled_up") never touch them; false/true: a row from before 0013 not yet / already
     # counted by the flag.
     Column("rolled_up", Boolean),
-    # The inserting transaction's id (NULL: a row from before revision 0012). The rollup counts
+    # The inserting transaction's id (NULL: a row from before revision 0013). The rollup counts
     # rows by this key up to the oldest transaction still running, a range no new row can enter.
     Column("inserted_xid", BigInteger, server_default=text(XID_DEFAULT)),
     PrimaryKeyConstraint("stat_id", "created_at"),

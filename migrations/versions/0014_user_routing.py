@@ -1,7 +1,7 @@
 """user routing: keyed user ids, and user_id on session_messages and turn_receipts, online
 
 Revision ID: 0014
-Revises: 0012
+Revises: 0013
 Create Date: 2026-11-29
 
 So that every hot-path statement can name the user, the column Citus would distribute by
@@ -15,9 +15,11 @@ So that every hot-path statement can name the user, the column Citus would distr
 2. ``session_messages.user_id`` and ``turn_receipts.user_id``, nullable (a catalogue change).
 3. A ``BEFORE INSERT`` trigger on each, ``WHEN (NEW.user_id IS NULL)``, that copies the
    session's user (``sk_fill_user_id``): bots of release 0.1.0 (and anything else that does
-   not give the column) keep inserting rows that carry it. The function's definition is taken
-   from store/sql/functions.sql, which `sessionkeeper migrate` applies only after the
-   revisions: the triggers must exist before the backfill.
+   not give the column) keep inserting rows that carry it. The triggers must exist before the
+   backfill, and store/sql/functions.sql is applied only after the revisions, so the revision
+   creates the three functions it needs itself, as they were when it was written
+   (``FUNCTIONS``): a revision is self-contained, and a later release may change or drop
+   them in functions.sql without changing what this revision does.
 4. ``CHECK (user_id IS NOT NULL) NOT VALID``: enforced from now on for new rows.
 5. The existing rows, in batches of ``BATCH`` in primary-key order, each its own transaction.
 6. ``VALIDATE CONSTRAINT``: a scan under SHARE UPDATE EXCLUSIVE, which does not block writes.
@@ -43,18 +45,53 @@ from typing import Any
 import psycopg
 from alembic import op
 
-from sessionkeeper.admin.functions import definition
-
 revision: str = "0014"
-down_revision: str | None = "0012"
+down_revision: str | None = "0013"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# Below the server's deadlock_timeout (1 s by default), as in revision 0012: the migration is
+# Below the server's deadlock_timeout (1 s by default), as in revision 0013: the migration is
 # the one that yields and retries, never a bot.
 LOCK_TIMEOUT = "200ms"
 ATTEMPTS = 60
 BATCH = 5000
+
+# sk_user_key, sk_key_new_user and sk_fill_user_id as of this revision. functions.sql, applied
+# at head right after, replaces them with the release's own definitions.
+FUNCTIONS = """
+CREATE OR REPLACE FUNCTION sk_user_key(p_channel text, p_channel_user_id text) RETURNS uuid
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE AS $$
+DECLARE
+    v_hash bytea;
+BEGIN
+    SELECT substr(sha256(k.secret || int4send(octet_length(convert_to(p_channel, 'UTF8')))
+                         || convert_to(p_channel, 'UTF8')
+                         || convert_to(p_channel_user_id, 'UTF8')), 1, 16)
+    INTO v_hash FROM user_key_secret k;
+    IF v_hash IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
+            MESSAGE = 'user_key_secret is empty: run `sessionkeeper migrate`';
+    END IF;
+    -- Version 8 in the high nibble of byte 6, variant 10 in the two high bits of byte 8.
+    v_hash := set_byte(v_hash, 6, (get_byte(v_hash, 6) & 15) | 128);
+    v_hash := set_byte(v_hash, 8, (get_byte(v_hash, 8) & 63) | 128);
+    RETURN encode(v_hash, 'hex')::uuid;
+END $$;
+
+CREATE OR REPLACE FUNCTION sk_key_new_user() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.user_id := sk_user_key(NEW.channel, NEW.channel_user_id);
+    RETURN NEW;
+END $$;
+
+CREATE OR REPLACE FUNCTION sk_fill_user_id() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    SELECT s.user_id INTO NEW.user_id FROM sessions s WHERE s.session_id = NEW.session_id;
+    RETURN NEW;
+END $$;
+"""
 
 # The tables that get their session's user, and their primary keys (the backfill's order).
 OWNED = {"session_messages": ("session_id", "seq"), "turn_receipts": ("session_id", "turn_id")}
@@ -84,8 +121,7 @@ def upgrade() -> None:
             (secrets.token_bytes(32),),
         )
         # CREATE OR REPLACE FUNCTION locks no table; functions.sql replaces them again at head.
-        for function in ("sk_user_key", "sk_key_new_user", "sk_fill_user_id"):
-            conn.execute(definition(function))
+        conn.execute(FUNCTIONS)
         if not _exists(conn, "pg_trigger", "tgname", "tg_users_user_id"):
             _short(
                 conn,

@@ -42,22 +42,6 @@ def defined_functions(text: str | None = None) -> set[str]:
     return set(_DEFINED.findall(functions_sql() if text is None else text))
 
 
-def definition(name: str, text: str | None = None) -> str:
-    """The statement of functions.sql that defines function ``name`` (its ``CREATE OR REPLACE
-    FUNCTION``, through the ``$$;`` that ends its body). For a revision that needs a function
-    before the file is applied at head (0014 creates triggers on sk_fill_user_id): the file
-    stays the one place the body is written."""
-    source = functions_sql() if text is None else text
-    found = re.search(
-        rf"^CREATE OR REPLACE FUNCTION {re.escape(name)}\s*\(.*?\$\$;$",
-        source,
-        re.MULTILINE | re.DOTALL,
-    )
-    if found is None:
-        raise KeyError(f"functions.sql defines no function {name}")
-    return found.group(0)
-
-
 def this_release() -> str:
     """The installed distribution's version: the release whose functions.sql this is."""
     return metadata.version("sessionkeeper")

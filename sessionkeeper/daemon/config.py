@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from jobs.registry import JOBS
+from sessionkeeper.jobs.registry import JOBS
 from store import settings
 from store.config import StoreConfig
 from store.errors import ConfigurationError

@@ -6,7 +6,7 @@ import json
 import logging
 from datetime import UTC, datetime
 
-from jobs.runner import RunReport
+from sessionkeeper.jobs.runner import RunReport
 
 log = logging.getLogger("sessionkeeper.jobs")
 # Attributes a record may carry (``extra=``) that the JSON format writes as fields.

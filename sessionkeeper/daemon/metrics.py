@@ -13,8 +13,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from jobs.partitions import KEYS as PARTITIONED_TABLES
-from jobs.runner import RunReport
+from sessionkeeper.jobs.partitions import KEYS as PARTITIONED_TABLES
+from sessionkeeper.jobs.runner import RunReport
 
 OUTCOMES = ("success", "failure", "skipped")
 # From a few milliseconds (nothing to do) to an hour (a large backlog).

@@ -28,9 +28,9 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from jobs import JOB_NAMES, partitions, session_archival
-from jobs.runner import JobFailed, RunReport, describe_error, run_job
-from jobs.sql import QUERIES
+from sessionkeeper.jobs import JOB_NAMES, partitions, session_archival
+from sessionkeeper.jobs.runner import JobFailed, RunReport, describe_error, run_job
+from sessionkeeper.jobs.sql import QUERIES
 from store.errors import ConfigurationError
 
 from .config import Config

@@ -130,7 +130,7 @@ BEGIN
     IF allowed THEN
         -- The range of the windows' starts (parameters: an array would not do) prunes the
         -- partitions at executor start-up (rate_limits is partitioned by window_start,
-        -- revision 0012): the windows of one request lie in one daily partition.
+        -- revision 0013): the windows of one request lie in one daily partition.
         UPDATE rate_limits r SET request_count = r.request_count + 1
         WHERE r.user_id = p_user_id
           AND r.window_seconds = ANY (p_windows)
@@ -307,7 +307,7 @@ BEGIN
     VALUES (p_user_id, v_now, v_now) RETURNING s.session_id INTO v_new;
     IF v_previous IS NOT NULL AND p_carry_pairs > 0 THEN
         -- Intermittent chatters keep context: the newest pairs of the stale session come along.
-        -- Each message with its extra fields (revision 0011): a carried tool call keeps its id.
+        -- Each message with its extra fields (revision 0010): a carried tool call keeps its id.
         -- Every statement names the user (its rows' distribution column on Citus).
         INSERT INTO session_messages (user_id, session_id, seq, role, content, created_at,
                                       extra)
@@ -329,7 +329,7 @@ END $$;
 
 -- sk_history_arrays_v2: the newest pairs of a session, oldest first, as parallel arrays in one
 -- row (revision 0005): no per-message JSON to build on the server and parse on the client. The
--- fifth array holds each message's extra fields (revision 0011; NULL for plain text).
+-- fifth array holds each message's extra fields (revision 0010; NULL for plain text).
 -- get_history reads it (it is given a session, not a user); begin_turn reads v3.
 CREATE OR REPLACE FUNCTION sk_history_arrays_v2(p_session_id uuid, p_pairs integer)
 RETURNS TABLE (seqs bigint[], roles text[], contents text[], created timestamptz[],
@@ -371,7 +371,7 @@ $$;
 
 -- sk_begin_turn_v3: everything before the model is called, in one round trip: the user
 -- (written only when something changes, revision 0005), the rate-limit decision, and when
--- admitted the current session and its history, each message with its extra fields (0011).
+-- admitted the current session and its history, each message with its extra fields (0010).
 -- The common turn (one cap, a session active within p_idle) runs in this body: calling
 -- sk_check_rate_limit and sk_current_session for it cost a PL/pgSQL call each (executor
 -- start-up, a tuplestore for the result row, a second lock of the user row), 2-5 % of the
@@ -832,7 +832,7 @@ BEGIN
         RETURN QUERY SELECT 'aiogram_fsm_states', 'deleted', v_n;
         -- Raw usage goes; what the rollup has not counted yet is added to the anonymous daily
         -- totals first (UTC days, as the rollup counts). Not counted yet: a row without flag
-        -- at or beyond the rollup's watermark, or a row from before revision 0012 whose flag
+        -- at or beyond the rollup's watermark, or a row from before revision 0013 whose flag
         -- is still false (see jobs/usage_rollup.py). The watermark's row lock waits for a rollup batch
         -- in progress, and the statements after it see what that batch committed.
         SELECT w.watermark INTO v_watermark FROM usage_rollup_state w FOR SHARE;

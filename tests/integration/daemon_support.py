@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import os
 
-from jobs import JOB_NAMES
+from sessionkeeper.jobs import JOB_NAMES
 
 
 def daemon_env(database_url: str, **settings: str) -> dict[str, str]:
-    """The environment for ``python -m scheduler run`` on ``database_url``: this process's
+    """The environment for ``python -m sessionkeeper run`` on ``database_url``: this process's
     environment without any ``SESSIONKEEPER_*`` setting or ``DATABASE_URL`` of its own, metrics
     on a free loopback port (logged at start-up), domain gauges counted every second, no jitter;
     then ``settings`` (``SESSIONKEEPER_*`` variables) over that."""

@@ -25,7 +25,7 @@ COLUMN = citus.DISTRIBUTION_COLUMN
 
 def citus_ddl() -> str:
     result = subprocess.run(
-        [sys.executable, "-m", "scheduler", "citus-ddl"],
+        [sys.executable, "-m", "sessionkeeper", "citus-ddl"],
         capture_output=True,
         text=True,
         timeout=60,

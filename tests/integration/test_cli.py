@@ -16,9 +16,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from jobs import JOB_NAMES, locking
 from sessionkeeper.admin import migrate
 from sessionkeeper.admin.embedded import EmbeddedPostgres
+from sessionkeeper.jobs import JOB_NAMES, locking
 from store import Store
 
 SUBCOMMANDS = [
@@ -40,7 +40,7 @@ def sessionkeeper(
     *args: str, env: dict[str, str] | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "scheduler", *args],
+        [sys.executable, "-m", "sessionkeeper", *args],
         capture_output=True,
         text=True,
         env=env if env is not None else clean_env(),
@@ -121,7 +121,7 @@ def test_run_without_url_uses_embedded_postgres_and_stops_it() -> None:
     server = EmbeddedPostgres(base)
     env = clean_env(SESSIONKEEPER_EMBEDDED_DIR=str(base), SESSIONKEEPER_METRICS_PORT="0")
     daemon = subprocess.Popen(
-        [sys.executable, "-m", "scheduler", "run"],
+        [sys.executable, "-m", "sessionkeeper", "run"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -239,7 +239,7 @@ def test_a_signal_ends_a_jobs_run_pausing_between_batches(database_url: str) -> 
                 " SELECT user_id, 'telegram', 5 FROM users"
             )
         run = subprocess.Popen(
-            [sys.executable, "-m", "scheduler", "jobs", "run", "usage_rollup"],
+            [sys.executable, "-m", "sessionkeeper", "jobs", "run", "usage_rollup"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

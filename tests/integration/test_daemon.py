@@ -20,9 +20,9 @@ from daemon_support import daemon_env, every_job
 from prometheus_client.parser import text_string_to_metric_families
 from tool_support import unavailable
 
-from jobs import JOB_NAMES
 from sessionkeeper.admin import migrate
 from sessionkeeper.admin.embedded import EmbeddedPostgres
+from sessionkeeper.jobs import JOB_NAMES
 
 T = TypeVar("T")
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -57,7 +57,7 @@ class Daemon:
         self.log_path = log_path
         self._log = log_path.open("w")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "scheduler", "--log-format", "json", "run"],
+            [sys.executable, "-m", "sessionkeeper", "--log-format", "json", "run"],
             stdout=subprocess.DEVNULL,
             stderr=self._log,
             env=env,

@@ -32,8 +32,8 @@ from patroni_support import Node, PatroniCluster, connect, missing_tools
 from tool_support import unavailable
 
 import store
-from jobs import JOB_NAMES
 from sessionkeeper.admin import migrate
+from sessionkeeper.jobs import JOB_NAMES
 from store import AsyncStore, DatabaseUnavailable, Store
 
 pytestmark = pytest.mark.slow
@@ -210,7 +210,7 @@ def _retry(call: Callable[[], store.Appended]) -> store.Appended:
 
 
 class Daemons:
-    """Two ``python -m scheduler run`` replicas, every job each second."""
+    """Two ``python -m sessionkeeper run`` replicas, every job each second."""
 
     def __init__(self, url: str, directory: Path) -> None:
         self.processes: list[subprocess.Popen[bytes]] = []
@@ -221,7 +221,7 @@ class Daemons:
             with log.open("wb") as output:
                 self.processes.append(
                     subprocess.Popen(
-                        [sys.executable, "-m", "scheduler", "run"],
+                        [sys.executable, "-m", "sessionkeeper", "run"],
                         stdout=subprocess.DEVNULL,
                         stderr=output,
                         env=env,

@@ -76,7 +76,7 @@ def sessionkeeper(*args: str, database_url: str, **env: str) -> subprocess.Compl
     environ.pop("DATABASE_URL", None)
     environ.update(SESSIONKEEPER_DATABASE_URL=database_url, **env)
     return subprocess.run(
-        [sys.executable, "-m", "scheduler", *args],
+        [sys.executable, "-m", "sessionkeeper", *args],
         capture_output=True,
         text=True,
         errors="backslashreplace",

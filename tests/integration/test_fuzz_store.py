@@ -40,8 +40,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from psycopg import sql
 
-from jobs.registry import JOBS
-from jobs.runner import run_job
+from sessionkeeper.jobs.registry import JOBS
+from sessionkeeper.jobs.runner import run_job
 from store import (
     ANONYMOUS_USER_ID,
     Appended,

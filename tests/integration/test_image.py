@@ -40,9 +40,9 @@ from docker_support import (
 from prometheus_client.parser import text_string_to_metric_families
 from tool_support import unavailable
 
-from jobs import JOB_NAMES
 from sessionkeeper.admin import migrate
 from sessionkeeper.admin.embedded import NO_EMBEDDED_SERVER, EmbeddedPostgres
+from sessionkeeper.jobs import JOB_NAMES
 
 # Slow, and the first run also makes the base image (debootstrap): longer than the default timeout.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]

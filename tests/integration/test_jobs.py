@@ -15,7 +15,8 @@ import psycopg
 import pytest
 from freezegun import freeze_time
 
-from jobs import (
+from sessionkeeper.daemon.metrics import DaemonMetrics
+from sessionkeeper.jobs import (
     JOB_NAMES,
     link_code_expiry,
     locking,
@@ -24,9 +25,8 @@ from jobs import (
     session_archival,
     usage_rollup,
 )
-from jobs.runner import JobFailed, run_job
-from jobs.sql import QUERIES
-from sessionkeeper.daemon.metrics import DaemonMetrics
+from sessionkeeper.jobs.runner import JobFailed, run_job
+from sessionkeeper.jobs.sql import QUERIES
 from store import Store, StoreConfig
 from store.errors import NotFound
 

@@ -14,9 +14,9 @@ import pytest
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from jobs import JOB_NAMES
 from sessionkeeper.daemon.config import load_config
 from sessionkeeper.daemon.schedule import Schedule
+from sessionkeeper.jobs import JOB_NAMES
 from store import StoreConfig
 from store.errors import ConfigurationError
 

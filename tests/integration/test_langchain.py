@@ -31,7 +31,7 @@ from langchain_core.runnables.history import RunnableWithMessageHistory
 from store_support import count
 
 import store
-from jobs import session_archival
+from sessionkeeper.jobs import session_archival
 from store import AsyncStore, Store
 from store.integrations.langchain import SessionkeeperChatMessageHistory, StoreMismatch
 

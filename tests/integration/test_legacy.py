@@ -607,7 +607,7 @@ def test_killed_conversion_finishes_on_rerun(seed_url: str) -> None:
     with psycopg.connect(seed_url) as holder:
         holder.execute("SELECT 1 FROM sessions WHERE session_id = %s FOR UPDATE", [last])
         child = subprocess.Popen(
-            [sys.executable, "-m", "scheduler", "migrate", "--batch-size", "1"],
+            [sys.executable, "-m", "sessionkeeper", "migrate", "--batch-size", "1"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -1,4 +1,4 @@
-"""Revision 0012 converts a database in use: rows present, bots of release 0.1.0 writing while
+"""Revision 0013 converts a database in use: rows present, bots of release 0.1.0 writing while
 `sessionkeeper migrate` runs; no write is refused, no row lost, none counted twice."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import psycopg
 import pytest
 from upgrade_support import OLD, migrate_while_writing
 
-from jobs import usage_rollup
 from sessionkeeper.admin import migrate
+from sessionkeeper.jobs import usage_rollup
 
 SEEDED = 2000
 WRITERS = 3
@@ -20,7 +20,7 @@ WRITERS = 3
 @pytest.mark.slow
 def test_tables_in_use_are_partitioned_online(empty_database_url: str) -> None:
     url = empty_database_url
-    migrate.upgrade(url, "0011")
+    migrate.upgrade(url, "0012")
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(
             "INSERT INTO users (channel, channel_user_id) SELECT 'telegram', 'w' || g"

@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from jobs import partition_maintenance, partitions, rate_limit_cleanup, usage_rollup
+from sessionkeeper.jobs import partition_maintenance, partitions, rate_limit_cleanup, usage_rollup
 from store import Store
 
 Conn = psycopg.Connection[tuple[Any, ...]]

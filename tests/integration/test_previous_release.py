@@ -22,8 +22,8 @@ import pytest
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from jobs import usage_rollup as new_usage_rollup
-from jobs.sql import parse as parse_jobs
+from sessionkeeper.jobs import usage_rollup as new_usage_rollup
+from sessionkeeper.jobs.sql import parse as parse_jobs
 from store.queries import parse as parse_store
 
 RELEASE = "0.1.0"
@@ -427,7 +427,7 @@ def proactive_reload(old: OldRelease) -> None:
 @covers("jobs:usage_rollup", "jobs:usage_prune")
 def usage_rollup(old: OldRelease) -> None:
     # 0.1.0's rollup and prune run beside this release's rollup during the upgrade. They act on
-    # the rows written before revision 0012 (a rolled_up flag) only; rows written since (by bots
+    # the rows written before revision 0013 (a rolled_up flag) only; rows written since (by bots
     # of either release: the flag left NULL) are the watermark rollup's. Each row is counted
     # once, whichever daemon runs first and however often.
     user = old.user()

@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from jobs import proactive_reload
+from sessionkeeper.jobs import proactive_reload
 from store import AsyncProactiveUsers, ProactiveList, ProactiveUser, ProactiveUsers
 from store.proactive import NOTIFY_CHANNEL, newer
 

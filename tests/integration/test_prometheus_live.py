@@ -1,7 +1,7 @@
 """A real Prometheus scraping a real daemon and a bot: every dashboard query and alert expression
 works.
 
-The daemon is ``python -m scheduler run`` on the test's own database with every job scheduled
+The daemon is ``python -m sessionkeeper run`` on the test's own database with every job scheduled
 each second; Prometheus is the Debian package's binary, on loopback, with a scrape configuration
 made from deploy/prometheus/prometheus.yml (same job name and label handling, a static loopback
 target instead of Docker DNS) and the real alert rules. The bot is tests/integration/metrics_bot.py,
@@ -48,7 +48,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from jobs import JOB_NAMES
+from sessionkeeper.jobs import JOB_NAMES
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -187,7 +187,11 @@ def daemon(database_url: str, tmp_path: Path) -> Iterator[Running]:
     # well inside JobNotSucceeding's 3 intervals (the test asserts no alert is even pending).
     env = daemon_env(database_url, SESSIONKEEPER_METRICS_PORT=str(port), **every_job("2s"))
     with start(
-        [sys.executable, "-m", "scheduler", "run"], tmp_path / "daemon.log", port, "/readyz", env
+        [sys.executable, "-m", "sessionkeeper", "run"],
+        tmp_path / "daemon.log",
+        port,
+        "/readyz",
+        env,
     ) as running:
         yield running
 

@@ -18,8 +18,8 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 import store.metrics
-from jobs import JOB_NAMES
 from sessionkeeper.daemon.metrics import DaemonMetrics
+from sessionkeeper.jobs import JOB_NAMES
 from store import Store
 
 RULES_DIR = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"

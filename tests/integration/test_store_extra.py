@@ -1,4 +1,4 @@
-"""Messages with extra fields (revision 0011): what a message needs beyond role and content."""
+"""Messages with extra fields (revision 0010): what a message needs beyond role and content."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from jobs import partition_maintenance
+from sessionkeeper.jobs import partition_maintenance
 from store.queries import QUERIES
 
 DAY = timedelta(days=1)
@@ -112,7 +112,7 @@ def test_begin_turns_history_read_is_the_sessions_key_range(
     assert "Seq Scan" not in text and "Bitmap" not in text
 
 
-# -- time partitions (revision 0012) -----------------------------------------------------------
+# -- time partitions (revision 0013) -----------------------------------------------------------
 
 TODAY = datetime(2026, 3, 10, 12, 0, 30, tzinfo=UTC)
 PARTITION = re.compile(r"\b(?:rate_limits|usage_stats)_(?:p\d{8}_\d{4}|default|legacy)\b")

@@ -11,9 +11,9 @@ import psycopg
 import pytest
 from freezegun import freeze_time
 
-from jobs import JOB_NAMES, user_retention
-from jobs.runner import run_job
 from sessionkeeper.daemon.config import load_config
+from sessionkeeper.jobs import JOB_NAMES, user_retention
+from sessionkeeper.jobs.runner import run_job
 from store import ANONYMOUS_USER_ID
 
 Conn = psycopg.Connection[tuple[Any, ...]]

@@ -217,7 +217,7 @@ WRITERS = 3
 @pytest.mark.slow
 def test_the_revision_fills_existing_rows_while_old_bots_write(empty_database_url: str) -> None:
     url = empty_database_url
-    migrate.upgrade(url, "0012")
+    migrate.upgrade(url, "0013")
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(
             "INSERT INTO users (channel, channel_user_id) SELECT 'telegram', 'u' || g"

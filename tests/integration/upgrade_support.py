@@ -25,7 +25,7 @@ def migrate_process(url: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SESSIONKEEPER_")}
     env["DATABASE_URL"] = url
     return subprocess.run(
-        [sys.executable, "-m", "scheduler", "migrate"],
+        [sys.executable, "-m", "sessionkeeper", "migrate"],
         capture_output=True,
         text=True,
         env=env,

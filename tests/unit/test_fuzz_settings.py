@@ -12,8 +12,8 @@ from fuzz_strategies import examples
 from hypothesis import given
 from hypothesis import strategies as st
 
-from jobs.registry import JOBS
 from sessionkeeper.daemon.config import Config, load_config
+from sessionkeeper.jobs.registry import JOBS
 from store.config import StoreConfig
 from store.errors import ConfigurationError
 from store.settings import CENTURY, SQL_INTEGER_MAX, setting_paths, variable

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from jobs import session_archival
 from sessionkeeper.daemon.config import load_config
+from sessionkeeper.jobs import session_archival
 from store.errors import ConfigurationError
 
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from jobs.registry import JOBS
 from sessionkeeper.daemon.config import SCHEDULING_KEYS, Config
+from sessionkeeper.jobs.registry import JOBS
 from store import StoreConfig
 from store.errors import ConfigurationError
 from store.settings import Source, load, variable

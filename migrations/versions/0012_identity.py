@@ -1,7 +1,7 @@
 """identity and users' lifecycle: a restored session keeps its last activity
 
-Revision ID: 0010
-Revises: 0013
+Revision ID: 0012
+Revises: 0011
 Create Date: 2026-11-29
 
 ``sessions.restored_at``: when ``sessionkeeper sessions restore`` brought the session back from
@@ -19,8 +19,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision: str = "0010"
-down_revision: str | None = "0013"
+revision: str = "0012"
+down_revision: str | None = "0011"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,7 +1,7 @@
 """time partitions: rate_limits and usage_stats become range-partitioned by time, online
 
-Revision ID: 0012
-Revises: 0010
+Revision ID: 0013
+Revises: 0012
 Create Date: 2026-11-29
 
 Each table is converted in place while bots keep writing (docs/partitions.md):
@@ -36,8 +36,8 @@ import psycopg
 from alembic import op
 from psycopg import sql
 
-revision: str = "0012"
-down_revision: str | None = "0010"
+revision: str = "0013"
+down_revision: str | None = "0012"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,7 +1,7 @@
 """bot integrations: aiogram's FSM storage, and the version of the published proactive list
 
-Revision ID: 0013
-Revises: 0011
+Revision ID: 0011
+Revises: 0010
 Create Date: 2026-11-29
 
 Two new tables, nothing else touched (online-safe: creating the foreign key to ``users`` on an
@@ -19,8 +19,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision: str = "0013"
-down_revision: str | None = "0011"
+revision: str = "0011"
+down_revision: str | None = "0010"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
