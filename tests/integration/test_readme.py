@@ -189,7 +189,7 @@ class Conversation:
         return {name: getattr(self, name) for name in PROVIDED}
 
     def check(self, database_url: str, logged: str) -> None:
-        """What the README's handler promises for these messages."""
+        """What the documented handler (README.md, docs/store.md) promises for these messages."""
         hello, how, nul, _ = self.messages
         assert self.sent[:3] == [f"echo: {hello}", f"echo: {how}", f"echo: {nul}"]
         assert len(self.sent) == 4 and self.sent[3].startswith("Slow down a little: try again")
