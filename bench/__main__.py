@@ -1,4 +1,4 @@
-"""python -m bench: every benchmark in one command (see README, "Benchmarks").
+"""python -m bench: every benchmark in one command (see docs/benchmarks.md).
 
 Prints the tables and writes every measured record to ``bench/out/bench-<time>.jsonl`` plus the
 tables to ``bench/out/bench-<time>.md``. ``--quick`` is a short smoke run.

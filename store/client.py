@@ -117,8 +117,8 @@ def _cursor(conn: psycopg.AsyncConnection[Any], step: core.Step) -> psycopg.Asyn
 def _cursor(conn: Any, step: core.Step) -> Any:
     """The connection's cursor for a hot-path statement, made on its first use. A cursor keeps
     its adapters (the dumper of each parameter type, the loader of each column type) while it
-    runs the same query again; a new cursor per call built them anew every time (the list
-    dumpers alone were 5% of a turn's client CPU). Kept on the connection: they go with it.
+    runs the same query again; a new cursor per call built them anew every time, a large share
+    of a turn's client CPU (bench/RESULTS.md). Kept on the connection: they go with it.
     A kept cursor holds its last result until its next call, so other statements (whose
     results may be large: load_users_from_db's list) get a cursor of their own, freed with it.
     """
@@ -211,7 +211,7 @@ class Op(Generic[P, T]):
             return self
         bound = functools.update_wrapper(functools.partial(self.run_on, store), self.plan)
         # Kept on the instance (which then shadows this descriptor): building the wrapper on
-        # every call cost 3 µs.
+        # every call cost time on the hot path (bench/RESULTS.md).
         store.__dict__[self.name] = bound
         return bound
 

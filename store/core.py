@@ -363,7 +363,7 @@ def _request_key(turn_id: UUID, params: Mapping[str, object]) -> UUID:
     same call again (a retry) is stored once, while a Turn reused for other messages (as 0.1.0
     allowed) stores each of them. The session is not hashed (receipts are keyed by session and
     key), and each content goes in as itself behind its length, not through repr: the uuid5
-    of repr(sorted(params)) this replaced cost 3x as much (12 µs a turn)."""
+    of repr(sorted(params)) this replaced cost several times as much (bench/RESULTS.md)."""
     material = repr([value for name, value in params.items() if name not in _UNKEYED])
     material += "".join(f"\x00{len(content)}:{content}" for content in _texts(params["contents"]))
     return UUID(

@@ -53,7 +53,7 @@ def stored_message(
 ) -> Message:
     """A ``Message`` read from the database, built without the frozen dataclass's
     ``__init__``: it sets each field through ``object.__setattr__``, which made building a
-    40-message history cost 18-40 µs a turn; filling ``__dict__`` costs 4-7 µs. The values are
+    long history several times dearer than filling ``__dict__`` (bench/RESULTS.md). The values are
     the database's, already of the right types, so the result equals ``Message(...)``."""
     message = _new(Message)
     fields = message.__dict__

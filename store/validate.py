@@ -32,7 +32,7 @@ EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 _CHANNEL = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 # Link codes: 12 symbols of Crockford's base32 (digits and capitals without I, L, O, U), 60
-# bits from the CSPRNG; see "Identity" in the README for the bound this size gives.
+# bits from the CSPRNG; see "Identity" in docs/store.md for the bound this size gives.
 LINK_CODE_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 LINK_CODE_LENGTH = 12
 _CODE = re.compile(f"[{LINK_CODE_ALPHABET}]{{{LINK_CODE_LENGTH}}}")

@@ -374,12 +374,13 @@ $$;
 -- admitted the current session and its history, each message with its extra fields (0010).
 -- The common turn (one cap, a session active within p_idle) runs in this body: calling
 -- sk_check_rate_limit and sk_current_session for it cost a PL/pgSQL call each (executor
--- start-up, a tuplestore for the result row, a second lock of the user row), 2-5 % of the
--- server's instructions per turn (bench/RESULTS.md, issue 13). The other cases call them.
+-- start-up, a tuplestore for the result row, a second lock of the user row): measurable in
+-- the server's instructions per turn (bench/RESULTS.md, issue 13). The other cases call them.
 -- plan_cache_mode = force_generic_plan (revision 0006): every statement here (and in the
 -- functions it calls, which inherit the setting) looks rows up by key or reads an index range,
--- for which the generic plan is the plan; re-planning on every call cost ~10 % of a turn. A
--- function setting, not a connection option, so it holds behind PgBouncer too.
+-- for which the generic plan is the plan; re-planning on every call cost measurably
+-- (bench/RESULTS.md). A function setting, not a connection option, so it holds behind
+-- PgBouncer too.
 CREATE OR REPLACE FUNCTION sk_begin_turn_v3(
     p_channel text, p_channel_user_id text, p_display_name text, p_now timestamptz,
     p_windows integer[], p_caps integer[], p_durable boolean,

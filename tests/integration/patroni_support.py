@@ -14,7 +14,7 @@ Two things a container-like machine needs that a full OS does not:
 * **Small settings.** Two shared cores: 16 MB shared buffers, few connections, one second
   loops.
 
-Settings that matter for the tests and differ from production (see README, Operations):
+Settings that matter for the tests and differ from production (see docs/high-availability.md):
 ``primary_start_timeout: 0`` (a crashed primary is failed over at once instead of being
 restarted in place for up to 300 s), ``ttl: 10`` and ``loop_wait: 1`` (faster detection),
 ``synchronous_mode: true`` (an acknowledged commit is on a standby too).

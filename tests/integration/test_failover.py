@@ -8,7 +8,7 @@ its usage; no duplicate users or sessions; calls during the gap fail with
 ``DatabaseUnavailable`` within the configured timeouts (never a raw driver error); the store
 serves again without a restart within ``RECOVERY_BOUND``; the daemons run their jobs on the new
 primary, no job slot succeeds twice, no run is left ``running``. The figures measured are
-printed (``pytest -s``) and summarised in the README (Operations).
+printed (``pytest -s``) and summarised in docs/deploy.md (High availability).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ STATEMENT_TIMEOUT_MS = 3000
 # loaded two-core machine).
 FAIL_BOUND = POOL_TIMEOUT + STATEMENT_TIMEOUT_MS / 1000 + 2.0
 # From the event (switchover request, kill) until a bot's turn is stored again; measured
-# 2-4 s here (see README, Operations).
+# 2-4 s here (see docs/deploy.md, High availability).
 RECOVERY_BOUND = 20.0
 STORE_WORKERS = 3  # threads sharing one Store; plus one AsyncStore worker
 PACE = 0.02  # seconds between a worker's turns: a steady load, not a saturating one

@@ -348,9 +348,9 @@ def test_constructor_arguments_are_checked(db: Store) -> None:
 
 @pytest.mark.slow  # a fresh interpreter importing langchain_core
 def test_the_readme_example_runs(database_url: str) -> None:
-    """The README's LangChain section, run as a user would paste it."""
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("\n## LangChain\n", 1)[1].split("\n## ", 1)[0]
+    """The LangChain section of docs/integrations.md, run as a user would paste it."""
+    document = (ROOT / "docs" / "integrations.md").read_text()
+    section = document.split("\n## LangChain\n", 1)[1].split("\n## ", 1)[0]
     (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
     env = {**os.environ, "SESSIONKEEPER_DATABASE_URL": database_url}
     result = subprocess.run(

@@ -1,4 +1,4 @@
-"""Guessing link codes from many accounts (issue 14; the bound is in the README, "Identity").
+"""Guessing link codes from many accounts (issue 14; the bound is in docs/store.md, "Identity").
 
 Both tests run the same attack at the same size: 300 attacker accounts each send the 10 wrong
 codes the per-account limit allows, against 5,000 live codes of 5,000 other users.

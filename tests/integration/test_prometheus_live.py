@@ -243,7 +243,7 @@ def grafana_reader(database_url: str) -> Iterator[str]:
 
 def prometheus_config(target: str, bot_target: str) -> dict[str, Any]:
     """deploy/prometheus/prometheus.yml, scraping the daemon ``target`` every second, and the
-    bot ``bot_target`` as a job of its own (as the README's "Bot metrics" suggests)."""
+    bot ``bot_target`` as a job of its own (as "Bot metrics" in docs/integrations.md suggests)."""
     config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     (scrape,) = [s for s in config["scrape_configs"] if s["job_name"] == "sessionkeeper"]
     for key in [k for k in scrape if k.endswith("_sd_configs")]:

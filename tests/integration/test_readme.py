@@ -189,7 +189,7 @@ class Conversation:
         return {name: getattr(self, name) for name in PROVIDED}
 
     def check(self, database_url: str, logged: str) -> None:
-        """What the README's handler promises for these messages."""
+        """What the documented handler (README.md, docs/store.md) promises for these messages."""
         hello, how, nul, _ = self.messages
         assert self.sent[:3] == [f"echo: {hello}", f"echo: {how}", f"echo: {nul}"]
         assert len(self.sent) == 4 and self.sent[3].startswith("Slow down a little: try again")
@@ -319,9 +319,12 @@ def test_documented_block_runs(
         conversation.check(database_url, caplog.text)
 
 
-def test_the_readme_has_runnable_blocks() -> None:
-    readme = [block for block in BLOCKS if block.document == "README.md"]
-    assert len([block for block in readme if block.not_run is None]) >= 3
+def test_the_readme_and_the_store_api_have_runnable_blocks() -> None:
+    def runnable(document: str) -> int:
+        return len([b for b in BLOCKS if b.document == document and b.not_run is None])
+
+    assert runnable("README.md") >= 1  # the bot of the front door
+    assert runnable("docs/store.md") >= 3  # sync, async and the module-level calls
 
 
 # -- the harness's own checks can fail ---------------------------------------------------------

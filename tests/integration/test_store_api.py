@@ -190,7 +190,7 @@ def test_module_level_functions_use_the_default_store(database_url: str) -> None
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_async_store_runs_the_same_operations(database_url: str, loop: str) -> None:
-    # uvloop (the optional extra the README suggests for AsyncStore bots) runs it too.
+    # uvloop (the optional extra docs/internals.md suggests for AsyncStore bots) runs it too.
     async def scenario() -> list[str]:
         async with AsyncStore(database_url, max_size=2) as store:
             turn = await store.begin_turn("telegram", "a1", now=T0)
