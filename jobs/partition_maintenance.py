@@ -16,7 +16,7 @@ from store.config import StoreConfig
 from store.settings import require
 
 from . import partitions
-from .base import STORE_DEFAULTS, BatchSettings, Connection, JobResult, Pause, uninterrupted
+from .base import STORE_DEFAULTS, Connection, JobResult, Pause, uninterrupted
 
 DAY = 86400
 
@@ -27,15 +27,12 @@ def _interval_ok(seconds: int) -> bool:
 
 
 @dataclass(frozen=True)
-class Settings(BatchSettings):
+class Settings(partitions.DdlSettings):
     # Length of one partition of each table, in seconds.
     rate_limits_interval_seconds: int = DAY
     usage_stats_interval_seconds: int = DAY
     # Partitions kept ready after the current one.
     ahead: int = 7
-    # Longest wait for a lock of partition DDL; a partition not made in time waits for the
-    # next run (the bots never queue behind it for longer).
-    lock_timeout_ms: int = 400
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -48,12 +45,6 @@ class Settings(BatchSettings):
                 "a whole number of hours dividing a day (3600 ... 86400), or of days",
             )
         require(self.ahead >= 1, "ahead", self.ahead, "a whole number of at least 1")
-        require(
-            self.lock_timeout_ms >= 1,
-            "lock_timeout_ms",
-            self.lock_timeout_ms,
-            "a whole number of at least 1",
-        )
 
     def interval(self, table: str) -> timedelta:
         return timedelta(seconds=getattr(self, f"{table}_interval_seconds"))
@@ -74,7 +65,7 @@ def run(
         for lower, upper in partitions.missing_ranges(
             existing, table, now, interval, settings.ahead
         ):
-            if partitions.create(conn, table, lower, upper, settings.lock_timeout_ms):
+            if partitions.create(conn, table, lower, upper, settings, pause):
                 made += 1
             else:
                 deferred += 1

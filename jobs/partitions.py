@@ -6,27 +6,78 @@ start. ``<table>_default`` (the DEFAULT partition) takes any row no partition co
 missing partition never refuses a bot's write; ``<table>_legacy`` (a database upgraded with
 rows) is the table from before 0013, covering everything before the upgrade's cutover.
 
-Partition DDL waits at most ``lock_timeout_ms`` for its locks: a partition that cannot be made
-or dropped now is left for the next run (reported in the run's details as ``deferred``), so
-the bots never queue behind the job for longer than that.
+Partition DDL never makes a bot wait for long (docs/partitions.md, "Locks"): each attempt
+waits at most ``lock_timeout_ms`` (a few milliseconds) for each lock, so a bot queues behind
+the job for no longer than that; an attempt refused is retried after a short jittered pause,
+at a quieter moment, up to ``lock_attempts`` times, and a partition still not made or dropped
+is left for the next run (reported in the run's details as ``deferred``). A new partition is
+built outside the table, where no bot looks, and only attached under the lock.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
 
-from .base import Connection, committed
+from store.settings import require
+
+from .base import BatchSettings, Connection, Pause, committed, uninterrupted
 from .sql import QUERIES
+
+T = TypeVar("T")
 
 # The partition key of each partitioned table.
 KEYS = {"rate_limits": "window_start", "usage_stats": "created_at"}
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class DdlSettings(BatchSettings):
+    """The settings of a job that makes or drops partitions: how its DDL waits for locks."""
+
+    # Longest wait of one attempt for one lock of partition DDL: the longest a bot's statement
+    # can queue behind the job's request. Capped at half the server's deadlock_timeout.
+    lock_timeout_ms: int = 5
+    # Attempts per partition, a short jittered pause apart, before it waits for the next run.
+    lock_attempts: int = 40
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("lock_timeout_ms", "lock_attempts"):
+            value = getattr(self, name)
+            require(value >= 1, name, value, "a whole number of at least 1")
+
+
+# A partition starting sooner than this is attached under the table's lock (see create()).
+ATTACH_MARGIN = timedelta(minutes=10)
+
+# The pause before the n-th retry: doubling from 10 ms up to 1 s, jittered by half either way
+# so that the retries of two replicas and a bot's rhythm do not keep meeting.
+FIRST_RETRY_SECONDS = 0.01
+LONGEST_RETRY_SECONDS = 1.0
+
+
+def with_lock_retries(
+    attempt: Callable[[], T], settings: DdlSettings, pause: Pause = uninterrupted
+) -> T | None:
+    """``attempt()`` (one transaction of DDL under ``lock_timeout_ms``) until it gets its locks:
+    None when every attempt was refused, or a stop was asked during a pause."""
+    for tried in range(1, settings.lock_attempts + 1):
+        try:
+            return attempt()
+        except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
+            if tried == settings.lock_attempts:
+                return None
+            wait = min(LONGEST_RETRY_SECONDS, FIRST_RETRY_SECONDS * 2 ** (tried - 1))
+            if pause(wait * random.uniform(0.5, 1.5)):
+                return None
+    return None
 
 
 @dataclass(frozen=True)
@@ -104,24 +155,41 @@ def missing_ranges(
 
 
 def _ddl(name: str, **parts: Any) -> sql.Composed:
-    """A statement of queries.sql with its identifiers and literal bounds filled in."""
+    """A statement of queries.sql with its identifiers and literal values filled in."""
     values = {
-        key: sql.Literal(value) if isinstance(value, datetime) else sql.Identifier(value)
+        key: sql.Literal(value) if isinstance(value, datetime | int) else sql.Identifier(value)
         for key, value in parts.items()
     }
     return sql.SQL(QUERIES[name]).format(**values)
 
 
-def _set_lock_timeout(conn: Connection, lock_timeout_ms: int) -> None:
-    conn.execute(QUERIES["partition_lock_timeout"], {"lock_timeout_ms": lock_timeout_ms})
+def _locked(conn: Connection, settings: DdlSettings, *statements: sql.Composable) -> None:
+    """``statements`` in one transaction under ``lock_timeout_ms``, sent in one round trip: the
+    locks they take are held for the server's work only, never for a client's turn (a busy
+    daemon's thread may wait milliseconds for the CPU between two statements)."""
+    if not conn.autocommit:
+        raise ValueError("partition DDL needs an autocommit connection")
+    timeout = _ddl("partition_lock_timeout", lock_timeout_ms=settings.lock_timeout_ms)
+    conn.execute(sql.SQL("; ").join([timeout, *statements]))
 
 
 def create(
-    conn: Connection, table: str, lower: datetime, upper: datetime, lock_timeout_ms: int
+    conn: Connection,
+    table: str,
+    lower: datetime,
+    upper: datetime,
+    settings: DdlSettings,
+    pause: Pause = uninterrupted,
 ) -> bool:
-    """Make and attach the partition [lower, upper) of ``table`` in one short transaction,
-    moving in any rows of that range the DEFAULT partition holds. False: deferred (a lock was
-    not granted within ``lock_timeout_ms``)."""
+    """Make the partition [lower, upper) of ``table`` and attach it, moving in any rows of that
+    range the DEFAULT partition holds. False: deferred (its locks were not granted in time).
+
+    The table is built outside ``table`` first (``CREATE TABLE ... LIKE`` takes only ACCESS
+    SHARE on it), with a CHECK that proves its range, so that ATTACH neither blocks the bots'
+    writes to the table (it takes SHARE UPDATE EXCLUSIVE) nor scans the new partition: the
+    locks that remain (the DEFAULT partition, and users for the cloned foreign key) are held
+    for the milliseconds of the attach itself. A range that has begun by the server's clock (a
+    partition made late) locks the table too: the bots may be writing rows of it right now."""
     name = partition_name(table, lower)
     parts: dict[str, Any] = {
         "parent": table,
@@ -132,53 +200,103 @@ def create(
         "lower": lower,
         "upper": upper,
     }
-    try:
-        with conn.transaction():
-            _set_lock_timeout(conn, lock_timeout_ms)
-            conn.execute(_ddl("partition_lock_for_create", parent=table))
+    with conn.transaction():
+        # A table left by an earlier deferred attempt is attached as it is.
+        if conn.execute(QUERIES["partition_exists"], {"name": name}).fetchone() is None:
             conn.execute(_ddl("partition_create", **parts))
-            conn.execute(_ddl("partition_adopt_default_rows", **parts))
-            conn.execute(_ddl("partition_attach", **parts))
-    except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
-        return False
-    return True
+        # The clock the rows' timestamps come from: the server's, not the daemon's.
+        row = conn.execute(QUERIES["partition_begun"], {"lower": lower - ATTACH_MARGIN}).fetchone()
+        begun = bool(row and row[0])
+
+    steps = ["partition_lock_default", "partition_adopt_default_rows", "partition_attach"]
+    if begun:
+        steps.insert(0, "partition_lock_parent")
+
+    def attach() -> bool:
+        _locked(conn, settings, *(_ddl(step, **parts) for step in steps))
+        return True
+
+    return with_lock_retries(attach, settings, pause) is not None
 
 
 def drop(
     conn: Connection,
     partition: Partition,
-    lock_timeout_ms: int,
+    settings: DdlSettings,
+    pause: Pause = uninterrupted,
     *,
     concurrently: bool,
     keep_if: Callable[[Connection, str], bool] | None = None,
 ) -> int | None:
     """Detach and drop ``partition``; returns its rows (counted exactly unless the planner's
     estimate is known: counting would read the whole partition), or None when it was deferred
-    (lock not granted) or kept (``keep_if(conn, name)`` said so, asked after the detach, under
-    its lock).
+    (locks not granted) or kept (``keep_if(conn, name)`` said so).
 
-    ``concurrently`` (only possible when the table has no DEFAULT partition): DETACH ...
-    CONCURRENTLY, which never blocks the bots' reads and writes of the table.
+    Three short steps, none holding a lock a bot waits for longer than a catalog change: the
+    detach (``concurrently``, only possible when the table has no DEFAULT partition: DETACH ...
+    CONCURRENTLY, which never blocks the bots), the drop of the detached table's foreign keys
+    (users, ACCESS EXCLUSIVE), and the drop of the table (nothing a bot uses). ``keep_if`` is
+    asked before the detach and again after it, when no row can arrive any more; a partition
+    kept only then is attached again.
     """
     parts = {"parent": partition.parent, "partition": partition.name}
-    rows = _rows(conn, partition)
-    kept = False
-    try:
-        if concurrently and keep_if is None:
-            conn.execute(_ddl("partition_detach_concurrently", **parts))
-            conn.execute(_ddl("partition_drop", **parts))
-            return rows
-        with conn.transaction():
-            _set_lock_timeout(conn, lock_timeout_ms)
-            conn.execute(_ddl("partition_lock_for_drop", parent=partition.parent))
-            conn.execute(_ddl("partition_detach", **parts))
-            if keep_if is not None and keep_if(conn, partition.name):
-                kept = True
-                raise psycopg.Rollback()
-            conn.execute(_ddl("partition_drop", **parts))
-    except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
+    if keep_if is not None and keep_if(conn, partition.name):
         return None
-    return None if kept else rows
+    rows = _rows(conn, partition)
+    if concurrently:
+        conn.execute(_ddl("partition_detach_concurrently", **parts))
+    elif with_lock_retries(lambda: _detach(conn, parts, settings), settings, pause) is None:
+        return None
+    if keep_if is not None and keep_if(conn, partition.name):
+        _reattach(conn, partition, settings)
+        return None
+    # Detached, it is no partition any more: it must go now, whatever a stop request says.
+    _until_done(lambda: _drop_foreign_keys(conn, parts, settings), settings)
+    conn.execute(_ddl("partition_drop", **parts))
+    return rows
+
+
+def _until_done(attempt: Callable[[], bool], settings: DdlSettings) -> None:
+    """``attempt`` retried until it gets its locks: for a step that cannot be left half-done.
+    Each attempt still waits at most lock_timeout_ms, so the bots never wait longer."""
+    while with_lock_retries(attempt, settings) is None:
+        pass
+
+
+def _detach(conn: Connection, parts: dict[str, Any], settings: DdlSettings) -> bool:
+    lock = _ddl("partition_lock_for_detach", parent=parts["parent"])
+    _locked(conn, settings, lock, _ddl("partition_detach", **parts))
+    return True
+
+
+def _drop_foreign_keys(conn: Connection, parts: dict[str, Any], settings: DdlSettings) -> bool:
+    keys = conn.execute(QUERIES["partition_foreign_keys"], {"name": parts["partition"]})
+    drops = [
+        _ddl("partition_drop_foreign_key", **parts, constraint=constraint)
+        for (constraint,) in keys.fetchall()
+    ]
+    if drops:
+        _locked(conn, settings, *drops)
+    return True
+
+
+def _reattach(conn: Connection, partition: Partition, settings: DdlSettings) -> None:
+    bounds = {
+        "lower": sql.Literal(partition.lower) if partition.lower else sql.SQL("MINVALUE"),
+        "upper": sql.Literal(partition.upper),
+    }
+    statement = sql.SQL(QUERIES["partition_reattach"]).format(
+        parent=sql.Identifier(partition.parent),
+        partition=sql.Identifier(partition.name),
+        **bounds,
+    )
+
+    def attach() -> bool:
+        _locked(conn, settings, statement)
+        return True
+
+    # Its rows are uncounted: it must come back.
+    _until_done(attach, settings)
 
 
 def _rows(conn: Connection, partition: Partition) -> int:
@@ -205,7 +323,8 @@ def drop_expired(
     conn: Connection,
     table: str,
     before: datetime,
-    lock_timeout_ms: int,
+    settings: DdlSettings,
+    pause: Pause = uninterrupted,
     keep_if: Callable[[Connection, str], bool] | None = None,
 ) -> tuple[int, int, int]:
     """Drop every partition of ``table`` that ended before ``before``: (partitions dropped,
@@ -214,7 +333,7 @@ def drop_expired(
     concurrently = not has_default(partitions, table)
     dropped = rows = deferred = 0
     for partition in expired(partitions, table, before):
-        removed = drop(conn, partition, lock_timeout_ms, concurrently=concurrently, keep_if=keep_if)
+        removed = drop(conn, partition, settings, pause, concurrently=concurrently, keep_if=keep_if)
         if removed is None:
             deferred += 1
         else:

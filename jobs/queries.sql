@@ -311,34 +311,49 @@ ORDER BY 1, 4 NULLS FIRST
 -- server's deadlock_timeout. The bots lock users and these tables in both orders (begin_turn:
 -- users first; an INSERT's foreign-key check: the table first), so no lock order of the job's
 -- avoids every cycle with them; but a job that gives up its wait before any deadlock check
--- runs is always the one that yields: a bot is never chosen as the deadlock's victim.
+-- runs is always the one that yields: a bot is never chosen as the deadlock's victim. The
+-- first statement of each locked step, which is sent whole in one round trip (one implicit
+-- transaction), so that its locks are held for the server's work alone.
 SELECT set_config('lock_timeout',
-                  least(%(lock_timeout_ms)s,
+                  least({lock_timeout_ms},
                         extract(epoch FROM current_setting('deadlock_timeout')::interval)
                         * 1000 / 2)::int || 'ms',
                   true)
 
--- name: partition_lock_for_create
--- First statements of a partition's creation: every lock its ATTACH needs, strongest mode
--- first (ATTACH also locks users, for the foreign key, and the DEFAULT partition; taken as
--- they came, they deadlocked with a begin_turn in the bench on PostgreSQL 15), so the
--- transaction waits only here, under partition_lock_timeout, and then takes milliseconds.
-LOCK TABLE users IN SHARE ROW EXCLUSIVE MODE;
+-- name: partition_lock_for_detach
+-- A detach (not CONCURRENTLY: the table has a DEFAULT partition) takes the table in ACCESS
+-- EXCLUSIVE mode, and users in SHARE ROW EXCLUSIVE mode (the detached table's foreign key gets
+-- triggers of its own there); taken first, the table before users as ATTACH takes them, for
+-- the milliseconds of the detach alone: nothing is read or dropped under them.
 LOCK TABLE {parent} IN ACCESS EXCLUSIVE MODE
 
--- name: partition_lock_for_drop
--- The same for a detach and drop: dropping the detached partition drops its foreign key, which
--- needs users in ACCESS EXCLUSIVE mode (every bot waits for these milliseconds).
-LOCK TABLE users IN ACCESS EXCLUSIVE MODE;
-LOCK TABLE {parent} IN ACCESS EXCLUSIVE MODE
+-- name: partition_exists
+-- Whether a table of that name exists: one made by an attempt whose attach was deferred.
+SELECT 1 WHERE to_regclass(%(name)s) IS NOT NULL
+
+-- name: partition_begun
+SELECT now() >= %(lower)s
 
 -- name: partition_create
--- A new partition is made outside the table and attached (ATTACH needs SHARE UPDATE EXCLUSIVE
--- on the table where CREATE TABLE ... PARTITION OF needs ACCESS EXCLUSIVE); the CHECK proves
--- its range so that ATTACH does not scan it. Identifiers and bounds are filled in by
+-- A new partition is made outside the table, in a transaction of its own, and attached later
+-- (ATTACH needs SHARE UPDATE EXCLUSIVE on the table, which the bots' writes do not conflict
+-- with, where CREATE TABLE ... PARTITION OF needs ACCESS EXCLUSIVE); the CHECK proves its
+-- range so that ATTACH does not scan it. Identifiers and bounds are filled in by
 -- jobs/partitions.py.
 CREATE TABLE {partition} (LIKE {parent} INCLUDING ALL);
 ALTER TABLE {partition} ADD CONSTRAINT {check} CHECK ({key} >= {lower} AND {key} < {upper})
+
+-- name: partition_lock_parent
+-- Only for a partition whose range the bots may be writing now (the job catching up after an
+-- outage): a row routed to the DEFAULT partition before the attach would fail its changed
+-- partition constraint after it, so the bots wait for the attach instead.
+LOCK TABLE {parent} IN ACCESS EXCLUSIVE MODE
+
+-- name: partition_lock_default
+-- ATTACH takes the DEFAULT partition in ACCESS EXCLUSIVE mode anyway (it must prove that no row
+-- there belongs to the new range); taken first, no bot can put such a row there between the
+-- move below and the attach.
+LOCK TABLE {default} IN ACCESS EXCLUSIVE MODE
 
 -- name: partition_adopt_default_rows
 -- Rows of the new range that went to the DEFAULT partition meanwhile move into it (ATTACH
@@ -354,6 +369,19 @@ ALTER TABLE {partition} DROP CONSTRAINT {check}
 
 -- name: partition_detach
 ALTER TABLE {parent} DETACH PARTITION {partition}
+
+-- name: partition_reattach
+-- A detached partition that must be kept after all (rows the rollup has not counted).
+ALTER TABLE {parent} ATTACH PARTITION {partition} FOR VALUES FROM ({lower}) TO ({upper})
+
+-- name: partition_foreign_keys
+-- The foreign keys of a detached partition: dropped on their own before the table, because
+-- dropping one removes its triggers on users, in ACCESS EXCLUSIVE mode, for every bot: alone,
+-- that lock is held for a catalog change, not for the table's drop.
+SELECT conname FROM pg_constraint WHERE conrelid = to_regclass(%(name)s) AND contype = 'f'
+
+-- name: partition_drop_foreign_key
+ALTER TABLE {partition} DROP CONSTRAINT {constraint}
 
 -- name: partition_detach_concurrently
 -- Allowed only when the table has no DEFAULT partition, and outside a transaction block.

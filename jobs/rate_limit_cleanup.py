@@ -12,12 +12,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from store.config import LONGEST_RATE_WINDOW_SECONDS, StoreConfig
-from store.settings import require
 
 from . import partitions
 from .base import (
     STORE_DEFAULTS,
-    BatchSettings,
     Connection,
     JobResult,
     Pause,
@@ -28,21 +26,12 @@ from .base import (
 
 
 @dataclass(frozen=True)
-class Settings(BatchSettings):
+class Settings(partitions.DdlSettings):
     # Extra time a window is kept after it ended (0: removed as soon as it ended).
     grace_seconds: int = 0
-    # Longest wait for the lock of a partition's detach; a partition not dropped in time waits
-    # for the next run.
-    lock_timeout_ms: int = 400
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require(
-            self.lock_timeout_ms >= 1,
-            "lock_timeout_ms",
-            self.lock_timeout_ms,
-            "a whole number of at least 1",
-        )
 
 
 def run(
@@ -55,7 +44,7 @@ def run(
     # A window starting in a partition ends at most the longest window after the partition's end.
     before = now - timedelta(seconds=LONGEST_RATE_WINDOW_SECONDS + settings.grace_seconds)
     dropped, dropped_rows, deferred = partitions.drop_expired(
-        conn, "rate_limits", before, settings.lock_timeout_ms
+        conn, "rate_limits", before, settings, pause
     )
     params = job_params(settings, now, store)
     done = main_then_retention(conn, "rate_limit_cleanup", None, params, settings, pause)

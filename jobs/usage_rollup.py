@@ -29,7 +29,6 @@ from store.settings import require
 from . import partitions
 from .base import (
     STORE_DEFAULTS,
-    BatchSettings,
     Connection,
     JobResult,
     Pause,
@@ -44,12 +43,9 @@ DAY = 86400
 
 
 @dataclass(frozen=True)
-class Settings(BatchSettings):
+class Settings(partitions.DdlSettings):
     # Raw rows older than this are removed once counted (whole partitions); 0 keeps them.
     prune_after_seconds: int = 0
-    # Longest wait for the lock of a partition's detach; a partition not dropped in time waits
-    # for the next run.
-    lock_timeout_ms: int = 400
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -58,12 +54,6 @@ class Settings(BatchSettings):
             "prune_after_seconds",
             self.prune_after_seconds,
             f"0 (keep raw rows) or at least {DAY} (a day: raw rows outlive their day)",
-        )
-        require(
-            self.lock_timeout_ms >= 1,
-            "lock_timeout_ms",
-            self.lock_timeout_ms,
-            "a whole number of at least 1",
         )
 
 
@@ -91,7 +81,7 @@ def run(
     if settings.prune_after_seconds > 0 and not stopped:
         before = now - timedelta(seconds=settings.prune_after_seconds)
         dropped, pruned, deferred = partitions.drop_expired(
-            conn, "usage_stats", before, settings.lock_timeout_ms, keep_if=_pending
+            conn, "usage_stats", before, settings, pause, keep_if=_pending
         )
         in_default, stopped = delete_batches(conn, "usage_prune", params, settings, pause)
         pruned += in_default

@@ -23,6 +23,7 @@ from store.config import StoreConfig
 from store.errors import ConfigurationError
 from store.settings import CENTURY_SECONDS, KeyPath, SettingError, Source, parse, require
 
+from .pacing import YieldSettings
 from .schedule import Schedule
 
 # Job settings that became store settings (one owner per value). The old names still work,
@@ -83,6 +84,12 @@ class Config:
     lock_timeout_seconds: int = 10
     ledger_retention_seconds: int = 30 * 86400
     migrate_on_start: bool = True
+    # Yielding to the bots (sessionkeeper/daemon/pacing.py, docs/daemon.md).
+    yield_to_bots: bool = True
+    yield_budget: float = 0.5
+    yield_min_rise_seconds: float = 0.002
+    yield_step_seconds: float = 0.1
+    yield_max_pause_seconds: float = 2.0
     # Not settings of their own: filled in by load_config.
     jobs: Mapping[str, JobConfig] = dataclasses.field(default_factory=dict)
     store: StoreConfig = dataclasses.field(default_factory=StoreConfig)
@@ -108,6 +115,24 @@ class Config:
                 f"a whole number from {minimum} to {maximum}",
             )
         require(self.log_format in ("text", "json"), "log_format", self.log_format, "text or json")
+        for key, most in (
+            ("yield_budget", 100.0),
+            ("yield_min_rise_seconds", 60.0),
+            ("yield_step_seconds", 60.0),
+            ("yield_max_pause_seconds", 3600.0),
+        ):
+            number = getattr(self, key)
+            require(0 <= number <= most, key, number, f"a number from 0 to {most:g}")
+
+    @property
+    def yielding(self) -> YieldSettings:
+        return YieldSettings(
+            enabled=self.yield_to_bots,
+            budget=self.yield_budget,
+            min_rise_seconds=self.yield_min_rise_seconds,
+            step_seconds=self.yield_step_seconds,
+            max_pause_seconds=self.yield_max_pause_seconds,
+        )
 
 
 # The fields of Config that are no top-level keys of the file.

@@ -16,6 +16,8 @@ from prometheus_client.registry import Collector
 from sessionkeeper.jobs.partitions import KEYS as PARTITIONED_TABLES
 from sessionkeeper.jobs.runner import RunReport
 
+from .pacing import PaceState
+
 OUTCOMES = ("success", "failure", "skipped")
 # From a few milliseconds (nothing to do) to an hour (a large backlog).
 DURATION_BUCKETS = (0.005, 0.025, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600)
@@ -86,6 +88,31 @@ class DaemonMetrics:
         for table in PARTITIONED_TABLES:
             # Unknown (NaN, which no alert threshold matches) until the first gauge refresh.
             self.partitions_ahead.labels(table).set(float("nan"))
+        # Yielding to the bots (pacing.py): the signal, its budget, and what the job gives up.
+        self.probe = Gauge(
+            "sessionkeeper_job_probe_seconds",
+            "Latency of the probe statement at the job's last batch boundary (the bots' view).",
+            ["job"],
+            registry=r,
+        )
+        self.probe_budget = Gauge(
+            "sessionkeeper_job_probe_budget_seconds",
+            "Probe latency above which the job yields: its idle baseline plus the budget.",
+            ["job"],
+            registry=r,
+        )
+        self.yield_pause = Gauge(
+            "sessionkeeper_job_yield_pause_seconds",
+            "Extra pause the job now takes between batches because the bots feel it (0: none).",
+            ["job"],
+            registry=r,
+        )
+        self.yielded = Counter(
+            "sessionkeeper_job_yielded_seconds",
+            "Time jobs spent paused to yield to the bots.",
+            ["job"],
+            registry=r,
+        )
         self.domain = {
             name: Gauge(f"sessionkeeper_{name}", text, registry=r)
             for name, text in DOMAIN_GAUGES.items()
@@ -97,6 +124,8 @@ class DaemonMetrics:
             self.last_success.labels(job)
             self.rows.labels(job)
             self.missed.labels(job)
+            for metric in (self.probe, self.probe_budget, self.yield_pause, self.yielded):
+                metric.labels(job)
 
     def observe(self, report: RunReport) -> None:
         self.runs.labels(report.job, report.outcome).inc()
@@ -109,6 +138,12 @@ class DaemonMetrics:
             self.last_success.labels(report.job).set(report.finished_at)
             if report.job == "proactive_reload" and "size" in report.details:
                 self.domain["proactive_users"].set(report.details["size"])
+
+    def pace(self, job: str, state: PaceState, yielded: float) -> None:
+        self.probe.labels(job).set(state.signal_seconds)
+        self.probe_budget.labels(job).set(state.limit_seconds)
+        self.yield_pause.labels(job).set(state.extra_pause_seconds)
+        self.yielded.labels(job).inc(yielded)
 
     def set_intervals(self, seconds: dict[str, float]) -> None:
         for job, value in seconds.items():

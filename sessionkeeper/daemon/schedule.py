@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import random
 import re
 import statistics
 from dataclasses import dataclass
@@ -43,15 +44,15 @@ class Schedule:
             ) from None
         return cls(text.strip(), cron=text.strip())
 
-    def trigger(self, jitter_seconds: int) -> BaseTrigger:
-        jitter = jitter_seconds or None
+    def trigger(self, jitter_seconds: int, rng: random.Random | None = None) -> SlotTrigger:
+        """The daemon's trigger: one fire time in every slot, up to ``jitter_seconds`` late."""
+        return SlotTrigger(self, jitter_seconds, rng)
+
+    def slots(self) -> BaseTrigger:
+        """APScheduler's trigger for the unjittered slots."""
         if self.interval_seconds is not None:
-            return IntervalTrigger(
-                seconds=self.interval_seconds, start_date=ANCHOR, timezone=UTC, jitter=jitter
-            )
-        trigger = _cron_trigger(self.cron)
-        trigger.jitter = jitter
-        return trigger
+            return IntervalTrigger(seconds=self.interval_seconds, start_date=ANCHOR, timezone=UTC)
+        return _cron_trigger(self.cron)
 
     def describe(self) -> str:
         if self.interval_seconds is not None:
@@ -107,6 +108,43 @@ class Schedule:
                     last = following
             span *= 4
         return now
+
+
+class SlotTrigger(BaseTrigger):  # type: ignore[misc]  # APScheduler 3 ships no types
+    """Fires once in every slot of a schedule, at the slot plus a fresh random jitter.
+
+    APScheduler 3 computes a trigger's next fire time from the previous *jittered* one
+    (``Job._get_run_times``), so its own ``jitter=`` adds up: an interval job drifts later on
+    every run and, each time the drift crosses a period, skips a slot. This trigger maps the
+    previous fire time back to its slot (jitter is at most half the shortest period, so the
+    mapping is exact), steps to the next slot, and jitters that afresh.
+    """
+
+    def __init__(
+        self, schedule: Schedule, jitter_seconds: int, rng: random.Random | None = None
+    ) -> None:
+        self.schedule = schedule
+        self.jitter_seconds = jitter_seconds
+        self._slots = schedule.slots()
+        self._rng = rng or random.Random()
+
+    def get_next_fire_time(
+        self, previous_fire_time: datetime | None, now: datetime
+    ) -> datetime | None:
+        if previous_fire_time is None:
+            slot: datetime | None = self._slots.get_next_fire_time(None, now)
+        else:
+            previous = self.schedule.slot(previous_fire_time)
+            slot = self._slots.get_next_fire_time(previous, previous + timedelta(microseconds=1))
+        if slot is None or not self.jitter_seconds:
+            return slot
+        return slot + timedelta(seconds=self._rng.uniform(0, self.jitter_seconds))
+
+    def __str__(self) -> str:
+        return f"{self.schedule.describe()}, jitter {self.jitter_seconds}s"
+
+    def __repr__(self) -> str:
+        return f"SlotTrigger({self.schedule.text!r}, jitter_seconds={self.jitter_seconds})"
 
 
 _DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")

@@ -7,9 +7,11 @@ Metrics and the run log line hang on APScheduler's events, not inside the jobs.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,6 +31,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from sessionkeeper.jobs import JOB_NAMES, partitions, session_archival
+from sessionkeeper.jobs.base import Pause
 from sessionkeeper.jobs.runner import JobFailed, RunReport, describe_error, run_job
 from sessionkeeper.jobs.sql import QUERIES
 from store.errors import ConfigurationError
@@ -37,6 +40,7 @@ from .config import Config
 from .endpoints import MetricsServer
 from .logs import log_run
 from .metrics import DaemonMetrics
+from .pacing import Pacer, connection_probe
 
 log = logging.getLogger("sessionkeeper")
 GAUGE_JOB_ID = "_domain_gauges"
@@ -74,8 +78,9 @@ class Daemon:
         self.metrics.set_intervals(
             {name: job.schedule.typical_period_seconds() for name, job in config.jobs.items()}
         )
+        self.job_conninfo = job_conninfo(conninfo, config)
         self.pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
-            job_conninfo(conninfo, config),
+            self.job_conninfo,
             min_size=1,
             max_size=config.pool_size,
             kwargs={"autocommit": True},
@@ -163,18 +168,43 @@ class Daemon:
     def _run_scheduled(self, name: str) -> RunReport:
         job = self.config.jobs[name]
         now = datetime.now(UTC)
-        return run_job(
-            lambda: self.pool.connection(),
-            name,
-            job.settings,
-            replica_id=self.config.replica_id,
-            now=now,
-            slot=job.schedule.slot(now).isoformat(),
-            # A stop request ends a pause between batches at once.
-            pause=self.stopping.wait,
-            ledger_keep_seconds=self.config.ledger_retention_seconds,
-            store=self.config.store,
-        )
+        with self._pause_for(name) as pause:
+            return run_job(
+                lambda: self.pool.connection(),
+                name,
+                job.settings,
+                replica_id=self.config.replica_id,
+                now=now,
+                slot=job.schedule.slot(now).isoformat(),
+                pause=pause,
+                ledger_keep_seconds=self.config.ledger_retention_seconds,
+                store=self.config.store,
+            )
+
+    @contextlib.contextmanager
+    def _pause_for(self, name: str) -> Iterator[Pause]:
+        """The pause between the job's batches: a stop request ends it at once, and with
+        yield_to_bots on, a Pacer lengthens it while the bots feel the job."""
+        if not self.config.yield_to_bots:
+            yield self.stopping.wait
+            return
+        try:
+            probe, close = connection_probe(self.job_conninfo)
+        except psycopg.Error as exc:
+            # The run itself will meet the same database; it is not worth failing for the probe.
+            log.debug("job %s runs without yielding: no probe connection (%s)", name, exc)
+            yield self.stopping.wait
+            return
+        try:
+            yield Pacer(
+                name,
+                self.config.yielding,
+                probe,
+                self.stopping.wait,
+                lambda state, yielded: self.metrics.pace(name, state, yielded),
+            )
+        finally:
+            close()
 
     def _on_event(self, event: JobEvent) -> None:
         if event.job_id not in JOB_NAMES:

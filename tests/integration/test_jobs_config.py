@@ -187,8 +187,8 @@ def test_passwords_never_appear_in_errors() -> None:
 
 def test_interval_schedules_are_aligned_so_replicas_share_slots() -> None:
     schedule = Schedule.parse("5m")
-    trigger = schedule.trigger(jitter_seconds=20)
-    assert isinstance(trigger, IntervalTrigger) and trigger.jitter == 20
+    assert isinstance(schedule.slots(), IntervalTrigger)
+    assert schedule.trigger(jitter_seconds=20).jitter_seconds == 20
     now = datetime(2026, 3, 10, 12, 7, 31, tzinfo=UTC)
     slot = datetime(2026, 3, 10, 12, 5, tzinfo=UTC)
     assert schedule.slot(now) == slot
@@ -200,7 +200,7 @@ def test_interval_schedules_are_aligned_so_replicas_share_slots() -> None:
 
 def test_cron_schedules_have_slots_too() -> None:
     schedule = Schedule.parse("30 3 * * 1")  # Mondays 03:30 UTC
-    assert isinstance(schedule.trigger(0), CronTrigger)
+    assert isinstance(schedule.slots(), CronTrigger)
     assert schedule.describe() == "cron 30 3 * * 1 UTC"
     monday = datetime(2026, 3, 9, 3, 30, tzinfo=UTC)
     assert schedule.slot(monday + timedelta(days=2)) == monday

@@ -3,6 +3,8 @@ watermark rollup that never rewrites a raw row."""
 
 from __future__ import annotations
 
+import itertools
+import re
 import threading
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -11,6 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from sessionkeeper.admin import migrate
 from sessionkeeper.jobs import partition_maintenance, partitions, rate_limit_cleanup, usage_rollup
 from store import Store
 
@@ -156,7 +159,11 @@ def test_a_partition_holding_uncounted_rows_is_kept(conn: Conn) -> None:
     track(conn, user, NOW - 40 * DAY)
     # Prune without rolling up first: the check under the detach's lock keeps the partition.
     dropped = partitions.drop_expired(
-        conn, "usage_stats", NOW - 30 * DAY, 1000, keep_if=usage_rollup._pending
+        conn,
+        "usage_stats",
+        NOW - 30 * DAY,
+        partitions.DdlSettings(lock_timeout_ms=1000),
+        keep_if=usage_rollup._pending,
     )
     assert dropped == (2, 0, 1)
     assert conn.execute("SELECT count(*) FROM usage_stats").fetchone() == (1,)
@@ -294,3 +301,107 @@ def test_bots_never_fail_while_partitions_are_made_and_dropped(
             thread.join(60)
     assert errors == []
     assert turns[0] > 0 and made > 0 and dropped > 0
+
+
+# -- partition DDL and the bots' lock waits ----------------------------------------------------
+
+# The bound of issue 24: no bot statement waits on a lock of the job's for longer.
+LOCK_WAIT_BOUND_MS = 10
+_WAITING = re.compile(r"process (\d+) still waiting for .* after ([\d.]+) ms")
+_HOLDERS = re.compile(r"Process(?:es)? holding the lock: ([\d, ]+)\. Wait queue: ([\d, ]+)\.")
+
+
+def waits_on(log: str, job_pid: int) -> list[str]:
+    """The server's reports (log_lock_waits, after deadlock_timeout) of a wait that the job
+    caused: the job held the lock, or its own request was queued ahead of the waiter's."""
+    caused = []
+    lines = log.splitlines()
+    for line, detail in itertools.pairwise(lines):
+        waiting, holding = _WAITING.search(line), _HOLDERS.search(detail)
+        if waiting is None or holding is None:
+            continue
+        holders = {int(p) for p in holding[1].split(",")}
+        queue = [int(p) for p in holding[2].split(",")]
+        waiter = int(waiting[1])
+        ahead = queue[: queue.index(waiter)] if waiter in queue else []
+        if job_pid in holders or job_pid in ahead:
+            caused.append(f"{line} / {detail}")
+    return caused
+
+
+@pytest.mark.slow
+def test_bots_never_wait_on_partition_ddl_beyond_the_bound(
+    embedded_server_factory: Any,
+) -> None:
+    # A server of its own that reports every lock wait longer than the bound.
+    server = embedded_server_factory()
+    server.start()
+    with psycopg.connect(server.url("postgres"), autocommit=True) as admin:
+        admin.execute("ALTER SYSTEM SET log_lock_waits = on")
+        admin.execute(f"ALTER SYSTEM SET deadlock_timeout = '{LOCK_WAIT_BOUND_MS}ms'")
+        admin.execute("SELECT pg_reload_conf()")
+    url = server.ensure_database("ddl")
+    migrate.upgrade(url)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    turns = [0]
+
+    def bot(number: int) -> None:
+        with Store(url, max_size=1, rate_per_minute=None) as store:
+            while not stop.is_set():
+                try:
+                    turn = store.begin_turn("telegram", f"ddl-bot{number}")
+                    store.finish_turn(turn, "q", "a", input_tokens=1, output_tokens=1)
+                    turns[0] += 1
+                except BaseException as exc:
+                    errors.append(exc)
+                    return
+
+    real_now = datetime.now(UTC)
+    settings = partition_maintenance.Settings(ahead=3)
+    with psycopg.connect(url, autocommit=True) as conn:
+        job_pid = conn.info.backend_pid
+        # Partitions for the past week and today, as a running daemon would have left them.
+        partition_maintenance.run(conn, settings, real_now - 8 * DAY)
+        partition_maintenance.run(conn, settings, real_now)
+        bots = [threading.Thread(target=bot, args=(n,)) for n in range(3)]
+        for thread in bots:
+            thread.start()
+        made = dropped = 0
+        try:
+            for step in range(1, 8):
+                # One day on: the next partition ahead made, the oldest dropped.
+                made += partition_maintenance.run(
+                    conn, partition_maintenance.Settings(ahead=3 + step), real_now
+                ).details["created"]
+                dropped += rate_limit_cleanup.run(
+                    conn, rate_limit_cleanup.Settings(), real_now - (7 - step) * DAY
+                ).details["partitions_dropped"]
+                usage_rollup.run(
+                    conn,
+                    usage_rollup.Settings(prune_after_seconds=86400),
+                    real_now - (7 - step) * DAY,
+                )
+        finally:
+            stop.set()
+            for thread in bots:
+                thread.join(60)
+    assert errors == [] and turns[0] > 0
+    assert made >= 7 and dropped > 0
+    assert waits_on(server.log_file.read_text(), job_pid) == []
+
+
+def test_the_wait_reports_are_read_as_the_server_writes_them() -> None:
+    # The check above must be able to fail: a report of a wait the job caused is found.
+    log = (
+        "LOG:  process 42 still waiting for RowExclusiveLock on relation 16500 of database 5"
+        " after 12.345 ms\n"
+        "DETAIL:  Process holding the lock: 7. Wait queue: 42.\n"
+        "LOG:  process 43 still waiting for RowExclusiveLock on relation 16500 of database 5"
+        " after 11.000 ms\n"
+        "DETAIL:  Processes holding the lock: 8, 9. Wait queue: 7, 43.\n"
+        "LOG:  process 44 still waiting for ShareLock on transaction 800 after 10.500 ms\n"
+        "DETAIL:  Process holding the lock: 9. Wait queue: 44.\n"
+    )
+    assert len(waits_on(log, 7)) == 2
+    assert waits_on(log, 1) == []

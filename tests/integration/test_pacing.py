@@ -1,0 +1,143 @@
+"""Yielding by measurement (sessionkeeper/daemon/pacing.py): a real job, a real probe, a real
+extra load on the server. The pacer's waits are recorded instead of slept, so the test measures
+its decisions, not the clock."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+
+from sessionkeeper.daemon.config import load_config
+from sessionkeeper.daemon.pacing import Pacer, PaceState, YieldSettings, connection_probe
+from sessionkeeper.jobs import session_archival
+from sessionkeeper.jobs.base import Pause
+from store.errors import ConfigurationError
+
+Conn = psycopg.Connection[tuple[Any, ...]]
+NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
+# The extra load: a neighbour that keeps taking the lock of a table every turn reads, 20 ms at a
+# time (what a careless migration or a long transaction does to the bots). Lock waits, unlike
+# CPU contention on a machine shared with other work, raise the bots' latency every time.
+LOAD_CONNECTIONS = 2
+LOAD_STATEMENT = "LOCK TABLE users IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(0.02)"
+
+
+@contextmanager
+def extra_load(url: str) -> Iterator[threading.Event]:
+    """Runs the extra load for the block (or until the yielded event is set)."""
+    stop = threading.Event()
+    # The block starts once every load connection is open and about to run its statement.
+    connected = threading.Barrier(LOAD_CONNECTIONS + 1)
+
+    def work() -> None:
+        with psycopg.connect(url, autocommit=True) as conn:
+            connected.wait()
+            while not stop.is_set():
+                conn.execute(LOAD_STATEMENT)
+
+    threads = [threading.Thread(target=work) for _ in range(LOAD_CONNECTIONS)]
+    for thread in threads:
+        thread.start()
+    connected.wait()
+    try:
+        yield stop
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+
+
+def backlog(conn: Conn, sessions: int) -> None:
+    user = conn.execute(
+        "INSERT INTO users (channel, channel_user_id) VALUES ('telegram', %s) RETURNING user_id",
+        (uuid.uuid4().hex,),
+    ).fetchone()
+    assert user is not None
+    conn.execute(
+        "INSERT INTO sessions (user_id, last_active) SELECT %s, %s FROM generate_series(1, %s)",
+        (user[0], NOW - timedelta(days=60), sessions),
+    )
+
+
+def stop_after(pause: Pause, boundaries: int) -> Pause:
+    """``pause``, asking the run to stop once it was called ``boundaries`` times."""
+    calls = itertools.count(1)
+
+    def paced(seconds: float) -> bool:
+        return pause(seconds) or next(calls) >= boundaries
+
+    return paced
+
+
+@pytest.mark.slow
+def test_a_job_backs_off_under_extra_load_and_finishes_once_it_stops(
+    database_url: str, conn: Conn
+) -> None:
+    backlog(conn, 60)
+    probe, close = connection_probe(database_url)
+    waits: list[float] = []
+    states: list[PaceState] = []
+
+    def wait(seconds: float) -> bool:
+        waits.append(seconds)  # recorded, not slept: the load below is what the probe sees
+        return False
+
+    def record(state: PaceState, yielded: float) -> None:
+        states.append(dataclasses.replace(state))
+
+    yielding = YieldSettings(step_seconds=0.05, max_pause_seconds=0.4)
+    pacer = Pacer("session_archival", yielding, probe, wait, record)
+    settings = session_archival.Settings(batch_size=1, pause_ratio=0, pause_seconds=0)
+    try:
+        # Five batch boundaries idle, twenty under the extra load, and the rest after it.
+        idle = session_archival.run(conn, settings, NOW, stop_after(pacer, 5))
+        with extra_load(database_url):
+            loaded = session_archival.run(conn, settings, NOW, stop_after(pacer, 20))
+        after = session_archival.run(conn, settings, NOW, pacer)
+    finally:
+        close()
+    assert (idle.rows, loaded.rows, after.rows) == (5, 20, 35)
+    assert idle.stopped and loaded.stopped and not after.stopped  # the job finished
+    extra = [state.extra_pause_seconds for state in states[1:]]  # states[0]: the baseline
+    assert len(extra) == len(waits) == 5 + 20 + 35
+    # Idle: no yield. Under the load the probe is over budget and the pause doubles up to its
+    # cap. After it the pause shrinks step by step, back to nothing.
+    assert extra[:5] == [0.0] * 5
+    assert any(s.signal_seconds > s.limit_seconds for s in states[6:26])
+    assert max(extra[5:25]) == yielding.max_pause_seconds
+    assert 0.0 in extra[25:] and extra[-1] < yielding.max_pause_seconds
+    # What the job asked to wait is its own pause plus the yield's.
+    assert waits == pytest.approx(extra)
+
+
+def test_a_failing_probe_keeps_the_pace_and_the_job_going() -> None:
+    def probe() -> float:
+        raise psycopg.OperationalError("the probe's connection is gone")
+
+    waits: list[float] = []
+
+    def wait(seconds: float) -> bool:
+        waits.append(seconds)
+        return False
+
+    pacer = Pacer("usage_rollup", YieldSettings(), probe, wait)
+    assert pacer(0.25) is False
+    assert waits == [0.25]
+
+
+def test_yielding_is_configured_and_can_be_turned_off() -> None:
+    config = load_config(
+        {"SESSIONKEEPER_YIELD_TO_BOTS": "false", "SESSIONKEEPER_YIELD_BUDGET": "1"}
+    )
+    assert config.yielding == YieldSettings(enabled=False, budget=1.0)
+    with pytest.raises(ConfigurationError, match="SESSIONKEEPER_YIELD_BUDGET"):
+        load_config({"SESSIONKEEPER_YIELD_BUDGET": "-1"})
