@@ -407,8 +407,15 @@ def test_dashboards_and_alerts_work_against_a_real_daemon_and_bot(
         time.sleep(0.5)
     assert not empty, f"panels without series: {empty}"
 
-    # The template variables offer the replica and every job.
-    for label, expected in (("instance", {daemon.url.removeprefix("http://")}), ("job", None)):
+    # The template variables offer the replica and every job (job_name). Scraped without
+    # honor_labels, `job` is the scrape job's; the daemon's deprecated `job` (the maintenance
+    # job, kept until the next release) arrives as exported_job.
+    for label, expected in (
+        ("instance", {daemon.url.removeprefix("http://")}),
+        ("job_name", None),
+        ("job", {"sessionkeeper"}),
+        ("exported_job", None),
+    ):
         status, body = http_get(
             prometheus.url
             + f"/api/v1/label/{label}/values?"

@@ -88,6 +88,18 @@ def test_the_rules_read_only_series_the_daemon_and_bots_export(database_url: str
     )
 
 
+def test_the_rules_name_the_maintenance_job_by_job_name() -> None:
+    """``job`` is the scrape job (Prometheus's target label, no honor_labels); the daemon's
+    maintenance job is ``job_name``. Its deprecated ``job`` label (exported_job once scraped)
+    is used by no rule, so nothing breaks when the next release drops it."""
+    groups = yaml.safe_load(ALERTS.read_text())["groups"]
+    for rule in (r for g in groups for r in g["rules"]):
+        assert not re.search(r'\bjob\b(?!\s*=\s*"sessionkeeper")', rule["expr"]), rule
+        for text in (rule["expr"], *rule.get("annotations", {}).values()):
+            assert "exported_job" not in text and not re.search(r"\$labels\.job\b", text)
+    assert "job_name" in rule_expressions()["SessionkeeperJobFailing"]
+
+
 def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
     tests = yaml.safe_load(ALERT_TESTS.read_text())
     assert tests["rule_files"] == [ALERTS.name]
