@@ -193,7 +193,14 @@ def test_compose_schema_check_rejects_a_broken_file(tmp_path: Path) -> None:
 
 def test_compose_wires_postgres_migrate_daemons_prometheus_and_grafana() -> None:
     services = compose()["services"]
-    assert set(services) == {"postgres", "migrate", "sessionkeeper", "prometheus", "grafana"}
+    assert set(services) == {
+        "postgres",
+        "migrate",
+        "sessionkeeper",
+        "sample-bot",
+        "prometheus",
+        "grafana",
+    }
 
     migrate, daemon = services["migrate"], services["sessionkeeper"]
     assert migrate["command"] == ["migrate"]
@@ -235,6 +242,29 @@ def test_compose_prometheus_scrapes_every_daemon_replica_with_its_labels() -> No
     (sd,) = scrape["dns_sd_configs"]
     assert sd["names"] == ["sessionkeeper"] and sd["type"] == "A"
     assert sd["port"] == METRICS_PORT
+
+
+def test_compose_runs_the_sample_bot_and_prometheus_scrapes_it() -> None:
+    """The sample bot (deploy/sample_bot.py, run for real in test_prometheus_live.py) runs from
+    the daemon's image against the same database once migrated, and is Prometheus's bots job."""
+    services = compose()["services"]
+    bot = services["sample-bot"]
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in bot["volumes"]}
+    script = mounts[bot["entrypoint"][-1]]
+    assert (DEPLOY / script).resolve() == DEPLOY / "sample_bot.py"
+    assert (
+        bot["environment"]["DATABASE_URL"]
+        == services["sessionkeeper"]["environment"]["DATABASE_URL"]
+    )
+    assert bot["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    command = bot["command"]
+    port = command[command.index("--port") + 1]
+    assert command[command.index("--host") + 1] == "0.0.0.0"
+    assert port in " ".join(bot["healthcheck"]["test"])
+    config = load_yaml(DEPLOY / "prometheus/prometheus.yml")
+    (scrape,) = [s for s in config["scrape_configs"] if s["job_name"] == "sessionkeeper-bots"]
+    assert scrape["static_configs"] == [{"targets": [f"sample-bot:{port}"]}]
+    assert "sample-bot" in services["prometheus"]["depends_on"]
 
 
 def test_compose_grafana_provisions_the_datasources_and_dashboards() -> None:
@@ -419,7 +449,8 @@ def test_one_image_tag_everywhere_the_project_version() -> None:
     built = re.findall(r"docker build .*-t (\S+)", dockerfile_text)
     assert built == [tag]
     images = {name: s["image"] for name, s in compose()["services"].items() if "build" in s}
-    assert set(images) == {"migrate", "sessionkeeper"} and set(images.values()) == {tag}
+    assert set(images) == {"migrate", "sessionkeeper", "sample-bot"}
+    assert set(images.values()) == {tag}
     containers = [
         (name, c["image"])
         for name, document in k8s_documents()

@@ -51,6 +51,8 @@ def test_the_required_alerts_exist() -> None:
         "SessionkeeperPoolExhausted",
         "SessionkeeperArchivalFallingBehind",
         "SessionkeeperBotBeginTurnSlow",
+        "SessionkeeperBotStoreErrors",
+        "SessionkeeperBotPoolExhausted",
     } <= set(names)
 
 
@@ -62,13 +64,15 @@ def rule_expressions() -> dict[str, str]:
 def test_the_rules_read_only_series_the_daemon_and_bots_export(database_url: str) -> None:
     """The alerts hold no copy of the daemon's configuration (such as the jobs' schedules, which
     operators change): they read it from the daemon's own series, every one of which exists,
-    or from the bots' (store.metrics)."""
+    or from the bots' (store.metrics; the errors counter once a call has raised)."""
     metrics = DaemonMetrics(JOB_NAMES)
     metrics.add_pool(dict)
     metrics.set_intervals({name: 60.0 for name in JOB_NAMES})
     bots = CollectorRegistry()
     with Store(database_url, max_size=1) as db:
         store.metrics.instrument(db, registry=bots)
+        with pytest.raises(store.InvalidInput):
+            db.begin_turn("Not A Channel", "1")
         exported = {
             sample.name
             for registry in (metrics.registry, bots)
