@@ -1,6 +1,7 @@
-"""Bot-side Prometheus metrics for a ``Store`` or ``AsyncStore`` (extra ``sessionkeeper[metrics]``).
+"""Bot-side Prometheus metrics for a ``Store`` or ``AsyncStore``.
 
-``import store`` never imports this module (nor prometheus_client); a bot opts in::
+prometheus-client is a dependency of sessionkeeper (no extra needed), but ``import store`` never
+imports this module (nor prometheus_client); a bot opts in::
 
     registry = prometheus_client.CollectorRegistry()
     store.metrics.instrument(db, registry=registry)
