@@ -27,6 +27,7 @@ Serving the registry over HTTP is the bot's choice (``prometheus_client.start_ht
 from __future__ import annotations
 
 import functools
+import itertools
 import threading
 import time
 import weakref
@@ -79,10 +80,10 @@ class StoreMetrics:
         registry.register(self.pools)
 
     def add(self, db: Store | AsyncStore, name: str | None) -> None:
+        self.pools.add(db, name)  # first: a refused name leaves the registry as it was
         windows, _ = db.config.rate_windows()
         for window in windows:
             self.refused.labels(str(window))
-        self.pools.add(db, name)
 
     def record(
         self, operation: str, started: float, result: object, error: Exception | None
@@ -191,11 +192,13 @@ class _PoolCollector(Collector):
         self.added = 0
 
     def add(self, db: Store | AsyncStore, name: str | None) -> None:
+        if name is None:  # the next ordinal no store holds
+            numbers = itertools.count(self.added + 1)
+            name = next(str(n) for n in numbers if str(n) not in self.stores)
+        if not name or name in self.stores:
+            raise ConfigurationError(f"store name {name!r} is empty or taken on this registry")
+        self.stores[name] = db
         self.added += 1
-        label = str(self.added) if name is None else name
-        if not label or label in self.stores:
-            raise ConfigurationError(f"store name {label!r} is empty or taken on this registry")
-        self.stores[label] = db
 
     def collect(self) -> Iterable[Metric]:
         stats = {label: db.pool_stats() for label, db in sorted(self.stores.items())}
