@@ -142,7 +142,6 @@ class PacedLoad:
         self.workers = workers
         self.interval = workers / rate
         self.latencies: list[list[float]] = [[] for _ in range(workers)]
-        self._recording = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.errors: list[BaseException] = []

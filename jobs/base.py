@@ -27,7 +27,7 @@ Connection = psycopg.Connection[Any]
 Pause = Callable[[float], bool]
 # One batch of a pass: does its work on the connection (inside the batch's transaction) and
 # returns how many rows it handled; fewer than ``batch_size`` ends the pass.
-Step = Callable[[Connection], int]
+Batch = Callable[[Connection], int]
 # The store's settings when a job is called without them (tests, benchmarks).
 STORE_DEFAULTS = StoreConfig()
 
@@ -118,7 +118,7 @@ def committed(rows: int) -> None:
 
 
 def batches(
-    conn: Connection, step: Step, settings: BatchSettings, pause: Pause
+    conn: Connection, step: Batch, settings: BatchSettings, pause: Pause
 ) -> tuple[int, bool]:
     """Run ``step`` in one short transaction per batch until a batch comes back short.
 
@@ -162,7 +162,7 @@ class Passes:
 
 def main_then_retention(
     conn: Connection,
-    main: Step | str,
+    main: Batch | str,
     retention: str | None,
     params: Mapping[str, Any],
     settings: BatchSettings,

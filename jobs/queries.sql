@@ -1,10 +1,11 @@
 -- Every statement the maintenance jobs run, by name (loaded by jobs/sql.py).
--- Each block starts with a name line and runs up to the next one; comment lines are dropped.
+-- Each block starts with a name line ("-- name --") and runs up to the next one; comment lines
+-- are dropped (store.queries.parse, the one parser of every .sql file of named statements).
 -- Parameters are psycopg named placeholders; time is always passed in as %(now)s so that
 -- tests and benchmarks control it. Batches lock their rows with FOR UPDATE SKIP LOCKED: a row
 -- that an online call is using is left for the next batch instead of waiting for it.
 
--- name: rate_limit_cleanup
+-- rate_limit_cleanup --
 -- Only for the DEFAULT partition (rate_limits_default, the safety net for windows no partition
 -- covers, normally empty): whole partitions of ended windows are dropped instead (jobs/
 -- partitions.py). A window can no longer affect a decision once it has ended (plus a grace
@@ -24,7 +25,7 @@ WHERE r.user_id = b.user_id
   AND r.window_seconds = b.window_seconds
   AND r.window_start = b.window_start
 
--- name: link_code_expiry
+-- link_code_expiry --
 -- Codes that expired or were used more than retention_seconds ago.
 WITH b AS (
     SELECT code
@@ -39,7 +40,7 @@ DELETE FROM link_codes c
 USING b
 WHERE c.code = b.code
 
--- name: link_code_failures_expiry
+-- link_code_failures_expiry --
 -- Lock-outs that ended and failure windows that can no longer lead to one (the window is the
 -- store's link_failure_window, the one the store counts failures in).
 WITH b AS (
@@ -55,7 +56,7 @@ DELETE FROM link_code_failures f
 USING b
 WHERE f.user_id = b.user_id
 
--- name: archive_sessions
+-- archive_sessions --
 -- Step 1 of a batch: copy idle sessions to the archive, keeping them locked until commit.
 -- Messages must move before the session rows go (their foreign key cascades). A session
 -- restored from the archive stays online for idle_seconds after its restoration.
@@ -74,7 +75,7 @@ FROM sessions s
 JOIN b USING (session_id)
 RETURNING session_id
 
--- name: archive_session_messages
+-- archive_session_messages --
 -- Step 2: move the messages of the sessions of step 1, in order.
 WITH moved AS (
     DELETE FROM session_messages
@@ -86,12 +87,12 @@ SELECT session_id, seq, role, content, created_at, extra
 FROM moved
 ORDER BY session_id, seq
 
--- name: archive_delete_sessions
+-- archive_delete_sessions --
 -- Step 3: the sessions of step 1 leave the online table.
 DELETE FROM sessions
 WHERE session_id = ANY(%(session_ids)s)
 
--- name: purge_archived_sessions
+-- purge_archived_sessions --
 -- Archives older than the retention period; their messages go with them (foreign key).
 WITH b AS (
     SELECT session_id
@@ -105,7 +106,7 @@ DELETE FROM archived_sessions a
 USING b
 WHERE a.session_id = b.session_id
 
--- name: restore_session
+-- restore_session --
 -- Bring an archived session back online (step 1 of 3, one transaction). It keeps its
 -- last_active, so it does not become the user's current session, unless %(make_current)s
 -- moves last_active to now. restored_at keeps archival from taking it back at once.
@@ -118,7 +119,7 @@ WHERE session_id = %(session_id)s
 FOR UPDATE
 RETURNING session_id
 
--- name: restore_session_messages
+-- restore_session_messages --
 -- Step 2: copy its messages back, in order, with the session's user (revision 0014).
 INSERT INTO session_messages (user_id, session_id, seq, role, content, created_at, extra)
 SELECT s.user_id, m.session_id, m.seq, m.role, m.content, m.created_at, m.extra
@@ -126,12 +127,12 @@ FROM archived_session_messages m JOIN archived_sessions s ON s.session_id = m.se
 WHERE m.session_id = %(session_id)s
 ORDER BY m.seq
 
--- name: restore_delete_archive
+-- restore_delete_archive --
 -- Step 3: drop the archive copy (its messages go with it).
 DELETE FROM archived_sessions
 WHERE session_id = %(session_id)s
 
--- name: proactive_upsert
+-- proactive_upsert --
 -- One batch of the current proactive users (keyset over user_id), written only when changed.
 -- Who they are is sk_proactive_candidates (store/sql/functions.sql), which the store's
 -- load_users_from_db reads too: authenticated users of the store's proactive_channel (chat id =
@@ -155,7 +156,7 @@ SELECT (SELECT count(*) FROM source) AS seen,
        (SELECT user_id FROM source ORDER BY user_id DESC LIMIT 1) AS last_user_id,
        (SELECT count(*) FROM written) AS written
 
--- name: proactive_remove_stale
+-- proactive_remove_stale --
 -- List entries whose user is no longer a proactive user.
 WITH b AS (
     SELECT l.user_id
@@ -170,19 +171,19 @@ DELETE FROM proactive_user_list l
 USING b
 WHERE l.user_id = b.user_id
 
--- name: proactive_list_size
+-- proactive_list_size --
 SELECT count(*) FROM proactive_user_list
 
--- name: proactive_publish
+-- proactive_publish --
 -- Raise the list's version and NOTIFY the bots when it changed (or was never published).
 SELECT sk_publish_proactive_list(%(changed)s)
 
--- name: usage_rollup_lock
+-- usage_rollup_lock --
 -- First statement of every rollup batch: the watermark, locked until the batch commits, so
 -- that batches never overlap and erasure (sk_forget) waits for a batch in progress.
 SELECT watermark FROM usage_rollup_state FOR UPDATE
 
--- name: usage_rollup
+-- usage_rollup --
 -- One batch of the watermark rollup: the raw rows with inserted_xid from the watermark up to
 -- the bound, added to the daily totals (UTC days), and the watermark moved to the bound, in one
 -- transaction. The bound is at most the oldest transaction still running (the snapshot's
@@ -231,7 +232,7 @@ SELECT (SELECT count(*) FROM counted) AS rows,
        coalesce((SELECT watermark FROM advanced), %(watermark)s) AS watermark
 FROM totals
 
--- name: usage_rollup_legacy
+-- usage_rollup_legacy --
 -- Rows written before revision 0013 and not yet counted (rolled_up false; later rows leave it
 -- NULL): release 0.1.0's flagging rollup, kept for them alone, so that a 0.1.0 daemon still
 -- running it during the upgrade and this one count each such row exactly once (the row lock
@@ -264,7 +265,7 @@ FROM (SELECT sk_add_usage_daily(array_agg(day), array_agg(user_id), array_agg(ch
                                 array_agg(output_tokens), array_agg(cached_tokens), %(now)s)
       FROM days) AS totals
 
--- name: usage_prune
+-- usage_prune --
 -- Only for the DEFAULT partition (usage_stats_default, normally empty): whole partitions are
 -- dropped instead (jobs/partitions.py). Counted raw rows older than the retention period.
 WITH b AS (
@@ -281,7 +282,7 @@ DELETE FROM usage_stats_default s
 USING b
 WHERE s.stat_id = b.stat_id AND s.created_at = b.created_at
 
--- name: usage_partition_pending
+-- usage_partition_pending --
 -- Whether a usage_stats partition still holds rows the rollup has not counted (checked under
 -- the lock of its detach: nothing can be added meanwhile).
 SELECT EXISTS (
@@ -290,7 +291,7 @@ SELECT EXISTS (
        OR rolled_up IS NULL AND inserted_xid >= (SELECT watermark FROM usage_rollup_state)
 )
 
--- name: partitions
+-- partitions --
 -- The partitions of the given tables with their bounds (NULL lower: MINVALUE; both NULL: the
 -- DEFAULT partition). The bounds are read back from their text form, which carries the offset.
 SELECT p.relname AS parent, c.relname AS name,
@@ -306,7 +307,7 @@ JOIN pg_class p ON p.oid = i.inhparent
 WHERE i.inhparent = ANY (%(tables)s::text[]::regclass[])
 ORDER BY 1, 4 NULLS FIRST
 
--- name: partition_lock_timeout
+-- partition_lock_timeout --
 -- The longest wait for a lock of partition DDL: lock_timeout_ms, and less than half the
 -- server's deadlock_timeout. The bots lock users and these tables in both orders (begin_turn:
 -- users first; an INSERT's foreign-key check: the table first), so no lock order of the job's
@@ -320,21 +321,21 @@ SELECT set_config('lock_timeout',
                         * 1000 / 2)::int || 'ms',
                   true)
 
--- name: partition_lock_for_detach
+-- partition_lock_for_detach --
 -- A detach (not CONCURRENTLY: the table has a DEFAULT partition) takes the table in ACCESS
 -- EXCLUSIVE mode, and users in SHARE ROW EXCLUSIVE mode (the detached table's foreign key gets
 -- triggers of its own there); taken first, the table before users as ATTACH takes them, for
 -- the milliseconds of the detach alone: nothing is read or dropped under them.
 LOCK TABLE {parent} IN ACCESS EXCLUSIVE MODE
 
--- name: partition_exists
+-- partition_exists --
 -- Whether a table of that name exists: one made by an attempt whose attach was deferred.
 SELECT 1 WHERE to_regclass(%(name)s) IS NOT NULL
 
--- name: partition_begun
+-- partition_begun --
 SELECT now() >= %(lower)s
 
--- name: partition_create
+-- partition_create --
 -- A new partition is made outside the table, in a transaction of its own, and attached later
 -- (ATTACH needs SHARE UPDATE EXCLUSIVE on the table, which the bots' writes do not conflict
 -- with, where CREATE TABLE ... PARTITION OF needs ACCESS EXCLUSIVE); the CHECK proves its
@@ -343,19 +344,19 @@ SELECT now() >= %(lower)s
 CREATE TABLE {partition} (LIKE {parent} INCLUDING ALL);
 ALTER TABLE {partition} ADD CONSTRAINT {check} CHECK ({key} >= {lower} AND {key} < {upper})
 
--- name: partition_lock_parent
+-- partition_lock_parent --
 -- Only for a partition whose range the bots may be writing now (the job catching up after an
 -- outage): a row routed to the DEFAULT partition before the attach would fail its changed
 -- partition constraint after it, so the bots wait for the attach instead.
 LOCK TABLE {parent} IN ACCESS EXCLUSIVE MODE
 
--- name: partition_lock_default
+-- partition_lock_default --
 -- ATTACH takes the DEFAULT partition in ACCESS EXCLUSIVE mode anyway (it must prove that no row
 -- there belongs to the new range); taken first, no bot can put such a row there between the
 -- move below and the attach.
 LOCK TABLE {default} IN ACCESS EXCLUSIVE MODE
 
--- name: partition_adopt_default_rows
+-- partition_adopt_default_rows --
 -- Rows of the new range that went to the DEFAULT partition meanwhile move into it (ATTACH
 -- would fail on them); rows move whole, inserted_xid included, so none is counted twice.
 WITH moved AS (
@@ -363,37 +364,37 @@ WITH moved AS (
 )
 INSERT INTO {partition} SELECT * FROM moved
 
--- name: partition_attach
+-- partition_attach --
 ALTER TABLE {parent} ATTACH PARTITION {partition} FOR VALUES FROM ({lower}) TO ({upper});
 ALTER TABLE {partition} DROP CONSTRAINT {check}
 
--- name: partition_detach
+-- partition_detach --
 ALTER TABLE {parent} DETACH PARTITION {partition}
 
--- name: partition_reattach
+-- partition_reattach --
 -- A detached partition that must be kept after all (rows the rollup has not counted).
 ALTER TABLE {parent} ATTACH PARTITION {partition} FOR VALUES FROM ({lower}) TO ({upper})
 
--- name: partition_foreign_keys
+-- partition_foreign_keys --
 -- The foreign keys of a detached partition: dropped on their own before the table, because
 -- dropping one removes its triggers on users, in ACCESS EXCLUSIVE mode, for every bot: alone,
 -- that lock is held for a catalog change, not for the table's drop.
 SELECT conname FROM pg_constraint WHERE conrelid = to_regclass(%(name)s) AND contype = 'f'
 
--- name: partition_drop_foreign_key
+-- partition_drop_foreign_key --
 ALTER TABLE {partition} DROP CONSTRAINT {constraint}
 
--- name: partition_detach_concurrently
+-- partition_detach_concurrently --
 -- Allowed only when the table has no DEFAULT partition, and outside a transaction block.
 ALTER TABLE {parent} DETACH PARTITION {partition} CONCURRENTLY
 
--- name: partition_drop
+-- partition_drop --
 DROP TABLE {partition}
 
--- name: partition_count
+-- partition_count --
 SELECT count(*) FROM {partition}
 
--- name: user_retention_batch
+-- user_retention_batch --
 -- The next batch_size users in user_id order (keyset: after %(after)s), and which of them had
 -- no activity since the cutoff: no change of the user row, no session (online or archived)
 -- active since. Those are locked until the batch commits (SKIP LOCKED: a user in the middle
@@ -423,41 +424,41 @@ SELECT (SELECT count(*) FROM scanned) AS scanned,
        (SELECT user_id FROM scanned ORDER BY user_id DESC LIMIT 1) AS last_user_id,
        (SELECT array_agg(user_id ORDER BY user_id) FROM inactive) AS inactive
 
--- name: user_retention_lock_timeout
+-- user_retention_lock_timeout --
 -- The batch holds its users' rows while it erases them one by one, against the order in which
 -- sk_forget, redemption and unlink take their locks (store/sql/functions.sql, "Identity"). So
 -- an erasure does not wait long for a lock an online call holds: the user is left for the
 -- next run (long before deadlock_timeout, 1 s, would make PostgreSQL abort one of the two).
 SET LOCAL lock_timeout = '200ms'
 
--- name: user_retention_forget
+-- user_retention_forget --
 -- Exactly what store.forget_user does (sk_forget, store/sql/functions.sql).
 SELECT table_name, action, row_count FROM sk_forget(%(user_id)s::uuid, NULL)
 
--- name: lock_job
+-- lock_job --
 -- Session-scoped on purpose: held across the run's many batch transactions, and released by
 -- the server when the connection ends, so a killed replica never keeps it.
 SELECT pg_try_advisory_lock(%(namespace)s, %(key)s)
 
--- name: unlock_job
+-- unlock_job --
 SELECT pg_advisory_unlock(%(namespace)s, %(key)s)
 
--- name: ledger_start
+-- ledger_start --
 INSERT INTO job_runs (job, replica_id, outcome, details)
 VALUES (%(job)s, %(replica_id)s, 'running', %(details)s)
 RETURNING run_id
 
--- name: ledger_finish
+-- ledger_finish --
 UPDATE job_runs
 SET finished_at = clock_timestamp(), outcome = %(outcome)s, rows = %(rows)s, error = %(error)s,
     details = coalesce(details, '{}'::jsonb) || %(details)s
 WHERE run_id = %(run_id)s
 
--- name: ledger_skipped
+-- ledger_skipped --
 INSERT INTO job_runs (job, replica_id, finished_at, outcome, error, details)
 VALUES (%(job)s, %(replica_id)s, clock_timestamp(), 'skipped', %(reason)s, %(details)s)
 
--- name: ledger_slot_done
+-- ledger_slot_done --
 -- Whether some replica already ran this job successfully for this schedule slot. Runs of a
 -- slot start after it (the hour allows for clock skew between replicas and server), which
 -- keeps this on the (job, started_at) index however long the ledger is.
@@ -469,7 +470,7 @@ SELECT EXISTS (
       AND details ->> 'slot' = %(slot)s
 )
 
--- name: ledger_sweep_interrupted
+-- ledger_sweep_interrupted --
 -- Called while holding the job's lock: any run of the job still marked running belongs to a
 -- replica (or database) that went away before it could record the outcome.
 UPDATE job_runs
@@ -477,7 +478,7 @@ SET finished_at = clock_timestamp(), outcome = 'failure',
     error = coalesce(error, 'interrupted: the replica or the database went away during the run')
 WHERE job = %(job)s AND outcome = 'running'
 
--- name: ledger_prune
+-- ledger_prune --
 WITH b AS (
     SELECT run_id FROM job_runs
     WHERE job = %(job)s AND started_at < clock_timestamp() - make_interval(secs => %(keep_seconds)s)
@@ -486,13 +487,13 @@ WITH b AS (
 )
 DELETE FROM job_runs r USING b WHERE r.run_id = b.run_id
 
--- name: ledger_last_runs
+-- ledger_last_runs --
 SELECT DISTINCT ON (job) job, replica_id, started_at, finished_at, outcome, rows, error
 FROM job_runs
 WHERE job = ANY(%(jobs)s)
 ORDER BY job, started_at DESC, run_id DESC
 
--- name: domain_gauges
+-- domain_gauges --
 -- The last two figures are the archival backlog, selected as archive_sessions selects it. Both
 -- read the index on sessions(last_active): the count an index range as long as the backlog,
 -- the age the index's first entries (sessions restored lately are skipped: they wait).

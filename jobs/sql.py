@@ -1,22 +1,13 @@
-"""The jobs' SQL statements, read by name from ``queries.sql``."""
+"""The jobs' SQL statements, read by name from ``queries.sql`` (named blocks, parsed as the
+store's own: ``store.queries.parse``)."""
 
 from __future__ import annotations
 
-import re
 from importlib.resources import files
+from types import MappingProxyType
 
-_NAME_LINE = re.compile(r"^-- name: (\w+)[ \t]*$", re.MULTILINE)
+from store.queries import parse
 
-
-def parse(text: str) -> dict[str, str]:
-    """``{name: sql}`` for every ``-- name: x`` block of ``text``."""
-    parts = _NAME_LINE.split(text)
-    queries: dict[str, str] = {}
-    for name, body in zip(parts[1::2], parts[2::2], strict=True):
-        # Comment lines go: psycopg would read a placeholder-like text in them as a parameter.
-        lines = [line for line in body.splitlines() if not line.lstrip().startswith("--")]
-        queries[name] = "\n".join(lines).strip()
-    return queries
-
-
-QUERIES = parse(files("sessionkeeper.jobs").joinpath("queries.sql").read_text(encoding="utf-8"))
+QUERIES = MappingProxyType(
+    parse(files("sessionkeeper.jobs").joinpath("queries.sql").read_text(encoding="utf-8"))
+)

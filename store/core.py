@@ -93,14 +93,6 @@ class Runner(Generic[T]):
             self._result = stop.value
 
 
-# A statement that lost a race with another transaction: rolled back whole, safe to retry.
-_CONFLICTS = (
-    pg_errors.DeadlockDetected,
-    pg_errors.SerializationFailure,
-    pg_errors.LockNotAvailable,
-)
-
-
 def translate(exc: Exception, sent: Step | None = None) -> Exception:
     """The ``StoreError`` a driver or pool error stands for (the error itself if none).
     ``sent`` is the step whose statement had been sent when the error came, if any."""

@@ -1,19 +1,24 @@
-"""Bot-side Prometheus metrics for a ``Store`` or ``AsyncStore`` (extra ``sessionkeeper[metrics]``).
+"""Bot-side Prometheus metrics for a ``Store`` or ``AsyncStore``.
 
-``import store`` never imports this module (nor prometheus_client); a bot opts in::
+prometheus-client is a dependency of sessionkeeper (no extra needed), but ``import store`` never
+imports this module (nor prometheus_client); a bot opts in::
 
     registry = prometheus_client.CollectorRegistry()
     store.metrics.instrument(db, registry=registry)
 
 ``instrument`` wraps the store's operations on that one instance (it sets them as instance
-attributes, shadowing the class's; other stores are untouched) and registers on ``registry``:
+attributes, shadowing the class's; other stores are untouched) and exports on ``registry``:
 
 - ``sessionkeeper_store_operation_duration_seconds{operation}``: histogram of every call,
   failed ones included (a pool timeout shows as a slow call);
 - ``sessionkeeper_store_errors_total{operation, error}``: calls that raised, by exception class;
 - ``sessionkeeper_store_turns_refused_total{window_seconds}``: ``begin_turn`` refusals, by the
   rate window that refused (the configured windows exist from the start, at zero);
-- ``sessionkeeper_store_pool_*``: the connection pool, read from psycopg_pool at scrape time.
+- ``sessionkeeper_store_pool_*{store}``: each store's connection pool, read from psycopg_pool
+  at scrape time.
+
+Several stores may be instrumented on one registry (the default one too): their calls add up in
+the series above, and their pools are told apart by ``store``.
 
 Labels hold only operation names, exception class names and window lengths: no user ids.
 Serving the registry over HTTP is the bot's choice (``prometheus_client.start_http_server``).
@@ -22,7 +27,10 @@ Serving the registry over HTTP is the bot's choice (``prometheus_client.start_ht
 from __future__ import annotations
 
 import functools
+import itertools
+import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Self, TypeVar
 
@@ -44,9 +52,10 @@ T = TypeVar("T")
 
 
 class StoreMetrics:
-    """The instruments of one store, registered on one registry."""
+    """The instruments of one registry, shared by every store instrumented on it: calls add up
+    over the bot's stores, and the pool series carry a ``store`` label, one per store."""
 
-    def __init__(self, db: Store | AsyncStore, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry) -> None:
         self.duration = Histogram(
             PREFIX + "operation_duration_seconds",
             "Duration of store calls as the bot sees them (pool wait included), failed ones too.",
@@ -66,11 +75,15 @@ class StoreMetrics:
             ["window_seconds"],
             registry=registry,
         )
+        self._timers = {name: self.duration.labels(name) for name in OPERATIONS}
+        self.pools = _PoolCollector()
+        registry.register(self.pools)
+
+    def add(self, db: Store | AsyncStore, name: str | None) -> None:
+        self.pools.add(db, name)  # first: a refused name leaves the registry as it was
         windows, _ = db.config.rate_windows()
         for window in windows:
             self.refused.labels(str(window))
-        self._timers = {name: self.duration.labels(name) for name in OPERATIONS}
-        registry.register(_PoolCollector(db))
 
     def record(
         self, operation: str, started: float, result: object, error: Exception | None
@@ -82,15 +95,33 @@ class StoreMetrics:
             self.refused.labels(str(result.rate.refused_window)).inc()
 
 
-def instrument(db: Store | AsyncStore, *, registry: CollectorRegistry = REGISTRY) -> StoreMetrics:
+# One StoreMetrics per registry: registering the same series twice on a registry is an error.
+_BY_REGISTRY: weakref.WeakKeyDictionary[CollectorRegistry, StoreMetrics] = (
+    weakref.WeakKeyDictionary()
+)
+_LOCK = threading.Lock()
+
+
+def instrument(
+    db: Store | AsyncStore,
+    *,
+    registry: CollectorRegistry = REGISTRY,
+    name: str | None = None,
+) -> StoreMetrics:
     """Time and count every operation of ``db`` on ``registry`` (prometheus_client's default
-    registry unless given). A store can be instrumented once."""
+    registry unless given). A store can be instrumented once; several stores can share a
+    registry, their pools told apart by the label ``store`` (``name``, by default "1", "2", ...
+    in the order they were instrumented)."""
     if getattr(db, _MARK, None) is not None:
         raise ConfigurationError("this store is instrumented already")
-    metrics = StoreMetrics(db, registry)
+    with _LOCK:
+        metrics = _BY_REGISTRY.get(registry)
+        if metrics is None:
+            metrics = _BY_REGISTRY[registry] = StoreMetrics(registry)
+        metrics.add(db, name)
     wrap = _wrap_async if isinstance(db, AsyncStore) else _wrap_sync
-    for name in OPERATIONS:
-        setattr(db, name, wrap(getattr(db, name), name, metrics))
+    for operation in OPERATIONS:
+        setattr(db, operation, wrap(getattr(db, operation), operation, metrics))
     setattr(db, _MARK, metrics)
     return metrics
 
@@ -140,7 +171,8 @@ def _wrap_async(
 
 
 class _PoolCollector(Collector):
-    """The store's connection pool, read from psycopg_pool when Prometheus scrapes."""
+    """The stores' connection pools, read from psycopg_pool when Prometheus scrapes. Stores are
+    held weakly: a store the bot has dropped leaves the exposition."""
 
     GAUGES = {
         "pool_max": "Maximum connections of the bot's store pool.",
@@ -153,13 +185,31 @@ class _PoolCollector(Collector):
         "connections_lost": "Connections found broken and discarded.",
     }
 
-    def __init__(self, db: Store | AsyncStore) -> None:
-        self.db = db
+    def __init__(self) -> None:
+        self.stores: weakref.WeakValueDictionary[str, Store | AsyncStore] = (
+            weakref.WeakValueDictionary()
+        )
+        self.added = 0
+
+    def add(self, db: Store | AsyncStore, name: str | None) -> None:
+        if name is None:  # the next ordinal no store holds
+            numbers = itertools.count(self.added + 1)
+            name = next(str(n) for n in numbers if str(n) not in self.stores)
+        if not name or name in self.stores:
+            raise ConfigurationError(f"store name {name!r} is empty or taken on this registry")
+        self.stores[name] = db
+        self.added += 1
 
     def collect(self) -> Iterable[Metric]:
-        stats = self.db.pool_stats()
+        stats = {label: db.pool_stats() for label, db in sorted(self.stores.items())}
         for key, text in self.GAUGES.items():
             name = PREFIX + (key if key.startswith("pool") else f"pool_{key}")
-            yield GaugeMetricFamily(name, text, value=stats.get(key, 0))
+            gauge = GaugeMetricFamily(name, text, labels=["store"])
+            for label, values in stats.items():
+                gauge.add_metric([label], values.get(key, 0))
+            yield gauge
         for key, text in self.COUNTERS.items():
-            yield CounterMetricFamily(f"{PREFIX}pool_{key}", text, value=stats.get(key, 0))
+            counter = CounterMetricFamily(f"{PREFIX}pool_{key}", text, labels=["store"])
+            for label, values in stats.items():
+                counter.add_metric([label], values.get(key, 0))
+            yield counter

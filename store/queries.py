@@ -18,12 +18,14 @@ def _without_comments(body: str) -> str:
 
 
 def parse(text: str) -> dict[str, str]:
-    """``{name: sql}`` for every block; text before the first header (a preamble) is dropped."""
+    """``{name: sql}`` for every block; text before the first header (a preamble) is dropped.
+    The one parser of the project's .sql files of named statements (the store's, its
+    integrations', the jobs', legacy adoption's)."""
     parts = _HEADER.split(text)
     names, bodies = parts[1::2], parts[2::2]
     queries = {name: _without_comments(body) for name, body in zip(names, bodies, strict=True)}
     if len(queries) != len(names):
-        raise ValueError("queries.sql names a block twice")
+        raise ValueError("a .sql file of named statements names a block twice")
     return queries
 
 

@@ -10,7 +10,8 @@ and commit both. ``--check`` exits 1 when a committed file differs from what thi
 store dashboard's "Bots" row those of store.metrics; the test suite evaluates each one against a
 real Prometheus scraping a real daemon and a bot.
 
-Template variables: ``instance`` (daemon replica) and ``job`` (maintenance job); the store
+Template variables: ``instance`` (daemon replica) and ``job`` (maintenance job, the daemon's
+label ``job_name``: ``job`` is Prometheus's scrape job, and no honor_labels is needed); the store
 dashboard adds ``bot`` (a bot's scrape instance). All allow several values and "All" (the
 regex ``.*``), so every selector matches them with ``=~``.
 """
@@ -34,9 +35,10 @@ SQL_DATASOURCE = {"type": "grafana-postgresql-datasource", "uid": "sessionkeeper
 
 # Selectors for the two template variables.
 INSTANCE = 'instance=~"$instance"'
-JOB = 'job=~"$job"'
+JOB = 'job_name=~"$job"'
 BY_JOB = f"{INSTANCE}, {JOB}"
-# The daemon's process_* series carry the scrape job's label, like the alerts expect.
+# The daemon's process_* series carry the scrape job's label, like the alerts expect (the
+# maintenance job is in job_name: no honor_labels).
 PROCESS = f'job="sessionkeeper", {INSTANCE}'
 # Bots (store.metrics) are scraped as their own job; the store dashboard selects them by
 # instance with the variable ``bot``.
@@ -181,7 +183,7 @@ def dashboard(
                 variable(
                     "job",
                     "Job",
-                    'label_values(sessionkeeper_job_runs_total{instance=~"$instance"}, job)',
+                    'label_values(sessionkeeper_job_runs_total{instance=~"$instance"}, job_name)',
                 ),
                 *variables,
             ]
@@ -205,8 +207,8 @@ def jobs_dashboard() -> dict[str, Any]:
                 "replica holding the job's lock.",
                 [
                     target(
-                        f"sum by (job, outcome) (rate({runs}[$__rate_interval]))",
-                        "{{job}} {{outcome}}",
+                        f"sum by (job_name, outcome) (rate({runs}[$__rate_interval]))",
+                        "{{job_name}} {{outcome}}",
                     )
                 ],
                 unit="ops",
@@ -217,9 +219,9 @@ def jobs_dashboard() -> dict[str, Any]:
                 "Failed runs per job over the last hour (alert: SessionkeeperJobFailing).",
                 [
                     target(
-                        "sum by (job) (increase(sessionkeeper_job_runs_total"
+                        "sum by (job_name) (increase(sessionkeeper_job_runs_total"
                         f'{{{BY_JOB}, outcome="failure"}}[1h]))',
-                        "{{job}}",
+                        "{{job_name}}",
                     )
                 ],
                 kind="stat",
@@ -232,9 +234,9 @@ def jobs_dashboard() -> dict[str, Any]:
                 "replica started are not shown.",
                 [
                     target(
-                        "time() - max by (job) "
+                        "time() - max by (job_name) "
                         f"(sessionkeeper_job_last_success_timestamp_seconds{{{BY_JOB}}} > 0)",
-                        "{{job}}",
+                        "{{job_name}}",
                     )
                 ],
                 kind="stat",
@@ -276,14 +278,14 @@ def jobs_dashboard() -> dict[str, Any]:
                 "Quantiles of the job run duration histogram.",
                 [
                     target(
-                        "histogram_quantile(0.95, sum by (job, le) "
+                        "histogram_quantile(0.95, sum by (job_name, le) "
                         f"(rate({buckets}[$__rate_interval])))",
-                        "{{job}} p95",
+                        "{{job_name}} p95",
                     ),
                     target(
-                        "histogram_quantile(0.5, sum by (job, le) "
+                        "histogram_quantile(0.5, sum by (job_name, le) "
                         f"(rate({buckets}[$__rate_interval])))",
-                        "{{job}} p50",
+                        "{{job_name}} p50",
                     ),
                 ],
                 unit="s",
@@ -293,11 +295,11 @@ def jobs_dashboard() -> dict[str, Any]:
                 "Total time spent in runs divided by the number of runs.",
                 [
                     target(
-                        "sum by (job) (rate(sessionkeeper_job_duration_seconds_sum"
-                        f"{{{BY_JOB}}}[$__rate_interval])) / sum by (job) "
+                        "sum by (job_name) (rate(sessionkeeper_job_duration_seconds_sum"
+                        f"{{{BY_JOB}}}[$__rate_interval])) / sum by (job_name) "
                         f"(rate(sessionkeeper_job_duration_seconds_count{{{BY_JOB}}}"
                         "[$__rate_interval]))",
-                        "{{job}}",
+                        "{{job_name}}",
                     )
                 ],
                 unit="s",
@@ -308,9 +310,9 @@ def jobs_dashboard() -> dict[str, Any]:
                 "Rows archived, deleted, rolled up or loaded per second.",
                 [
                     target(
-                        "sum by (job) (rate(sessionkeeper_job_rows_total"
+                        "sum by (job_name) (rate(sessionkeeper_job_rows_total"
                         f"{{{BY_JOB}}}[$__rate_interval]))",
-                        "{{job}}",
+                        "{{job_name}}",
                     )
                 ],
                 unit="short",
@@ -321,8 +323,9 @@ def jobs_dashboard() -> dict[str, Any]:
                 "Rows each job handled over the last day.",
                 [
                     target(
-                        f"sum by (job) (increase(sessionkeeper_job_rows_total{{{BY_JOB}}}[24h]))",
-                        "{{job}}",
+                        "sum by (job_name) "
+                        f"(increase(sessionkeeper_job_rows_total{{{BY_JOB}}}[24h]))",
+                        "{{job_name}}",
                     )
                 ],
                 kind="bargauge",
@@ -340,7 +343,9 @@ def store_dashboard() -> dict[str, Any]:
         return f"max(sessionkeeper_{name}{{{INSTANCE}}})"
 
     def rows(job: str, window: str) -> str:
-        return f'sum(increase(sessionkeeper_job_rows_total{{{INSTANCE}, job="{job}"}}[{window}]))'
+        return (
+            f'sum(increase(sessionkeeper_job_rows_total{{{INSTANCE}, job_name="{job}"}}[{window}]))'
+        )
 
     return dashboard(
         "sessionkeeper-store",
@@ -412,7 +417,7 @@ def store_dashboard() -> dict[str, Any]:
                     target(domain("sessions_archivable_age_seconds"), "oldest waiting"),
                     target(
                         "3 * max(sessionkeeper_job_interval_seconds"
-                        f'{{{INSTANCE}, job="session_archival"}})',
+                        f'{{{INSTANCE}, job_name="session_archival"}})',
                         "alert threshold",
                     ),
                 ],

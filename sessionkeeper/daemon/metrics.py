@@ -2,6 +2,11 @@
 
 Series names are a contract (DESIGN.md): dashboards and alerts use them. Every job's label
 sets exist from start-up, so alerts never see a missing series.
+
+The maintenance job is in the label ``job_name``. Until 0.3.0 it was in ``job``, which collides
+with the target label Prometheus gives every series (the scrape job), so scraping needed
+``honor_labels``. This release exports both with the same value (expand); ``job`` is
+deprecated and goes in the next release (contract), once dashboards and alerts use ``job_name``.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from sessionkeeper.jobs.runner import RunReport
 from .pacing import PaceState
 
 OUTCOMES = ("success", "failure", "skipped")
+# The job's labels: job_name, and job (deprecated, removed in the next release).
+JOB_LABELS = ["job", "job_name"]
 # From a few milliseconds (nothing to do) to an hour (a large backlog).
 DURATION_BUCKETS = (0.005, 0.025, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600)
 DOMAIN_GAUGES = {
@@ -40,37 +47,37 @@ class DaemonMetrics:
         # process_start_time_seconds (restarts, uptime), CPU, memory, open files.
         ProcessCollector(registry=r)
         self.runs = Counter(
-            "sessionkeeper_job_runs", "Job runs by outcome.", ["job", "outcome"], registry=r
+            "sessionkeeper_job_runs", "Job runs by outcome.", [*JOB_LABELS, "outcome"], registry=r
         )
         self.duration = Histogram(
             "sessionkeeper_job_duration_seconds",
             "Duration of job runs that were not skipped.",
-            ["job"],
+            JOB_LABELS,
             buckets=DURATION_BUCKETS,
             registry=r,
         )
         self.last_success = Gauge(
             "sessionkeeper_job_last_success_timestamp_seconds",
             "Unix time of the job's last successful run on this replica (0: none yet).",
-            ["job"],
+            JOB_LABELS,
             registry=r,
         )
         self.rows = Counter(
             "sessionkeeper_job_rows",
             "Rows archived, deleted, rolled up or loaded by the job.",
-            ["job"],
+            JOB_LABELS,
             registry=r,
         )
         self.missed = Counter(
             "sessionkeeper_job_missed",
             "Scheduled runs dropped: too late (misfire grace time) or the last run still going.",
-            ["job"],
+            JOB_LABELS,
             registry=r,
         )
         self.interval = Gauge(
             "sessionkeeper_job_interval_seconds",
             "The job's configured schedule interval (cron: the median gap between fire times).",
-            ["job"],
+            JOB_LABELS,
             registry=r,
         )
         self.database_up = Gauge(
@@ -92,25 +99,25 @@ class DaemonMetrics:
         self.probe = Gauge(
             "sessionkeeper_job_probe_seconds",
             "Latency of the probe statement at the job's last batch boundary (the bots' view).",
-            ["job"],
+            ["job_name"],
             registry=r,
         )
         self.probe_budget = Gauge(
             "sessionkeeper_job_probe_budget_seconds",
             "Probe latency above which the job yields: its idle baseline plus the budget.",
-            ["job"],
+            ["job_name"],
             registry=r,
         )
         self.yield_pause = Gauge(
             "sessionkeeper_job_yield_pause_seconds",
             "Extra pause the job now takes between batches because the bots feel it (0: none).",
-            ["job"],
+            ["job_name"],
             registry=r,
         )
         self.yielded = Counter(
             "sessionkeeper_job_yielded_seconds",
             "Time jobs spent paused to yield to the bots.",
-            ["job"],
+            ["job_name"],
             registry=r,
         )
         self.domain = {
@@ -119,23 +126,23 @@ class DaemonMetrics:
         }
         for job in job_names:
             for outcome in OUTCOMES:
-                self.runs.labels(job, outcome)
-            self.duration.labels(job)
-            self.last_success.labels(job)
-            self.rows.labels(job)
-            self.missed.labels(job)
+                self.runs.labels(job, job, outcome)
+            for per_job in (self.duration, self.last_success, self.rows, self.missed):
+                per_job.labels(job, job)
+            # New series carry job_name only: the deprecated job label is not added to them.
             for metric in (self.probe, self.probe_budget, self.yield_pause, self.yielded):
                 metric.labels(job)
 
     def observe(self, report: RunReport) -> None:
-        self.runs.labels(report.job, report.outcome).inc()
+        job = report.job
+        self.runs.labels(job, job, report.outcome).inc()
         if report.outcome == "skipped":
             return
-        self.duration.labels(report.job).observe(report.duration_seconds)
+        self.duration.labels(job, job).observe(report.duration_seconds)
         # A failed run counts the rows of the batches it committed before failing.
-        self.rows.labels(report.job).inc(report.rows)
+        self.rows.labels(job, job).inc(report.rows)
         if report.outcome == "success":
-            self.last_success.labels(report.job).set(report.finished_at)
+            self.last_success.labels(job, job).set(report.finished_at)
             if report.job == "proactive_reload" and "size" in report.details:
                 self.domain["proactive_users"].set(report.details["size"])
 
@@ -145,9 +152,12 @@ class DaemonMetrics:
         self.yield_pause.labels(job).set(state.extra_pause_seconds)
         self.yielded.labels(job).inc(yielded)
 
+    def observe_missed(self, job: str) -> None:
+        self.missed.labels(job, job).inc()
+
     def set_intervals(self, seconds: dict[str, float]) -> None:
         for job, value in seconds.items():
-            self.interval.labels(job).set(value)
+            self.interval.labels(job, job).set(value)
 
     def set_domain(self, values: dict[str, Any]) -> None:
         for name, gauge in self.domain.items():

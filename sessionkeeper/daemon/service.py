@@ -210,11 +210,11 @@ class Daemon:
         if event.job_id not in JOB_NAMES:
             return
         if event.code == EVENT_JOB_MISSED:
-            self.metrics.missed.labels(event.job_id).inc()
+            self.metrics.observe_missed(event.job_id)
             log.warning("job %s missed its run at %s", event.job_id, event.scheduled_run_time)
             return
         if event.code == EVENT_JOB_MAX_INSTANCES:
-            self.metrics.missed.labels(event.job_id).inc()
+            self.metrics.observe_missed(event.job_id)
             log.warning("job %s still running at its next slot: that run is dropped", event.job_id)
             return
         assert isinstance(event, JobExecutionEvent)

@@ -36,7 +36,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -44,7 +43,6 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 PATRONI = shutil.which("patroni") or "/usr/bin/patroni"
-PATRONICTL = shutil.which("patronictl") or "/usr/bin/patronictl"
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -376,16 +374,6 @@ class PatroniCluster:
             **options,
         )
 
-    def node_url(self, node: Node, dbname: str = "postgres") -> str:
-        return make_conninfo(
-            "",
-            host="127.0.0.1",
-            port=node.port,
-            dbname=dbname,
-            user="postgres",
-            password=SUPERUSER_PASSWORD,
-        )
-
     def switchover(self) -> Node:
         """Asks for a planned switchover (Patroni picks the synchronous standby); returns the
         node that was primary."""
@@ -462,16 +450,6 @@ class PatroniCluster:
                 return result
             time.sleep(0.1)  # readiness polling, not time control
         raise TimeoutError(f"{what} within {timeout} s\n{self.logs()}")
-
-
-@contextlib.contextmanager
-def running_cluster() -> Iterator[PatroniCluster]:
-    cluster = PatroniCluster()
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 def connect(url: str) -> psycopg.Connection[tuple[Any, ...]]:

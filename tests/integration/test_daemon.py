@@ -27,6 +27,7 @@ from sessionkeeper.jobs import JOB_NAMES
 T = TypeVar("T")
 Conn = psycopg.Connection[tuple[Any, ...]]
 
+RUNS = "sessionkeeper_job_runs_total"
 REQUIRED = (
     "sessionkeeper_job_runs_total",
     "sessionkeeper_job_duration_seconds_count",
@@ -99,7 +100,11 @@ class Daemon:
         }
 
     def value(self, name: str, **labels: str) -> float | None:
-        return self.samples().get((name, tuple(sorted(labels.items()))))
+        """The one sample of ``name`` whose labels include ``labels`` (None: no such sample)."""
+        wanted = set(labels.items())
+        found = [v for (n, ls), v in self.samples().items() if n == name and wanted <= set(ls)]
+        assert len(found) <= 1, (name, labels, found)
+        return found[0] if found else None
 
     def stop(self, signum: int = signal.SIGTERM) -> int:
         self.process.send_signal(signum)
@@ -146,11 +151,21 @@ def test_metrics_exist_for_every_job_at_start_up(
     samples = daemon.samples()
     for job in JOB_NAMES:
         for outcome in ("success", "failure", "skipped"):
-            key = ("sessionkeeper_job_runs_total", (("job", job), ("outcome", outcome)))
-            assert samples[key] == 0
+            # job_name, and the deprecated job beside it (removed in the next release).
+            labels = (("job", job), ("job_name", job), ("outcome", outcome))
+            assert samples["sessionkeeper_job_runs_total", labels] == 0
         for name in REQUIRED[1:]:
-            matching = [v for (n, ls), v in samples.items() if n == name and ("job", job) in ls]
+            matching = [
+                v
+                for (n, ls), v in samples.items()
+                if n == name and {("job", job), ("job_name", job)} <= set(ls)
+            ]
             assert matching and all(v == 0 for v in matching), (name, job)
+    # Every series that has the deprecated job label has job_name too, with the same value.
+    for name, label_set in samples:
+        found = dict(label_set)
+        if "job" in found:
+            assert found.get("job_name") == found["job"], (name, label_set)
     for name in (
         "sessionkeeper_db_pool_size",
         "sessionkeeper_sessions_active",
@@ -184,7 +199,7 @@ def test_schedules_backlog_and_process_start_are_exported(
     }
     daemon = start_daemon(database_url, **settings)
     intervals = {
-        job: daemon.value("sessionkeeper_job_interval_seconds", job=job) for job in JOB_NAMES
+        job: daemon.value("sessionkeeper_job_interval_seconds", job_name=job) for job in JOB_NAMES
     }
     assert intervals == {
         "partition_maintenance": 365 * 86400,
@@ -228,15 +243,17 @@ def test_jobs_run_on_schedule_and_are_counted(
 
     def all_succeeded() -> bool:
         return all(
-            (daemon.value("sessionkeeper_job_runs_total", job=job, outcome="success") or 0) >= 1
-            for job in JOB_NAMES
+            (daemon.value(RUNS, job_name=job, outcome="success") or 0) >= 1 for job in JOB_NAMES
         )
 
     wait_for(all_succeeded, "a successful run of every job")
-    assert daemon.value("sessionkeeper_job_rows_total", job="rate_limit_cleanup") == 1
+    assert daemon.value("sessionkeeper_job_rows_total", job_name="rate_limit_cleanup") == 1
     for job in JOB_NAMES:
-        assert (daemon.value("sessionkeeper_job_last_success_timestamp_seconds", job=job) or 0) > 0
-        assert (daemon.value("sessionkeeper_job_duration_seconds_count", job=job) or 0) >= 1
+        last_success = daemon.value(
+            "sessionkeeper_job_last_success_timestamp_seconds", job_name=job
+        )
+        assert (last_success or 0) > 0
+        assert (daemon.value("sessionkeeper_job_duration_seconds_count", job_name=job) or 0) >= 1
     promtool_check(daemon.get("/metrics")[1])
 
     # One structured log line per run, and one ledger row per run.
@@ -384,7 +401,7 @@ def test_the_daemon_survives_a_database_restart_during_a_run(
     server.stop(force=True)
     blocker.close()
     wait_for(lambda: daemon.get("/readyz")[0] == 503, "/readyz to turn unready")
-    failures = {"job": "session_archival", "outcome": "failure"}
+    failures = {"job_name": "session_archival", "outcome": "failure"}
     wait_for(
         lambda: (daemon.value("sessionkeeper_job_runs_total", **failures) or 0) >= 1,
         "the failed run in the metrics",

@@ -42,6 +42,10 @@ K8S = DEPLOY / "kubernetes"
 KUBERNETES_VERSION = "1.30.0"
 METRICS_PORT = 9464
 
+# A use of the label `job` other than the scrape job's (job="sessionkeeper"): the maintenance
+# job is `job_name` (the daemon's `job` beside it is deprecated). `$job` is Grafana's variable.
+JOB_LABEL_USE = re.compile(r'(?<!\$)\bjob\b(?!\s*=\s*"sessionkeeper")')
+
 needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None, reason="needs promtool")
 
 
@@ -189,7 +193,14 @@ def test_compose_schema_check_rejects_a_broken_file(tmp_path: Path) -> None:
 
 def test_compose_wires_postgres_migrate_daemons_prometheus_and_grafana() -> None:
     services = compose()["services"]
-    assert set(services) == {"postgres", "migrate", "sessionkeeper", "prometheus", "grafana"}
+    assert set(services) == {
+        "postgres",
+        "migrate",
+        "sessionkeeper",
+        "sample-bot",
+        "prometheus",
+        "grafana",
+    }
 
     migrate, daemon = services["migrate"], services["sessionkeeper"]
     assert migrate["command"] == ["migrate"]
@@ -226,11 +237,34 @@ def test_compose_prometheus_scrapes_every_daemon_replica_with_its_labels() -> No
     config = load_yaml(DEPLOY / "prometheus/prometheus.yml")
     assert config["rule_files"] == ["/etc/prometheus/alerts.yml"]
     (scrape,) = [s for s in config["scrape_configs"] if s["job_name"] == "sessionkeeper"]
-    # The daemon's own `job` label must survive the scrape (else it becomes exported_job).
-    assert scrape["honor_labels"] is True
+    # The maintenance job is in job_name: `job` stays the scrape job's (no honor_labels).
+    assert "honor_labels" not in scrape
     (sd,) = scrape["dns_sd_configs"]
     assert sd["names"] == ["sessionkeeper"] and sd["type"] == "A"
     assert sd["port"] == METRICS_PORT
+
+
+def test_compose_runs_the_sample_bot_and_prometheus_scrapes_it() -> None:
+    """The sample bot (deploy/sample_bot.py, run for real in test_prometheus_live.py) runs from
+    the daemon's image against the same database once migrated, and is Prometheus's bots job."""
+    services = compose()["services"]
+    bot = services["sample-bot"]
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in bot["volumes"]}
+    script = mounts[bot["entrypoint"][-1]]
+    assert (DEPLOY / script).resolve() == DEPLOY / "sample_bot.py"
+    assert (
+        bot["environment"]["DATABASE_URL"]
+        == services["sessionkeeper"]["environment"]["DATABASE_URL"]
+    )
+    assert bot["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    command = bot["command"]
+    port = command[command.index("--port") + 1]
+    assert command[command.index("--host") + 1] == "0.0.0.0"
+    assert port in " ".join(bot["healthcheck"]["test"])
+    config = load_yaml(DEPLOY / "prometheus/prometheus.yml")
+    (scrape,) = [s for s in config["scrape_configs"] if s["job_name"] == "sessionkeeper-bots"]
+    assert scrape["static_configs"] == [{"targets": [f"sample-bot:{port}"]}]
+    assert "sample-bot" in services["prometheus"]["depends_on"]
 
 
 def test_compose_grafana_provisions_the_datasources_and_dashboards() -> None:
@@ -317,6 +351,10 @@ def test_dashboards_have_instance_and_job_variables_used_by_every_query() -> Non
                     assert bots and '$bot"' in query["expr"], (item["title"], query["expr"])
                     continue
                 assert '$instance"' in query["expr"], (item["title"], query["expr"])
+                # The maintenance job is selected by job_name; `job` is the scrape job's.
+                assert not JOB_LABEL_USE.search(query["expr"]), (item["title"], query["expr"])
+        for variable in board["templating"]["list"]:
+            assert not JOB_LABEL_USE.search(variable["definition"]), variable["name"]
     assert len(uids) == len(paths)
     assert bot_panels >= 5
 
@@ -390,10 +428,40 @@ def test_kubernetes_validation_rejects_a_misspelt_field() -> None:
         kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
 
 
-def test_kustomization_lists_every_manifest_but_the_migration_job() -> None:
+def test_kustomization_lists_every_manifest_the_migration_job_included() -> None:
     kustomization = load_yaml(K8S / "kustomization.yaml")
-    manifests = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml", "migrate-job.yaml"}
-    assert set(kustomization["resources"]) == manifests
+    manifests = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert "migrate-job.yaml" in manifests
+    assert sorted(kustomization["resources"]) == sorted(manifests)
+
+
+def project_version() -> str:
+    version: str = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    return version
+
+
+def test_one_image_tag_everywhere_the_project_version() -> None:
+    """The Dockerfile's build command, compose and every Kubernetes container name the same
+    image, tagged with the project's version; the migration Job is named after it (its pod
+    template cannot change, so each release brings a Job of its own)."""
+    tag = f"sessionkeeper:{project_version()}"
+    dockerfile_text = (DEPLOY / "Dockerfile").read_text()
+    built = re.findall(r"docker build .*-t (\S+)", dockerfile_text)
+    assert built == [tag]
+    images = {name: s["image"] for name, s in compose()["services"].items() if "build" in s}
+    assert set(images) == {"migrate", "sessionkeeper", "sample-bot"}
+    assert set(images.values()) == {tag}
+    containers = [
+        (name, c["image"])
+        for name, document in k8s_documents()
+        if document["kind"] in ("Deployment", "Job")
+        for c in document["spec"]["template"]["spec"]["containers"]
+    ]
+    assert sorted(name for name, _ in containers) == ["deployment.yaml", "migrate-job.yaml"]
+    assert {image for _, image in containers} == {tag}
+    job = k8s_resource("Job")
+    assert job["metadata"]["name"] == "sessionkeeper-migrate-" + project_version().replace(".", "-")
+    assert f"job/{job['metadata']['name']} " in (K8S / "migrate-job.yaml").read_text()
 
 
 def test_deployment_probes_health_and_readiness_on_the_metrics_port() -> None:
@@ -435,7 +503,7 @@ def test_migration_job_runs_migrate_with_the_same_database_secret() -> None:
     assert secret(container) == secret(daemon)
 
 
-def test_service_monitor_scrapes_the_daemon_service_keeping_job_labels() -> None:
+def test_service_monitor_scrapes_the_daemon_service_under_the_job_the_alerts_use() -> None:
     monitor = k8s_resource("ServiceMonitor")
     service = k8s_resource("Service")
     deployment = k8s_resource("Deployment")
@@ -453,7 +521,7 @@ def test_service_monitor_scrapes_the_daemon_service_keeping_job_labels() -> None
     (port,) = service["spec"]["ports"]
     assert endpoint["port"] == port["name"] == "metrics"
     assert endpoint["path"] == "/metrics"
-    assert endpoint["honorLabels"] is True
+    assert "honorLabels" not in endpoint
     assert re.fullmatch(r"\d+[smh]", endpoint["interval"])
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert port["targetPort"] in {p["name"] for p in container["ports"]}
@@ -479,7 +547,7 @@ def test_plain_prometheus_scrape_config_keeps_exactly_the_daemon_endpoints() -> 
     Service's metrics port, under the job name and label handling the alerts expect."""
     (scrape,) = load_yaml(K8S / "prometheus-scrape.yml")["scrape_configs"]
     assert scrape["job_name"] == "sessionkeeper"
-    assert scrape["honor_labels"] is True
+    assert "honor_labels" not in scrape
     assert [sd["role"] for sd in scrape["kubernetes_sd_configs"]] == ["endpoints"]
     (keep,) = [r for r in scrape["relabel_configs"] if r.get("action") == "keep"]
     service = k8s_resource("Service")

@@ -86,7 +86,6 @@ class Load:
             threading.Thread(target=self._sync_worker, args=(w,)) for w in self.workers[:-1]
         ]
         self.threads.append(threading.Thread(target=self._async_worker, args=(self.workers[-1],)))
-        self.turn_number = 0
 
     def __enter__(self) -> Load:
         self.store.pool.wait(timeout=30)

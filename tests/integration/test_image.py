@@ -172,7 +172,7 @@ def test_the_daemon_container_migrates_serves_metrics_and_stops_cleanly_on_sigte
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
             body = response.read().decode()
         samples = {
-            (sample.name, sample.labels.get("job"), sample.labels.get("outcome"))
+            (sample.name, sample.labels.get("job_name"), sample.labels.get("outcome"))
             for family in text_string_to_metric_families(body)
             for sample in family.samples
         }

@@ -607,7 +607,7 @@ def test_a_run_failing_after_committed_batches_records_their_rows(
     metrics = DaemonMetrics(JOB_NAMES)
     metrics.observe(report)
     rows_total = metrics.registry.get_sample_value(
-        "sessionkeeper_job_rows_total", {"job": "usage_rollup"}
+        "sessionkeeper_job_rows_total", {"job": "usage_rollup", "job_name": "usage_rollup"}
     )
     assert rows_total == 2
 

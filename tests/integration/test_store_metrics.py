@@ -7,7 +7,7 @@ import urllib.request
 from datetime import timedelta
 
 import pytest
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 from store_support import T0
 
@@ -57,7 +57,8 @@ def test_a_sync_store_counts_turns_refusals_and_errors(database_url: str) -> Non
         assert sample(registry, errors, operation="begin_turn", error="InvalidInput") == 0
 
         pool = {
-            name: sample(registry, f"sessionkeeper_store_pool_{name}") for name in ("max", "size")
+            name: sample(registry, f"sessionkeeper_store_pool_{name}", store="1")
+            for name in ("max", "size")
         }
         assert pool["max"] == 2 and 1 <= pool["size"] <= 2
 
@@ -95,6 +96,44 @@ def test_instrumenting_twice_is_refused_and_other_stores_stay_plain(database_url
         assert "begin_turn" in vars(db) and "begin_turn" not in vars(other)
 
 
+def test_several_stores_share_the_default_registry(database_url: str) -> None:
+    """Two stores instrumented on prometheus_client's default registry (what a bot serving
+    ``start_http_server(port)`` exposes): both are measured, their calls adding up and their
+    pools apart by ``store``; a name taken on the registry is refused."""
+    count = DURATION + "_count"
+    before = sample(REGISTRY, count, operation="begin_turn")
+    with (
+        Store(database_url, max_size=1) as first,
+        Store(database_url, max_size=3, rate_per_minute=7) as second,
+    ):
+        store.metrics.instrument(first, name="chats")
+        store.metrics.instrument(second, name="admin")
+        first.begin_turn("telegram", "m1", now=T0)
+        second.begin_turn("telegram", "m2", now=T0)
+        second.begin_turn("telegram", "m2", now=T0)
+        assert sample(REGISTRY, count, operation="begin_turn") == before + 3
+        # The second store's own rate window exists too.
+        refused = "sessionkeeper_store_turns_refused_total"
+        assert REGISTRY.get_sample_value(refused, {"window_seconds": "60"}) is not None
+        assert sample(REGISTRY, "sessionkeeper_store_pool_max", store="chats") == 1
+        assert sample(REGISTRY, "sessionkeeper_store_pool_max", store="admin") == 3
+        with Store(database_url, max_size=1) as third:
+            with pytest.raises(ConfigurationError):
+                store.metrics.instrument(third, name="chats")
+            assert "begin_turn" not in vars(third)
+            # Unnamed stores are numbered; both stay measured.
+            store.metrics.instrument(third)
+            third.begin_turn("telegram", "m3", now=T0)
+            assert sample(REGISTRY, count, operation="begin_turn") == before + 4
+            numbered = {
+                s.labels["store"]
+                for family in REGISTRY.collect()
+                if family.name == "sessionkeeper_store_pool_max"
+                for s in family.samples
+            } - {"chats", "admin"}
+            assert len(numbered) >= 1 and all(label.isdigit() for label in numbered)
+
+
 def test_the_exposition_has_only_bounded_labels(database_url: str) -> None:
     """Scraped over HTTP as Prometheus would: every series is prefixed, and no label holds a
     user id, channel user id or session id."""
@@ -115,6 +154,6 @@ def test_the_exposition_has_only_bounded_labels(database_url: str) -> None:
     families = list(text_string_to_metric_families(text))
     assert families and all(f.name.startswith("sessionkeeper_store_") for f in families)
     labels = {key for f in families for s in f.samples for key in s.labels}
-    assert labels <= {"operation", "error", "window_seconds", "le"}
+    assert labels <= {"operation", "error", "window_seconds", "le", "store"}
     assert "secret-user-4242" not in text and str(turn.user.user_id) not in text
     assert str(turn.session_id) not in text

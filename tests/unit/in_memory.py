@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from store import core
@@ -80,7 +80,3 @@ class InMemoryDatabase:
 def one(**row: Any) -> Rows:
     """A result of one row."""
     return [dict(row)]
-
-
-def params_of(steps: Iterable[core.Step]) -> list[Mapping[str, object]]:
-    return [step.params for step in steps]

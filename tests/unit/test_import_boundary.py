@@ -60,3 +60,10 @@ def test_the_integrations_package_loads_no_framework() -> None:
     assert "aiogram" in found and "telegram" not in found
     found = forbidden(modules_after("import store.integrations.telegram"))
     assert "telegram" in found and "aiogram" not in found
+
+
+def test_prometheus_client_comes_only_with_store_metrics() -> None:
+    # prometheus-client is installed with sessionkeeper (a dependency), yet a bot loads it only
+    # when it opts into bot metrics.
+    assert "prometheus_client" not in modules_after("import store")
+    assert "prometheus_client" in modules_after("import store.metrics")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 from alembic.script import ScriptDirectory
@@ -49,3 +50,19 @@ def test_python_dash_m_sessionkeeper_is_the_command() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "migrate" in result.stdout and "jobs" in result.stdout
+
+
+def test_prometheus_client_is_a_dependency_and_no_extra() -> None:
+    """The daemon needs prometheus-client, so it is a dependency; no extra lists it again (the
+    deprecated ``metrics`` extra is empty until the next release). ``import store`` still does
+    not import it (tests/unit/test_import_boundary.py)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+    def names(requirements: list[str]) -> set[str]:
+        return {re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0].lower() for r in requirements}
+
+    assert "prometheus-client" in names(project["dependencies"])
+    extras = project["optional-dependencies"]
+    assert extras["metrics"] == []
+    listing = {name for name, reqs in extras.items() if "prometheus-client" in names(reqs)}
+    assert listing == set()
