@@ -56,7 +56,11 @@ DISTRIBUTION_COLUMN = "user_id"
 COLOCATION_ROOT = "users"
 # usage_rollup_state: the rollup's one-row watermark, read (locked) with distributed usage rows.
 # user_key_secret: sk_user_key's one-row secret, read by the statement before a user's lookup.
-REFERENCE_TABLES = frozenset({"persons", "usage_rollup_state", "user_key_secret"})
+# link_code_erased_failures: erased accounts' lock-outs, keyed by a hash (no user_id), written
+# only by erasure and read by a redemption that finds no live record.
+REFERENCE_TABLES = frozenset(
+    {"persons", "usage_rollup_state", "user_key_secret", "link_code_erased_failures"}
+)
 # The daemon's run ledger and the migrations' own bookkeeping: read by operators, never joined.
 # proactive_list_state is one row (the published list's version). aiogram_fsm_states is keyed
 # by Telegram ids and its user_id is NULL until the user exists, which a distribution column
