@@ -185,7 +185,8 @@ def test_the_documented_bound_follows_from_the_limits() -> None:
     bound = accounts * per_account * live / 32**LINK_CODE_LENGTH
     assert bound <= 1e-6
     text = (Path(__file__).parents[2] / "docs" / "security.md").read_text()
-    assert f"{bound:.1e}".replace("e-0", " × 10^-") in text  # "4.4 × 10^-9"
+    mantissa, exponent = f"{bound:.1e}".split("e")
+    assert f"{mantissa} \u00d7 10^{int(exponent)}" in text  # 4.4 (times) 10^-9
 
 
 # -- erasure keeps the lock-out -----------------------------------------------------------------
