@@ -158,12 +158,19 @@ def _foreign_key(
     )
 
 
+# The re-keying's mapping (step 0). Erasure (sk_forget) deletes an erased user's rows from it
+# wherever it exists.
+USER_ID_REKEYS = (
+    "CREATE TABLE IF NOT EXISTS user_id_rekeys (old_user_id uuid PRIMARY KEY,"
+    " new_user_id uuid NOT NULL UNIQUE, rekeyed_at timestamptz NOT NULL DEFAULT now());"
+)
+
+
 def _rekey() -> list[str]:
     """Step 0: users whose id is not their key get it, in every table (see the module's doc)."""
     key = "sk_user_key(u.channel, u.channel_user_id)"
     out = [
-        "CREATE TABLE IF NOT EXISTS user_id_rekeys (old_user_id uuid PRIMARY KEY,"
-        " new_user_id uuid NOT NULL UNIQUE, rekeyed_at timestamptz NOT NULL DEFAULT now());",
+        USER_ID_REKEYS,
         # Names from store.schema, not input: a script to print, never executed here.
         f"INSERT INTO user_id_rekeys (old_user_id, new_user_id) SELECT u.user_id, {key} "  # noqa: S608
         f"FROM users u WHERE u.user_id <> {key} ON CONFLICT DO NOTHING;",

@@ -924,6 +924,15 @@ BEGIN
                    array_agg(m.output_tokens), array_agg(m.cached_tokens), now())
         INTO v_n, v_added FROM merged m;
         RETURN QUERY SELECT 'usage_daily', 'anonymised', v_n;
+        -- `sessionkeeper citus-ddl` re-keys users created before revision 0014 and keeps the
+        -- mapping in user_id_rekeys (not part of the migrated schema: only where it ran). The
+        -- user's old id and its key both go.
+        IF to_regclass('user_id_rekeys') IS NOT NULL THEN
+            EXECUTE 'WITH d AS (DELETE FROM user_id_rekeys WHERE old_user_id = ANY($1)'
+                    ' OR new_user_id = ANY($1) RETURNING 1) SELECT count(*) FROM d'
+                INTO v_n USING v_users;
+            RETURN QUERY SELECT 'user_id_rekeys', 'deleted', v_n;
+        END IF;
         WITH d AS (DELETE FROM users WHERE user_id = ANY(v_users) RETURNING 1)
         SELECT count(*) INTO v_n FROM d;
         RETURN QUERY SELECT 'users', 'deleted', v_n;
