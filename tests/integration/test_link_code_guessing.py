@@ -154,7 +154,7 @@ def most_in_a_day(times: list[Any]) -> int:
 # Each paces just under one threshold (defaults: 10 failures per 10-minute window lock out for
 # 15 minutes; 50 failures within 24 hours lock out until the oldest is a day old).
 STRATEGIES: dict[str, Callable[[int], timedelta]] = {
-    # 9 per window, the next window opened the moment the last one ends: the old slip, 1,305
+    # 9 per window, the next window opened the moment the last one ends: the old slip, 1,296
     # guesses a day without the daily cap.
     "under the window": lambda n: (
         timedelta(seconds=1) if n % 9 else DEFAULTS.link_failure_window - timedelta(seconds=8)
