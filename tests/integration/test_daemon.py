@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import resource
 import shutil
 import signal
 import socket
@@ -542,5 +544,39 @@ def test_slow_and_http09_clients_are_closed_and_connections_capped(
     records = daemon.records()
     assert any("without a reply" in r["message"] for r in records)
     assert any("oldest unfinished request" in r["message"] for r in records)
+    assert daemon.stop() == 0
+    assert_no_traceback(daemon)
+
+
+def cpu_seconds(daemon: Daemon) -> float:
+    fields = Path(f"/proc/{daemon.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def test_running_out_of_file_descriptors_does_not_spin_the_accept_loop(
+    database_url: str, start_daemon: Callable[..., Daemon]
+) -> None:
+    daemon = start_daemon(database_url, log_level="DEBUG", **every_job(NEVER))
+    assert daemon.get("/readyz") == (200, "ready\n")
+    pid = daemon.process.pid
+    in_use = len(list(Path(f"/proc/{pid}/fd").iterdir()))
+    limits = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (in_use + 5, limits[1]))
+    clients = slow_clients(address(daemon), 40)  # the kernel queues what accept() cannot take
+    try:
+        wait_for(
+            lambda: any("out of system resource" in r["message"] for r in daemon.records()),
+            "accept() failing with EMFILE",
+        )
+        # Accepting pauses a second between attempts: over two seconds of it the daemon uses
+        # a small fraction of one CPU (a spinning accept loop uses all of it).
+        before, started = cpu_seconds(daemon), time.monotonic()
+        wait_for(lambda: time.monotonic() - started > 2, "two seconds")
+        assert cpu_seconds(daemon) - before < 0.5
+    finally:
+        for client in clients:
+            client.close()
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, limits)
+    assert daemon.get("/healthz") == (200, "ok\n")  # served again once descriptors are free
     assert daemon.stop() == 0
     assert_no_traceback(daemon)
