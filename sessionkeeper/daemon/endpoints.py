@@ -67,6 +67,7 @@ class MetricsServer:
         self._workers = ThreadPoolExecutor(2, thread_name_prefix="metrics-http-worker")
         self._loop = asyncio.new_event_loop()
         self._loop.set_exception_handler(_log_loop_error)
+        self._loop.set_default_executor(self._workers)  # getaddrinfo's too: no other threads
         try:
             self._server = self._loop.run_until_complete(
                 asyncio.start_server(self._connection, host, port, limit=MAX_HEAD_BYTES)
@@ -93,6 +94,11 @@ class MetricsServer:
             for writer in list(self._open):
                 writer.transport.abort()
             await self._server.wait_closed()
+            # Connections still being handled end here, not as pending tasks of a closed loop.
+            pending = asyncio.all_tasks() - {asyncio.current_task()}
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
         if self._thread.is_alive():
             asyncio.run_coroutine_threadsafe(close(), self._loop).result(timeout=10)
