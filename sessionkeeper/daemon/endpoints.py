@@ -35,7 +35,7 @@ Readiness = Callable[[], tuple[bool, str]]
 
 MAX_HEAD_BYTES = 8192
 REQUEST_LINE = re.compile(rb"(GET|HEAD) (\S+) HTTP/1\.[01]\r?\n")
-REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
+REASONS = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}
 TEXT = "text/plain; charset=utf-8"
 # The head was too long, or the client left before finishing it.
 _CUT_SHORT = (asyncio.LimitOverrunError, asyncio.IncompleteReadError)
