@@ -1,7 +1,9 @@
 """link_code_expiry: remove expired and used link codes, and stale lock-outs.
 
 A failure row goes once the store's failed-redemption window (``link_failure_window``, a store
-setting) has ended and its lock-out, if any, is over: then it can no longer lock anybody out.
+setting) has ended, its lock-out, if any, is over and no failure of the last 24 hours is left
+for the daily cap (``link_max_daily_failures``): then it can no longer lock anybody out. Erased
+accounts' records (``link_code_erased_failures``) go on the same terms.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from .base import (
     Connection,
     JobResult,
     Pause,
+    delete_batches,
     job_params,
     main_then_retention,
     uninterrupted,
@@ -41,5 +44,11 @@ def run(
     done = main_then_retention(
         conn, "link_code_expiry", "link_code_failures_expiry", params, settings, pause
     )
-    details = {"codes": done.main, "lockouts": done.retention}
-    return JobResult(done.main + done.retention, details, done.stopped)
+    lockouts, stopped = done.retention, done.stopped
+    if not stopped:
+        erased, stopped = delete_batches(
+            conn, "link_code_erased_failures_expiry", params, settings, pause
+        )
+        lockouts += erased
+    details = {"codes": done.main, "lockouts": lockouts}
+    return JobResult(done.main + lockouts, details, stopped)

@@ -42,12 +42,14 @@ WHERE c.code = b.code
 
 -- link_code_failures_expiry --
 -- Lock-outs that ended and failure windows that can no longer lead to one (the window is the
--- store's link_failure_window, the one the store counts failures in).
+-- store's link_failure_window, the one the store counts failures in), once no failure of the
+-- last day is left for the daily cap to count.
 WITH b AS (
     SELECT user_id
     FROM link_code_failures
     WHERE (locked_until IS NULL OR locked_until < %(now)s)
       AND window_start + %(link_failure_window)s::interval < %(now)s
+      AND NOT EXISTS (SELECT 1 FROM unnest(recent) t WHERE t > %(now)s - interval '1 day')
     ORDER BY window_start
     LIMIT %(batch_size)s
     FOR UPDATE SKIP LOCKED
@@ -55,6 +57,22 @@ WITH b AS (
 DELETE FROM link_code_failures f
 USING b
 WHERE f.user_id = b.user_id
+
+-- link_code_erased_failures_expiry --
+-- Erased accounts' failure records (sk_forget keeps them), on the same terms.
+WITH b AS (
+    SELECT account_key
+    FROM link_code_erased_failures
+    WHERE (locked_until IS NULL OR locked_until < %(now)s)
+      AND window_start + %(link_failure_window)s::interval < %(now)s
+      AND NOT EXISTS (SELECT 1 FROM unnest(recent) t WHERE t > %(now)s - interval '1 day')
+    ORDER BY window_start
+    LIMIT %(batch_size)s
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM link_code_erased_failures e
+USING b
+WHERE e.account_key = b.account_key
 
 -- archive_sessions --
 -- Step 1 of a batch: copy idle sessions to the archive, keeping them locked until commit.

@@ -59,6 +59,8 @@ class StoreConfig:
     link_max_failures: int = 10
     link_failure_window: timedelta = timedelta(minutes=10)
     link_lockout: timedelta = timedelta(minutes=15)
+    # Failures of one account over any 24 hours, however paced (docs/security.md: the bound).
+    link_max_daily_failures: int = 50
     # Proactive messages: authenticated users of this channel are candidates without
     # registering a chat (the seed: Telegram, where the chat id is the user id).
     proactive_channel: str = "telegram"
@@ -72,6 +74,8 @@ class StoreConfig:
             ("history_pairs", 100_000),
             ("max_message_bytes", 2**29),
             ("link_max_failures", SQL_INTEGER_MAX),
+            # The database keeps the time of each failure of the day: a bounded array.
+            ("link_max_daily_failures", 10_000),
         ):
             value = getattr(self, name)
             require(1 <= value <= maximum, name, value, f"a whole number from 1 to {maximum}")

@@ -538,7 +538,13 @@ def _draw_link_code(params: Mapping[str, object]) -> Plan[models.LinkCode]:
             secrets.choice(validate.LINK_CODE_ALPHABET) for _ in range(validate.LINK_CODE_LENGTH)
         )
         key = validate.link_code_key(code)
-        rows = yield Step("create_link_code", {**params, "code_key": key})
+        try:
+            rows = yield Step("create_link_code", {**params, "code_key": key})
+        except BaseException:
+            # Failed, perhaps after the code was stored: the exception's traceback holds this
+            # frame, and error trackers record frames' locals. The code must not be among them.
+            del code
+            raise
         if rows:  # the database keeps only the code's hash: this is its one appearance
             return models.LinkCode(validate.display_link_code(code), rows[0]["expires_at"])
     raise errors.StoreError(f"no free link code after {LINK_CODE_DRAWS} draws; expire old codes")
@@ -559,6 +565,7 @@ def redeem_link_code(
         "max_failures": config.link_max_failures,
         "failure_window": config.link_failure_window,
         "lockout": config.link_lockout,
+        "max_daily_failures": config.link_max_daily_failures,
     }
     return _single("redeem_link_code", params, lambda rows: _linked(rows[0]))
 

@@ -173,9 +173,9 @@ RETURNING c.expires_at
 
 -- redeem_link_code --
 SELECT outcome, person_id, owner_id, locked_until
-FROM sk_redeem_link_code_v2(%(user_id)s, %(code_key)s, NULL, %(now)s::timestamptz,
+FROM sk_redeem_link_code_v3(%(user_id)s, %(code_key)s, NULL, %(now)s::timestamptz,
                             %(max_failures)s, %(failure_window)s::interval,
-                            %(lockout)s::interval)
+                            %(lockout)s::interval, %(max_daily_failures)s)
 
 -- get_linked_users --
 -- The user and every user of its person; nothing when the user does not exist.

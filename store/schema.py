@@ -39,7 +39,7 @@ from sqlalchemy import (
     Text,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TIMESTAMP, UUID
 from sqlalchemy.schema import SchemaItem
 
 from .models import ROLES
@@ -326,6 +326,21 @@ link_code_failures = Table(
     Column("window_start", TIMESTAMP(timezone=True), nullable=False),
     Column("failures", Integer, nullable=False, server_default=text("0")),
     Column("locked_until", TIMESTAMP(timezone=True)),
+    # Failure times of the last 24 hours, for the daily cap (revision 0015).
+    Column("recent", ARRAY(TIMESTAMP(timezone=True)), nullable=False, server_default=text("'{}'")),
+)
+
+# An erased account's failure record (revision 0015), keyed by sk_link_failure_key(user_id) and
+# holding nothing else of the user, until its day and lock-out are over: erasure must not
+# reset a lock-out (the user comes back under the same id).
+link_code_erased_failures = Table(
+    "link_code_erased_failures",
+    metadata,
+    Column("account_key", Text, primary_key=True),
+    Column("window_start", TIMESTAMP(timezone=True), nullable=False),
+    Column("failures", Integer, nullable=False, server_default=text("0")),
+    Column("locked_until", TIMESTAMP(timezone=True)),
+    Column("recent", ARRAY(TIMESTAMP(timezone=True)), nullable=False, server_default=text("'{}'")),
 )
 
 proactive_users = Table(

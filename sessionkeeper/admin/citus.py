@@ -56,7 +56,11 @@ DISTRIBUTION_COLUMN = "user_id"
 COLOCATION_ROOT = "users"
 # usage_rollup_state: the rollup's one-row watermark, read (locked) with distributed usage rows.
 # user_key_secret: sk_user_key's one-row secret, read by the statement before a user's lookup.
-REFERENCE_TABLES = frozenset({"persons", "usage_rollup_state", "user_key_secret"})
+# link_code_erased_failures: erased accounts' lock-outs, keyed by a hash (no user_id), written
+# only by erasure and read by a redemption that finds no live record.
+REFERENCE_TABLES = frozenset(
+    {"persons", "usage_rollup_state", "user_key_secret", "link_code_erased_failures"}
+)
 # The daemon's run ledger and the migrations' own bookkeeping: read by operators, never joined.
 # proactive_list_state is one row (the published list's version). aiogram_fsm_states is keyed
 # by Telegram ids and its user_id is NULL until the user exists, which a distribution column
@@ -154,12 +158,19 @@ def _foreign_key(
     )
 
 
+# The re-keying's mapping (step 0). Erasure (sk_forget) deletes an erased user's rows from it
+# wherever it exists.
+USER_ID_REKEYS = (
+    "CREATE TABLE IF NOT EXISTS user_id_rekeys (old_user_id uuid PRIMARY KEY,"
+    " new_user_id uuid NOT NULL UNIQUE, rekeyed_at timestamptz NOT NULL DEFAULT now());"
+)
+
+
 def _rekey() -> list[str]:
     """Step 0: users whose id is not their key get it, in every table (see the module's doc)."""
     key = "sk_user_key(u.channel, u.channel_user_id)"
     out = [
-        "CREATE TABLE IF NOT EXISTS user_id_rekeys (old_user_id uuid PRIMARY KEY,"
-        " new_user_id uuid NOT NULL UNIQUE, rekeyed_at timestamptz NOT NULL DEFAULT now());",
+        USER_ID_REKEYS,
         # Names from store.schema, not input: a script to print, never executed here.
         f"INSERT INTO user_id_rekeys (old_user_id, new_user_id) SELECT u.user_id, {key} "  # noqa: S608
         f"FROM users u WHERE u.user_id <> {key} ON CONFLICT DO NOTHING;",

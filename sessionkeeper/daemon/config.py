@@ -75,6 +75,10 @@ class Config:
     database_url: str | None = None
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464
+    # The HTTP port's bounds (daemon/endpoints.py): seconds to send a request's head, and open
+    # connections (keep it well below the process's file-descriptor limit, LimitNOFILE).
+    metrics_read_timeout_seconds: int = 5
+    metrics_max_connections: int = 256
     replica_id: str = ""  # empty: <hostname>-<pid>
     log_format: str = "text"
     workers: int = 2
@@ -100,6 +104,8 @@ class Config:
         # milliseconds in an int), so that an accepted value cannot fail later.
         for name, minimum, maximum in (
             ("metrics_port", 0, 65535),
+            ("metrics_read_timeout_seconds", 1, 3600),
+            ("metrics_max_connections", 1, 65535),
             ("workers", 1, 1000),
             ("pool_size", 2, 1000),
             ("gauge_interval_seconds", 1, 86400),

@@ -106,7 +106,14 @@ class Daemon:
     def start(self) -> None:
         host, port = self.config.metrics_host, self.config.metrics_port
         try:
-            self.http = MetricsServer(host, port, self.metrics.registry, self.ready)
+            self.http = MetricsServer(
+                host,
+                port,
+                self.metrics.registry,
+                self.ready,
+                read_timeout=self.config.metrics_read_timeout_seconds,
+                max_connections=self.config.metrics_max_connections,
+            )
         except OSError as exc:
             raise ConfigurationError(
                 f"cannot serve metrics on {host}:{port} (SESSIONKEEPER_METRICS_HOST, "

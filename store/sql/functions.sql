@@ -528,18 +528,31 @@ BEGIN
     END LOOP;
 END $$;
 
--- sk_redeem_link_code: outcome 'linked', 'own', 'invalid', 'expired' or 'locked'. Failures are
--- counted in a window; reaching p_max_failures locks the user out for p_lockout, during which
--- even the right code is refused (guessing must not pay). A success does not reset the count:
--- an attacker redeeming codes of its own accounts must not earn more guesses. The bound these
--- limits give is worked out in the README ("Identity and link codes"). The code's format is
--- checked by the store before it gets here (12 symbols; bots of 0.1.0 send six digits).
--- The code arrives as its key (sk_link_code_key, computed by the store: the code itself never
--- reaches the server); p_legacy_code is a code as bots of 0.1.0 send it (NULL from this
--- release), matched as typed because that release stored six-digit codes so.
-CREATE OR REPLACE FUNCTION sk_redeem_link_code_v2(
+-- sk_link_failure_key: the key of an erased account's failure record
+-- (link_code_erased_failures): a SHA-256 of its user id, so that the record names nobody.
+CREATE OR REPLACE FUNCTION sk_link_failure_key(p_user_id uuid) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+    SELECT 'f:' || encode(sha256(convert_to('link-failures:' || p_user_id::text, 'UTF8')), 'hex')
+$$;
+
+-- sk_redeem_link_code_v3: outcome 'linked', 'own', 'invalid', 'expired' or 'locked'. Failures
+-- are counted two ways, and either locks the account out; while locked, even the right code
+-- is refused (guessing must not pay):
+-- - in a window: reaching p_max_failures locks the user out for p_lockout;
+-- - over a sliding day: `recent` keeps the failure times of the last 24 hours, and reaching
+--   p_max_daily_failures locks the user out until the oldest of them is a day old. So no 24
+--   hours hold more than p_max_daily_failures failures of one account, however they are paced.
+-- A success does not reset the counts: an attacker redeeming codes of its own accounts must
+-- not earn more guesses. An erased account's record (sk_forget keeps it, keyed) comes back
+-- with the account. The bound these limits give is worked out in docs/security.md. The code's
+-- format is checked by the store before it gets here (12 symbols; bots of 0.1.0 send six
+-- digits). The code arrives as its key (sk_link_code_key, computed by the store: the code
+-- itself never reaches the server); p_legacy_code is a code as bots of 0.1.0 send it (NULL
+-- from release 0.2.0), matched as typed because that release stored six-digit codes so.
+CREATE OR REPLACE FUNCTION sk_redeem_link_code_v3(
     p_user_id uuid, p_code_key text, p_legacy_code text, p_now timestamptz,
-    p_max_failures integer, p_failure_window interval, p_lockout interval
+    p_max_failures integer, p_failure_window interval, p_lockout interval,
+    p_max_daily_failures integer
 ) RETURNS TABLE (outcome text, person_id uuid, owner_id uuid, locked_until timestamptz)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
@@ -559,6 +572,14 @@ BEGIN
             MESSAGE = 'user ' || p_user_id || ' does not exist';
     END IF;
     SELECT * INTO v_failures FROM link_code_failures f WHERE f.user_id = p_user_id;
+    IF NOT FOUND THEN
+        -- An erased account back under the same id gets its record back.
+        WITH e AS (DELETE FROM link_code_erased_failures e
+                   WHERE e.account_key = sk_link_failure_key(p_user_id) RETURNING e.*)
+        INSERT INTO link_code_failures (user_id, window_start, failures, locked_until, recent)
+        SELECT p_user_id, e.window_start, e.failures, e.locked_until, e.recent FROM e
+        RETURNING * INTO v_failures;
+    END IF;
     IF v_failures.locked_until > v_now THEN
         -- Locked out, even with the right code: guessing must not pay.
         RETURN QUERY SELECT 'locked', NULL::uuid, NULL::uuid, v_failures.locked_until;
@@ -578,18 +599,32 @@ BEGIN
         v_outcome := 'expired';
     END IF;
     IF v_outcome IS NOT NULL THEN
-        -- Count the failure in a window; reaching the cap locks the user out and starts afresh.
-        INSERT INTO link_code_failures AS f (user_id, window_start, failures)
-        VALUES (p_user_id, v_now, 1)
+        -- Count the failure in its window and in the last day (the times of the day's
+        -- failures, at most the cap's number of them).
+        INSERT INTO link_code_failures AS f (user_id, window_start, failures, recent)
+        VALUES (p_user_id, v_now, 1, ARRAY[v_now])
         ON CONFLICT (user_id) DO UPDATE SET
             window_start = CASE WHEN f.window_start <= v_now - p_failure_window
                                 THEN v_now ELSE f.window_start END,
             failures = CASE WHEN f.window_start <= v_now - p_failure_window
-                            THEN 1 ELSE f.failures + 1 END
+                            THEN 1 ELSE f.failures + 1 END,
+            recent = ARRAY(SELECT t FROM unnest(f.recent || v_now) t
+                           WHERE t > v_now - interval '1 day'
+                           ORDER BY t DESC LIMIT p_max_daily_failures)
         RETURNING * INTO v_failures;
         IF v_failures.failures >= p_max_failures THEN
+            -- The window's cap: locked out, and the window starts afresh.
             UPDATE link_code_failures f
             SET locked_until = v_now + p_lockout, failures = 0, window_start = v_now
+            WHERE f.user_id = p_user_id
+            RETURNING * INTO v_failures;
+        END IF;
+        IF cardinality(v_failures.recent) >= p_max_daily_failures THEN
+            -- The day's cap: locked out until the oldest of the day's failures is a day old.
+            UPDATE link_code_failures f
+            SET locked_until = greatest(f.locked_until,
+                                        (SELECT min(t) FROM unnest(f.recent) t)
+                                        + interval '1 day')
             WHERE f.user_id = p_user_id
             RETURNING * INTO v_failures;
         END IF;
@@ -610,6 +645,17 @@ BEGIN
        OR u.person_id IN (v_owner_person, v_user_person);
     RETURN QUERY SELECT 'linked', v_person, v_code.user_id, NULL::timestamptz;
 END $$;
+
+-- sk_redeem_link_code_v2: sk_redeem_link_code_v3 with the default daily cap (50). Bots of
+-- release 0.2.0 call it.
+CREATE OR REPLACE FUNCTION sk_redeem_link_code_v2(
+    p_user_id uuid, p_code_key text, p_legacy_code text, p_now timestamptz,
+    p_max_failures integer, p_failure_window interval, p_lockout interval
+) RETURNS TABLE (outcome text, person_id uuid, owner_id uuid, locked_until timestamptz)
+LANGUAGE sql AS $$
+    SELECT * FROM sk_redeem_link_code_v3(p_user_id, p_code_key, p_legacy_code, p_now,
+                                         p_max_failures, p_failure_window, p_lockout, 50)
+$$;
 
 -- sk_redeem_link_code: sk_redeem_link_code_v2 for a caller that sends the code itself (bots of
 -- release 0.1.0): its key is computed here, and a six-digit code of that release is matched as
@@ -804,8 +850,19 @@ BEGIN
                    WHERE user_id = ANY(v_users) OR used_by = ANY(v_users) RETURNING 1)
         SELECT count(*) INTO v_n FROM d;
         RETURN QUERY SELECT 'link_codes', 'deleted', v_n;
-        WITH d AS (DELETE FROM link_code_failures WHERE user_id = ANY(v_users) RETURNING 1)
-        SELECT count(*) INTO v_n FROM d;
+        -- The failure record outlives the user, keyed by a hash of its id and nothing else,
+        -- until link_code_expiry finds its day and lock-out over: a user erased and back
+        -- under the same id (a keyed hash of its channel identity) must not earn fresh guesses.
+        WITH d AS (DELETE FROM link_code_failures WHERE user_id = ANY(v_users) RETURNING *)
+        INSERT INTO link_code_erased_failures AS e
+            (account_key, window_start, failures, locked_until, recent)
+        SELECT sk_link_failure_key(d.user_id), d.window_start, d.failures, d.locked_until,
+               d.recent
+        FROM d
+        ON CONFLICT (account_key) DO UPDATE SET
+            window_start = EXCLUDED.window_start, failures = EXCLUDED.failures,
+            locked_until = EXCLUDED.locked_until, recent = EXCLUDED.recent;
+        GET DIAGNOSTICS v_n = ROW_COUNT;
         RETURN QUERY SELECT 'link_code_failures', 'deleted', v_n;
         WITH d AS (DELETE FROM rate_limits WHERE user_id = ANY(v_users) RETURNING 1)
         SELECT count(*) INTO v_n FROM d;
@@ -868,6 +925,15 @@ BEGIN
                    array_agg(m.output_tokens), array_agg(m.cached_tokens), now())
         INTO v_n, v_added FROM merged m;
         RETURN QUERY SELECT 'usage_daily', 'anonymised', v_n;
+        -- `sessionkeeper citus-ddl` re-keys users created before revision 0014 and keeps the
+        -- mapping in user_id_rekeys (not part of the migrated schema: only where it ran). The
+        -- user's old id and its key both go.
+        IF to_regclass('user_id_rekeys') IS NOT NULL THEN
+            EXECUTE 'WITH d AS (DELETE FROM user_id_rekeys WHERE old_user_id = ANY($1)'
+                    ' OR new_user_id = ANY($1) RETURNING 1) SELECT count(*) FROM d'
+                INTO v_n USING v_users;
+            RETURN QUERY SELECT 'user_id_rekeys', 'deleted', v_n;
+        END IF;
         WITH d AS (DELETE FROM users WHERE user_id = ANY(v_users) RETURNING 1)
         SELECT count(*) INTO v_n FROM d;
         RETURN QUERY SELECT 'users', 'deleted', v_n;

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import resource
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -54,11 +57,12 @@ def wait_for(check: Callable[[], T | None], what: str, timeout: float = 60) -> T
 class Daemon:
     """``sessionkeeper --log-format json run`` with its log in a file."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, log_level: str = "INFO") -> None:
         self.log_path = log_path
         self._log = log_path.open("w")
+        command = [sys.executable, "-m", "sessionkeeper", "--log-format", "json"]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "sessionkeeper", "--log-format", "json", "run"],
+            [*command, "--log-level", log_level, "run"],
             stdout=subprocess.DEVNULL,
             stderr=self._log,
             env=env,
@@ -123,9 +127,11 @@ class Daemon:
 def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     started: list[Daemon] = []
 
-    def start(database_url: str, replica: str = "a", **settings: str) -> Daemon:
+    def start(
+        database_url: str, replica: str = "a", log_level: str = "INFO", **settings: str
+    ) -> Daemon:
         env = daemon_env(database_url, SESSIONKEEPER_REPLICA_ID=replica, **settings)
-        daemon = Daemon(env, tmp_path / f"{replica}.log")
+        daemon = Daemon(env, tmp_path / f"{replica}.log", log_level)
         started.append(daemon)
         return daemon
 
@@ -443,3 +449,152 @@ def test_readyz_needs_the_migrated_schema(
     assert daemon.get("/healthz") == (200, "ok\n")
     assert daemon.value("sessionkeeper_database_up") == 1
     assert daemon.stop() == 0
+
+
+# -- the HTTP port's bounds (daemon/endpoints.py) ---------------------------------------------
+
+
+def slow_clients(address: tuple[str, int], count: int) -> list[socket.socket]:
+    """``count`` connections, each sending a request's first lines and never its end."""
+    clients = []
+    for _ in range(count):
+        client = socket.create_connection(address, timeout=5)
+        client.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        clients.append(client)
+    return clients
+
+
+def closed_by_server(client: socket.socket) -> bool:
+    client.setblocking(False)
+    try:
+        return client.recv(1) == b""
+    except BlockingIOError:
+        return False
+    except ConnectionError:
+        return True
+
+
+def healthz_seconds(daemon: Daemon) -> float:
+    started = time.perf_counter()
+    assert daemon.get("/healthz") == (200, "ok\n")
+    return time.perf_counter() - started
+
+
+def threads(daemon: Daemon) -> int:
+    return len(list(Path(f"/proc/{daemon.process.pid}/task").iterdir()))
+
+
+def address(daemon: Daemon) -> tuple[str, int]:
+    host, port = daemon.base_url.removeprefix("http://").rsplit(":", 1)
+    return host, int(port)
+
+
+def assert_no_traceback(daemon: Daemon) -> None:
+    # Every line of stderr is a JSON record: nothing printed around the logger.
+    for line in daemon.log_path.read_text().splitlines():
+        assert json.loads(line)["level"], line
+        assert not line.startswith("Traceback"), line
+
+
+def test_300_slow_clients_hold_no_threads_and_healthz_answers(
+    database_url: str, start_daemon: Callable[..., Daemon]
+) -> None:
+    daemon = start_daemon(
+        database_url,
+        SESSIONKEEPER_METRICS_READ_TIMEOUT_SECONDS="60",
+        SESSIONKEEPER_METRICS_MAX_CONNECTIONS="400",
+        log_level="DEBUG",
+        **every_job(NEVER),
+    )
+    assert daemon.get("/readyz") == (200, "ready\n")  # the worker threads exist from here
+    before = threads(daemon)
+    clients = slow_clients(address(daemon), 300)
+    try:
+        timings = []
+        for _ in range(5):  # trickle a byte on each, as a slowloris does, and ask meanwhile
+            for client in clients:
+                client.sendall(b"X")
+            timings.append(healthz_seconds(daemon))
+        assert sorted(timings)[2] < 0.1, timings
+        assert max(timings) < 1, timings
+        assert threads(daemon) <= before, (threads(daemon), before)
+        assert not any(closed_by_server(c) for c in clients)  # all 300 held open
+        assert daemon.stop() == 0  # stops cleanly with them open
+    finally:
+        for client in clients:
+            client.close()
+    assert_no_traceback(daemon)
+    assert not [r for r in daemon.records() if r["level"] in ("ERROR", "CRITICAL")]
+
+
+def test_slow_and_http09_clients_are_closed_and_connections_capped(
+    database_url: str, start_daemon: Callable[..., Daemon]
+) -> None:
+    daemon = start_daemon(
+        database_url,
+        SESSIONKEEPER_METRICS_READ_TIMEOUT_SECONDS="2",
+        SESSIONKEEPER_METRICS_MAX_CONNECTIONS="50",
+        log_level="DEBUG",
+        **every_job(NEVER),
+    )
+    clients = slow_clients(address(daemon), 300)
+    try:
+        # Over the cap, the oldest unfinished requests make room: at most 50 stay open.
+        wait_for(lambda: sum(map(closed_by_server, clients)) >= 250, "evictions", timeout=30)
+        assert healthz_seconds(daemon) < 1
+        old = socket.create_connection(address(daemon), timeout=10)
+        old.sendall(b"GET /healthz\r\n")  # HTTP/0.9: no version, no reply
+        assert old.recv(100) == b""
+        old.close()
+        # The read timeout is a deadline for the whole head: trickling does not extend it.
+        trickler = slow_clients(address(daemon), 1)[0]
+        started = time.monotonic()
+        while not closed_by_server(trickler):
+            trickler.setblocking(True)
+            trickler.sendall(b"X")
+            time.sleep(0.2)
+            assert time.monotonic() - started < 30, "a trickling client was never closed"
+        assert wait_for(lambda: all(map(closed_by_server, clients)), "read timeouts")
+        assert daemon.get("/metrics")[0] == 200
+    finally:
+        for client in clients:
+            client.close()
+    records = daemon.records()
+    assert any("without a reply" in r["message"] for r in records)
+    assert any("oldest unfinished request" in r["message"] for r in records)
+    assert daemon.stop() == 0
+    assert_no_traceback(daemon)
+
+
+def cpu_seconds(daemon: Daemon) -> float:
+    fields = Path(f"/proc/{daemon.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def test_running_out_of_file_descriptors_does_not_spin_the_accept_loop(
+    database_url: str, start_daemon: Callable[..., Daemon]
+) -> None:
+    daemon = start_daemon(database_url, log_level="DEBUG", **every_job(NEVER))
+    assert daemon.get("/readyz") == (200, "ready\n")
+    pid = daemon.process.pid
+    in_use = len(list(Path(f"/proc/{pid}/fd").iterdir()))
+    limits = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (in_use + 5, limits[1]))
+    clients = slow_clients(address(daemon), 40)  # the kernel queues what accept() cannot take
+    try:
+        wait_for(
+            lambda: any("out of system resource" in r["message"] for r in daemon.records()),
+            "accept() failing with EMFILE",
+        )
+        # Accepting pauses a second between attempts: over two seconds of it the daemon uses
+        # a small fraction of one CPU (a spinning accept loop uses all of it).
+        before, started = cpu_seconds(daemon), time.monotonic()
+        wait_for(lambda: time.monotonic() - started > 2, "two seconds")
+        assert cpu_seconds(daemon) - before < 0.5
+    finally:
+        for client in clients:
+            client.close()
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, limits)
+    assert daemon.get("/healthz") == (200, "ok\n")  # served again once descriptors are free
+    assert daemon.stop() == 0
+    assert_no_traceback(daemon)

@@ -378,6 +378,35 @@ def test_systemd_unit_runs_the_daemon_as_its_own_user() -> None:
     assert "Environment=SESSIONKEEPER_MIGRATE_ON_START=false" in environment
 
 
+def test_systemd_unit_leaves_file_descriptors_for_the_http_connection_cap() -> None:
+    from sessionkeeper.daemon.config import Config
+
+    unit = (DEPLOY / "systemd/sessionkeeper.service").read_text()
+    limits = [line for line in unit.splitlines() if line.startswith("LimitNOFILE=")]
+    assert len(limits) == 1
+    assert int(limits[0].split("=", 1)[1]) >= 4 * Config().metrics_max_connections
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "Dockerfile",
+        "compose.yaml",
+        "kubernetes/deployment.yaml",
+        "systemd/sessionkeeper.service",
+        "systemd/sessionkeeper.env.example",
+    ],
+)
+def test_deploy_files_say_why_they_bind_where_they_bind(path: str) -> None:
+    lines = (DEPLOY / path).read_text().splitlines()
+    binds = [i for i, line in enumerate(lines) if "SESSIONKEEPER_METRICS_HOST" in line]
+    assert binds, path
+    for i in binds:
+        # A comment within the few lines before each setting, naming who connects.
+        before = "\n".join(lines[max(0, i - 6) : i]).lower()
+        assert "#" in before and ("loopback" in before or "prometheus" in before), (path, i)
+
+
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
 def test_systemd_analyze_verifies_the_unit(tmp_path: Path) -> None:
     script = shutil.which("sessionkeeper")

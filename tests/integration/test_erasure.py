@@ -11,9 +11,11 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 from psycopg.types.json import Jsonb
 from test_cli import clean_env, sessionkeeper
 
+from sessionkeeper.admin import citus
 from store import (
     ANONYMOUS_USER_ID,
     AsyncStore,
@@ -253,3 +255,135 @@ def test_cli_forget(store: Store, conn: psycopg.Connection[Any], database_url: s
         assert refused.returncode == 2, refused.stderr
         assert refused.stderr.strip().splitlines()[-1].startswith("sessionkeeper")
     assert rows_about(conn, world.bob) != {}
+
+
+# -- nothing of a user left, in any table the catalog knows -------------------------------------
+
+# Tables that never hold anything of a user, by design. Every other table of the schema must
+# receive the user from the fill below (so the scan after erasure means something): a table
+# added later fails test_erasure_leaves_nothing until FILL (or this list) names it.
+HOLDS_NO_USER = frozenset(
+    {
+        "alembic_version",
+        "applied_functions",
+        "job_runs",
+        "usage_rollup_state",
+        "user_key_secret",
+        "proactive_list_state",
+        # Erased accounts' lock-outs: keyed by a hash, written by erasure (the scan checks it
+        # holds no id afterwards, like every table).
+        "link_code_erased_failures",
+    }
+)
+
+# One user's rows in the tables the store's calls do not write (jobs', integrations', tools'),
+# one statement per table. Parameters: user, channel, channel_user_id, old_user_id (its id
+# before `citus-ddl` re-keyed it), archived (a session id), day. Add a table here when you add
+# one to the schema.
+FILL: dict[str, str] = {
+    "usage_daily": "INSERT INTO usage_daily (day, user_id, channel, requests)"
+    " VALUES (%(day)s, %(user)s, 'telegram', 7)",
+    "archived_sessions": "INSERT INTO archived_sessions (session_id, user_id, created_at,"
+    " last_active, next_seq) VALUES (%(archived)s, %(user)s, %(day)s, %(day)s, 1)",
+    "archived_session_messages": "INSERT INTO archived_session_messages (session_id, seq, role,"
+    " content, created_at) VALUES (%(archived)s, 0, 'user', 'old', %(day)s)",
+    "proactive_user_list": "INSERT INTO proactive_user_list (user_id, chat_id)"
+    " VALUES (%(user)s, %(channel_user_id)s)",
+    "link_code_failures": "INSERT INTO link_code_failures (user_id, window_start, failures)"
+    " VALUES (%(user)s, now(), 2)",
+    "legacy_quarantined_messages": "INSERT INTO legacy_quarantined_messages (session_id,"
+    " array_index, user_id, reason, message)"
+    " VALUES (gen_random_uuid(), 0, %(user)s, 'unknown role', '{}')",
+    # Keyed by the channel identity only (written before the user's first turn).
+    "aiogram_fsm_states": "INSERT INTO aiogram_fsm_states (bot_id, chat_id, telegram_user_id,"
+    " channel, state) VALUES (42, %(channel_user_id)s::bigint, %(channel_user_id)s::bigint,"
+    " %(channel)s, 'asking')",
+    "user_id_rekeys": "INSERT INTO user_id_rekeys (old_user_id, new_user_id)"
+    " VALUES (%(old_user_id)s, %(user)s)",
+}
+
+
+@dataclass
+class Filled:
+    ids: list[str]  # per user: id, channel id, old id, session ids; then the person's id
+    users: list[uuid.UUID]
+    person: uuid.UUID
+
+
+def fill_everything(store: Store, conn: psycopg.Connection[Any]) -> Filled:
+    """Two users (Telegram and WhatsApp, one person) in every table: through the store's calls
+    where it writes, through FILL elsewhere."""
+    conn.execute(citus.USER_ID_REKEYS)  # as `sessionkeeper citus-ddl` makes it
+    ids, users = [], []
+    for channel, channel_user_id in (("telegram", "7331905514"), ("whatsapp", "41790004242")):
+        turn = store.begin_turn(channel, channel_user_id, display_name="Eve")
+        store.finish_turn(turn, "hello", "hi", input_tokens=3)
+        user = turn.user.user_id
+        store.check_rate_limit(user)
+        store.track_usage(user, channel, 1, 2, 3)
+        store.register_proactive_user(f"chat-{channel_user_id}", user)
+        store.create_link_code(user)
+        params = {
+            "user": user,
+            "channel": channel,
+            "channel_user_id": channel_user_id,
+            "old_user_id": uuid.uuid4(),
+            "archived": uuid.uuid4(),
+            "day": DAY,
+        }
+        for statement in FILL.values():
+            conn.execute(statement, params)
+        ids += [str(user), channel_user_id, str(params["old_user_id"])]
+        ids += [str(turn.session_id), str(params["archived"])]  # rows named by a session
+        users.append(user)
+    # Linked: the second redeems the first's code (link_codes.used_by names it).
+    linked = store.redeem_link_code(users[1], store.create_link_code(users[0]).code)
+    return Filled([*ids, str(linked.person_id)], users, linked.person_id)
+
+
+def schema_tables(conn: psycopg.Connection[Any]) -> list[str]:
+    """Every table of the schema, from the catalog (a partitioned table once: scanning it
+    scans its partitions)."""
+    rows = conn.execute(
+        "SELECT c.relname FROM pg_class c"
+        " WHERE c.relnamespace = current_schema()::regnamespace"
+        " AND c.relkind IN ('r', 'p') AND NOT c.relispartition ORDER BY 1"
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+def tables_naming(conn: psycopg.Connection[Any], ids: list[str]) -> dict[str, list[str]]:
+    """Per table, which of ``ids`` appear anywhere in its rows (any column, as text)."""
+    found: dict[str, list[str]] = {}
+    for table in schema_tables(conn):
+        query = sql.SQL("SELECT %s FROM {} t WHERE t::text LIKE '%%' || %s || '%%' LIMIT 1")
+        hits = [
+            i for i in ids if conn.execute(query.format(sql.Identifier(table)), [1, i]).fetchone()
+        ]
+        if hits:
+            found[table] = hits
+    return found
+
+
+@pytest.mark.parametrize("erase", ["forget_user", "forget_person"])
+def test_erasure_leaves_nothing_in_any_table(
+    store: Store, conn: psycopg.Connection[Any], erase: str
+) -> None:
+    filled = fill_everything(store, conn)
+    # The fill reaches every table but those that hold nothing of a user by design.
+    before = tables_naming(conn, filled.ids)
+    missing = set(schema_tables(conn)) - set(before) - HOLDS_NO_USER
+    assert not missing, f"add these tables to FILL (or to HOLDS_NO_USER): {sorted(missing)}"
+    bystander = store.begin_turn("telegram", "5550001", display_name="Bob").user.user_id
+
+    if erase == "forget_user":
+        forgotten = store.forget_user(filled.users[0])
+        gone = filled.ids[:5]  # the first user's
+        assert forgotten.deleted["user_id_rekeys"] == 1
+    else:
+        forgotten = store.forget_person(filled.person)
+        gone = filled.ids
+        assert forgotten.deleted["user_id_rekeys"] == 2
+
+    assert tables_naming(conn, gone) == {}
+    assert tables_naming(conn, [str(bystander)])  # erasure took nobody else's rows

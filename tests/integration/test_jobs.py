@@ -147,6 +147,21 @@ def test_link_code_expiry_keeps_failures_for_the_stores_window(conn: Conn) -> No
     assert link_code_expiry.run(conn, settings, NOW).details["lockouts"] == 1
 
 
+def test_link_code_expiry_keeps_failures_the_daily_cap_still_counts(conn: Conn) -> None:
+    """Window and lock-out over, but a failure of the last 24 hours: the row stays until it is
+    a day old (the daily cap, link_max_daily_failures, counts it)."""
+    user = make_user(conn)
+    conn.execute(
+        "INSERT INTO link_code_failures (user_id, window_start, failures, locked_until, recent)"
+        " VALUES (%s, %s, 0, %s, ARRAY[%s]::timestamptz[])",
+        (user, ago(hours=3), ago(hours=2), ago(hours=3)),
+    )
+    settings = link_code_expiry.Settings()
+    assert link_code_expiry.run(conn, settings, NOW).details["lockouts"] == 0
+    a_day_later = NOW + timedelta(hours=21, seconds=1)
+    assert link_code_expiry.run(conn, settings, a_day_later).details["lockouts"] == 1
+
+
 # -- session_archival --------------------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ codes the per-account limit allows, against 5,000 live codes of 5,000 other user
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,8 @@ import psycopg
 import pytest
 from store_support import T0, count, store_fixture  # noqa: F401 (fixture)
 
-from store import LinkCodeInvalid, LinkCodeLocked, Store
+from sessionkeeper.jobs import link_code_expiry
+from store import LinkCodeInvalid, LinkCodeLocked, Store, StoreConfig
 from store.queries import parse
 from store.validate import LINK_CODE_ALPHABET, LINK_CODE_LENGTH, display_link_code
 
@@ -119,3 +121,104 @@ def test_the_same_attack_takes_over_six_digit_codes_of_the_previous_release(
     assert len(outcomes) == ATTACKERS * GUESSES_PER_ATTACKER
     assert outcomes.count("linked") >= 1
     assert count(conn, "link_codes", "used_at IS NOT NULL") == outcomes.count("linked")
+
+
+# -- pacing: no 24 hours hold more than link_max_daily_failures guesses of one account ---------
+
+DAY = timedelta(days=1)
+DEFAULTS = StoreConfig()
+
+
+def paced_guesses(store: Store, attacker: UUID, gap: Callable[[int], timedelta]) -> list[Any]:
+    """Guess for three days: after the n-th accepted guess wait ``gap(n)``; when locked out,
+    guess again the moment the lock-out ends. The times of the guesses that were tested."""
+    tested: list[Any] = []
+    now = T0
+    while now < T0 + 3 * DAY:
+        try:
+            store.redeem_link_code(attacker, random_code(), now=now)
+        except LinkCodeLocked as locked:
+            assert locked.locked_until > now
+            now = locked.locked_until
+            continue
+        except LinkCodeInvalid:
+            tested.append(now)
+            now += gap(len(tested))
+    return tested
+
+
+def most_in_a_day(times: list[Any]) -> int:
+    return max(sum(1 for t in times if start <= t < start + DAY) for start in times)
+
+
+# Each paces just under one threshold (defaults: 10 failures per 10-minute window lock out for
+# 15 minutes; 50 failures within 24 hours lock out until the oldest is a day old).
+STRATEGIES: dict[str, Callable[[int], timedelta]] = {
+    # 9 per window, the next window opened the moment the last one ends: the old slip, 1,296
+    # guesses a day without the daily cap.
+    "under the window": lambda n: (
+        timedelta(seconds=1) if n % 9 else DEFAULTS.link_failure_window - timedelta(seconds=8)
+    ),
+    # 10 at once, then the lock-out, again and again.
+    "at the lock-out": lambda n: timedelta(seconds=1),
+    # One every 28.8 minutes: 50 a day, evenly, never two within a window.
+    "under the day": lambda n: DAY / DEFAULTS.link_max_daily_failures,
+}
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_no_pacing_tests_more_codes_a_day_than_the_daily_cap(
+    store: Store, conn: psycopg.Connection[Any], strategy: str
+) -> None:
+    (attacker,) = new_users(conn, f"pacer-{strategy}", 1)
+    tested = paced_guesses(store, attacker, STRATEGIES[strategy])
+    assert most_in_a_day(tested) <= DEFAULTS.link_max_daily_failures
+    # The cap is what binds: each strategy does reach it within some 24 hours.
+    assert most_in_a_day(tested) == DEFAULTS.link_max_daily_failures
+    assert len(tested) <= 3 * DEFAULTS.link_max_daily_failures
+
+
+def test_the_documented_bound_follows_from_the_limits() -> None:
+    """docs/security.md: P(any takeover in a day) <= A x (D + 1) x L / 32^12."""
+    accounts, live = 10_000, 10_000
+    per_account = DEFAULTS.link_max_daily_failures + 1  # the day's failures and one hit
+    bound = accounts * per_account * live / 32**LINK_CODE_LENGTH
+    assert bound <= 1e-6
+    text = (Path(__file__).parents[2] / "docs" / "security.md").read_text()
+    mantissa, exponent = f"{bound:.1e}".split("e")
+    assert f"{mantissa} \u00d7 10^{int(exponent)}" in text  # 4.4 (times) 10^-9
+
+
+# -- erasure keeps the lock-out -----------------------------------------------------------------
+
+
+def test_erasure_does_not_reset_a_lock_out_nor_keep_the_users_id(
+    store: Store, conn: psycopg.Connection[Any]
+) -> None:
+    owner = store.get_or_create_user("telegram", "owner", now=T0).user_id
+    guesser = store.get_or_create_user("telegram", "guesser", now=T0).user_id
+    for i in range(DEFAULTS.link_max_failures):
+        with pytest.raises(LinkCodeInvalid):
+            store.redeem_link_code(guesser, random_code(), now=T0 + timedelta(seconds=i))
+    right = store.create_link_code(owner, now=T0).code
+    with pytest.raises(LinkCodeLocked) as before:
+        store.redeem_link_code(guesser, right, now=T0 + timedelta(minutes=1))
+
+    store.forget_user(guesser)
+    kept = conn.execute("SELECT e::text FROM link_code_erased_failures e").fetchall()
+    assert len(kept) == 1 and str(guesser) not in kept[0][0]
+    # Back under the same id (a keyed hash of the channel identity), still locked out.
+    again = store.get_or_create_user("telegram", "guesser", now=T0 + timedelta(minutes=2))
+    assert again.user_id == guesser
+    with pytest.raises(LinkCodeLocked) as after:
+        store.redeem_link_code(guesser, right, now=T0 + timedelta(minutes=2))
+    assert after.value.locked_until == before.value.locked_until
+    assert count(conn, "link_code_erased_failures") == 0  # the record is the account's again
+
+    # Erased again: link_code_expiry drops the record once its day and lock-out are over.
+    store.forget_user(guesser)
+    settings = link_code_expiry.Settings()
+    assert link_code_expiry.run(conn, settings, T0 + timedelta(hours=1)).details["lockouts"] == 0
+    later = T0 + DAY + timedelta(hours=1)
+    assert link_code_expiry.run(conn, settings, later).details["lockouts"] == 1
+    assert count(conn, "link_code_erased_failures") == 0

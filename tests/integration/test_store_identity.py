@@ -4,11 +4,13 @@ guessing."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import io
 import json
 import re
 import uuid
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -278,3 +280,59 @@ def test_unlink_from_the_async_store_and_the_default_store(store: Store, databas
 def test_link_errors_share_the_store_base_class() -> None:
     for error in (LinkCodeInvalid, LinkCodeExpired, LinkCodeLocked, LinkCodeOutdated):
         assert issubclass(error, StoreError)
+
+
+def strings_in(value: Any, depth: int = 0) -> Iterator[str]:
+    """Every string a frame's local holds, looking into containers and dataclasses."""
+    if depth > 4:
+        return
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in [*value.keys(), *value.values()]:
+            yield from strings_in(item, depth + 1)
+    elif isinstance(value, list | tuple | set | frozenset):
+        for item in value:
+            yield from strings_in(item, depth + 1)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            yield from strings_in(getattr(value, f.name), depth + 1)
+
+
+def traceback_locals(exc: BaseException | None) -> Iterator[tuple[str, str, Any]]:
+    """(function, name, value) of every local of every frame of the exception's traceback, and
+    of the exceptions it was raised from."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        tb = exc.__traceback__
+        while tb is not None:
+            for name, value in tb.tb_frame.f_locals.items():
+                yield tb.tb_frame.f_code.co_name, name, value
+            tb = tb.tb_next
+        exc = exc.__cause__ or exc.__context__
+
+
+def test_a_failed_creation_leaves_the_code_in_no_frame_of_the_traceback(
+    database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    """A real failure: the statement times out on a table another session holds locked."""
+    with Store(database_url, max_size=1, statement_timeout_ms=300) as timed:
+        user = timed.get_or_create_user("telegram", "owner", now=T0).user_id
+        with psycopg.connect(database_url) as holder:
+            holder.execute("LOCK TABLE link_codes IN ACCESS EXCLUSIVE MODE")
+            with pytest.raises(StoreError) as caught:
+                timed.create_link_code(user, now=T0)
+            holder.rollback()
+    frames = list(traceback_locals(caught.value))
+    assert "_draw_link_code" in {function for function, _, _ in frames}  # the creator's frame
+    sent = [v for _, name, v in frames if name == "key" and isinstance(v, str)]
+    assert sent and all(v.startswith("h:") for v in sent)  # only the key went out
+    for function, name, value in frames:
+        for text in strings_in(value):
+            try:
+                canonical = validate.link_code(text)
+            except StoreError:  # not a code at all
+                continue
+            leaked = validate.link_code_key(canonical) in sent
+            assert not leaked, f"the live code is in {function}'s local {name!r}"

@@ -136,6 +136,7 @@ def test_linked_outcome_returns_the_person_and_the_codes_owner(config: StoreConf
         "max_failures": config.link_max_failures,
         "failure_window": config.link_failure_window,
         "lockout": config.link_lockout,
+        "max_daily_failures": config.link_max_daily_failures,
     }
 
 
