@@ -191,19 +191,19 @@ def refusal(exc: BaseException, conninfo: str) -> ConnectionRefused | None:
 
 # -- redaction ---------------------------------------------------------------------------------
 
-# A URL's password: from "scheme://user:" to the "@" that is followed by the host (a password
-# may hold spaces, quotes and even "@").
+# A URL's password: from "scheme://user:" to the last "@" before the host (a password may
+# hold spaces, quotes and even "@"), without running into another URL.
 _URL_PASSWORD = re.compile(
-    r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<secret>[^\n]*?)"
+    r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<secret>(?:(?!://)[^\n])*)"
     r"(?=@[^@\s/?#,'\"]*(?:[\s/?#,'\"]|$))",
     re.IGNORECASE,
 )
 # A password keyword (password=, sslpassword=, PGPASSWORD=) in a key=value string, a URL query
-# or a message: a quoted value to its closing quote (or the end), an unquoted one up to the next
-# "key=", "&" or the end of the line, spaces included.
+# or a message: a quoted value to its closing quote (or the end; '' as SQL writes a quote), an
+# unquoted one up to the next "key=", "&" or the end of the line, spaces included.
 _KEYWORD_PASSWORD = re.compile(
     r"(?P<head>(?:\bssl|\bPG|\b)password\s*=\s*)"
-    r"(?P<secret>'(?:[^'\\]|\\.)*'?|\"(?:[^\"\\]|\\.)*\"?|[^\n&]*?(?=\s+\w+\s*=|[&\n]|$))",
+    r"(?P<secret>'(?:[^'\\]|\\.|'')*'?|\"(?:[^\"\\]|\\.)*\"?|[^\n&]*?(?=\s+\w+\s*=|[&\n]|$))",
     re.IGNORECASE,
 )
 _QUOTED = re.compile(r"\"([^\"]*)\"")
