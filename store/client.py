@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import weakref
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from time import monotonic
@@ -107,7 +106,8 @@ class _Pool(_Refusals, ConnectionPool[psycopg.Connection[DictRow]]):
         except Exception as exc:
             if (refused := self._refused_by(exc)) is not None:
                 with self._lock:
-                    waiting, self._waiting = list(self._waiting), deque()
+                    waiting = list(self._waiting)
+                    self._waiting.clear()
                 for client in waiting:
                     client.fail(type(refused)(str(refused)))
             raise
@@ -134,7 +134,8 @@ class _AsyncPool(_Refusals, AsyncConnectionPool[psycopg.AsyncConnection[DictRow]
         except Exception as exc:
             if (refused := self._refused_by(exc)) is not None:
                 async with self._lock:
-                    waiting, self._waiting = list(self._waiting), deque()
+                    waiting = list(self._waiting)
+                    self._waiting.clear()
                 for client in waiting:
                     await client.fail(type(refused)(str(refused)))
             raise

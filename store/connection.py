@@ -217,9 +217,9 @@ def redact(text: str, *, known: Iterable[str] = ()) -> str:
     text = _KEYWORD_PASSWORD.sub(r"\g<head>***", text)
     words = set()
     for secret in known:
-        if secret:
+        if len(secret) >= 3:  # shorter, it would blank out ordinary words
             text = text.replace(secret, "***")
-            words |= {w for w in re.split(r"[\s'\"\\]+", secret) if w}
+        words |= {w for w in re.split(r"[\s'\"\\]+", secret) if w}
     if words:
         # libpq quotes the fragment it stumbled on: hide any that holds part of a secret.
         text = _QUOTED.sub(
@@ -250,11 +250,10 @@ def scrub(exc: BaseException, *, known: Iterable[str] = ()) -> BaseException:
     place, so that a traceback or an error tracker shows no password; returns ``exc``."""
     known = list(known)
     seen: set[int] = set()
-    current: BaseException | None = exc
     pending = [exc]
     while pending:
         current = pending.pop()
-        if current is None or id(current) in seen:
+        if id(current) in seen:
             continue
         seen.add(id(current))
         current.args = tuple(
