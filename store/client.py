@@ -379,8 +379,10 @@ class Store(_Shell):
     """A synchronous store over a ``psycopg_pool.ConnectionPool``.
 
     ``Store(url, max_size=20)`` or ``Store(url, config=StoreConfig(...))``; the URL defaults to
-    ``SESSIONKEEPER_DATABASE_URL`` / ``DATABASE_URL``. Connections open in the background; an
-    operation waits at most ``pool_timeout`` for one, then raises ``DatabaseUnavailable``.
+    the configured one (``SESSIONKEEPER_DATABASE_URL``, ``DATABASE_URL``, the TOML file), else
+    the embedded server running on this machine (docs/connecting.md). Connections open in the
+    background; an operation waits at most ``pool_timeout`` for one, then raises
+    ``DatabaseUnavailable``, or at once a ``ConnectionRefused`` when the server refused one.
     """
 
     pool: _Pool

