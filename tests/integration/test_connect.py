@@ -231,10 +231,12 @@ def system_users() -> Iterator[list[str]]:
         subprocess.run(["userdel", name], capture_output=True, check=False)
 
 
-def add_user(created: list[str], *groups: str) -> str:
+def add_user(created: list[str], *groups: str, primary: str | None = None) -> str:
     name = f"skbot{uuid.uuid4().hex[:10]}"
     command = ["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name]
-    subprocess.run(command + (["-G", ",".join(groups)] if groups else []), check=True)
+    command += ["-G", ",".join(groups)] if groups else []
+    command += ["--no-user-group", "--gid", primary] if primary else []
+    subprocess.run(command, check=True)
     created.append(name)
     return name
 
@@ -274,6 +276,25 @@ def test_a_bot_of_another_system_user_reaches_the_embedded_server(
         assert refused.startswith("ConfigurationError: no database URL is set"), refused
         assert f"usermod -aG {group} {outsider}" in refused
         assert f"SESSIONKEEPER_DATABASE_URL='{local_server.url(server.socket_dir)}'" in refused
+    finally:
+        server.stop(force=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates a system user to run as")
+def test_a_server_user_without_a_group_of_its_own_keeps_the_socket_to_itself(
+    system_users: list[str],
+) -> None:
+    # Its primary group is shared with unrelated users: opening the socket to it would open the
+    # database to them.
+    name = add_user(system_users, primary="users")
+    base = Path(tempfile.mkdtemp(prefix="sessionkeeper-private-"))
+    server = EmbeddedPostgres(base, server_options=TEST_SERVER_OPTIONS, service_user=name)
+    try:
+        server.start()
+        socket_file = server.socket_dir / local_server.SOCKET_FILE
+        assert stat.S_IMODE(socket_file.stat().st_mode) == 0o700
+        assert stat.S_IMODE(server.socket_dir.stat().st_mode) == 0o700
     finally:
         server.stop(force=True)
         shutil.rmtree(base, ignore_errors=True)
