@@ -23,7 +23,7 @@ from psycopg_pool.base import AttemptWithBackoff
 
 from . import core, erasure, export, local_server, settings
 from .config import StoreConfig
-from .connection import refusal, scrub, secure_conninfo
+from .connection import refusal, scrub, secrets, secure_conninfo
 from .errors import ConfigurationError, ConnectionRefused
 
 P = ParamSpec("P")
@@ -51,6 +51,16 @@ def raise_store_error(exc: psycopg.Error, sent: core.Step | None = None) -> NoRe
     if translated is exc:
         raise exc
     raise translated from exc
+
+
+def raise_connect_error(exc: psycopg.Error, conninfo: str) -> NoReturn:
+    """Raise the store error for a failed connection attempt: a ``ConnectionRefused`` when the
+    server refused it for good, else as ``raise_store_error``."""
+    refused = refusal(exc, conninfo)
+    if refused is None:
+        raise_store_error(exc)
+    scrub(exc, known=secrets(conninfo))
+    raise refused from exc
 
 
 class Backoff(AttemptWithBackoff):

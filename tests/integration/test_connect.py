@@ -36,6 +36,7 @@ from store import (
     ConfigurationError,
     DatabaseMissing,
     DatabaseUnavailable,
+    ProactiveUsers,
     SchemaOutOfDate,
     Store,
     StoreError,
@@ -142,6 +143,13 @@ def test_the_async_store_raises_the_refusal_at_once_too(guarded: GuardedServer) 
             return time.monotonic() - started
 
     assert asyncio.run(scenario()) < POOL_TIMEOUT / 3
+
+
+def test_the_proactive_listener_raises_the_refusal_too(guarded: GuardedServer) -> None:
+    with pytest.raises(AuthenticationFailed, match="password authentication failed") as caught:
+        ProactiveUsers(guarded.url(user="bot", password=WRONG_PASSWORD))
+    for word in WRONG_PASSWORD.split():
+        assert word not in chain_text(caught.value)
 
 
 def test_a_missing_database_raises_database_missing_and_recovers(
