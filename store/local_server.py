@@ -73,13 +73,17 @@ def discover_url(environ: Mapping[str, str] | None = None) -> str:
     candidates = (
         [Path(configured).expanduser()] if configured else [SYSTEM_BASE_DIR, user_base_dir()]
     )
+    blocked: list[Path] = []
     for base in candidates:
         try:
             directory = running_socket_dir(base)
         except PermissionError:
-            raise ConfigurationError(_not_permitted(base)) from None
+            blocked.append(base)
+            continue
         if directory is not None:
             return url(directory)
+    if blocked:
+        raise ConfigurationError(_not_permitted(blocked[0]))
     installed = next((b for b in candidates if (b / "pgdata" / "PG_VERSION").exists()), None)
     base = installed or candidates[0]
     wanted = f"SESSIONKEEPER_DATABASE_URL='{url(socket_dir(base))}'"
@@ -100,6 +104,12 @@ def discover_url(environ: Mapping[str, str] | None = None) -> str:
 def _not_permitted(base: Path) -> str:
     directory = socket_dir(base)
     user = pwd.getpwuid(os.geteuid()).pw_name
+    if not os.access(base, os.X_OK):
+        return (
+            f"no database URL is set and user {user!r} may not enter {base}, where the embedded "
+            f"PostgreSQL runs: make it passable (chmod 0711 {base}; the systemd unit's "
+            "StateDirectoryMode=0711), and see docs/connecting.md for the group to join"
+        )
     try:
         group = grp.getgrgid(directory.stat().st_gid).gr_name
     except (OSError, KeyError):

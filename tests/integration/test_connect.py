@@ -284,6 +284,10 @@ def test_a_bot_of_another_system_user_reaches_the_embedded_server(
         assert refused.startswith("ConfigurationError: no database URL is set"), refused
         assert f"usermod -aG {group} {outsider}" in refused
         assert f"SESSIONKEEPER_DATABASE_URL='{local_server.url(server.socket_dir)}'" in refused
+
+        # A base directory closed to the group (a 0700 state directory) is named as the cause.
+        base.chmod(0o700)
+        assert f"chmod 0711 {base}" in as_user(member)
     finally:
         server.stop(force=True)
         shutil.rmtree(base, ignore_errors=True)
