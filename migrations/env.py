@@ -11,6 +11,8 @@ from alembic import context
 
 from sessionkeeper.admin.functions import apply_functions
 from sessionkeeper.admin.migrate import MIGRATION_LOCK_KEY, engine_for
+from store import settings
+from store.errors import ConfigurationError
 from store.schema import is_partition, metadata
 
 config = context.config
@@ -21,7 +23,11 @@ def run_migrations_online() -> None:
     if connection is not None:
         _run(connection)
         return
-    url = context.get_x_argument(as_dictionary=True).get("url")
+    url = context.get_x_argument(as_dictionary=True).get("url") or settings.database_url()
+    if url is None:
+        raise ConfigurationError(
+            "no database URL: pass -x url=... or set SESSIONKEEPER_DATABASE_URL"
+        )
     engine = engine_for(url)
     with engine.connect() as connection:
         _run(connection)

@@ -30,14 +30,14 @@ from sessionkeeper.daemon.logs import log_run, setup_logging
 from sessionkeeper.daemon.service import Daemon, job_conninfo
 from sessionkeeper.jobs import JOB_NAMES, ledger, session_archival
 from sessionkeeper.jobs.runner import JobFailed, run_job
-from store import InvalidInput, Store
-from store.connection import configured_database_url, describe, redact, secure_conninfo
+from store import InvalidInput, Store, local_server
+from store.connection import describe, redact, secure_conninfo
 from store.errors import StoreError
 
 log = logging.getLogger("sessionkeeper")
 
 # The database the daemon uses on the embedded server (not the "postgres" maintenance one).
-EMBEDDED_DATABASE = "sessionkeeper"
+EMBEDDED_DATABASE = local_server.DATABASE
 
 
 class UsageError(Exception):
@@ -56,9 +56,9 @@ class Database:
 
 
 @contextlib.contextmanager
-def open_database(explicit_url: str | None, *, own_embedded: bool = False) -> Iterator[Database]:
-    """The configured database, or the embedded one (started here and stopped on exit)."""
-    url = configured_database_url(explicit_url)
+def open_database(url: str | None, *, own_embedded: bool = False) -> Iterator[Database]:
+    """The database at ``url`` (resolved by ``main``), else the embedded one (started here
+    and stopped on exit)."""
     if url is not None:
         yield Database(secure_conninfo(url), None)
         return

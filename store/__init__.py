@@ -31,7 +31,10 @@ from .default import (
 )
 from .erasure import ANONYMOUS_USER_ID, Forgotten
 from .errors import (
+    AuthenticationFailed,
     ConfigurationError,
+    ConnectionRefused,
+    DatabaseMissing,
     DatabaseUnavailable,
     ErasureBlocked,
     InvalidInput,
@@ -45,6 +48,7 @@ from .errors import (
     ReadOnlyDatabase,
     SchemaOutOfDate,
     StoreError,
+    TLSFailed,
     TransactionConflict,
 )
 from .export import Exported
@@ -68,7 +72,10 @@ __all__ = [
     "Appended",
     "AsyncProactiveUsers",
     "AsyncStore",
+    "AuthenticationFailed",
     "ConfigurationError",
+    "ConnectionRefused",
+    "DatabaseMissing",
     "DatabaseUnavailable",
     "ErasureBlocked",
     "Exported",
@@ -95,6 +102,7 @@ __all__ = [
     "Store",
     "StoreConfig",
     "StoreError",
+    "TLSFailed",
     "TransactionConflict",
     "Turn",
     "Unlinked",

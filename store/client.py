@@ -21,10 +21,10 @@ from psycopg.rows import DictRow, dict_row, tuple_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from psycopg_pool.base import AttemptWithBackoff
 
-from . import core, erasure, export
+from . import core, erasure, export, local_server, settings
 from .config import StoreConfig
-from .connection import configured_database_url, secure_conninfo
-from .errors import ConfigurationError
+from .connection import refusal, scrub, secrets, secure_conninfo
+from .errors import ConfigurationError, ConnectionRefused
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -33,12 +33,9 @@ PlanFunction = Callable[Concatenate[StoreConfig, P], core.Plan[T]]
 
 def build_conninfo(database_url: str | None, config: StoreConfig) -> str:
     """The libpq conninfo for the pool: TLS verified (see connection.py) and timeouts bounded,
-    unless the URL itself sets them."""
-    url = configured_database_url(database_url)
-    if url is None:
-        raise ConfigurationError(
-            "no database URL: pass one or set SESSIONKEEPER_DATABASE_URL or DATABASE_URL"
-        )
+    unless the URL itself sets them. Without a URL: the configured one (the settings loader),
+    else the daemon's embedded server running on this machine."""
+    url = database_url or settings.database_url() or local_server.discover_url()
     params = conninfo_to_dict(secure_conninfo(url))
     params.setdefault("connect_timeout", str(config.connect_timeout))
     params.setdefault("tcp_user_timeout", str(config.tcp_user_timeout_ms))
@@ -50,9 +47,20 @@ def build_conninfo(database_url: str | None, config: StoreConfig) -> str:
 def raise_store_error(exc: psycopg.Error, sent: core.Step | None = None) -> NoReturn:
     """Raise the store error ``exc`` stands for; ``sent``: the step whose statement failed."""
     translated = core.translate(exc, sent)
+    scrub(exc)  # tracebacks and error trackers show the chain
     if translated is exc:
         raise exc
     raise translated from exc
+
+
+def raise_connect_error(exc: psycopg.Error, conninfo: str) -> NoReturn:
+    """Raise the store error for a failed connection attempt: a ``ConnectionRefused`` when the
+    server refused it for good, else as ``raise_store_error``."""
+    refused = refusal(exc, conninfo)
+    if refused is None:
+        raise_store_error(exc)
+    scrub(exc, known=secrets(conninfo))
+    raise refused from exc
 
 
 class Backoff(AttemptWithBackoff):
@@ -70,21 +78,83 @@ class Backoff(AttemptWithBackoff):
         self.delay = min(self.delay, self.max_delay)
 
 
-class _Pool(ConnectionPool[psycopg.Connection[DictRow]]):
-    # Overrides psycopg_pool's (private) hook where a reconnection starts, to set its timing.
+class _Refusals:
+    """A pool's memory of the last connection attempt the server refused for good (a wrong
+    password, a missing database, a failed TLS handshake: ``connection.refusal``). Callers
+    waiting for a connection get that error at once, and so do later calls until an attempt
+    succeeds, instead of a ``PoolTimeout`` that hides the cause in the pool's log."""
+
+    conninfo: Any
+    refused: ConnectionRefused | None = None
+
+    def _refused_by(self, exc: BaseException) -> ConnectionRefused | None:
+        self.refused = refusal(exc, str(self.conninfo))
+        return self.refused
+
+    def raise_if_refused(self) -> None:
+        """Raise the last refusal while no connection is ready (a fresh copy per caller)."""
+        refused = self.refused
+        if refused is not None and self._pool_available() == 0:
+            raise type(refused)(str(refused))
+
+    def _pool_available(self) -> int:
+        stats: dict[str, int] = self.get_stats()  # type: ignore[attr-defined]
+        return stats.get("pool_available", 0)
+
+
+class _Pool(_Refusals, ConnectionPool[psycopg.Connection[DictRow]]):
+    # Overrides psycopg_pool's (private) hooks where a reconnection starts, to set its timing,
+    # and where a connection is made, to report a refusal at once.
     backoff: Callable[[float], AttemptWithBackoff]
 
     def _add_connection(self, attempt: AttemptWithBackoff | None, growing: bool = False) -> None:
         super()._add_connection(attempt or self.backoff(self.reconnect_timeout), growing)
 
+    def _connect(self, timeout: float | None = None) -> psycopg.Connection[DictRow]:
+        try:
+            conn = super()._connect(timeout)
+        except Exception as exc:
+            if (refused := self._refused_by(exc)) is not None:
+                with self._lock:
+                    waiting = list(self._waiting)
+                    self._waiting.clear()
+                for client in waiting:
+                    client.fail(type(refused)(str(refused)))
+            raise
+        self.refused = None
+        return conn
 
-class _AsyncPool(AsyncConnectionPool[psycopg.AsyncConnection[DictRow]]):
+    def reconnect_failed(self) -> None:
+        # The pool gave a connection slot up: the next call starts an attempt of its own.
+        self.refused = None
+        super().reconnect_failed()
+
+
+class _AsyncPool(_Refusals, AsyncConnectionPool[psycopg.AsyncConnection[DictRow]]):
     backoff: Callable[[float], AttemptWithBackoff]
 
     async def _add_connection(
         self, attempt: AttemptWithBackoff | None, growing: bool = False
     ) -> None:
         await super()._add_connection(attempt or self.backoff(self.reconnect_timeout), growing)
+
+    async def _connect(self, timeout: float | None = None) -> psycopg.AsyncConnection[DictRow]:
+        try:
+            conn = await super()._connect(timeout)
+        except Exception as exc:
+            if (refused := self._refused_by(exc)) is not None:
+                async with self._lock:
+                    waiting = list(self._waiting)
+                    self._waiting.clear()
+                for client in waiting:
+                    await client.fail(type(refused)(str(refused)))
+            raise
+        self.refused = None
+        return conn
+
+    async def reconnect_failed(self) -> None:
+        self.refused = None
+        await super().reconnect_failed()
 
 
 def _read_only(exc: psycopg.Error) -> bool:
@@ -319,11 +389,13 @@ class Store(_Shell):
     """A synchronous store over a ``psycopg_pool.ConnectionPool``.
 
     ``Store(url, max_size=20)`` or ``Store(url, config=StoreConfig(...))``; the URL defaults to
-    ``SESSIONKEEPER_DATABASE_URL`` / ``DATABASE_URL``. Connections open in the background; an
-    operation waits at most ``pool_timeout`` for one, then raises ``DatabaseUnavailable``.
+    the configured one (``SESSIONKEEPER_DATABASE_URL``, ``DATABASE_URL``, the TOML file), else
+    the embedded server running on this machine (docs/connecting.md). Connections open in the
+    background; an operation waits at most ``pool_timeout`` for one, then raises
+    ``DatabaseUnavailable``, or at once a ``ConnectionRefused`` when the server refused one.
     """
 
-    pool: ConnectionPool[psycopg.Connection[DictRow]]
+    pool: _Pool
 
     def _make_pool(self, options: dict[str, Any]) -> None:
         self.pool = pool = _Pool(configure=self._connected, **options)
@@ -337,6 +409,8 @@ class Store(_Shell):
             conn.close()
 
     def execute(self, plan: core.Plan[T]) -> T:
+        if self.pool.refused is not None:
+            self.pool.raise_if_refused()
         try:
             conn = self.pool.getconn()
         except psycopg.Error as exc:  # no connection in time (PoolTimeout)
@@ -362,7 +436,7 @@ class AsyncStore(_Shell):
     """The asyncio twin of ``Store`` over an ``AsyncConnectionPool``; the pool opens on first
     use (or ``await store.open()`` / ``async with AsyncStore(...)``)."""
 
-    pool: AsyncConnectionPool[psycopg.AsyncConnection[DictRow]]
+    pool: _AsyncPool
 
     def _make_pool(self, options: dict[str, Any]) -> None:
         self.pool = pool = _AsyncPool(configure=self._async_connected, **options)
@@ -390,6 +464,8 @@ class AsyncStore(_Shell):
     async def execute(self, plan: core.Plan[T]) -> T:
         if not self._opened:
             await self.open()
+        if self.pool.refused is not None:
+            self.pool.raise_if_refused()
         try:
             conn = await self.pool.getconn()
         except psycopg.Error as exc:  # no connection in time (PoolTimeout)

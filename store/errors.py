@@ -81,6 +81,27 @@ class DatabaseUnavailable(StoreError):
         self.in_doubt = in_doubt
 
 
+class ConnectionRefused(DatabaseUnavailable):
+    """The server (or the TLS handshake) refused the connection for a reason that waiting will
+    not cure: raised at once, not after ``pool_timeout``. The message carries the server's own
+    words (passwords redacted) and what to change; the subclasses say which kind."""
+
+
+class AuthenticationFailed(ConnectionRefused):
+    """The server refused the login: a wrong password, an unknown role, or no ``pg_hba.conf``
+    entry for this client."""
+
+
+class DatabaseMissing(ConnectionRefused):
+    """The database named in the URL does not exist on the server."""
+
+
+class TLSFailed(ConnectionRefused):
+    """The TLS handshake failed or was refused (no TLS on the server, an unknown certificate
+    authority, a certificate for another name); the message says which ``sslmode`` or
+    ``sslrootcert`` to set."""
+
+
 class ReadOnlyDatabase(DatabaseUnavailable):
     """The connection reached a read-only server (a standby, or a primary demoted by a
     failover): nothing was written. The store dropped that connection, so the next call

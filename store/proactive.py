@@ -32,7 +32,12 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import DictRow, dict_row
 
 from . import core
-from .client import build_conninfo, raise_store_error, run_plan, run_plan_async
+from .client import (
+    build_conninfo,
+    raise_connect_error,
+    run_plan,
+    run_plan_async,
+)
 from .config import StoreConfig
 from .connection import describe, redact
 from .errors import ConfigurationError
@@ -166,7 +171,7 @@ class ProactiveUsers(_ProactiveView):
         try:
             conn = psycopg.Connection.connect(self._conninfo, autocommit=True, row_factory=dict_row)
         except psycopg.Error as exc:
-            raise_store_error(exc)
+            raise_connect_error(exc, self._conninfo)
         try:
             conn.execute(LISTEN)  # before loading: nothing published after the load is missed
             self._load(conn)
@@ -260,7 +265,7 @@ class AsyncProactiveUsers(_ProactiveView):
                 self._conninfo, autocommit=True, row_factory=dict_row
             )
         except psycopg.Error as exc:
-            raise_store_error(exc)
+            raise_connect_error(exc, self._conninfo)
         try:
             await conn.execute(LISTEN)  # before loading: nothing published after it is missed
             await self._load(conn)

@@ -271,6 +271,20 @@ def load(
         raise ConfigurationError(f"unknown setting: {exc}") from None
 
 
+def database_url(source: Source | None = None) -> str | None:
+    """The database URL, read here and nowhere else: ``SESSIONKEEPER_DATABASE_URL``, else
+    ``DATABASE_URL`` (the common convention), else the file's top-level ``database_url``. None
+    when none is set: the daemon then runs its embedded server, and a bot looks for it
+    (``store.local_server``)."""
+    source = Source() if source is None else source
+    name = variable(("database_url",))
+    value = source.environ_value(name) or source.environ_value("DATABASE_URL")
+    if value is not None:
+        return value
+    found = source.find("database_url")
+    return None if found is None else str(parse(found, str))
+
+
 def setting_paths(cls: type[Any], table: KeyPath = ()) -> list[KeyPath]:
     """The path of every field of dataclass ``cls`` (for checks of a file's keys)."""
     return [(*table, field.name) for field in dataclasses.fields(cls) if field.init]

