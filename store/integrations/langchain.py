@@ -108,8 +108,9 @@ def from_store(message: Message) -> BaseMessage:
 class SessionkeeperChatMessageHistory(BaseChatMessageHistory):
     """A session's history as LangChain messages: ``(db, channel=..., channel_user_id=...)``
     for the user's current session (``chat=...``: of its conversation in that chat, an id or
-    a framework's chat object; docs/conversations.md), or ``(db, session_id=...)``; ``db`` is a ``Store`` (sync
-    methods) or an ``AsyncStore`` (async methods). ``history_pairs`` defaults to the store's."""
+    a framework's chat object; docs/conversations.md), or ``(db, session_id=...)``; ``db`` is
+    a ``Store`` (sync methods) or an ``AsyncStore`` (async methods). ``history_pairs``
+    defaults to the store's."""
 
     def __init__(
         self,
