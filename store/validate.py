@@ -290,7 +290,8 @@ def message(
 ) -> tuple[str, str, datetime | None, str | None]:
     """``(role, content, timestamp, extra)`` from a ``{role, content, timestamp?, extra?}``
     mapping or a ``Message``; the timestamp may be a datetime or an ISO 8601 string, ``extra``
-    comes back as JSON text. Content may be empty only when ``extra`` carries the message (an
+    comes back as JSON text. Top-level ``tool_calls`` and ``tool_call_id`` (OpenAI's shape) go
+    into ``extra``. Content may be empty (or None) only when ``extra`` carries the message (an
     AI message that only calls tools)."""
     if isinstance(value, Mapping):
         entry: Mapping[str, Any] = value
@@ -331,7 +332,10 @@ def message(
     body = entry.get("content")
     return (
         str(role),
-        "" if body == "" and extras is not None else content(config, body, f"{field}.content"),
+        # None: an OpenAI-shaped assistant message that only calls tools.
+        ""
+        if body in ("", None) and extras is not None
+        else content(config, body, f"{field}.content"),
         moment(stamp, f"{field}.timestamp", rule="timestamp"),
         extras,
     )

@@ -861,6 +861,33 @@ BEGIN
     RETURN NEXT;
 END $$;
 
+-- sk_conversation_sessions: the other sessions a conversation's history is read from (NULL:
+-- none): in a group chat (p_chat_id) the current session of every other member of the
+-- shared conversation; in a private chat the current private session of every other user of
+-- the person p_person (continuity). Current: active since p_since. Reads across users: on
+-- Citus it does not route to one shard (docs/conversations.md).
+CREATE OR REPLACE FUNCTION sk_conversation_sessions(
+    p_user_id uuid, p_session_id uuid, p_person_id uuid, p_channel text, p_chat_id text,
+    p_since timestamptz
+) RETURNS uuid[]
+LANGUAGE sql STABLE AS $$
+    SELECT array_agg(s.session_id)
+    FROM sessions s JOIN users u ON u.user_id = s.user_id
+    WHERE p_chat_id IS NOT NULL AND s.chat_id = p_chat_id AND u.channel = p_channel
+      AND s.last_active > p_since AND s.session_id <> p_session_id
+    HAVING count(*) > 0
+    UNION ALL
+    SELECT array_agg(l.session_id)
+    FROM users u
+    CROSS JOIN LATERAL (
+        SELECT s.session_id FROM sessions s
+        WHERE s.user_id = u.user_id AND s.chat_id IS NULL AND s.last_active > p_since
+        ORDER BY s.last_active DESC LIMIT 1
+    ) l
+    WHERE p_chat_id IS NULL AND u.person_id = p_person_id AND u.user_id <> p_user_id
+    HAVING count(*) > 0
+$$;
+
 -- sk_conversation_arrays: the newest 2 * p_pairs messages of several sessions (a shared group
 -- conversation, or a person's linked users), oldest first, in sk_history_arrays_v3's arrays;
 -- a turn's messages keep their order (same time: by seq). With p_speakers, the sixth array
@@ -986,23 +1013,10 @@ BEGIN
             FROM sk_current_session_v2(v_user, p_chat_id, v_now, p_idle, p_carry_pairs) c;
         END IF;
         session_id := v_session;
-        IF p_chat_id IS NOT NULL AND p_shared THEN
-            -- A shared group conversation: every member's current session in this chat.
-            SELECT array_agg(s.session_id) INTO v_others
-            FROM sessions s JOIN users u ON u.user_id = s.user_id
-            WHERE s.chat_id = p_chat_id AND s.last_active > v_now - p_idle
-              AND u.channel = p_channel AND s.session_id <> v_session;
-        ELSIF p_chat_id IS NULL AND p_continuity AND v_person IS NOT NULL THEN
-            -- Continuity: the current private session of each user linked to this one.
-            SELECT array_agg(l.session_id) INTO v_others
-            FROM users u
-            CROSS JOIN LATERAL (
-                SELECT s.session_id FROM sessions s
-                WHERE s.user_id = u.user_id AND s.chat_id IS NULL
-                  AND s.last_active > v_now - p_idle
-                ORDER BY s.last_active DESC LIMIT 1
-            ) l
-            WHERE u.person_id = v_person AND u.user_id <> v_user;
+        IF p_chat_id IS NOT NULL AND p_shared OR p_chat_id IS NULL AND p_continuity
+           AND v_person IS NOT NULL THEN
+            v_others := sk_conversation_sessions(v_user, v_session, v_person, p_channel,
+                                                 p_chat_id, v_now - p_idle);
         END IF;
         IF v_others IS NULL THEN
             SELECT h.seqs, h.roles, h.contents, h.created, h.extras
