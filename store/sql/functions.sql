@@ -1015,18 +1015,20 @@ BEGIN
         session_id := v_session;
         IF p_chat_id IS NOT NULL AND p_shared OR p_chat_id IS NULL AND p_continuity
            AND v_person IS NOT NULL THEN
+            -- A read view over several users' sessions (the settings' only cost).
             v_others := sk_conversation_sessions(v_user, v_session, v_person, p_channel,
                                                  p_chat_id, v_now - p_idle);
+            IF v_others IS NOT NULL THEN
+                SELECT h.seqs, h.roles, h.contents, h.created, h.extras, h.speakers
+                INTO history_seqs, history_roles, history_contents, history_created,
+                     history_extras, history_speakers
+                FROM sk_conversation_arrays(v_session || v_others, p_history_pairs, p_shared) h;
+            END IF;
         END IF;
         IF v_others IS NULL THEN
             SELECT h.seqs, h.roles, h.contents, h.created, h.extras
             INTO history_seqs, history_roles, history_contents, history_created, history_extras
             FROM sk_history_arrays_v3(v_user, v_session, p_history_pairs) h;
-        ELSE
-            SELECT h.seqs, h.roles, h.contents, h.created, h.extras, h.speakers
-            INTO history_seqs, history_roles, history_contents, history_created, history_extras,
-                 history_speakers
-            FROM sk_conversation_arrays(v_session || v_others, p_history_pairs, p_shared) h;
         END IF;
     END IF;
     RETURN NEXT;

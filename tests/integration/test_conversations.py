@@ -118,7 +118,7 @@ def test_a_shared_group_conversation_shows_who_spoke(
             " JOIN users u USING (user_id) ORDER BY 1"
         ).fetchall()
         assert rows == [("Ann", 5), ("Bob", 7)]
-        assert count(conn, "sessions", "chat_id = %s" % repr(str(GROUP))) == 2
+        assert count(conn, "sessions", f"chat_id = '{GROUP}'") == 2
         # Erasing one member removes that member's messages only.
         shared.forget_user(second.user.user_id)
         after = shared.begin_turn(
@@ -230,7 +230,7 @@ def test_a_tool_using_turn_is_stored_whole_and_prompts_as_the_apis_take_it(store
 def test_langchain_shaped_tool_calls_prompt_in_openai_shape(store: Store) -> None:
     turn = store.begin_turn("telegram", 10, now=T0)
     call = {"name": "weather", "args": {"city": "Oslo"}, "id": "c1", "type": "tool_call"}
-    reply = [
+    reply: list[dict[str, Any]] = [
         {"role": "assistant", "content": "", "extra": {"tool_calls": [call]}},
         {"role": "tool", "content": "-3", "extra": {"tool_call_id": "c1"}},
         {"role": "assistant", "content": "Cold."},
