@@ -1,0 +1,158 @@
+"""Bots and daemons of release 0.2.0 keep working beside 0.3.0's conversations.
+
+Release 0.2.0's statements (tests/fixtures/release-0.2.0/, verbatim) run against a database
+at head where a 0.3.0 bot has already opened group conversations: the old bot's turns stay in
+the user's private conversation (as they always were), never in a group's, and an old daemon
+archiving and restoring sessions keeps each session's chat (revision 0016's triggers). The
+statements of the turn and of the archive are the ones conversations changed underneath;
+test_previous_release.py runs the previous release's (0.1.0's) every statement.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+from store_support import T0
+
+from sessionkeeper.jobs.sql import parse as parse_jobs
+from store import Store
+from store.queries import parse as parse_store
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "release-0.2.0"
+STORE = parse_store((FIXTURES / "store_queries.sql").read_text(encoding="utf-8"))
+JOBS = parse_jobs((FIXTURES / "jobs_queries.sql").read_text(encoding="utf-8"))
+GROUP = "-100123"
+IDLE = timedelta(minutes=30)
+
+
+@pytest.fixture
+def old(database_url: str) -> Iterator[psycopg.Connection[dict[str, Any]]]:
+    with psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as conn:
+        yield conn
+
+
+def old_begin_turn(conn: psycopg.Connection[dict[str, Any]], now: Any) -> dict[str, Any]:
+    row = conn.execute(
+        STORE["begin_turn"],
+        {
+            "channel": "telegram",
+            "channel_user_id": "42",
+            "display_name": None,
+            "now": now,
+            "windows": [60],
+            "caps": [15],
+            "durable": False,
+            "idle": IDLE,
+            "carry_pairs": 2,
+            "history_pairs": 20,
+        },
+    ).fetchone()
+    assert row is not None
+    return row
+
+
+def old_finish_turn(
+    conn: psycopg.Connection[dict[str, Any]], row: dict[str, Any], now: Any
+) -> None:
+    conn.execute(
+        STORE["append_messages"],
+        {
+            "session_id": row["session_id"],
+            "user_id": row["user_id"],
+            "roles": ["user", "assistant"],
+            "contents": ["old bot", "old reply"],
+            "created": [now, now],
+            "extras": ["", ""],
+            "now": now,
+            "keep": 40,
+            "track_usage": True,
+            "input_tokens": 1,
+            "output_tokens": 1,
+            "cached_tokens": 0,
+            "turn_id": uuid.uuid4(),
+        },
+    )
+
+
+def test_a_bot_of_020_stays_in_the_private_conversation(
+    database_url: str, old: psycopg.Connection[dict[str, Any]]
+) -> None:
+    with Store(database_url, max_size=2) as new:
+        group = new.begin_turn("telegram", 42, chat=GROUP, now=T0)
+        new.finish_turn(group, "in group", "group reply", now=T0)
+        private = new.begin_turn("telegram", 42, now=T0)
+        new.finish_turn(private, "in private", "private reply", now=T0)
+
+        later = T0 + timedelta(minutes=1)
+        row = old_begin_turn(old, later)
+        assert row["session_id"] == private.session_id
+        assert row["history_contents"] == ["in private", "private reply"]
+        old_finish_turn(old, row, later)
+        history = old.execute(
+            STORE["get_history"], {"session_id": row["session_id"], "history_pairs": 20}
+        ).fetchone()
+        assert history is not None and history["history_contents"][-1] == "old reply"
+        session = old.execute(
+            STORE["get_or_create_session"],
+            {"user_id": row["user_id"], "now": later, "idle": IDLE, "carry_pairs": 2},
+        ).fetchone()
+        assert session is not None and session["session_id"] == private.session_id
+        # The group conversation is untouched, and a new bot continues both.
+        again = new.begin_turn("telegram", 42, chat=GROUP, now=later)
+        assert [m.content for m in again.history] == ["in group", "group reply"]
+        mine = new.begin_turn("telegram", 42, now=later)
+        assert [m.content for m in mine.history][-2:] == ["old bot", "old reply"]
+
+        # A private session that went idle: the old bot opens a new private one, never
+        # continuing a group session that was active more lately.
+        new.begin_turn("telegram", 42, chat=GROUP, now=later + timedelta(minutes=40))
+        renewed = old_begin_turn(old, later + timedelta(minutes=41))
+        assert renewed["session_created"] and renewed["session_id"] != again.session_id
+        chat = old.execute(
+            "SELECT chat_id FROM sessions WHERE session_id = %s", (renewed["session_id"],)
+        ).fetchone()
+        assert chat == {"chat_id": None}
+
+
+def test_a_daemon_of_020_keeps_each_sessions_chat_across_the_archive(
+    database_url: str, old: psycopg.Connection[dict[str, Any]]
+) -> None:
+    with Store(database_url, max_size=2) as new:
+        group = new.begin_turn("telegram", 42, chat=GROUP, now=T0)
+        new.finish_turn(group, "in group", "group reply", now=T0)
+        private = new.begin_turn("telegram", 42, now=T0)
+
+    now = T0 + timedelta(days=40)
+    with old.transaction():
+        chosen = old.execute(
+            JOBS["archive_sessions"], {"now": now, "idle_seconds": 86400, "batch_size": 10}
+        ).fetchall()
+        ids = [r["session_id"] for r in chosen]
+        old.execute(JOBS["archive_session_messages"], {"session_ids": ids})
+        old.execute(JOBS["archive_delete_sessions"], {"session_ids": ids})
+    archived = dict(
+        (r["session_id"], r["chat_id"])
+        for r in old.execute("SELECT session_id, chat_id FROM archived_sessions")
+    )
+    assert archived == {group.session_id: GROUP, private.session_id: None}
+
+    params = {"session_id": group.session_id, "now": now, "make_current": True}
+    with old.transaction():
+        assert old.execute(JOBS["restore_session"], params).fetchone() is not None
+        old.execute(JOBS["restore_session_messages"], params)
+        old.execute(JOBS["restore_delete_archive"], params)
+    restored = old.execute(
+        "SELECT chat_id FROM sessions WHERE session_id = %s", (group.session_id,)
+    ).fetchone()
+    assert restored == {"chat_id": GROUP}
+    with Store(database_url, max_size=2) as new:
+        back = new.begin_turn("telegram", 42, chat=GROUP, now=now)
+        assert back.session_id == group.session_id
+        assert new.begin_turn("telegram", 42, now=now).session_id != group.session_id
