@@ -326,7 +326,7 @@ def message(
             )
         fields = {**(fields or {})}
         fields.update((key, entry[key]) for key in _TOOL_FIELDS if entry.get(key) is not None)
-    if isinstance(fields, Mapping):
+    if fields is not None and isinstance(fields, Mapping):
         _tool_fields(fields, field)
     extras = extra(config, fields, f"{field}.extra")
     body = entry.get("content")
