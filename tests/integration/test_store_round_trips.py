@@ -105,7 +105,7 @@ def test_a_group_turn_and_a_tool_using_exchange_are_one_round_trip_each(database
     # Issue 23: the chat is one more parameter; the whole exchange (user message, a call, its
     # result, the reply) one statement and one transaction.
     call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
-    exchange = [
+    exchange: list[dict[str, Any]] = [
         {"role": "assistant", "content": None, "tool_calls": [call]},
         {"role": "tool", "tool_call_id": "c1", "content": "r"},
         {"role": "assistant", "content": "done"},
