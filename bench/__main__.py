@@ -173,6 +173,10 @@ class Bench:
         mine = store_designs(self.server.create_database("skbench_store"))
         if not mine:
             self.say("store.Store / store.AsyncStore not importable: the store is skipped")
+        else:
+            # Issue 23: a turn in a group chat, and a turn that used a tool.
+            mine.append(this_store.GroupStoreDesign(mine[0].conninfo))
+            mine.append(this_store.ToolStoreDesign(self.server.create_database("skbench_tools")))
         designs.extend(mine)
         if peer.available():
             designs.append(peer.PeerDesign(self.server.create_database("skbench_peer")))

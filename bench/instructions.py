@@ -53,11 +53,11 @@ def _turns(count: int, workers: int) -> list[list[tuple[str, int]]]:
     ]
 
 
-def run_sync(url: str, workers: int, warmup: int, turns: int) -> None:
+def run_sync(url: str, workers: int, warmup: int, turns: int, group: bool = False) -> None:
     from store import Store
 
     store = Store(url, min_size=workers, max_size=workers, **OPTIONS)
-    design = this_store.StoreDesign(url)
+    design = this_store.GroupStoreDesign(url) if group else this_store.StoreDesign(url)
     design.store = store
     store.pool.wait()
     if workers == 1:
@@ -138,6 +138,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--turns", type=int, default=300)
     parser.add_argument(
+        "--group",
+        action="store_true",
+        help="sync only: turns in a group chat (each member's conversation there); prepare:"
+        " also seed those conversations",
+    )
+    parser.add_argument(
         "--bystanders",
         type=int,
         default=5000,
@@ -149,12 +155,20 @@ def main(argv: list[str] | None = None) -> None:
         this_store.install(args.url)
         users = workload.channel_user_ids(USERS, prefix="i")
         this_store.seed_users(args.url, users, workload.history(workload.HISTORY_PAIRS))
+        if args.group:
+            this_store.seed_users(
+                args.url,
+                users,
+                workload.history(workload.HISTORY_PAIRS),
+                chat_id=this_store.GROUP_CHAT,
+                existing=True,
+            )
         others = workload.channel_user_ids(args.bystanders, prefix="b")
         this_store.seed_users(args.url, others, workload.history(workload.HISTORY_PAIRS))
         with psycopg.connect(args.url, autocommit=True) as conn:
             conn.execute("VACUUM ANALYZE")
     elif args.design == "sync":
-        run_sync(args.url, args.workers, args.warmup, args.turns)
+        run_sync(args.url, args.workers, args.warmup, args.turns, args.group)
     else:
         run_async(args.url, args.workers, args.warmup, args.turns, args.design == "uvloop")
 

@@ -33,10 +33,18 @@ RETURNING user_id, channel_user_id
 """
 
 SEED_SESSIONS = """
-INSERT INTO sessions (user_id, next_seq)
-SELECT user_id, %(messages)s FROM unnest(%(user_ids)s::uuid[]) AS user_id
+INSERT INTO sessions (user_id, next_seq, chat_id)
+SELECT user_id, %(messages)s, %(chat_id)s FROM unnest(%(user_ids)s::uuid[]) AS user_id
 RETURNING session_id, user_id
 """
+
+# The users of existing channel ids (seed_sessions for users seeded already).
+FIND_USERS = """
+SELECT sk_user_key(%(channel)s, cid), cid FROM unnest(%(ids)s::text[]) AS cid
+"""
+
+# The chat of the bench's group turns: each user's conversation in one group (one per member).
+GROUP_CHAT = "-1001"
 
 SEED_MESSAGES = """
 INSERT INTO session_messages (user_id, session_id, seq, role, content)
@@ -51,22 +59,30 @@ def install(conninfo: str) -> None:
 
 
 def seed_users(
-    conninfo: str, channel_user_ids: list[str], history: list[dict[str, str]]
+    conninfo: str,
+    channel_user_ids: list[str],
+    history: list[dict[str, str]],
+    *,
+    chat_id: str | None = None,
+    existing: bool = False,
 ) -> list[Any]:
-    """Users, each with one active session holding ``history``; returns the session ids in the
-    order of ``channel_user_ids``."""
+    """Users, each with one active session holding ``history`` (in chat ``chat_id``; None: the
+    private chat); returns the session ids in the order of ``channel_user_ids``. ``existing``:
+    the users were seeded already, only the sessions are added."""
     with psycopg.connect(conninfo) as conn:
+        query = FIND_USERS if existing else SEED_USERS
         users = dict(
             (cid, uid)
             for uid, cid in conn.execute(
-                SEED_USERS, {"channel": workload.CHANNEL, "ids": channel_user_ids}
+                query, {"channel": workload.CHANNEL, "ids": channel_user_ids}
             ).fetchall()
         )
         ordered = [users[cid] for cid in channel_user_ids]
         sessions = dict(
             (uid, sid)
             for sid, uid in conn.execute(
-                SEED_SESSIONS, {"messages": len(history), "user_ids": ordered}
+                SEED_SESSIONS,
+                {"messages": len(history), "user_ids": ordered, "chat_id": chat_id},
             ).fetchall()
         )
         session_ids = [sessions[uid] for uid in ordered]
@@ -141,6 +157,52 @@ class AsyncStoreDesign:
 
     async def close(self) -> None:
         await self.store.close()
+
+
+class GroupStoreDesign(StoreDesign):
+    """A turn in a group chat (each member's own conversation there, the default), on the sync
+    design's database: its users get a group session with a full history beside their private
+    one. Issue 23: within 10 % of a private turn."""
+
+    name = "store (sync, group)"
+
+    def prepare(self, users: list[str]) -> None:
+        seed_users(
+            self.conninfo,
+            users,
+            workload.history(workload.HISTORY_PAIRS),
+            chat_id=GROUP_CHAT,
+            existing=True,
+        )
+
+    def turn(self, worker: int, channel_user_id: str, seed: int) -> None:
+        user_text, reply = texts(seed)
+        turn = self.store.begin_turn(workload.CHANNEL, channel_user_id, chat=GROUP_CHAT)
+        assert len(turn.history) == workload.HISTORY_PAIRS * 2, len(turn.history)
+        self.store.finish_turn(turn, user_text, reply, **USAGE)
+
+
+# A tool-call turn's exchange after the user's message: one call, its result, the reply.
+TOOL_CALL = {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}
+
+
+class ToolStoreDesign(StoreDesign):
+    """A turn that used a tool (one call, one result, one reply: four messages in one
+    finish_turn), on a database of its own: its histories hold tool results, so its windows
+    may start one message later (a result whose call was cut off is left out)."""
+
+    name = "store (sync, tools)"
+
+    def turn(self, worker: int, channel_user_id: str, seed: int) -> None:
+        user_text, reply = texts(seed)
+        turn = self.store.begin_turn(workload.CHANNEL, channel_user_id)
+        assert len(turn.history) >= workload.HISTORY_PAIRS * 2 - 2, len(turn.history)
+        exchange = [
+            {"role": "assistant", "content": None, "tool_calls": [TOOL_CALL]},
+            {"role": "tool", "tool_call_id": "call_1", "content": reply},
+            {"role": "assistant", "content": reply},
+        ]
+        self.store.finish_turn(turn, user_text, exchange, **USAGE)
 
 
 class UvloopStoreDesign(AsyncStoreDesign):

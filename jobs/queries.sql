@@ -87,8 +87,10 @@ WITH b AS (
     LIMIT %(batch_size)s
     FOR UPDATE SKIP LOCKED
 )
-INSERT INTO archived_sessions (session_id, user_id, created_at, last_active, next_seq, archived_at)
-SELECT s.session_id, s.user_id, s.created_at, s.last_active, s.next_seq, %(now)s
+-- A session keeps its chat (revision 0016): restored, it is the same conversation again.
+INSERT INTO archived_sessions (session_id, user_id, created_at, last_active, next_seq, archived_at,
+                               chat_id)
+SELECT s.session_id, s.user_id, s.created_at, s.last_active, s.next_seq, %(now)s, s.chat_id
 FROM sessions s
 JOIN b USING (session_id)
 RETURNING session_id
@@ -128,10 +130,10 @@ WHERE a.session_id = b.session_id
 -- Bring an archived session back online (step 1 of 3, one transaction). It keeps its
 -- last_active, so it does not become the user's current session, unless %(make_current)s
 -- moves last_active to now. restored_at keeps archival from taking it back at once.
-INSERT INTO sessions (session_id, user_id, created_at, last_active, next_seq, restored_at)
+INSERT INTO sessions (session_id, user_id, created_at, last_active, next_seq, restored_at, chat_id)
 SELECT session_id, user_id, created_at,
        CASE WHEN %(make_current)s THEN greatest(last_active, %(now)s) ELSE last_active END,
-       next_seq, %(now)s
+       next_seq, %(now)s, chat_id
 FROM archived_sessions
 WHERE session_id = %(session_id)s
 FOR UPDATE

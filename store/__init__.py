@@ -66,6 +66,7 @@ from .models import (
     User,
 )
 from .proactive import AsyncProactiveUsers, ProactiveUsers
+from .prompt_formats import prompt
 
 __all__ = [
     "ANONYMOUS_USER_ID",
@@ -127,6 +128,7 @@ __all__ = [
     "init_database",
     "load_users_from_db",
     "pool_stats",
+    "prompt",
     "redeem_link_code",
     "register_proactive_user",
     "track_usage",

@@ -15,6 +15,9 @@ RATE_WINDOW_SECONDS = (60, 3600, 86400)
 LONGEST_RATE_WINDOW_SECONDS = max(RATE_WINDOW_SECONDS)
 
 
+GROUP_CONVERSATIONS = ("member", "shared")
+
+
 @dataclass(frozen=True, kw_only=True)
 class StoreConfig:
     """Every tunable of a ``Store``; ``Store(url, max_size=20)`` sets fields by keyword."""
@@ -46,6 +49,12 @@ class StoreConfig:
     carry_over_pairs: int = 2
     history_pairs: int = 20
     max_message_bytes: int = 64 * 1024
+    # Conversations (docs/conversations.md). In a group chat, "member": each member has a
+    # conversation of its own with the bot; "shared": the group is one conversation, and the
+    # prompt shows who spoke. linked_continuity: a person's linked users (Telegram and WhatsApp,
+    # ...) continue one private conversation on either channel.
+    group_conversations: str = "member"
+    linked_continuity: bool = False
     # Rate limits: None turns a cap off. The seed had 15 per minute and nothing else.
     rate_per_minute: int | None = 15
     rate_per_hour: int | None = None
@@ -118,6 +127,12 @@ class StoreConfig:
                 value,
                 ("a positive duration" if positive else "a duration") + " of at most 100 years",
             )
+        require(
+            self.group_conversations in GROUP_CONVERSATIONS,
+            "group_conversations",
+            self.group_conversations,
+            " or ".join(repr(mode) for mode in GROUP_CONVERSATIONS),
+        )
         require(
             bool(self.proactive_channel),
             "proactive_channel",

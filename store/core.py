@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Callable, Generator, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar, cast
@@ -161,21 +161,24 @@ def _user(row: Row, channel: str | None = None, channel_user_id: str | None = No
 
 
 def _history(row: Row) -> list[models.Message]:
-    """The messages of a row's parallel ``history_*`` arrays (NULL when the turn was refused)."""
+    """The messages of a row's parallel ``history_*`` arrays (NULL when the turn was refused),
+    and who spoke each when the row names them (a shared group conversation)."""
     seqs = row["history_seqs"]
     if not seqs:
         return []
-    extras = row["history_extras"]
-    return list(
-        map(
-            models.stored_message,
-            row["history_roles"],
-            row["history_contents"],
-            row["history_created"],
-            seqs,
-            extras,
-        )
-    )
+    roles = row["history_roles"]
+    columns = [roles, row["history_contents"], row["history_created"], seqs]
+    columns.append(row["history_extras"])
+    speakers = row.get("history_speakers")
+    if speakers is not None:
+        columns.append(speakers)
+    history = list(map(models.stored_message, *columns))
+    if roles[0] == "tool":
+        # The window starts after a call whose results it holds: providers refuse results
+        # without their call, so they are left out too.
+        start = next((i for i, role in enumerate(roles) if role != "tool"), len(roles))
+        del history[:start]
+    return history
 
 
 def _rate(row: Row) -> models.RateDecision:
@@ -197,14 +200,24 @@ def begin_turn(
     *,
     display_name: str | None = None,
     history_pairs: int | None = None,
+    chat: object = None,
     now: datetime | None = None,
 ) -> Plan[models.Turn]:
     """Before the model is called, in one round trip: upsert the user, decide the rate limit
-    and, when admitted, find or open the current session and read its last pairs."""
+    and, when admitted, find or open the current session of the conversation and read its
+    last pairs. ``chat`` is where the message was written (an id, or a framework's chat
+    object): None or the user's private chat is the conversation of release 0.2.0; in a group
+    each member has a conversation of their own, or the group one shared conversation
+    (``group_conversations``, docs/conversations.md)."""
+    user_id = validate.identifier(channel_user_id, "channel_user_id")
+    chat_id = None if chat is None else validate.chat(chat, user_id)
     params = {
         "channel": validate.channel(config, channel),
-        "channel_user_id": validate.identifier(channel_user_id, "channel_user_id"),
+        "channel_user_id": user_id,
         "display_name": validate.optional_name(display_name, "display_name"),
+        "chat_id": chat_id,
+        "shared": config.group_conversations == "shared",
+        "continuity": config.linked_continuity,
         "now": validate.moment(now, "now"),
         "idle": config.idle_timeout,
         "carry_pairs": config.carry_over_pairs,
@@ -217,12 +230,13 @@ def begin_turn(
     def decode(rows: Rows) -> models.Turn:
         row = rows[0]
         return models.Turn(
-            user=_user(row, str(params["channel"]), str(params["channel_user_id"])),
+            user=_user(row, str(params["channel"]), user_id),
             rate=_rate(row),
             started_at=row["now"],
             session_id=row["session_id"],
             session_created=bool(row["session_created"]),
             history=_history(row),
+            chat_id=chat_id,
         )
 
     return _single("begin_turn", params, decode)
@@ -232,7 +246,7 @@ def finish_turn(
     config: StoreConfig,
     turn: models.Turn | UUID | str,
     user_message: str | Mapping[str, Any],
-    reply: str | Mapping[str, Any],
+    reply: str | Mapping[str, Any] | Sequence[Mapping[str, Any] | models.Message],
     *,
     input_tokens: int = 0,
     output_tokens: int = 0,
@@ -242,8 +256,11 @@ def finish_turn(
 ) -> Plan[models.Appended]:
     """After the model answered, in one round trip and one transaction: append the user's
     message and the reply, trim the history to ``max_pairs``, touch ``last_active`` and record
-    the token usage. ``turn`` is what ``begin_turn`` returned (or a session id: then the user
-    is read from the session, which one node does as well, but Citus would not route)."""
+    the token usage. ``reply`` may be the whole exchange after the user's message, in order: the
+    assistant messages that call tools (``tool_calls``), the tools' results (role ``tool``,
+    ``tool_call_id``) and the final reply; every result must answer a call of this turn.
+    ``turn`` is what ``begin_turn`` returned (or a session id: then the user is read from the
+    session, which one node does as well, but Citus would not route)."""
     turn_id: UUID | None = None
     user_id: UUID | None = None
     if isinstance(turn, models.Turn):
@@ -256,12 +273,23 @@ def finish_turn(
             turn_id = validate.uuid(turn.turn_id, "turn.turn_id")
     else:
         session_id, asked_at = validate.uuid(turn, "session_id"), None
-    batch = [
+    batch: list[object] = [
         user_message
         if isinstance(user_message, Mapping)
-        else {"role": "user", "content": user_message, "timestamp": asked_at},
-        reply if isinstance(reply, Mapping) else {"role": "assistant", "content": reply},
+        else {"role": "user", "content": user_message, "timestamp": asked_at}
     ]
+    exchange = False
+    if isinstance(reply, str):
+        batch.append({"role": "assistant", "content": reply})
+    elif isinstance(reply, Mapping):
+        batch.append(reply)
+    elif isinstance(reply, Sequence) and reply:
+        batch.extend(reply)
+        exchange = True
+    else:
+        raise errors.InvalidInput(
+            "reply must be a text, a message, or a non-empty list of messages", field="reply"
+        )
     keep = 2 * validate.pairs(max_pairs, default=config.history_pairs)
     usage = {
         "input_tokens": validate.tokens(input_tokens, "input_tokens"),
@@ -269,7 +297,15 @@ def finish_turn(
         "cached_tokens": validate.tokens(cached_tokens, "cached_tokens"),
     }
     return _append(
-        config, session_id, batch, now, keep=keep, usage=usage, turn_id=turn_id, user_id=user_id
+        config,
+        session_id,
+        batch,
+        now,
+        keep=keep,
+        usage=usage,
+        turn_id=turn_id,
+        user_id=user_id,
+        exchange=exchange,
     )
 
 
@@ -300,8 +336,11 @@ def _append(
     usage: Mapping[str, int] | None = None,
     turn_id: UUID | None = None,
     user_id: UUID | None = None,
+    exchange: bool = False,
 ) -> Plan[models.Appended]:
     batch = validate.messages(config, messages)
+    if exchange:  # a list, checked message by message just above
+        validate.tool_exchange(cast(list[object], messages))
     params = {
         "session_id": session_id,
         # Only with a Turn: append_messages_by_session reads the user from the session.
@@ -425,13 +464,20 @@ def get_or_create_user(
 
 
 def get_or_create_session(
-    config: StoreConfig, user_id: UUID | str, *, now: datetime | None = None
+    config: StoreConfig,
+    user_id: UUID | str,
+    *,
+    chat: str | int | None = None,
+    now: datetime | None = None,
 ) -> Plan[models.Session]:
-    """The user's current session, or a new one when it has none or the latest is idle longer
-    than ``idle_timeout`` (the new one then carries the last ``carry_over_pairs`` pairs)."""
+    """The user's current session in ``chat`` (None: the private chat), or a new one when it has
+    none or the latest is idle longer than ``idle_timeout`` (the new one then carries the last
+    ``carry_over_pairs`` pairs). A chat is given by its id here, as ``begin_turn`` stores it
+    (``Turn.chat_id``)."""
     checked = validate.uuid(user_id, "user_id")
     params = {
         "user_id": checked,
+        "chat_id": None if chat is None else validate.identifier(chat, "chat"),
         "now": validate.moment(now, "now"),
         "idle": config.idle_timeout,
         "carry_pairs": config.carry_over_pairs,

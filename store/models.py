@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID, uuid4
 
+from . import prompt_formats
 from .errors import RateLimited
 
 # The roles a history message may have; store/schema.py's CHECK constraint and the input checks
@@ -29,27 +30,40 @@ class User:
 class Message:
     """One history entry; ``as_dict()`` is the seed's ``{role, content, timestamp}``, plus
     ``extra`` when the message carries fields beyond role and content (a JSON object: a tool
-    message's call id, an AI message's tool calls, ...)."""
+    message's ``tool_call_id``, an assistant message's ``tool_calls``, ...). ``speaker`` is who
+    spoke it in a shared group conversation (their display name), else None."""
 
     role: str
     content: str
     timestamp: datetime
     seq: int | None = None
     extra: Mapping[str, Any] | None = None
+    speaker: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         entry = {"role": self.role, "content": self.content, "timestamp": self.timestamp}
         if self.extra is not None:
             entry["extra"] = self.extra
+        if self.speaker is not None:
+            entry["speaker"] = self.speaker
         return entry
 
-    def as_prompt(self) -> dict[str, str]:
-        """The shape chat-completion APIs take."""
-        return {"role": self.role, "content": self.content}
+    def as_prompt(self, format: str = "openai") -> dict[str, Any]:
+        """The message as chat-completion APIs take it: ``format="openai"`` (the default; also
+        what most other providers' chat APIs take) or ``"anthropic"`` (Messages API content
+        blocks). See ``prompt()`` for a whole history, and docs/conversations.md."""
+        if self.extra is None and self.speaker is None and format == "openai":
+            return {"role": self.role, "content": self.content}
+        return prompt_formats.message(self, format)
 
 
 def stored_message(
-    role: str, content: str, timestamp: datetime, seq: int, extra: Mapping[str, Any] | None
+    role: str,
+    content: str,
+    timestamp: datetime,
+    seq: int,
+    extra: Mapping[str, Any] | None,
+    speaker: str | None = None,
 ) -> Message:
     """A ``Message`` read from the database, built without the frozen dataclass's
     ``__init__``: it sets each field through ``object.__setattr__``, which made building a
@@ -62,6 +76,7 @@ def stored_message(
     fields["timestamp"] = timestamp
     fields["seq"] = seq
     fields["extra"] = extra
+    fields["speaker"] = speaker
     return message
 
 
@@ -113,6 +128,8 @@ class Turn:
     session_created: bool = False
     history: list[Message] = field(default_factory=list)
     turn_id: UUID = field(default_factory=uuid4)
+    # The conversation's chat (as stored); None for the user's private chat.
+    chat_id: str | None = None
 
     @property
     def allowed(self) -> bool:

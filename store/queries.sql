@@ -8,15 +8,17 @@
 
 -- begin_turn --
 -- Upsert the user, decide the rate limit and, when admitted, find or open the current session
--- and read its history.
+-- of the conversation (the user in chat %(chat_id)s; NULL: the private chat) and read its
+-- history.
 -- The history comes back as parallel arrays, oldest first, with each message's extra fields
--- (see sk_history_arrays_v2).
+-- and, in a shared group conversation, who spoke each (see sk_begin_turn_v4).
 SELECT user_id, person_id, display_name, user_created, now, allowed, retry_at, refused_window,
        session_id, session_created, history_seqs, history_roles, history_contents,
-       history_created, history_extras
-FROM sk_begin_turn_v3(%(channel)s, %(channel_user_id)s, %(display_name)s,
-                      %(now)s::timestamptz, %(windows)s::integer[], %(caps)s::integer[],
-                      %(durable)s, %(idle)s::interval, %(carry_pairs)s, %(history_pairs)s)
+       history_created, history_extras, history_speakers
+FROM sk_begin_turn_v4(%(channel)s, %(channel_user_id)s, %(display_name)s, %(chat_id)s::text,
+                      %(shared)s, %(continuity)s, %(now)s::timestamptz, %(windows)s::integer[],
+                      %(caps)s::integer[], %(durable)s, %(idle)s::interval, %(carry_pairs)s,
+                      %(history_pairs)s)
 
 -- append_messages --
 -- Append a batch to a session of user %(user_id)s; optionally trim and record usage
@@ -62,10 +64,25 @@ WITH prior AS (
              WITH ORDINALITY AS m(role, content, created_at, extra, ord)
     WHERE %(keep)s::bigint IS NULL OR m.ord > cardinality(%(roles)b::text[]) - %(keep)s::bigint
     RETURNING seq
+), cut AS (
+    -- Where the kept history starts: at next_seq - keep, moved past tool results there (their
+    -- call would go: providers refuse a tool result without its call). When only tool results
+    -- lie between there and this batch, they go: the batch starts the kept history.
+    -- NULL %(keep)s: no cut (greatest() would ignore the NULL).
+    SELECT CASE WHEN %(keep)s::bigint IS NOT NULL THEN
+               greatest(s.next_seq - %(keep)s::bigint,
+                        coalesce((SELECT min(x.seq) FROM session_messages x
+                                  WHERE x.user_id = %(user_id)s::uuid
+                                    AND x.session_id = s.session_id
+                                    AND x.seq >= s.next_seq - %(keep)s::bigint
+                                    AND x.role <> 'tool'),
+                                 s.next_seq - cardinality(%(roles)b::text[])))
+           END AS seq
+    FROM session s
 ), trimmed AS (
-    DELETE FROM session_messages m USING session s
+    DELETE FROM session_messages m USING session s, cut c
     WHERE m.user_id = %(user_id)s::uuid AND m.session_id = s.session_id
-      AND m.seq < s.next_seq - %(keep)s::bigint
+      AND m.seq < c.seq
     RETURNING m.seq
 ), usage AS (
     INSERT INTO usage_stats (user_id, channel, input_tokens, output_tokens, cached_tokens,
@@ -100,12 +117,19 @@ UNION ALL
 SELECT session_id, user_id, next_seq, appended, trimmed FROM prior
 
 -- trim_session_history --
--- Keep the newest %(keep)s messages: everything below next_seq - keep, an index range.
+-- Keep the newest %(keep)s messages: everything below next_seq - keep, an index range; and the
+-- tool results right there, whose call goes (see append_messages).
 WITH session AS (
     SELECT s.session_id, s.next_seq FROM sessions s WHERE s.session_id = %(session_id)s
+), cut AS (
+    SELECT coalesce((SELECT min(x.seq) FROM session_messages x
+                     WHERE x.session_id = s.session_id
+                       AND x.seq >= s.next_seq - %(keep)s::bigint AND x.role <> 'tool'),
+                    s.next_seq) AS seq
+    FROM session s
 ), trimmed AS (
-    DELETE FROM session_messages m USING session s
-    WHERE m.session_id = s.session_id AND m.seq < s.next_seq - %(keep)s::bigint
+    DELETE FROM session_messages m USING session s, cut c
+    WHERE m.session_id = s.session_id AND m.seq < c.seq
     RETURNING m.seq
 )
 SELECT s.session_id, (SELECT count(*) FROM trimmed) AS trimmed FROM session s
@@ -125,8 +149,8 @@ FROM sk_channel_user(%(channel)s, %(channel_user_id)s, %(display_name)s, %(now)s
 
 -- get_or_create_session --
 SELECT session_id, created AS session_created
-FROM sk_current_session(%(user_id)s, %(now)s::timestamptz, %(idle)s::interval,
-                        %(carry_pairs)s)
+FROM sk_current_session_v2(%(user_id)s, %(chat_id)s::text, %(now)s::timestamptz,
+                           %(idle)s::interval, %(carry_pairs)s)
 
 -- check_rate_limit --
 SELECT allowed, retry_at, refused_window

@@ -137,8 +137,17 @@ sessions = Table(
     Column("next_seq", BigInteger, nullable=False, server_default=text("0")),
     # When it was restored from the archive (NULL: never); archival waits idle_seconds from it.
     _tstz("restored_at", nullable=True, now_default=False),
+    # The chat of the conversation (revision 0016); NULL for the user's private chat.
+    Column("chat_id", Text),
     Index("ix_sessions_user_id_last_active", "user_id", text("last_active DESC")),
     Index("ix_sessions_last_active", "last_active"),
+    # A group's sessions, for its shared conversation (docs/conversations.md).
+    Index(
+        "ix_sessions_chat_id_last_active",
+        "chat_id",
+        text("last_active DESC"),
+        postgresql_where=text("chat_id IS NOT NULL"),
+    ),
 )
 
 
@@ -193,6 +202,7 @@ archived_sessions = Table(
     Column("last_active", TIMESTAMP(timezone=True), nullable=False),
     Column("next_seq", BigInteger, nullable=False),
     _tstz("archived_at"),
+    Column("chat_id", Text),
     Index("ix_archived_sessions_user_id", "user_id"),
     Index("ix_archived_sessions_archived_at", "archived_at"),
 )

@@ -74,6 +74,31 @@ def identifier(value: object, field: str) -> str:
     return text(value, field, max_chars=MAX_ID_LENGTH)
 
 
+def chat(value: object, channel_user_id: str) -> str | None:
+    """The chat of a conversation as stored: None for the user's private chat (no chat given,
+    the user's own id, or a chat object of type ``private``), else the chat's id. Takes an id
+    (str or int, as ``identifier``), or a chat object or mapping with ``id`` and ``type``
+    (aiogram's and python-telegram-bot's ``Chat``)."""
+    if value is None:
+        return None
+    if isinstance(value, str | int) and not isinstance(value, bool):
+        chat_id = identifier(value, "chat")
+        return None if chat_id == channel_user_id else chat_id
+    kind: object
+    if isinstance(value, Mapping):
+        chat_id_value, kind = value.get("id"), value.get("type")
+    else:
+        chat_id_value, kind = getattr(value, "id", None), getattr(value, "type", None)
+    if chat_id_value is None or not isinstance(kind, str):
+        raise InvalidInput(
+            f"chat must be an id (str or int) or a chat with id and type, not {_shown(value)}",
+            field="chat",
+            rule="shape",
+        )
+    chat_id = identifier(chat_id_value, "chat.id")
+    return None if kind == "private" or chat_id == channel_user_id else chat_id
+
+
 def optional_name(value: object, field: str) -> str | None:
     return None if value is None else text(value, field, max_chars=MAX_NAME_LENGTH)
 
@@ -265,7 +290,8 @@ def message(
 ) -> tuple[str, str, datetime | None, str | None]:
     """``(role, content, timestamp, extra)`` from a ``{role, content, timestamp?, extra?}``
     mapping or a ``Message``; the timestamp may be a datetime or an ISO 8601 string, ``extra``
-    comes back as JSON text. Content may be empty only when ``extra`` carries the message (an
+    comes back as JSON text. Top-level ``tool_calls`` and ``tool_call_id`` (OpenAI's shape) go
+    into ``extra``. Content may be empty (or None) only when ``extra`` carries the message (an
     AI message that only calls tools)."""
     if isinstance(value, Mapping):
         entry: Mapping[str, Any] = value
@@ -290,14 +316,79 @@ def message(
             raise InvalidInput(
                 f"{field}.timestamp is not ISO 8601", field=field, rule="timestamp"
             ) from None
-    extras = extra(config, entry.get("extra"), f"{field}.extra")
+    fields = entry.get("extra")
+    if "tool_calls" in entry or "tool_call_id" in entry:
+        # An OpenAI-shaped message (a chat completion's, as the bot got it): its tool fields
+        # are kept in extra, where as_prompt() finds them.
+        if fields is not None and not isinstance(fields, Mapping):
+            raise InvalidInput(
+                f"{field}.extra must be a mapping (a JSON object)", field=field, rule="type"
+            )
+        fields = {**(fields or {})}
+        fields.update((key, entry[key]) for key in _TOOL_FIELDS if entry.get(key) is not None)
+    if fields is not None and isinstance(fields, Mapping):
+        _tool_fields(fields, field)
+    extras = extra(config, fields, f"{field}.extra")
     body = entry.get("content")
     return (
         str(role),
-        "" if body == "" and extras is not None else content(config, body, f"{field}.content"),
+        # None: an OpenAI-shaped assistant message that only calls tools.
+        ""
+        if body in ("", None) and extras is not None
+        else content(config, body, f"{field}.content"),
         moment(stamp, f"{field}.timestamp", rule="timestamp"),
         extras,
     )
+
+
+_TOOL_FIELDS = ("tool_calls", "tool_call_id")
+
+
+def _tool_fields(fields: Mapping[str, Any], field: str) -> None:
+    """A message's tool calls are a list of objects, each with an ``id``; a tool result's call
+    id is a non-empty string."""
+    calls = fields.get("tool_calls")
+    if calls is not None and not (
+        isinstance(calls, list | tuple)
+        and all(isinstance(call, Mapping) and isinstance(call.get("id"), str) for call in calls)
+    ):
+        raise InvalidInput(
+            f"{field}.tool_calls must be a list of objects, each with an id",
+            field=field,
+            rule="tool_calls",
+        )
+    call_id = fields.get("tool_call_id")
+    if call_id is not None and not (isinstance(call_id, str) and call_id):
+        raise InvalidInput(
+            f"{field}.tool_call_id must be a non-empty string", field=field, rule="tool_calls"
+        )
+
+
+def tool_exchange(entries: Iterable[object]) -> None:
+    """A turn's messages as ``finish_turn`` stores them: every tool result answers a call made
+    earlier in the same turn (providers refuse a result without its call)."""
+    calls: set[str] = set()
+    for i, entry in enumerate(entries):
+        fields = _fields(entry)
+        calls.update(str(call.get("id")) for call in fields.get("tool_calls") or ())
+        role = entry.get("role") if isinstance(entry, Mapping) else getattr(entry, "role", None)
+        if role == "tool" and fields.get("tool_call_id") not in calls:
+            raise InvalidInput(
+                f"messages[{i}] is a tool result without a matching tool call in this turn",
+                field=f"messages[{i}]",
+                rule="tool_calls",
+            )
+
+
+def _fields(entry: object) -> Mapping[str, Any]:
+    """A message's tool fields, wherever it carries them (top level, or in extra)."""
+    if isinstance(entry, Mapping):
+        fields = entry.get("extra")
+        fields = dict(fields) if isinstance(fields, Mapping) else {}
+        fields.update((key, entry[key]) for key in _TOOL_FIELDS if key in entry)
+        return fields
+    extra_fields = getattr(entry, "extra", None)
+    return extra_fields if isinstance(extra_fields, Mapping) else {}
 
 
 class Batch(NamedTuple):

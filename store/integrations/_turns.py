@@ -63,6 +63,8 @@ class TelegramMessage(Protocol):
     def text(self) -> str | None: ...
     @property
     def caption(self) -> str | None: ...
+    @property
+    def chat(self) -> Any: ...  # its Chat: id and type ("private", "group", ...)
 
 
 EventT = TypeVar("EventT")
@@ -124,6 +126,9 @@ class TelegramTurns(ABC, Generic[EventT, MessageT]):
             sender.id,
             display_name=display_name(sender.first_name, sender.last_name),
             history_pairs=self.history_pairs,
+            # The conversation is the sender in this chat: a group's turn never sees the
+            # private chat's history (docs/conversations.md).
+            chat=message.chat,
         )
         if turn.allowed:
             return turn

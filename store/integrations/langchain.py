@@ -107,8 +107,10 @@ def from_store(message: Message) -> BaseMessage:
 
 class SessionkeeperChatMessageHistory(BaseChatMessageHistory):
     """A session's history as LangChain messages: ``(db, channel=..., channel_user_id=...)``
-    for the user's current session, or ``(db, session_id=...)``; ``db`` is a ``Store`` (sync
-    methods) or an ``AsyncStore`` (async methods). ``history_pairs`` defaults to the store's."""
+    for the user's current session (``chat=...``: of its conversation in that chat, an id or
+    a framework's chat object; docs/conversations.md), or ``(db, session_id=...)``; ``db`` is
+    a ``Store`` (sync methods) or an ``AsyncStore`` (async methods). ``history_pairs``
+    defaults to the store's."""
 
     def __init__(
         self,
@@ -117,6 +119,7 @@ class SessionkeeperChatMessageHistory(BaseChatMessageHistory):
         session_id: UUID | str | None = None,
         channel: str | None = None,
         channel_user_id: str | int | None = None,
+        chat: object = None,
         history_pairs: int | None = None,
     ) -> None:
         if not isinstance(db, Store | AsyncStore):
@@ -129,12 +132,16 @@ class SessionkeeperChatMessageHistory(BaseChatMessageHistory):
             history_pairs, "history_pairs", default=db.config.history_pairs
         )
         self._session_id = None if session_id is None else validate.uuid(session_id, "session_id")
+        if chat is not None and not by_user:
+            raise InvalidInput("chat goes with channel and channel_user_id", field="chat")
         self._user: tuple[str, str] | None = None
+        self._chat_id: str | None = None
         if by_user:
             self._user = (
                 validate.channel(db.config, channel),
                 validate.identifier(channel_user_id, "channel_user_id"),
             )
+            self._chat_id = validate.chat(chat, self._user[1])
 
     @property
     def session_id(self) -> UUID:
@@ -153,13 +160,14 @@ class SessionkeeperChatMessageHistory(BaseChatMessageHistory):
         if self._session_id is None:
             assert self._user is not None
             user = await db.get_or_create_user(*self._user)
-            self._session_id = (await db.get_or_create_session(user.user_id)).session_id
+            session = await db.get_or_create_session(user.user_id, chat=self._chat_id)
+            self._session_id = session.session_id
         return self._session_id
 
     def _find_session(self, db: Store) -> UUID:
         assert self._user is not None
         user = db.get_or_create_user(*self._user)
-        return db.get_or_create_session(user.user_id).session_id
+        return db.get_or_create_session(user.user_id, chat=self._chat_id).session_id
 
     # -- sync, over a Store ---------------------------------------------------------------------
 

@@ -272,59 +272,16 @@ END $$;
 -- user row's lock is granted the later statements see what the lock holder committed.
 -- =============================================================================================
 
--- sk_current_session: the user's session if it was active within p_idle, else a new one that
--- carries the newest p_carry_pairs pairs of the stale one.
+-- sk_current_session: the user's private session (no chat) if it was active within p_idle,
+-- else a new one that carries the newest p_carry_pairs pairs of the stale one: sk_current_session_v2
+-- for the private chat (release 0.2.0's get_or_create_session and sk_begin_turn_v3 call it).
 CREATE OR REPLACE FUNCTION sk_current_session(
     p_user_id uuid, p_now timestamptz, p_idle interval, p_carry_pairs integer
 ) RETURNS TABLE (session_id uuid, created boolean)
 LANGUAGE plpgsql AS $$
-#variable_conflict use_column
-DECLARE
-    v_now timestamptz := coalesce(p_now, now());
-    v_previous uuid;
-    v_last_active timestamptz;
-    v_new uuid;
-    v_carried bigint;
 BEGIN
-    -- The user's row lock serialises the choice: concurrent first messages queue here, and as
-    -- each statement below takes a fresh snapshot, the later ones find the session the first
-    -- one opened.
-    PERFORM 1 FROM users u WHERE u.user_id = p_user_id FOR NO KEY UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION USING ERRCODE = 'no_data_found',
-            MESSAGE = 'user ' || p_user_id || ' does not exist';
-    END IF;
-    SELECT s.session_id, s.last_active INTO v_previous, v_last_active
-    FROM sessions s WHERE s.user_id = p_user_id
-    ORDER BY s.last_active DESC LIMIT 1;
-    IF v_previous IS NOT NULL AND v_last_active > v_now - p_idle THEN
-        session_id := v_previous;
-        created := false;
-        RETURN NEXT;
-        RETURN;
-    END IF;
-    INSERT INTO sessions AS s (user_id, created_at, last_active)
-    VALUES (p_user_id, v_now, v_now) RETURNING s.session_id INTO v_new;
-    IF v_previous IS NOT NULL AND p_carry_pairs > 0 THEN
-        -- Intermittent chatters keep context: the newest pairs of the stale session come along.
-        -- Each message with its extra fields (revision 0010): a carried tool call keeps its id.
-        -- Every statement names the user (its rows' distribution column on Citus).
-        INSERT INTO session_messages (user_id, session_id, seq, role, content, created_at,
-                                      extra)
-        SELECT p_user_id, v_new, row_number() OVER (ORDER BY m.seq) - 1, m.role, m.content,
-               m.created_at, m.extra
-        FROM (
-            SELECT x.seq, x.role, x.content, x.created_at, x.extra FROM session_messages x
-            WHERE x.user_id = p_user_id AND x.session_id = v_previous
-            ORDER BY x.seq DESC LIMIT 2 * p_carry_pairs
-        ) m;
-        GET DIAGNOSTICS v_carried = ROW_COUNT;
-        UPDATE sessions s SET next_seq = v_carried
-        WHERE s.user_id = p_user_id AND s.session_id = v_new;
-    END IF;
-    session_id := v_new;
-    created := true;
-    RETURN NEXT;
+    RETURN QUERY SELECT c.session_id, c.created
+    FROM sk_current_session_v2(p_user_id, NULL, p_now, p_idle, p_carry_pairs) c;
 END $$;
 
 -- sk_history_arrays_v2: the newest pairs of a session, oldest first, as parallel arrays in one
@@ -369,18 +326,8 @@ LANGUAGE sql STABLE AS $$
     ) m
 $$;
 
--- sk_begin_turn_v3: everything before the model is called, in one round trip: the user
--- (written only when something changes, revision 0005), the rate-limit decision, and when
--- admitted the current session and its history, each message with its extra fields (0010).
--- The common turn (one cap, a session active within p_idle) runs in this body: calling
--- sk_check_rate_limit and sk_current_session for it cost a PL/pgSQL call each (executor
--- start-up, a tuplestore for the result row, a second lock of the user row): measurable in
--- the server's instructions per turn (bench/RESULTS.md, issue 13). The other cases call them.
--- plan_cache_mode = force_generic_plan (revision 0006): every statement here (and in the
--- functions it calls, which inherit the setting) looks rows up by key or reads an index range,
--- for which the generic plan is the plan; re-planning on every call cost measurably
--- (bench/RESULTS.md). A function setting, not a connection option, so it holds behind
--- PgBouncer too.
+-- sk_begin_turn_v3: sk_begin_turn_v4 for the user's private chat, without the speakers.
+-- Release 0.2.0 calls it. Until revision 0016 it held the body v4 has now (see there).
 CREATE OR REPLACE FUNCTION sk_begin_turn_v3(
     p_channel text, p_channel_user_id text, p_display_name text, p_now timestamptz,
     p_windows integer[], p_caps integer[], p_durable boolean,
@@ -395,71 +342,14 @@ CREATE OR REPLACE FUNCTION sk_begin_turn_v3(
 LANGUAGE plpgsql
 SET plan_cache_mode = force_generic_plan
 AS $$
-#variable_conflict use_column
-DECLARE
-    v_now timestamptz := coalesce(p_now, now());
-    v_key uuid := sk_user_key(p_channel, p_channel_user_id);
-    v_user uuid;
-    v_authenticated boolean;
-    v_session uuid;
-    v_last_active timestamptz;
 BEGIN
-    now := v_now;
-    user_created := false;
-    -- The user, locked until commit (see sk_current_session), found by its id (sk_user_key),
-    -- not by its channel identity: sk_channel_user's first step, here. A known, authenticated
-    -- user with no new display name (most messages) is written nothing; any other case is
-    -- sk_channel_user's (a new user, a change, a user created before revision 0014).
-    SELECT u.user_id, u.person_id, u.display_name, u.authenticated
-    INTO v_user, person_id, display_name, v_authenticated
-    FROM users u WHERE u.user_id = v_key FOR NO KEY UPDATE;
-    IF v_user IS NULL OR NOT v_authenticated
-       OR display_name IS DISTINCT FROM coalesce(p_display_name, display_name) THEN
-        SELECT c.user_id, c.person_id, c.display_name, c.user_created
-        INTO v_user, person_id, display_name, user_created
-        FROM sk_channel_user(p_channel, p_channel_user_id, p_display_name, v_now) c;
-    END IF;
-    user_id := v_user;
-    IF cardinality(p_windows) = 1 AND p_caps[1] > 0 THEN
-        -- One cap: sk_check_rate_limit's one-cap upsert, here (see there).
-        IF NOT p_durable THEN
-            PERFORM set_config('synchronous_commit', 'off', true);
-        END IF;
-        INSERT INTO rate_limits AS r (user_id, window_seconds, window_start, request_count)
-        VALUES (v_user, p_windows[1],
-                to_timestamp(floor(extract(epoch FROM v_now) / p_windows[1]) * p_windows[1]), 1)
-        ON CONFLICT (user_id, window_seconds, window_start)
-        DO UPDATE SET request_count = r.request_count + 1 WHERE r.request_count < p_caps[1];
-        allowed := FOUND;
-        IF NOT allowed THEN
-            refused_window := p_windows[1];
-            retry_at := to_timestamp(floor(extract(epoch FROM v_now) / p_windows[1])
-                                     * p_windows[1]) + make_interval(secs => p_windows[1]);
-        END IF;
-    ELSE
-        SELECT d.allowed, d.retry_at, d.refused_window INTO allowed, retry_at, refused_window
-        FROM sk_check_rate_limit(v_user, v_now, p_windows, p_caps, p_durable) d;
-    END IF;
-    IF allowed THEN
-        -- A refused request opens no session and reads no history. The user row is locked
-        -- (above), and this statement takes a fresh snapshot: sk_current_session's first
-        -- steps. A session active within p_idle is the current one; otherwise
-        -- sk_current_session opens one (and carries pairs over).
-        SELECT s.session_id, s.last_active INTO v_session, v_last_active
-        FROM sessions s WHERE s.user_id = v_user
-        ORDER BY s.last_active DESC LIMIT 1;
-        IF v_session IS NOT NULL AND v_last_active > v_now - p_idle THEN
-            session_created := false;
-        ELSE
-            SELECT c.session_id, c.created INTO v_session, session_created
-            FROM sk_current_session(v_user, v_now, p_idle, p_carry_pairs) c;
-        END IF;
-        session_id := v_session;
-        SELECT h.seqs, h.roles, h.contents, h.created, h.extras
-        INTO history_seqs, history_roles, history_contents, history_created, history_extras
-        FROM sk_history_arrays_v3(v_user, v_session, p_history_pairs) h;
-    END IF;
-    RETURN NEXT;
+    RETURN QUERY
+    SELECT t.user_id, t.person_id, t.display_name, t.user_created, t.now, t.allowed,
+           t.retry_at, t.refused_window, t.session_id, t.session_created, t.history_seqs,
+           t.history_roles, t.history_contents, t.history_created, t.history_extras
+    FROM sk_begin_turn_v4(p_channel, p_channel_user_id, p_display_name, NULL, false, false,
+                          p_now, p_windows, p_caps, p_durable, p_idle, p_carry_pairs,
+                          p_history_pairs) t;
 END $$;
 
 -- =============================================================================================
@@ -949,6 +839,267 @@ BEGIN
         RETURN QUERY SELECT 'blocked', SQLERRM, 0::bigint;
     END;
 END $$;
+
+-- =============================================================================================
+-- Conversations (revision 0016)
+-- A conversation is a user in a chat: its session is (user_id, chat_id), chat_id NULL for the
+-- user's private chat. Every message is written to the speaker's own session, so writes route
+-- by the speaker's user id on Citus and erasing a user removes exactly its messages. A shared
+-- group conversation, and continuity across a person's linked users, are read views: the
+-- history merges the current sessions of the group's members (or of the linked users), newest
+-- messages first (docs/conversations.md).
+-- =============================================================================================
+
+-- sk_fill_archived_chat, sk_fill_restored_chat: trigger functions (revision 0016) that keep a
+-- session's chat across the archive when a daemon of release 0.2.0 archives or restores it
+-- (its statements do not name the column). They fire only WHEN (NEW.chat_id IS NULL) (and, on
+-- sessions, for a restored row); the release after 0.3.0 drops them.
+CREATE OR REPLACE FUNCTION sk_fill_archived_chat() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    SELECT s.chat_id INTO NEW.chat_id FROM sessions s WHERE s.session_id = NEW.session_id;
+    RETURN NEW;
+END $$;
+
+CREATE OR REPLACE FUNCTION sk_fill_restored_chat() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    SELECT a.chat_id INTO NEW.chat_id FROM archived_sessions a
+    WHERE a.session_id = NEW.session_id;
+    RETURN NEW;
+END $$;
+
+-- sk_current_session_v2: the user's session in chat p_chat_id (NULL: the private chat) if it
+-- was active within p_idle, else a new one that carries the newest p_carry_pairs pairs of the
+-- stale one.
+CREATE OR REPLACE FUNCTION sk_current_session_v2(
+    p_user_id uuid, p_chat_id text, p_now timestamptz, p_idle interval, p_carry_pairs integer
+) RETURNS TABLE (session_id uuid, created boolean)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    v_now timestamptz := coalesce(p_now, now());
+    v_previous uuid;
+    v_last_active timestamptz;
+    v_new uuid;
+    v_carried bigint;
+BEGIN
+    -- The user's row lock serialises the choice: concurrent first messages queue here, and as
+    -- each statement below takes a fresh snapshot, the later ones find the session the first
+    -- one opened.
+    PERFORM 1 FROM users u WHERE u.user_id = p_user_id FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'no_data_found',
+            MESSAGE = 'user ' || p_user_id || ' does not exist';
+    END IF;
+    SELECT s.session_id, s.last_active INTO v_previous, v_last_active
+    FROM sessions s
+    WHERE s.user_id = p_user_id
+      AND (s.chat_id = p_chat_id OR p_chat_id IS NULL AND s.chat_id IS NULL)
+    ORDER BY s.last_active DESC LIMIT 1;
+    IF v_previous IS NOT NULL AND v_last_active > v_now - p_idle THEN
+        session_id := v_previous;
+        created := false;
+        RETURN NEXT;
+        RETURN;
+    END IF;
+    INSERT INTO sessions AS s (user_id, chat_id, created_at, last_active)
+    VALUES (p_user_id, p_chat_id, v_now, v_now) RETURNING s.session_id INTO v_new;
+    IF v_previous IS NOT NULL AND p_carry_pairs > 0 THEN
+        -- Intermittent chatters keep context: the newest pairs of the stale session of the same
+        -- conversation come along, each message with its extra fields (a carried tool call
+        -- keeps its id). Every statement names the user (the distribution column on Citus).
+        INSERT INTO session_messages (user_id, session_id, seq, role, content, created_at,
+                                      extra)
+        SELECT p_user_id, v_new, row_number() OVER (ORDER BY m.seq) - 1, m.role, m.content,
+               m.created_at, m.extra
+        FROM (
+            SELECT x.seq, x.role, x.content, x.created_at, x.extra FROM session_messages x
+            WHERE x.user_id = p_user_id AND x.session_id = v_previous
+            ORDER BY x.seq DESC LIMIT 2 * p_carry_pairs
+        ) m;
+        GET DIAGNOSTICS v_carried = ROW_COUNT;
+        UPDATE sessions s SET next_seq = v_carried
+        WHERE s.user_id = p_user_id AND s.session_id = v_new;
+    END IF;
+    session_id := v_new;
+    created := true;
+    RETURN NEXT;
+END $$;
+
+-- sk_conversation_sessions: the other sessions a conversation's history is read from (NULL:
+-- none): in a group chat (p_chat_id) the current session of every other member of the
+-- shared conversation; in a private chat the current private session of every other user of
+-- the person p_person (continuity). Current: active since p_since. Reads across users: on
+-- Citus it does not route to one shard (docs/conversations.md).
+CREATE OR REPLACE FUNCTION sk_conversation_sessions(
+    p_user_id uuid, p_session_id uuid, p_person_id uuid, p_channel text, p_chat_id text,
+    p_since timestamptz
+) RETURNS uuid[]
+LANGUAGE sql STABLE AS $$
+    SELECT array_agg(s.session_id)
+    FROM sessions s JOIN users u ON u.user_id = s.user_id
+    WHERE p_chat_id IS NOT NULL AND s.chat_id = p_chat_id AND u.channel = p_channel
+      AND s.last_active > p_since AND s.session_id <> p_session_id
+    HAVING count(*) > 0
+    UNION ALL
+    SELECT array_agg(l.session_id)
+    FROM users u
+    CROSS JOIN LATERAL (
+        SELECT s.session_id FROM sessions s
+        WHERE s.user_id = u.user_id AND s.chat_id IS NULL AND s.last_active > p_since
+        ORDER BY s.last_active DESC LIMIT 1
+    ) l
+    WHERE p_chat_id IS NULL AND u.person_id = p_person_id AND u.user_id <> p_user_id
+    HAVING count(*) > 0
+$$;
+
+-- sk_conversation_arrays: the newest 2 * p_pairs messages of several sessions (a shared group
+-- conversation, or a person's linked users), oldest first, in sk_history_arrays_v3's arrays;
+-- a turn's messages keep their order (same time: by seq). With p_speakers, the sixth array
+-- names who spoke each message: its session's user (display name, else channel id).
+CREATE OR REPLACE FUNCTION sk_conversation_arrays(
+    p_session_ids uuid[], p_pairs integer, p_speakers boolean
+)
+RETURNS TABLE (seqs bigint[], roles text[], contents text[], created timestamptz[],
+               extras jsonb[], speakers text[])
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(array_agg(m.seq ORDER BY m.created_at, m.session_id, m.seq), '{}'),
+           coalesce(array_agg(m.role ORDER BY m.created_at, m.session_id, m.seq), '{}'),
+           coalesce(array_agg(m.content ORDER BY m.created_at, m.session_id, m.seq), '{}'),
+           coalesce(array_agg(m.created_at ORDER BY m.created_at, m.session_id, m.seq), '{}'),
+           coalesce(array_agg(m.extra ORDER BY m.created_at, m.session_id, m.seq), '{}'),
+           CASE WHEN p_speakers THEN
+               coalesce(array_agg(m.speaker ORDER BY m.created_at, m.session_id, m.seq), '{}')
+           END
+    FROM (
+        SELECT x.session_id, x.seq, x.role, x.content, x.created_at, x.extra,
+               coalesce(u.display_name, u.channel_user_id) AS speaker
+        FROM session_messages x
+        JOIN sessions s ON s.session_id = x.session_id
+        JOIN users u ON u.user_id = s.user_id
+        WHERE x.session_id = ANY(p_session_ids)
+        ORDER BY x.created_at DESC, x.session_id DESC, x.seq DESC LIMIT 2 * p_pairs
+    ) m
+$$;
+
+-- sk_begin_turn_v4: everything before the model is called, in one round trip: the user
+-- (written only when something changes, revision 0005), the rate-limit decision (per user,
+-- whatever the chat), and when admitted the conversation's current session (the user in chat
+-- p_chat_id; NULL: the private chat) and its history, each message with its extra fields
+-- (0010). p_shared: a group chat's history is the shared conversation of its members (with
+-- history_speakers); p_continuity: a private chat's history continues the linked users'
+-- (docs/conversations.md). Otherwise history_speakers is NULL.
+-- The common turn (one cap, a session active within p_idle) runs in this body: calling
+-- sk_check_rate_limit and sk_current_session_v2 for it cost a PL/pgSQL call each (executor
+-- start-up, a tuplestore for the result row, a second lock of the user row), 2-5 % of the
+-- server's instructions per turn (bench/RESULTS.md, issue 13). The other cases call them.
+-- plan_cache_mode = force_generic_plan (revision 0006): every statement here (and in the
+-- functions it calls, which inherit the setting) looks rows up by key or reads an index range,
+-- for which the generic plan is the plan; re-planning on every call cost ~10 % of a turn. A
+-- function setting, not a connection option, so it holds behind PgBouncer too.
+CREATE OR REPLACE FUNCTION sk_begin_turn_v4(
+    p_channel text, p_channel_user_id text, p_display_name text, p_chat_id text,
+    p_shared boolean, p_continuity boolean, p_now timestamptz,
+    p_windows integer[], p_caps integer[], p_durable boolean,
+    p_idle interval, p_carry_pairs integer, p_history_pairs integer
+) RETURNS TABLE (
+    user_id uuid, person_id uuid, display_name text, user_created boolean, now timestamptz,
+    allowed boolean, retry_at timestamptz, refused_window integer,
+    session_id uuid, session_created boolean,
+    history_seqs bigint[], history_roles text[], history_contents text[],
+    history_created timestamptz[], history_extras jsonb[], history_speakers text[]
+)
+LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_now timestamptz := coalesce(p_now, now());
+    v_key uuid := sk_user_key(p_channel, p_channel_user_id);
+    v_user uuid;
+    v_authenticated boolean;
+    v_session uuid;
+    v_last_active timestamptz;
+    v_others uuid[];
+    v_person uuid;
+BEGIN
+    now := v_now;
+    user_created := false;
+    -- The user, locked until commit (see sk_current_session), found by its id (sk_user_key),
+    -- not by its channel identity: sk_channel_user's first step, here. A known, authenticated
+    -- user with no new display name (most messages) is written nothing; any other case is
+    -- sk_channel_user's (a new user, a change, a user created before revision 0014).
+    SELECT u.user_id, u.person_id, u.display_name, u.authenticated
+    INTO v_user, person_id, display_name, v_authenticated
+    FROM users u WHERE u.user_id = v_key FOR NO KEY UPDATE;
+    IF v_user IS NULL OR NOT v_authenticated
+       OR display_name IS DISTINCT FROM coalesce(p_display_name, display_name) THEN
+        SELECT c.user_id, c.person_id, c.display_name, c.user_created
+        INTO v_user, person_id, display_name, user_created
+        FROM sk_channel_user(p_channel, p_channel_user_id, p_display_name, v_now) c;
+    END IF;
+    user_id := v_user;
+    v_person := person_id;
+    IF cardinality(p_windows) = 1 AND p_caps[1] > 0 THEN
+        -- One cap: sk_check_rate_limit's one-cap upsert, here (see there).
+        IF NOT p_durable THEN
+            PERFORM set_config('synchronous_commit', 'off', true);
+        END IF;
+        INSERT INTO rate_limits AS r (user_id, window_seconds, window_start, request_count)
+        VALUES (v_user, p_windows[1],
+                to_timestamp(floor(extract(epoch FROM v_now) / p_windows[1]) * p_windows[1]), 1)
+        ON CONFLICT (user_id, window_seconds, window_start)
+        DO UPDATE SET request_count = r.request_count + 1 WHERE r.request_count < p_caps[1];
+        allowed := FOUND;
+        IF NOT allowed THEN
+            refused_window := p_windows[1];
+            retry_at := to_timestamp(floor(extract(epoch FROM v_now) / p_windows[1])
+                                     * p_windows[1]) + make_interval(secs => p_windows[1]);
+        END IF;
+    ELSE
+        SELECT d.allowed, d.retry_at, d.refused_window INTO allowed, retry_at, refused_window
+        FROM sk_check_rate_limit(v_user, v_now, p_windows, p_caps, p_durable) d;
+    END IF;
+    IF allowed THEN
+        -- A refused request opens no session and reads no history. The user row is locked
+        -- (above), and this statement takes a fresh snapshot: sk_current_session_v2's first
+        -- steps. The conversation's session (this user in this chat; no chat: the private
+        -- one) active within p_idle is the current one; otherwise sk_current_session_v2 opens
+        -- one (and carries pairs over).
+        SELECT s.session_id, s.last_active INTO v_session, v_last_active
+        FROM sessions s
+        WHERE s.user_id = v_user
+          AND (s.chat_id = p_chat_id OR p_chat_id IS NULL AND s.chat_id IS NULL)
+        ORDER BY s.last_active DESC LIMIT 1;
+        IF v_session IS NOT NULL AND v_last_active > v_now - p_idle THEN
+            session_created := false;
+        ELSE
+            SELECT c.session_id, c.created INTO v_session, session_created
+            FROM sk_current_session_v2(v_user, p_chat_id, v_now, p_idle, p_carry_pairs) c;
+        END IF;
+        session_id := v_session;
+        IF p_chat_id IS NOT NULL AND p_shared OR p_chat_id IS NULL AND p_continuity
+           AND v_person IS NOT NULL THEN
+            -- A read view over several users' sessions (the settings' only cost).
+            v_others := sk_conversation_sessions(v_user, v_session, v_person, p_channel,
+                                                 p_chat_id, v_now - p_idle);
+            IF v_others IS NOT NULL THEN
+                SELECT h.seqs, h.roles, h.contents, h.created, h.extras, h.speakers
+                INTO history_seqs, history_roles, history_contents, history_created,
+                     history_extras, history_speakers
+                FROM sk_conversation_arrays(v_session || v_others, p_history_pairs, p_shared) h;
+            END IF;
+        END IF;
+        IF v_others IS NULL THEN
+            SELECT h.seqs, h.roles, h.contents, h.created, h.extras
+            INTO history_seqs, history_roles, history_contents, history_created, history_extras
+            FROM sk_history_arrays_v3(v_user, v_session, p_history_pairs) h;
+        END IF;
+    END IF;
+    RETURN NEXT;
+END $$;
+
 
 -- =============================================================================================
 -- Kept for earlier releases

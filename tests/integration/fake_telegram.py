@@ -30,16 +30,21 @@ BOT_USER = {"id": BOT_ID, "is_bot": True, "first_name": "Keeper", "username": "k
 
 
 def message_update(
-    update_id: int, sender: int, text: str, first_name: str = "Ada"
+    update_id: int,
+    sender: int,
+    text: str,
+    first_name: str = "Ada",
+    chat: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A private-chat text message from ``sender``, as Telegram delivers it."""
+    """A text message from ``sender``, as Telegram delivers it: in the private chat, or in
+    ``chat`` (``{"id": -100123, "type": "supergroup", "title": ...}``)."""
     person = {"id": sender, "is_bot": False, "first_name": first_name}
     return {
         "update_id": update_id,
         "message": {
             "message_id": update_id,
             "date": int(time.time()),
-            "chat": {"id": sender, "type": "private", "first_name": first_name},
+            "chat": chat or {"id": sender, "type": "private", "first_name": first_name},
             "from": person,
             "text": text,
         },

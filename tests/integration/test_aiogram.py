@@ -84,6 +84,36 @@ def test_a_message_is_a_stored_turn_and_the_reply_goes_over_the_wire(database_ur
     assert name == ("Ada",)
 
 
+def test_a_group_turn_does_not_see_the_private_chat(database_url: str) -> None:
+    # Issue 23: the same user writes in private, then in a group; the group's prompt must not
+    # hold the private exchange (the middleware passes the chat).
+    group = {"id": -100123, "type": "supergroup", "title": "Club"}
+    histories: list[list[str]] = []
+
+    async def scenario(telegram: FakeTelegram) -> None:
+        async with AsyncStore(database_url) as db:
+            turns = TurnMiddleware(db)
+            dp = Dispatcher()
+            dp.message.outer_middleware(turns)
+
+            @dp.message()
+            async def chat(message: Message, turn: Turn) -> None:
+                histories.append([m.content for m in turn.history])
+                await turns.reply(message, turn, f"echo: {message.text}")
+
+            bot = real_bot(telegram)
+            try:
+                await feed(dp, bot, 1, "in private")
+                update = message_update(2, ADA, "in group", chat=group)
+                await dp.feed_update(bot, Update.model_validate(update))
+                await feed(dp, bot, 3, "private again")
+            finally:
+                await bot.session.close()
+
+    run(scenario)
+    assert histories == [[], [], ["in private", "echo: in private"]]
+
+
 def test_a_rate_limited_user_gets_the_refusal_and_the_handler_does_not_run(
     database_url: str,
 ) -> None:

@@ -32,7 +32,7 @@ from store_support import count
 
 import store
 from sessionkeeper.jobs import session_archival
-from store import AsyncStore, Store
+from store import AsyncStore, InvalidInput, Store
 from store.integrations.langchain import SessionkeeperChatMessageHistory, StoreMismatch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -363,3 +363,20 @@ def test_the_readme_example_runs(database_url: str) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert count_messages(database_url) == 4
+
+
+def test_a_history_can_be_built_for_a_chat(db: Store) -> None:
+    private = SessionkeeperChatMessageHistory(db, channel="telegram", channel_user_id=42)
+    group = SessionkeeperChatMessageHistory(
+        db, channel="telegram", channel_user_id=42, chat=-100123
+    )
+    private.add_messages([HumanMessage("in private")])
+    group.add_messages([HumanMessage("in group")])
+    assert [m.content for m in private.messages] == ["in private"]
+    assert [m.content for m in group.messages] == ["in group"]
+    # The chat of begin_turn's conversation: a turn in the group continues this history.
+    turn = db.begin_turn("telegram", 42, chat=-100123)
+    assert turn.session_id == group.session_id
+    assert [m.content for m in turn.history] == ["in group"]
+    with pytest.raises(InvalidInput):
+        SessionkeeperChatMessageHistory(db, session_id=group.session_id, chat=-100123)

@@ -10,35 +10,23 @@ all of them; together the scenarios must cover every statement of the fixtures.
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
+from release_support import release_statements
 
 from sessionkeeper.jobs import usage_rollup as new_usage_rollup
-from store.queries import parse
 
 RELEASE = "0.1.0"
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / f"release-{RELEASE}"
-STORE = parse((FIXTURES / "store_queries.sql").read_text(encoding="utf-8"))
-# The fixture is verbatim: that release headed the jobs' blocks "-- name: x" (0.3.0 heads every
-# .sql file's blocks "-- x --", parsed by store.queries.parse alone).
-JOBS = parse(
-    re.sub(
-        r"^-- name: (\w+)[ \t]*$",
-        r"-- \1 --",
-        (FIXTURES / "jobs_queries.sql").read_text(encoding="utf-8"),
-        flags=re.MULTILINE,
-    )
-)
+STORE = release_statements(RELEASE, "store_queries.sql")
+JOBS = release_statements(RELEASE, "jobs_queries.sql")
 
 T0 = datetime(2026, 3, 2, 12, 0, 30, tzinfo=UTC)
 IDLE = timedelta(minutes=30)

@@ -48,13 +48,18 @@ def test_extra_round_trips_through_append_history_and_begin_turn(
 
 def test_a_message_from_the_history_can_be_appended_again(store: Store) -> None:
     first = store.get_or_create_session(store.get_or_create_user("telegram", "2").user_id)
+    call = {"role": "assistant", "content": "", "extra": {"tool_calls": [{"id": "c9"}]}}
     store.append_messages(
-        first.session_id, [{"role": "tool", "content": "r", "extra": {"tool_call_id": "c9"}}]
+        first.session_id,
+        [call, {"role": "tool", "content": "r", "extra": {"tool_call_id": "c9"}}],
     )
-    (message,) = store.get_history(first.session_id)
+    (_, message) = store.get_history(first.session_id)
     second = store.get_or_create_session(store.get_or_create_user("telegram", "3").user_id)
-    store.append_messages(second.session_id, [message, message.as_dict()])
-    assert [m.extra for m in store.get_history(second.session_id)] == [{"tool_call_id": "c9"}] * 2
+    store.append_messages(second.session_id, [call, message, message.as_dict()])
+    # (A history never starts with a tool result: its call must come first.)
+    assert [m.extra for m in store.get_history(second.session_id)][1:] == [
+        {"tool_call_id": "c9"}
+    ] * 2
 
 
 def test_finish_turn_and_append_messages_trim_with_max_pairs(store: Store) -> None:

@@ -101,6 +101,33 @@ def test_each_turn_call_is_one_round_trip_and_one_statement(
         assert all(delta["Parse"] == 0 for delta in deltas[-4:])
 
 
+def test_a_group_turn_and_a_tool_using_exchange_are_one_round_trip_each(database_url: str) -> None:
+    # Issue 23: the chat is one more parameter; the whole exchange (user message, a call, its
+    # result, the reply) one statement and one transaction.
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    exchange: list[dict[str, Any]] = [
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "r"},
+        {"role": "assistant", "content": "done"},
+    ]
+    files = TracedConnection.files
+    with Store(
+        database_url,
+        min_size=1,
+        max_size=1,
+        prepare_threshold=None,
+        connection_class=TracedConnection,
+    ) as store:
+        store.get_or_create_user("telegram", "warm-up")
+        before = sent(files)
+        turn = store.begin_turn("telegram", "rt", chat=-100, now=T0)
+        middle = sent(files)
+        appended = store.finish_turn(turn, "q", exchange, now=T0)
+        deltas = [middle - before, sent(files) - middle]
+    assert appended.appended == 4
+    assert [(round_trips(d), d["Execute"]) for d in deltas] == [(1, 1), (1, 1)]
+
+
 def test_only_the_hot_path_statements_keep_a_cursor_per_connection(database_url: str) -> None:
     # A kept cursor keeps psycopg's adapters from call to call (a fifth of a turn's client CPU,
     # bench/RESULTS.md); other statements' results (the proactive list) must not stay held by

@@ -84,6 +84,34 @@ def test_a_message_is_a_stored_turn_and_the_reply_goes_over_the_wire(database_ur
         assert usage.fetchone() == (2, 10, 14)
 
 
+def test_a_group_turn_does_not_see_the_private_chat(database_url: str) -> None:
+    # Issue 23: the handler passes the chat, so a group's prompt never holds the private one.
+    group = {"id": -100123, "type": "supergroup", "title": "Club"}
+    histories: list[list[str]] = []
+
+    async def scenario(telegram: FakeTelegram) -> None:
+        async with AsyncStore(database_url) as db:
+            turns = TelegramTurns(db)
+
+            async def chat(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+                assert update.message is not None
+                turn = current_turn(context)
+                histories.append([m.content for m in turn.history])
+                await turns.reply(update, turn, f"echo: {update.message.text}")
+
+            app = application(telegram)
+            turns.install(app)
+            app.add_handler(MessageHandler(filters.TEXT, chat))
+            async with app:
+                await feed(app, 1, "in private")
+                update = message_update(2, ADA, "in group", chat=group)
+                await app.process_update(Update.de_json(update, app.bot))
+                await feed(app, 3, "private again")
+
+    run(scenario)
+    assert histories == [[], [], ["in private", "echo: in private"]]
+
+
 def test_a_rate_limited_user_gets_the_refusal_and_no_later_handler_runs(
     database_url: str,
 ) -> None:

@@ -247,7 +247,19 @@ KNOWN_CROSS_SHARD = {
     # by key found nothing and the insert met an existing row; on Citus, after citus-ddl's
     # re-keying, only when two first messages of one user race (once per user, if ever).
     ("sk_channel_user", "users"),
+    # A shared group conversation and continuity across linked users are read views over
+    # several users' sessions (docs/conversations.md, "Citus"): reached only with
+    # group_conversations = "shared" or linked_continuity on (see the test below); a private or
+    # per-member turn never calls them.
+    ("sk_conversation_sessions", "sessions"),
+    ("sk_conversation_sessions", "users"),
+    ("sk_conversation_arrays", "sessions"),
+    ("sk_conversation_arrays", "session_messages"),
+    ("sk_conversation_arrays", "users"),
 }
+# The functions of those read views, and the settings that lead to them.
+READ_VIEWS = {"sk_conversation_sessions", "sk_conversation_arrays"}
+READ_VIEW_SETTINGS = ("p_shared", "p_continuity")
 
 
 def family(name: str) -> str:
@@ -312,3 +324,49 @@ def test_finish_turn_with_a_session_id_alone_uses_the_statement_that_does_not_ro
 )
 def test_the_check_tells_a_routed_statement_from_one_that_is_not(sql: str, routes: bool) -> None:
     assert (gaps_of("t", sql)[0] == []) is routes
+
+
+def _guarded(node: Any, guards: tuple[str, ...] = ()) -> Iterator[tuple[str, tuple[str, ...]]]:
+    """Every SQL query of a PL/pgSQL tree with the IF conditions it runs under (an ELSE
+    branch's guard is the negation: it says nothing of the settings)."""
+    if isinstance(node, list):
+        for item in node:
+            yield from _guarded(item, guards)
+    elif isinstance(node, dict):
+        branch = node.get("PLpgSQL_stmt_if")
+        if branch is not None:
+            cond = branch["cond"]["PLpgSQL_expr"]["query"]
+            yield cond, guards
+            yield from _guarded(branch.get("then_body"), (*guards, cond))
+            for elsif in branch.get("elsif_list") or ():
+                inner = elsif["PLpgSQL_if_elsif"]
+                yield from _guarded(
+                    inner["stmts"], (*guards, inner["cond"]["PLpgSQL_expr"]["query"])
+                )
+            yield from _guarded(branch.get("else_body"), (*guards, "NOT ..."))
+            return
+        if "PLpgSQL_expr" in node:
+            yield node["PLpgSQL_expr"]["query"], guards
+        for value in node.values():
+            yield from _guarded(value, guards)
+
+
+def test_a_private_or_per_member_turn_never_reaches_the_read_views() -> None:
+    (entry,) = scan(QUERIES["begin_turn"]).calls & set(functions())
+    (source,) = (s for s in pglast.split(functions_sql()) if f"FUNCTION {entry}(" in s)
+    reached = 0
+    for query, guards in _guarded(pglast.parse_plpgsql(source)):
+        statement = _as_statement(query)
+        if statement is None or not scan(statement).calls & READ_VIEWS:
+            continue
+        reached += 1
+        assert any(setting in guard for guard in guards for setting in READ_VIEW_SETTINGS), query
+    assert reached, "the read views are no longer called from the turn"
+    # A turn in a group sends the same statement, named the chat, with the settings off.
+    step = next(core.begin_turn(StoreConfig(), "telegram", "1", chat=-100))
+    assert step.name == "begin_turn"
+    assert (step.params["chat_id"], step.params["shared"], step.params["continuity"]) == (
+        "-100",
+        False,
+        False,
+    )

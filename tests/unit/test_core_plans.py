@@ -42,6 +42,7 @@ def turn_row(**changes: Any) -> Rows:
         "history_contents": ["hi", "hello"],
         "history_created": [T0 - timedelta(minutes=2), T0 - timedelta(minutes=1)],
         "history_extras": [None, {"tool_calls": [{"name": "f", "args": {}, "id": "c1"}]}],
+        "history_speakers": None,  # named only in a shared group conversation
     }
     return one(**{**row, **changes})
 
@@ -77,9 +78,15 @@ def test_begin_turn_decodes_an_admitted_turn_with_its_history(config: StoreConfi
         store.Message("user", "hi", T0 - timedelta(minutes=2), seq=4),
         store.Message("assistant", "hello", T0 - timedelta(minutes=1), seq=5, extra=call),
     ]
+    # The tool calls go with the message, in OpenAI's shape (LangChain's were stored).
+    function = {"name": "f", "arguments": "{}"}
     assert [m.as_prompt() for m in turn.history] == [
         {"role": "user", "content": "hi"},
-        {"role": "assistant", "content": "hello"},
+        {
+            "role": "assistant",
+            "content": "hello",
+            "tool_calls": [{"id": "c1", "type": "function", "function": function}],
+        },
     ]
 
 
@@ -91,6 +98,9 @@ def test_begin_turn_sends_the_settings_with_the_validated_input(config: StoreCon
         "channel": "telegram",
         "channel_user_id": "42",  # Telegram's integer ids are stored as text
         "display_name": None,
+        "chat_id": None,  # the private chat
+        "shared": False,
+        "continuity": False,
         "now": None,  # the database clock decides
         "idle": timedelta(minutes=30),
         "carry_pairs": 2,
