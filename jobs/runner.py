@@ -32,7 +32,7 @@ DEFAULT_LEDGER_KEEP_SECONDS = 30 * 86400
 @dataclass
 class RunReport:
     job: str
-    outcome: str  # success, failure or skipped
+    outcome: str  # success, failure, skipped or stopped
     rows: int
     duration_seconds: float
     finished_at: float  # Unix time
@@ -69,8 +69,8 @@ def run_job(
 
     ``slot`` names the schedule slot of a scheduled run (None for a manual run): replicas
     firing for the same slot run the job once between them. ``pause`` is called between the
-    job's batches (see ``jobs.base.batches``); a run it stops is recorded as a success with
-    ``"stopped": true`` in its details. ``store`` holds the store's settings some jobs share
+    job's batches (see ``jobs.base.batches``); a run it stops is recorded as ``stopped`` (and,
+    as release 0.2.0 recorded it, with ``"stopped": true`` in its details). ``store`` holds the store's settings some jobs share
     (the link-code failure window, the proactive channel).
     """
     spec = JOBS[name]
@@ -111,7 +111,8 @@ def run_job(
                     details.update(result.details)
                     if result.stopped:
                         details["stopped"] = True
-                    ledger.finish(conn, run_id, "success", rows=rows, details=details)
+                    outcome = "stopped" if result.stopped else "success"
+                    ledger.finish(conn, run_id, outcome, rows=rows, details=details)
                     ledger.prune(conn, name, ledger_keep_seconds)
     except Exception as exc:  # the connection, the lock or the ledger itself failed
         failure = failure or exc
@@ -124,7 +125,10 @@ def run_job(
         error = describe_error(failure)
         report = RunReport(name, "failure", rows, duration, time.time(), run_id, error, details)
         raise JobFailed(report) from failure
-    outcome = "skipped" if skip_reason else "success"
+    if skip_reason:
+        outcome = "skipped"
+    else:
+        outcome = "stopped" if details.get("stopped") else "success"
     return RunReport(name, outcome, rows, duration, time.time(), run_id, skip_reason, details)
 
 

@@ -16,7 +16,8 @@ from prometheus_client.registry import Collector
 from sessionkeeper.jobs.partitions import KEYS as PARTITIONED_TABLES
 from sessionkeeper.jobs.runner import RunReport
 
-OUTCOMES = ("success", "failure", "skipped")
+# A stopped run (a shutdown or Ctrl-C at a batch boundary) is neither a success nor a failure.
+OUTCOMES = ("success", "failure", "skipped", "stopped")
 # From a few milliseconds (nothing to do) to an hour (a large backlog).
 DURATION_BUCKETS = (0.005, 0.025, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600)
 DOMAIN_GAUGES = {

@@ -145,7 +145,7 @@ def test_metrics_exist_for_every_job_at_start_up(
     daemon = start_daemon(database_url, **every_job(NEVER))
     samples = daemon.samples()
     for job in JOB_NAMES:
-        for outcome in ("success", "failure", "skipped"):
+        for outcome in ("success", "failure", "skipped", "stopped"):
             key = ("sessionkeeper_job_runs_total", (("job", job), ("outcome", outcome)))
             assert samples[key] == 0
         for name in REQUIRED[1:]:
@@ -341,7 +341,7 @@ def test_a_signal_stops_the_daemon_after_the_current_batch(
     run = conn.execute(
         "SELECT outcome, rows, details ->> 'stopped' FROM job_runs WHERE job = 'session_archival'"
     ).fetchall()
-    assert run == [("success", 1, "true")]
+    assert run == [("stopped", 1, "true")]
     assert conn.execute("SELECT count(*) FROM sessions").fetchone() == (2,)
     assert conn.execute("SELECT count(*) FROM archived_session_messages").fetchone() == (1,)
 
@@ -360,7 +360,7 @@ def test_a_signal_ends_a_pause_between_batches_at_once(
     run = conn.execute(
         "SELECT outcome, rows, details ->> 'stopped' FROM job_runs WHERE job = 'session_archival'"
     ).fetchall()
-    assert run == [("success", 1, "true")]
+    assert run == [("stopped", 1, "true")]
     assert conn.execute("SELECT count(*) FROM sessions").fetchone() == (2,)
 
 
