@@ -55,6 +55,13 @@ DELETE FROM link_code_failures f
 USING b
 WHERE f.user_id = b.user_id
 
+-- name: archivable_sessions
+-- The sessions archive_sessions would select now, all batches together (a progress bar's
+-- total): the index range on sessions(last_active) as long as the backlog.
+SELECT count(*) FROM sessions
+WHERE last_active < %(now)s - make_interval(secs => %(idle_seconds)s)
+  AND (restored_at IS NULL OR restored_at < %(now)s - make_interval(secs => %(idle_seconds)s))
+
 -- name: archive_sessions
 -- Step 1 of a batch: copy idle sessions to the archive, keeping them locked until commit.
 -- Messages must move before the session rows go (their foreign key cascades). A session
