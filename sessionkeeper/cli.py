@@ -38,7 +38,7 @@ from sessionkeeper.jobs.runner import JobFailed, run_job
 from sessionkeeper.progress import Progress
 from store import InvalidInput, Store
 from store.connection import configured_database_url, describe, redact, secure_conninfo
-from store.errors import StoreError
+from store.errors import ConfigurationError, StoreError
 
 log = logging.getLogger("sessionkeeper")
 
@@ -61,13 +61,17 @@ class Database:
     embedded: EmbeddedPostgres | None
 
 
-def _check_url(url: str) -> None:
-    """Refuse a URL libpq cannot parse, or whose connect_timeout is no number, in one line
-    (psycopg would only say so on each connection attempt, from inside a pool)."""
+def _checked(url: str) -> str:
+    """``url`` made secure (store.connection), its connect_timeout checked: psycopg would only
+    refuse a bad one on each connection attempt, from inside a pool, until the pool times out."""
+    conninfo = secure_conninfo(url)  # refuses what libpq cannot parse
     try:
-        psycopg.conninfo.timeout_from_conninfo(psycopg.conninfo.conninfo_to_dict(url))
+        psycopg.conninfo.timeout_from_conninfo(psycopg.conninfo.conninfo_to_dict(conninfo))
     except psycopg.Error as exc:
-        raise UsageError(f"malformed database URL: {_first_line(exc)}") from None
+        raise ConfigurationError(
+            f"invalid database URL {redact(url)}: {_first_line(exc)}"
+        ) from None
+    return conninfo
 
 
 @contextlib.contextmanager
@@ -75,8 +79,7 @@ def open_database(explicit_url: str | None, *, own_embedded: bool = False) -> It
     """The configured database, or the embedded one (started here and stopped on exit)."""
     url = configured_database_url(explicit_url)
     if url is not None:
-        _check_url(url)
-        yield Database(secure_conninfo(url), None)
+        yield Database(_checked(url), None)
         return
     embedded.require_installed()
     server = EmbeddedPostgres()
