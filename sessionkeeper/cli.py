@@ -129,9 +129,22 @@ def cmd_migrate(args: argparse.Namespace) -> int:
                 print(line)
             return 0
         before = migrate.current_revision(db.url)
-        # Adopts and converts a TypeScript-era database; a plain upgrade otherwise.
-        legacy.upgrade(db.url, options, report=lambda line: print(line, flush=True))
+        stop = Stop()
+        # Adopts and converts a TypeScript-era database; a plain upgrade otherwise. A stop
+        # request ends the conversion between two batches (each is its own transaction).
+        with Progress("legacy conversion", "sessions") as progress:
+
+            def converted(done: int, total: int) -> None:
+                progress.set_total(total)
+                progress.update(done)
+
+            legacy.upgrade(
+                db.url, options, progress.write, progress=converted, stop=stop.event.is_set
+            )
         after = migrate.current_revision(db.url)
+    if stop.signum is not None:
+        print(f"database {describe(db.url)} at {after}; interrupted: run migrate again to finish")
+        return stop.exit_code
     if before == after:
         print(f"database {describe(db.url)} already at {after}")
     else:
@@ -362,18 +375,34 @@ def _output(path: str | None, force: bool) -> Iterator[IO[str]]:
         raise
 
 
+class _Counted:
+    """A text sink that tells ``progress`` the characters written so far (the export streams
+    its document table by table; the store knows nothing of the progress shown)."""
+
+    def __init__(self, out: IO[str], progress: Progress) -> None:
+        self.out, self.progress, self.written = out, progress, 0
+
+    def write(self, text: str) -> int:
+        written = self.out.write(text)
+        self.written += len(text)
+        self.progress.update(self.written)
+        return written
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     with (
         _output(args.output, args.force) as out,
         open_database(args.database_url) as db,
         Store(db.url, min_size=0, statement_timeout_ms=None) as store,
+        Progress("export", "chars") as progress,
     ):
         kind, subject = _subject(store, args)
+        counted = _Counted(out, progress)
         try:
             if kind == "user":
-                store.export_user(subject, out)
+                store.export_user(subject, counted)
             else:
-                store.export_person(subject, out)
+                store.export_person(subject, counted)
         except InvalidInput as exc:
             raise UsageError(str(exc)) from None
     if args.output:

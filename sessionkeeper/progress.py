@@ -32,27 +32,44 @@ class Progress:
         self.started = time.monotonic()
         self._last_log = float("-inf")
         self._bar: tqdm[Never] | None = None
-        if self.stream.isatty():
+
+    def _show_bar(self) -> tqdm[Never] | None:
+        """The bar on a terminal, made when there is first something to show (a command
+        that turns out to have no long work shows none)."""
+        if self._bar is None and self.stream.isatty():
             self._bar = tqdm(
-                total=total, desc=what, unit=f" {unit}", file=self.stream, dynamic_ncols=True
+                total=self.total,
+                initial=self.done,
+                desc=self.what,
+                unit=f" {self.unit}",
+                file=self.stream,
+                dynamic_ncols=True,
             )
+        return self._bar
 
     def set_total(self, total: int | None) -> None:
         self.total = total
-        if self._bar is not None:
-            self._bar.total = total
-            self._bar.refresh()
+        if total is not None and (bar := self._show_bar()) is not None:
+            bar.total = total
+            bar.refresh()
 
     def update(self, done: int) -> None:
         """``done`` rows so far (not an increment)."""
         step, self.done = done - self.done, done
-        if self._bar is not None:
-            self._bar.update(step)
+        if (bar := self._show_bar()) is not None:
+            bar.update(step)
             return
         now = time.monotonic()
         if now - self._last_log >= LOG_INTERVAL_SECONDS:
             self._last_log = now
             log.info("%s: %s", self.what, self.describe())
+
+    def write(self, line: str) -> None:
+        """A line of output (stdout) that does not break the bar."""
+        if self._bar is not None:
+            self._bar.write(line, file=sys.stdout)
+        else:
+            print(line, flush=True)
 
     def describe(self) -> str:
         """``1200/5000 rows, 400 rows/s, about 9 s left`` (what is known of it)."""

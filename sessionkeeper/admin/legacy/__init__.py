@@ -70,9 +70,12 @@ def upgrade(
     url: str,
     options: ConversionOptions | None = None,
     report: Callable[[str], None] = lambda line: None,
+    progress: Callable[[int, int], None] | None = None,
+    stop: Callable[[], bool] = lambda: False,
 ) -> None:
     """``sessionkeeper migrate``: adopt a TypeScript-era database if this is one, upgrade to
-    head, and convert any legacy histories left. On any other database it is a plain upgrade."""
+    head, and convert any legacy histories left. On any other database it is a plain upgrade.
+    ``progress`` and ``stop`` are the conversion's (see ``conversion.convert``)."""
     options = options or ConversionOptions()
     zone = legacy_zone(options.time_zone)
     with psycopg.connect(url, autocommit=True) as conn:
@@ -95,11 +98,12 @@ def upgrade(
             report("adopted: seed tables altered to revision 0001, missing tables created")
         migrate.upgrade(url)
         if found.has_legacy_history:
-            totals, left = convert(conn, options, report)
+            totals, left = convert(conn, options, report, progress, stop)
             report(f"legacy conversion: {totals.summary()}")
             if left:
+                why = "when asked to stop" if stop() else "as asked"
                 report(
-                    f"stopped after {totals.batches} batches as asked: {left} sessions still"
+                    f"stopped after {totals.batches} batches {why}: {left} sessions still"
                     " hold legacy histories; run migrate again to continue"
                 )
             else:
