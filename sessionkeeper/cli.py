@@ -96,20 +96,22 @@ def open_database(explicit_url: str | None, *, own_embedded: bool = False) -> It
 
 class Stop:
     """SIGINT and SIGTERM ask long work to stop at its next batch boundary. The handlers only
-    set the event (the main thread does the stopping); a second Ctrl-C aborts at once."""
+    set the event (the main thread does the stopping); unless ``patient`` (the daemon, whose
+    shutdown must finish), a second Ctrl-C aborts at once."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, patient: bool = False) -> None:
         self.event = threading.Event()
         self.signum: int | None = None
+        self.patient = patient
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._handle)
 
     def _handle(self, signum: int, frame: object) -> None:
-        if self.signum == signal.SIGINT and signum == signal.SIGINT:
+        if not self.patient and self.signum == signal.SIGINT == signum:
             raise KeyboardInterrupt
         self.signum = self.signum or signum
         self.event.set()
-        if signum == signal.SIGINT and sys.stderr.isatty():
+        if signum == signal.SIGINT and not self.patient and sys.stderr.isatty():
             print("\nstopping after the current batch (Ctrl-C again to abort)", file=sys.stderr)
 
     @property
@@ -154,7 +156,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     config: Config = args.config
-    stop = Stop()
+    stop = Stop(patient=True)
     with open_database(args.database_url, own_embedded=True) as db:
         if config.migrate_on_start:
             migrate.upgrade(db.url)
@@ -283,17 +285,25 @@ def cmd_sessions_restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def _given(args: argparse.Namespace) -> tuple[str, uuid.UUID | None]:
+    """``("user", id)`` or ``("person", id)`` from --user or --person, ``("user", None)`` for
+    --channel and --channel-user-id: checked before anything is asked or connected."""
+    if getattr(args, "person", None):
+        return "person", _uuid(args.person, "person id")
+    if args.user:
+        return "user", _uuid(args.user, "user id")
+    if not args.channel_user_id:
+        raise UsageError("--channel needs --channel-user-id")
+    return "user", None
+
+
 def _subject(store: Store, args: argparse.Namespace) -> tuple[str, uuid.UUID]:
-    """``("user", id)`` or ``("person", id)`` from --user, --person or --channel and
-    --channel-user-id (an identity is looked up, never created: unknown is ``NotFound``)."""
+    """What ``_given`` names, an identity looked up (never created: unknown is ``NotFound``)."""
+    kind, given = _given(args)
+    if given is not None:
+        return kind, given
     try:
-        if getattr(args, "person", None):
-            return "person", _uuid(args.person, "person id")
-        if args.user:
-            return "user", _uuid(args.user, "user id")
-        if not args.channel_user_id:
-            raise UsageError("--channel needs --channel-user-id")
-        return "user", store.find_user(args.channel, args.channel_user_id).user_id
+        return kind, store.find_user(args.channel, args.channel_user_id).user_id
     except InvalidInput as exc:
         raise UsageError(str(exc)) from None
 
@@ -306,6 +316,7 @@ def _uuid(text: str, what: str) -> uuid.UUID:
 
 
 def cmd_forget(args: argparse.Namespace) -> int:
+    _given(args)
     if not args.yes and not sys.stdin.isatty():
         confirm(args, "forget erases for good")  # refuses before connecting
     with (
@@ -328,6 +339,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
 
 
 def cmd_unlink(args: argparse.Namespace) -> int:
+    _given(args)  # usage errors before connecting
     with open_database(args.database_url) as db, Store(db.url, min_size=0) as store:
         _, subject = _subject(store, args)
         try:
@@ -390,6 +402,7 @@ class _Counted:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    _given(args)  # usage errors before connecting or creating the file
     with (
         _output(args.output, args.force) as out,
         open_database(args.database_url) as db,
