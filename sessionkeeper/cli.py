@@ -35,7 +35,7 @@ from sessionkeeper.daemon.logs import log_run, setup_logging
 from sessionkeeper.daemon.service import Daemon, job_conninfo
 from sessionkeeper.jobs import JOB_NAMES, ledger, session_archival
 from sessionkeeper.jobs.runner import JobFailed, run_job
-from sessionkeeper.progress import Progress
+from sessionkeeper.progress import Progress, write
 from store import InvalidInput, Store
 from store.connection import configured_database_url, describe, redact, secure_conninfo
 from store.errors import ConfigurationError, StoreError
@@ -134,15 +134,16 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         stop = Stop()
         # Adopts and converts a TypeScript-era database; a plain upgrade otherwise. A stop
         # request ends the conversion between two batches (each is its own transaction).
-        with Progress("legacy conversion", "sessions") as progress:
+        with contextlib.ExitStack() as bars:
+            shown: dict[str, Progress] = {}
 
-            def converted(done: int, total: int) -> None:
-                progress.set_total(total)
-                progress.update(done)
+            def progress(what: str, done: int, total: int | None) -> None:
+                if what not in shown:
+                    shown[what] = bars.enter_context(Progress(what, total=total))
+                shown[what].set_total(total)
+                shown[what].update(done)
 
-            legacy.upgrade(
-                db.url, options, progress.write, progress=converted, stop=stop.event.is_set
-            )
+            legacy.upgrade(db.url, options, write, progress=progress, stop=stop.event.is_set)
         after = migrate.current_revision(db.url)
     if stop.signum is not None:
         print(f"database {describe(db.url)} at {after}; interrupted: run migrate again to finish")

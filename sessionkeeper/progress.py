@@ -20,6 +20,12 @@ log = logging.getLogger("sessionkeeper")
 LOG_INTERVAL_SECONDS = 5.0
 
 
+def write(line: str) -> None:
+    """A line on stdout that does not break a bar being drawn on the terminal."""
+    tqdm.write(line, file=sys.stdout)
+    sys.stdout.flush()
+
+
 class Progress:
     """Rows done of ``what`` (``total`` when known, for the ETA)."""
 
@@ -63,13 +69,6 @@ class Progress:
         if now - self._last_log >= LOG_INTERVAL_SECONDS:
             self._last_log = now
             log.info("%s: %s", self.what, self.describe())
-
-    def write(self, line: str) -> None:
-        """A line of output (stdout) that does not break the bar."""
-        if self._bar is not None:
-            self._bar.write(line, file=sys.stdout)
-        else:
-            print(line, flush=True)
 
     def describe(self) -> str:
         """``1200/5000 rows, 400 rows/s, about 9 s left`` (what is known of it)."""

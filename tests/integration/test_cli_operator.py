@@ -26,6 +26,7 @@ import psycopg
 import pytest
 from test_cli import clean_env, sessionkeeper
 
+from sessionkeeper.admin import migrate
 from sessionkeeper.daemon.config import load_config
 from store import NotFound, Store
 
@@ -255,6 +256,25 @@ def test_jobs_run_logs_progress_without_a_terminal(database_url: str, conn: Conn
     # The first batch is logged at once; the next ones at most every few seconds.
     assert progress and progress[0].startswith("session_archival: 40/100 rows, ")
     assert "\r" not in result.stderr
+
+
+def test_migrate_shows_the_progress_of_a_backfill(empty_database_url: str) -> None:
+    url = empty_database_url
+    migrate.upgrade(url, "0013")  # before revision 0014 fills session_messages.user_id
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO users (channel, channel_user_id) VALUES ('telegram', '1')")
+        conn.execute("INSERT INTO sessions (user_id, next_seq) SELECT user_id, 7000 FROM users")
+        conn.execute(
+            "INSERT INTO session_messages (session_id, seq, role, content)"
+            " SELECT session_id, g, 'user', 'x' FROM sessions, generate_series(0, 6999) g"
+        )
+    env = clean_env(DATABASE_URL=url)
+    result = sessionkeeper("--log-format", "json", "migrate", env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    logged = [json.loads(line)["message"] for line in result.stderr.splitlines()]
+    # Batches of 5000: the first is logged at once.
+    assert "session_messages.user_id: 5000 rows, " in "\n".join(logged)
+    assert "migrated from 0013 to" in result.stdout
 
 
 def test_ctrl_c_stops_jobs_run_at_a_batch_boundary(database_url: str, conn: Conn) -> None:
