@@ -155,14 +155,14 @@ _MISSING_KEY = re.compile(r"^Key \((\w+)\)=\((.*)\) is not present in table")
 
 
 def _missing(exc: psycopg.Error) -> str:
-    """What a NotFound says: the missing row, without the constraint, statement or table
-    (a partition's name means nothing to the caller)."""
-    if isinstance(exc, pg_errors.ForeignKeyViolation):
-        found = _MISSING_KEY.match(exc.diag.message_detail or "")
-        if found:
-            return f"{found[1].removesuffix('_id')} {found[2]} does not exist"
-        return "a row it refers to does not exist (deleted meanwhile?)"
-    return redact((exc.diag.message_primary or "not found").strip())
+    """What a NotFound says: the server's primary message (an sk_* function names what it did
+    not find), or for a foreign key the missing id, never the constraint, the statement or
+    the table (a partition's name means nothing to the caller)."""
+    if not isinstance(exc, pg_errors.ForeignKeyViolation):
+        return _describe(exc)
+    found = _MISSING_KEY.match(exc.diag.message_detail or "")
+    what = f"{found[1].removesuffix('_id')} {found[2]}" if found else "a row it refers to"
+    return f"{redact(what)} does not exist (SQLSTATE {exc.sqlstate})"
 
 
 def _single(name: str, params: Mapping[str, object], decode: Callable[[Rows], T]) -> Plan[T]:

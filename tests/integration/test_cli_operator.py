@@ -328,11 +328,12 @@ def test_plpgsql_context_and_sql_stay_out_of_errors(database_url: str) -> None:
     missing = uuid.uuid4()
     result = sessionkeeper("unlink", "--user", str(missing), env=env)
     assert result.returncode == 1
-    assert result.stderr.splitlines() == [f"sessionkeeper: user {missing} does not exist"]
+    expected = f"sessionkeeper: user {missing} does not exist (SQLSTATE P0002)"
+    assert result.stderr.splitlines() == [expected]
     with Store(database_url) as store, pytest.raises(NotFound) as caught:
         # A foreign-key violation on a partition of usage_stats: no partition name, no SQL.
         store.track_usage(missing, "telegram", input_tokens=1)
-    assert str(caught.value) == f"user {missing} does not exist"
+    assert str(caught.value) == f"user {missing} does not exist (SQLSTATE 23503)"
 
 
 def test_a_closed_pipe_is_one_line(database_url: str) -> None:
