@@ -89,20 +89,25 @@ class JobResult:
     stopped: bool = False
 
 
+# Told the rows committed so far after each batch (the CLI's progress bar); jobs know no UI.
+ProgressListener = Callable[[int], None]
+
+
 @dataclass
 class Progress:
     """Rows a run has committed so far: what its report says should it fail later."""
 
     rows: int = 0
+    listener: ProgressListener | None = None
 
 
 _progress: ContextVar[Progress | None] = ContextVar("job_progress", default=None)
 
 
 @contextlib.contextmanager
-def tracking() -> Iterator[Progress]:
-    """Count the rows the job run in this block commits (``committed``)."""
-    progress = Progress()
+def tracking(listener: ProgressListener | None = None) -> Iterator[Progress]:
+    """Count the rows the job run in this block commits (``committed``), telling ``listener``."""
+    progress = Progress(listener=listener)
     token = _progress.set(progress)
     try:
         yield progress
@@ -115,6 +120,8 @@ def committed(rows: int) -> None:
     progress = _progress.get()
     if progress is not None:
         progress.rows += rows
+        if progress.listener is not None:
+            progress.listener(progress.rows)
 
 
 def batches(

@@ -74,6 +74,13 @@ DELETE FROM link_code_erased_failures e
 USING b
 WHERE e.account_key = b.account_key
 
+-- archivable_sessions --
+-- The sessions archive_sessions would select now, all batches together (a progress bar's
+-- total): the index range on sessions(last_active) as long as the backlog.
+SELECT count(*) FROM sessions
+WHERE last_active < %(now)s - make_interval(secs => %(idle_seconds)s)
+  AND (restored_at IS NULL OR restored_at < %(now)s - make_interval(secs => %(idle_seconds)s))
+
 -- archive_sessions --
 -- Step 1 of a batch: copy idle sessions to the archive, keeping them locked until commit.
 -- Messages must move before the session rows go (their foreign key cascades). A session

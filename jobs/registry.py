@@ -33,6 +33,8 @@ class JobSpec:
     summary: str
     # Off unless configured: a job whose effect cannot be undone.
     enabled_by_default: bool = True
+    # The rows a run would handle now, when cheap to count (the CLI's progress bar's total).
+    backlog: Callable[[Connection, Any, datetime], int] | None = None
 
 
 JOBS: dict[str, JobSpec] = {
@@ -65,6 +67,7 @@ JOBS: dict[str, JobSpec] = {
             session_archival.Settings,
             "1h",
             "archive idle sessions (and purge old archives if configured)",
+            backlog=session_archival.backlog,
         ),
         JobSpec(
             "proactive_reload",

@@ -19,7 +19,7 @@ from store.config import StoreConfig
 from store.connection import redact
 
 from . import ledger
-from .base import STORE_DEFAULTS, Connection, Pause, tracking, uninterrupted
+from .base import STORE_DEFAULTS, Connection, Pause, ProgressListener, tracking, uninterrupted
 from .locking import job_lock
 from .registry import JOBS
 
@@ -32,7 +32,7 @@ DEFAULT_LEDGER_KEEP_SECONDS = 30 * 86400
 @dataclass
 class RunReport:
     job: str
-    outcome: str  # success, failure or skipped
+    outcome: str  # success, failure, skipped or stopped
     rows: int
     duration_seconds: float
     finished_at: float  # Unix time
@@ -64,14 +64,18 @@ def run_job(
     pause: Pause = uninterrupted,
     ledger_keep_seconds: int = DEFAULT_LEDGER_KEEP_SECONDS,
     store: StoreConfig = STORE_DEFAULTS,
+    progress: ProgressListener | None = None,
+    backlog: Callable[[int | None], None] | None = None,
 ) -> RunReport:
     """Run job ``name`` once unless another replica holds its lock or already ran ``slot``.
 
     ``slot`` names the schedule slot of a scheduled run (None for a manual run): replicas
     firing for the same slot run the job once between them. ``pause`` is called between the
-    job's batches (see ``jobs.base.batches``); a run it stops is recorded as a success with
-    ``"stopped": true`` in its details. ``store`` holds the store's settings some jobs share
-    (the link-code failure window, the proactive channel).
+    job's batches (see ``jobs.base.batches``); a run it stops is recorded as ``stopped`` (and,
+    as release 0.2.0 recorded it, with ``"stopped": true`` in its details). ``store`` holds
+    the store's settings some jobs share (the link-code failure window, the proactive channel).
+    ``progress`` is told the rows committed after each batch; ``backlog`` is told, before the
+    first batch, the rows the run has to do if the job can count them (else None).
     """
     spec = JOBS[name]
     started = time.monotonic()
@@ -94,12 +98,14 @@ def run_job(
                 ledger.sweep_interrupted(conn, name)
                 run_id = ledger.start(conn, name, replica_id, details)
                 try:
-                    with tracking() as progress:
+                    if backlog is not None:
+                        backlog(spec.backlog(conn, settings, now) if spec.backlog else None)
+                    with tracking(progress) as tracked:
                         try:
                             result = spec.run(conn, settings, now, pause, store)
                         finally:
                             # Batches committed before a failure stay done: they count.
-                            rows = progress.rows
+                            rows = tracked.rows
                 except Exception as exc:
                     failure = exc
                     # Still under the lock when the connection survived the error.
@@ -111,7 +117,8 @@ def run_job(
                     details.update(result.details)
                     if result.stopped:
                         details["stopped"] = True
-                    ledger.finish(conn, run_id, "success", rows=rows, details=details)
+                    outcome = "stopped" if result.stopped else "success"
+                    ledger.finish(conn, run_id, outcome, rows=rows, details=details)
                     ledger.prune(conn, name, ledger_keep_seconds)
     except Exception as exc:  # the connection, the lock or the ledger itself failed
         failure = failure or exc
@@ -124,7 +131,7 @@ def run_job(
         error = describe_error(failure)
         report = RunReport(name, "failure", rows, duration, time.time(), run_id, error, details)
         raise JobFailed(report) from failure
-    outcome = "skipped" if skip_reason else "success"
+    outcome = "skipped" if skip_reason else "stopped" if details.get("stopped") else "success"
     return RunReport(name, outcome, rows, duration, time.time(), run_id, skip_reason, details)
 
 

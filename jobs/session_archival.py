@@ -100,6 +100,13 @@ def run(
     return JobResult(archived + purged, details, stopped)
 
 
+def backlog(conn: Connection, settings: Settings, now: datetime) -> int:
+    """The sessions a run would archive now (the purge pass is not counted)."""
+    params = {"now": now, "idle_seconds": settings.idle_seconds}
+    row = conn.execute(QUERIES["archivable_sessions"], params).fetchone()
+    return int(row[0]) if row else 0
+
+
 def restore(
     conn: Connection, session_id: uuid.UUID, now: datetime, *, make_current: bool = False
 ) -> int:

@@ -11,28 +11,34 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import signal
 import sys
+import tempfile
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import NoReturn
+from importlib import metadata
+from pathlib import Path
+from typing import IO, Any, NoReturn
 
 import psycopg
+import psycopg.conninfo
 import sqlalchemy.exc
 
 from sessionkeeper.admin import citus, embedded, legacy, migrate
 from sessionkeeper.admin.embedded import EmbeddedPostgres
-from sessionkeeper.daemon.config import Config, load_config
+from sessionkeeper.daemon.config import Config, load_config, settings_reference
 from sessionkeeper.daemon.logs import log_run, setup_logging
 from sessionkeeper.daemon.service import Daemon, job_conninfo
 from sessionkeeper.jobs import JOB_NAMES, ledger, session_archival
 from sessionkeeper.jobs.runner import JobFailed, run_job
+from sessionkeeper.progress import Progress, write
 from store import InvalidInput, Store, local_server
 from store.connection import describe, redact, secure_conninfo
-from store.errors import StoreError
+from store.errors import ConfigurationError, StoreError
 
 log = logging.getLogger("sessionkeeper")
 
@@ -55,12 +61,25 @@ class Database:
     embedded: EmbeddedPostgres | None
 
 
+def _checked(url: str) -> str:
+    """``url`` made secure (store.connection), its connect_timeout checked: psycopg would only
+    refuse a bad one on each connection attempt, from inside a pool, until the pool times out."""
+    conninfo = secure_conninfo(url)  # refuses what libpq cannot parse
+    try:
+        psycopg.conninfo.timeout_from_conninfo(psycopg.conninfo.conninfo_to_dict(conninfo))
+    except psycopg.Error as exc:
+        raise ConfigurationError(
+            f"invalid database URL {redact(url)}: {_first_line(exc)}"
+        ) from None
+    return conninfo
+
+
 @contextlib.contextmanager
 def open_database(url: str | None, *, own_embedded: bool = False) -> Iterator[Database]:
     """The database at ``url`` (resolved by ``main``), else the embedded one (started here
     and stopped on exit)."""
     if url is not None:
-        yield Database(secure_conninfo(url), None)
+        yield Database(_checked(url), None)
         return
     embedded.require_installed()
     server = EmbeddedPostgres()
@@ -75,6 +94,32 @@ def open_database(url: str | None, *, own_embedded: bool = False) -> Iterator[Da
         server.release_owner_lock()
 
 
+class Stop:
+    """SIGINT and SIGTERM ask long work to stop at its next batch boundary. The handlers only
+    set the event (the main thread does the stopping); unless ``patient`` (the daemon, whose
+    shutdown must finish), a second Ctrl-C aborts at once."""
+
+    def __init__(self, *, patient: bool = False) -> None:
+        self.event = threading.Event()
+        self.signum: int | None = None
+        self.patient = patient
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if not self.patient and self.signum == signal.SIGINT == signum:
+            raise KeyboardInterrupt
+        self.signum = self.signum or signum
+        self.event.set()
+        if signum == signal.SIGINT and not self.patient and sys.stderr.isatty():
+            print("\nstopping after the current batch (Ctrl-C again to abort)", file=sys.stderr)
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal's number, as shells report a process a signal ended (130: Ctrl-C)."""
+        return 128 + (self.signum or signal.SIGINT)
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     options = legacy.ConversionOptions(
         batch_size=args.batch_size, max_batches=args.max_batches, time_zone=args.legacy_time_zone
@@ -86,9 +131,23 @@ def cmd_migrate(args: argparse.Namespace) -> int:
                 print(line)
             return 0
         before = migrate.current_revision(db.url)
-        # Adopts and converts a TypeScript-era database; a plain upgrade otherwise.
-        legacy.upgrade(db.url, options, report=lambda line: print(line, flush=True))
+        stop = Stop()
+        # Adopts and converts a TypeScript-era database; a plain upgrade otherwise. A stop
+        # request ends the conversion between two batches (each is its own transaction).
+        with contextlib.ExitStack() as bars:
+            shown: dict[str, Progress] = {}
+
+            def progress(what: str, done: int, total: int | None) -> None:
+                if what not in shown:
+                    shown[what] = bars.enter_context(Progress(what, total=total))
+                shown[what].set_total(total)
+                shown[what].update(done)
+
+            legacy.upgrade(db.url, options, write, progress=progress, stop=stop.event.is_set)
         after = migrate.current_revision(db.url)
+    if stop.signum is not None:
+        print(f"database {describe(db.url)} at {after}; interrupted: run migrate again to finish")
+        return stop.exit_code
     if before == after:
         print(f"database {describe(db.url)} already at {after}")
     else:
@@ -96,17 +155,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stop_on_signals() -> threading.Event:
-    stop = threading.Event()
-    # Handlers only set the event; the main thread does the stopping.
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    return stop
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     config: Config = args.config
-    stop = _stop_on_signals()
+    stop = Stop(patient=True)
     with open_database(args.database_url, own_embedded=True) as db:
         if config.migrate_on_start:
             migrate.upgrade(db.url)
@@ -114,7 +165,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         daemon.start()
         try:
             log.info("sessionkeeper running on %s as %s", describe(db.url), config.replica_id)
-            stop.wait()
+            stop.event.wait()
             log.info("sessionkeeper stopping")
         finally:
             daemon.stop()
@@ -153,7 +204,7 @@ def cmd_jobs_list(args: argparse.Namespace) -> int:
         try:
             runs: dict[str, ledger.LedgerRow] | None = _last_runs(db.url)
         except psycopg.Error as exc:
-            log.warning("last runs unknown: %s", redact(str(exc).strip().splitlines()[0]))
+            log.warning("last runs unknown: %s", _first_line(exc))
             runs = None
     now = datetime.now(UTC)
     print(f"{'JOB':<20} {'SCHEDULE':<20} {'NEXT RUN (UTC)':<20} LAST RUN")
@@ -165,16 +216,37 @@ def cmd_jobs_list(args: argparse.Namespace) -> int:
     return 0
 
 
-# Exit codes of `jobs run`: the run's outcome.
+# Exit codes of `jobs run`: the run's outcome (a stopped run: 128 + the signal, 130 for Ctrl-C).
 RUN_EXIT_CODES = {"success": 0, "failure": 1, "skipped": 3}
+# Jobs that erase what cannot be restored: confirmed on a terminal, --yes otherwise.
+ERASING_JOBS = frozenset({"user_retention"})
+
+
+def confirm(args: argparse.Namespace, question: str) -> None:
+    """Go on only when the operator agrees: ``--yes``, or "y" typed on a terminal. Without a
+    terminal and without ``--yes``, a usage error (exit 2) before anything is changed."""
+    if args.yes:
+        return
+    if not sys.stdin.isatty():
+        raise UsageError(f"{question}: refused without --yes (stdin is not a terminal)")
+    print(f"{question} [y/N] ", end="", file=sys.stderr, flush=True)
+    answer = sys.stdin.readline().strip().lower()
+    if answer not in ("y", "yes"):
+        raise Declined("nothing was changed")
+
+
+class Declined(Exception):
+    """The operator answered no: one line, exit 1, nothing changed."""
 
 
 def cmd_jobs_run(args: argparse.Namespace) -> int:
     if args.name not in JOB_NAMES:
         raise UsageError(f"unknown job {args.name!r}; jobs: {', '.join(JOB_NAMES)}")
     config: Config = args.config
-    stop = _stop_on_signals()
-    with open_database(args.database_url) as db:
+    if args.name in ERASING_JOBS:
+        confirm(args, f"{args.name} erases users for good; run it now?")
+    stop = Stop()
+    with open_database(args.database_url) as db, Progress(args.name) as progress:
         conninfo = job_conninfo(db.url, config)
         try:
             report = run_job(
@@ -182,14 +254,20 @@ def cmd_jobs_run(args: argparse.Namespace) -> int:
                 args.name,
                 config.jobs[args.name].settings,
                 replica_id=config.replica_id,
-                pause=stop.wait,
+                pause=stop.event.wait,
                 ledger_keep_seconds=config.ledger_retention_seconds,
                 store=config.store,
+                progress=progress.update,
+                backlog=progress.set_total,
             )
         except JobFailed as exc:
             report = exc.report
     log_run(report, config.replica_id)
     line = f"{report.job}: {report.outcome} rows={report.rows} {report.duration_seconds:.3f}s"
+    if report.outcome == "stopped":
+        left = f"{progress.total - report.rows}" if progress.total is not None else "the rest"
+        print(f"{line} (stopped: {report.rows} done, {left} left for the next run)")
+        return stop.exit_code
     print(f"{line} ({report.error})" if report.error else line)
     return RUN_EXIT_CODES[report.outcome]
 
@@ -208,29 +286,65 @@ def cmd_sessions_restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def _given(args: argparse.Namespace) -> tuple[str, uuid.UUID | None]:
+    """``("user", id)`` or ``("person", id)`` from --user or --person, ``("user", None)`` for
+    --channel and --channel-user-id: checked before anything is asked or connected."""
+    if getattr(args, "person", None):
+        return "person", _uuid(args.person, "person id")
+    if args.user:
+        return "user", _uuid(args.user, "user id")
+    if not args.channel_user_id:
+        raise UsageError("--channel needs --channel-user-id")
+    return "user", None
+
+
+def _subject(store: Store, args: argparse.Namespace) -> tuple[str, uuid.UUID]:
+    """What ``_given`` names, an identity looked up (never created: unknown is ``NotFound``)."""
+    kind, given = _given(args)
+    if given is not None:
+        return kind, given
+    try:
+        return kind, store.find_user(args.channel, args.channel_user_id).user_id
+    except InvalidInput as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _uuid(text: str, what: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise UsageError(f"not a {what}: {text!r}") from None
+
+
 def cmd_forget(args: argparse.Namespace) -> int:
-    what = f"user {args.user}" if args.user else f"person {args.person}"
+    _given(args)
+    if not args.yes and not sys.stdin.isatty():
+        confirm(args, "forget erases for good")  # refuses before connecting
     with (
         open_database(args.database_url) as db,
         Store(db.url, min_size=0, statement_timeout_ms=None) as store,
     ):
+        kind, subject = _subject(store, args)
+        confirm(args, f"erase {kind} {subject} and everything the store holds about it?")
         try:
-            if args.user:
-                forgotten = store.forget_user(args.user)
+            if kind == "user":
+                forgotten = store.forget_user(subject)
             else:
-                forgotten = store.forget_person(args.person)
+                forgotten = store.forget_person(subject)
         except InvalidInput as exc:
             raise UsageError(str(exc)) from None
-    print(f"forgot {what}:")
+    print(f"forgot {kind} {subject}:")
     for line in forgotten.lines():
         print(f"  {line}")
     return 0
 
 
 def cmd_unlink(args: argparse.Namespace) -> int:
+    _given(args)  # usage errors before connecting
     with open_database(args.database_url) as db, Store(db.url, min_size=0) as store:
+        _, subject = _subject(store, args)
         try:
-            unlinked = store.unlink(args.user)
+            unlinked = store.unlink(subject)
         except InvalidInput as exc:
             raise UsageError(str(exc)) from None
     if unlinked.person_id is None:
@@ -241,19 +355,72 @@ def cmd_unlink(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _output(path: str | None, force: bool) -> Iterator[IO[str]]:
+    """stdout, or the file ``path``: created mode 0600 whatever the umask (it holds personal
+    data), never overwritten without ``force``, and absent unless the export completed (it is
+    written to a temporary file beside it, renamed into place at the end)."""
+    if path is None:
+        yield sys.stdout
+        sys.stdout.flush()
+        return
+    target = Path(path)
+    if target.exists() and not force:
+        raise UsageError(f"{path} exists; refusing to overwrite it without --force")
+    try:
+        fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", text=True)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror}") from None
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            yield file
+        if force:
+            os.replace(temporary, target)
+        else:
+            os.link(temporary, target)  # fails, rather than overwrites, should it appear now
+            os.unlink(temporary)
+    except FileExistsError:
+        os.unlink(temporary)
+        raise UsageError(f"{path} exists; refusing to overwrite it without --force") from None
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+class _Counted:
+    """A text sink that tells ``progress`` the characters written so far (the export streams
+    its document table by table; the store knows nothing of the progress shown)."""
+
+    def __init__(self, out: IO[str], progress: Progress) -> None:
+        self.out, self.progress, self.written = out, progress, 0
+
+    def write(self, text: str) -> int:
+        written = self.out.write(text)
+        self.written += len(text)
+        self.progress.update(self.written)
+        return written
+
+
 def cmd_export(args: argparse.Namespace) -> int:
+    _given(args)  # usage errors before connecting or creating the file
     with (
+        _output(args.output, args.force) as out,
         open_database(args.database_url) as db,
         Store(db.url, min_size=0, statement_timeout_ms=None) as store,
+        Progress("export", "chars") as progress,
     ):
+        kind, subject = _subject(store, args)
+        counted = _Counted(out, progress)
         try:
-            if args.user:
-                store.export_user(args.user, sys.stdout)
+            if kind == "user":
+                store.export_user(subject, counted)
             else:
-                store.export_person(args.person, sys.stdout)
+                store.export_person(subject, counted)
         except InvalidInput as exc:
             raise UsageError(str(exc)) from None
-    sys.stdout.flush()
+    if args.output:
+        print(f"exported {kind} {subject} to {args.output}", file=sys.stderr)
     return 0
 
 
@@ -270,35 +437,95 @@ def _log_level(name: str) -> str:
     return name.upper()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="sessionkeeper", description=__doc__.splitlines()[0])
-    parser.add_argument(
+def _version() -> str:
+    try:
+        return metadata.version("sessionkeeper")
+    except metadata.PackageNotFoundError:  # a checkout run as `python scheduler.py`
+        return "unknown (not installed)"
+
+
+def _global_options() -> argparse.ArgumentParser:
+    """The options every command takes, before or after its verb. Their defaults are
+    SUPPRESS so that a verb's parser does not reset what was given before the verb."""
+    options = argparse.ArgumentParser(add_help=False)
+    group = options.add_argument_group("global options (before or after the command)")
+    group.add_argument(
         "--database-url",
+        default=argparse.SUPPRESS,
         help="PostgreSQL URL (default: SESSIONKEEPER_DATABASE_URL, DATABASE_URL, else embedded)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--log-level",
-        default="INFO",
+        default=argparse.SUPPRESS,
         type=_log_level,
         help="logging level: DEBUG, INFO, WARNING, ERROR or CRITICAL (default INFO)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--log-format",
+        default=argparse.SUPPRESS,
         choices=("text", "json"),
         help="text, or one JSON object per line (default: SESSIONKEEPER_LOG_FORMAT, else text)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--config",
+        default=argparse.SUPPRESS,
         dest="config_file",
         metavar="FILE",
         help="TOML configuration file (default: SESSIONKEEPER_CONFIG); the environment wins",
     )
+    return options
+
+
+GLOBAL_DEFAULTS: dict[str, Any] = {
+    "database_url": None,
+    "log_level": "INFO",
+    "log_format": None,
+    "config_file": None,
+}
+
+
+def _settings_epilog() -> str:
+    lines = [
+        "settings: environment variable = default  [key in the --config file]",
+        "(the environment wins over the file; durations take s, m, h or d; see docs/cli.md)",
+    ]
+    lines += [
+        f"  {variable} = {default}  [{key}]" for variable, key, default in settings_reference()
+    ]
+    return "\n".join(lines)
+
+
+def _user_options(parser: argparse.ArgumentParser, *, person: bool, required: bool = True) -> None:
+    """--user ID | [--person ID] | --channel NAME --channel-user-id ID."""
+    who = parser.add_mutually_exclusive_group(required=required)
+    who.add_argument("--user", metavar="ID", help="a user id (UUID)")
+    if person:
+        who.add_argument("--person", metavar="ID", help="a person id (UUID): all its users")
+    who.add_argument(
+        "--channel", metavar="NAME", help="a user by channel identity: the channel (telegram)"
+    )
+    parser.add_argument(
+        "--channel-user-id", metavar="ID", help="with --channel: the user's id on that channel"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _global_options()
+    parser = _Parser(prog="sessionkeeper", description=__doc__.splitlines()[0], parents=[common])
+    parser.add_argument("--version", action="version", version=f"sessionkeeper {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
 
-    migrate_parser = commands.add_parser(
+    def command(group: Any, name: str, help: str, **kwargs: Any) -> argparse.ArgumentParser:
+        created: argparse.ArgumentParser = group.add_parser(
+            name, help=help, description=help, parents=[common], **kwargs
+        )
+        return created
+
+    migrate_parser = command(
+        commands,
         "migrate",
-        help="bring the database schema to head (adopts a TypeScript-era database in place)",
+        "bring the database schema to head (adopts a TypeScript-era database in place)",
     )
     migrate_parser.add_argument(
         "--dry-run", action="store_true", help="report what would be done, change nothing"
@@ -322,23 +549,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="zone the TypeScript store's TIMESTAMP columns were written in (default UTC)",
     )
     migrate_parser.set_defaults(func=cmd_migrate)
-    commands.add_parser("run", help="run the maintenance daemon").set_defaults(func=cmd_run)
-    commands.add_parser("status", help="database, schema and last runs").set_defaults(
-        func=cmd_status
-    )
-    jobs = commands.add_parser("jobs", help="list or run maintenance jobs")
+    command(
+        commands,
+        "run",
+        "run the maintenance daemon",
+        epilog=_settings_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    ).set_defaults(func=cmd_run)
+    command(commands, "status", "database, schema and last runs").set_defaults(func=cmd_status)
+    jobs = command(commands, "jobs", "list or run maintenance jobs")
     job_commands = jobs.add_subparsers(dest="jobs_command", metavar="ACTION", parser_class=_Parser)
     job_commands.required = True
-    job_commands.add_parser("list", help="list the jobs").set_defaults(func=cmd_jobs_list)
-    run_one = job_commands.add_parser("run", help="run one job now")
+    command(job_commands, "list", "list the jobs").set_defaults(func=cmd_jobs_list)
+    run_one = command(
+        job_commands,
+        "run",
+        "run one job now (Ctrl-C stops it at the next batch boundary: exit 130)",
+    )
     run_one.add_argument("name", help="job name: " + ", ".join(JOB_NAMES))
+    run_one.add_argument(
+        "--yes", action="store_true", help="confirm an erasing job (user_retention) without asking"
+    )
     run_one.set_defaults(func=cmd_jobs_run)
-    sessions = commands.add_parser("sessions", help="archived sessions")
+    sessions = command(commands, "sessions", "archived sessions")
     session_commands = sessions.add_subparsers(
         dest="sessions_command", metavar="ACTION", parser_class=_Parser
     )
     session_commands.required = True
-    restore = session_commands.add_parser("restore", help="bring an archived session back")
+    restore = command(session_commands, "restore", "bring an archived session back")
     restore.add_argument("session_id", metavar="ID", help="the session id (a UUID)")
     restore.add_argument(
         "--make-current",
@@ -347,28 +585,32 @@ def build_parser() -> argparse.ArgumentParser:
         " (default: it keeps its last activity and the user's current session stays current)",
     )
     restore.set_defaults(func=cmd_sessions_restore)
-    forget = commands.add_parser(
-        "forget", help="erase a user or a person and everything the store holds about them"
+    forget = command(
+        commands, "forget", "erase a user or a person and everything the store holds about them"
     )
-    who = forget.add_mutually_exclusive_group(required=True)
-    who.add_argument("--user", metavar="ID", help="a user id (UUID)")
-    who.add_argument("--person", metavar="ID", help="a person id (UUID): all its users")
+    _user_options(forget, person=True)
+    forget.add_argument("--yes", action="store_true", help="erase without asking")
     forget.set_defaults(func=cmd_forget)
-    unlink = commands.add_parser(
-        "unlink", help="a user leaves its person (the person goes with its last user)"
+    unlink = command(
+        commands, "unlink", "a user leaves its person (the person goes with its last user)"
     )
-    unlink.add_argument("--user", metavar="ID", required=True, help="a user id (UUID)")
+    _user_options(unlink, person=False)
     unlink.set_defaults(func=cmd_unlink)
-    export = commands.add_parser(
+    export = command(
+        commands,
         "export",
-        help="write everything the store holds about a user or a person as JSON to stdout",
+        "write everything the store holds about a user or a person as JSON (stdout or --output)",
     )
-    subject = export.add_mutually_exclusive_group(required=True)
-    subject.add_argument("--user", metavar="ID", help="a user id (UUID)")
-    subject.add_argument("--person", metavar="ID", help="a person id (UUID): all its users")
+    _user_options(export, person=True)
+    export.add_argument(
+        "--output", metavar="FILE", help="write to FILE (created mode 0600) instead of stdout"
+    )
+    export.add_argument("--force", action="store_true", help="overwrite an existing --output file")
     export.set_defaults(func=cmd_export)
-    commands.add_parser(
-        "citus-ddl", help="print the SQL that distributes the schema over Citus (no database)"
+    command(
+        commands,
+        "citus-ddl",
+        "print the SQL that distributes the schema over Citus (no database)",
     ).set_defaults(func=cmd_citus_ddl)
     return parser
 
@@ -376,6 +618,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        for name, default in GLOBAL_DEFAULTS.items():
+            if not hasattr(args, name):
+                setattr(args, name, default)
         setup_logging(args.log_level, args.log_format or "text")
         args.config = load_config(config_file=args.config_file)
         if args.log_format is None and args.config.log_format != "text":
@@ -387,13 +632,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = str(exc)
         _complain(message if message.startswith("sessionkeeper") else f"sessionkeeper: {message}")
         return 2
+    except Declined as exc:
+        _complain(f"sessionkeeper: {exc}")
+        return 1
     except StoreError as exc:
         _complain(f"sessionkeeper: {redact(str(exc))}")
         return 1
     except (psycopg.OperationalError, sqlalchemy.exc.OperationalError) as exc:
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        _complain(f"sessionkeeper: database unavailable: {redact(reason)}")
+        _complain(f"sessionkeeper: database unavailable: {_first_line(exc)}")
         return 1
+    except (psycopg.Error, sqlalchemy.exc.DBAPIError) as exc:
+        _complain(f"sessionkeeper: {_first_line(exc)}")
+        return 1
+    except BrokenPipeError:
+        # The reader went away (`sessionkeeper export ... | head`): say so once, and keep the
+        # interpreter's final flush of stdout from raising again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _complain("sessionkeeper: output closed before the end (broken pipe)")
+        return 1
+    except KeyboardInterrupt:
+        _complain("sessionkeeper: interrupted")
+        return 130
+
+
+def _first_line(exc: BaseException) -> str:
+    """The server's (or driver's) own message, without DETAIL, CONTEXT or SQL, password-free."""
+    cause = getattr(exc, "orig", None) or exc
+    primary = cause.diag.message_primary if isinstance(cause, psycopg.Error) else None
+    lines = (primary or str(cause)).strip().splitlines()
+    return redact(lines[0] if lines else type(cause).__name__)
 
 
 def _complain(message: str) -> None:

@@ -295,6 +295,7 @@ class Operations:
     begin_turn = Op(core.begin_turn)
     finish_turn = Op(core.finish_turn)
     get_or_create_user = Op(core.get_or_create_user)
+    find_user = Op(core.find_user)
     get_or_create_session = Op(core.get_or_create_session)
     append_messages = Op(core.append_messages)
     trim_session_history = Op(core.trim_session_history)

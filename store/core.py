@@ -10,6 +10,7 @@ the SQL. Most plans are one step; ``create_link_code`` draws again on a clash.
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -104,7 +105,7 @@ def translate(exc: Exception, sent: Step | None = None) -> Exception:
             "nothing was written. List every node in the URL with target_session_attrs=read-write"
         )
     if isinstance(exc, pg_errors.NoDataFound | pg_errors.ForeignKeyViolation):
-        return errors.NotFound(_describe(exc))
+        return errors.NotFound(_missing(exc))
     if isinstance(exc, pg_errors.UndefinedFunction | pg_errors.UndefinedTable):
         return errors.SchemaOutOfDate(f"{_describe(exc)}; run `sessionkeeper migrate`")
     if isinstance(
@@ -134,8 +135,26 @@ def connection_lost(exc: psycopg.Error) -> bool:
 
 def _describe(exc: Exception) -> str:
     sqlstate = getattr(exc, "sqlstate", None)
-    message = redact(str(exc).strip() or type(exc).__name__)
+    # The server's primary message only: str(exc) adds DETAIL and CONTEXT lines (a PL/pgSQL
+    # function's name and line, statement text) that are for the server's log, not the caller.
+    primary = exc.diag.message_primary if isinstance(exc, psycopg.Error) else None
+    message = redact((primary or str(exc)).strip() or type(exc).__name__)
     return f"{message} (SQLSTATE {sqlstate})" if sqlstate else message
+
+
+# DETAIL of a foreign-key violation: Key (session_id)=(...) is not present in table "...".
+_MISSING_KEY = re.compile(r"^Key \((\w+)\)=\((.*)\) is not present in table")
+
+
+def _missing(exc: psycopg.Error) -> str:
+    """What a NotFound says: the server's primary message (an sk_* function names what it did
+    not find), or for a foreign key the missing id, never the constraint, the statement or
+    the table (a partition's name means nothing to the caller)."""
+    if not isinstance(exc, pg_errors.ForeignKeyViolation):
+        return _describe(exc)
+    found = _MISSING_KEY.match(exc.diag.message_detail or "")
+    what = f"{found[1].removesuffix('_id')} {found[2]}" if found else "a row it refers to"
+    return f"{redact(what)} does not exist (SQLSTATE {exc.sqlstate})"
 
 
 def _single(name: str, params: Mapping[str, object], decode: Callable[[Rows], T]) -> Plan[T]:
@@ -461,6 +480,16 @@ def get_or_create_user(
         "now": validate.moment(now, "now"),
     }
     return _single("get_or_create_user", params, lambda rows: _user(rows[0]))
+
+
+def find_user(config: StoreConfig, channel: str, channel_user_id: str | int) -> Plan[models.User]:
+    """The user of a channel identity; ``NotFound`` when there is none (nothing is created)."""
+    params = {
+        "channel": validate.channel(config, channel),
+        "channel_user_id": validate.identifier(channel_user_id, "channel_user_id"),
+    }
+    missing = f"no user {params['channel_user_id']!r} on channel {params['channel']!r}"
+    return _single("find_user", params, lambda rows: _user(_first(rows, missing)))
 
 
 def get_or_create_session(

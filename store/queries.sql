@@ -201,6 +201,12 @@ FROM sk_redeem_link_code_v3(%(user_id)s, %(code_key)s, NULL, %(now)s::timestampt
                             %(max_failures)s, %(failure_window)s::interval,
                             %(lockout)s::interval, %(max_daily_failures)s)
 
+-- find_user --
+-- A user by its channel identity, never creating it (the CLI's --channel/--channel-user-id).
+SELECT user_id, channel, channel_user_id, display_name, person_id, false AS user_created
+FROM users
+WHERE channel = %(channel)s AND channel_user_id = %(channel_user_id)s
+
 -- get_linked_users --
 -- The user and every user of its person; nothing when the user does not exist.
 SELECT u.user_id, u.channel, u.channel_user_id, u.display_name, u.person_id,

@@ -55,7 +55,7 @@ metadata = MetaData(
     }
 )
 
-JOB_OUTCOMES = ("running", "success", "failure", "skipped")
+JOB_OUTCOMES = ("running", "success", "failure", "skipped", "stopped")
 
 _NOW = text("now()")
 # The inserting transaction's id as a bigint (xid8 has no cast to bigint).

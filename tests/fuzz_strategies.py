@@ -346,6 +346,7 @@ def call_arguments(known: Known) -> dict[str, Arguments]:
         ),
         "finish_turn": _call(turns, said, said, **tokens, max_pairs=pair_counts, now=moments),
         "get_or_create_user": _call(channel, sender, display_name=names, now=moments),
+        "find_user": _call(channel, sender),
         "get_or_create_session": _call(user, now=moments),
         "append_messages": _call(session, message_lists, now=moments),
         "trim_session_history": _call(session, pair_counts),

@@ -204,7 +204,8 @@ def jobs_dashboard() -> dict[str, Any]:
             panel(
                 "Runs by outcome",
                 "Job runs per second, all replicas together. `skipped` runs found another "
-                "replica holding the job's lock.",
+                "replica holding the job's lock; `stopped` runs were cut short at a batch "
+                "boundary by a shutdown or Ctrl-C.",
                 [
                     target(
                         f"sum by (job_name, outcome) (rate({runs}[$__rate_interval]))",

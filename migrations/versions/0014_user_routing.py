@@ -39,11 +39,11 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
-from alembic import op
+from alembic import context, op
 
 revision: str = "0014"
 down_revision: str | None = "0013"
@@ -130,9 +130,14 @@ def upgrade() -> None:
             )
         # After the trigger: from here an insert without an id gets its key, not NULL.
         _short(conn, "ALTER TABLE users ALTER COLUMN user_id DROP DEFAULT")
+        # The caller's progress callback (`sessionkeeper migrate` shows a bar), if it gave one.
+        progress = context.config.attributes.get("progress")
         for table, key in OWNED.items():
             expand(conn, table)
-            backfill(conn, table, key)
+            report = (
+                (lambda done, what=f"{table}.user_id": progress(what, done)) if progress else None
+            )
+            backfill(conn, table, key, progress=report)
             conn.execute(f"ALTER TABLE {table} VALIDATE CONSTRAINT ck_{table}_user_id")
             # SHARE UPDATE EXCLUSIVE, like VALIDATE: writes go on.
             conn.execute(
@@ -161,9 +166,16 @@ def expand(conn: Any, table: str) -> None:
         )
 
 
-def backfill(conn: Any, table: str, key: tuple[str, str], batch: int = BATCH) -> int:
+def backfill(
+    conn: Any,
+    table: str,
+    key: tuple[str, str],
+    batch: int = BATCH,
+    progress: Callable[[int], None] | None = None,
+) -> int:
     """Give every row its session's user, ``batch`` rows (in key order) a transaction; returns
-    how many rows were filled. Rows inserted meanwhile carry the user (the trigger)."""
+    how many rows were filled (``progress`` is told the count after each batch). Rows inserted
+    meanwhile carry the user (the trigger)."""
     first, second = key
     # Names from OWNED, not input.
     step = (
@@ -187,6 +199,8 @@ def backfill(conn: Any, table: str, key: tuple[str, str], batch: int = BATCH) ->
             params = tuple(after)
         row = _retried(conn, statement, params)
         filled += int(row[0])
+        if progress is not None:
+            progress(filled)
         if row[1] is None:
             return filled
         after = row[1]

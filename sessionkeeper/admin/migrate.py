@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -82,8 +83,14 @@ SELECT to_regclass('alembic_version') IS NULL AND EXISTS (
 """
 
 
-def upgrade(url: str, revision: str = "head") -> None:
+def upgrade(
+    url: str, revision: str = "head", progress: Callable[[str, int], None] | None = None
+) -> None:
+    """Upgrade to ``revision``. Revisions that fill big tables in batches call
+    ``progress(what, rows done)`` after each batch, when given (``sessionkeeper migrate``)."""
+
     def action(config: Config) -> None:
+        config.attributes["progress"] = progress
         # Adopting one alters tables in place: only `sessionkeeper migrate` (admin.legacy) does
         # that, deliberately, never as a side effect of e.g. `sessionkeeper run`.
         if config.attributes["connection"].exec_driver_sql(_UNADOPTED_LEGACY).scalar():

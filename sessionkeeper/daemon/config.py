@@ -15,6 +15,7 @@ import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from sessionkeeper.jobs.registry import JOBS
@@ -212,3 +213,38 @@ def _check_known_keys(source: Source) -> None:
                         )
         elif key not in store_keys | daemon_keys:
             raise ConfigurationError(f"unknown setting {key} in {source.path}")
+
+
+def settings_reference() -> list[tuple[str, str, str]]:
+    """``(environment variable, TOML key, default)`` of every setting the daemon reads: its own,
+    the store's and each job's, generated from the dataclasses (``sessionkeeper run --help``)."""
+    defaults = load_config(env={})
+    rows = [(settings.variable(("database_url",)), "database_url", "DATABASE_URL, else embedded")]
+
+    def add(instance: Any, table: KeyPath, skip: tuple[str, ...] = ()) -> None:
+        for item in dataclasses.fields(instance):
+            if item.init and item.name not in skip and (*table, item.name) != ("database_url",):
+                path = (*table, item.name)
+                value = _shown(getattr(instance, item.name))
+                rows.append((settings.variable(path), ".".join(path), value))
+
+    add(dataclasses.replace(defaults, replica_id=""), (), _NOT_KEYS)
+    add(defaults.store, ())
+    for name, job in defaults.jobs.items():
+        add(job, ("jobs", name), ("name", "settings"))
+        add(job.settings, ("jobs", name))
+    return rows
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, Schedule):
+        return value.describe()
+    if isinstance(value, timedelta):
+        return f"{value.total_seconds():g}s"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, frozenset):
+        return ",".join(sorted(value))
+    if value is None or value == "":
+        return "none" if value is None else "(automatic)"
+    return str(value)

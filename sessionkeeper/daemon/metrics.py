@@ -23,7 +23,8 @@ from sessionkeeper.jobs.runner import RunReport
 
 from .pacing import PaceState
 
-OUTCOMES = ("success", "failure", "skipped")
+# A stopped run (a shutdown or Ctrl-C at a batch boundary) is neither a success nor a failure.
+OUTCOMES = ("success", "failure", "skipped", "stopped")
 # The job's labels: job_name, and job (deprecated, removed in the next release).
 JOB_LABELS = ["job", "job_name"]
 # From a few milliseconds (nothing to do) to an hour (a large backlog).

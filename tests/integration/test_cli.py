@@ -257,10 +257,10 @@ def test_a_signal_ends_a_jobs_run_pausing_between_batches(database_url: str) -> 
         finally:
             run.kill()
             run.wait()
-        assert run.returncode == 0, stderr
-        assert stdout.startswith("usage_rollup: success rows=1 ")
-        stopped = conn.execute("SELECT rows, details ->> 'stopped' FROM job_runs").fetchall()
-        assert stopped == [(1, "true")]
+        assert run.returncode == 128 + signal.SIGTERM, stderr
+        assert stdout.startswith("usage_rollup: stopped rows=1 ")
+        stopped = conn.execute("SELECT outcome, rows, details ->> 'stopped' FROM job_runs")
+        assert stopped.fetchall() == [("stopped", 1, "true")]
 
 
 def test_jobs_list_reads_the_configuration_file(database_url: str, tmp_path: Path) -> None:

@@ -156,7 +156,7 @@ def test_metrics_exist_for_every_job_at_start_up(
     daemon = start_daemon(database_url, **every_job(NEVER))
     samples = daemon.samples()
     for job in JOB_NAMES:
-        for outcome in ("success", "failure", "skipped"):
+        for outcome in ("success", "failure", "skipped", "stopped"):
             # job_name, and the deprecated job beside it (removed in the next release).
             labels = (("job", job), ("job_name", job), ("outcome", outcome))
             assert samples["sessionkeeper_job_runs_total", labels] == 0
@@ -364,7 +364,7 @@ def test_a_signal_stops_the_daemon_after_the_current_batch(
     run = conn.execute(
         "SELECT outcome, rows, details ->> 'stopped' FROM job_runs WHERE job = 'session_archival'"
     ).fetchall()
-    assert run == [("success", 1, "true")]
+    assert run == [("stopped", 1, "true")]
     assert conn.execute("SELECT count(*) FROM sessions").fetchone() == (2,)
     assert conn.execute("SELECT count(*) FROM archived_session_messages").fetchone() == (1,)
 
@@ -383,7 +383,7 @@ def test_a_signal_ends_a_pause_between_batches_at_once(
     run = conn.execute(
         "SELECT outcome, rows, details ->> 'stopped' FROM job_runs WHERE job = 'session_archival'"
     ).fetchall()
-    assert run == [("success", 1, "true")]
+    assert run == [("stopped", 1, "true")]
     assert conn.execute("SELECT count(*) FROM sessions").fetchone() == (2,)
 
 

@@ -242,13 +242,13 @@ def test_cli_forget(store: Store, conn: psycopg.Connection[Any], database_url: s
     world = build_world(store, conn)
     env = clean_env(DATABASE_URL=database_url)
 
-    result = sessionkeeper("forget", "--person", str(world.person), env=env)
+    result = sessionkeeper("forget", "--yes", "--person", str(world.person), env=env)
     assert result.returncode == 0, result.stderr
     assert f"forgot person {world.person}:" in result.stdout
     assert "  users: 2 deleted" in result.stdout
     assert "  usage_daily: 2 anonymised" in result.stdout
 
-    unknown = sessionkeeper("forget", "--user", str(uuid.uuid4()), env=env)
+    unknown = sessionkeeper("forget", "--yes", "--user", str(uuid.uuid4()), env=env)
     assert unknown.returncode == 1 and "does not exist" in unknown.stderr
     for bad in (["--user", "bob"], [], ["--user", str(world.bob), "--person", str(world.bob)]):
         refused = sessionkeeper("forget", *bad, env=env)

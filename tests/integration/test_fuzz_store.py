@@ -208,6 +208,7 @@ def check_promise(fuzz: Fuzz, name: str, args: tuple[Any, ...], result: Any) -> 
         "begin_turn": Turn,
         "finish_turn": Appended,
         "get_or_create_user": User,
+        "find_user": User,
         "get_or_create_session": Session,
         "append_messages": Appended,
         "trim_session_history": int,
@@ -238,6 +239,12 @@ def check_promise(fuzz: Fuzz, name: str, args: tuple[Any, ...], result: Any) -> 
             (result.session_id, result.next_seq - result.appended),
         ).fetchone()
         assert stored is not None and stored[0] == result.appended > 0
+    elif name == "find_user":
+        assert isinstance(result, User)
+        assert (result.channel, result.channel_user_id) == (
+            args[0],
+            validate.identifier(args[1], "id"),
+        )
     elif name == "get_history":
         assert isinstance(result, list)
         seqs = [message.seq for message in result]

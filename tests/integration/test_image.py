@@ -177,7 +177,7 @@ def test_the_daemon_container_migrates_serves_metrics_and_stops_cleanly_on_sigte
             for sample in family.samples
         }
         for job in JOB_NAMES:
-            for outcome in ("success", "failure", "skipped"):
+            for outcome in ("success", "failure", "skipped", "stopped"):
                 assert ("sessionkeeper_job_runs_total", job, outcome) in samples, (job, outcome)
 
         docker.run("stop", "--time", "30", container, timeout=60)

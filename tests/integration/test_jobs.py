@@ -648,7 +648,7 @@ def test_a_stop_request_ends_the_run_between_batches(database_url: str, conn: Co
         replica_id="a",
         pause=lambda seconds: True,
     )
-    assert (report.outcome, report.rows, report.details["stopped"]) == ("success", 2, True)
+    assert (report.outcome, report.rows, report.details["stopped"]) == ("stopped", 2, True)
     assert rolled_up(conn) == 2
 
 
@@ -704,8 +704,8 @@ def test_a_stop_request_during_a_pause_ends_the_run_without_waiting_it_out(
     job.join(60)  # a bound, not a timing: the pause is an hour long
     assert not job.is_alive(), "the run waited out its pause"
     [report] = reports
-    assert (report.outcome, report.rows, report.details["stopped"]) == ("success", 2, True)
-    assert [(r[2], r[3], r[5]["stopped"]) for r in ledger(conn)] == [("success", 2, True)]
+    assert (report.outcome, report.rows, report.details["stopped"]) == ("stopped", 2, True)
+    assert [(r[2], r[3], r[5]["stopped"]) for r in ledger(conn)] == [("stopped", 2, True)]
     assert rolled_up(conn) == 2
 
 

@@ -635,6 +635,48 @@ def test_killed_conversion_finishes_on_rerun(seed_url: str) -> None:
     assert ours_drift(seed_url) == []
 
 
+def test_ctrl_c_stops_the_conversion_between_batches(seed_url: str) -> None:
+    seed = build_seed(seed_url)
+    adopted = migrate_cli(seed_url, "--max-batches", "0")
+    assert adopted.returncode == 0, adopted.stderr
+    second = sorted(seed.histories)[1]
+    env = clean_env(DATABASE_URL=seed_url)
+    # Holding the second session (batches go in session_id order) keeps batch 2 waiting
+    # while Ctrl-C arrives: the run must finish that batch, then stop.
+    with psycopg.connect(seed_url) as holder:
+        holder.execute("SELECT 1 FROM sessions WHERE session_id = %s FOR UPDATE", [second])
+        child = subprocess.Popen(
+            [sys.executable, "-m", "sessionkeeper", "migrate", "--batch-size", "1"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        try:
+            assert child.stdout is not None
+            for line in child.stdout:
+                if line.startswith("batch 1:"):
+                    break
+            child.send_signal(signal.SIGINT)
+            holder.rollback()
+            stdout, stderr = child.communicate(timeout=60)
+        finally:
+            if child.poll() is None:
+                child.kill()
+    assert child.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    left = len(seed.histories) - 2
+    assert (
+        f"stopped after 2 batches when asked to stop: {left} sessions still hold legacy" in stdout
+    )
+    assert "interrupted: run migrate again" in stdout
+
+    rerun = migrate_cli(seed_url)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "every history converted" in rerun.stdout
+    assert_every_message_kept(seed_url, seed)
+
+
 def test_a_bot_writing_during_the_conversion_stops_it_cleanly(seed_url: str) -> None:
     seed = build_seed(seed_url, extra_sessions=0)
     assert migrate_cli(seed_url, "--max-batches", "0").returncode == 0

@@ -297,6 +297,7 @@ CANNED: dict[str, Rows] = {
     "redeem_link_code": one(outcome="linked", person_id=PERSON, owner_id=USER, locked_until=None),
     "unlink": one(person_id=PERSON, person_deleted=True),
     "get_linked_users": user_row(person_id=PERSON, created=False),
+    "find_user": user_row(person_id=PERSON, created=False),
     "forget": [
         {"table_name": "users", "action": "deleted", "row_count": 1},
         {"table_name": "usage_daily", "action": "anonymised", "row_count": 3},
@@ -376,6 +377,12 @@ CALLS: dict[str, tuple[Callable[..., core.Plan[Any]], tuple[Any, ...], str, obje
         "get_linked_users",
         [store.User(USER, "telegram", "1", PERSON)],
     ),
+    "find_user": (
+        core.find_user,
+        ("telegram", 1),
+        "find_user",
+        store.User(USER, "telegram", "1", PERSON),
+    ),
     "forget_user": (
         erasure.forget_user,
         (USER,),
@@ -408,6 +415,11 @@ def test_each_operation_sends_one_statement_with_exactly_its_parameters(
     assert db.names() == [statement]
     if expected is not None:
         assert result == expected
+
+
+def test_an_unknown_identity_is_not_found(config: StoreConfig) -> None:
+    with pytest.raises(store.NotFound, match="no user '42' on channel 'telegram'"):
+        InMemoryDatabase(find_user=[[]]).call(core.find_user, config, "telegram", 42)
 
 
 def test_forget_sends_the_user_or_the_person(config: StoreConfig) -> None:
@@ -499,6 +511,8 @@ INVALID: list[tuple[Callable[..., core.Plan[Any]], tuple[Any, ...], dict[str, An
     (core.register_proactive_user, ("", USER), {}, "chat_id"),
     (core.create_link_code, ("12",), {}, "user_id"),
     (core.get_linked_users, (object(),), {}, "user_id"),
+    (core.find_user, ("Telegram!", "1"), {}, "channel"),
+    (core.find_user, ("telegram", ""), {}, "channel_user_id"),
     (erasure.forget_person, ("person",), {}, "person_id"),
 ]
 

@@ -22,6 +22,7 @@ FORBIDDEN = (
     "aiogram",
     "telegram",
     "prometheus_client",
+    "tqdm",  # the CLI's progress bars
 )
 
 

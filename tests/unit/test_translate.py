@@ -22,7 +22,6 @@ SECRET = "hunter2-s3cret"
     ("sqlstate", "expected"),
     [
         ("P0002", store.NotFound),  # no_data_found: raised by sk_* for an unknown user
-        ("23503", store.NotFound),  # foreign_key_violation: a session or user that is gone
         ("42883", store.SchemaOutOfDate),  # undefined_function: sk_* not installed yet
         ("42P01", store.SchemaOutOfDate),  # undefined_table
         ("57014", store.DatabaseUnavailable),  # query_canceled: the statement timeout
@@ -40,6 +39,19 @@ def test_sqlstates_become_store_errors(sqlstate: str, expected: type[store.Store
     translated = core.translate(error)
     assert type(translated) is expected
     assert str(translated).startswith("the server's message (SQLSTATE " + sqlstate + ")")
+
+
+def test_a_foreign_key_violation_names_no_table_or_constraint() -> None:
+    # foreign_key_violation: a session or user that is gone. The server's message names the
+    # table (a partition, for usage_stats) and the constraint: neither means anything to the
+    # caller. The missing id comes from DETAIL (tests/integration/test_cli_operator.py).
+    error = pg_errors.ForeignKeyViolation(
+        'insert or update on table "usage_stats_p20261206_0000" violates foreign key'
+        ' constraint "fk_usage_stats_user_id_users"'
+    )
+    translated = core.translate(error)
+    assert type(translated) is store.NotFound
+    assert str(translated) == "a row it refers to does not exist (SQLSTATE 23503)"
 
 
 def test_a_connection_lost_after_sending_is_in_doubt() -> None:
@@ -92,7 +104,7 @@ def test_pool_timeout_means_no_free_connection() -> None:
         psycopg.OperationalError(f'connection to "postgresql://bot:{SECRET}@db:5432/x" failed'),
         psycopg.OperationalError(f"could not connect with host=db password={SECRET} user=bot"),
         psycopg.OperationalError(f"could not connect: password = '{SECRET} with blanks' host=db"),
-        pg_errors.ForeignKeyViolation(f"key (dsn)=(postgres://u:{SECRET}@h/d) is not present"),
+        pg_errors.NoDataFound(f"key (dsn)=(postgres://u:{SECRET}@h/d) is not present"),
         PoolTimeout(f"pool 'postgresql://bot:{SECRET}@db/x' had no connection"),
     ],
 )

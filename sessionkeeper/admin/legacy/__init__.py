@@ -20,6 +20,7 @@ by having ``sessions.messages`` and no Alembic version table, and upgraded in th
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import psycopg
@@ -66,13 +67,22 @@ __all__ = [
 LEGACY_LOCK_KEY = 0x736B2D6C656763
 
 
+def _unshown(what: str, done: int, total: int | None) -> None:
+    """No progress shown (the default)."""
+
+
 def upgrade(
     url: str,
     options: ConversionOptions | None = None,
     report: Callable[[str], None] = lambda line: None,
+    progress: Callable[[str, int, int | None], None] | None = None,
+    stop: Callable[[], bool] = lambda: False,
 ) -> None:
     """``sessionkeeper migrate``: adopt a TypeScript-era database if this is one, upgrade to
-    head, and convert any legacy histories left. On any other database it is a plain upgrade."""
+    head, and convert any legacy histories left. On any other database it is a plain upgrade.
+    ``progress(what, rows done, total or None)`` is called after each batch of the long work
+    (a revision's backfill, the conversion); ``stop()`` is asked between two batches of the
+    conversion (a revision always finishes)."""
     options = options or ConversionOptions()
     zone = legacy_zone(options.time_zone)
     with psycopg.connect(url, autocommit=True) as conn:
@@ -93,13 +103,16 @@ def upgrade(
             )
             adopt(conn, found, zone)
             report("adopted: seed tables altered to revision 0001, missing tables created")
-        migrate.upgrade(url)
+        shown = progress or _unshown
+        migrate.upgrade(url, progress=lambda what, done: shown(what, done, None))
         if found.has_legacy_history:
-            totals, left = convert(conn, options, report)
+            converted = functools.partial(shown, "legacy conversion")
+            totals, left = convert(conn, options, report, converted, stop)
             report(f"legacy conversion: {totals.summary()}")
             if left:
+                why = "when asked to stop" if stop() else "as asked"
                 report(
-                    f"stopped after {totals.batches} batches as asked: {left} sessions still"
+                    f"stopped after {totals.batches} batches {why}: {left} sessions still"
                     " hold legacy histories; run migrate again to continue"
                 )
             else:

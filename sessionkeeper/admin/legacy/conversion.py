@@ -291,15 +291,22 @@ def convert_batch(
 
 
 def convert(
-    conn: psycopg.Connection[Any], options: ConversionOptions, report: Callable[[str], None]
+    conn: psycopg.Connection[Any],
+    options: ConversionOptions,
+    report: Callable[[str], None],
+    progress: Callable[[int, int], None] | None = None,
+    stop: Callable[[], bool] = lambda: False,
 ) -> tuple[ConversionTotals, int]:
-    """Convert batches until none is left (then drop the legacy column) or ``max_batches``
-    were done. Returns the totals and the number of sessions still to convert."""
+    """Convert batches until none is left (then drop the legacy column), ``max_batches`` were
+    done, or ``stop()`` says so between two batches. Returns the totals and the number of
+    sessions still to convert. ``progress(sessions done, total)`` is called after each batch."""
     zone = legacy_zone(options.time_zone)
     total = _sessions_to_convert(conn)
     report(f"converting the histories of {total} sessions in batches of {options.batch_size}")
     totals, started = ConversionTotals(), time.monotonic()
     while options.max_batches is None or totals.batches < options.max_batches:
+        if stop():
+            break
         try:
             done = convert_batch(conn, options, zone)
         except psycopg.OperationalError:
@@ -317,6 +324,8 @@ def convert(
             f" {totals.messages} messages copied, {totals.quarantined.total()} quarantined"
             f" ({time.monotonic() - started:.1f} s)"
         )
+        if progress is not None:
+            progress(totals.sessions, total)
     left = _sessions_to_convert(conn)
     if left == 0:
         # Every array was copied and verified, batch by batch: the column has served.
