@@ -1,0 +1,799 @@
+"""LangGraph checkpoints in the store's database (``pip install 'sessionkeeper[langgraph]'``).
+
+``SessionkeeperSaver(db)`` over a ``Store`` and ``AsyncSessionkeeperSaver(db)`` over an
+``AsyncStore`` are ``BaseCheckpointSaver``s with the sync and async methods: ``put``,
+``put_writes``, ``get_tuple``, ``list``, ``delete_thread``, ``delete_for_runs``,
+``copy_thread`` and ``prune``::
+
+    saver = SessionkeeperSaver(db)
+    graph = builder.compile(checkpointer=saver)
+    turn = db.begin_turn("telegram", user_id)
+    graph.invoke(inputs, thread_config(turn))
+
+``thread_config(turn)`` names the thread after the turn's user and ties it to that user:
+``forget_user``/``forget_person`` and user retention remove its checkpoints, and
+``export_user`` lists them. Threads without a user (any other ``thread_id``) work the same but
+no erasure reaches them.
+
+Storage: a channel whose value is a ``list`` (LangGraph's message list) is stored item by item
+in a line; a later value that extends it stores only its new items, so a thread costs storage
+linear in its conversation, not quadratic. Values that are plain JSON are stored as JSON (the
+export shows them decoded); others as the serializer encodes them.
+
+The ``put`` for a checkpoint and the ``put_writes`` for it may run concurrently (LangGraph saves
+in the background); a saver makes ``put_writes`` wait for its own ``put`` of that checkpoint.
+A write for a checkpoint that was never stored raises ``store.NotFound``; a thread id that is
+not a string, or a value the serializer cannot encode, raises ``store.InvalidInput``: in both
+cases nothing is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
+from importlib import resources
+from typing import Any, TypeVar
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import (
+    WRITES_IDX_MAP,
+    BaseCheckpointSaver,
+    ChannelVersions,
+    Checkpoint,
+    CheckpointMetadata,
+    CheckpointTuple,
+    get_serializable_checkpoint_metadata,
+)
+from langgraph.checkpoint.serde.base import SerializerProtocol
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+from psycopg.types.json import Jsonb
+
+from .. import core, validate
+from ..client import AsyncStore, Store
+from ..errors import InvalidInput, NotFound
+from ..models import Turn
+from ..queries import parse
+
+__all__ = [
+    "USER_KEY",
+    "AsyncSessionkeeperSaver",
+    "SessionkeeperSaver",
+    "thread_config",
+    "thread_id_for",
+]
+
+QUERIES = parse(resources.files(__package__).joinpath("langgraph.sql").read_text(encoding="utf-8"))
+# The configurable key that ties a thread to a store user (thread_config sets it).
+USER_KEY = "sessionkeeper_user_id"
+# Channel values kept inside the checkpoint row, as LangGraph's reference saver does.
+_INLINE = (str, int, float, bool)
+# How many (thread, namespace, channel) lines a saver remembers to extend without reading them.
+LINES_REMEMBERED = 4096
+T = TypeVar("T")
+Key = tuple[str, str, str]
+
+
+def thread_id_for(turn: Turn, conversation: str = "default") -> str:
+    """The thread id of a user's conversation: ``sk:<user id>:<conversation>``. One thread per
+    user by default; pass ``conversation=str(turn.session_id)`` for one per session, or a chat
+    id for one per chat."""
+    name = validate.text(conversation, "conversation")
+    return f"sk:{turn.user.user_id}:{name}"
+
+
+def thread_config(turn: Turn, conversation: str = "default", **configurable: Any) -> RunnableConfig:
+    """The config for ``graph.invoke``: the thread of ``thread_id_for(turn, conversation)``,
+    tied to the turn's user (erasure and export find it), plus ``configurable``."""
+    return {
+        "configurable": {
+            **configurable,
+            "thread_id": thread_id_for(turn, conversation),
+            USER_KEY: str(turn.user.user_id),
+        }
+    }
+
+
+def _text(value: object, field: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidInput(
+            f"{field} must be a string, not {type(value).__name__}", field=field, rule="type"
+        )
+    if "\x00" in value:
+        raise InvalidInput(f"{field} must not hold NUL characters", field=field, rule="nul")
+    return value
+
+
+def _configurable(config: RunnableConfig | None) -> Mapping[str, Any]:
+    if not isinstance(config, Mapping) or not isinstance(config.get("configurable"), Mapping):
+        raise InvalidInput("config must be a mapping with a 'configurable' mapping", rule="shape")
+    return config["configurable"]
+
+
+def _optional_text(value: object, field: str) -> str | None:
+    return None if value is None else _text(value, field)
+
+
+def _is_json(value: object, depth: int = 0) -> bool:
+    """Whether ``value`` survives a JSON round trip unchanged (exact types only; a dict that
+    looks like a LangChain constructor would be revived, so it is left to the serializer)."""
+    kind = type(value)
+    if value is None or kind in (str, bool, int):
+        return True
+    if kind is float:
+        return math.isfinite(value)  # type: ignore[arg-type]
+    if depth > 64:
+        return False
+    if kind is list:
+        return all(_is_json(item, depth + 1) for item in value)  # type: ignore[attr-defined]
+    if kind is dict:
+        return "lc" not in value and all(  # type: ignore[operator]
+            type(k) is str and _is_json(v, depth + 1)
+            for k, v in value.items()  # type: ignore[attr-defined]
+        )
+    return False
+
+
+def _digest(kind: str, data: bytes | None) -> bytes:
+    return hashlib.blake2b(kind.encode() + b"\0" + (data or b""), digest_size=16).digest()
+
+
+class _Lines:
+    """The line each recently written or read list channel is stored in, with the digests of
+    its items: a value that starts with those items extends the line. Shared by threads."""
+
+    def __init__(self, size: int = LINES_REMEMBERED) -> None:
+        self._size = size
+        self._known: OrderedDict[Key, tuple[int, tuple[bytes, ...]]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def extension(self, key: Key, digests: Sequence[bytes]) -> tuple[int, int] | None:
+        """``(line, items already stored)`` when the value extends the remembered line."""
+        with self._lock:
+            known = self._known.get(key)
+        if known is None:
+            return None
+        line, stored = known
+        if len(stored) > len(digests) or tuple(digests[: len(stored)]) != stored:
+            return None
+        return line, len(stored)
+
+    def remember(self, key: Key, line: int, digests: Sequence[bytes]) -> None:
+        with self._lock:
+            self._known[key] = (line, tuple(digests))
+            self._known.move_to_end(key)
+            while len(self._known) > self._size:
+                self._known.popitem(last=False)
+
+    def forget(self, thread_ids: Sequence[str]) -> None:
+        gone = set(thread_ids)
+        with self._lock:
+            for key in [key for key in self._known if key[0] in gone]:
+                del self._known[key]
+
+
+class _ListValue:
+    """A list channel value to store: its items encoded, and how much of a line it extends."""
+
+    def __init__(self, channel: str, version: str, items: list[tuple[str, bytes]]) -> None:
+        self.channel = channel
+        self.version = version
+        self.items = items
+        self.digests = [_digest(kind, data) for kind, data in items]
+        self.line: int | None = None
+        self.start = 0
+
+
+class Plans:
+    """The checkpointer's operations as store plans (see store/core.py): every decision and
+    encoding is here, shared by the sync and the async saver, which only run the plans."""
+
+    def __init__(self, serde: SerializerProtocol) -> None:
+        self.serde = serde
+        # Plain JSON is stored as JSON only under LangGraph's own serializer (which reads it
+        # back): a custom one (encryption...) sees every value.
+        self.json = type(serde) is JsonPlusSerializer
+        self.lines = _Lines()
+
+    # -- encoding --------------------------------------------------------------------------
+
+    def dump(self, value: object, what: str) -> tuple[str, bytes]:
+        if self.json and _is_json(value):
+            try:
+                text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+                if "\\u0000" not in text:  # jsonb (the export) refuses NUL
+                    return "json", text.encode()
+            except (ValueError, UnicodeEncodeError, RecursionError):
+                pass
+        try:
+            kind, data = self.serde.dumps_typed(value)
+        except Exception as exc:
+            raise InvalidInput(
+                f"{what}: the serializer cannot encode {type(value).__name__} ({exc});"
+                " nothing was written",
+                field=what,
+                rule="type",
+            ) from None
+        return kind, bytes(data)
+
+    def load(self, kind: str, data: bytes | None) -> Any:
+        if kind == "json":
+            return json.loads(data or b"null")
+        return self.serde.loads_typed((kind, data or b""))
+
+    def _metadata(self, config: RunnableConfig, metadata: CheckpointMetadata) -> Jsonb:
+        document = get_serializable_checkpoint_metadata(config, metadata)
+        try:
+            text = json.dumps(document, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInput(
+                f"checkpoint metadata must be JSON: {exc}", field="metadata", rule="json"
+            ) from None
+        if "\\u0000" in text:
+            raise InvalidInput(
+                "checkpoint metadata must not hold NUL characters", field="metadata", rule="nul"
+            )
+        return Jsonb(document, dumps=lambda _: text)
+
+    # -- the operations ----------------------------------------------------------------------
+
+    def put(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> core.Plan[RunnableConfig]:
+        conf = _configurable(config)
+        thread_id = _text(conf.get("thread_id"), "thread_id")
+        ns = _text(conf.get("checkpoint_ns", ""), "checkpoint_ns")
+        parent_id = _optional_text(conf.get("checkpoint_id"), "checkpoint_id")
+        checkpoint_id = _text(checkpoint.get("id"), "checkpoint id")
+        user_id = conf.get(USER_KEY)
+        user = None if user_id is None else validate.uuid(user_id, USER_KEY)
+        values = checkpoint["channel_values"]
+        inline = {k: v for k, v in values.items() if v is None or type(v) in _INLINE}
+        kind, data = self.dump({**checkpoint, "channel_values": inline}, "checkpoint")
+        plain: list[tuple[str, str, str, bytes | None]] = []
+        lists: list[_ListValue] = []
+        for channel, version in new_versions.items():
+            if channel in inline:
+                continue
+            if channel not in values:
+                plain.append((channel, str(version), "empty", None))
+            elif type(values[channel]) is list:
+                items = [self.dump(item, f"channel {channel}") for item in values[channel]]
+                lists.append(_ListValue(channel, str(version), items))
+            else:
+                plain.append((channel, str(version), *self.dump(values[channel], channel)))
+        for value in lists:
+            found = self.lines.extension((thread_id, ns, value.channel), value.digests)
+            if found is not None:
+                value.line, value.start = found
+        params = {
+            "thread_id": thread_id,
+            "checkpoint_ns": ns,
+            "checkpoint_id": checkpoint_id,
+            "parent_id": parent_id,
+            "user_id": user,
+            "type": kind,
+            "checkpoint": data,
+            "versions": Jsonb(dict(checkpoint["channel_versions"])),
+            "metadata": self._metadata(config, metadata),
+            "channels": [p[0] for p in plain],
+            "channel_versions": [p[1] for p in plain],
+            "types": [p[2] for p in plain],
+            "data": [p[3] for p in plain],
+        }
+        rows = yield core.Step("lg_put", {**params, **_list_params(lists)}, queries=QUERIES)
+        if any(row["line_id"] is None for row in rows):
+            # A line was extended by another checkpoint (a fork) or collected: nothing was
+            # written; those values go to new lines.
+            failed = {row["channel"] for row in rows}
+            for value in lists:
+                if value.channel in failed:
+                    value.line, value.start = None, 0
+            rows = yield core.Step("lg_put", {**params, **_list_params(lists)}, queries=QUERIES)
+        line_of = {row["channel"]: row["line_id"] for row in rows}
+        for value in lists:
+            self.lines.remember(
+                (thread_id, ns, value.channel), line_of[value.channel], value.digests
+            )
+        return {
+            "configurable": {
+                "thread_id": thread_id,
+                "checkpoint_ns": ns,
+                "checkpoint_id": checkpoint_id,
+            }
+        }
+
+    def put_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> core.Plan[None]:
+        params = self.writes_params(config, writes, task_id, task_path)
+        rows = yield core.Step("lg_put_writes", params, queries=QUERIES)
+        if not rows[0]["found"]:
+            raise NotFound(
+                f"checkpoint {params['checkpoint_id']!r} of thread {params['thread_id']!r}"
+                f" (namespace {params['checkpoint_ns']!r}) is not stored: nothing was written"
+            )
+
+    def writes_params(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str,
+    ) -> dict[str, Any]:
+        conf = _configurable(config)
+        encoded = [
+            (
+                WRITES_IDX_MAP.get(channel, idx),
+                _text(channel, "channel"),
+                *self.dump(value, channel),
+            )
+            for idx, (channel, value) in enumerate(writes)
+        ]
+        return {
+            "thread_id": _text(conf.get("thread_id"), "thread_id"),
+            "checkpoint_ns": _text(conf.get("checkpoint_ns", ""), "checkpoint_ns"),
+            "checkpoint_id": _text(conf.get("checkpoint_id"), "checkpoint_id"),
+            "task_id": _text(task_id, "task_id"),
+            "task_path": _text(task_path, "task_path"),
+            "idxs": [w[0] for w in encoded],
+            "channels": [w[1] for w in encoded],
+            "types": [w[2] for w in encoded],
+            "data": [w[3] for w in encoded],
+        }
+
+    def get_tuple(self, config: RunnableConfig) -> core.Plan[CheckpointTuple | None]:
+        conf = _configurable(config)
+        params = {
+            "thread_id": _text(conf.get("thread_id"), "thread_id"),
+            "checkpoint_ns": _text(conf.get("checkpoint_ns", ""), "checkpoint_ns"),
+            "checkpoint_id": _optional_text(conf.get("checkpoint_id"), "checkpoint_id"),
+        }
+        rows = yield core.Step("lg_get", params, queries=QUERIES)
+        return self._tuple(rows[0], remember=True) if rows else None
+
+    def list(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: Mapping[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> core.Plan[list[CheckpointTuple]]:
+        conf = _configurable(config) if config is not None else {}
+        before_id = None
+        if before is not None:
+            before_id = _optional_text(_configurable(before).get("checkpoint_id"), "before")
+        try:
+            wanted = json.dumps(dict(filter or {}), allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInput(f"filter must be JSON: {exc}", field="filter") from None
+        if limit is not None and (type(limit) is not int or limit < 0):
+            raise InvalidInput("limit must be a non-negative integer", field="limit")
+        params = {
+            "thread_id": _optional_text(conf.get("thread_id"), "thread_id"),
+            "checkpoint_ns": _optional_text(conf.get("checkpoint_ns"), "checkpoint_ns"),
+            "checkpoint_id": _optional_text(conf.get("checkpoint_id"), "checkpoint_id"),
+            "before": before_id,
+            "filter": Jsonb(None, dumps=lambda _: wanted),
+            "limit": limit,
+        }
+        rows = yield core.Step("lg_list", params, queries=QUERIES)
+        return [self._tuple(row, remember=False) for row in rows]
+
+    def delete_threads(self, thread_ids: Sequence[str]) -> core.Plan[None]:
+        ids = _thread_ids(thread_ids)
+        self.lines.forget(ids)
+        yield core.Step("lg_delete_threads", {"thread_ids": ids}, queries=QUERIES)
+
+    def delete_for_runs(self, run_ids: Sequence[str]) -> core.Plan[None]:
+        ids = [_text(run_id, "run_id") for run_id in _sequence(run_ids, "run_ids")]
+        rows = yield core.Step("lg_delete_runs", {"run_ids": ids}, queries=QUERIES)
+        threads = rows[0]["thread_ids"]
+        if threads:
+            yield core.Step("lg_collect", {"thread_ids": threads}, queries=QUERIES)
+
+    def copy_thread(self, source: str, target: str) -> core.Plan[None]:
+        params = {"source": _text(source, "source_thread_id"), "target": _text(target, "target")}
+        yield core.Step("lg_copy_thread", params, queries=QUERIES)
+
+    def prune(self, thread_ids: Sequence[str], strategy: str) -> core.Plan[None]:
+        ids = _thread_ids(thread_ids)
+        if strategy == "delete":
+            yield from self.delete_threads(ids)
+        elif strategy == "keep_latest":
+            if ids:
+                yield core.Step("lg_keep_latest", {"thread_ids": ids}, queries=QUERIES)
+                yield core.Step("lg_collect", {"thread_ids": ids}, queries=QUERIES)
+        else:
+            raise InvalidInput(
+                f"unknown prune strategy {strategy!r}: use 'keep_latest' or 'delete'",
+                field="strategy",
+            )
+
+    # -- decoding ----------------------------------------------------------------------------
+
+    def _tuple(self, row: Mapping[str, Any], *, remember: bool) -> CheckpointTuple:
+        thread_id, ns = row["thread_id"], row["checkpoint_ns"]
+        checkpoint = self.load(row["type"], row["checkpoint"])
+        values = checkpoint["channel_values"] = dict(checkpoint.get("channel_values") or {})
+        lists: dict[str, list[Any]] = {}
+        digests: dict[str, list[bytes]] = {}
+        lines: dict[str, int] = {}
+        for channel, kind, data, seq, line in zip(
+            row["v_channels"] or (),
+            row["v_types"] or (),
+            row["v_data"] or (),
+            row["v_seqs"] or (),
+            row["v_lines"] or (),
+            strict=True,
+        ):
+            if seq == -1:
+                if kind != "empty":
+                    values[channel] = self.load(kind, data)
+                continue
+            items = lists.setdefault(channel, [])
+            seen = digests.setdefault(channel, [])
+            lines[channel] = line
+            if seq is not None:
+                items.append(self.load(kind, data))
+                seen.append(_digest(kind, data))
+        values.update(lists)
+        if remember:
+            for channel, line in lines.items():
+                self.lines.remember((thread_id, ns, channel), line, digests[channel])
+        writes = [
+            (task, channel, self.load(kind, data))
+            for task, channel, kind, data in zip(
+                row["w_tasks"] or (),
+                row["w_channels"] or (),
+                row["w_types"] or (),
+                row["w_data"] or (),
+                strict=True,
+            )
+        ]
+        parent = row["parent_checkpoint_id"]
+        return CheckpointTuple(
+            config=_config(thread_id, ns, row["checkpoint_id"]),
+            checkpoint=checkpoint,
+            metadata=row["metadata"],
+            parent_config=_config(thread_id, ns, parent) if parent else None,
+            pending_writes=writes,
+        )
+
+
+def _config(thread_id: str, ns: str, checkpoint_id: str) -> RunnableConfig:
+    return {
+        "configurable": {
+            "thread_id": thread_id,
+            "checkpoint_ns": ns,
+            "checkpoint_id": checkpoint_id,
+        }
+    }
+
+
+def _sequence(values: object, field: str) -> Sequence[Any]:
+    if isinstance(values, str | bytes) or not isinstance(values, Sequence):
+        raise InvalidInput(
+            f"{field} must be a sequence of strings, not a single value", field=field
+        )
+    return values
+
+
+def _thread_ids(thread_ids: object) -> list[str]:
+    if isinstance(thread_ids, str):
+        return [_text(thread_ids, "thread_id")]
+    return [_text(t, "thread_id") for t in _sequence(thread_ids, "thread_ids")]
+
+
+def _list_params(lists: Sequence[_ListValue]) -> dict[str, Any]:
+    items = [
+        (k, value.start + i, kind, data)
+        for k, value in enumerate(lists, start=1)
+        for i, (kind, data) in enumerate(value.items[value.start :])
+    ]
+    return {
+        "list_channels": [v.channel for v in lists],
+        "list_versions": [v.version for v in lists],
+        "list_lines": [v.line for v in lists],
+        "list_from": [v.start for v in lists],
+        "list_to": [len(v.items) for v in lists],
+        "item_lists": [i[0] for i in items],
+        "item_seqs": [i[1] for i in items],
+        "item_types": [i[2] for i in items],
+        "item_data": [i[3] for i in items],
+    }
+
+
+class _Saver(BaseCheckpointSaver[str]):
+    """What both savers share: the plans, and ``put_writes`` waiting for this saver's ``put``
+    of the same checkpoint (LangGraph runs them concurrently)."""
+
+    def __init__(self, *, serde: SerializerProtocol | None = None) -> None:
+        super().__init__(serde=serde)
+        self.plans = Plans(self.serde)
+
+    @staticmethod
+    def _key(config: RunnableConfig) -> tuple[object, object, object]:
+        conf = config.get("configurable") or {}
+        return conf.get("thread_id"), conf.get("checkpoint_ns", ""), conf.get("checkpoint_id")
+
+
+class SessionkeeperSaver(_Saver):
+    """A LangGraph checkpointer on a ``store.Store``. Its async methods run the sync ones in a
+    worker thread (``asyncio.to_thread``); an asyncio bot uses ``AsyncSessionkeeperSaver``."""
+
+    def __init__(self, db: Store, *, serde: SerializerProtocol | None = None) -> None:
+        if not isinstance(db, Store):
+            raise InvalidInput(
+                f"SessionkeeperSaver needs a store.Store (got {type(db).__name__});"
+                " use AsyncSessionkeeperSaver with an AsyncStore"
+            )
+        super().__init__(serde=serde)
+        self.db = db
+        self._puts: dict[tuple[object, object, object], threading.Event] = {}
+        self._puts_lock = threading.Lock()
+
+    def put(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        plan = self.plans.put(config, checkpoint, metadata, new_versions)
+        key = (*self._key(config)[:2], checkpoint.get("id"))
+        done = threading.Event()
+        with self._puts_lock:
+            self._puts[key] = done
+        try:
+            return self.db.execute(plan)
+        finally:
+            with self._puts_lock:
+                if self._puts.get(key) is done:
+                    del self._puts[key]
+            done.set()
+
+    def put_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        plan = self.plans.put_writes(config, writes, task_id, task_path)
+        with self._puts_lock:
+            pending = self._puts.get(self._key(config))
+        if pending is not None:
+            pending.wait()
+        self.db.execute(plan)
+
+    def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        return self.db.execute(self.plans.get_tuple(config))
+
+    def list(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> Iterator[CheckpointTuple]:
+        plan = self.plans.list(config, filter=filter, before=before, limit=limit)
+        yield from self.db.execute(plan)
+
+    def delete_thread(self, thread_id: str) -> None:
+        self.db.execute(self.plans.delete_threads([thread_id]))
+
+    def delete_for_runs(self, run_ids: Sequence[str]) -> None:
+        self.db.execute(self.plans.delete_for_runs(run_ids))
+
+    def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        self.db.execute(self.plans.copy_thread(source_thread_id, target_thread_id))
+
+    def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        self.db.execute(self.plans.prune(thread_ids, strategy))
+
+    async def aput(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        return await asyncio.to_thread(self.put, config, checkpoint, metadata, new_versions)
+
+    async def aput_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        await asyncio.to_thread(self.put_writes, config, writes, task_id, task_path)
+
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        return await asyncio.to_thread(self.get_tuple, config)
+
+    async def alist(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[CheckpointTuple]:
+        plan = self.plans.list(config, filter=filter, before=before, limit=limit)
+        for item in await asyncio.to_thread(self.db.execute, plan):
+            yield item
+
+    async def adelete_thread(self, thread_id: str) -> None:
+        await asyncio.to_thread(self.delete_thread, thread_id)
+
+    async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
+        await asyncio.to_thread(self.delete_for_runs, run_ids)
+
+    async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        await asyncio.to_thread(self.copy_thread, source_thread_id, target_thread_id)
+
+    async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        await asyncio.to_thread(self.prune, thread_ids, strategy=strategy)
+
+
+class AsyncSessionkeeperSaver(_Saver):
+    """A LangGraph checkpointer on a ``store.AsyncStore``. Its sync methods (``graph.invoke``
+    from another thread) run the async ones on the event loop the saver was first used on;
+    called from that loop's own thread they would deadlock, and raise ``InvalidInput``."""
+
+    def __init__(self, db: AsyncStore, *, serde: SerializerProtocol | None = None) -> None:
+        if not isinstance(db, AsyncStore):
+            raise InvalidInput(
+                f"AsyncSessionkeeperSaver needs a store.AsyncStore (got {type(db).__name__});"
+                " use SessionkeeperSaver with a Store"
+            )
+        super().__init__(serde=serde)
+        self.db = db
+        self._puts: dict[tuple[object, object, object], asyncio.Future[None]] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    async def _run(self, plan: core.Plan[T]) -> T:
+        if self.loop is None:
+            self.loop = asyncio.get_running_loop()
+        return await self.db.execute(plan)
+
+    def _block(self, call: Callable[[], Awaitable[T]]) -> T:
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            raise InvalidInput(
+                "the sync methods of AsyncSessionkeeperSaver run on its event loop: use the"
+                " async ones (ainvoke) first, or SessionkeeperSaver with a Store"
+            )
+        try:
+            if asyncio.get_running_loop() is loop:
+                raise InvalidInput(
+                    "a sync method of AsyncSessionkeeperSaver was called on its own event"
+                    " loop: use the async method (ainvoke, aget_tuple...)"
+                )
+        except RuntimeError:
+            pass  # no loop in this thread: the normal case
+
+        async def run() -> T:
+            return await call()
+
+        future: Future[T] = asyncio.run_coroutine_threadsafe(run(), loop)
+        return future.result()
+
+    async def aput(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        plan = self.plans.put(config, checkpoint, metadata, new_versions)
+        key = (*self._key(config)[:2], checkpoint.get("id"))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._puts[key] = done
+        try:
+            return await self._run(plan)
+        finally:
+            if self._puts.get(key) is done:
+                del self._puts[key]
+            done.set_result(None)
+
+    async def aput_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        plan = self.plans.put_writes(config, writes, task_id, task_path)
+        pending = self._puts.get(self._key(config))
+        if pending is not None:
+            await asyncio.shield(pending)
+        await self._run(plan)
+
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        return await self._run(self.plans.get_tuple(config))
+
+    async def alist(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[CheckpointTuple]:
+        plan = self.plans.list(config, filter=filter, before=before, limit=limit)
+        for item in await self._run(plan):
+            yield item
+
+    async def adelete_thread(self, thread_id: str) -> None:
+        await self._run(self.plans.delete_threads([thread_id]))
+
+    async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
+        await self._run(self.plans.delete_for_runs(run_ids))
+
+    async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        await self._run(self.plans.copy_thread(source_thread_id, target_thread_id))
+
+    async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        await self._run(self.plans.prune(thread_ids, strategy))
+
+    def put(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        return self._block(lambda: self.aput(config, checkpoint, metadata, new_versions))
+
+    def put_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        self._block(lambda: self.aput_writes(config, writes, task_id, task_path))
+
+    def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        return self._block(lambda: self.aget_tuple(config))
+
+    def list(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> Iterator[CheckpointTuple]:
+        plan = self.plans.list(config, filter=filter, before=before, limit=limit)
+        yield from self._block(lambda: self._run(plan))
+
+    def delete_thread(self, thread_id: str) -> None:
+        self._block(lambda: self.adelete_thread(thread_id))
+
+    def delete_for_runs(self, run_ids: Sequence[str]) -> None:
+        self._block(lambda: self.adelete_for_runs(run_ids))
+
+    def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        self._block(lambda: self.acopy_thread(source_thread_id, target_thread_id))
+
+    def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        self._block(lambda: self.aprune(thread_ids, strategy=strategy))
