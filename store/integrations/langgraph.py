@@ -30,10 +30,13 @@ cases nothing is written.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import math
 import threading
+import time
+import zlib
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
@@ -71,10 +74,17 @@ __all__ = [
 QUERIES = parse(resources.files(__package__).joinpath("langgraph.sql").read_text(encoding="utf-8"))
 # The configurable key that ties a thread to a store user (thread_config sets it).
 USER_KEY = "sessionkeeper_user_id"
+# Checkpoint fields stored in columns of their own rather than in the checkpoint's body.
+_COLUMNS = frozenset({"id", "channel_versions", "channel_values"})
 # Channel values kept inside the checkpoint row, as LangGraph's reference saver does.
 _INLINE = (str, int, float, bool)
 # How many (thread, namespace, channel) lines a saver remembers to extend without reading them.
 LINES_REMEMBERED = 4096
+# Values the serializer encodes (not JSON) larger than this are stored zlib-compressed, typed
+# "zlib+<type>": rows this small are below PostgreSQL's own compression threshold (TOAST).
+COMPRESS_OVER = 256
+# How long a write may wait for the put of its checkpoint (see _Puts).
+WRITES_WAIT = 10.0
 T = TypeVar("T")
 Key = tuple[str, str, str]
 
@@ -137,6 +147,19 @@ def _is_json(value: object, depth: int = 0) -> bool:
             for k, v in value.items()  # type: ignore[attr-defined]
         )
     return False
+
+
+def _packed(kind: str, data: bytes | None) -> tuple[str, bytes | None]:
+    """How a value is stored: compressed when the serializer's bytes are large."""
+    if kind == "json" or data is None or len(data) <= COMPRESS_OVER:
+        return kind, data
+    return f"zlib+{kind}", zlib.compress(data, 6)
+
+
+def _unpacked(kind: str, data: bytes | None) -> tuple[str, bytes | None]:
+    if kind.startswith("zlib+") and data is not None:
+        return kind.removeprefix("zlib+"), zlib.decompress(data)
+    return kind, data
 
 
 def _digest(kind: str, data: bytes | None) -> bytes:
@@ -222,6 +245,7 @@ class Plans:
         return kind, bytes(data)
 
     def load(self, kind: str, data: bytes | None) -> Any:
+        kind, data = _unpacked(kind, data)
         if kind == "json":
             return json.loads(data or b"null")
         return self.serde.loads_typed((kind, data or b""))
@@ -258,19 +282,22 @@ class Plans:
         user = None if user_id is None else validate.uuid(user_id, USER_KEY)
         values = checkpoint["channel_values"]
         inline = {k: v for k, v in values.items() if v is None or type(v) in _INLINE}
-        kind, data = self.dump({**checkpoint, "channel_values": inline}, "checkpoint")
+        # Its id and channel_versions are columns of their own: not stored twice.
+        head = {k: v for k, v in checkpoint.items() if k not in _COLUMNS}
+        kind, data = self.dump({**head, "channel_values": inline}, "checkpoint")
         plain: list[tuple[str, str, str, bytes | None]] = []
         lists: list[_ListValue] = []
         for channel, version in new_versions.items():
             if channel in inline:
                 continue
             if channel not in values:
-                plain.append((channel, str(version), "empty", None))
-            elif type(values[channel]) is list:
+                continue  # no value at this version: no row, read back as absent
+            if type(values[channel]) is list:
                 items = [self.dump(item, f"channel {channel}") for item in values[channel]]
                 lists.append(_ListValue(channel, str(version), items))
             else:
-                plain.append((channel, str(version), *self.dump(values[channel], channel)))
+                packed = _packed(*self.dump(values[channel], channel))
+                plain.append((channel, str(version), *packed))
         for value in lists:
             found = self.lines.extension((thread_id, ns, value.channel), value.digests)
             if found is not None:
@@ -339,7 +366,7 @@ class Plans:
             (
                 WRITES_IDX_MAP.get(channel, idx),
                 _text(channel, "channel"),
-                *self.dump(value, channel),
+                *_packed(*self.dump(value, channel)),
             )
             for idx, (channel, value) in enumerate(writes)
         ]
@@ -429,6 +456,8 @@ class Plans:
     def _tuple(self, row: Mapping[str, Any], *, remember: bool) -> CheckpointTuple:
         thread_id, ns = row["thread_id"], row["checkpoint_ns"]
         checkpoint = self.load(row["type"], row["checkpoint"])
+        checkpoint["id"] = row["checkpoint_id"]
+        checkpoint["channel_versions"] = row["versions"]
         values = checkpoint["channel_values"] = dict(checkpoint.get("channel_values") or {})
         lists: dict[str, list[Any]] = {}
         digests: dict[str, list[bytes]] = {}
@@ -449,6 +478,7 @@ class Plans:
             seen = digests.setdefault(channel, [])
             lines[channel] = line
             if seq is not None:
+                kind, data = _unpacked(kind, data)
                 items.append(self.load(kind, data))
                 seen.append(_digest(kind, data))
         values.update(lists)
@@ -501,7 +531,7 @@ def _thread_ids(thread_ids: object) -> list[str]:
 
 def _list_params(lists: Sequence[_ListValue]) -> dict[str, Any]:
     items = [
-        (k, value.start + i, kind, data)
+        (k, value.start + i, *_packed(kind, data))
         for k, value in enumerate(lists, start=1)
         for i, (kind, data) in enumerate(value.items[value.start :])
     ]
@@ -516,6 +546,44 @@ def _list_params(lists: Sequence[_ListValue]) -> dict[str, Any]:
         "item_types": [i[2] for i in items],
         "item_data": [i[3] for i in items],
     }
+
+
+class _Puts:
+    """This saver's puts, for ``put_writes``: LangGraph saves a checkpoint in the background
+    and may send the writes for it before that put even started (it waits for the put before
+    it). A write for a checkpoint not stored yet waits, at most ``WRITES_WAIT`` seconds, when
+    a put of the same thread and namespace is running or just ran; otherwise it is refused at
+    once. The caller holds its lock (a ``threading`` or an ``asyncio`` condition)."""
+
+    def __init__(self) -> None:
+        self.running: dict[tuple[object, object], int] = {}
+        self.finished: OrderedDict[tuple[object, object, object], float] = OrderedDict()
+
+    def start(self, key: tuple[object, object, object]) -> None:
+        self.running[key[:2]] = self.running.get(key[:2], 0) + 1
+
+    def finish(self, key: tuple[object, object, object]) -> None:
+        left = self.running[key[:2]] - 1
+        if left:
+            self.running[key[:2]] = left
+        else:
+            del self.running[key[:2]]
+        self.finished[key] = time.monotonic()
+        self.finished.move_to_end(key)
+        while len(self.finished) > LINES_REMEMBERED:
+            self.finished.popitem(last=False)
+
+    def worth_waiting(self, key: tuple[object, object, object]) -> bool:
+        """Whether a put of ``key`` may still come: its thread is being saved right now."""
+        if key in self.finished:
+            return False
+        if key[:2] in self.running:
+            return True
+        recent = time.monotonic() - WRITES_WAIT
+        return any(k[:2] == key[:2] and at > recent for k, at in reversed(self.finished.items()))
+
+    def done(self, key: tuple[object, object, object]) -> bool:
+        return key in self.finished
 
 
 class _Saver(BaseCheckpointSaver[str]):
@@ -544,8 +612,8 @@ class SessionkeeperSaver(_Saver):
             )
         super().__init__(serde=serde)
         self.db = db
-        self._puts: dict[tuple[object, object, object], threading.Event] = {}
-        self._puts_lock = threading.Lock()
+        self._puts = _Puts()
+        self._puts_changed = threading.Condition()
 
     def put(
         self,
@@ -556,16 +624,14 @@ class SessionkeeperSaver(_Saver):
     ) -> RunnableConfig:
         plan = self.plans.put(config, checkpoint, metadata, new_versions)
         key = (*self._key(config)[:2], checkpoint.get("id"))
-        done = threading.Event()
-        with self._puts_lock:
-            self._puts[key] = done
+        with self._puts_changed:
+            self._puts.start(key)
         try:
             return self.db.execute(plan)
         finally:
-            with self._puts_lock:
-                if self._puts.get(key) is done:
-                    del self._puts[key]
-            done.set()
+            with self._puts_changed:
+                self._puts.finish(key)
+                self._puts_changed.notify_all()
 
     def put_writes(
         self,
@@ -574,12 +640,12 @@ class SessionkeeperSaver(_Saver):
         task_id: str,
         task_path: str = "",
     ) -> None:
-        plan = self.plans.put_writes(config, writes, task_id, task_path)
-        with self._puts_lock:
-            pending = self._puts.get(self._key(config))
-        if pending is not None:
-            pending.wait()
-        self.db.execute(plan)
+        key = self._key(config)
+        self.plans.writes_params(config, writes, task_id, task_path)  # bad input: at once
+        with self._puts_changed:
+            if self._puts.worth_waiting(key):
+                self._puts_changed.wait_for(lambda: self._puts.done(key), timeout=WRITES_WAIT)
+        self.db.execute(self.plans.put_writes(config, writes, task_id, task_path))
 
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         return self.db.execute(self.plans.get_tuple(config))
@@ -666,7 +732,8 @@ class AsyncSessionkeeperSaver(_Saver):
             )
         super().__init__(serde=serde)
         self.db = db
-        self._puts: dict[tuple[object, object, object], asyncio.Future[None]] = {}
+        self._puts = _Puts()
+        self._puts_changed: asyncio.Condition | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
 
     async def _run(self, plan: core.Plan[T]) -> T:
@@ -705,14 +772,13 @@ class AsyncSessionkeeperSaver(_Saver):
     ) -> RunnableConfig:
         plan = self.plans.put(config, checkpoint, metadata, new_versions)
         key = (*self._key(config)[:2], checkpoint.get("id"))
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._puts[key] = done
+        self._puts.start(key)  # one event loop: no lock needed to count
         try:
             return await self._run(plan)
         finally:
-            if self._puts.get(key) is done:
-                del self._puts[key]
-            done.set_result(None)
+            self._puts.finish(key)
+            async with self._changed():
+                self._changed().notify_all()
 
     async def aput_writes(
         self,
@@ -721,11 +787,21 @@ class AsyncSessionkeeperSaver(_Saver):
         task_id: str,
         task_path: str = "",
     ) -> None:
-        plan = self.plans.put_writes(config, writes, task_id, task_path)
-        pending = self._puts.get(self._key(config))
-        if pending is not None:
-            await asyncio.shield(pending)
-        await self._run(plan)
+        key = self._key(config)
+        self.plans.writes_params(config, writes, task_id, task_path)  # bad input: at once
+        if self._puts.worth_waiting(key):
+            async with self._changed():
+                # On timeout the checkpoint is still missing, and the plan says so.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self._changed().wait_for(lambda: self._puts.done(key)), WRITES_WAIT
+                    )
+        await self._run(self.plans.put_writes(config, writes, task_id, task_path))
+
+    def _changed(self) -> asyncio.Condition:
+        if self._puts_changed is None:
+            self._puts_changed = asyncio.Condition()
+        return self._puts_changed
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         return await self._run(self.plans.get_tuple(config))

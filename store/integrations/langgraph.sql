@@ -40,7 +40,7 @@ SELECT EXISTS (SELECT FROM cp) AS found, (SELECT count(*) FROM written) AS writt
 -- One checkpoint (the newest of the thread's namespace when checkpoint_id is NULL) with its
 -- channel values (sk_langgraph_values) and pending writes, in one row.
 SELECT c.thread_id, c.checkpoint_ns, c.checkpoint_id, c.parent_checkpoint_id, c.type,
-       c.checkpoint, c.metadata, v.*, w.*
+       c.checkpoint, c.versions, c.metadata, v.*, w.*
 FROM langgraph_checkpoints c
 CROSS JOIN LATERAL (
     SELECT array_agg(x.channel ORDER BY x.channel, x.seq) AS v_channels,
@@ -67,7 +67,7 @@ LIMIT 1
 -- lg_list --
 -- Checkpoints newest first, as lg_get; every filter is optional (NULL: any).
 SELECT c.thread_id, c.checkpoint_ns, c.checkpoint_id, c.parent_checkpoint_id, c.type,
-       c.checkpoint, c.metadata, v.*, w.*
+       c.checkpoint, c.versions, c.metadata, v.*, w.*
 FROM langgraph_checkpoints c
 CROSS JOIN LATERAL (
     SELECT array_agg(x.channel ORDER BY x.channel, x.seq) AS v_channels,

@@ -830,6 +830,8 @@ BEGIN
                    RETURNING 1)
         SELECT count(*) INTO v_n FROM d;
         RETURN QUERY SELECT 'aiogram_fsm_states', 'deleted', v_n;
+        -- LangGraph threads tied to the users, with every row of theirs.
+        RETURN QUERY SELECT * FROM sk_langgraph_forget(v_users);
         -- Raw usage goes; what the rollup has not counted yet is added to the anonymous daily
         -- totals first (UTC days, as the rollup counts). Not counted yet: a row without flag
         -- at or beyond the rollup's watermark, or a row from before revision 0013 whose flag
@@ -1057,7 +1059,8 @@ LANGUAGE sql IMMUTABLE AS $$
         WHEN 'json' THEN convert_from(p_data, 'UTF8')::jsonb
         WHEN 'null' THEN 'null'::jsonb
         WHEN 'empty' THEN NULL
-        ELSE jsonb_build_object('type', p_type, 'base64', encode(p_data, 'base64'))
+        ELSE jsonb_build_object('type', p_type,
+                                'base64', translate(encode(p_data, 'base64'), E'\n', ''))
     END
 $$;
 
@@ -1130,5 +1133,38 @@ BEGIN
            w.data, w.task_path
     FROM langgraph_writes w WHERE w.thread_id = p_source
     ON CONFLICT DO NOTHING;
+END
+$$;
+
+-- sk_langgraph_forget: erasure's part (sk_forget) of the LangGraph tables: the threads tied to
+-- p_users go with all their rows (the cascade); one row per table with the rows deleted.
+CREATE OR REPLACE FUNCTION sk_langgraph_forget(p_users uuid[])
+RETURNS TABLE (table_name text, action text, row_count bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_threads text[];
+BEGIN
+    SELECT coalesce(array_agg(t.thread_id), '{}') INTO v_threads
+    FROM langgraph_threads t WHERE t.user_id = ANY(p_users);
+    RETURN QUERY
+    SELECT 'langgraph_writes', 'deleted', count(*) FROM langgraph_writes
+    WHERE thread_id = ANY(v_threads)
+    UNION ALL
+    SELECT 'langgraph_checkpoints', 'deleted', count(*) FROM langgraph_checkpoints
+    WHERE thread_id = ANY(v_threads)
+    UNION ALL
+    SELECT 'langgraph_blobs', 'deleted', count(*) FROM langgraph_blobs
+    WHERE thread_id = ANY(v_threads)
+    UNION ALL
+    SELECT 'langgraph_items', 'deleted', count(*)
+    FROM langgraph_items i JOIN langgraph_lines l ON l.line_id = i.line_id
+    WHERE l.thread_id = ANY(v_threads)
+    UNION ALL
+    SELECT 'langgraph_lines', 'deleted', count(*) FROM langgraph_lines
+    WHERE thread_id = ANY(v_threads);
+    -- Counted first, then deleted in one statement: the rest goes by ON DELETE CASCADE.
+    WITH d AS (DELETE FROM langgraph_threads WHERE thread_id = ANY(v_threads) RETURNING 1)
+    SELECT 'langgraph_threads', 'deleted', count(*) FROM d INTO table_name, action, row_count;
+    RETURN NEXT;
 END
 $$;
