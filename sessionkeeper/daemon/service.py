@@ -251,4 +251,11 @@ class Daemon:
         """The archival backlog is counted with session_archival's own idle age and clock."""
         archival = self.config.jobs.get("session_archival")
         settings = archival.settings if archival else session_archival.Settings()
-        return {"now": datetime.now(UTC), "idle_seconds": settings.idle_seconds}
+        # The checkpoint backlog likewise with checkpoint_retention's (0 while it is disabled).
+        retention = self.config.jobs.get("checkpoint_retention")
+        idle = retention.settings.idle_seconds if retention and retention.enabled else 0
+        return {
+            "now": datetime.now(UTC),
+            "idle_seconds": settings.idle_seconds,
+            "checkpoint_idle_seconds": idle,
+        }
