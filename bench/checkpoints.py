@@ -8,8 +8,10 @@ four messages a turn. For each saver, history (10 or 100 turns) and worker count
 * end-to-end turns/s through LangGraph: each worker runs turns on its own thread, which
   already holds ``history`` turns;
 * ``put`` calls/s for the saver alone: the ``put`` calls LangGraph made for one turn at that
-  history, recorded, replayed by every worker on fresh threads (new ids), as fast as it can;
-  p99 of ``put``; WAL per ``put`` (every ``put`` is committed durably);
+  history, recorded, replayed by every worker on copies of the thread (untimed copy and read
+  first, as LangGraph reads a thread before a turn; the reference on fresh threads, which is
+  the same to it), as fast as it can; p99 of ``put``; WAL per ``put`` (every ``put`` is
+  committed durably). The copies are made before the timed replay;
 * p99 of ``get_tuple`` (latest) and ``list`` (limit 10) on the threads;
 * table bytes (``pg_total_relation_size`` of the saver's tables) after the prefill.
 
@@ -160,12 +162,24 @@ def measure(saver: Saver, history: int, workers: int, turns: int, replays: int) 
         instance.put = recording_put
         graph.invoke(user_turn(history + turns + 1), configs[0])
         instance.put = original
-        # The first put of a turn reads nothing: the replay starts from the thread as it was.
+        # Each replay runs on a copy of worker i's thread as it was before the recorded turn,
+        # read first (untimed) as LangGraph reads a thread before a turn: the steady state of a
+        # bot. The reference saver cannot copy a thread and never reads before a put: a fresh
+        # thread is the same to it.
         put_times: list[list[float]] = [[] for _ in range(workers)]
+        copies = saver.name == "sessionkeeper"
+
+        threads = [[f"replay-{uuid.uuid4().hex}" for _ in range(replays)] for _ in configs]
+        if copies:
+            source = configs[0]["configurable"]["thread_id"]
+            for thread in (t for ts in threads for t in ts):
+                instance.copy_thread(source, thread)
+                instance.get_tuple(
+                    {"configurable": {**calls[0][0]["configurable"], "thread_id": thread}}
+                )
 
         def replay(i: int) -> None:
-            for _ in range(replays):
-                thread = f"replay-{uuid.uuid4().hex}"
+            for thread in threads[i]:
                 for config, checkpoint, metadata, versions in calls:
                     conf = {**config["configurable"], "thread_id": thread}
                     t0 = time.perf_counter()

@@ -482,18 +482,7 @@ SELECT (SELECT count(*) FROM sessions) AS sessions_active,
                                          WHERE restored_at IS NULL
                                             OR restored_at < %(now)s
                                                - make_interval(secs => %(idle_seconds)s)))
-       ) AS sessions_archivable_age_seconds,
-       -- LangGraph threads checkpoint_retention should have removed as idle (0 while its
-       -- idle_seconds is 0), and how long the oldest has waited.
-       (SELECT count(*) FROM langgraph_threads
-        WHERE %(checkpoint_idle_seconds)s > 0
-          AND updated_at < %(now)s - make_interval(secs => %(checkpoint_idle_seconds)s)
-       ) AS langgraph_threads_expired,
-       coalesce((SELECT greatest(0, extract(epoch FROM %(now)s
-                                   - make_interval(secs => %(checkpoint_idle_seconds)s)
-                                   - min(updated_at)))
-                 FROM langgraph_threads WHERE %(checkpoint_idle_seconds)s > 0), 0
-       ) AS langgraph_threads_expired_age_seconds
+       ) AS sessions_archivable_age_seconds
 
 -- name: checkpoint_retention_idle
 -- LangGraph threads idle longer than idle_seconds, oldest first, with all their rows (the
@@ -530,3 +519,24 @@ WHERE c.thread_id = ANY(%(threads)s::text[])
 
 -- name: checkpoint_retention_collect
 SELECT sk_langgraph_collect(%(threads)s::text[])
+
+-- name: checkpoint_gauges
+-- LangGraph threads checkpoint_retention should have removed as idle (none while its
+-- idle_seconds is 0; threads waiting on an interrupt are kept, and not counted), and how long
+-- the oldest has waited (the daemon's domain gauges).
+WITH expired AS (
+    SELECT t.updated_at FROM langgraph_threads t
+    WHERE %(checkpoint_idle_seconds)s > 0
+      AND t.updated_at < %(now)s - make_interval(secs => %(checkpoint_idle_seconds)s)
+      AND NOT EXISTS (
+          SELECT FROM langgraph_writes w
+          WHERE w.thread_id = t.thread_id AND w.channel = '__interrupt__'
+            AND w.checkpoint_id = (SELECT max(c.checkpoint_id) FROM langgraph_checkpoints c
+                                   WHERE c.thread_id = w.thread_id
+                                     AND c.checkpoint_ns = w.checkpoint_ns))
+)
+SELECT (SELECT count(*) FROM expired) AS langgraph_threads_expired,
+       coalesce((SELECT extract(epoch FROM %(now)s
+                                - make_interval(secs => %(checkpoint_idle_seconds)s)
+                                - min(updated_at)) FROM expired), 0
+       ) AS langgraph_threads_expired_age_seconds

@@ -339,14 +339,8 @@ class Plans:
             }
         }
 
-    def put_writes(
-        self,
-        config: RunnableConfig,
-        writes: Sequence[tuple[str, Any]],
-        task_id: str,
-        task_path: str = "",
-    ) -> core.Plan[None]:
-        params = self.writes_params(config, writes, task_id, task_path)
+    def put_writes(self, params: Mapping[str, Any]) -> core.Plan[None]:
+        """Writes encoded by ``writes_params`` (the saver encodes them before it waits)."""
         rows = yield core.Step("lg_put_writes", params, queries=QUERIES)
         if not rows[0]["found"]:
             raise NotFound(
@@ -641,11 +635,11 @@ class SessionkeeperSaver(_Saver):
         task_path: str = "",
     ) -> None:
         key = self._key(config)
-        self.plans.writes_params(config, writes, task_id, task_path)  # bad input: at once
+        params = self.plans.writes_params(config, writes, task_id, task_path)  # bad input: now
         with self._puts_changed:
             if self._puts.worth_waiting(key):
                 self._puts_changed.wait_for(lambda: self._puts.done(key), timeout=WRITES_WAIT)
-        self.db.execute(self.plans.put_writes(config, writes, task_id, task_path))
+        self.db.execute(self.plans.put_writes(params))
 
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         return self.db.execute(self.plans.get_tuple(config))
@@ -788,7 +782,7 @@ class AsyncSessionkeeperSaver(_Saver):
         task_path: str = "",
     ) -> None:
         key = self._key(config)
-        self.plans.writes_params(config, writes, task_id, task_path)  # bad input: at once
+        params = self.plans.writes_params(config, writes, task_id, task_path)  # bad input: now
         if self._puts.worth_waiting(key):
             async with self._changed():
                 # On timeout the checkpoint is still missing, and the plan says so.
@@ -796,7 +790,7 @@ class AsyncSessionkeeperSaver(_Saver):
                     await asyncio.wait_for(
                         self._changed().wait_for(lambda: self._puts.done(key)), WRITES_WAIT
                     )
-        await self._run(self.plans.put_writes(config, writes, task_id, task_path))
+        await self._run(self.plans.put_writes(params))
 
     def _changed(self) -> asyncio.Condition:
         if self._puts_changed is None:

@@ -12,6 +12,7 @@ from langgraph.types import Command
 from langgraph_support import agent_graph, user_turn
 
 from sessionkeeper.jobs import JOB_NAMES, checkpoint_retention
+from sessionkeeper.jobs.sql import QUERIES
 from store import Store
 from store.integrations.langgraph import SessionkeeperSaver
 
@@ -66,6 +67,10 @@ def test_idle_threads_go_histories_are_trimmed_and_interrupts_survive(
     with Store(database_url) as db:
         world(db, conn)
         assert checkpoints(conn, "busy") > 2 and orphans(conn) == (0, 0)
+        # The daemon's gauges: "old" is overdue (for 10 days); "waiting" is kept, not counted.
+        params = {"now": NOW, "checkpoint_idle_seconds": SETTINGS.idle_seconds}
+        expired, age = conn.execute(QUERIES["checkpoint_gauges"], params).fetchone()  # type: ignore[misc]
+        assert expired == 1 and 10 * 86400 - 60 < age < 10 * 86400 + 60
 
         result = checkpoint_retention.run(conn, SETTINGS, NOW)
 

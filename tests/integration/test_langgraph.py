@@ -222,3 +222,32 @@ def test_storage_grows_linearly_and_is_a_fraction_of_the_reference(
     assert ratio <= 1.2
     assert reference_ratio > 3  # the measurement sees quadratic growth where there is some
     assert share <= 0.05
+
+
+def test_user_retention_removes_the_threads_of_the_users_it_forgets(
+    database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from sessionkeeper.jobs import user_retention
+
+    with Store(database_url) as db:
+        saver = SessionkeeperSaver(db)
+        gone = db.begin_turn("telegram", "old-timer")
+        kept = db.begin_turn("telegram", "regular")
+        agent_graph(saver).invoke(user_turn(1), thread_config(gone))
+        agent_graph(saver).invoke(user_turn(1), thread_config(kept))
+    now = datetime.now(UTC)
+    for table in ("users", "sessions"):
+        column = "updated_at" if table == "users" else "last_active"
+        conn.execute(
+            f"UPDATE {table} SET {column} = %s WHERE user_id = %s",
+            (now - timedelta(days=400), gone.user.user_id),
+        )
+    result = user_retention.run(conn, user_retention.Settings(), now)
+    assert result.details["forgotten"] == 1
+    threads = conn.execute("SELECT thread_id FROM langgraph_threads").fetchall()
+    assert threads == [(thread_id_for(kept),)]
+    assert counts(conn)["langgraph_checkpoints"] > 0
+    left = conn.execute("SELECT DISTINCT thread_id FROM langgraph_checkpoints").fetchall()
+    assert left == [(thread_id_for(kept),)]
