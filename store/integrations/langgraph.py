@@ -34,6 +34,7 @@ import contextlib
 import hashlib
 import json
 import math
+import operator
 import threading
 import time
 import zlib
@@ -78,8 +79,8 @@ USER_KEY = "sessionkeeper_user_id"
 _COLUMNS = frozenset({"id", "channel_versions", "channel_values"})
 # Channel values kept inside the checkpoint row, as LangGraph's reference saver does.
 _INLINE = (str, int, float, bool)
-# How many (thread, namespace, channel) lines a saver remembers to extend without reading them.
-LINES_REMEMBERED = 4096
+# How many (thread, namespace, channel) list values a saver remembers (see _Lines).
+LINES_REMEMBERED = 256
 # Values the serializer encodes (not JSON) larger than this are stored zlib-compressed, typed
 # "zlib+<type>": rows this small are below PostgreSQL's own compression threshold (TOAST).
 COMPRESS_OVER = 256
@@ -166,29 +167,39 @@ def _digest(kind: str, data: bytes | None) -> bytes:
     return hashlib.blake2b(kind.encode() + b"\0" + (data or b""), digest_size=16).digest()
 
 
+def _digest_of(item: tuple[str, bytes | None]) -> bytes:
+    return _digest(*item)
+
+
+class _Known:
+    """A list channel value as stored: its line, and its items (objects and digests)."""
+
+    __slots__ = ("digests", "line", "objects")
+
+    def __init__(self, line: int, objects: Sequence[Any], digests: Sequence[bytes]) -> None:
+        self.line = line
+        self.objects = tuple(objects)
+        self.digests = tuple(digests)
+
+
 class _Lines:
-    """The line each recently written or read list channel is stored in, with the digests of
-    its items: a value that starts with those items extends the line. Shared by threads."""
+    """The line each recently written or read list channel is stored in, with its items: a
+    value that starts with those items extends the line. LangGraph reads a thread before each
+    run (``get_tuple``), which fills this for the threads being run; it holds the items of at
+    most ``size`` (thread, namespace, channel) values. Shared by threads."""
 
     def __init__(self, size: int = LINES_REMEMBERED) -> None:
         self._size = size
-        self._known: OrderedDict[Key, tuple[int, tuple[bytes, ...]]] = OrderedDict()
+        self._known: OrderedDict[Key, _Known] = OrderedDict()
         self._lock = threading.Lock()
 
-    def extension(self, key: Key, digests: Sequence[bytes]) -> tuple[int, int] | None:
-        """``(line, items already stored)`` when the value extends the remembered line."""
+    def get(self, key: Key) -> _Known | None:
         with self._lock:
-            known = self._known.get(key)
-        if known is None:
-            return None
-        line, stored = known
-        if len(stored) > len(digests) or tuple(digests[: len(stored)]) != stored:
-            return None
-        return line, len(stored)
+            return self._known.get(key)
 
-    def remember(self, key: Key, line: int, digests: Sequence[bytes]) -> None:
+    def remember(self, key: Key, known: _Known) -> None:
         with self._lock:
-            self._known[key] = (line, tuple(digests))
+            self._known[key] = known
             self._known.move_to_end(key)
             while len(self._known) > self._size:
                 self._known.popitem(last=False)
@@ -201,15 +212,40 @@ class _Lines:
 
 
 class _ListValue:
-    """A list channel value to store: its items encoded, and how much of a line it extends."""
+    """A list channel value to store: how much of a known line it extends, and its items from
+    there encoded. The items a known line holds are recognised by identity first (LangGraph's
+    reducers build new lists of the same message objects), then by the digest of their
+    encoding: only new items are encoded on the common path."""
 
-    def __init__(self, channel: str, version: str, items: list[tuple[str, bytes]]) -> None:
-        self.channel = channel
+    def __init__(
+        self, plans: Plans, key: Key, version: str, objects: list[Any], known: _Known | None
+    ) -> None:
+        self.plans = plans
+        self.channel = key[2]
         self.version = version
-        self.items = items
-        self.digests = [_digest(kind, data) for kind, data in items]
+        self.objects = objects
         self.line: int | None = None
         self.start = 0
+        stored = len(known.objects) if known else 0
+        if known and stored <= len(objects) and all(map(operator.is_, known.objects, objects)):
+            self.line, self.start = known.line, stored
+            self.items = self._encode(objects[stored:])
+            self.digests = [*known.digests, *map(_digest_of, self.items)]
+            return
+        self.items = self._encode(objects)
+        self.digests = [_digest_of(item) for item in self.items]
+        if known and stored <= len(objects) and tuple(self.digests[:stored]) == known.digests:
+            self.line, self.start = known.line, stored
+            self.items = self.items[stored:]
+
+    def _encode(self, objects: Sequence[Any]) -> list[tuple[str, bytes]]:
+        return [self.plans.dump(item, f"channel {self.channel}") for item in objects]
+
+    def anew(self) -> None:
+        """Store the whole value on a new line (the line to extend was forked or collected)."""
+        if self.start:
+            self.items = self._encode(self.objects[: self.start]) + self.items
+        self.line, self.start = None, 0
 
 
 class Plans:
@@ -293,15 +329,12 @@ class Plans:
             if channel not in values:
                 continue  # no value at this version: no row, read back as absent
             if type(values[channel]) is list:
-                items = [self.dump(item, f"channel {channel}") for item in values[channel]]
-                lists.append(_ListValue(channel, str(version), items))
+                key = (thread_id, ns, channel)
+                known = self.lines.get(key)
+                lists.append(_ListValue(self, key, str(version), values[channel], known))
             else:
                 packed = _packed(*self.dump(values[channel], channel))
                 plain.append((channel, str(version), *packed))
-        for value in lists:
-            found = self.lines.extension((thread_id, ns, value.channel), value.digests)
-            if found is not None:
-                value.line, value.start = found
         params = {
             "thread_id": thread_id,
             "checkpoint_ns": ns,
@@ -324,13 +357,12 @@ class Plans:
             failed = {row["channel"] for row in rows}
             for value in lists:
                 if value.channel in failed:
-                    value.line, value.start = None, 0
+                    value.anew()
             rows = yield core.Step("lg_put", {**params, **_list_params(lists)}, queries=QUERIES)
         line_of = {row["channel"]: row["line_id"] for row in rows}
         for value in lists:
-            self.lines.remember(
-                (thread_id, ns, value.channel), line_of[value.channel], value.digests
-            )
+            known = _Known(line_of[value.channel], value.objects, value.digests)
+            self.lines.remember((thread_id, ns, value.channel), known)
         return {
             "configurable": {
                 "thread_id": thread_id,
@@ -478,7 +510,8 @@ class Plans:
         values.update(lists)
         if remember:
             for channel, line in lines.items():
-                self.lines.remember((thread_id, ns, channel), line, digests[channel])
+                known = _Known(line, lists[channel], digests[channel])
+                self.lines.remember((thread_id, ns, channel), known)
         writes = [
             (task, channel, self.load(kind, data))
             for task, channel, kind, data in zip(
@@ -527,14 +560,14 @@ def _list_params(lists: Sequence[_ListValue]) -> dict[str, Any]:
     items = [
         (k, value.start + i, *_packed(kind, data))
         for k, value in enumerate(lists, start=1)
-        for i, (kind, data) in enumerate(value.items[value.start :])
+        for i, (kind, data) in enumerate(value.items)
     ]
     return {
         "list_channels": [v.channel for v in lists],
         "list_versions": [v.version for v in lists],
         "list_lines": [v.line for v in lists],
         "list_from": [v.start for v in lists],
-        "list_to": [len(v.items) for v in lists],
+        "list_to": [len(v.objects) for v in lists],
         "item_lists": [i[0] for i in items],
         "item_seqs": [i[1] for i in items],
         "item_types": [i[2] for i in items],

@@ -251,3 +251,35 @@ def test_user_retention_removes_the_threads_of_the_users_it_forgets(
     assert counts(conn)["langgraph_checkpoints"] > 0
     left = conn.execute("SELECT DISTINCT thread_id FROM langgraph_checkpoints").fetchall()
     assert left == [(thread_id_for(kept),)]
+
+
+def test_forks_from_an_older_checkpoint_keep_every_branch_whole(database_url: str) -> None:
+    def checkpoint(messages: list[str], version: int) -> Any:
+        c = empty_checkpoint()
+        c["channel_values"] = {"messages": messages}
+        c["channel_versions"] = {"messages": version}
+        return c
+
+    def read(saver: SessionkeeperSaver, stored: RunnableConfig) -> Any:
+        found = saver.get_tuple(stored)
+        assert found is not None
+        return found.checkpoint["channel_values"]["messages"]
+
+    with Store(database_url) as db:
+        saver = SessionkeeperSaver(db)
+        root = config_of(thread_id="fork", checkpoint_ns="")
+        c1 = saver.put(root, checkpoint(["a"], 1), {}, {"messages": 1})
+        c2 = saver.put(c1, checkpoint(["a", "b"], 2), {}, {"messages": 2})
+        # A fork the saver sees coming (its remembered value is c2's) ...
+        c3 = saver.put(c1, checkpoint(["a", "x"], 3), {}, {"messages": 3})
+        # ... and one it does not: it remembers c1's value, whose line c2 extended meanwhile,
+        # so the database refuses the extension and the value goes to a new line.
+        assert read(saver, c1) == ["a"]
+        c4 = saver.put(c1, checkpoint(["a", "y", "z"], 4), {}, {"messages": 4})
+        fresh = SessionkeeperSaver(db)  # nothing remembered: every value read from the rows
+        assert [read(fresh, c) for c in (c1, c2, c3, c4)] == [
+            ["a"],
+            ["a", "b"],
+            ["a", "x"],
+            ["a", "y", "z"],
+        ]
