@@ -578,9 +578,11 @@ def _list_params(lists: Sequence[_ListValue]) -> dict[str, Any]:
 class _Puts:
     """This saver's puts, for ``put_writes``: LangGraph saves a checkpoint in the background
     and may send the writes for it before that put even started (it waits for the put before
-    it). A write for a checkpoint not stored yet waits, at most ``WRITES_WAIT`` seconds, when
-    a put of the same thread and namespace is running or just ran; otherwise it is refused at
-    once. The caller holds its lock (a ``threading`` or an ``asyncio`` condition)."""
+    it). A write the database refuses for want of its checkpoint waits, at most
+    ``WRITES_WAIT`` seconds, for this saver's put of it when a put of the same thread and
+    namespace is running or just ran, then tries again; otherwise the refusal stands. The
+    caller holds its lock (a ``threading`` or an ``asyncio`` condition) or runs on the one
+    event loop."""
 
     def __init__(self) -> None:
         self.running: dict[tuple[object, object], int] = {}
@@ -600,11 +602,9 @@ class _Puts:
         while len(self.finished) > LINES_REMEMBERED:
             self.finished.popitem(last=False)
 
-    def worth_waiting(self, key: tuple[object, object, object]) -> bool:
-        """Whether a put of ``key`` may still come: its thread is being saved right now."""
-        if key in self.finished:
-            return False
-        if key[:2] in self.running:
+    def may_come(self, key: tuple[object, object, object]) -> bool:
+        """Whether a put of ``key`` has come or may still come: its thread is being saved."""
+        if key in self.finished or key[:2] in self.running:
             return True
         recent = time.monotonic() - WRITES_WAIT
         return any(k[:2] == key[:2] and at > recent for k, at in reversed(self.finished.items()))
@@ -668,9 +668,14 @@ class SessionkeeperSaver(_Saver):
         task_path: str = "",
     ) -> None:
         key = self._key(config)
-        params = self.plans.writes_params(config, writes, task_id, task_path)  # bad input: now
-        with self._puts_changed:
-            if self._puts.worth_waiting(key):
+        params = self.plans.writes_params(config, writes, task_id, task_path)
+        try:
+            self.db.execute(self.plans.put_writes(params))
+            return
+        except NotFound:
+            with self._puts_changed:
+                if not self._puts.may_come(key):
+                    raise
                 self._puts_changed.wait_for(lambda: self._puts.done(key), timeout=WRITES_WAIT)
         self.db.execute(self.plans.put_writes(params))
 
@@ -815,14 +820,19 @@ class AsyncSessionkeeperSaver(_Saver):
         task_path: str = "",
     ) -> None:
         key = self._key(config)
-        params = self.plans.writes_params(config, writes, task_id, task_path)  # bad input: now
-        if self._puts.worth_waiting(key):
-            async with self._changed():
-                # On timeout the checkpoint is still missing, and the plan says so.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        self._changed().wait_for(lambda: self._puts.done(key)), WRITES_WAIT
-                    )
+        params = self.plans.writes_params(config, writes, task_id, task_path)
+        try:
+            await self._run(self.plans.put_writes(params))
+            return
+        except NotFound:
+            if not self._puts.may_come(key):
+                raise
+        async with self._changed():
+            # On timeout the checkpoint is still missing, and the plan says so again.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._changed().wait_for(lambda: self._puts.done(key)), WRITES_WAIT
+                )
         await self._run(self.plans.put_writes(params))
 
     def _changed(self) -> asyncio.Condition:
