@@ -151,7 +151,12 @@ def measure(saver: Saver, history: int, workers: int, turns: int, replays: int) 
         if not saver.conninfo:
             return record
 
-        # The put calls of one more turn on worker 0's thread, recorded.
+        # The put calls of one more turn on worker 0's thread, recorded; the thread as it was
+        # before that turn is kept (copied) to replay on.
+        snapshot = f"{run}-snapshot"
+        copies = saver.name == "sessionkeeper"
+        if copies:
+            instance.copy_thread(configs[0]["configurable"]["thread_id"], snapshot)
         calls: list[tuple[Any, ...]] = []
         original = instance.put
 
@@ -167,13 +172,11 @@ def measure(saver: Saver, history: int, workers: int, turns: int, replays: int) 
         # bot. The reference saver cannot copy a thread and never reads before a put: a fresh
         # thread is the same to it.
         put_times: list[list[float]] = [[] for _ in range(workers)]
-        copies = saver.name == "sessionkeeper"
 
         threads = [[f"replay-{uuid.uuid4().hex}" for _ in range(replays)] for _ in configs]
         if copies:
-            source = configs[0]["configurable"]["thread_id"]
             for thread in (t for ts in threads for t in ts):
-                instance.copy_thread(source, thread)
+                instance.copy_thread(snapshot, thread)
                 instance.get_tuple(
                     {"configurable": {**calls[0][0]["configurable"], "thread_id": thread}}
                 )
