@@ -15,6 +15,7 @@ from pathlib import Path
 import psycopg
 
 from . import (
+    checkpoints,
     daemon,
     growth,
     hotpath,
@@ -30,7 +31,7 @@ from . import (
 from .harness import RoundTripCounter, WalMeter
 from .server import SERVER_CHOICES, Server, open_server
 
-SECTIONS = ("hotpath", "profile", "growth", "peer", "scale", "jobs")
+SECTIONS = ("hotpath", "profile", "growth", "peer", "scale", "jobs", "checkpoints")
 OUT_DIR = Path(__file__).resolve().parent / "out"
 
 
@@ -161,6 +162,30 @@ class Bench:
         block = f"### {title}\n\n{body}\n"
         self.tables.append(block)
         self.say("\n" + block)
+
+    def checkpoints(self) -> None:
+        """The LangGraph checkpointer against PostgresSaver (bench/checkpoints.py)."""
+        if not checkpoints.available():
+            self.say(
+                "langgraph / langgraph-checkpoint-postgres missing (pip install -e '.[bench]')"
+            )
+            return
+        args = self.args
+        turns = 3 if args.quick else 10
+        replays = 3 if args.quick else 10
+        savers = checkpoints.savers(self.server.create_database)
+        rows = []
+        for history in (10, 100):
+            for workers in args.worker_counts:
+                for saver in savers:
+                    record = checkpoints.measure(saver, history, workers, turns, replays)
+                    rows.append(self.rec.add("checkpoints", **record))
+                    self.say(
+                        f"checkpoints {saver.name:14} history {history:3} x{workers:<2}"
+                        f" {record['turns_per_s']:7.1f} turns/s"
+                        f" {record.get('put_per_s') or 0:8.1f} put/s"
+                    )
+        self.show("LangGraph checkpoints", report.table(rows, checkpoints.COLUMNS))
 
     # -- hot path ---------------------------------------------------------------------------
 

@@ -539,3 +539,60 @@ SELECT (SELECT count(*) FROM sessions) AS sessions_active,
                                             OR restored_at < %(now)s
                                                - make_interval(secs => %(idle_seconds)s)))
        ) AS sessions_archivable_age_seconds
+
+-- checkpoint_retention_idle --
+-- LangGraph threads idle longer than idle_seconds, oldest first, with all their rows (the
+-- cascade); not one whose newest checkpoint (of a namespace) has a pending interrupt.
+WITH b AS (
+    SELECT t.thread_id
+    FROM langgraph_threads t
+    WHERE t.updated_at < %(now)s - make_interval(secs => %(idle_seconds)s)
+      AND NOT EXISTS (
+          SELECT FROM langgraph_writes w
+          WHERE w.thread_id = t.thread_id AND w.channel = '__interrupt__'
+            AND w.checkpoint_id = (SELECT max(c.checkpoint_id) FROM langgraph_checkpoints c
+                                   WHERE c.thread_id = w.thread_id
+                                     AND c.checkpoint_ns = w.checkpoint_ns))
+    ORDER BY t.updated_at
+    LIMIT %(batch_size)s
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM langgraph_threads t USING b WHERE t.thread_id = b.thread_id
+
+-- checkpoint_retention_threads --
+SELECT thread_id FROM langgraph_threads
+WHERE thread_id > %(after)s ORDER BY thread_id LIMIT %(batch_size)s
+
+-- checkpoint_retention_trim --
+-- All but the newest keep_latest checkpoints of each namespace of the threads (their writes
+-- go with them).
+DELETE FROM langgraph_checkpoints c
+WHERE c.thread_id = ANY(%(threads)s::text[])
+  AND c.checkpoint_id < (SELECT x.checkpoint_id FROM langgraph_checkpoints x
+                         WHERE x.thread_id = c.thread_id AND x.checkpoint_ns = c.checkpoint_ns
+                         ORDER BY x.checkpoint_id DESC
+                         OFFSET %(keep_latest)s - 1 LIMIT 1)
+
+-- checkpoint_retention_collect --
+SELECT sk_langgraph_collect(%(threads)s::text[])
+
+-- checkpoint_gauges --
+-- LangGraph threads checkpoint_retention should have removed as idle (none while its
+-- idle_seconds is 0; threads waiting on an interrupt are kept, and not counted), and how long
+-- the oldest has waited (the daemon's domain gauges).
+WITH expired AS (
+    SELECT t.updated_at FROM langgraph_threads t
+    WHERE %(checkpoint_idle_seconds)s > 0
+      AND t.updated_at < %(now)s - make_interval(secs => %(checkpoint_idle_seconds)s)
+      AND NOT EXISTS (
+          SELECT FROM langgraph_writes w
+          WHERE w.thread_id = t.thread_id AND w.channel = '__interrupt__'
+            AND w.checkpoint_id = (SELECT max(c.checkpoint_id) FROM langgraph_checkpoints c
+                                   WHERE c.thread_id = w.thread_id
+                                     AND c.checkpoint_ns = w.checkpoint_ns))
+)
+SELECT (SELECT count(*) FROM expired) AS langgraph_threads_expired,
+       coalesce((SELECT extract(epoch FROM %(now)s
+                                - make_interval(secs => %(checkpoint_idle_seconds)s)
+                                - min(updated_at)) FROM expired), 0
+       ) AS langgraph_threads_expired_age_seconds

@@ -13,6 +13,7 @@ from typing import Any
 from store.config import StoreConfig
 
 from . import (
+    checkpoint_retention,
     link_code_expiry,
     partition_maintenance,
     proactive_reload,
@@ -89,6 +90,14 @@ JOBS: dict[str, JobSpec] = {
             user_retention.Settings,
             "1d",
             "forget users inactive for inactive_seconds (off by default)",
+            enabled_by_default=False,
+        ),
+        JobSpec(
+            "checkpoint_retention",
+            checkpoint_retention.run,
+            checkpoint_retention.Settings,
+            "1h",
+            "trim LangGraph checkpoint histories, remove idle threads (off by default)",
             enabled_by_default=False,
         ),
     )

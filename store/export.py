@@ -47,6 +47,12 @@ TABLES = (
     "usage_daily",
     "proactive_users",
     "proactive_user_list",
+    "langgraph_threads",
+    "langgraph_checkpoints",
+    "langgraph_writes",
+    "langgraph_blobs",
+    "langgraph_lines",
+    "langgraph_items",
 )
 
 

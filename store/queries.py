@@ -17,10 +17,18 @@ def _without_comments(body: str) -> str:
     return _COMMENT_LINE.sub("", body).strip()
 
 
+_OLD_HEADER = re.compile(r"^-- name: \w+[ \t]*$", re.MULTILINE)
+
+
 def parse(text: str) -> dict[str, str]:
     """``{name: sql}`` for every block; text before the first header (a preamble) is dropped.
     The one parser of the project's .sql files of named statements (the store's, its
     integrations', the jobs', legacy adoption's)."""
+    stale = _OLD_HEADER.search(text)
+    if stale:
+        # Releases up to 0.2.0 headed the jobs' blocks so; read as a comment, such a block
+        # would silently join the statement before it.
+        raise ValueError(f"a block header in the old form: {stale.group(0)!r} (use '-- name --')")
     parts = _HEADER.split(text)
     names, bodies = parts[1::2], parts[2::2]
     queries = {name: _without_comments(body) for name, body in zip(names, bodies, strict=True)}

@@ -361,6 +361,69 @@ DECLARE sk_export NO SCROLL CURSOR FOR
 SELECT row_to_json(t)::text AS doc FROM proactive_user_list t
 WHERE t.user_id = ANY(%(users)s::uuid[]) ORDER BY t.user_id
 
+-- export_langgraph_threads --
+-- The LangGraph threads tied to the users (store/integrations/langgraph.py).
+DECLARE sk_export NO SCROLL CURSOR FOR
+SELECT row_to_json(t)::text AS doc FROM langgraph_threads t
+WHERE t.user_id = ANY(%(users)s::uuid[]) ORDER BY t.thread_id
+
+-- export_langgraph_checkpoints --
+-- Each checkpoint of those threads with its channel values, decoded where they are JSON
+-- (sk_langgraph_decode: others as their serializer's type and base64 bytes).
+DECLARE sk_export NO SCROLL CURSOR FOR
+SELECT json_build_object(
+    'thread_id', c.thread_id, 'checkpoint_ns', c.checkpoint_ns,
+    'checkpoint_id', c.checkpoint_id, 'parent_checkpoint_id', c.parent_checkpoint_id,
+    'created_at', c.created_at, 'metadata', c.metadata,
+    'checkpoint', sk_langgraph_decode(c.type, c.checkpoint),
+    'channel_values', coalesce((
+        SELECT jsonb_object_agg(g.channel, g.value) FROM (
+            SELECT x.channel,
+                   CASE WHEN bool_and(x.seq = -1)
+                        THEN (array_agg(sk_langgraph_decode(x.type, x.data)))[1]
+                        ELSE coalesce(jsonb_agg(sk_langgraph_decode(x.type, x.data)
+                                                ORDER BY x.seq) FILTER (WHERE x.seq >= 0),
+                                      '[]'::jsonb)
+                   END AS value
+            FROM sk_langgraph_values(c.thread_id, c.checkpoint_ns, c.versions) x
+            GROUP BY x.channel) g), '{}'::jsonb)
+)::text AS doc
+FROM langgraph_checkpoints c JOIN langgraph_threads t ON t.thread_id = c.thread_id
+WHERE t.user_id = ANY(%(users)s::uuid[])
+ORDER BY c.thread_id, c.checkpoint_ns, c.checkpoint_id
+
+-- export_langgraph_writes --
+DECLARE sk_export NO SCROLL CURSOR FOR
+SELECT json_build_object(
+    'thread_id', w.thread_id, 'checkpoint_ns', w.checkpoint_ns,
+    'checkpoint_id', w.checkpoint_id, 'task_id', w.task_id, 'idx', w.idx,
+    'channel', w.channel, 'task_path', w.task_path,
+    'value', sk_langgraph_decode(w.type, w.data))::text AS doc
+FROM langgraph_writes w JOIN langgraph_threads t ON t.thread_id = w.thread_id
+WHERE t.user_id = ANY(%(users)s::uuid[])
+ORDER BY w.thread_id, w.checkpoint_ns, w.checkpoint_id, w.task_id, w.idx
+
+-- export_langgraph_blobs --
+-- The stored rows themselves (langgraph_checkpoints above shows them decoded).
+DECLARE sk_export NO SCROLL CURSOR FOR
+SELECT row_to_json(b)::text AS doc FROM langgraph_blobs b
+JOIN langgraph_threads t ON t.thread_id = b.thread_id
+WHERE t.user_id = ANY(%(users)s::uuid[])
+ORDER BY b.thread_id, b.checkpoint_ns, b.channel, b.version
+
+-- export_langgraph_lines --
+DECLARE sk_export NO SCROLL CURSOR FOR
+SELECT row_to_json(l)::text AS doc FROM langgraph_lines l
+JOIN langgraph_threads t ON t.thread_id = l.thread_id
+WHERE t.user_id = ANY(%(users)s::uuid[]) ORDER BY l.line_id
+
+-- export_langgraph_items --
+DECLARE sk_export NO SCROLL CURSOR FOR
+SELECT row_to_json(i)::text AS doc FROM langgraph_items i
+JOIN langgraph_lines l ON l.line_id = i.line_id
+JOIN langgraph_threads t ON t.thread_id = l.thread_id
+WHERE t.user_id = ANY(%(users)s::uuid[]) ORDER BY i.line_id, i.seq
+
 -- proactive_snapshot --
 -- The list a bot keeps in memory (store.ProactiveUsers), with its version, in one row: the list
 -- the proactive_reload job published, or, while none was published yet (version 0), the users

@@ -30,6 +30,7 @@ from sqlalchemy import (
     Column,
     Date,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     LargeBinary,
@@ -406,6 +407,110 @@ aiogram_fsm_states = Table(
     ),
     Index("ix_aiogram_fsm_states_user_id", "user_id"),
     Index("ix_aiogram_fsm_states_channel_telegram_user_id", "channel", "telegram_user_id"),
+)
+
+# LangGraph checkpoints (store/integrations/langgraph.py). A thread is tied to a user when the
+# bot says so (erasure and user retention reach it through the cascade); the rest of a thread's
+# rows go with the thread. A channel whose value is a list is stored as a line of items that
+# later values extend: a value is the first ``length`` items of its line, so a growing message
+# list costs only its new items per checkpoint.
+langgraph_threads = Table(
+    "langgraph_threads",
+    metadata,
+    Column("thread_id", Text, primary_key=True),
+    Column("user_id", UUID(as_uuid=True), ForeignKey("users.user_id", ondelete="CASCADE")),
+    _tstz("created_at"),
+    _tstz("updated_at"),
+    Index("ix_langgraph_threads_user_id", "user_id"),
+    Index("ix_langgraph_threads_updated_at", "updated_at"),
+)
+
+
+def _thread_fk() -> ForeignKey:
+    return ForeignKey("langgraph_threads.thread_id", ondelete="CASCADE")
+
+
+langgraph_checkpoints = Table(
+    "langgraph_checkpoints",
+    metadata,
+    Column("thread_id", Text, _thread_fk(), nullable=False),
+    Column("checkpoint_ns", Text, nullable=False),
+    Column("checkpoint_id", Text, nullable=False),
+    Column("parent_checkpoint_id", Text),
+    # The checkpoint without its non-primitive channel values, as its serializer wrote it.
+    Column("type", Text, nullable=False),
+    Column("checkpoint", LargeBinary, nullable=False),
+    # channel_versions again, readable by SQL: which blobs the checkpoint references.
+    Column("versions", JSONB, nullable=False),
+    Column("metadata", JSONB, nullable=False),
+    _tstz("created_at"),
+    PrimaryKeyConstraint("thread_id", "checkpoint_ns", "checkpoint_id"),
+)
+
+langgraph_lines = Table(
+    "langgraph_lines",
+    metadata,
+    Column("line_id", BigInteger, primary_key=True, autoincrement=True),
+    Column("thread_id", Text, _thread_fk(), nullable=False),
+    # How many items the line holds: extending it is an UPDATE guarded by this count.
+    Column("length", Integer, nullable=False),
+    Index("ix_langgraph_lines_thread_id", "thread_id"),
+)
+
+langgraph_items = Table(
+    "langgraph_items",
+    metadata,
+    Column(
+        "line_id",
+        BigInteger,
+        ForeignKey("langgraph_lines.line_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("seq", Integer, nullable=False),
+    Column("type", Text, nullable=False),
+    Column("data", LargeBinary),
+    PrimaryKeyConstraint("line_id", "seq"),
+)
+
+# One channel value per (channel, version): either a serialized value (type, data) or, for a
+# list, the first ``length`` items of line ``line_id``.
+langgraph_blobs = Table(
+    "langgraph_blobs",
+    metadata,
+    Column("thread_id", Text, _thread_fk(), nullable=False),
+    Column("checkpoint_ns", Text, nullable=False),
+    Column("channel", Text, nullable=False),
+    Column("version", Text, nullable=False),
+    Column("type", Text, nullable=False),
+    Column("data", LargeBinary),
+    Column("line_id", BigInteger),
+    Column("length", Integer),
+    PrimaryKeyConstraint("thread_id", "checkpoint_ns", "channel", "version"),
+)
+
+langgraph_writes = Table(
+    "langgraph_writes",
+    metadata,
+    Column("thread_id", Text, nullable=False),
+    Column("checkpoint_ns", Text, nullable=False),
+    Column("checkpoint_id", Text, nullable=False),
+    Column("task_id", Text, nullable=False),
+    Column("idx", Integer, nullable=False),
+    Column("channel", Text, nullable=False),
+    Column("type", Text, nullable=False),
+    Column("data", LargeBinary),
+    Column("task_path", Text, nullable=False, server_default=text("''")),
+    # A write belongs to a stored checkpoint and goes with it.
+    ForeignKeyConstraint(
+        ["thread_id", "checkpoint_ns", "checkpoint_id"],
+        [
+            "langgraph_checkpoints.thread_id",
+            "langgraph_checkpoints.checkpoint_ns",
+            "langgraph_checkpoints.checkpoint_id",
+        ],
+        ondelete="CASCADE",
+    ),
+    PrimaryKeyConstraint("thread_id", "checkpoint_ns", "checkpoint_id", "task_id", "idx"),
 )
 
 job_runs = Table(

@@ -65,8 +65,21 @@ REFERENCE_TABLES = frozenset(
 # proactive_list_state is one row (the published list's version). aiogram_fsm_states is keyed
 # by Telegram ids and its user_id is NULL until the user exists, which a distribution column
 # cannot be: it stays on the coordinator until the FSM key carries the store's user.
-COORDINATOR_TABLES = frozenset(
-    {"job_runs", "applied_functions", "proactive_list_state", "aiogram_fsm_states"}
+# The LangGraph checkpointer's tables (langgraph_*) likewise: a thread's user_id is optional
+# (threads without a user), and a thread's rows are keyed by its thread id.
+LANGGRAPH_TABLES = frozenset(
+    {
+        "langgraph_threads",
+        "langgraph_checkpoints",
+        "langgraph_lines",
+        "langgraph_items",
+        "langgraph_blobs",
+        "langgraph_writes",
+    }
+)
+COORDINATOR_TABLES = (
+    frozenset({"job_runs", "applied_functions", "proactive_list_state", "aiogram_fsm_states"})
+    | LANGGRAPH_TABLES
 )
 
 Kind = Literal["distributed", "reference", "coordinator"]

@@ -38,6 +38,12 @@ DOMAIN_GAUGES = {
     "sessions_archivable_age_seconds": (
         "How long the longest-waiting archivable session has been archivable (0: none)."
     ),
+    "langgraph_threads_expired": (
+        "LangGraph threads idle longer than checkpoint_retention's idle_seconds (0: off)."
+    ),
+    "langgraph_threads_expired_age_seconds": (
+        "How long the oldest of those threads has been past idle_seconds (0: none)."
+    ),
 }
 
 

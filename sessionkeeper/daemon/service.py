@@ -263,9 +263,12 @@ class Daemon:
         try:
             with self.pool.connection(timeout=5) as conn:
                 params = self._gauge_params()
-                cursor = conn.execute(QUERIES["domain_gauges"], params)
-                row = cursor.fetchone()
-                names = [column.name for column in cursor.description or ()]
+                values: dict[str, Any] = {}
+                for query in ("domain_gauges", "checkpoint_gauges"):
+                    cursor = conn.execute(QUERIES[query], params)
+                    row = cursor.fetchone()
+                    names = [column.name for column in cursor.description or ()]
+                    values.update(zip(names, row or (), strict=False))
                 existing = partitions.list_partitions(conn)
                 lead = {
                     table: partitions.ahead(existing, table, params["now"])
@@ -280,12 +283,19 @@ class Daemon:
             log.debug("gauges not refreshed: %s", describe_error(exc))
             return
         self.metrics.database_up.set(1)
-        if row is not None:
-            self.metrics.set_domain(dict(zip(names, row, strict=True)))
+        if values:
+            self.metrics.set_domain(values)
         self.metrics.set_partitions_ahead(lead)
 
     def _gauge_params(self) -> dict[str, Any]:
         """The archival backlog is counted with session_archival's own idle age and clock."""
         archival = self.config.jobs.get("session_archival")
         settings = archival.settings if archival else session_archival.Settings()
-        return {"now": datetime.now(UTC), "idle_seconds": settings.idle_seconds}
+        # The checkpoint backlog likewise with checkpoint_retention's (0 while it is disabled).
+        retention = self.config.jobs.get("checkpoint_retention")
+        idle = retention.settings.idle_seconds if retention and retention.enabled else 0
+        return {
+            "now": datetime.now(UTC),
+            "idle_seconds": settings.idle_seconds,
+            "checkpoint_idle_seconds": idle,
+        }

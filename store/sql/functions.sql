@@ -778,6 +778,8 @@ BEGIN
                    RETURNING 1)
         SELECT count(*) INTO v_n FROM d;
         RETURN QUERY SELECT 'aiogram_fsm_states', 'deleted', v_n;
+        -- LangGraph threads tied to the users, with every row of theirs.
+        RETURN QUERY SELECT * FROM sk_langgraph_forget(v_users);
         -- Raw usage goes; what the rollup has not counted yet is added to the anonymous daily
         -- totals first (UTC days, as the rollup counts). Not counted yet: a row without flag
         -- at or beyond the rollup's watermark, or a row from before revision 0013 whose flag
@@ -1172,3 +1174,215 @@ $$;
 DROP FUNCTION IF EXISTS sk_begin_turn_v2(
     text, text, text, timestamptz, integer[], integer[], boolean, interval, integer, integer
 );
+
+-- =============================================================================================
+-- LangGraph checkpoints (store/integrations/langgraph.py, tables of revision 0018)
+-- A list channel value is the first `length` items of a line (langgraph_lines/_items); a later
+-- value that extends it adds only its new items to the same line.
+-- =============================================================================================
+
+-- sk_langgraph_put: one checkpoint with its new channel values, in one transaction. Plain
+-- values come as parallel p_* arrays; list values as p_list_* (p_list_lines NULL: a new line;
+-- else extend that line from p_list_from to p_list_to items) with their new items in p_item_*
+-- (p_item_lists: 1-based index into p_list_*). Returns each list channel with its line. When a
+-- line to extend no longer has p_list_from items (another checkpoint extended it: a fork; or
+-- it was collected), nothing is written and those channels come back with a NULL line: the
+-- caller writes them again as new lines.
+CREATE OR REPLACE FUNCTION sk_langgraph_put(
+    p_thread_id text, p_ns text, p_checkpoint_id text, p_parent_id text, p_user_id uuid,
+    p_type text, p_checkpoint bytea, p_versions jsonb, p_metadata jsonb,
+    p_channels text[], p_channel_versions text[], p_types text[], p_data bytea[],
+    p_list_channels text[], p_list_versions text[], p_list_lines bigint[],
+    p_list_from integer[], p_list_to integer[],
+    p_item_lists integer[], p_item_seqs integer[], p_item_types text[], p_item_data bytea[]
+) RETURNS TABLE (channel text, line_id bigint)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    v_lines bigint[] := coalesce(p_list_lines, '{}');
+    v_failed text[];
+    v_line bigint;
+    k integer;
+BEGIN
+    -- The lines to extend, locked: a concurrent put or collection waits for this one.
+    PERFORM 1 FROM langgraph_lines l WHERE l.line_id = ANY(p_list_lines)
+    ORDER BY l.line_id FOR UPDATE;
+    SELECT array_agg(x.channel) INTO v_failed
+    FROM unnest(p_list_channels, p_list_lines, p_list_from) AS x(channel, line_id, from_len)
+    WHERE x.line_id IS NOT NULL AND NOT EXISTS (
+        SELECT FROM langgraph_lines l
+        WHERE l.line_id = x.line_id AND l.thread_id = p_thread_id AND l.length = x.from_len);
+    IF v_failed IS NOT NULL THEN
+        RETURN QUERY SELECT f, NULL::bigint FROM unnest(v_failed) f;
+        RETURN;
+    END IF;
+    INSERT INTO langgraph_threads AS t (thread_id, user_id) VALUES (p_thread_id, p_user_id)
+    ON CONFLICT (thread_id) DO UPDATE
+    SET updated_at = now(), user_id = coalesce(EXCLUDED.user_id, t.user_id);
+    FOR k IN 1 .. coalesce(cardinality(p_list_channels), 0) LOOP
+        IF v_lines[k] IS NULL THEN
+            INSERT INTO langgraph_lines (thread_id, length) VALUES (p_thread_id, p_list_to[k])
+            RETURNING langgraph_lines.line_id INTO v_line;
+            v_lines[k] := v_line;
+        ELSE
+            UPDATE langgraph_lines l SET length = p_list_to[k] WHERE l.line_id = v_lines[k];
+        END IF;
+    END LOOP;
+    INSERT INTO langgraph_items (line_id, seq, type, data)
+    SELECT v_lines[i.k], i.seq, i.type, i.data
+    FROM unnest(p_item_lists, p_item_seqs, p_item_types, p_item_data) AS i(k, seq, type, data);
+    INSERT INTO langgraph_blobs (thread_id, checkpoint_ns, channel, version, type, data)
+    SELECT p_thread_id, p_ns, b.channel, b.version, b.type, b.data
+    FROM unnest(p_channels, p_channel_versions, p_types, p_data) AS b(channel, version, type, data)
+    ON CONFLICT DO NOTHING;
+    INSERT INTO langgraph_blobs (thread_id, checkpoint_ns, channel, version, type, line_id, length)
+    SELECT p_thread_id, p_ns, x.channel, x.version, 'list', v_lines[x.k], x.to_len
+    FROM unnest(p_list_channels, p_list_versions, p_list_to)
+         WITH ORDINALITY AS x(channel, version, to_len, k)
+    ON CONFLICT DO NOTHING;
+    INSERT INTO langgraph_checkpoints AS c (thread_id, checkpoint_ns, checkpoint_id,
+                                            parent_checkpoint_id, type, checkpoint, versions,
+                                            metadata)
+    VALUES (p_thread_id, p_ns, p_checkpoint_id, p_parent_id, p_type, p_checkpoint, p_versions,
+            p_metadata)
+    ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id) DO UPDATE
+    SET type = EXCLUDED.type, checkpoint = EXCLUDED.checkpoint, versions = EXCLUDED.versions,
+        metadata = EXCLUDED.metadata;
+    RETURN QUERY SELECT x.channel, v_lines[x.k]
+    FROM unnest(p_list_channels) WITH ORDINALITY AS x(channel, k);
+END
+$$;
+
+-- sk_langgraph_values: the channel values a checkpoint references (p_versions: its
+-- channel_versions): a plain value is one row with seq -1; a list one row per item in order
+-- (an empty list: one row with a NULL seq).
+CREATE OR REPLACE FUNCTION sk_langgraph_values(p_thread_id text, p_ns text, p_versions jsonb)
+RETURNS TABLE (channel text, type text, data bytea, seq integer, line_id bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT b.channel, coalesce(i.type, b.type), coalesce(i.data, b.data),
+           CASE WHEN b.line_id IS NULL THEN -1 ELSE i.seq END, b.line_id
+    FROM jsonb_each_text(p_versions) AS v(channel, version)
+    JOIN langgraph_blobs b
+      ON b.thread_id = p_thread_id AND b.checkpoint_ns = p_ns AND b.channel = v.channel
+     AND b.version = v.version
+    LEFT JOIN langgraph_items i ON i.line_id = b.line_id AND i.seq < b.length
+    ORDER BY b.channel, i.seq
+$$;
+
+-- sk_langgraph_decode: a stored value as JSON for exports: JSON values as they are, lists
+-- item by item, anything else as its serializer's type and base64 bytes.
+CREATE OR REPLACE FUNCTION sk_langgraph_decode(p_type text, p_data bytea) RETURNS jsonb
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE p_type
+        WHEN 'json' THEN convert_from(p_data, 'UTF8')::jsonb
+        WHEN 'null' THEN 'null'::jsonb
+        WHEN 'empty' THEN NULL
+        ELSE jsonb_build_object('type', p_type,
+                                'base64', translate(encode(p_data, 'base64'), E'\n', ''))
+    END
+$$;
+
+-- sk_langgraph_collect: after checkpoints were deleted, delete the channel values no remaining
+-- checkpoint of the threads references, then the lines no value references. The lines are
+-- locked first and checked by a later statement (a fresh snapshot): a put extending one of
+-- them commits first, and its value is seen. Returns the rows deleted.
+CREATE OR REPLACE FUNCTION sk_langgraph_collect(p_thread_ids text[]) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_blobs bigint;
+    v_lines bigint;
+BEGIN
+    PERFORM 1 FROM langgraph_lines l WHERE l.thread_id = ANY(p_thread_ids)
+    ORDER BY l.line_id FOR UPDATE;
+    DELETE FROM langgraph_blobs b
+    WHERE b.thread_id = ANY(p_thread_ids) AND NOT EXISTS (
+        SELECT FROM langgraph_checkpoints c
+        WHERE c.thread_id = b.thread_id AND c.checkpoint_ns = b.checkpoint_ns
+          AND c.versions ->> b.channel = b.version);
+    GET DIAGNOSTICS v_blobs = ROW_COUNT;
+    DELETE FROM langgraph_lines l
+    WHERE l.thread_id = ANY(p_thread_ids) AND NOT EXISTS (
+        SELECT FROM langgraph_blobs b WHERE b.thread_id = l.thread_id AND b.line_id = l.line_id);
+    GET DIAGNOSTICS v_lines = ROW_COUNT;
+    RETURN v_blobs + v_lines;
+END
+$$;
+
+-- sk_langgraph_copy_thread: every checkpoint, value and write of one thread copied to another
+-- (same checkpoint ids, the same user); lines are copied under new ids. Rows the target already
+-- has are kept.
+CREATE OR REPLACE FUNCTION sk_langgraph_copy_thread(p_source text, p_target text)
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_old bigint[];
+    v_new bigint[];
+BEGIN
+    INSERT INTO langgraph_threads (thread_id, user_id)
+    SELECT p_target, t.user_id FROM langgraph_threads t WHERE t.thread_id = p_source
+    ON CONFLICT (thread_id) DO NOTHING;
+    SELECT array_agg(l.line_id ORDER BY l.line_id),
+           array_agg(nextval(pg_get_serial_sequence('langgraph_lines', 'line_id'))
+                     ORDER BY l.line_id)
+    INTO v_old, v_new
+    FROM langgraph_lines l WHERE l.thread_id = p_source;
+    INSERT INTO langgraph_lines (line_id, thread_id, length)
+    SELECT m.new, p_target, l.length
+    FROM unnest(v_old, v_new) AS m(old, new) JOIN langgraph_lines l ON l.line_id = m.old;
+    INSERT INTO langgraph_items (line_id, seq, type, data)
+    SELECT m.new, i.seq, i.type, i.data
+    FROM unnest(v_old, v_new) AS m(old, new) JOIN langgraph_items i ON i.line_id = m.old;
+    INSERT INTO langgraph_blobs (thread_id, checkpoint_ns, channel, version, type, data, line_id,
+                                 length)
+    SELECT p_target, b.checkpoint_ns, b.channel, b.version, b.type, b.data, m.new, b.length
+    FROM langgraph_blobs b LEFT JOIN unnest(v_old, v_new) AS m(old, new) ON m.old = b.line_id
+    WHERE b.thread_id = p_source
+    ON CONFLICT DO NOTHING;
+    INSERT INTO langgraph_checkpoints (thread_id, checkpoint_ns, checkpoint_id,
+                                       parent_checkpoint_id, type, checkpoint, versions,
+                                       metadata, created_at)
+    SELECT p_target, c.checkpoint_ns, c.checkpoint_id, c.parent_checkpoint_id, c.type,
+           c.checkpoint, c.versions, c.metadata, c.created_at
+    FROM langgraph_checkpoints c WHERE c.thread_id = p_source
+    ON CONFLICT DO NOTHING;
+    INSERT INTO langgraph_writes (thread_id, checkpoint_ns, checkpoint_id, task_id, idx, channel,
+                                  type, data, task_path)
+    SELECT p_target, w.checkpoint_ns, w.checkpoint_id, w.task_id, w.idx, w.channel, w.type,
+           w.data, w.task_path
+    FROM langgraph_writes w WHERE w.thread_id = p_source
+    ON CONFLICT DO NOTHING;
+END
+$$;
+
+-- sk_langgraph_forget: erasure's part (sk_forget) of the LangGraph tables: the threads tied to
+-- p_users go with all their rows (the cascade); one row per table with the rows deleted.
+CREATE OR REPLACE FUNCTION sk_langgraph_forget(p_users uuid[])
+RETURNS TABLE (table_name text, action text, row_count bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_threads text[];
+BEGIN
+    SELECT coalesce(array_agg(t.thread_id), '{}') INTO v_threads
+    FROM langgraph_threads t WHERE t.user_id = ANY(p_users);
+    RETURN QUERY
+    SELECT 'langgraph_writes', 'deleted', count(*) FROM langgraph_writes
+    WHERE thread_id = ANY(v_threads)
+    UNION ALL
+    SELECT 'langgraph_checkpoints', 'deleted', count(*) FROM langgraph_checkpoints
+    WHERE thread_id = ANY(v_threads)
+    UNION ALL
+    SELECT 'langgraph_blobs', 'deleted', count(*) FROM langgraph_blobs
+    WHERE thread_id = ANY(v_threads)
+    UNION ALL
+    SELECT 'langgraph_items', 'deleted', count(*)
+    FROM langgraph_items i JOIN langgraph_lines l ON l.line_id = i.line_id
+    WHERE l.thread_id = ANY(v_threads)
+    UNION ALL
+    SELECT 'langgraph_lines', 'deleted', count(*) FROM langgraph_lines
+    WHERE thread_id = ANY(v_threads);
+    -- Counted first, then deleted in one statement: the rest goes by ON DELETE CASCADE.
+    WITH d AS (DELETE FROM langgraph_threads WHERE thread_id = ANY(v_threads) RETURNING 1)
+    SELECT 'langgraph_threads', 'deleted', count(*) FROM d INTO table_name, action, row_count;
+    RETURN NEXT;
+END
+$$;

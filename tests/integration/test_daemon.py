@@ -215,6 +215,7 @@ def test_schedules_backlog_and_process_start_are_exported(
         "proactive_reload": 365 * 86400,
         "usage_rollup": 900,  # disabled, still its configured schedule
         "user_retention": 365 * 86400,
+        "checkpoint_retention": 365 * 86400,
     }
 
     archivable = wait_for(

@@ -11,6 +11,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from langgraph.checkpoint.base import empty_checkpoint
+from langgraph_support import agent_graph, user_turn
 from psycopg import sql
 from psycopg.types.json import Jsonb
 from test_cli import clean_env, sessionkeeper
@@ -23,7 +25,9 @@ from store import (
     InvalidInput,
     NotFound,
     Store,
+    Turn,
 )
+from store.integrations.langgraph import SessionkeeperSaver, thread_config
 from store.schema import metadata
 
 DAY = datetime(2026, 11, 1, 12, tzinfo=UTC)
@@ -163,6 +167,18 @@ def test_forget_user_removes_everything_about_it(
         "usage_stats": 2,
         "users": 1,
         "persons": 0,  # alice_wa still belongs to the person
+        # She has no LangGraph thread here (test_langgraph.py erases real ones).
+        **dict.fromkeys(
+            (
+                "langgraph_writes",
+                "langgraph_checkpoints",
+                "langgraph_blobs",
+                "langgraph_items",
+                "langgraph_lines",
+                "langgraph_threads",
+            ),
+            0,
+        ),
     }
     assert forgotten.anonymised == {"usage_daily": 1}
     assert conn.execute(
@@ -275,6 +291,22 @@ HOLDS_NO_USER = frozenset(
         "link_code_erased_failures",
     }
 )
+# Tables whose rows name no id as text (binary content) and belong to a user only through
+# another table's row: checked by what is left of them (items_of_users) instead of the scan.
+REACHED_THROUGH = {"langgraph_items": "langgraph_lines"}
+ITEMS_OF_USERS = (
+    "SELECT count(*) FROM langgraph_items i JOIN langgraph_lines l USING (line_id)"
+    " JOIN langgraph_threads t USING (thread_id) WHERE t.user_id = ANY(%s)"
+)
+
+
+def item_counts(conn: psycopg.Connection[Any], users: list[uuid.UUID]) -> tuple[int, int]:
+    """(LangGraph items of ``users``' threads, all items)."""
+    mine = conn.execute(ITEMS_OF_USERS, [users]).fetchone()
+    every = conn.execute("SELECT count(*) FROM langgraph_items").fetchone()
+    assert mine is not None and every is not None
+    return int(mine[0]), int(every[0])
+
 
 # One user's rows in the tables the store's calls do not write (jobs', integrations', tools'),
 # one statement per table. Parameters: user, channel, channel_user_id, old_user_id (its id
@@ -303,6 +335,18 @@ FILL: dict[str, str] = {
 }
 
 
+def checkpoint_a_thread(store: Store, turn: Turn) -> None:
+    """The user's LangGraph thread: a graph's turn, and a checkpoint with a pending write."""
+    saver = SessionkeeperSaver(store)
+    agent_graph(saver).invoke(user_turn(1), thread_config(turn))
+    notes = empty_checkpoint()
+    notes["channel_values"] = {"notes": {"likes": ["tea"]}}
+    notes["channel_versions"] = {"notes": "1"}
+    side = thread_config(turn, conversation="notes")
+    stored = saver.put(side, notes, {"source": "input"}, {"notes": "1"})
+    saver.put_writes(stored, [("notes", {"likes": ["coffee"]})], "task-1")
+
+
 @dataclass
 class Filled:
     ids: list[str]  # per user: id, channel id, old id, session ids; then the person's id
@@ -323,6 +367,7 @@ def fill_everything(store: Store, conn: psycopg.Connection[Any]) -> Filled:
         store.track_usage(user, channel, 1, 2, 3)
         store.register_proactive_user(f"chat-{channel_user_id}", user)
         store.create_link_code(user)
+        checkpoint_a_thread(store, turn)
         params = {
             "user": user,
             "channel": channel,
@@ -372,9 +417,12 @@ def test_erasure_leaves_nothing_in_any_table(
     filled = fill_everything(store, conn)
     # The fill reaches every table but those that hold nothing of a user by design.
     before = tables_naming(conn, filled.ids)
-    missing = set(schema_tables(conn)) - set(before) - HOLDS_NO_USER
+    missing = set(schema_tables(conn)) - set(before) - HOLDS_NO_USER - set(REACHED_THROUGH)
     assert not missing, f"add these tables to FILL (or to HOLDS_NO_USER): {sorted(missing)}"
     bystander = store.begin_turn("telegram", "5550001", display_name="Bob").user.user_id
+    erased = filled.users[:1] if erase == "forget_user" else filled.users
+    kept = [u for u in filled.users if u not in erased]
+    assert item_counts(conn, erased)[0] > 0
 
     if erase == "forget_user":
         forgotten = store.forget_user(filled.users[0])
@@ -386,4 +434,6 @@ def test_erasure_leaves_nothing_in_any_table(
         assert forgotten.deleted["user_id_rekeys"] == 2
 
     assert tables_naming(conn, gone) == {}
+    # The items left are the kept users' own, to the last one.
+    assert item_counts(conn, kept)[0] == item_counts(conn, kept)[1]
     assert tables_naming(conn, [str(bystander)])  # erasure took nobody else's rows

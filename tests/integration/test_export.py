@@ -61,6 +61,24 @@ def busy_user(store: Store, conn: psycopg.Connection[Any], name: str) -> Any:
         (user,),
     )
     store.create_link_code(user, now=T0)
+    # A LangGraph thread of the user's: a checkpoint, a list value (line, item) and a write.
+    conn.execute(
+        "WITH t AS (INSERT INTO langgraph_threads (thread_id, user_id)"
+        "           VALUES ('lg-' || %(u)s::text, %(u)s) RETURNING thread_id),"
+        " c AS (INSERT INTO langgraph_checkpoints (thread_id, checkpoint_ns, checkpoint_id, type,"
+        "       checkpoint, versions, metadata) SELECT thread_id, '', '1', 'json', '{}', "
+        "       '{\"messages\": \"1\"}', '{}' FROM t RETURNING thread_id),"
+        " l AS (INSERT INTO langgraph_lines (thread_id, length) SELECT thread_id, 1 FROM t"
+        "       RETURNING line_id, thread_id),"
+        " i AS (INSERT INTO langgraph_items (line_id, seq, type, data)"
+        "       SELECT line_id, 0, 'json', convert_to('\"hi\"', 'UTF8') FROM l),"
+        " b AS (INSERT INTO langgraph_blobs (thread_id, checkpoint_ns, channel, version, type,"
+        "       line_id, length) SELECT thread_id, '', 'messages', '1', 'list', line_id, 1 FROM l)"
+        " INSERT INTO langgraph_writes (thread_id, checkpoint_ns, checkpoint_id, task_id, idx,"
+        " channel, type, data) SELECT thread_id, '', '1', 'task', 0, 'messages', 'json',"
+        " convert_to('\"yo\"', 'UTF8') FROM c",
+        {"u": user},
+    )
     conn.execute(
         "INSERT INTO usage_daily (day, user_id, channel) VALUES (%s, %s, 'telegram')",
         (T0.date(), user),

@@ -19,6 +19,7 @@ FORBIDDEN = (
     "apscheduler",
     "jobs",
     "langchain",
+    "langgraph",
     "aiogram",
     "telegram",
     "prometheus_client",

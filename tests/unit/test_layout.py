@@ -9,7 +9,10 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
 from alembic.script import ScriptDirectory
+
+from store.queries import parse
 
 ROOT = Path(__file__).resolve().parents[2]
 VERSIONS = ROOT / "migrations" / "versions"
@@ -66,3 +69,10 @@ def test_prometheus_client_is_a_dependency_and_no_extra() -> None:
     assert extras["metrics"] == []
     listing = {name for name, reqs in extras.items() if "prometheus-client" in names(reqs)}
     assert listing == set()
+
+
+def test_a_block_header_in_the_old_form_is_refused() -> None:
+    # Read as a comment, it would join its statement to the one before it, unnoticed.
+    assert parse("-- a --\nSELECT 1\n-- b --\nSELECT 2\n") == {"a": "SELECT 1", "b": "SELECT 2"}
+    with pytest.raises(ValueError, match="old form"):
+        parse("-- a --\nSELECT 1\n-- name: b\nSELECT 2\n")

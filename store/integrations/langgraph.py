@@ -1,0 +1,912 @@
+"""LangGraph checkpoints in the store's database (``pip install 'sessionkeeper[langgraph]'``).
+
+``SessionkeeperSaver(db)`` over a ``Store`` and ``AsyncSessionkeeperSaver(db)`` over an
+``AsyncStore`` are ``BaseCheckpointSaver``s with the sync and async methods: ``put``,
+``put_writes``, ``get_tuple``, ``list``, ``delete_thread``, ``delete_for_runs``,
+``copy_thread`` and ``prune``::
+
+    saver = SessionkeeperSaver(db)
+    graph = builder.compile(checkpointer=saver)
+    turn = db.begin_turn("telegram", user_id)
+    graph.invoke(inputs, thread_config(turn))
+
+``thread_config(turn)`` names the thread after the turn's user and ties it to that user:
+``forget_user``/``forget_person`` and user retention remove its checkpoints, and
+``export_user`` lists them. Threads without a user (any other ``thread_id``) work the same but
+no erasure reaches them.
+
+Storage: a channel whose value is a ``list`` (LangGraph's message list) is stored item by item
+in a line; a later value that extends it stores only its new items, so a thread costs storage
+linear in its conversation, not quadratic. Values that are plain JSON are stored as JSON (the
+export shows them decoded); others as the serializer encodes them.
+
+The ``put`` for a checkpoint and the ``put_writes`` for it may run concurrently (LangGraph saves
+in the background); a saver makes ``put_writes`` wait for its own ``put`` of that checkpoint.
+A write for a checkpoint that was never stored raises ``store.NotFound``; a thread id that is
+not a string, or a value the serializer cannot encode, raises ``store.InvalidInput``: in both
+cases nothing is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import math
+import operator
+import threading
+import time
+import zlib
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
+from importlib import resources
+from typing import Any, TypeVar
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import (
+    WRITES_IDX_MAP,
+    BaseCheckpointSaver,
+    ChannelVersions,
+    Checkpoint,
+    CheckpointMetadata,
+    CheckpointTuple,
+    get_serializable_checkpoint_metadata,
+)
+from langgraph.checkpoint.serde.base import SerializerProtocol
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+from psycopg.types.json import Jsonb
+
+from .. import core, validate
+from ..client import AsyncStore, Store
+from ..errors import InvalidInput, NotFound
+from ..models import Turn
+from ..queries import parse
+
+__all__ = [
+    "USER_KEY",
+    "AsyncSessionkeeperSaver",
+    "SessionkeeperSaver",
+    "thread_config",
+    "thread_id_for",
+]
+
+QUERIES = parse(resources.files(__package__).joinpath("langgraph.sql").read_text(encoding="utf-8"))
+# The configurable key that ties a thread to a store user (thread_config sets it).
+USER_KEY = "sessionkeeper_user_id"
+# Checkpoint fields stored in columns of their own rather than in the checkpoint's body.
+_COLUMNS = frozenset({"id", "channel_versions", "channel_values"})
+# Channel values kept inside the checkpoint row, as LangGraph's reference saver does.
+_INLINE = (str, int, float, bool)
+# How many (thread, namespace, channel) list values a saver remembers (see _Lines).
+LINES_REMEMBERED = 256
+# Values the serializer encodes (not JSON) larger than this are stored zlib-compressed, typed
+# "zlib+<type>": rows this small are below PostgreSQL's own compression threshold (TOAST).
+COMPRESS_OVER = 256
+# How long a write may wait for the put of its checkpoint (see _Puts).
+WRITES_WAIT = 10.0
+T = TypeVar("T")
+Key = tuple[str, str, str]
+
+
+def thread_id_for(turn: Turn, conversation: str = "default") -> str:
+    """The thread id of a user's conversation: ``sk:<user id>:<conversation>``. One thread per
+    user by default; pass ``conversation=str(turn.session_id)`` for one per session, or a chat
+    id for one per chat."""
+    name = validate.text(conversation, "conversation")
+    return f"sk:{turn.user.user_id}:{name}"
+
+
+def thread_config(turn: Turn, conversation: str = "default", **configurable: Any) -> RunnableConfig:
+    """The config for ``graph.invoke``: the thread of ``thread_id_for(turn, conversation)``,
+    tied to the turn's user (erasure and export find it), plus ``configurable``."""
+    return {
+        "configurable": {
+            **configurable,
+            "thread_id": thread_id_for(turn, conversation),
+            USER_KEY: str(turn.user.user_id),
+        }
+    }
+
+
+def _text(value: object, field: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidInput(
+            f"{field} must be a string, not {type(value).__name__}", field=field, rule="type"
+        )
+    if "\x00" in value:
+        raise InvalidInput(f"{field} must not hold NUL characters", field=field, rule="nul")
+    return value
+
+
+def _configurable(config: RunnableConfig | None) -> Mapping[str, Any]:
+    if not isinstance(config, Mapping) or not isinstance(config.get("configurable"), Mapping):
+        raise InvalidInput("config must be a mapping with a 'configurable' mapping", rule="shape")
+    return config["configurable"]
+
+
+def _optional_text(value: object, field: str) -> str | None:
+    return None if value is None else _text(value, field)
+
+
+def _is_json(value: object, depth: int = 0) -> bool:
+    """Whether ``value`` survives a JSON round trip unchanged (exact types only; a dict that
+    looks like a LangChain constructor would be revived, so it is left to the serializer)."""
+    kind = type(value)
+    if value is None or kind in (str, bool, int):
+        return True
+    if kind is float:
+        return math.isfinite(value)  # type: ignore[arg-type]
+    if depth > 64:
+        return False
+    if kind is list:
+        return all(_is_json(item, depth + 1) for item in value)  # type: ignore[attr-defined]
+    if kind is dict:
+        return "lc" not in value and all(  # type: ignore[operator]
+            type(k) is str and _is_json(v, depth + 1)
+            for k, v in value.items()  # type: ignore[attr-defined]
+        )
+    return False
+
+
+def _packed(kind: str, data: bytes | None) -> tuple[str, bytes | None]:
+    """How a value is stored: compressed when the serializer's bytes are large."""
+    if kind == "json" or data is None or len(data) <= COMPRESS_OVER:
+        return kind, data
+    return f"zlib+{kind}", zlib.compress(data, 6)
+
+
+def _unpacked(kind: str, data: bytes | None) -> tuple[str, bytes | None]:
+    if kind.startswith("zlib+") and data is not None:
+        return kind.removeprefix("zlib+"), zlib.decompress(data)
+    return kind, data
+
+
+def _digest(kind: str, data: bytes | None) -> bytes:
+    return hashlib.blake2b(kind.encode() + b"\0" + (data or b""), digest_size=16).digest()
+
+
+def _digest_of(item: tuple[str, bytes | None]) -> bytes:
+    return _digest(*item)
+
+
+class _Known:
+    """A list channel value as stored: its line, and its items (objects and digests)."""
+
+    __slots__ = ("digests", "line", "objects")
+
+    def __init__(self, line: int, objects: Sequence[Any], digests: Sequence[bytes]) -> None:
+        self.line = line
+        self.objects = tuple(objects)
+        self.digests = tuple(digests)
+
+
+class _Lines:
+    """The line each recently written or read list channel is stored in, with its items: a
+    value that starts with those items extends the line. LangGraph reads a thread before each
+    run (``get_tuple``), which fills this for the threads being run; it holds the items of at
+    most ``size`` (thread, namespace, channel) values. Shared by threads."""
+
+    def __init__(self, size: int = LINES_REMEMBERED) -> None:
+        self._size = size
+        self._known: OrderedDict[Key, _Known] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Key) -> _Known | None:
+        with self._lock:
+            return self._known.get(key)
+
+    def remember(self, key: Key, known: _Known) -> None:
+        with self._lock:
+            self._known[key] = known
+            self._known.move_to_end(key)
+            while len(self._known) > self._size:
+                self._known.popitem(last=False)
+
+    def forget(self, thread_ids: Sequence[str]) -> None:
+        gone = set(thread_ids)
+        with self._lock:
+            for key in [key for key in self._known if key[0] in gone]:
+                del self._known[key]
+
+
+class _ListValue:
+    """A list channel value to store: how much of a known line it extends, and its items from
+    there encoded. The items a known line holds are recognised by identity first (LangGraph's
+    reducers build new lists of the same message objects), then by the digest of their
+    encoding: only new items are encoded on the common path."""
+
+    def __init__(
+        self, plans: Plans, key: Key, version: str, objects: list[Any], known: _Known | None
+    ) -> None:
+        self.plans = plans
+        self.channel = key[2]
+        self.version = version
+        self.objects = objects
+        self.line: int | None = None
+        self.start = 0
+        stored = len(known.objects) if known else 0
+        if known and stored <= len(objects) and all(map(operator.is_, known.objects, objects)):
+            self.line, self.start = known.line, stored
+            self.items = self._encode(objects[stored:])
+            self.digests = [*known.digests, *map(_digest_of, self.items)]
+            return
+        self.items = self._encode(objects)
+        self.digests = [_digest_of(item) for item in self.items]
+        if known and stored <= len(objects) and tuple(self.digests[:stored]) == known.digests:
+            self.line, self.start = known.line, stored
+            self.items = self.items[stored:]
+
+    def _encode(self, objects: Sequence[Any]) -> list[tuple[str, bytes]]:
+        return [self.plans.dump(item, f"channel {self.channel}") for item in objects]
+
+    def anew(self) -> None:
+        """Store the whole value on a new line (the line to extend was forked or collected)."""
+        if self.start:
+            self.items = self._encode(self.objects[: self.start]) + self.items
+        self.line, self.start = None, 0
+
+
+class Plans:
+    """The checkpointer's operations as store plans (see store/core.py): every decision and
+    encoding is here, shared by the sync and the async saver, which only run the plans."""
+
+    def __init__(self, serde: SerializerProtocol) -> None:
+        self.serde = serde
+        # Plain JSON is stored as JSON only under LangGraph's own serializer (which reads it
+        # back): a custom one (encryption...) sees every value.
+        self.json = type(serde) is JsonPlusSerializer
+        self.lines = _Lines()
+
+    # -- encoding --------------------------------------------------------------------------
+
+    def dump(self, value: object, what: str) -> tuple[str, bytes]:
+        if self.json and _is_json(value):
+            try:
+                text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+                if "\\u0000" not in text:  # jsonb (the export) refuses NUL
+                    return "json", text.encode()
+            except (ValueError, UnicodeEncodeError, RecursionError):
+                pass
+        try:
+            kind, data = self.serde.dumps_typed(value)
+        except Exception as exc:
+            raise InvalidInput(
+                f"{what}: the serializer cannot encode {type(value).__name__} ({exc});"
+                " nothing was written",
+                field=what,
+                rule="type",
+            ) from None
+        return kind, bytes(data)
+
+    def load(self, kind: str, data: bytes | None) -> Any:
+        kind, data = _unpacked(kind, data)
+        if kind == "json":
+            return json.loads(data or b"null")
+        return self.serde.loads_typed((kind, data or b""))
+
+    def _metadata(self, config: RunnableConfig, metadata: CheckpointMetadata) -> Jsonb:
+        document = get_serializable_checkpoint_metadata(config, metadata)
+        try:
+            text = json.dumps(document, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInput(
+                f"checkpoint metadata must be JSON: {exc}", field="metadata", rule="json"
+            ) from None
+        if "\\u0000" in text:
+            raise InvalidInput(
+                "checkpoint metadata must not hold NUL characters", field="metadata", rule="nul"
+            )
+        return Jsonb(document, dumps=lambda _: text)
+
+    # -- the operations ----------------------------------------------------------------------
+
+    def put(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> core.Plan[RunnableConfig]:
+        conf = _configurable(config)
+        thread_id = _text(conf.get("thread_id"), "thread_id")
+        ns = _text(conf.get("checkpoint_ns", ""), "checkpoint_ns")
+        parent_id = _optional_text(conf.get("checkpoint_id"), "checkpoint_id")
+        checkpoint_id = _text(checkpoint.get("id"), "checkpoint id")
+        user_id = conf.get(USER_KEY)
+        user = None if user_id is None else validate.uuid(user_id, USER_KEY)
+        values = checkpoint["channel_values"]
+        inline = {k: v for k, v in values.items() if v is None or type(v) in _INLINE}
+        # Its id and channel_versions are columns of their own: not stored twice.
+        head = {k: v for k, v in checkpoint.items() if k not in _COLUMNS}
+        kind, data = self.dump({**head, "channel_values": inline}, "checkpoint")
+        plain: list[tuple[str, str, str, bytes | None]] = []
+        lists: list[_ListValue] = []
+        for channel, version in new_versions.items():
+            if channel in inline:
+                continue
+            if channel not in values:
+                continue  # no value at this version: no row, read back as absent
+            if type(values[channel]) is list:
+                key = (thread_id, ns, channel)
+                known = self.lines.get(key)
+                lists.append(_ListValue(self, key, str(version), values[channel], known))
+            else:
+                packed = _packed(*self.dump(values[channel], channel))
+                plain.append((channel, str(version), *packed))
+        params = {
+            "thread_id": thread_id,
+            "checkpoint_ns": ns,
+            "checkpoint_id": checkpoint_id,
+            "parent_id": parent_id,
+            "user_id": user,
+            "type": kind,
+            "checkpoint": data,
+            "versions": Jsonb(dict(checkpoint["channel_versions"])),
+            "metadata": self._metadata(config, metadata),
+            "channels": [p[0] for p in plain],
+            "channel_versions": [p[1] for p in plain],
+            "types": [p[2] for p in plain],
+            "data": [p[3] for p in plain],
+        }
+        rows = yield core.Step("lg_put", {**params, **_list_params(lists)}, queries=QUERIES)
+        if any(row["line_id"] is None for row in rows):
+            # A line was extended by another checkpoint (a fork) or collected: nothing was
+            # written; those values go to new lines.
+            failed = {row["channel"] for row in rows}
+            for value in lists:
+                if value.channel in failed:
+                    value.anew()
+            rows = yield core.Step("lg_put", {**params, **_list_params(lists)}, queries=QUERIES)
+        line_of = {row["channel"]: row["line_id"] for row in rows}
+        for value in lists:
+            known = _Known(line_of[value.channel], value.objects, value.digests)
+            self.lines.remember((thread_id, ns, value.channel), known)
+        return {
+            "configurable": {
+                "thread_id": thread_id,
+                "checkpoint_ns": ns,
+                "checkpoint_id": checkpoint_id,
+            }
+        }
+
+    def put_writes(self, params: Mapping[str, Any]) -> core.Plan[None]:
+        """Writes encoded by ``writes_params`` (the saver encodes them before it waits)."""
+        rows = yield core.Step("lg_put_writes", params, queries=QUERIES)
+        if not rows[0]["found"]:
+            raise NotFound(
+                f"checkpoint {params['checkpoint_id']!r} of thread {params['thread_id']!r}"
+                f" (namespace {params['checkpoint_ns']!r}) is not stored: nothing was written"
+            )
+
+    def writes_params(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str,
+    ) -> dict[str, Any]:
+        conf = _configurable(config)
+        encoded = [
+            (
+                WRITES_IDX_MAP.get(channel, idx),
+                _text(channel, "channel"),
+                *_packed(*self.dump(value, channel)),
+            )
+            for idx, (channel, value) in enumerate(writes)
+        ]
+        return {
+            "thread_id": _text(conf.get("thread_id"), "thread_id"),
+            "checkpoint_ns": _text(conf.get("checkpoint_ns", ""), "checkpoint_ns"),
+            "checkpoint_id": _text(conf.get("checkpoint_id"), "checkpoint_id"),
+            "task_id": _text(task_id, "task_id"),
+            "task_path": _text(task_path, "task_path"),
+            "idxs": [w[0] for w in encoded],
+            "channels": [w[1] for w in encoded],
+            "types": [w[2] for w in encoded],
+            "data": [w[3] for w in encoded],
+        }
+
+    def get_tuple(self, config: RunnableConfig) -> core.Plan[CheckpointTuple | None]:
+        conf = _configurable(config)
+        params = {
+            "thread_id": _text(conf.get("thread_id"), "thread_id"),
+            "checkpoint_ns": _text(conf.get("checkpoint_ns", ""), "checkpoint_ns"),
+            "checkpoint_id": _optional_text(conf.get("checkpoint_id"), "checkpoint_id"),
+        }
+        rows = yield core.Step("lg_get", params, queries=QUERIES)
+        return self._tuple(rows[0], remember=True) if rows else None
+
+    def list(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: Mapping[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> core.Plan[list[CheckpointTuple]]:
+        conf = _configurable(config) if config is not None else {}
+        before_id = None
+        if before is not None:
+            before_id = _optional_text(_configurable(before).get("checkpoint_id"), "before")
+        try:
+            wanted = json.dumps(dict(filter or {}), allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInput(f"filter must be JSON: {exc}", field="filter") from None
+        if limit is not None and (type(limit) is not int or limit < 0):
+            raise InvalidInput("limit must be a non-negative integer", field="limit")
+        params = {
+            "thread_id": _optional_text(conf.get("thread_id"), "thread_id"),
+            "checkpoint_ns": _optional_text(conf.get("checkpoint_ns"), "checkpoint_ns"),
+            "checkpoint_id": _optional_text(conf.get("checkpoint_id"), "checkpoint_id"),
+            "before": before_id,
+            "filter": Jsonb(None, dumps=lambda _: wanted),
+            "limit": limit,
+        }
+        rows = yield core.Step("lg_list", params, queries=QUERIES)
+        return [self._tuple(row, remember=False) for row in rows]
+
+    def delete_threads(self, thread_ids: Sequence[str]) -> core.Plan[None]:
+        ids = _thread_ids(thread_ids)
+        self.lines.forget(ids)
+        yield core.Step("lg_delete_threads", {"thread_ids": ids}, queries=QUERIES)
+
+    def delete_for_runs(self, run_ids: Sequence[str]) -> core.Plan[None]:
+        ids = [_text(run_id, "run_id") for run_id in _sequence(run_ids, "run_ids")]
+        rows = yield core.Step("lg_delete_runs", {"run_ids": ids}, queries=QUERIES)
+        threads = rows[0]["thread_ids"]
+        if threads:
+            yield core.Step("lg_collect", {"thread_ids": threads}, queries=QUERIES)
+
+    def copy_thread(self, source: str, target: str) -> core.Plan[None]:
+        params = {"source": _text(source, "source_thread_id"), "target": _text(target, "target")}
+        yield core.Step("lg_copy_thread", params, queries=QUERIES)
+
+    def prune(self, thread_ids: Sequence[str], strategy: str) -> core.Plan[None]:
+        ids = _thread_ids(thread_ids)
+        if strategy == "delete":
+            yield from self.delete_threads(ids)
+        elif strategy == "keep_latest":
+            if ids:
+                yield core.Step("lg_keep_latest", {"thread_ids": ids}, queries=QUERIES)
+                yield core.Step("lg_collect", {"thread_ids": ids}, queries=QUERIES)
+        else:
+            raise InvalidInput(
+                f"unknown prune strategy {strategy!r}: use 'keep_latest' or 'delete'",
+                field="strategy",
+            )
+
+    # -- decoding ----------------------------------------------------------------------------
+
+    def _tuple(self, row: Mapping[str, Any], *, remember: bool) -> CheckpointTuple:
+        thread_id, ns = row["thread_id"], row["checkpoint_ns"]
+        checkpoint = self.load(row["type"], row["checkpoint"])
+        checkpoint["id"] = row["checkpoint_id"]
+        checkpoint["channel_versions"] = row["versions"]
+        values = checkpoint["channel_values"] = dict(checkpoint.get("channel_values") or {})
+        lists: dict[str, list[Any]] = {}
+        digests: dict[str, list[bytes]] = {}
+        lines: dict[str, int] = {}
+        for channel, kind, data, seq, line in zip(
+            row["v_channels"] or (),
+            row["v_types"] or (),
+            row["v_data"] or (),
+            row["v_seqs"] or (),
+            row["v_lines"] or (),
+            strict=True,
+        ):
+            if seq == -1:
+                if kind != "empty":
+                    values[channel] = self.load(kind, data)
+                continue
+            items = lists.setdefault(channel, [])
+            seen = digests.setdefault(channel, [])
+            lines[channel] = line
+            if seq is not None:
+                kind, data = _unpacked(kind, data)
+                items.append(self.load(kind, data))
+                seen.append(_digest(kind, data))
+        values.update(lists)
+        if remember:
+            for channel, line in lines.items():
+                known = _Known(line, lists[channel], digests[channel])
+                self.lines.remember((thread_id, ns, channel), known)
+        writes = [
+            (task, channel, self.load(kind, data))
+            for task, channel, kind, data in zip(
+                row["w_tasks"] or (),
+                row["w_channels"] or (),
+                row["w_types"] or (),
+                row["w_data"] or (),
+                strict=True,
+            )
+        ]
+        parent = row["parent_checkpoint_id"]
+        return CheckpointTuple(
+            config=_config(thread_id, ns, row["checkpoint_id"]),
+            checkpoint=checkpoint,
+            metadata=row["metadata"],
+            parent_config=_config(thread_id, ns, parent) if parent else None,
+            pending_writes=writes,
+        )
+
+
+def _config(thread_id: str, ns: str, checkpoint_id: str) -> RunnableConfig:
+    return {
+        "configurable": {
+            "thread_id": thread_id,
+            "checkpoint_ns": ns,
+            "checkpoint_id": checkpoint_id,
+        }
+    }
+
+
+def _sequence(values: object, field: str) -> Sequence[Any]:
+    if isinstance(values, str | bytes) or not isinstance(values, Sequence):
+        raise InvalidInput(
+            f"{field} must be a sequence of strings, not a single value", field=field
+        )
+    return values
+
+
+def _thread_ids(thread_ids: object) -> list[str]:
+    if isinstance(thread_ids, str):
+        return [_text(thread_ids, "thread_id")]
+    return [_text(t, "thread_id") for t in _sequence(thread_ids, "thread_ids")]
+
+
+def _list_params(lists: Sequence[_ListValue]) -> dict[str, Any]:
+    items = [
+        (k, value.start + i, *_packed(kind, data))
+        for k, value in enumerate(lists, start=1)
+        for i, (kind, data) in enumerate(value.items)
+    ]
+    return {
+        "list_channels": [v.channel for v in lists],
+        "list_versions": [v.version for v in lists],
+        "list_lines": [v.line for v in lists],
+        "list_from": [v.start for v in lists],
+        "list_to": [len(v.objects) for v in lists],
+        "item_lists": [i[0] for i in items],
+        "item_seqs": [i[1] for i in items],
+        "item_types": [i[2] for i in items],
+        "item_data": [i[3] for i in items],
+    }
+
+
+class _Puts:
+    """This saver's puts, for ``put_writes``: LangGraph saves a checkpoint in the background
+    and may send the writes for it before that put even started (it waits for the put before
+    it). A write the database refuses for want of its checkpoint waits, at most
+    ``WRITES_WAIT`` seconds, for this saver's put of it when a put of the same thread and
+    namespace is running or just ran, then tries again; otherwise the refusal stands. The
+    caller holds its lock (a ``threading`` or an ``asyncio`` condition) or runs on the one
+    event loop."""
+
+    def __init__(self) -> None:
+        self.running: dict[tuple[object, object], int] = {}
+        self.finished: OrderedDict[tuple[object, object, object], float] = OrderedDict()
+
+    def start(self, key: tuple[object, object, object]) -> None:
+        self.running[key[:2]] = self.running.get(key[:2], 0) + 1
+
+    def finish(self, key: tuple[object, object, object]) -> None:
+        left = self.running[key[:2]] - 1
+        if left:
+            self.running[key[:2]] = left
+        else:
+            del self.running[key[:2]]
+        self.finished[key] = time.monotonic()
+        self.finished.move_to_end(key)
+        while len(self.finished) > LINES_REMEMBERED:
+            self.finished.popitem(last=False)
+
+    def may_come(self, key: tuple[object, object, object]) -> bool:
+        """Whether a put of ``key`` has come or may still come: its thread is being saved."""
+        if key in self.finished or key[:2] in self.running:
+            return True
+        recent = time.monotonic() - WRITES_WAIT
+        return any(k[:2] == key[:2] and at > recent for k, at in reversed(self.finished.items()))
+
+    def done(self, key: tuple[object, object, object]) -> bool:
+        return key in self.finished
+
+
+class _Saver(BaseCheckpointSaver[str]):
+    """What both savers share: the plans, and ``put_writes`` waiting for this saver's ``put``
+    of the same checkpoint (LangGraph runs them concurrently)."""
+
+    def __init__(self, *, serde: SerializerProtocol | None = None) -> None:
+        super().__init__(serde=serde)
+        self.plans = Plans(self.serde)
+
+    @staticmethod
+    def _key(config: RunnableConfig) -> tuple[object, object, object]:
+        conf = config.get("configurable") or {}
+        return conf.get("thread_id"), conf.get("checkpoint_ns", ""), conf.get("checkpoint_id")
+
+
+class SessionkeeperSaver(_Saver):
+    """A LangGraph checkpointer on a ``store.Store``. Its async methods run the sync ones in a
+    worker thread (``asyncio.to_thread``); an asyncio bot uses ``AsyncSessionkeeperSaver``."""
+
+    def __init__(self, db: Store, *, serde: SerializerProtocol | None = None) -> None:
+        if not isinstance(db, Store):
+            raise InvalidInput(
+                f"SessionkeeperSaver needs a store.Store (got {type(db).__name__});"
+                " use AsyncSessionkeeperSaver with an AsyncStore"
+            )
+        super().__init__(serde=serde)
+        self.db = db
+        self._puts = _Puts()
+        self._puts_changed = threading.Condition()
+
+    def put(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        plan = self.plans.put(config, checkpoint, metadata, new_versions)
+        key = (*self._key(config)[:2], checkpoint.get("id"))
+        with self._puts_changed:
+            self._puts.start(key)
+        try:
+            return self.db.execute(plan)
+        finally:
+            with self._puts_changed:
+                self._puts.finish(key)
+                self._puts_changed.notify_all()
+
+    def put_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        key = self._key(config)
+        params = self.plans.writes_params(config, writes, task_id, task_path)
+        try:
+            self.db.execute(self.plans.put_writes(params))
+            return
+        except NotFound:
+            with self._puts_changed:
+                if not self._puts.may_come(key):
+                    raise
+                self._puts_changed.wait_for(lambda: self._puts.done(key), timeout=WRITES_WAIT)
+        self.db.execute(self.plans.put_writes(params))
+
+    def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        return self.db.execute(self.plans.get_tuple(config))
+
+    def list(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> Iterator[CheckpointTuple]:
+        plan = self.plans.list(config, filter=filter, before=before, limit=limit)
+        yield from self.db.execute(plan)
+
+    def delete_thread(self, thread_id: str) -> None:
+        self.db.execute(self.plans.delete_threads([thread_id]))
+
+    def delete_for_runs(self, run_ids: Sequence[str]) -> None:
+        self.db.execute(self.plans.delete_for_runs(run_ids))
+
+    def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        self.db.execute(self.plans.copy_thread(source_thread_id, target_thread_id))
+
+    def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        self.db.execute(self.plans.prune(thread_ids, strategy))
+
+    async def aput(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        return await asyncio.to_thread(self.put, config, checkpoint, metadata, new_versions)
+
+    async def aput_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        await asyncio.to_thread(self.put_writes, config, writes, task_id, task_path)
+
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        return await asyncio.to_thread(self.get_tuple, config)
+
+    async def alist(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[CheckpointTuple]:
+        plan = self.plans.list(config, filter=filter, before=before, limit=limit)
+        for item in await asyncio.to_thread(self.db.execute, plan):
+            yield item
+
+    async def adelete_thread(self, thread_id: str) -> None:
+        await asyncio.to_thread(self.delete_thread, thread_id)
+
+    async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
+        await asyncio.to_thread(self.delete_for_runs, run_ids)
+
+    async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        await asyncio.to_thread(self.copy_thread, source_thread_id, target_thread_id)
+
+    async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        await asyncio.to_thread(self.prune, thread_ids, strategy=strategy)
+
+
+class AsyncSessionkeeperSaver(_Saver):
+    """A LangGraph checkpointer on a ``store.AsyncStore``. Its sync methods (``graph.invoke``
+    from another thread) run the async ones on the event loop the saver was first used on;
+    called from that loop's own thread they would deadlock, and raise ``InvalidInput``."""
+
+    def __init__(self, db: AsyncStore, *, serde: SerializerProtocol | None = None) -> None:
+        if not isinstance(db, AsyncStore):
+            raise InvalidInput(
+                f"AsyncSessionkeeperSaver needs a store.AsyncStore (got {type(db).__name__});"
+                " use SessionkeeperSaver with a Store"
+            )
+        super().__init__(serde=serde)
+        self.db = db
+        self._puts = _Puts()
+        self._puts_changed: asyncio.Condition | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    async def _run(self, plan: core.Plan[T]) -> T:
+        if self.loop is None:
+            self.loop = asyncio.get_running_loop()
+        return await self.db.execute(plan)
+
+    def _block(self, call: Callable[[], Awaitable[T]]) -> T:
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            raise InvalidInput(
+                "the sync methods of AsyncSessionkeeperSaver run on its event loop: use the"
+                " async ones (ainvoke) first, or SessionkeeperSaver with a Store"
+            )
+        try:
+            if asyncio.get_running_loop() is loop:
+                raise InvalidInput(
+                    "a sync method of AsyncSessionkeeperSaver was called on its own event"
+                    " loop: use the async method (ainvoke, aget_tuple...)"
+                )
+        except RuntimeError:
+            pass  # no loop in this thread: the normal case
+
+        async def run() -> T:
+            return await call()
+
+        future: Future[T] = asyncio.run_coroutine_threadsafe(run(), loop)
+        return future.result()
+
+    async def aput(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        plan = self.plans.put(config, checkpoint, metadata, new_versions)
+        key = (*self._key(config)[:2], checkpoint.get("id"))
+        self._puts.start(key)  # one event loop: no lock needed to count
+        try:
+            return await self._run(plan)
+        finally:
+            self._puts.finish(key)
+            async with self._changed():
+                self._changed().notify_all()
+
+    async def aput_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        key = self._key(config)
+        params = self.plans.writes_params(config, writes, task_id, task_path)
+        try:
+            await self._run(self.plans.put_writes(params))
+            return
+        except NotFound:
+            if not self._puts.may_come(key):
+                raise
+        async with self._changed():
+            # On timeout the checkpoint is still missing, and the plan says so again.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._changed().wait_for(lambda: self._puts.done(key)), WRITES_WAIT
+                )
+        await self._run(self.plans.put_writes(params))
+
+    def _changed(self) -> asyncio.Condition:
+        if self._puts_changed is None:
+            self._puts_changed = asyncio.Condition()
+        return self._puts_changed
+
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        return await self._run(self.plans.get_tuple(config))
+
+    async def alist(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[CheckpointTuple]:
+        plan = self.plans.list(config, filter=filter, before=before, limit=limit)
+        for item in await self._run(plan):
+            yield item
+
+    async def adelete_thread(self, thread_id: str) -> None:
+        await self._run(self.plans.delete_threads([thread_id]))
+
+    async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
+        await self._run(self.plans.delete_for_runs(run_ids))
+
+    async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        await self._run(self.plans.copy_thread(source_thread_id, target_thread_id))
+
+    async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        await self._run(self.plans.prune(thread_ids, strategy))
+
+    def put(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        return self._block(lambda: self.aput(config, checkpoint, metadata, new_versions))
+
+    def put_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        self._block(lambda: self.aput_writes(config, writes, task_id, task_path))
+
+    def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        return self._block(lambda: self.aget_tuple(config))
+
+    def list(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> Iterator[CheckpointTuple]:
+        plan = self.plans.list(config, filter=filter, before=before, limit=limit)
+        yield from self._block(lambda: self._run(plan))
+
+    def delete_thread(self, thread_id: str) -> None:
+        self._block(lambda: self.adelete_thread(thread_id))
+
+    def delete_for_runs(self, run_ids: Sequence[str]) -> None:
+        self._block(lambda: self.adelete_for_runs(run_ids))
+
+    def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        self._block(lambda: self.acopy_thread(source_thread_id, target_thread_id))
+
+    def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        self._block(lambda: self.aprune(thread_ids, strategy=strategy))
