@@ -33,6 +33,7 @@ from .. import core
 from ..client import AsyncStore
 from ..errors import InvalidInput
 from ..queries import parse
+from . import _sql
 from ._turns import DEFAULT_REFUSAL, TelegramTurns, TurnOptions
 
 __all__ = ["DEFAULT_REFUSAL", "FSMDataNotDictLike", "SessionkeeperStorage", "TurnMiddleware"]
@@ -117,7 +118,7 @@ class SessionkeeperStorage(BaseStorage):
         }
 
     async def _run(self, *steps: tuple[str, Mapping[str, object]]) -> core.Rows:
-        return await self.db.execute(_steps(steps))
+        return await self.db.execute(_sql.steps(QUERIES, *steps))
 
     async def set_state(self, key: StorageKey, state: StateType = None) -> None:
         value = state.state if isinstance(state, State) else state
@@ -152,14 +153,6 @@ class SessionkeeperStorage(BaseStorage):
 
     async def close(self) -> None:
         """Nothing to release: the store belongs to the bot."""
-
-
-def _steps(steps: tuple[tuple[str, Mapping[str, object]], ...]) -> core.Plan[core.Rows]:
-    """A plan running the named statements in order; its value is the last one's rows."""
-    rows: core.Rows = []
-    for name, params in steps:
-        rows = yield core.Step(name, params, queries=QUERIES)
-    return rows
 
 
 def _jsonb(data: Mapping[str, Any]) -> Jsonb:
