@@ -200,8 +200,8 @@ class SessionkeeperPersistence(BasePersistence[Data, Data, Data]):
     equal: dicts with str keys, lists, str, int, float (finite), bool, None; anything else
     (a tuple, a set, an int dict key, a datetime, an object, a NUL character) raises
     ``NotJSON`` when stored, which PTB hands to the error handlers. The store is not owned:
-    open it before ``Application.initialize`` (``post_init`` is too late: PTB loads the
-    persistence first) and close it after the application stops.
+    it opens on first use (PTB loads the persistence in ``initialize``, before ``post_init``)
+    and the bot closes it (``post_shutdown`` runs after PTB's last write).
     """
 
     def __init__(
