@@ -17,6 +17,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from aiogram.exceptions import DataNotDictLikeError
+from aiogram.fsm.storage.base import StorageKey
+from fake_telegram import run
+
+from store import AsyncStore, InvalidInput
+from store.integrations.aiogram import SessionkeeperStorage
 
 MEMBER = "tests/test_fsm/storage/test_storages.py"
 HERE = Path(__file__).parent
@@ -56,6 +62,7 @@ def aiogram_tests(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return target
 
 
+@pytest.mark.slow  # pip download builds the sdist's metadata (about a minute)
 def test_aiogram_storage_tests_pass_unchanged(aiogram_tests: Path, database_url: str) -> None:
     done = subprocess.run(
         [
@@ -90,3 +97,25 @@ def test_aiogram_storage_tests_pass_unchanged(aiogram_tests: Path, database_url:
     with psycopg.connect(database_url) as conn:  # the tests ended with data: the row is real
         rows = conn.execute("SELECT data FROM aiogram_fsm_states WHERE bot_id = 42").fetchall()
     assert rows == [({"foo": "bar", "baz": "test"},)]
+
+
+def test_an_empty_update_on_a_key_without_a_row_writes_no_row(database_url: str) -> None:
+    """aiogram.sql's rule (a key with no state and no data has no row), which aiogram's tests
+    do not check; and the non-mapping error is both the store's and aiogram's."""
+
+    key = StorageKey(chat_id=5, user_id=5, bot_id=9)
+    got: dict[str, object] = {}
+
+    async def scenario(_: object) -> None:
+        async with AsyncStore(database_url) as db:
+            storage = SessionkeeperStorage(db)
+            got["updated"] = await storage.update_data(key, {})
+            with pytest.raises(DataNotDictLikeError) as raised:
+                await storage.set_data(key, ["not", "a", "mapping"])  # type: ignore[arg-type]
+            got["error"] = raised.value
+
+    run(scenario)
+    assert got["updated"] == {}
+    assert isinstance(got["error"], InvalidInput) and "mapping" in str(got["error"])
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM aiogram_fsm_states").fetchone() == (0,)
