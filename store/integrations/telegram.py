@@ -32,7 +32,7 @@ import json
 import math
 from collections.abc import Awaitable, Mapping
 from importlib import resources
-from typing import Any, Literal, Unpack
+from typing import TYPE_CHECKING, Any, Literal, Unpack
 
 from psycopg.types.json import Jsonb
 from telegram import Message, Update
@@ -44,7 +44,6 @@ from telegram.ext import (
     PersistenceInput,
     TypeHandler,
 )
-from telegram.ext._utils.types import CDCData, ConversationDict, ConversationKey
 
 from ..client import AsyncStore
 from ..errors import InvalidInput
@@ -63,6 +62,9 @@ __all__ = [
     "current_turn",
     "turn_of",
 ]
+
+if TYPE_CHECKING:  # PTB's type aliases live in a private module: annotations only
+    from telegram.ext._utils.types import CDCData, ConversationDict, ConversationKey
 
 QUERIES = parse(resources.files(__package__).joinpath("telegram.sql").read_text(encoding="utf-8"))
 Data = dict[str, Any]
