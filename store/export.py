@@ -43,6 +43,7 @@ TABLES = (
     "link_code_failures",
     "rate_limits",
     "aiogram_fsm_states",
+    "telegram_persistence",
     "usage_stats",
     "usage_daily",
     "proactive_users",

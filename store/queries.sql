@@ -341,6 +341,16 @@ WHERE t.user_id = ANY(%(users)s::uuid[])
 ORDER BY t.bot_id, t.chat_id, t.telegram_user_id, t.thread_id, t.business_connection_id,
          t.destiny
 
+-- export_telegram_persistence --
+-- python-telegram-bot persistence rows about the users (as erasure finds them).
+DECLARE sk_export NO SCROLL CURSOR FOR
+SELECT row_to_json(t)::text AS doc FROM telegram_persistence t
+WHERE t.user_id = ANY(%(users)s::uuid[])
+   OR EXISTS (SELECT 1 FROM users u
+              WHERE u.user_id = ANY(%(users)s::uuid[]) AND u.channel = t.channel
+                AND t.owner_ids @> ARRAY[u.channel_user_id])
+ORDER BY t.namespace, t.kind, t.name, t.key
+
 -- export_usage_stats --
 DECLARE sk_export NO SCROLL CURSOR FOR
 SELECT row_to_json(t)::text AS doc FROM usage_stats t

@@ -513,6 +513,32 @@ langgraph_writes = Table(
     PrimaryKeyConstraint("thread_id", "checkpoint_ns", "checkpoint_id", "task_id", "idx"),
 )
 
+# python-telegram-bot's persistence (store/integrations/telegram.py): one row per user_data,
+# chat_data, conversation entry, and the bot_data and callback_data of a persistence
+# ``namespace``, as JSON. ``owner_ids`` are the Telegram user ids the row is about (a user's
+# user_data, a private chat's chat_data, the users in a conversation key), for erasure and
+# export; ``user_id`` links a row with one owner to the store's user when that user exists.
+telegram_persistence = Table(
+    "telegram_persistence",
+    metadata,
+    Column("namespace", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("name", Text, nullable=False, server_default=text("''")),
+    Column("key", Text, nullable=False, server_default=text("''")),
+    Column("channel", Text, nullable=False),
+    Column("owner_ids", ARRAY(Text), nullable=False, server_default=text("'{}'::text[]")),
+    Column("user_id", UUID(as_uuid=True), ForeignKey("users.user_id", ondelete="CASCADE")),
+    Column("data", JSONB, nullable=False),
+    _tstz("updated_at"),
+    PrimaryKeyConstraint("namespace", "kind", "name", "key"),
+    CheckConstraint(
+        "kind IN ('user_data', 'chat_data', 'bot_data', 'callback_data', 'conversation')",
+        name="kind",
+    ),
+    Index("ix_telegram_persistence_user_id", "user_id"),
+    Index("ix_telegram_persistence_owner_ids", "owner_ids", postgresql_using="gin"),
+)
+
 job_runs = Table(
     "job_runs",
     metadata,

@@ -23,6 +23,7 @@ from importlib import resources
 from typing import Any, Unpack
 
 from aiogram import BaseMiddleware
+from aiogram.exceptions import DataNotDictLikeError
 from aiogram.fsm.state import State
 from aiogram.fsm.storage.base import BaseStorage, StateType, StorageKey
 from aiogram.types import Message, TelegramObject, Update
@@ -32,14 +33,27 @@ from .. import core
 from ..client import AsyncStore
 from ..errors import InvalidInput
 from ..queries import parse
+from . import _sql
 from ._turns import DEFAULT_REFUSAL, TelegramTurns, TurnOptions
 
-__all__ = ["DEFAULT_REFUSAL", "SessionkeeperStorage", "TurnMiddleware"]
+__all__ = ["DEFAULT_REFUSAL", "FSMDataNotDictLike", "SessionkeeperStorage", "TurnMiddleware"]
 
 Handler = Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]]
 # A NUL escape in JSON text (not an escaped backslash followed by "u0000").
 _NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 QUERIES = parse(resources.files(__package__).joinpath("aiogram.sql").read_text(encoding="utf-8"))
+
+
+class FSMDataNotDictLike(InvalidInput, DataNotDictLikeError):
+    """FSM data that is not a mapping: both the store's ``InvalidInput`` and the
+    ``DataNotDictLikeError`` aiogram's own storages raise, so either ``except`` catches it."""
+
+    def __init__(self, message: str) -> None:
+        InvalidInput.__init__(self, message, rule="type")
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class TurnMiddleware(TelegramTurns[Message, Message], BaseMiddleware):
@@ -104,7 +118,7 @@ class SessionkeeperStorage(BaseStorage):
         }
 
     async def _run(self, *steps: tuple[str, Mapping[str, object]]) -> core.Rows:
-        return await self.db.execute(_steps(steps))
+        return await self.db.execute(_sql.steps(QUERIES, *steps))
 
     async def set_state(self, key: StorageKey, state: StateType = None) -> None:
         value = state.state if isinstance(state, State) else state
@@ -130,25 +144,21 @@ class SessionkeeperStorage(BaseStorage):
         return dict(rows[0]["data"]) if rows else {}
 
     async def update_data(self, key: StorageKey, data: Mapping[str, Any]) -> dict[str, Any]:
-        rows = await self._run(("fsm_update_data", {**self._key(key), "data": _jsonb(data)}))
+        value = _jsonb(data)
+        if not data:
+            # Nothing to merge: read only, so a key without a row keeps none (fsm_drop_if_empty).
+            return await self.get_data(key)
+        rows = await self._run(("fsm_update_data", {**self._key(key), "data": value}))
         return dict(rows[0]["data"])
 
     async def close(self) -> None:
         """Nothing to release: the store belongs to the bot."""
 
 
-def _steps(steps: tuple[tuple[str, Mapping[str, object]], ...]) -> core.Plan[core.Rows]:
-    """A plan running the named statements in order; its value is the last one's rows."""
-    rows: core.Rows = []
-    for name, params in steps:
-        rows = yield core.Step(name, params, queries=QUERIES)
-    return rows
-
-
 def _jsonb(data: Mapping[str, Any]) -> Jsonb:
     """FSM data as JSON, checked here: bad data raises ``InvalidInput`` and writes nothing."""
     if not isinstance(data, Mapping):
-        raise InvalidInput(f"FSM data must be a mapping, not {type(data).__name__}")
+        raise FSMDataNotDictLike(f"FSM data must be a mapping, not {type(data).__name__}")
     try:
         text = json.dumps(dict(data), allow_nan=False)
     except (TypeError, ValueError) as exc:

@@ -780,6 +780,17 @@ BEGIN
         RETURN QUERY SELECT 'aiogram_fsm_states', 'deleted', v_n;
         -- LangGraph threads tied to the users, with every row of theirs.
         RETURN QUERY SELECT * FROM sk_langgraph_forget(v_users);
+        -- python-telegram-bot persistence: the user's user_data, the chat_data of its private
+        -- chat, conversation entries keyed by it (by owner_ids; linked rows are among them).
+        WITH d AS (DELETE FROM telegram_persistence p
+                   USING users u
+                   WHERE u.user_id = ANY(v_users) AND p.channel = u.channel
+                     AND p.owner_ids @> ARRAY[u.channel_user_id]
+                   RETURNING 1)
+        SELECT count(*) INTO v_n FROM d;
+        WITH d AS (DELETE FROM telegram_persistence WHERE user_id = ANY(v_users) RETURNING 1)
+        SELECT v_n + count(*) INTO v_n FROM d;
+        RETURN QUERY SELECT 'telegram_persistence', 'deleted', v_n;
         -- Raw usage goes; what the rollup has not counted yet is added to the anonymous daily
         -- totals first (UTC days, as the rollup counts). Not counted yet: a row without flag
         -- at or beyond the rollup's watermark, or a row from before revision 0013 whose flag

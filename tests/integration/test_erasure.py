@@ -97,6 +97,15 @@ def build_world(store: Store, conn: psycopg.Connection[Any]) -> World:
                 " (43, %s, %s, 'telegram', NULL, 'unlinked')",
                 [telegram_id, telegram_id, user, telegram_id, telegram_id],
             )
+            # python-telegram-bot persistence: the user's user_data, its private chat's
+            # chat_data (found by owner_ids), a group's chat_data (nobody's).
+            conn.execute(
+                "INSERT INTO telegram_persistence (namespace, kind, key, channel, owner_ids,"
+                " data) VALUES ('default', 'user_data', %(t)s, 'telegram', ARRAY[%(t)s], '{}'),"
+                " ('default', 'chat_data', %(t)s, 'telegram', ARRAY[%(t)s], '{}'),"
+                " ('default', 'chat_data', '-' || %(t)s, 'telegram', '{}', '{}')",
+                {"t": str(telegram_id)},
+            )
         conn.execute(
             "INSERT INTO legacy_quarantined_messages (session_id, array_index, user_id, reason,"
             " message) VALUES (%s, 0, %s, 'unknown role', %s)",
@@ -164,6 +173,7 @@ def test_forget_user_removes_everything_about_it(
         "proactive_users": 1,
         "proactive_user_list": 1,
         "aiogram_fsm_states": 2,  # the linked one and the one found by her Telegram id
+        "telegram_persistence": 2,  # her user_data and private chat_data, not the group's
         "usage_stats": 2,
         "users": 1,
         "persons": 0,  # alice_wa still belongs to the person
@@ -332,6 +342,10 @@ FILL: dict[str, str] = {
     " %(channel)s, 'asking')",
     "user_id_rekeys": "INSERT INTO user_id_rekeys (old_user_id, new_user_id)"
     " VALUES (%(old_user_id)s, %(user)s)",
+    # python-telegram-bot persistence: the user's user_data, found by its channel id.
+    "telegram_persistence": "INSERT INTO telegram_persistence (namespace, kind, key, channel,"
+    " owner_ids, data) VALUES ('default', 'user_data', %(channel_user_id)s, %(channel)s,"
+    " ARRAY[%(channel_user_id)s], '{\"likes\": \"tea\"}')",
 }
 
 

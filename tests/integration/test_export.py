@@ -60,6 +60,11 @@ def busy_user(store: Store, conn: psycopg.Connection[Any], name: str) -> Any:
         " state) SELECT 1, 1, count(*) + 1, 'telegram', %s, 'Form:name' FROM aiogram_fsm_states",
         (user,),
     )
+    conn.execute(
+        "INSERT INTO telegram_persistence (namespace, kind, key, channel, owner_ids, data)"
+        " VALUES ('default', 'user_data', %(n)s, 'telegram', ARRAY[%(n)s], '{\"a\": 1}')",
+        {"n": name},
+    )
     store.create_link_code(user, now=T0)
     # A LangGraph thread of the user's: a checkpoint, a list value (line, item) and a write.
     conn.execute(
