@@ -345,7 +345,7 @@ FILL: dict[str, str] = {
     # python-telegram-bot persistence: the user's user_data, found by its channel id.
     "telegram_persistence": "INSERT INTO telegram_persistence (namespace, kind, key, channel,"
     " owner_ids, data) VALUES ('default', 'user_data', %(channel_user_id)s, %(channel)s,"
-    " ARRAY[%(channel_user_id)s], '{\"likes\": \"tea\"}')",
+    ' ARRAY[%(channel_user_id)s], \'{"likes": "tea"}\')',
 }
 
 
