@@ -13,7 +13,8 @@ the bots never queue behind the job for longer than that.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -112,6 +113,22 @@ def _ddl(name: str, **parts: Any) -> sql.Composed:
     return sql.SQL(QUERIES[name]).format(**values)
 
 
+@contextmanager
+def _as_owner(conn: Connection, table: str) -> Iterator[None]:
+    """Run the block as ``table``'s owner: PostgreSQL lets only the owner attach, detach and
+    drop partitions. The daemon's role holds only its own grants (NOINHERIT) and takes the
+    owner's role here alone, on its autocommit connection, until the block ends."""
+    row = conn.execute(QUERIES["partition_owner"], {"table": table}).fetchone()
+    if row is None or not row[1]:
+        yield
+        return
+    conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(row[0])))
+    try:
+        yield
+    finally:
+        conn.execute("RESET ROLE")
+
+
 def _set_lock_timeout(conn: Connection, lock_timeout_ms: int) -> None:
     conn.execute(QUERIES["partition_lock_timeout"], {"lock_timeout_ms": lock_timeout_ms})
 
@@ -133,7 +150,7 @@ def create(
         "upper": upper,
     }
     try:
-        with conn.transaction():
+        with _as_owner(conn, table), conn.transaction():
             _set_lock_timeout(conn, lock_timeout_ms)
             conn.execute(_ddl("partition_lock_for_create", parent=table))
             conn.execute(_ddl("partition_create", **parts))
@@ -160,6 +177,18 @@ def drop(
     ``concurrently`` (only possible when the table has no DEFAULT partition): DETACH ...
     CONCURRENTLY, which never blocks the bots' reads and writes of the table.
     """
+    with _as_owner(conn, partition.parent):
+        return _drop(conn, partition, lock_timeout_ms, concurrently=concurrently, keep_if=keep_if)
+
+
+def _drop(
+    conn: Connection,
+    partition: Partition,
+    lock_timeout_ms: int,
+    *,
+    concurrently: bool,
+    keep_if: Callable[[Connection, str], bool] | None,
+) -> int | None:
     parts = {"parent": partition.parent, "partition": partition.name}
     rows = _rows(conn, partition)
     kept = False

@@ -23,7 +23,7 @@ from typing import NoReturn
 import psycopg
 import sqlalchemy.exc
 
-from sessionkeeper.admin import citus, embedded, legacy, migrate
+from sessionkeeper.admin import citus, embedded, legacy, migrate, roles
 from sessionkeeper.admin.embedded import EmbeddedPostgres
 from sessionkeeper.daemon.config import Config, load_config
 from sessionkeeper.daemon.logs import log_run, setup_logging
@@ -370,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "citus-ddl", help="print the SQL that distributes the schema over Citus (no database)"
     ).set_defaults(func=cmd_citus_ddl)
+    roles.register(commands)
     return parser
 
 

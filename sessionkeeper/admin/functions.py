@@ -16,7 +16,7 @@ from typing import Any
 
 import psycopg
 from packaging.version import Version
-from psycopg import errors
+from psycopg import errors, sql
 
 log = logging.getLogger("sessionkeeper.migrate")
 
@@ -25,6 +25,24 @@ FUNCTIONS_RESOURCE = ("store", "sql/functions.sql")
 _DEFINED = re.compile(
     r"^CREATE OR REPLACE FUNCTION\s+([a-z_][a-z0-9_]*)\s*\(", re.MULTILINE | re.IGNORECASE
 )
+
+
+# Plain SQL functions the planner inlines into the calling query (sk_proactive_candidates: the
+# jobs' keyset filter and LIMIT reach the scan of users). A SET clause would stop the inlining,
+# so their search_path is not pinned; inlined, they run as part of the caller's own statement,
+# with its privileges and its search_path, so a pinned path would protect nothing. A test
+# holds them to LANGUAGE sql, SECURITY INVOKER.
+INLINED = frozenset({"sk_capped_total", "sk_proactive_candidates"})
+
+# The functions of this schema that functions.sql defines (and every sk_* one): hardened after
+# each apply, since CREATE OR REPLACE resets a function's SET options to its statement's.
+_SCHEMA_FUNCTIONS = r"""
+SELECT p.proname, p.oid::regprocedure::text, n.nspname
+FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+WHERE p.pronamespace = current_schema()::regnamespace
+  AND (p.proname LIKE 'sk\_%%' OR p.proname = ANY(%(defined)s))
+ORDER BY 2
+"""
 
 
 class FunctionsApplyError(Exception):
@@ -84,6 +102,7 @@ def apply_functions(connection: psycopg.Connection[Any], release: str | None = N
             " a function whose signature or result changes needs a new name (..._v2),"
             " see docs/upgrades.md"
         ) from exc
+    harden_functions(connection)
     connection.execute(
         "INSERT INTO applied_functions (release, sha256) VALUES (%s, %s)"
         " ON CONFLICT (singleton) DO UPDATE"
@@ -91,3 +110,21 @@ def apply_functions(connection: psycopg.Connection[Any], release: str | None = N
         (release, digest),
     )
     return True
+
+
+def harden_functions(connection: psycopg.Connection[Any]) -> None:
+    """Revoke EXECUTE from PUBLIC on every function of the file (the roles' grants are
+    sessionkeeper.admin.roles') and pin its search_path to its schema (pg_temp last), so
+    that no object a caller puts earlier in its path is resolved in a function's body."""
+    rows = connection.execute(
+        _SCHEMA_FUNCTIONS, {"defined": sorted(defined_functions())}
+    ).fetchall()
+    for name, signature, schema in rows:
+        target = sql.SQL(signature)  # regprocedure's text, quoted where needed
+        connection.execute(sql.SQL("REVOKE ALL ON FUNCTION {} FROM PUBLIC").format(target))
+        if name not in INLINED:
+            connection.execute(
+                sql.SQL("ALTER FUNCTION {} SET search_path = {}, pg_temp").format(
+                    target, sql.Identifier(schema)
+                )
+            )
