@@ -358,9 +358,16 @@ WHERE p.pronamespace = current_schema()::regnamespace AND r.rolname <> %(owner)s
 """
 
 
+_OWNED_STATISTICS = """
+SELECT s.stxname, r.rolname FROM pg_statistic_ext s JOIN pg_roles r ON r.oid = s.stxowner
+WHERE s.stxnamespace = current_schema()::regnamespace AND r.rolname <> %(owner)s
+"""
+
+
 def _hand_over(conn: psycopg.Connection[Any], roles: Roles) -> set[str]:
-    """ALTER ... OWNER TO owner for every table (partitions included; sequences follow their
-    table) and function of the schema; returns the previous owners."""
+    """ALTER ... OWNER TO owner for every table (partitions included; sequences and indexes
+    follow their table), statistics object and function of the schema; returns the previous
+    owners."""
     params = {"owner": roles.owner}
     owner = sql.Identifier(roles.owner)
     previous: set[str] = set()
@@ -374,6 +381,11 @@ def _hand_over(conn: psycopg.Connection[Any], roles: Roles) -> set[str]:
                 sql.Identifier(name),
                 owner,
             )
+        )
+        previous.add(old)
+    for name, old in conn.execute(_OWNED_STATISTICS, params).fetchall():
+        conn.execute(
+            sql.SQL("ALTER STATISTICS {} OWNER TO {}").format(sql.Identifier(name), owner)
         )
         previous.add(old)
     for signature, old in conn.execute(_OWNED_FUNCTIONS, params).fetchall():
