@@ -75,8 +75,12 @@ TABLES: dict[str, Grants] = {
     "archived_session_messages": Grants(
         bot=RW, daemon=RW, reader="SELECT (session_id, seq, role, created_at)"
     ),
-    "rate_limits": Grants(bot=RW, daemon="SELECT, DELETE", reader="SELECT"),
+    "rate_limits": Grants(bot=RW, daemon="SELECT, UPDATE, DELETE", reader="SELECT"),
     "usage_stats": Grants(bot=RW, daemon=RW, reader="SELECT"),
+    # The DEFAULT partitions (revision 0013), which the cleanup jobs read and empty directly.
+    # Other partitions are reached through their parent only (its privileges are checked).
+    "rate_limits_default": Grants(bot=NONE, daemon="SELECT, UPDATE, DELETE", reader=NONE),
+    "usage_stats_default": Grants(bot=NONE, daemon="SELECT, UPDATE, DELETE", reader=NONE),
     "usage_rollup_state": Grants(bot=READ_LOCK, daemon=RW, reader="SELECT"),
     "usage_daily": Grants(bot=RW, daemon=RW, reader="SELECT"),
     # The key of sk_user_key: the owner's alone (sk_user_key is SECURITY DEFINER).
@@ -169,12 +173,13 @@ ORDER BY 2
 
 
 def schema_objects(conn: psycopg.Connection[Any]) -> dict[str, str]:
-    """The schema's tables, views and sequences (partitions left out: their rows are reached
-    through the parent, whose privileges are checked), name -> 'table' or 'sequence'."""
+    """The schema's tables, views and sequences, name -> 'table' or 'sequence'; partitions
+    left out (their rows are reached through the parent, whose privileges are checked) but
+    the DEFAULT ones, which jobs read directly."""
     return {
         name: "sequence" if kind == "S" else "table"
         for name, kind in conn.execute(_OBJECTS).fetchall()
-        if not is_partition(name)
+        if not is_partition(name) or name.endswith("_default")
     }
 
 
@@ -384,9 +389,7 @@ def _hand_over(conn: psycopg.Connection[Any], roles: Roles) -> set[str]:
         )
         previous.add(old)
     for name, old in conn.execute(_OWNED_STATISTICS, params).fetchall():
-        conn.execute(
-            sql.SQL("ALTER STATISTICS {} OWNER TO {}").format(sql.Identifier(name), owner)
-        )
+        conn.execute(sql.SQL("ALTER STATISTICS {} OWNER TO {}").format(sql.Identifier(name), owner))
         previous.add(old)
     for signature, old in conn.execute(_OWNED_FUNCTIONS, params).fetchall():
         conn.execute(sql.SQL("ALTER FUNCTION {} OWNER TO {}").format(sql.SQL(signature), owner))
