@@ -246,9 +246,11 @@ def test_a_role_without_the_grants_gets_a_typed_error(database_url: str, conn: C
     conn.execute("DROP ROLE IF EXISTS sk_test_nobody")
     conn.execute("CREATE ROLE sk_test_nobody LOGIN")
     try:
-        with Store(as_login(database_url, "sk_test_nobody")) as db:
-            with pytest.raises(PermissionDenied, match="bot role"):
-                db.begin_turn("telegram", 42, now=T0)
+        with (
+            Store(as_login(database_url, "sk_test_nobody")) as db,
+            pytest.raises(PermissionDenied, match="bot role"),
+        ):
+            db.begin_turn("telegram", 42, now=T0)
     finally:
         conn.execute("DROP OWNED BY sk_test_nobody")
         conn.execute("DROP ROLE sk_test_nobody")
