@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -33,7 +34,7 @@ import psycopg
 from psycopg import sql
 
 from store.connection import configured_database_url, describe, secure_conninfo
-from store.errors import ConfigurationError, InvalidInput
+from store.errors import ConfigurationError, InvalidInput, TransactionConflict
 from store.schema import is_partition
 
 log = logging.getLogger("sessionkeeper.roles")
@@ -295,57 +296,93 @@ def setup(
     members: Mapping[str, Iterable[str]] | None = None,
 ) -> list[str]:
     """Create the group roles (if missing), hand every object of the schema to the owner role,
-    apply the grants and make the given logins (kind -> login names) members; in the caller's
-    transaction. Returns what was done, one line each.
+    apply the grants and make the given logins (kind -> login names) members. ``conn`` is in
+    autocommit mode: each step is its own short transaction, so the bots of a running
+    deployment are never held up for long. Returns what was done, one line each; running it
+    again does what is missing.
 
-    The roles that owned the objects before become members of owner, so bots still running
-    under them keep working until they are moved to their own logins (docs/roles.md).
+    The roles that owned the objects before become members of owner first, so bots still
+    running under them keep working until they move to their own logins (docs/roles.md).
     """
     roles = roles or Roles.configured()
-    done: list[str] = []
-    for kind in KINDS:
-        name = roles.name(kind)
-        if not role_exists(conn, name):
-            # NOINHERIT for daemon: see the module's docstring.
-            options = "NOLOGIN NOINHERIT" if kind == "daemon" else "NOLOGIN"
-            conn.execute(sql.SQL("CREATE ROLE {} " + options).format(sql.Identifier(name)))
-            done.append(f"created role {name}")
-    owner = sql.Identifier(roles.owner)
-    schema = sql.Identifier(_current_schema(conn))
-    conn.execute(sql.SQL("GRANT USAGE, CREATE ON SCHEMA {} TO {}").format(schema, owner))
-    conn.execute(sql.SQL("REVOKE CREATE ON SCHEMA {} FROM PUBLIC").format(schema))
-    database = conn.execute("SELECT current_database()").fetchone()
-    assert database is not None
-    conn.execute(
-        sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(
-            sql.Identifier(database[0]),
-            sql.SQL(", ").join(sql.Identifier(roles.name(kind)) for kind in KINDS),
-        )
-    )
-    previous = _hand_over(conn, roles)
-    for old in sorted(previous):
-        if old != roles.owner and not _is_superuser(conn, old):
-            conn.execute(sql.SQL("GRANT {} TO {}").format(owner, sql.Identifier(old)))
-            done.append(f"{old} (the previous owner) made a member of {roles.owner}")
-    if previous:
-        done.append(f"objects of {', '.join(sorted(previous))} handed to {roles.owner}")
-    # The daemon takes the owner role for partition DDL only (SET ROLE; NOINHERIT).
-    conn.execute(sql.SQL("GRANT {} TO {}").format(owner, sql.Identifier(roles.name("daemon"))))
-    apply_grants(conn, roles)
-    done.append("grants applied")
-    for kind, logins in (members or {}).items():
+    logins = {kind: list(names) for kind, names in (members or {}).items()}
+    # Bad input changes nothing.
+    for kind, names in logins.items():
         if kind not in KINDS:
             raise InvalidInput(f"unknown role kind {kind!r}: one of {', '.join(KINDS)}")
-        for login in logins:
+        for login in names:
             if not role_exists(conn, login):
                 raise InvalidInput(f"no role {login!r}: create the login first (docs/roles.md)")
-            conn.execute(
-                sql.SQL("GRANT {} TO {}").format(
-                    sql.Identifier(roles.name(kind)), sql.Identifier(login)
-                )
+    done: list[str] = []
+    owner = sql.Identifier(roles.owner)
+    with conn.transaction():
+        for kind in KINDS:
+            name = roles.name(kind)
+            if not role_exists(conn, name):
+                # NOINHERIT for daemon: see the module's docstring.
+                options = "NOLOGIN NOINHERIT" if kind == "daemon" else "NOLOGIN"
+                conn.execute(sql.SQL("CREATE ROLE {} " + options).format(sql.Identifier(name)))
+                done.append(f"created role {name}")
+        schema = sql.Identifier(_current_schema(conn))
+        conn.execute(sql.SQL("GRANT USAGE, CREATE ON SCHEMA {} TO {}").format(schema, owner))
+        conn.execute(sql.SQL("REVOKE CREATE ON SCHEMA {} FROM PUBLIC").format(schema))
+        conn.execute(
+            sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(
+                sql.Identifier(_one(conn, "SELECT current_database()")),
+                sql.SQL(", ").join(sql.Identifier(roles.name(kind)) for kind in KINDS),
             )
-            done.append(f"{login} made a member of {roles.name(kind)}")
+        )
+        # The daemon takes the owner role for partition DDL only (SET ROLE; NOINHERIT).
+        conn.execute(sql.SQL("GRANT {} TO {}").format(owner, sql.Identifier(roles.name("daemon"))))
+        changes = _ownership_changes(conn, roles)
+        for old in sorted({old for _, old in changes}):
+            if not _is_superuser(conn, old):
+                conn.execute(sql.SQL("GRANT {} TO {}").format(owner, sql.Identifier(old)))
+                done.append(f"{old} (the previous owner) made a member of {roles.owner}")
+    for statement, _ in changes:
+        _with_short_locks(conn, statement)
+    if changes:
+        done.append(f"{len(changes)} objects handed to {roles.owner}")
+    with conn.transaction():
+        apply_grants(conn, roles)
+        done.append("grants applied")
+        for kind, names in logins.items():
+            for login in names:
+                conn.execute(
+                    sql.SQL("GRANT {} TO {}").format(
+                        sql.Identifier(roles.name(kind)), sql.Identifier(login)
+                    )
+                )
+                done.append(f"{login} made a member of {roles.name(kind)}")
     return done
+
+
+def _one(conn: psycopg.Connection[Any], query: str) -> Any:
+    row = conn.execute(query).fetchone()  # type: ignore[arg-type]
+    assert row is not None
+    return row[0]
+
+
+# ALTER ... OWNER TO takes an ACCESS EXCLUSIVE lock. It waits less than the server's
+# deadlock_timeout (1 s by default) and tries again: a bot is then never a deadlock's victim,
+# and never queues behind the hand-over for longer than this.
+HAND_OVER_LOCK_TIMEOUT = "200ms"
+HAND_OVER_ATTEMPTS = 50
+
+
+def _with_short_locks(conn: psycopg.Connection[Any], statement: sql.Composed) -> None:
+    for attempt in range(HAND_OVER_ATTEMPTS):
+        try:
+            with conn.transaction():
+                conn.execute(f"SET LOCAL lock_timeout = '{HAND_OVER_LOCK_TIMEOUT}'")
+                conn.execute(statement)
+            return
+        except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
+            time.sleep(min(0.05 * (attempt + 1), 1.0))
+    raise TransactionConflict(
+        f"{statement.as_string(conn)}: its lock was not granted in {HAND_OVER_ATTEMPTS}"
+        " attempts (the tables are busy); run `sessionkeeper roles setup` again"
+    )
 
 
 _OWNED = """
@@ -362,39 +399,35 @@ WHERE p.pronamespace = current_schema()::regnamespace AND r.rolname <> %(owner)s
                   WHERE d.objid = p.oid AND d.classid = 'pg_proc'::regclass AND d.deptype = 'e')
 """
 
-
 _OWNED_STATISTICS = """
 SELECT s.stxname, r.rolname FROM pg_statistic_ext s JOIN pg_roles r ON r.oid = s.stxowner
 WHERE s.stxnamespace = current_schema()::regnamespace AND r.rolname <> %(owner)s
 """
 
+_ALTER = {"r": "TABLE", "p": "TABLE", "v": "VIEW", "m": "MATERIALIZED VIEW"}
 
-def _hand_over(conn: psycopg.Connection[Any], roles: Roles) -> set[str]:
+
+def _ownership_changes(
+    conn: psycopg.Connection[Any], roles: Roles
+) -> list[tuple[sql.Composed, str]]:
     """ALTER ... OWNER TO owner for every table (partitions included; sequences and indexes
-    follow their table), statistics object and function of the schema; returns the previous
-    owners."""
+    follow their table), statistics object and function of the schema not the owner's yet,
+    each with its current owner."""
     params = {"owner": roles.owner}
     owner = sql.Identifier(roles.owner)
-    previous: set[str] = set()
+    changes: list[tuple[sql.Composed, str]] = []
     for name, kind, old in conn.execute(_OWNED, params).fetchall():
-        keyword = "VIEW" if kind in ("v", "m") else "TABLE"
-        if kind == "m":
-            keyword = "MATERIALIZED VIEW"
-        conn.execute(
-            sql.SQL("ALTER {} {} OWNER TO {}").format(
-                sql.SQL(keyword),
-                sql.Identifier(name),
-                owner,
-            )
+        statement = sql.SQL("ALTER {} {} OWNER TO {}").format(
+            sql.SQL(_ALTER[kind]), sql.Identifier(name), owner
         )
-        previous.add(old)
+        changes.append((statement, old))
     for name, old in conn.execute(_OWNED_STATISTICS, params).fetchall():
-        conn.execute(sql.SQL("ALTER STATISTICS {} OWNER TO {}").format(sql.Identifier(name), owner))
-        previous.add(old)
+        statement = sql.SQL("ALTER STATISTICS {} OWNER TO {}").format(sql.Identifier(name), owner)
+        changes.append((statement, old))
     for signature, old in conn.execute(_OWNED_FUNCTIONS, params).fetchall():
-        conn.execute(sql.SQL("ALTER FUNCTION {} OWNER TO {}").format(sql.SQL(signature), owner))
-        previous.add(old)
-    return previous
+        statement = sql.SQL("ALTER FUNCTION {} OWNER TO {}").format(sql.SQL(signature), owner)
+        changes.append((statement, old))
+    return changes
 
 
 def _is_superuser(conn: psycopg.Connection[Any], role: str) -> bool:
@@ -436,7 +469,9 @@ def _connect(url: str | None) -> psycopg.Connection[Any]:
     resolved = configured_database_url(url)
     if resolved is None:
         raise ConfigurationError("no database URL: set SESSIONKEEPER_DATABASE_URL or DATABASE_URL")
-    return psycopg.connect(secure_conninfo(resolved, application_name="sessionkeeper-roles"))
+    return psycopg.connect(
+        secure_conninfo(resolved, application_name="sessionkeeper-roles"), autocommit=True
+    )
 
 
 def cmd_roles_setup(args: argparse.Namespace) -> int:

@@ -116,7 +116,7 @@ def create_logins(admin_url: str) -> None:
 
 def set_up_roles(url: str) -> None:
     """``sessionkeeper roles setup`` with the test logins, as the admin."""
-    with psycopg.connect(url) as conn:
+    with psycopg.connect(url, autocommit=True) as conn:
         roles.setup(conn, members={kind: [login] for kind, login in TEST_LOGINS.items()})
 
 
