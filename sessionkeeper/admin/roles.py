@@ -358,7 +358,7 @@ def setup(
 
 
 def _one(conn: psycopg.Connection[Any], query: str) -> Any:
-    row = conn.execute(query).fetchone()  # type: ignore[arg-type]
+    row = conn.execute(query).fetchone()
     assert row is not None
     return row[0]
 
