@@ -16,9 +16,10 @@ from typing import Any
 import psycopg
 import pytest
 from aiogram.fsm.storage.base import StorageKey
-from conftest import TEST_LOGINS, as_login
+from conftest import TEST_LOGINS, as_login, create_logins
 from langchain_core.messages import AIMessage, HumanMessage
 from store_support import T0
+from upgrade_support import migrate_process
 
 from sessionkeeper.admin import migrate, roles
 from sessionkeeper.admin.functions import INLINED, defined_functions
@@ -397,3 +398,41 @@ def test_migrate_twice_keeps_every_grant_and_security_setting(
     migrate.upgrade(migrate_login)
     migrate.upgrade(database_url)  # a superuser's migrate acts as the owner too
     assert security(conn) == before
+
+
+# -- a new deployment, through the CLI ----------------------------------------------------------
+
+
+def test_a_new_database_is_set_up_then_migrated_by_the_migrate_login(
+    admin_url: str, empty_database_url: str
+) -> None:
+    create_logins(admin_url)
+    options = [f"--{kind}-login={login}" for kind, login in TEST_LOGINS.items()]
+    # Bad input: one line, nothing changed.
+    refused = migrate_process(empty_database_url, "roles", "setup", "--bot-login=sk_nobody")
+    assert (refused.returncode, refused.stderr) == (
+        1,
+        "sessionkeeper: no role 'sk_nobody': create the login first (docs/roles.md)\n",
+    )
+    setup = migrate_process(empty_database_url, "roles", "setup", *options)
+    assert setup.returncode == 0, setup.stderr
+    assert "sk_test_bot made a member of sessionkeeper_bot" in setup.stdout
+    migrated = migrate_process(as_login(empty_database_url, TEST_LOGINS["owner"]))
+    assert migrated.returncode == 0, migrated.stderr
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        owners = conn.execute(
+            "SELECT DISTINCT pg_get_userbyid(relowner) FROM pg_class"
+            " WHERE relnamespace = 'public'::regnamespace AND relkind IN ('r', 'p', 'S')"
+            " UNION SELECT DISTINCT pg_get_userbyid(proowner) FROM pg_proc"
+            " WHERE pronamespace = 'public'::regnamespace"
+        ).fetchall()
+        assert owners == [("sessionkeeper_owner",)]
+        assert one(conn, "SELECT count(*) FROM users") == 0
+    check = migrate_process(empty_database_url, "roles", "check")
+    assert (check.returncode, check.stdout) == (0, "")
+    with Store(as_login(empty_database_url, TEST_LOGINS["bot"])) as db:
+        assert db.begin_turn("telegram", 42, now=T0).rate.allowed
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE checkpoints (id bigint)")
+    check = migrate_process(empty_database_url, "roles", "check")
+    assert (check.returncode, check.stdout) == (1, "no declared grants: table checkpoints\n")
