@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -163,9 +164,10 @@ WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind IN ('r', 'p'
                   WHERE d.objid = c.oid AND d.deptype = 'e')
 """
 
-_FUNCTIONS = """
+# sessionkeeper's functions are all named sk_*; others in the schema are another subsystem's.
+_FUNCTIONS = r"""
 SELECT p.proname, p.oid::regprocedure::text FROM pg_proc p
-WHERE p.pronamespace = current_schema()::regnamespace
+WHERE p.pronamespace = current_schema()::regnamespace AND p.proname LIKE 'sk\_%'
   AND NOT EXISTS (SELECT 1 FROM pg_depend d
                   WHERE d.objid = p.oid AND d.classid = 'pg_proc'::regclass
                     AND d.deptype = 'e')
@@ -232,8 +234,10 @@ FROM pg_roles r WHERE r.rolname = %(owner)s
 
 def apply_grants(conn: psycopg.Connection[Any], roles: Roles | None = None) -> bool:
     """Make every declared object's privileges exactly the declared ones, in the caller's
-    transaction (revoke and grant commit together: a running bot never sees a gap). Skipped
-    (False) when the roles were never set up."""
+    transaction (revoke and grant commit together: a running bot never sees a gap). Objects
+    whose privileges are already right are not touched: GRANT takes a lock on its table, which
+    a migrate with nothing to change must not wait for. Skipped (False) when the roles were
+    never set up."""
     roles = roles or Roles.configured()
     if not all(role_exists(conn, roles.name(kind)) for kind in KINDS):
         log.info(
@@ -241,12 +245,16 @@ def apply_grants(conn: psycopg.Connection[Any], roles: Roles | None = None) -> b
         )
         return False
     grantees = sql.SQL(", ").join(sql.Identifier(roles.name(kind)) for kind in GRANTEES)
-    schema = sql.Identifier(_current_schema(conn))
-    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(schema, grantees))
+    names = {roles.name(kind) for kind in GRANTEES} | {"PUBLIC"}
+    held = _held(conn, _ACLS, names)
     for name, kind in schema_objects(conn).items():
         declared = SEQUENCES.get(name) if kind == "sequence" else TABLES.get(name)
         if declared is None:
-            log.warning("%s %s has no declared grants: only its owner may use it", kind, name)
+            # Another subsystem's, or a table of a newer release: left as it is.
+            log.warning("%s %s has no declared grants: left as it is", kind, name)
+            continue
+        if held.get(name, set()) == _wanted(declared, roles):
+            continue
         target = sql.SQL("SEQUENCE" if kind == "sequence" else "TABLE")
         conn.execute(
             sql.SQL("REVOKE ALL ON {} {} FROM PUBLIC, {}").format(
@@ -254,12 +262,66 @@ def apply_grants(conn: psycopg.Connection[Any], roles: Roles | None = None) -> b
             )
         )
         _grant(conn, target, sql.Identifier(name), declared, roles)
+    held = _held(conn, _FUNCTION_ACLS, names)
     for name, signature in schema_functions(conn):
+        declared = FUNCTIONS.get(name)
+        if declared is not None and held.get(signature, set()) == _wanted(declared, roles):
+            continue
         # The signature is regprocedure's text: quoted where needed.
         ident = sql.SQL(signature)
         conn.execute(sql.SQL("REVOKE ALL ON FUNCTION {} FROM PUBLIC, {}").format(ident, grantees))
-        _grant(conn, sql.SQL("FUNCTION"), ident, FUNCTIONS.get(name), roles)
+        _grant(conn, sql.SQL("FUNCTION"), ident, declared, roles)
     return True
+
+
+# Who holds what on each object (column privileges with their column), PUBLIC included.
+_ACLS = """
+SELECT c.relname, coalesce(r.rolname, 'PUBLIC'), a.privilege_type, NULL::name
+FROM pg_class c
+CROSS JOIN LATERAL aclexplode(coalesce(
+    c.relacl, acldefault(CASE c.relkind WHEN 'S' THEN 's' ELSE 'r' END::"char", c.relowner))) a
+LEFT JOIN pg_roles r ON r.oid = a.grantee
+WHERE c.relnamespace = current_schema()::regnamespace
+UNION ALL
+SELECT c.relname, coalesce(r.rolname, 'PUBLIC'), a.privilege_type, t.attname
+FROM pg_class c
+JOIN pg_attribute t ON t.attrelid = c.oid AND t.attacl IS NOT NULL
+CROSS JOIN LATERAL aclexplode(t.attacl) a
+LEFT JOIN pg_roles r ON r.oid = a.grantee
+WHERE c.relnamespace = current_schema()::regnamespace
+"""
+
+_FUNCTION_ACLS = """
+SELECT p.oid::regprocedure::text, coalesce(r.rolname, 'PUBLIC'), a.privilege_type, NULL::name
+FROM pg_proc p
+CROSS JOIN LATERAL aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
+LEFT JOIN pg_roles r ON r.oid = a.grantee
+WHERE p.pronamespace = current_schema()::regnamespace
+"""
+
+Privilege = tuple[str, str, str | None]  # grantee, privilege, column (None: the whole object)
+
+_PRIVILEGE = re.compile(r"([A-Z]+)\s*(?:\(([^)]*)\))?")
+
+
+def _held(
+    conn: psycopg.Connection[Any], query: str, grantees: set[str]
+) -> dict[str, set[Privilege]]:
+    held: dict[str, set[Privilege]] = {}
+    for name, grantee, privilege, column in conn.execute(query).fetchall():
+        if grantee in grantees:
+            held.setdefault(name, set()).add((grantee, privilege, column))
+    return held
+
+
+def _wanted(declared: Grants, roles: Roles) -> set[Privilege]:
+    """The declared privileges as aclexplode shows them."""
+    wanted: set[Privilege] = set()
+    for kind, privileges in zip(GRANTEES, declared, strict=True):
+        for privilege, columns in _PRIVILEGE.findall(privileges):
+            for column in [c.strip() for c in columns.split(",")] if columns else [None]:
+                wanted.add((roles.name(kind), privilege, column))
+    return wanted
 
 
 def _grant(
@@ -327,6 +389,11 @@ def setup(
         conn.execute(sql.SQL("GRANT USAGE, CREATE ON SCHEMA {} TO {}").format(schema, owner))
         conn.execute(sql.SQL("REVOKE CREATE ON SCHEMA {} FROM PUBLIC").format(schema))
         conn.execute(
+            sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(
+                schema, sql.SQL(", ").join(sql.Identifier(roles.name(k)) for k in GRANTEES)
+            )
+        )
+        conn.execute(
             sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(
                 sql.Identifier(_one(conn, "SELECT current_database()")),
                 sql.SQL(", ").join(sql.Identifier(roles.name(kind)) for kind in KINDS),
@@ -392,36 +459,48 @@ WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind IN ('r', 'p'
   AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype = 'e')
 """
 
-_OWNED_FUNCTIONS = """
+_OWNED_FUNCTIONS = r"""
 SELECT p.oid::regprocedure::text, r.rolname FROM pg_proc p JOIN pg_roles r ON r.oid = p.proowner
 WHERE p.pronamespace = current_schema()::regnamespace AND r.rolname <> %(owner)s
+  AND p.proname LIKE 'sk\_%%'
   AND NOT EXISTS (SELECT 1 FROM pg_depend d
                   WHERE d.objid = p.oid AND d.classid = 'pg_proc'::regclass AND d.deptype = 'e')
 """
 
 _OWNED_STATISTICS = """
-SELECT s.stxname, r.rolname FROM pg_statistic_ext s JOIN pg_roles r ON r.oid = s.stxowner
+SELECT s.stxname, r.rolname, c.relname FROM pg_statistic_ext s
+JOIN pg_roles r ON r.oid = s.stxowner JOIN pg_class c ON c.oid = s.stxrelid
 WHERE s.stxnamespace = current_schema()::regnamespace AND r.rolname <> %(owner)s
 """
 
 _ALTER = {"r": "TABLE", "p": "TABLE", "v": "VIEW", "m": "MATERIALIZED VIEW"}
 
 
+def _ours(table: str) -> bool:
+    """A table of sessionkeeper's (declared, or a partition of one): another subsystem's
+    tables in the schema are left to their owner."""
+    return table in TABLES or is_partition(table)
+
+
 def _ownership_changes(
     conn: psycopg.Connection[Any], roles: Roles
 ) -> list[tuple[sql.Composed, str]]:
-    """ALTER ... OWNER TO owner for every table (partitions included; sequences and indexes
-    follow their table), statistics object and function of the schema not the owner's yet,
-    each with its current owner."""
+    """ALTER ... OWNER TO owner for every table of sessionkeeper's (partitions included;
+    sequences and indexes follow their table), its statistics objects and sk_* functions not
+    the owner's yet, each with its current owner."""
     params = {"owner": roles.owner}
     owner = sql.Identifier(roles.owner)
     changes: list[tuple[sql.Composed, str]] = []
     for name, kind, old in conn.execute(_OWNED, params).fetchall():
+        if not _ours(name):
+            continue
         statement = sql.SQL("ALTER {} {} OWNER TO {}").format(
             sql.SQL(_ALTER[kind]), sql.Identifier(name), owner
         )
         changes.append((statement, old))
-    for name, old in conn.execute(_OWNED_STATISTICS, params).fetchall():
+    for name, old, table in conn.execute(_OWNED_STATISTICS, params).fetchall():
+        if not _ours(table):
+            continue
         statement = sql.SQL("ALTER STATISTICS {} OWNER TO {}").format(sql.Identifier(name), owner)
         changes.append((statement, old))
     for signature, old in conn.execute(_OWNED_FUNCTIONS, params).fetchall():

@@ -436,3 +436,30 @@ def test_a_new_database_is_set_up_then_migrated_by_the_migrate_login(
         conn.execute("CREATE TABLE checkpoints (id bigint)")
     check = migrate_process(empty_database_url, "roles", "check")
     assert (check.returncode, check.stdout) == (1, "no declared grants: table checkpoints\n")
+
+
+def test_migrate_with_nothing_to_change_waits_for_no_table_lock(
+    database_url: str, conn: Conn
+) -> None:
+    # GRANT locks its table: a migrate at head that changes nothing must not wait behind a
+    # long ACCESS EXCLUSIVE lock (the daemon migrates on start).
+    with psycopg.connect(database_url) as blocker:
+        blocker.execute("LOCK TABLE archived_sessions IN ACCESS EXCLUSIVE MODE")
+        blocker.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+        conn.execute("SET lock_timeout = '2s'")
+        with psycopg.connect(database_url) as migrating:
+            migrating.execute("SET lock_timeout = '2s'")
+            assert roles.apply_grants(migrating)
+    # A changed grant is put back (and would wait for the lock).
+    conn.execute("GRANT SELECT ON user_key_secret TO sessionkeeper_reader")
+    conn.execute("REVOKE UPDATE ON users FROM sessionkeeper_bot")
+    before = security(conn)
+    migrate.upgrade(database_url)
+    after = security(conn)
+    assert after != before
+    assert "sessionkeeper_reader" not in (after["table user_key_secret"][0] or "")
+    with (
+        psycopg.connect(as_login(database_url, TEST_LOGINS["reader"])) as reader,
+        pytest.raises(psycopg.errors.InsufficientPrivilege),
+    ):
+        reader.execute("SELECT secret FROM user_key_secret")
