@@ -35,7 +35,12 @@ import psycopg
 from psycopg import sql
 
 from store.connection import configured_database_url, describe, secure_conninfo
-from store.errors import ConfigurationError, InvalidInput, TransactionConflict
+from store.errors import (
+    ConfigurationError,
+    InvalidInput,
+    PermissionDenied,
+    TransactionConflict,
+)
 from store.schema import is_partition
 
 log = logging.getLogger("sessionkeeper.roles")
@@ -557,8 +562,13 @@ def cmd_roles_setup(args: argparse.Namespace) -> int:
     members = {kind: getattr(args, f"{kind}_logins") for kind in KINDS}
     with _connect(args.database_url) as conn:
         print(f"database {describe(conn.info.dsn)}")
-        for line in setup(conn, members=members):
-            print(line)
+        try:
+            for line in setup(conn, members=members):
+                print(line)
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise PermissionDenied(
+                f"roles setup: {exc.diag.message_primary}; run it as a superuser (docs/roles.md)"
+            ) from None
     return 0
 
 

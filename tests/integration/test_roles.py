@@ -11,14 +11,17 @@ import asyncio
 import io
 from collections.abc import Callable, Generator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from aiogram.fsm.storage.base import StorageKey
 from conftest import TEST_LOGINS, as_login, create_logins
+from daemon_support import daemon_env, every_job
 from langchain_core.messages import AIMessage, HumanMessage
 from store_support import T0
+from test_daemon import Daemon, wait_for
 from upgrade_support import migrate_process
 
 from sessionkeeper.admin import migrate, roles
@@ -463,3 +466,29 @@ def test_migrate_with_nothing_to_change_waits_for_no_table_lock(
         pytest.raises(psycopg.errors.InsufficientPrivilege),
     ):
         reader.execute("SELECT secret FROM user_key_secret")
+
+
+def test_the_daemon_process_runs_as_the_daemon_role(
+    daemon_url: str, conn: Conn, tmp_path: Path
+) -> None:
+    # `sessionkeeper run` itself: its jobs, readiness check and gauges under the daemon's grants.
+    env = daemon_env(daemon_url, SESSIONKEEPER_MIGRATE_ON_START="false", **every_job("1"))
+    daemon = Daemon(env, tmp_path / "daemon.log")
+    try:
+
+        def all_succeeded() -> bool:
+            return all(
+                (daemon.value("sessionkeeper_job_runs_total", job=job, outcome="success") or 0) >= 1
+                for job in JOB_NAMES
+            )
+
+        wait_for(all_succeeded, "a successful run of every job")
+        assert daemon.get("/readyz") == (200, "ready\n")
+        assert wait_for(
+            lambda: daemon.value("sessionkeeper_sessions_archivable") is not None, "gauges"
+        )
+        assert daemon.stop() == 0
+    finally:
+        daemon.kill()
+    assert "permission denied" not in daemon.log_path.read_text()
+    assert one(conn, "SELECT count(*) FROM job_runs WHERE outcome <> 'success'") == 0
