@@ -417,6 +417,10 @@ def test_a_new_database_is_set_up_then_migrated_by_the_migrate_login(
         1,
         "sessionkeeper: no role 'sk_nobody': create the login first (docs/roles.md)\n",
     )
+    as_bot = migrate_process(as_login(empty_database_url, TEST_LOGINS["bot"]), "roles", "setup")
+    assert as_bot.returncode == 1
+    assert as_bot.stderr.startswith("sessionkeeper: roles setup: permission denied")
+    assert as_bot.stderr.endswith("run it as a superuser (docs/roles.md)\n")
     setup = migrate_process(empty_database_url, "roles", "setup", *options)
     assert setup.returncode == 0, setup.stderr
     assert "sk_test_bot made a member of sessionkeeper_bot" in setup.stdout
