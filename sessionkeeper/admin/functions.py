@@ -27,18 +27,20 @@ _DEFINED = re.compile(
 )
 
 
-# Plain SQL functions the planner inlines into the calling query (sk_proactive_candidates: the
-# jobs' keyset filter and LIMIT reach the scan of users). A SET clause would stop the inlining,
-# so their search_path is not pinned; inlined, they run as part of the caller's own statement,
-# with its privileges and its search_path, so a pinned path would protect nothing. A test
-# holds them to LANGUAGE sql, SECURITY INVOKER.
-INLINED = frozenset({"sk_capped_total", "sk_proactive_candidates"})
-
-# The functions of this schema that functions.sql defines (and every sk_* one): hardened after
-# each apply, since CREATE OR REPLACE resets a function's SET options to its statement's.
+# Plain SQL functions that are not VOLATILE, SECURITY DEFINER or SET anything are the ones the
+# planner inlines into the calling query (sk_history_arrays_v3 into begin_turn's history read,
+# sk_proactive_candidates into the jobs' keyset batch, sk_capped_total into the rollups). A SET
+# clause would stop the inlining, so their search_path is not pinned: inlined, they run as
+# part of the caller's own statement, with its privileges and its search_path (pinned, when
+# the caller is another sk_* function), so a pinned path would protect nothing. Every other
+# function is pinned. tests/integration/test_roles.py holds every function to one of the two.
 _SCHEMA_FUNCTIONS = r"""
-SELECT p.proname, p.oid::regprocedure::text, n.nspname
-FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+SELECT p.proname, p.oid::regprocedure::text, n.nspname,
+       l.lanname = 'sql' AND p.provolatile <> 'v' AND NOT p.prosecdef
+       AND p.proconfig IS NULL AS inlinable
+FROM pg_proc p
+JOIN pg_namespace n ON n.oid = p.pronamespace
+JOIN pg_language l ON l.oid = p.prolang
 WHERE p.pronamespace = current_schema()::regnamespace
   AND (p.proname LIKE 'sk\_%%' OR p.proname = ANY(%(defined)s))
 ORDER BY 2
@@ -115,14 +117,16 @@ def apply_functions(connection: psycopg.Connection[Any], release: str | None = N
 def harden_functions(connection: psycopg.Connection[Any]) -> None:
     """Revoke EXECUTE from PUBLIC on every function of the file (the roles' grants are
     sessionkeeper.admin.roles') and pin its search_path to its schema (pg_temp last), so
-    that no object a caller puts earlier in its path is resolved in a function's body."""
+    that no object a caller puts earlier in its path is resolved in a function's body; but
+    an inlinable one's (above). Run after each apply: CREATE OR REPLACE resets a function's
+    SET options to its statement's."""
     rows = connection.execute(
         _SCHEMA_FUNCTIONS, {"defined": sorted(defined_functions())}
     ).fetchall()
-    for name, signature, schema in rows:
+    for _name, signature, schema, inlinable in rows:
         target = sql.SQL(signature)  # regprocedure's text, quoted where needed
         connection.execute(sql.SQL("REVOKE ALL ON FUNCTION {} FROM PUBLIC").format(target))
-        if name not in INLINED:
+        if not inlinable:
             connection.execute(
                 sql.SQL("ALTER FUNCTION {} SET search_path = {}, pg_temp").format(
                     target, sql.Identifier(schema)

@@ -25,7 +25,7 @@ from test_daemon import Daemon, wait_for
 from upgrade_support import migrate_process
 
 from sessionkeeper.admin import migrate, roles
-from sessionkeeper.admin.functions import INLINED, defined_functions
+from sessionkeeper.admin.functions import defined_functions
 from sessionkeeper.jobs import JOB_NAMES
 from sessionkeeper.jobs.registry import JOBS
 from sessionkeeper.jobs.runner import run_job
@@ -73,7 +73,8 @@ def test_a_new_table_without_declared_grants_is_named(conn: Conn) -> None:
 
 
 _FUNCTION_SECURITY = r"""
-SELECT p.proname, p.prosecdef, pg_get_userbyid(p.proowner), p.proconfig, l.lanname,
+SELECT p.proname, p.prosecdef, pg_get_userbyid(p.proowner), p.proconfig,
+       l.lanname || ' ' || p.provolatile::text,
        EXISTS (SELECT 1 FROM aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
                WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE') AS public_execute
 FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang
@@ -88,15 +89,21 @@ def function_security(conn: Conn) -> dict[str, tuple[Any, ...]]:
 def test_no_function_escapes_hardening(conn: Conn) -> None:
     security = function_security(conn)
     assert set(security) == defined_functions()
+    unpinned = set()
     for name, (definer, owner, config, language, public_execute) in security.items():
         assert not public_execute, name
         assert owner == "sessionkeeper_owner", name
-        if name in INLINED:
-            # Inlined into the caller's statement: a SET clause would stop that; they run
-            # with the caller's privileges, so they may not be SECURITY DEFINER.
-            assert (definer, config, language) == (False, None, "sql"), name
+        if config is None:
+            # Inlinable (plain SQL, not volatile, invoker's rights, no SET): inlined into the
+            # caller's statement, it runs with the caller's privileges and path; a SET clause
+            # would stop the inlining (see harden_functions).
+            assert (definer, language) in {(False, "sql s"), (False, "sql i")}, name
+            unpinned.add(name)
         else:
             assert "search_path=public, pg_temp" in config, name
+    # The ones the plans rely on are among them (test_store_plans, test_sql_functions).
+    assert {"sk_history_arrays_v3", "sk_proactive_candidates", "sk_capped_total"} <= unpinned
+    assert "sk_begin_turn_v3" not in unpinned and "sk_user_key" not in unpinned
     # The one function that reads the secret runs as its owner.
     assert [name for name, row in security.items() if row[0]] == ["sk_user_key"]
 

@@ -122,10 +122,16 @@ def move_to_roles(
         assert owners == [("sessionkeeper_owner",)]
         assert roles.undeclared(conn) == []
         before = security(conn)
-        assert (
-            before["table user_key_secret"][0]
-            == "{sessionkeeper_owner=arwdDxtm/sessionkeeper_owner}"
+        # The secret is the owner's alone (a NULL ACL is the owner's default).
+        assert before["table user_key_secret"][0] in (
+            None,
+            "{sessionkeeper_owner=arwdDxtm/sessionkeeper_owner}",
         )
+        for kind in roles.KINDS:
+            assert conn.execute(
+                "SELECT has_table_privilege(%s, 'user_key_secret', 'SELECT')",
+                (f"sessionkeeper_{kind}",),
+            ).fetchone() == (kind == "owner",)
     # 3. migrate by its own login changes nothing of it.
     migrate.upgrade(as_login(empty_database_url, TEST_LOGINS["owner"]))
     with psycopg.connect(empty_database_url, autocommit=True) as conn:
