@@ -17,7 +17,8 @@ built outside the table, where no bot looks, and only attached under the lock.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -173,6 +174,22 @@ def _locked(conn: Connection, settings: DdlSettings, *statements: sql.Composable
     conn.execute(sql.SQL("; ").join([timeout, *statements]))
 
 
+@contextmanager
+def _as_owner(conn: Connection, table: str) -> Iterator[None]:
+    """Run the block as ``table``'s owner: PostgreSQL lets only the owner attach, detach and
+    drop partitions. The daemon's role holds only its own grants (NOINHERIT) and takes the
+    owner's role here alone, on its autocommit connection, until the block ends."""
+    row = conn.execute(QUERIES["partition_owner"], {"table": table}).fetchone()
+    if row is None or not row[1]:
+        yield
+        return
+    conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(row[0])))
+    try:
+        yield
+    finally:
+        conn.execute("RESET ROLE")
+
+
 def create(
     conn: Connection,
     table: str,
@@ -200,23 +217,25 @@ def create(
         "lower": lower,
         "upper": upper,
     }
-    with conn.transaction():
-        # A table left by an earlier deferred attempt is attached as it is.
-        if conn.execute(QUERIES["partition_exists"], {"name": name}).fetchone() is None:
-            conn.execute(_ddl("partition_create", **parts))
-        # The clock the rows' timestamps come from: the server's, not the daemon's.
-        row = conn.execute(QUERIES["partition_begun"], {"lower": lower - ATTACH_MARGIN}).fetchone()
-        begun = bool(row and row[0])
+    with _as_owner(conn, table):
+        with conn.transaction():
+            # A table left by an earlier deferred attempt is attached as it is.
+            if conn.execute(QUERIES["partition_exists"], {"name": name}).fetchone() is None:
+                conn.execute(_ddl("partition_create", **parts))
+            # The clock the rows' timestamps come from: the server's, not the daemon's.
+            margin = {"lower": lower - ATTACH_MARGIN}
+            row = conn.execute(QUERIES["partition_begun"], margin).fetchone()
+            begun = bool(row and row[0])
 
-    steps = ["partition_lock_default", "partition_adopt_default_rows", "partition_attach"]
-    if begun:
-        steps.insert(0, "partition_lock_parent")
+        steps = ["partition_lock_default", "partition_adopt_default_rows", "partition_attach"]
+        if begun:
+            steps.insert(0, "partition_lock_parent")
 
-    def attach() -> bool:
-        _locked(conn, settings, *(_ddl(step, **parts) for step in steps))
-        return True
+        def attach() -> bool:
+            _locked(conn, settings, *(_ddl(step, **parts) for step in steps))
+            return True
 
-    return with_lock_retries(attach, settings, pause) is not None
+        return with_lock_retries(attach, settings, pause) is not None
 
 
 def drop(
@@ -239,6 +258,19 @@ def drop(
     asked before the detach and again after it, when no row can arrive any more; a partition
     kept only then is attached again.
     """
+    with _as_owner(conn, partition.parent):
+        return _drop(conn, partition, settings, pause, concurrently=concurrently, keep_if=keep_if)
+
+
+def _drop(
+    conn: Connection,
+    partition: Partition,
+    settings: DdlSettings,
+    pause: Pause,
+    *,
+    concurrently: bool,
+    keep_if: Callable[[Connection, str], bool] | None,
+) -> int | None:
     parts = {"parent": partition.parent, "partition": partition.name}
     if keep_if is not None and keep_if(conn, partition.name):
         return None

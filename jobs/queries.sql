@@ -334,6 +334,16 @@ JOIN pg_class p ON p.oid = i.inhparent
 WHERE i.inhparent = ANY (%(tables)s::text[]::regclass[])
 ORDER BY 1, 4 NULLS FIRST
 
+-- partition_owner --
+-- The owner of a partitioned table, and whether the connected role must take it (SET ROLE) for
+-- partition DDL: it does not hold the owner's privileges (the daemon role is a NOINHERIT
+-- member of the owner role, docs/roles.md) but may become it.
+SELECT r.rolname,
+       NOT pg_has_role(current_user, r.oid, 'USAGE')
+       AND pg_has_role(current_user, r.oid, 'MEMBER') AS must_set
+FROM pg_class c JOIN pg_roles r ON r.oid = c.relowner
+WHERE c.oid = %(table)s::regclass
+
 -- partition_lock_timeout --
 -- The longest wait for a lock of partition DDL: lock_timeout_ms, and less than half the
 -- server's deadlock_timeout. The bots lock users and these tables in both orders (begin_turn:

@@ -11,6 +11,7 @@ from alembic import context
 
 from sessionkeeper.admin.functions import apply_functions
 from sessionkeeper.admin.migrate import MIGRATION_LOCK_KEY, engine_for
+from sessionkeeper.admin.roles import apply_grants, assume_owner
 from store import settings
 from store.errors import ConfigurationError
 from store.schema import is_partition, metadata
@@ -47,6 +48,9 @@ def _run(connection: object) -> None:
         transaction_per_migration=True,
         include_name=include_name,
     )
+    # A migrate login that is a member of the owner role creates everything as owner
+    # (docs/roles.md).
+    assume_owner(connection.connection.driver_connection)  # type: ignore[attr-defined]
     # Replicas may all run "migrate" at start-up: one at a time, the others then find head.
     context.execute(f"SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})")
     try:
@@ -70,7 +74,11 @@ def _apply_functions_at_head(connection: object) -> None:
     if at != set(context.script.get_heads()):
         return
     # The psycopg connection under SQLAlchemy's: same session, same transaction.
-    apply_functions(connection.connection.driver_connection)  # type: ignore[attr-defined]
+    driver = connection.connection.driver_connection  # type: ignore[attr-defined]
+    # Grants follow the functions' release gate: an older release must not take back what a
+    # newer one granted.
+    if apply_functions(driver):
+        apply_grants(driver)
 
 
 if context.is_offline_mode():

@@ -28,7 +28,7 @@ import psycopg
 import psycopg.conninfo
 import sqlalchemy.exc
 
-from sessionkeeper.admin import citus, embedded, legacy, migrate
+from sessionkeeper.admin import citus, embedded, legacy, migrate, roles
 from sessionkeeper.admin.embedded import EmbeddedPostgres
 from sessionkeeper.daemon.config import Config, load_config, settings_reference
 from sessionkeeper.daemon.logs import log_run, setup_logging
@@ -612,6 +612,7 @@ def build_parser() -> argparse.ArgumentParser:
         "citus-ddl",
         "print the SQL that distributes the schema over Citus (no database)",
     ).set_defaults(func=cmd_citus_ddl)
+    roles.register(commands)
     return parser
 
 

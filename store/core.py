@@ -106,6 +106,12 @@ def translate(exc: Exception, sent: Step | None = None) -> Exception:
         )
     if isinstance(exc, pg_errors.NoDataFound | pg_errors.ForeignKeyViolation):
         return errors.NotFound(_missing(exc))
+    if isinstance(exc, pg_errors.InsufficientPrivilege):
+        return errors.PermissionDenied(
+            f"{_describe(exc)}: this database role may not do that; nothing was written."
+            " Run the bots as a member of the bot role, with grants applied by"
+            " `sessionkeeper migrate` (docs/roles.md)"
+        )
     if isinstance(exc, pg_errors.UndefinedFunction | pg_errors.UndefinedTable):
         return errors.SchemaOutOfDate(f"{_describe(exc)}; run `sessionkeeper migrate`")
     if isinstance(

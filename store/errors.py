@@ -115,5 +115,11 @@ class TransactionConflict(DatabaseUnavailable):
     nothing was written, and trying again is safe."""
 
 
+class PermissionDenied(StoreError):
+    """The database role lacks a privilege the call needs (SQLSTATE 42501): nothing was
+    written. The bots' login must be a member of the bot role, and ``sessionkeeper migrate``
+    (or ``sessionkeeper roles setup``) must have applied the grants (docs/roles.md)."""
+
+
 class SchemaOutOfDate(StoreError):
     """The database is not migrated to the revision this code expects."""

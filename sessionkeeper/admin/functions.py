@@ -16,7 +16,7 @@ from typing import Any
 
 import psycopg
 from packaging.version import Version
-from psycopg import errors
+from psycopg import errors, sql
 
 log = logging.getLogger("sessionkeeper.migrate")
 
@@ -25,6 +25,26 @@ FUNCTIONS_RESOURCE = ("store", "sql/functions.sql")
 _DEFINED = re.compile(
     r"^CREATE OR REPLACE FUNCTION\s+([a-z_][a-z0-9_]*)\s*\(", re.MULTILINE | re.IGNORECASE
 )
+
+
+# Plain SQL functions that are not VOLATILE, SECURITY DEFINER or SET anything are the ones the
+# planner inlines into the calling query (sk_history_arrays_v3 into begin_turn's history read,
+# sk_proactive_candidates into the jobs' keyset batch, sk_capped_total into the rollups). A SET
+# clause would stop the inlining, so their search_path is not pinned: inlined, they run as
+# part of the caller's own statement, with its privileges and its search_path (pinned, when
+# the caller is another sk_* function), so a pinned path would protect nothing. Every other
+# function is pinned. tests/integration/test_roles.py holds every function to one of the two.
+_SCHEMA_FUNCTIONS = r"""
+SELECT p.proname, p.oid::regprocedure::text, n.nspname,
+       l.lanname = 'sql' AND p.provolatile <> 'v' AND NOT p.prosecdef
+       AND p.proconfig IS NULL AS inlinable
+FROM pg_proc p
+JOIN pg_namespace n ON n.oid = p.pronamespace
+JOIN pg_language l ON l.oid = p.prolang
+WHERE p.pronamespace = current_schema()::regnamespace
+  AND (p.proname LIKE 'sk\_%%' OR p.proname = ANY(%(defined)s))
+ORDER BY 2
+"""
 
 
 class FunctionsApplyError(Exception):
@@ -84,6 +104,7 @@ def apply_functions(connection: psycopg.Connection[Any], release: str | None = N
             " a function whose signature or result changes needs a new name (..._v2),"
             " see docs/upgrades.md"
         ) from exc
+    harden_functions(connection)
     connection.execute(
         "INSERT INTO applied_functions (release, sha256) VALUES (%s, %s)"
         " ON CONFLICT (singleton) DO UPDATE"
@@ -91,3 +112,23 @@ def apply_functions(connection: psycopg.Connection[Any], release: str | None = N
         (release, digest),
     )
     return True
+
+
+def harden_functions(connection: psycopg.Connection[Any]) -> None:
+    """Revoke EXECUTE from PUBLIC on every function of the file (the roles' grants are
+    sessionkeeper.admin.roles') and pin its search_path to its schema (pg_temp last), so
+    that no object a caller puts earlier in its path is resolved in a function's body; but
+    an inlinable one's (above). Run after each apply: CREATE OR REPLACE resets a function's
+    SET options to its statement's."""
+    rows = connection.execute(
+        _SCHEMA_FUNCTIONS, {"defined": sorted(defined_functions())}
+    ).fetchall()
+    for _name, signature, schema, inlinable in rows:
+        target = sql.SQL(signature)  # regprocedure's text, quoted where needed
+        connection.execute(sql.SQL("REVOKE ALL ON FUNCTION {} FROM PUBLIC").format(target))
+        if not inlinable:
+            connection.execute(
+                sql.SQL("ALTER FUNCTION {} SET search_path = {}, pg_temp").format(
+                    target, sql.Identifier(schema)
+                )
+            )

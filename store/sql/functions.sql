@@ -159,8 +159,11 @@ END $$;
 -- a Telegram id could be inverted by trying every id, and a user id must not reveal its
 -- channel id. The length prefix keeps ('ab', 'c') apart from ('a', 'bc'); the truncated output
 -- leaves nothing for a length-extension attack to start from.
+-- SECURITY DEFINER: only the owner role reads user_key_secret (docs/roles.md); the bots call
+-- this function with their own role. Its search_path is pinned after every apply
+-- (sessionkeeper/admin/functions.py, harden_functions), as every function's is.
 CREATE OR REPLACE FUNCTION sk_user_key(p_channel text, p_channel_user_id text) RETURNS uuid
-LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE AS $$
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE SECURITY DEFINER AS $$
 DECLARE
     v_hash bytea;
 BEGIN

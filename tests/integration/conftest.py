@@ -24,7 +24,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from sessionkeeper.admin import migrate
+from sessionkeeper.admin import migrate, roles
 from sessionkeeper.admin.embedded import EmbeddedPostgres
 
 # Fast, not durable: the test server is thrown away at the end of the run.
@@ -93,10 +93,40 @@ def admin_url(embedded_server_factory: type[EmbeddedPostgres]) -> str:
     return server.url("postgres")
 
 
+# A login of each kind (docs/roles.md), members of the group roles in every test database.
+TEST_LOGINS = {
+    "owner": "sk_test_migrate",
+    "bot": "sk_test_bot",
+    "daemon": "sk_test_daemon",
+    "reader": "sk_test_reader",
+}
+
+
+def as_login(url: str, login: str) -> str:
+    """``url`` connecting as another role (the test server trusts local connections)."""
+    return make_conninfo("", **{**conninfo_to_dict(url), "user": login})
+
+
+def create_logins(admin_url: str) -> None:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        for login in TEST_LOGINS.values():
+            if not roles.role_exists(conn, login):
+                conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(login)))
+
+
+def set_up_roles(url: str) -> None:
+    """``sessionkeeper roles setup`` with the test logins, as the admin."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        roles.setup(conn, members={kind: [login] for kind, login in TEST_LOGINS.items()})
+
+
 @pytest.fixture(scope="session")
 def template_database(admin_url: str) -> Iterator[str]:
     name = create_database(admin_url, "sk_template")
     migrate.upgrade(with_dbname(admin_url, name))
+    # Every test database has the roles, as a deployment does.
+    create_logins(admin_url)
+    set_up_roles(with_dbname(admin_url, name))
     yield name
     drop_database(admin_url, name)
 
@@ -107,6 +137,24 @@ def database_url(admin_url: str, template_database: str) -> Iterator[str]:
     name = create_database(admin_url, "sk_test", template=template_database)
     yield with_dbname(admin_url, name)
     drop_database(admin_url, name)
+
+
+@pytest.fixture
+def bot_url(database_url: str) -> str:
+    """The test's database, as a member of the bot role."""
+    return as_login(database_url, TEST_LOGINS["bot"])
+
+
+@pytest.fixture
+def daemon_url(database_url: str) -> str:
+    """The test's database, as a member of the daemon role."""
+    return as_login(database_url, TEST_LOGINS["daemon"])
+
+
+@pytest.fixture
+def reader_url(database_url: str) -> str:
+    """The test's database, as a member of the reader role."""
+    return as_login(database_url, TEST_LOGINS["reader"])
 
 
 @pytest.fixture

@@ -195,6 +195,7 @@ def test_compose_wires_postgres_migrate_daemons_prometheus_and_grafana() -> None
     services = compose()["services"]
     assert set(services) == {
         "postgres",
+        "roles",
         "migrate",
         "sessionkeeper",
         "sample-bot",
@@ -202,13 +203,34 @@ def test_compose_wires_postgres_migrate_daemons_prometheus_and_grafana() -> None
         "grafana",
     }
 
-    migrate, daemon = services["migrate"], services["sessionkeeper"]
+    setup, migrate, daemon = services["roles"], services["migrate"], services["sessionkeeper"]
+    assert setup["command"][:2] == ["roles", "setup"]
+    assert setup["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert migrate["command"] == ["migrate"]
-    assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert migrate["depends_on"]["roles"]["condition"] == "service_completed_successfully"
     assert daemon["command"] == ["run"]
     assert daemon["deploy"]["replicas"] == 2
     assert daemon["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
-    for service in (migrate, daemon):
+    # Separate logins (docs/roles.md): the superuser only sets the roles up; migrate, the
+    # daemons and Grafana each log in as a member of their group role.
+    logins = {
+        name: services[name]["environment"]["DATABASE_URL"].split("://")[1].split(":")[0]
+        for name in ("roles", "migrate", "sessionkeeper")
+    }
+    assert logins == {"roles": "postgres", "migrate": "sk_migrate", "sessionkeeper": "sk_daemon"}
+    members = dict(option.removeprefix("--").split("=") for option in setup["command"][2:])
+    assert members == {
+        "owner-login": "sk_migrate",
+        "daemon-login": "sk_daemon",
+        "bot-login": "sk_bot",
+        "reader-login": services["grafana"]["environment"]["GRAFANA_DB_USER"],
+    }
+    # The init scripts only create logins: no GRANT (pg_read_all_data would show Grafana the
+    # secret that keys the user ids).
+    for script in (DEPLOY / "postgres").glob("*.sh"):
+        statements = [line for line in script.read_text(encoding="utf-8").splitlines()]
+        assert not [line for line in statements if line.lstrip().upper().startswith("GRANT")]
+    for service in (setup, migrate, daemon):
         build = service["build"]
         assert (DEPLOY / build["context"] / build["dockerfile"]).resolve() == (
             DEPLOY / "Dockerfile"
@@ -432,8 +454,10 @@ def k8s_documents() -> Iterator[tuple[str, dict[str, Any]]]:
             yield path.name, document
 
 
-def k8s_resource(kind: str) -> dict[str, Any]:
-    (found,) = [d for _, d in k8s_documents() if d["kind"] == kind]
+def k8s_resource(kind: str, name: str | None = None) -> dict[str, Any]:
+    (found,) = [
+        d for _, d in k8s_documents() if d["kind"] == kind and name in (None, d["metadata"]["name"])
+    ]
     return found
 
 
@@ -447,7 +471,7 @@ def test_kubernetes_resources_validate_strictly_against_the_api_schemas() -> Non
         except kubernetes_validate.ValidationError as exc:
             pytest.fail(f"{name}: {exc.message} at {list(exc.path)}")
         validated.append(document["kind"])
-    assert sorted(validated) == ["Deployment", "Job", "Service"]
+    assert sorted(validated) == ["Deployment", "Job", "Job", "Service"]
 
 
 def test_kubernetes_validation_rejects_a_misspelt_field() -> None:
@@ -459,7 +483,8 @@ def test_kubernetes_validation_rejects_a_misspelt_field() -> None:
 
 def test_kustomization_lists_every_manifest_the_migration_job_included() -> None:
     kustomization = load_yaml(K8S / "kustomization.yaml")
-    manifests = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    # The roles Job is applied apart: it alone uses the administrator's credentials.
+    manifests = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml", "roles-job.yaml"}
     assert "migrate-job.yaml" in manifests
     assert sorted(kustomization["resources"]) == sorted(manifests)
 
@@ -478,7 +503,7 @@ def test_one_image_tag_everywhere_the_project_version() -> None:
     built = re.findall(r"docker build .*-t (\S+)", dockerfile_text)
     assert built == [tag]
     images = {name: s["image"] for name, s in compose()["services"].items() if "build" in s}
-    assert set(images) == {"migrate", "sessionkeeper", "sample-bot"}
+    assert set(images) == {"roles", "migrate", "sessionkeeper", "sample-bot"}
     assert set(images.values()) == {tag}
     containers = [
         (name, c["image"])
@@ -486,9 +511,13 @@ def test_one_image_tag_everywhere_the_project_version() -> None:
         if document["kind"] in ("Deployment", "Job")
         for c in document["spec"]["template"]["spec"]["containers"]
     ]
-    assert sorted(name for name, _ in containers) == ["deployment.yaml", "migrate-job.yaml"]
+    assert sorted(name for name, _ in containers) == [
+        "deployment.yaml",
+        "migrate-job.yaml",
+        "roles-job.yaml",
+    ]
     assert {image for _, image in containers} == {tag}
-    job = k8s_resource("Job")
+    (job,) = [d for name, d in k8s_documents() if name == "migrate-job.yaml"]
     assert job["metadata"]["name"] == "sessionkeeper-migrate-" + project_version().replace(".", "-")
     assert f"job/{job['metadata']['name']} " in (K8S / "migrate-job.yaml").read_text()
 
@@ -518,18 +547,27 @@ def test_deployment_probes_health_and_readiness_on_the_metrics_port() -> None:
     assert "/tmp" in mounts
 
 
-def test_migration_job_runs_migrate_with_the_same_database_secret() -> None:
-    job = k8s_resource("Job")
+def test_roles_and_migration_jobs_and_the_daemon_use_separate_logins() -> None:
+    job = k8s_resource("Job", "sessionkeeper-migrate-" + project_version().replace(".", "-"))
     (container,) = job["spec"]["template"]["spec"]["containers"]
     assert container["args"] == ["migrate"]
+    roles_job = k8s_resource("Job", "sessionkeeper-roles")
+    (setup,) = roles_job["spec"]["template"]["spec"]["containers"]
+    assert setup["args"][:2] == ["roles", "setup"]
     deployment = k8s_resource("Deployment")
     (daemon,) = deployment["spec"]["template"]["spec"]["containers"]
-    assert container["image"] == daemon["image"]
+    assert container["image"] == daemon["image"] == setup["image"]
 
     def secret(c: dict[str, Any]) -> Any:
         return next(e for e in c["env"] if e["name"] == "DATABASE_URL")["valueFrom"]
 
-    assert secret(container) == secret(daemon)
+    # docs/roles.md: the superuser sets the roles up; migrate and the daemon log in apart.
+    names = [secret(c)["secretKeyRef"]["name"] for c in (setup, container, daemon)]
+    assert names == [
+        "sessionkeeper-database-admin",
+        "sessionkeeper-database-migrate",
+        "sessionkeeper-database-daemon",
+    ]
 
 
 def test_service_monitor_scrapes_the_daemon_service_under_the_job_the_alerts_use() -> None:

@@ -48,6 +48,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from sessionkeeper.admin import roles
 from sessionkeeper.jobs import JOB_NAMES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -209,8 +210,9 @@ def bot(database_url: str, tmp_path: Path) -> Iterator[Running]:
 
 @pytest.fixture
 def grafana_reader(database_url: str) -> Iterator[str]:
-    """A conninfo for the read-only role deploy/postgres/10-grafana-reader.sh creates (run for
-    real with psql, under a unique role name), dropped after the test. Without psql: the
+    """A conninfo for the read-only login deploy/postgres/10-grafana-reader.sh creates (run for
+    real with psql, under a unique role name), a member of the reader role as `roles setup
+    --reader-login` makes it, dropped after the test. Without psql: the
     database owner's, with a warning."""
     if shutil.which("psql") is None:
         warnings.warn(
@@ -235,6 +237,9 @@ def grafana_reader(database_url: str) -> Iterator[str]:
     )
     try:
         assert result.returncode == 0, result.stdout + result.stderr
+        # What compose's `roles` service does: the login joins the reader role (docs/roles.md).
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            roles.setup(conn, members={"reader": [role]})
         yield make_conninfo(database_url, user=role, password=password)
     finally:
         with psycopg.connect(database_url, autocommit=True) as conn:

@@ -21,11 +21,12 @@ OLD = parse((FIXTURES / "store_queries.sql").read_text(encoding="utf-8"))
 Target = TypeVar("Target")
 
 
-def migrate_process(url: str) -> subprocess.CompletedProcess[str]:
+def migrate_process(url: str, *command: str) -> subprocess.CompletedProcess[str]:
+    """``sessionkeeper migrate`` (or another command) as a process on ``url``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SESSIONKEEPER_")}
     env["DATABASE_URL"] = url
     return subprocess.run(
-        [sys.executable, "-m", "sessionkeeper", "migrate"],
+        [sys.executable, "-m", "sessionkeeper", *(command or ("migrate",))],
         capture_output=True,
         text=True,
         env=env,
@@ -40,11 +41,12 @@ def migrate_while_writing(
     targets: Sequence[Target],
     *,
     at_least: int = 20,
+    action: Callable[[str], subprocess.CompletedProcess[str]] = migrate_process,
 ) -> list[int]:
-    """Migrate to head while one thread per target calls ``write(conn, target)`` in a loop
-    (on its own autocommit connection, at least ``at_least`` times); returns how many writes
-    each thread made. Fails if a write or the migration failed, or if no write happened while
-    the migration ran."""
+    """Migrate to head (or run another ``action(url)``, a CLI process) while one thread per
+    target calls ``write(conn, target)`` in a loop (on its own autocommit connection, at least
+    ``at_least`` times); returns how many writes each thread made. Fails if a write or the
+    migration failed, or if no write happened while the migration ran."""
     stop, migrating = threading.Event(), threading.Event()
     written: list[int] = []
     during: list[int] = []
@@ -68,13 +70,13 @@ def migrate_while_writing(
         thread.start()
     try:
         migrating.set()
-        result = migrate_process(url)
+        result = action(url)
         migrating.clear()
     finally:
         stop.set()
         for thread in threads:
             thread.join(120)
     assert result.returncode == 0, result.stderr
-    assert errors == []
+    assert errors == [], errors
     assert sum(during) > 0, "no bot wrote while the migration ran"
     return written

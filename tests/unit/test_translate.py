@@ -32,6 +32,7 @@ SECRET = "hunter2-s3cret"
         ("40P01", store.TransactionConflict),  # deadlock_detected: rolled back, retry is safe
         ("40001", store.TransactionConflict),  # serialization_failure
         ("55P03", store.TransactionConflict),  # lock_not_available: lock_timeout
+        ("42501", store.PermissionDenied),  # insufficient_privilege: a role without grants
     ],
 )
 def test_sqlstates_become_store_errors(sqlstate: str, expected: type[store.StoreError]) -> None:
