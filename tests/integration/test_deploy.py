@@ -268,16 +268,19 @@ def test_compose_prometheus_scrapes_every_daemon_replica_with_its_labels() -> No
 
 def test_compose_runs_the_sample_bot_and_prometheus_scrapes_it() -> None:
     """The sample bot (deploy/sample_bot.py, run for real in test_prometheus_live.py) runs from
-    the daemon's image against the same database once migrated, and is Prometheus's bots job."""
+    the daemon's image against the same database once migrated, logged in as the bots' login
+    (docs/roles.md), and is Prometheus's bots job."""
     services = compose()["services"]
     bot = services["sample-bot"]
     mounts = {v.split(":")[1]: v.split(":")[0] for v in bot["volumes"]}
     script = mounts[bot["entrypoint"][-1]]
     assert (DEPLOY / script).resolve() == DEPLOY / "sample_bot.py"
-    assert (
-        bot["environment"]["DATABASE_URL"]
-        == services["sessionkeeper"]["environment"]["DATABASE_URL"]
+    bot_url = bot["environment"]["DATABASE_URL"]
+    daemon_url = services["sessionkeeper"]["environment"]["DATABASE_URL"]
+    assert bot_url.startswith("postgresql://sk_bot:") and daemon_url.startswith(
+        "postgresql://sk_daemon:"
     )
+    assert bot_url.split("@", 1)[1] == daemon_url.split("@", 1)[1]  # the same database
     assert bot["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     command = bot["command"]
     port = command[command.index("--port") + 1]
