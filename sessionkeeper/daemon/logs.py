@@ -41,6 +41,18 @@ def setup_logging(level: str, log_format: str) -> None:
     # The daemon logs runs, misses and overlaps itself (daemon/service.py), one line each.
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
     logging.getLogger("apscheduler.executors").setLevel(logging.CRITICAL)
+    # Alembic's "Running upgrade a -> b" lines say what migrate does; the two lines it logs
+    # whenever it only reads the revision (status, readiness) say nothing to an operator.
+    migration = logging.getLogger("alembic.runtime.migration")
+    if not any(isinstance(f, _AlembicPreamble) for f in migration.filters):
+        migration.addFilter(_AlembicPreamble())
+
+
+class _AlembicPreamble(logging.Filter):
+    PREAMBLE = ("Context impl ", "Will assume ")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.PREAMBLE)
 
 
 def log_run(report: RunReport, replica_id: str | None = None) -> None:
