@@ -13,6 +13,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -635,6 +636,19 @@ def test_killed_conversion_finishes_on_rerun(seed_url: str) -> None:
     assert ours_drift(seed_url) == []
 
 
+def wait_for_a_lock_wait(url: str, seconds: float = 60) -> None:
+    """Until some backend waits for a lock (the state itself is polled, not a guess of how
+    long it takes to arrive)."""
+    deadline = time.monotonic() + seconds
+    with psycopg.connect(url, autocommit=True) as watcher:
+        while time.monotonic() < deadline:
+            row = watcher.execute("SELECT count(*) FROM pg_locks WHERE NOT granted").fetchone()
+            if row and row[0]:
+                return
+            time.sleep(0.01)
+    raise AssertionError("no backend waited for the held lock")
+
+
 def test_ctrl_c_stops_the_conversion_between_batches(seed_url: str) -> None:
     seed = build_seed(seed_url)
     adopted = migrate_cli(seed_url, "--max-batches", "0")
@@ -657,6 +671,9 @@ def test_ctrl_c_stops_the_conversion_between_batches(seed_url: str) -> None:
             for line in child.stdout:
                 if line.startswith("batch 1:"):
                     break
+            # Ctrl-C only once batch 2 is really waiting for the held session: sent earlier, it
+            # would stop the run before batch 2 began.
+            wait_for_a_lock_wait(seed_url)
             child.send_signal(signal.SIGINT)
             holder.rollback()
             stdout, stderr = child.communicate(timeout=60)
