@@ -25,32 +25,13 @@ from pathlib import Path
 import psycopg
 import pytest
 from test_cli import clean_env, sessionkeeper
+from test_daemon import idle_sessions
 
 from sessionkeeper.admin import migrate
 from sessionkeeper.daemon.config import load_config
 from store import NotFound, Store
 
 Conn = psycopg.Connection[tuple[object, ...]]
-
-
-def idle_sessions(conn: Conn, count: int) -> None:
-    """``count`` sessions idle for 40 days (session_archival's default is 30), one message each."""
-    conn.execute(
-        """
-        WITH u AS (
-            INSERT INTO users (channel, channel_user_id) VALUES ('telegram', 'idle')
-            RETURNING user_id
-        ), s AS (
-            INSERT INTO sessions (user_id, created_at, last_active, next_seq)
-            SELECT user_id, now() - interval '41 days', now() - interval '40 days', 1
-            FROM u, generate_series(1, %s)
-            RETURNING session_id
-        )
-        INSERT INTO session_messages (session_id, seq, role, content)
-        SELECT session_id, 0, 'user', 'hello' FROM s
-        """,
-        (count,),
-    )
 
 
 class Terminal:

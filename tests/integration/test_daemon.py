@@ -320,6 +320,7 @@ def blocked_on_lock(conn: Conn, job: str) -> bool:
 
 
 def idle_sessions(conn: Conn, count: int) -> None:
+    """``count`` sessions idle for 40 days (session_archival's default is 30), one message each."""
     conn.execute(
         """
         WITH u AS (
