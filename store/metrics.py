@@ -201,15 +201,33 @@ class _PoolCollector(Collector):
         self.added += 1
 
     def collect(self) -> Iterable[Metric]:
-        stats = {label: db.pool_stats() for label, db in sorted(self.stores.items())}
-        for key, text in self.GAUGES.items():
-            name = PREFIX + (key if key.startswith("pool") else f"pool_{key}")
-            gauge = GaugeMetricFamily(name, text, labels=["store"])
-            for label, values in stats.items():
-                gauge.add_metric([label], values.get(key, 0))
-            yield gauge
-        for key, text in self.COUNTERS.items():
-            counter = CounterMetricFamily(f"{PREFIX}pool_{key}", text, labels=["store"])
-            for label, values in stats.items():
-                counter.add_metric([label], values.get(key, 0))
-            yield counter
+        stats: dict[tuple[str, ...], dict[str, int]] = {
+            (label,): db.pool_stats() for label, db in sorted(self.stores.items())
+        }
+        return pool_families(f"{PREFIX}pool_", self.GAUGES, self.COUNTERS, stats, ["store"])
+
+
+def pool_families(
+    prefix: str,
+    gauges: dict[str, str],
+    counters: dict[str, str],
+    stats: dict[tuple[str, ...], dict[str, int]],
+    labels: list[str],
+) -> Iterable[Metric]:
+    """psycopg_pool's ``get_stats()`` of one or more pools (keyed by their label values) as
+    Prometheus families named ``prefix + key`` (``pool_`` written once: ``pool_max`` ->
+    ``<prefix>max``). The store's and the daemon's pool collectors share it."""
+
+    def name(key: str) -> str:
+        return prefix + key.removeprefix("pool_")
+
+    for key, text in gauges.items():
+        gauge = GaugeMetricFamily(name(key), text, labels=labels)
+        for values, pool in stats.items():
+            gauge.add_metric(list(values), pool.get(key, 0))
+        yield gauge
+    for key, text in counters.items():
+        counter = CounterMetricFamily(name(key), text, labels=labels)
+        for values, pool in stats.items():
+            counter.add_metric(list(values), pool.get(key, 0))
+        yield counter

@@ -15,11 +15,12 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from sessionkeeper.jobs.partitions import KEYS as PARTITIONED_TABLES
 from sessionkeeper.jobs.runner import RunReport
+from store.metrics import pool_families
 
 from .pacing import PaceState
 
@@ -200,9 +201,6 @@ class _PoolCollector(Collector):
         self.stats = stats
 
     def collect(self) -> Iterable[Metric]:
-        stats = self.stats()
-        for key, text in self.GAUGES.items():
-            name = "sessionkeeper_db_" + (key if key.startswith("pool") else f"pool_{key}")
-            yield GaugeMetricFamily(name, text, value=stats.get(key, 0))
-        for key, text in self.COUNTERS.items():
-            yield CounterMetricFamily(f"sessionkeeper_db_pool_{key}", text, value=stats.get(key, 0))
+        return pool_families(
+            "sessionkeeper_db_pool_", self.GAUGES, self.COUNTERS, {(): self.stats()}, []
+        )
