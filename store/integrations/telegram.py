@@ -328,8 +328,9 @@ class SessionkeeperPersistence(BasePersistence[Data, Data, Data]):
         self._unsaved.pop(entry, None)
 
     async def _refresh(self, entry: Entry, data: Data) -> None:
-        """Clear ``data`` (PTB's copy in memory) when its row was erased."""
-        if entry in self._stored:
+        """Clear ``data`` (PTB's copy in memory) when its row was erased. Not while writes
+        wait for the database: the update does not wait for it too (the write checks)."""
+        if entry in self._stored and not self._unsaved:
             try:
                 rows = await self.db.execute(
                     _sql.steps(QUERIES, ("tp_exists", self._params(entry)))

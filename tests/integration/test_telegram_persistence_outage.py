@@ -57,14 +57,15 @@ def counter_bot(telegram: FakeTelegram, db: AsyncStore, errors: list[BaseExcepti
 def outage(admin_url: str, database_url: str) -> tuple[Callable[[], None], Callable[[], None]]:
     """``away()``: the database ends its connections and refuses new ones; ``back()``: it
     accepts them again."""
-    name = sql.Identifier(conninfo_to_dict(database_url)["dbname"])
+    dbname = str(conninfo_to_dict(database_url)["dbname"])
+    name = sql.Identifier(dbname)
 
     def away() -> None:
         with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(name))
             conn.execute(
                 "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE datname = %s",
-                [conninfo_to_dict(database_url)["dbname"]],
+                [dbname],
             )
 
     def back() -> None:
