@@ -312,7 +312,7 @@ class SessionkeeperPersistence(BasePersistence[Data, Data, Data]):
             entry, channel=self.channel, owner_ids=list(write.owners), data=write.data
         )
         if entry not in self._stored:
-            await self.db.execute(_sql.steps(QUERIES, ("tp_put", params)))
+            await self.db.execute(_sql.steps(QUERIES, ("tp_put", {**params, "replace": True})))
             if write.owners:
                 self._stored.add(entry)
             return
@@ -328,20 +328,30 @@ class SessionkeeperPersistence(BasePersistence[Data, Data, Data]):
         self._unsaved.pop(entry, None)
 
     async def _refresh(self, entry: Entry, data: Data) -> None:
-        """Clear ``data`` (PTB's copy in memory) when its row was erased. Not while writes
-        wait for the database: the update does not wait for it too (the write checks)."""
-        if entry in self._stored and not self._unsaved:
-            try:
-                rows = await self.db.execute(
-                    _sql.steps(QUERIES, ("tp_exists", self._params(entry)))
-                )
-            except DatabaseUnavailable:
-                return  # the bot goes on from memory; the write checks again
-            if not rows:
+        """Before the handlers of a user's update: clear ``data`` (PTB's copy in memory) if
+        the user's row was erased, and claim a row for a user's entry not stored yet, so that
+        an erasure before PTB's next round is seen too. Nothing while writes wait for the
+        database: the update does not wait for it too (the writes check)."""
+        if self._unsaved:
+            return
+        try:
+            exists = ("tp_exists", self._params(entry))
+            if entry in self._stored and not await self.db.execute(_sql.steps(QUERIES, exists)):
                 self._forgotten(entry)
-        if entry in self._erased:
-            data.clear()
-            self._erased.discard(entry)  # what the user does from now on is new data
+            if entry in self._erased:
+                data.clear()
+                self._erased.discard(entry)  # what the user does from now on is new data
+            if entry not in self._stored:
+                await self._claim(entry)
+        except DatabaseUnavailable:
+            return  # the bot goes on from memory
+
+    async def _claim(self, entry: Entry) -> None:
+        params = self._params(
+            entry, channel=self.channel, owner_ids=[entry[2]], data=Jsonb({}), replace=False
+        )
+        await self.db.execute(_sql.steps(QUERIES, ("tp_put", params)))
+        self._stored.add(entry)
 
     async def get_user_data(self) -> dict[int, Data]:
         loaded = await self._load("user_data")
@@ -422,8 +432,8 @@ class SessionkeeperPersistence(BasePersistence[Data, Data, Data]):
                 await self._store(entry)
         except DatabaseUnavailable:
             log.error(
-                "python-telegram-bot persistence: the database is unavailable, %d entries"
-                " not stored are lost: %s",
+                "python-telegram-bot persistence: the database is unavailable at flush, %d"
+                " entries not stored are lost when the bot exits: %s",
                 len(self._unsaved),
                 ", ".join(_where(entry) for entry in self._unsaved),
             )

@@ -150,3 +150,35 @@ def test_a_conversation_state_erased_meanwhile_is_not_written_back(database_url:
     run(scenario)
     assert found["after"] == {(GROUP, BOB): 2}
     assert found["next"] == {(GROUP, ADA): 1, (GROUP, BOB): 2}
+
+
+def test_a_new_users_data_not_written_yet_is_not_written_after_the_erasure(
+    database_url: str,
+) -> None:
+    """The bot has never written Ada's data when she is erased: her first update claimed a row
+    (empty), so its disappearance tells the erasure as well."""
+    seen: dict[str, Any] = {}
+
+    async def scenario(telegram: FakeTelegram) -> None:
+        async with AsyncStore(database_url) as db:
+            await db.get_or_create_user("telegram", ADA)
+            app = counter_bot(telegram, db)
+            async with app:
+                await app.start()
+                await say(app, 1, ADA)
+                await say(app, 2, ADA)  # count 2: in memory only
+                seen["claimed"] = stored(database_url)
+                await forget(database_url, ADA)
+                await app.update_persistence()
+                seen["round"] = stored(database_url)
+                await say(app, 3, ADA)
+                await app.stop()
+        seen["end"] = stored(database_url)
+
+    telegram = run(scenario)
+
+    ada = str(ADA)
+    assert seen["claimed"] == {("user_data", ada): {}, ("chat_data", ada): {}}
+    assert seen["round"] == {}
+    assert telegram.texts() == ["you 1, chat 1", "you 2, chat 2", "you 1, chat 1"]
+    assert seen["end"] == {("user_data", ada): {"count": 1}, ("chat_data", ada): {"count": 1}}
