@@ -205,7 +205,8 @@ class SessionkeeperPersistence(BasePersistence[Data, Data, Data]):
     own transaction. One that fails with ``DatabaseUnavailable`` (raised, so PTB hands it to the
     error handlers) is kept, the newest per entry, and stored with the next write that succeeds
     or at ``flush``. A user's row erased meanwhile (``forget_user``) is never written back: PTB's
-    copy is cleared at the user's next update (``refresh_user_data``). Values must be what
+    copy is cleared at the user's next update (``refresh_user_data``, which claims an empty
+    row at the user's first update, so that the erasure shows). Values must be what
     JSON reads back equal: dicts with str keys, lists, str, int, float (finite), bool, None;
     anything else (a tuple, a set, an int dict key, a datetime, an object, a NUL character)
     raises ``NotJSON`` when stored, which PTB hands to the error handlers. The store is not owned:
@@ -232,7 +233,8 @@ class SessionkeeperPersistence(BasePersistence[Data, Data, Data]):
         self.db = db
         self.namespace = namespace
         self.channel = channel
-        # Rows of users (owner_ids) this process loaded or wrote: gone later means erased.
+        # Rows of users (owner_ids) this process loaded, claimed or wrote: gone later means
+        # erased.
         self._stored: set[Entry] = set()
         # Rows found erased: PTB's copy is cleared at the user's next update, never written.
         self._erased: set[Entry] = set()
@@ -413,7 +415,7 @@ class SessionkeeperPersistence(BasePersistence[Data, Data, Data]):
     async def refresh_user_data(self, user_id: int, user_data: Data) -> None:
         """Called by PTB before the handlers of each update of the user: its data in memory
         is cleared when the user was erased meanwhile (``forget_user``, by any process). One
-        query for a user whose row this process has seen; none for others."""
+        statement: the user's row is claimed (first update) or checked (later ones)."""
         await self._refresh(("user_data", "", str(user_id)), user_data)
 
     async def refresh_chat_data(self, chat_id: int, chat_data: Data) -> None:
