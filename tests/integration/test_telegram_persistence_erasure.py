@@ -70,11 +70,13 @@ def stored(database_url: str) -> dict[tuple[str, str], Any]:
     return {(kind, key): data for kind, key, data in rows}
 
 
-def test_erasure_clears_the_running_bots_copy_and_is_not_undone(database_url: str) -> None:
+def test_erasure_clears_the_running_bots_copy_and_is_not_undone(
+    database_url: str, bot_url: str
+) -> None:
     seen: dict[str, Any] = {}
 
     async def scenario(telegram: FakeTelegram) -> None:
-        async with AsyncStore(database_url) as db:
+        async with AsyncStore(bot_url) as db:  # the bot logs in as the bots' login
             for user in (ADA, BOB):
                 await db.get_or_create_user("telegram", user)
             app = counter_bot(telegram, db)
@@ -153,14 +155,14 @@ def test_a_conversation_state_erased_meanwhile_is_not_written_back(database_url:
 
 
 def test_a_new_users_data_not_written_yet_is_not_written_after_the_erasure(
-    database_url: str,
+    database_url: str, bot_url: str
 ) -> None:
     """The bot has never written Ada's data when she is erased: her first update claimed a row
     (empty), so its disappearance tells the erasure as well."""
     seen: dict[str, Any] = {}
 
     async def scenario(telegram: FakeTelegram) -> None:
-        async with AsyncStore(database_url) as db:
+        async with AsyncStore(bot_url) as db:
             await db.get_or_create_user("telegram", ADA)
             app = counter_bot(telegram, db)
             async with app:
