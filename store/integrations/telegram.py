@@ -29,8 +29,10 @@ JSON (never pickle): ``Application.builder().persistence(SessionkeeperPersistenc
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Literal, Unpack
 
@@ -46,7 +48,7 @@ from telegram.ext import (
 )
 
 from ..client import AsyncStore
-from ..errors import InvalidInput
+from ..errors import DatabaseUnavailable, InvalidInput
 from ..models import Turn
 from ..queries import parse
 from . import _sql
@@ -68,6 +70,8 @@ if TYPE_CHECKING:  # PTB's type aliases live in a private module: annotations on
 
 QUERIES = parse(resources.files(__package__).joinpath("telegram.sql").read_text(encoding="utf-8"))
 Data = dict[str, Any]
+Entry = tuple[str, str, str]  # a row: (kind, name, key)
+log = logging.getLogger(__name__)
 
 # The attribute of the update's CallbackContext that holds its Turn. python-telegram-bot makes
 # one context per update and hands it to the handlers of every group, and a context takes
@@ -197,11 +201,15 @@ class SessionkeeperPersistence(BasePersistence[Data, Data, Data]):
     ``namespace`` separates the persistences of several bots on one database; ``channel`` is
     the store channel of the Telegram users (for erasure and export). ``store_data`` and
     ``update_interval`` are PTB's. Every ``update_*``/``drop_*`` call PTB makes (every
-    ``update_interval`` seconds, and when the application stops) is written at once, in its own
-    transaction, so ``flush`` has nothing left to write. Values must be what JSON reads back
-    equal: dicts with str keys, lists, str, int, float (finite), bool, None; anything else
-    (a tuple, a set, an int dict key, a datetime, an object, a NUL character) raises
-    ``NotJSON`` when stored, which PTB hands to the error handlers. The store is not owned:
+    ``update_interval`` seconds, and when the application shuts down) is written at once, in its
+    own transaction. One that fails with ``DatabaseUnavailable`` (raised, so PTB hands it to the
+    error handlers) is kept, the newest per entry, and stored with the next write that succeeds
+    or at ``flush``. A user's row erased meanwhile (``forget_user``) is never written back: PTB's
+    copy is cleared at the user's next update (``refresh_user_data``, which claims an empty
+    row at the user's first update, so that the erasure shows). Values must be what
+    JSON reads back equal: dicts with str keys, lists, str, int, float (finite), bool, None;
+    anything else (a tuple, a set, an int dict key, a datetime, an object, a NUL character)
+    raises ``NotJSON`` when stored, which PTB hands to the error handlers. The store is not owned:
     it opens on first use (PTB loads the persistence in ``initialize``, before ``post_init``)
     and the bot closes it (``post_shutdown`` runs after PTB's last write).
     """
@@ -225,6 +233,18 @@ class SessionkeeperPersistence(BasePersistence[Data, Data, Data]):
         self.db = db
         self.namespace = namespace
         self.channel = channel
+        # Rows of users (owner_ids) this process loaded, claimed or wrote: gone later means
+        # erased.
+        self._stored: set[Entry] = set()
+        # Rows found erased: PTB's copy is cleared at the user's next update, never written.
+        self._erased: set[Entry] = set()
+        # Writes not stored yet (the database was unavailable), the newest per entry.
+        self._unsaved: dict[Entry, _Write] = {}
+        self._writing: set[Entry] = set()
+
+    def _params(self, entry: Entry, **more: object) -> dict[str, object]:
+        kind, name, key = entry
+        return {"namespace": self.namespace, "kind": kind, "name": name, "key": key, **more}
 
     async def _load(self, kind: str, name: str = "") -> dict[str, Any]:
         plan = _sql.steps(
@@ -232,30 +252,118 @@ class SessionkeeperPersistence(BasePersistence[Data, Data, Data]):
         )
         return {row["key"]: row["data"] for row in await self.db.execute(plan)}
 
+    def _loaded(self, kind: str, name: str, keys: list[str]) -> None:
+        """Rows of users read at start: this process knows they exist (see ``_write``)."""
+        self._stored.update((kind, name, key) for key in keys)
+
     async def _put(
         self, kind: str, key: str, value: object, *, name: str = "", owners: tuple[int, ...] = ()
     ) -> None:
         data = _jsonb(value, f"{kind}[{key}]" if key else kind)
-        params = {
-            "namespace": self.namespace,
-            "kind": kind,
-            "name": name,
-            "key": key,
-            "channel": self.channel,
-            "owner_ids": [str(owner) for owner in owners],
-            "data": data,
-        }
-        await self.db.execute(_sql.steps(QUERIES, ("tp_put", params)))
+        await self._save(_Write((kind, name, key), data, tuple(str(o) for o in owners)))
 
     async def _drop(self, kind: str, key: str, name: str = "") -> None:
-        params = {"namespace": self.namespace, "kind": kind, "name": name, "key": key}
-        await self.db.execute(_sql.steps(QUERIES, ("tp_drop", params)))
+        await self._save(_Write((kind, name, key), None))
+
+    async def _save(self, write: _Write) -> None:
+        """Store ``write``, or keep it (``DatabaseUnavailable``) to store with the next write or
+        at ``flush``. Kept per entry: a newer write of the entry replaces a kept one, so stale
+        data is never stored over newer data."""
+        self._unsaved[write.entry] = write
+        try:
+            await self._store(write.entry)
+        except DatabaseUnavailable:
+            log.warning(
+                "%s not stored, the database is unavailable: kept, to store with the next"
+                " write or at flush (%d entries waiting)",
+                _where(write.entry),
+                len(self._unsaved),
+            )
+            raise  # PTB hands it to the error handlers
+        if self._unsaved:  # the database is back: what failed before goes now
+            try:
+                for entry in list(self._unsaved):
+                    await self._store(entry)
+            except DatabaseUnavailable:
+                pass  # still kept; each was logged when it failed
+
+    async def _store(self, entry: Entry) -> None:
+        """Write the newest kept write of ``entry`` until none is left. One writer per entry:
+        a write made meanwhile is taken by the writer already at it, after its own."""
+        if entry in self._writing:
+            return
+        self._writing.add(entry)
+        try:
+            while (write := self._unsaved.get(entry)) is not None:
+                await self._write(write)
+                if self._unsaved.get(entry) is write:
+                    del self._unsaved[entry]
+        finally:
+            self._writing.discard(entry)
+
+    async def _write(self, write: _Write) -> None:
+        entry = write.entry
+        if write.data is None:
+            await self.db.execute(_sql.steps(QUERIES, ("tp_drop", self._params(entry))))
+            self._stored.discard(entry)
+            self._erased.discard(entry)
+            return
+        if entry in self._erased:
+            return  # the bot's copy from before the erasure (refresh_* clears it)
+        params = self._params(
+            entry, channel=self.channel, owner_ids=list(write.owners), data=write.data
+        )
+        if entry not in self._stored:
+            await self.db.execute(_sql.steps(QUERIES, ("tp_put", {**params, "replace": True})))
+            if write.owners:
+                self._stored.add(entry)
+            return
+        # A user's row this process knew: written only if it still exists.
+        if not await self.db.execute(_sql.steps(QUERIES, ("tp_update", params))):
+            self._forgotten(entry)
+
+    def _forgotten(self, entry: Entry) -> None:
+        """``entry``'s row is gone though this process had it: erased (``forget_user``)."""
+        log.info("%s was erased: the bot's copy is not written back", _where(entry))
+        self._stored.discard(entry)
+        self._erased.add(entry)
+        self._unsaved.pop(entry, None)
+
+    async def _refresh(self, entry: Entry, data: Data) -> None:
+        """Before the handlers of a user's update: clear ``data`` (PTB's copy in memory) if
+        the user's row was erased, and claim a row for a user's entry not stored yet, so that
+        an erasure before PTB's next round is seen too. Nothing while writes wait for the
+        database: the update does not wait for it too (the writes check)."""
+        if self._unsaved:
+            return
+        try:
+            exists = ("tp_exists", self._params(entry))
+            if entry in self._stored and not await self.db.execute(_sql.steps(QUERIES, exists)):
+                self._forgotten(entry)
+            if entry in self._erased:
+                data.clear()
+                self._erased.discard(entry)  # what the user does from now on is new data
+            if entry not in self._stored:
+                await self._claim(entry)
+        except DatabaseUnavailable:
+            return  # the bot goes on from memory
+
+    async def _claim(self, entry: Entry) -> None:
+        params = self._params(
+            entry, channel=self.channel, owner_ids=[entry[2]], data=Jsonb({}), replace=False
+        )
+        await self.db.execute(_sql.steps(QUERIES, ("tp_put", params)))
+        self._stored.add(entry)
 
     async def get_user_data(self) -> dict[int, Data]:
-        return {int(key): dict(data) for key, data in (await self._load("user_data")).items()}
+        loaded = await self._load("user_data")
+        self._loaded("user_data", "", list(loaded))
+        return {int(key): dict(data) for key, data in loaded.items()}
 
     async def get_chat_data(self) -> dict[int, Data]:
-        return {int(key): dict(data) for key, data in (await self._load("chat_data")).items()}
+        loaded = await self._load("chat_data")
+        self._loaded("chat_data", "", [key for key in loaded if int(key) > 0])
+        return {int(key): dict(data) for key, data in loaded.items()}
 
     async def get_bot_data(self) -> Data:
         return dict((await self._load("bot_data")).get("", {}))
@@ -268,20 +376,20 @@ class SessionkeeperPersistence(BasePersistence[Data, Data, Data]):
         return [(uuid, stamp, dict(data)) for uuid, stamp, data in buttons], dict(queries)
 
     async def get_conversations(self, name: str) -> ConversationDict:
-        return {
-            tuple(json.loads(key)): state
-            for key, state in (await self._load("conversation", name)).items()
-        }
+        rows = await self._load("conversation", name)
+        loaded = {tuple(json.loads(key)): state for key, state in rows.items()}
+        owned = [_conversation_key(key) for key in loaded if _conversation_owners(key)]
+        self._loaded("conversation", name, owned)
+        return loaded
 
     async def update_conversation(
         self, name: str, key: ConversationKey, new_state: object | None
     ) -> None:
-        text = json.dumps(list(key), separators=(",", ":"))
+        text = _conversation_key(key)
         if new_state is None:
             await self._drop("conversation", text, name)
             return
-        # The users a conversation is keyed by (a group's chat id is negative).
-        owners = tuple({part: None for part in key if isinstance(part, int) and part > 0})
+        owners = _conversation_owners(key)
         await self._put("conversation", text, new_state, name=name, owners=owners)
 
     async def update_user_data(self, user_id: int, data: Data) -> None:
@@ -305,17 +413,55 @@ class SessionkeeperPersistence(BasePersistence[Data, Data, Data]):
         await self._drop("user_data", str(user_id))
 
     async def refresh_user_data(self, user_id: int, user_data: Data) -> None:
-        """Nothing: one process owns a namespace's data, loaded once at start (as PTB's
-        own persistences)."""
+        """Called by PTB before the handlers of each update of the user: its data in memory
+        is cleared when the user was erased meanwhile (``forget_user``, by any process). One
+        statement: the user's row is claimed (first update) or checked (later ones)."""
+        await self._refresh(("user_data", "", str(user_id)), user_data)
 
     async def refresh_chat_data(self, chat_id: int, chat_data: Data) -> None:
-        """Nothing (see ``refresh_user_data``)."""
+        """As ``refresh_user_data``, for a private chat (erased with its user)."""
+        if chat_id > 0:
+            await self._refresh(("chat_data", "", str(chat_id)), chat_data)
 
     async def refresh_bot_data(self, bot_data: Data) -> None:
-        """Nothing (see ``refresh_user_data``)."""
+        """Nothing: one process owns a namespace's bot_data, loaded once at start."""
 
     async def flush(self) -> None:
-        """Nothing: every update was written when PTB made it."""
+        """Store the writes kept while the database was unavailable (PTB calls it at shutdown,
+        after its last ``update_*``); what still fails is logged as lost."""
+        try:
+            for entry in list(self._unsaved):
+                await self._store(entry)
+        except DatabaseUnavailable:
+            log.error(
+                "python-telegram-bot persistence: the database is unavailable at flush, %d"
+                " entries not stored are lost when the bot exits: %s",
+                len(self._unsaved),
+                ", ".join(_where(entry) for entry in self._unsaved),
+            )
+
+
+@dataclass(frozen=True, eq=False)
+class _Write:
+    """A write PTB asked for: ``data`` None drops the row; ``owners``, the users it is about."""
+
+    entry: Entry
+    data: Jsonb | None
+    owners: tuple[str, ...] = ()
+
+
+def _where(entry: Entry) -> str:
+    kind, name, key = entry
+    return f"{kind}{f' {name}' if name else ''}{f'[{key}]' if key else ''}"
+
+
+def _conversation_key(key: ConversationKey | tuple[Any, ...]) -> str:
+    return json.dumps(list(key), separators=(",", ":"))
+
+
+def _conversation_owners(key: ConversationKey | tuple[Any, ...]) -> tuple[int, ...]:
+    """The users a conversation is keyed by (a group's chat id is negative)."""
+    return tuple({part: None for part in key if isinstance(part, int) and part > 0})
 
 
 def _jsonb(value: object, where: str) -> Jsonb:

@@ -153,8 +153,9 @@ def test_a_value_json_cannot_hold_is_refused_when_stored(database_url: str) -> N
     assert len(errors) == 1 and isinstance(errors[0], NotJSON)
     assert isinstance(errors[0], InvalidInput)
     assert f"user_data[{ADA}]['when'] is a datetime" in str(errors[0])
-    kept = {(kind, key) for kind, _, key, _, _ in rows(database_url)}
-    assert ("user_data", str(ADA)) not in kept  # nothing of that entry written
+    kept = {(kind, key): data for kind, _, key, _, data in rows(database_url)}
+    # Nothing of that entry written: the row is the empty one claimed at Ada's first update.
+    assert kept[("user_data", str(ADA))] == {}
     assert ("chat_data", str(BOB)) in kept  # the other entries were
 
 
