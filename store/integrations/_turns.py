@@ -83,7 +83,6 @@ class TurnOptions(TypedDict, total=False):
     refusal: str
     channel: str
     history_pairs: int | None
-    exempt: Exempt | None
 
 
 class TelegramTurns(ABC, Generic[EventT, MessageT]):

@@ -38,7 +38,7 @@ from ..client import AsyncStore
 from ..errors import InvalidInput
 from ..queries import parse
 from . import _sql
-from ._turns import DEFAULT_REFUSAL, TelegramTurns, TurnOptions
+from ._turns import DEFAULT_REFUSAL, Exempt, TelegramTurns, TurnOptions
 
 __all__ = ["DEFAULT_REFUSAL", "FSMDataNotDictLike", "SessionkeeperStorage", "TurnMiddleware"]
 
@@ -75,9 +75,14 @@ class TurnMiddleware(TelegramTurns[Message, Message], BaseMiddleware):
     """
 
     def __init__(
-        self, db: AsyncStore, *, data_key: str = "turn", **options: Unpack[TurnOptions]
+        self,
+        db: AsyncStore,
+        *,
+        data_key: str = "turn",
+        exempt: Exempt | None = None,
+        **options: Unpack[TurnOptions],
     ) -> None:
-        super().__init__(db, **options)
+        super().__init__(db, exempt=exempt, **options)
         self.data_key = data_key
         # Called as aiogram calls a handler's filters: given the handler data they name.
         self._exempt = None if self.exempt is None else FilterObject(self.exempt)

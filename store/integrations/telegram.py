@@ -121,12 +121,12 @@ class TelegramTurns(_Turns[Update, Message]):
         *,
         edits: Literal["ignore", "turn"] = "ignore",
         unturned: Literal["stop", "pass"] = "stop",
+        exempt: BaseFilter | Exempt | None = None,
         **options: Unpack[TurnOptions],
     ) -> None:
-        exempt = options.get("exempt")
         if isinstance(exempt, BaseFilter):
-            options["exempt"] = _checking(exempt)
-        super().__init__(db, **options)
+            exempt = _checking(exempt)
+        super().__init__(db, exempt=exempt, **options)
         if edits not in ("ignore", "turn"):
             raise InvalidInput(f'edits must be "ignore" or "turn", not {edits!r}', field="edits")
         if unturned not in ("stop", "pass"):
