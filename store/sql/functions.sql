@@ -1070,7 +1070,6 @@ DECLARE
 BEGIN
     now := v_now;
     user_created := false;
-    notify := false;
     -- The user, locked until commit (see sk_current_session), found by its id (sk_user_key),
     -- not by its channel identity: sk_channel_user's first step, here. A known, authenticated
     -- user with no new display name (most messages) is written nothing; any other case is
