@@ -206,10 +206,15 @@ def _history(row: Row) -> list[models.Message]:
     return history
 
 
+# Every admitted request has the same decision, and it is immutable: shared, not built per turn
+# (a frozen dataclass's __init__ is dear on the hot path, see models.stored_message).
+_ADMITTED = models.RateDecision(True)
+
+
 def _rate(row: Row) -> models.RateDecision:
-    return models.RateDecision(
-        row["allowed"], row["retry_at"], row["refused_window"], bool(row["notify"])
-    )
+    if row["allowed"]:
+        return _ADMITTED
+    return models.RateDecision(False, row["retry_at"], row["refused_window"], bool(row["notify"]))
 
 
 def _rate_params(config: StoreConfig, counted: bool = True) -> dict[str, object]:
