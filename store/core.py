@@ -206,12 +206,20 @@ def _history(row: Row) -> list[models.Message]:
     return history
 
 
+# Every admitted request has the same decision, and it is immutable: shared, not built per turn
+# (a frozen dataclass's __init__ is dear on the hot path, see models.stored_message).
+_ADMITTED = models.RateDecision(True)
+
+
 def _rate(row: Row) -> models.RateDecision:
-    return models.RateDecision(row["allowed"], row["retry_at"], row["refused_window"])
+    if row["allowed"]:
+        return _ADMITTED
+    return models.RateDecision(False, row["retry_at"], row["refused_window"], bool(row["notify"]))
 
 
-def _rate_params(config: StoreConfig) -> dict[str, object]:
-    windows, caps = config.rate_windows()
+def _rate_params(config: StoreConfig, counted: bool = True) -> dict[str, object]:
+    # No cap given: admitted and counted against none (an exempt turn).
+    windows, caps = config.rate_windows() if counted else ([], [])
     return {"windows": windows, "caps": caps, "durable": config.durable_rate_limits}
 
 
@@ -226,6 +234,7 @@ def begin_turn(
     display_name: str | None = None,
     history_pairs: int | None = None,
     chat: object = None,
+    rate_limit: bool = True,
     now: datetime | None = None,
 ) -> Plan[models.Turn]:
     """Before the model is called, in one round trip: upsert the user, decide the rate limit
@@ -233,7 +242,10 @@ def begin_turn(
     last pairs. ``chat`` is where the message was written (an id, or a framework's chat
     object): None or the user's private chat is the conversation of release 0.2.0; in a group
     each member has a conversation of their own, or the group one shared conversation
-    (``group_conversations``, docs/conversations.md)."""
+    (``group_conversations``, docs/conversations.md). A refused turn's ``notify_refusal`` is
+    true for the first refusal of its window only: answer that one, drop the others.
+    ``rate_limit=False`` admits the turn without counting it against any cap (a message the
+    bot exempts: a command, a form step)."""
     user_id = validate.identifier(channel_user_id, "channel_user_id")
     chat_id = None if chat is None else validate.chat(chat, user_id)
     params = {
@@ -249,7 +261,7 @@ def begin_turn(
         "history_pairs": validate.pairs(
             history_pairs, "history_pairs", default=config.history_pairs
         ),
-        **_rate_params(config),
+        **_rate_params(config, validate.flag(rate_limit, "rate_limit")),
     }
 
     def decode(rows: Rows) -> models.Turn:

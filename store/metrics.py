@@ -14,6 +14,9 @@ attributes, shadowing the class's; other stores are untouched) and exports on ``
 - ``sessionkeeper_store_errors_total{operation, error}``: calls that raised, by exception class;
 - ``sessionkeeper_store_turns_refused_total{window_seconds}``: ``begin_turn`` refusals, by the
   rate window that refused (the configured windows exist from the start, at zero);
+- ``sessionkeeper_store_refusals_dropped_total{channel}``: the refusals after the first of
+  their window (``Turn.notify_refusal`` false), which the Telegram integrations drop without an
+  answer (the configured ``channels`` exist from the start, at zero);
 - ``sessionkeeper_store_pool_*{store}``: each store's connection pool, read from psycopg_pool
   at scrape time.
 
@@ -75,6 +78,12 @@ class StoreMetrics:
             ["window_seconds"],
             registry=registry,
         )
+        self.dropped = Counter(
+            PREFIX + "refusals_dropped",
+            "Refused begin_turn calls after the first of their window: dropped without an answer.",
+            ["channel"],
+            registry=registry,
+        )
         self._timers = {name: self.duration.labels(name) for name in OPERATIONS}
         self.pools = _PoolCollector()
         registry.register(self.pools)
@@ -84,6 +93,8 @@ class StoreMetrics:
         windows, _ = db.config.rate_windows()
         for window in windows:
             self.refused.labels(str(window))
+        for channel in db.config.channels or ():
+            self.dropped.labels(channel)
 
     def record(
         self, operation: str, started: float, result: object, error: Exception | None
@@ -93,6 +104,8 @@ class StoreMetrics:
             self.errors.labels(operation, type(error).__name__).inc()
         elif isinstance(result, Turn) and not result.allowed:
             self.refused.labels(str(result.rate.refused_window)).inc()
+            if not result.rate.notify:
+                self.dropped.labels(result.user.channel).inc()
 
 
 # One StoreMetrics per registry: registering the same series twice on a registry is an error.

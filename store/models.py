@@ -85,11 +85,17 @@ _new = object.__new__
 
 @dataclass(frozen=True)
 class RateDecision:
-    """The outcome of a rate-limit check; true when the request is admitted."""
+    """The outcome of a rate-limit check; true when the request is admitted.
+
+    ``notify`` is true for the first refusal of the refusing window only: the one refusal to
+    tell the user about. Later refusals of that window are best dropped without an answer, so
+    that a user who keeps sending gets one notice, not one per message (the Telegram
+    integrations do so; docs/conversations.md, "Refusals")."""
 
     allowed: bool
     retry_at: datetime | None = None  # when refused: the end of the longest window at its cap
     refused_window: int | None = None  # when refused: that window's length in seconds
+    notify: bool = False  # when refused: the first refusal of that window
 
     def __bool__(self) -> bool:
         return self.allowed
@@ -134,6 +140,11 @@ class Turn:
     @property
     def allowed(self) -> bool:
         return self.rate.allowed
+
+    @property
+    def notify_refusal(self) -> bool:
+        """Refused, and the first refusal of its window: answer this one, drop the others."""
+        return not self.rate.allowed and self.rate.notify
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,13 @@
 -- begin_turn --
 -- Upsert the user, decide the rate limit and, when admitted, find or open the current session
 -- of the conversation (the user in chat %(chat_id)s; NULL: the private chat) and read its
--- history.
+-- history. A refusal says whether it is the first of its window (notify: the one to answer).
 -- The history comes back as parallel arrays, oldest first, with each message's extra fields
--- and, in a shared group conversation, who spoke each (see sk_begin_turn_v4).
+-- and, in a shared group conversation, who spoke each (see sk_begin_turn_v5).
 SELECT user_id, person_id, display_name, user_created, now, allowed, retry_at, refused_window,
-       session_id, session_created, history_seqs, history_roles, history_contents,
+       notify, session_id, session_created, history_seqs, history_roles, history_contents,
        history_created, history_extras, history_speakers
-FROM sk_begin_turn_v4(%(channel)s, %(channel_user_id)s, %(display_name)s, %(chat_id)s::text,
+FROM sk_begin_turn_v5(%(channel)s, %(channel_user_id)s, %(display_name)s, %(chat_id)s::text,
                       %(shared)s, %(continuity)s, %(now)s::timestamptz, %(windows)s::integer[],
                       %(caps)s::integer[], %(durable)s, %(idle)s::interval, %(carry_pairs)s,
                       %(history_pairs)s)
@@ -153,9 +153,9 @@ FROM sk_current_session_v2(%(user_id)s, %(chat_id)s::text, %(now)s::timestamptz,
                            %(idle)s::interval, %(carry_pairs)s)
 
 -- check_rate_limit --
-SELECT allowed, retry_at, refused_window
-FROM sk_check_rate_limit(%(user_id)s, %(now)s::timestamptz, %(windows)s::integer[],
-                         %(caps)s::integer[], %(durable)s)
+SELECT allowed, retry_at, refused_window, notify
+FROM sk_check_rate_limit_v2(%(user_id)s, %(now)s::timestamptz, %(windows)s::integer[],
+                            %(caps)s::integer[], %(durable)s)
 
 -- track_usage --
 INSERT INTO usage_stats (user_id, channel, input_tokens, output_tokens, cached_tokens,

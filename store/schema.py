@@ -236,6 +236,8 @@ rate_limits = Table(
     Column("window_seconds", Integer, nullable=False),
     Column("window_start", TIMESTAMP(timezone=True), nullable=False),
     Column("request_count", Integer, nullable=False, server_default=text("0")),
+    # Requests of the window a cap refused (revision 0020): the first refusal is answered.
+    Column("refused_count", Integer, nullable=False, server_default=text("0")),
     PrimaryKeyConstraint("user_id", "window_seconds", "window_start"),
     CheckConstraint("window_seconds > 0", name="window_seconds"),
     Index("ix_rate_limits_window_start", "window_start"),

@@ -144,6 +144,14 @@ def count(value: object, field: str, *, minimum: int, maximum: int) -> int:
     return value
 
 
+def flag(value: object, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidInput(
+            f"{field} must be True or False, not {type(value).__name__}", field=field
+        )
+    return value
+
+
 def tokens(value: object, field: str) -> int:
     return count(value, field, minimum=0, maximum=MAX_TOKENS)
 

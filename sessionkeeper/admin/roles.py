@@ -130,6 +130,9 @@ FUNCTIONS: dict[str, Grants] = {
     "sk_capped_total": Grants(bot=X, daemon=X, reader=NONE),
     "sk_add_usage_daily": Grants(bot=X, daemon=X, reader=NONE),
     "sk_check_rate_limit": Grants(bot=X, daemon=NONE, reader=NONE),
+    # Refusals counted per window (revision 0020).
+    "sk_count_refusal": Grants(bot=X, daemon=NONE, reader=NONE),
+    "sk_check_rate_limit_v2": Grants(bot=X, daemon=NONE, reader=NONE),
     # SECURITY DEFINER (functions.sql): reads the secret as owner. Never the reader's: with it,
     # keyed ids could be matched against guessed channel ids.
     "sk_user_key": Grants(bot=X, daemon=NONE, reader=NONE),
@@ -150,7 +153,7 @@ FUNCTIONS: dict[str, Grants] = {
     "sk_publish_proactive_list": Grants(bot=X, daemon=X, reader=NONE),
     "sk_forget": Grants(bot=X, daemon=X, reader=NONE),
     # Conversations per chat (revision 0016).
-    "sk_begin_turn_v4": Grants(bot=X, daemon=NONE, reader=NONE),
+    "sk_begin_turn_v5": Grants(bot=X, daemon=NONE, reader=NONE),
     "sk_current_session_v2": Grants(bot=X, daemon=NONE, reader=NONE),
     "sk_conversation_sessions": Grants(bot=X, daemon=NONE, reader=NONE),
     "sk_conversation_arrays": Grants(bot=X, daemon=NONE, reader=NONE),

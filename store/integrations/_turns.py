@@ -1,13 +1,16 @@
 """What the Telegram integrations (aiogram, python-telegram-bot) share, free of both: beginning
-a turn for a message's sender (answering the refusal when the rate limit refuses it), finishing
-it with the reply, and the refusal text. Each integration adds only its framework's glue: where
-the message is in what its handlers get, and how a message is answered."""
+a turn for a message's sender (answering the first refusal of a rate-limit window, dropping the
+later ones quietly), the bot's exemption of messages from the rate limit, finishing a turn with
+the reply, and the refusal text. Each integration adds only its framework's glue: where the
+message is in what its handlers get, what its exemption filters are given, and how a message is
+answered."""
 
 from __future__ import annotations
 
+import inspect
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, Generic, Protocol, TypedDict, TypeVar
 
@@ -69,6 +72,9 @@ class TelegramMessage(Protocol):
 
 EventT = TypeVar("EventT")
 MessageT = TypeVar("MessageT", bound=TelegramMessage)
+# The bot's exemption: called with what the integration gives it (see ``exempts``); true (or an
+# awaitable of true) exempts the message from the rate limit.
+Exempt = Callable[..., Any]
 
 
 class TurnOptions(TypedDict, total=False):
@@ -82,7 +88,12 @@ class TurnOptions(TypedDict, total=False):
 class TelegramTurns(ABC, Generic[EventT, MessageT]):
     """Turns of Telegram users on an ``AsyncStore`` (both frameworks are asyncio). A framework's
     subclass says where the message is in the event its handlers get (``message_of``) and how
-    to answer it (``answer``)."""
+    to answer it (``answer``).
+
+    ``exempt``: the bot's filter of messages the rate limit does not apply to (commands such as
+    /start, the steps of a form): such a message begins a turn that is admitted and counted
+    against no cap (``begin_turn(rate_limit=False)``), so its handler gets a ``Turn`` like any
+    other. None: every message counts."""
 
     def __init__(
         self,
@@ -91,6 +102,7 @@ class TelegramTurns(ABC, Generic[EventT, MessageT]):
         refusal: str = DEFAULT_REFUSAL,
         channel: str = "telegram",
         history_pairs: int | None = None,
+        exempt: Exempt | None = None,
     ) -> None:
         if not isinstance(db, AsyncStore):
             raise InvalidInput(
@@ -104,10 +116,16 @@ class TelegramTurns(ABC, Generic[EventT, MessageT]):
                 f"refusal: unknown field or bad format {exc}; use {{retry_in}}, {{retry_at}},"
                 " {window}"
             ) from None
+        if exempt is not None and not callable(exempt):
+            raise InvalidInput(
+                f"exempt must be a filter or a callable, not {type(exempt).__name__}",
+                field="exempt",
+            )
         self.db = db
         self.refusal = refusal
         self.channel = channel
         self.history_pairs = history_pairs
+        self.exempt = exempt
 
     @abstractmethod
     def message_of(self, event: EventT) -> MessageT:
@@ -117,10 +135,26 @@ class TelegramTurns(ABC, Generic[EventT, MessageT]):
     def answer(self, message: MessageT, text: str, **send: Any) -> Awaitable[Any]:
         """Send ``text`` to the chat of ``message``."""
 
-    async def admit(self, message: MessageT, sender: Sender) -> Turn | None:
-        """Begin the turn of ``sender``, who sent ``message``: the ``Turn`` when admitted;
-        when the rate limit refuses it, ``message`` is answered with the refusal and the
-        result is ``None``."""
+    async def exempts(self, event: object, *context: Any) -> bool:
+        """Whether the bot's ``exempt`` filter exempts ``event`` from the rate limit: it is
+        called as ``exempt(event, *context)`` (an integration passes what its framework's
+        handlers get) and awaited when it returns an awaitable."""
+        if self.exempt is None:
+            return False
+        result = self.exempt(event, *context)
+        if inspect.isawaitable(result):
+            result = await result
+        return bool(result)
+
+    async def admit(
+        self, message: MessageT, sender: Sender, *, exempt: bool = False
+    ) -> Turn | None:
+        """Begin the turn of ``sender``, who sent ``message``: the ``Turn`` when admitted
+        (``exempt``: admitted without counting against the rate limit). When the rate limit
+        refuses it the result is ``None``, and ``message`` is answered with the refusal if it
+        is the first refusal of the window (``turn.notify_refusal``); later refusals of that
+        window are dropped without an answer (``sessionkeeper_store_refusals_dropped_total``
+        counts them when the store is instrumented)."""
         turn = await self.db.begin_turn(
             self.channel,
             sender.id,
@@ -129,10 +163,12 @@ class TelegramTurns(ABC, Generic[EventT, MessageT]):
             # The conversation is the sender in this chat: a group's turn never sees the
             # private chat's history (docs/conversations.md).
             chat=message.chat,
+            rate_limit=not exempt,
         )
         if turn.allowed:
             return turn
-        await self.answer(message, refusal_text(self.refusal, turn))
+        if turn.notify_refusal:
+            await self.answer(message, refusal_text(self.refusal, turn))
         return None
 
     async def reply(

@@ -9,7 +9,10 @@ the store's database (``pip install 'sessionkeeper[aiogram]'``).
         reply, usage = await my_model(turn.history, message.text)
         await turns.reply(message, turn, reply, input_tokens=usage.input, ...)
 
-A rate-limited user gets the refusal and the handler is not called. ``Dispatcher(storage=
+A rate-limited user gets the refusal once per rate-limit window (later refused messages are
+dropped quietly) and the handler is not called. ``exempt=`` takes aiogram filters (``Command
+("start")``, ``StateFilter(Form)``, ``F...``) for messages the rate limit does not apply to.
+``Dispatcher(storage=
 SessionkeeperStorage(db))`` keeps aiogram's FSM states and data in the store's database, where
 erasure (``forget_user``) removes them with the user.
 """
@@ -23,6 +26,7 @@ from importlib import resources
 from typing import Any, Unpack
 
 from aiogram import BaseMiddleware
+from aiogram.dispatcher.event.handler import FilterObject
 from aiogram.exceptions import DataNotDictLikeError
 from aiogram.fsm.state import State
 from aiogram.fsm.storage.base import BaseStorage, StateType, StorageKey
@@ -34,7 +38,7 @@ from ..client import AsyncStore
 from ..errors import InvalidInput
 from ..queries import parse
 from . import _sql
-from ._turns import DEFAULT_REFUSAL, TelegramTurns, TurnOptions
+from ._turns import DEFAULT_REFUSAL, Exempt, TelegramTurns, TurnOptions
 
 __all__ = ["DEFAULT_REFUSAL", "FSMDataNotDictLike", "SessionkeeperStorage", "TurnMiddleware"]
 
@@ -61,23 +65,42 @@ class TurnMiddleware(TelegramTurns[Message, Message], BaseMiddleware):
     runs ``begin_turn`` for each message with a sender, before filters and handlers.
 
     Admitted: the handler gets the ``Turn`` as ``turn`` (handler data key ``data_key``).
-    Refused by the rate limit: the user is answered with ``refusal`` (fields ``{retry_in}``,
-    ``{retry_at}``, ``{window}``) and no handler runs. Messages without a sender (channel
-    posts) pass through without a turn. ``reply(message, turn, reply, ...)`` finishes the turn
-    and answers with ``message.answer``.
+    Refused by the rate limit: no handler runs, and the first refusal of the window is answered
+    with ``refusal`` (fields ``{retry_in}``, ``{retry_at}``, ``{window}``); the later ones get
+    no answer. ``exempt``: a filter as a handler takes (aiogram's ``Command``, ``StateFilter``,
+    a magic ``F`` filter, or a callable given the handler data it names, e.g. ``raw_state``);
+    a message it passes begins a turn that the rate limit does not count. Messages without a
+    sender (channel posts) pass through without a turn. ``reply(message, turn, reply, ...)``
+    finishes the turn and answers with ``message.answer``.
     """
 
     def __init__(
-        self, db: AsyncStore, *, data_key: str = "turn", **options: Unpack[TurnOptions]
+        self,
+        db: AsyncStore,
+        *,
+        data_key: str = "turn",
+        exempt: Exempt | None = None,
+        **options: Unpack[TurnOptions],
     ) -> None:
-        super().__init__(db, **options)
+        super().__init__(db, exempt=exempt, **options)
         self.data_key = data_key
+        # Called as aiogram calls a handler's filters: given the handler data they name.
+        self._exempt = None if self.exempt is None else FilterObject(self.exempt)
+
+    async def exempts(self, event: object, *context: Any) -> bool:
+        """Whether ``exempt`` passes ``event`` (a message), given the handler data
+        (``context[0]``) as aiogram gives a handler's filters."""
+        if self._exempt is None:
+            return False
+        data: dict[str, Any] = context[0] if context else {}
+        return bool(await self._exempt.call(event, **data))
 
     async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
         message = event.message if isinstance(event, Update) else event
         if not isinstance(message, Message) or message.from_user is None:
             return await handler(event, data)
-        turn = await self.admit(message, message.from_user)
+        exempt = await self.exempts(message, data)
+        turn = await self.admit(message, message.from_user, exempt=exempt)
         if turn is None:
             return None
         data[self.data_key] = turn

@@ -9,8 +9,10 @@ message, and a finish helper (``pip install 'sessionkeeper[telegram]'``).
         reply, usage = await my_model(turn.history, update.message.text)
         await turns.reply(update, turn, reply, input_tokens=usage.input, ...)
 
-A rate-limited user gets the refusal and the update goes no further
-(``ApplicationHandlerStop``): no handler of a later group runs.
+A rate-limited user gets the refusal once per rate-limit window (later refused messages are
+dropped quietly), and the update goes no further (``ApplicationHandlerStop``): no handler of a
+later group runs. ``exempt=filters.COMMAND`` (any python-telegram-bot filter, or a callable
+given the update and the context) names messages the rate limit does not apply to.
 
 Edited messages do not begin a turn by default (``edits="ignore"``): the original message had
 its turn and its reply, and answering every correction again would double the history and the
@@ -46,13 +48,14 @@ from telegram.ext import (
     PersistenceInput,
     TypeHandler,
 )
+from telegram.ext.filters import BaseFilter
 
 from ..client import AsyncStore
 from ..errors import DatabaseUnavailable, InvalidInput
 from ..models import Turn
 from ..queries import parse
 from . import _sql
-from ._turns import DEFAULT_REFUSAL, TurnOptions
+from ._turns import DEFAULT_REFUSAL, Exempt, TurnOptions
 from ._turns import TelegramTurns as _Turns
 
 __all__ = [
@@ -102,9 +105,12 @@ def current_turn(context: Context) -> Turn:
 class TelegramTurns(_Turns[Update, Message]):
     """Begins a turn for each new message with a sender (``update.message``), in a
     ``TypeHandler(Update, ...)`` of an early group: admitted, the ``Turn`` is available to the
-    later groups' handlers as ``current_turn(context)``; refused by the rate limit, the user is
-    answered with ``refusal`` (fields ``{retry_in}``, ``{retry_at}``, ``{window}``) and
-    ``ApplicationHandlerStop`` ends the update's handling. ``reply(update, turn, reply, ...)``
+    later groups' handlers as ``current_turn(context)``; refused by the rate limit,
+    ``ApplicationHandlerStop`` ends the update's handling, and the first refusal of the window
+    is answered with ``refusal`` (fields ``{retry_in}``, ``{retry_at}``, ``{window}``), the later
+    ones not at all. ``exempt``: a python-telegram-bot filter (``filters.COMMAND``) or a
+    callable ``(update, context) -> bool`` (may be async); an update it passes begins a turn
+    that the rate limit does not count. ``reply(update, turn, reply, ...)``
     finishes the turn and answers with ``update.message.reply_text``. Needs a
     ``store.AsyncStore``.
 
@@ -119,9 +125,12 @@ class TelegramTurns(_Turns[Update, Message]):
         *,
         edits: Literal["ignore", "turn"] = "ignore",
         unturned: Literal["stop", "pass"] = "stop",
+        exempt: BaseFilter | Exempt | None = None,
         **options: Unpack[TurnOptions],
     ) -> None:
-        super().__init__(db, **options)
+        if isinstance(exempt, BaseFilter):
+            exempt = _checking(exempt)
+        super().__init__(db, exempt=exempt, **options)
         if edits not in ("ignore", "turn"):
             raise InvalidInput(f'edits must be "ignore" or "turn", not {edits!r}', field="edits")
         if unturned not in ("stop", "pass"):
@@ -154,7 +163,8 @@ class TelegramTurns(_Turns[Update, Message]):
             if self.unturned == "stop" and _carries_a_message(update):
                 raise ApplicationHandlerStop
             return
-        turn = await self.admit(message, message.from_user)
+        exempt = await self.exempts(update, context)
+        turn = await self.admit(message, message.from_user, exempt=exempt)
         if turn is None:
             raise ApplicationHandlerStop
         setattr(context, TURN_ATTRIBUTE, turn)
@@ -167,6 +177,15 @@ class TelegramTurns(_Turns[Update, Message]):
 
     def answer(self, message: Message, text: str, **send: Any) -> Awaitable[Any]:
         return message.reply_text(text, **send)
+
+
+def _checking(exempt: BaseFilter) -> Exempt:
+    """A filter as a callable of (update, context), as a MessageHandler checks it."""
+
+    def check(update: Update, context: Context) -> bool:
+        return bool(exempt.check_update(update))
+
+    return check
 
 
 def _carries_a_message(update: Update) -> bool:

@@ -70,19 +70,36 @@ $$;
 -- cap counts against none of them. Windows are aligned to the epoch (UTC days).
 -- =============================================================================================
 
--- sk_check_rate_limit: is this request allowed, and if not, when may the user retry.
+-- sk_count_refusal: counts a refused request in the refusing window's row (refused_count,
+-- revision 0020) and says whether it is the window's first refusal: the one a bot answers
+-- (docs/conversations.md, "Refusals"). The caller's rate check holds the row locked, so of a
+-- user's concurrent refusals exactly one sees the count reach 1. Only refusals pay for it.
+CREATE OR REPLACE FUNCTION sk_count_refusal(
+    p_user_id uuid, p_window integer, p_window_start timestamptz
+) RETURNS boolean
+LANGUAGE sql AS $$
+    UPDATE rate_limits r SET refused_count = r.refused_count + 1
+    WHERE r.user_id = p_user_id AND r.window_seconds = p_window
+      AND r.window_start = p_window_start
+    RETURNING r.refused_count = 1
+$$;
+
+-- sk_check_rate_limit_v2: is this request allowed, and if not, when may the user retry and
+-- whether this is the first refusal of the refusing window (notify; sk_count_refusal).
 -- One cap (the default: 15 a minute) decides, counts and locks in one upsert (revision 0007);
 -- several caps lock every window first and raise the counts only when all admit (0002).
-CREATE OR REPLACE FUNCTION sk_check_rate_limit(
+CREATE OR REPLACE FUNCTION sk_check_rate_limit_v2(
     p_user_id uuid, p_now timestamptz, p_windows integer[], p_caps integer[], p_durable boolean
-) RETURNS TABLE (allowed boolean, retry_at timestamptz, refused_window integer)
+) RETURNS TABLE (allowed boolean, retry_at timestamptz, refused_window integer, notify boolean)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
     v_now timestamptz := coalesce(p_now, now());
     v_first_start timestamptz;
     v_last_start timestamptz;
+    v_start timestamptz;
 BEGIN
+    notify := false;
     IF NOT p_durable THEN
         -- A request counter is soft state: this commit need not wait for the WAL flush.
         PERFORM set_config('synchronous_commit', 'off', true);
@@ -98,8 +115,10 @@ BEGIN
         allowed := FOUND;
         IF NOT allowed THEN
             refused_window := p_windows[1];
-            retry_at := to_timestamp(floor(extract(epoch FROM v_now) / p_windows[1])
-                                     * p_windows[1]) + make_interval(secs => p_windows[1]);
+            v_start := to_timestamp(floor(extract(epoch FROM v_now) / p_windows[1])
+                                    * p_windows[1]);
+            retry_at := v_start + make_interval(secs => p_windows[1]);
+            notify := sk_count_refusal(p_user_id, refused_window, v_start);
         END IF;
         RETURN NEXT;
         RETURN;
@@ -137,6 +156,12 @@ BEGIN
           AND r.window_start BETWEEN v_first_start AND v_last_start
           AND r.window_start
               = to_timestamp(floor(extract(epoch FROM v_now) / r.window_seconds) * r.window_seconds);
+    ELSE
+        -- The refusing window (the longest at its cap) counts the refusal: a user at the
+        -- hourly cap hears of it once that hour, not again with every new minute.
+        notify := sk_count_refusal(
+            p_user_id, refused_window,
+            to_timestamp(floor(extract(epoch FROM v_now) / refused_window) * refused_window));
     END IF;
     RETURN NEXT;
 END $$;
@@ -329,8 +354,9 @@ LANGUAGE sql STABLE AS $$
     ) m
 $$;
 
--- sk_begin_turn_v3: sk_begin_turn_v4 for the user's private chat, without the speakers.
--- Release 0.2.0 calls it. Until revision 0016 it held the body v4 has now (see there).
+-- sk_begin_turn_v3: sk_begin_turn_v5 for the user's private chat, without the speakers and
+-- the refusal's notify. Release 0.2.0 calls it (and answers every refusal). Until revision
+-- 0016 it held the body v5 has now (see there).
 CREATE OR REPLACE FUNCTION sk_begin_turn_v3(
     p_channel text, p_channel_user_id text, p_display_name text, p_now timestamptz,
     p_windows integer[], p_caps integer[], p_durable boolean,
@@ -350,7 +376,7 @@ BEGIN
     SELECT t.user_id, t.person_id, t.display_name, t.user_created, t.now, t.allowed,
            t.retry_at, t.refused_window, t.session_id, t.session_created, t.history_seqs,
            t.history_roles, t.history_contents, t.history_created, t.history_extras
-    FROM sk_begin_turn_v4(p_channel, p_channel_user_id, p_display_name, NULL, false, false,
+    FROM sk_begin_turn_v5(p_channel, p_channel_user_id, p_display_name, NULL, false, false,
                           p_now, p_windows, p_caps, p_durable, p_idle, p_carry_pairs,
                           p_history_pairs) t;
 END $$;
@@ -999,29 +1025,31 @@ LANGUAGE sql STABLE AS $$
     ) m
 $$;
 
--- sk_begin_turn_v4: everything before the model is called, in one round trip: the user
+-- sk_begin_turn_v5: everything before the model is called, in one round trip: the user
 -- (written only when something changes, revision 0005), the rate-limit decision (per user,
--- whatever the chat), and when admitted the conversation's current session (the user in chat
+-- whatever the chat; when refused, notify says whether it is the refusing window's first
+-- refusal, sk_count_refusal; no cap given: admitted and counted nowhere, as an exempt message
+-- is), and when admitted the conversation's current session (the user in chat
 -- p_chat_id; NULL: the private chat) and its history, each message with its extra fields
 -- (0010). p_shared: a group chat's history is the shared conversation of its members (with
 -- history_speakers); p_continuity: a private chat's history continues the linked users'
 -- (docs/conversations.md). Otherwise history_speakers is NULL.
 -- The common turn (one cap, a session active within p_idle) runs in this body: calling
--- sk_check_rate_limit and sk_current_session_v2 for it cost a PL/pgSQL call each (executor
+-- sk_check_rate_limit_v2 and sk_current_session_v2 for it cost a PL/pgSQL call each (executor
 -- start-up, a tuplestore for the result row, a second lock of the user row), 2-5 % of the
 -- server's instructions per turn (bench/RESULTS.md, issue 13). The other cases call them.
 -- plan_cache_mode = force_generic_plan (revision 0006): every statement here (and in the
 -- functions it calls, which inherit the setting) looks rows up by key or reads an index range,
 -- for which the generic plan is the plan; re-planning on every call cost ~10 % of a turn. A
 -- function setting, not a connection option, so it holds behind PgBouncer too.
-CREATE OR REPLACE FUNCTION sk_begin_turn_v4(
+CREATE OR REPLACE FUNCTION sk_begin_turn_v5(
     p_channel text, p_channel_user_id text, p_display_name text, p_chat_id text,
     p_shared boolean, p_continuity boolean, p_now timestamptz,
     p_windows integer[], p_caps integer[], p_durable boolean,
     p_idle interval, p_carry_pairs integer, p_history_pairs integer
 ) RETURNS TABLE (
     user_id uuid, person_id uuid, display_name text, user_created boolean, now timestamptz,
-    allowed boolean, retry_at timestamptz, refused_window integer,
+    allowed boolean, retry_at timestamptz, refused_window integer, notify boolean,
     session_id uuid, session_created boolean,
     history_seqs bigint[], history_roles text[], history_contents text[],
     history_created timestamptz[], history_extras jsonb[], history_speakers text[]
@@ -1058,7 +1086,7 @@ BEGIN
     user_id := v_user;
     v_person := person_id;
     IF cardinality(p_windows) = 1 AND p_caps[1] > 0 THEN
-        -- One cap: sk_check_rate_limit's one-cap upsert, here (see there).
+        -- One cap: sk_check_rate_limit_v2's one-cap upsert, here (see there).
         IF NOT p_durable THEN
             PERFORM set_config('synchronous_commit', 'off', true);
         END IF;
@@ -1072,10 +1100,15 @@ BEGIN
             refused_window := p_windows[1];
             retry_at := to_timestamp(floor(extract(epoch FROM v_now) / p_windows[1])
                                      * p_windows[1]) + make_interval(secs => p_windows[1]);
+            notify := sk_count_refusal(v_user, refused_window,
+                                       retry_at - make_interval(secs => p_windows[1]));
         END IF;
+    ELSIF cardinality(p_windows) = 0 THEN
+        allowed := true;
     ELSE
-        SELECT d.allowed, d.retry_at, d.refused_window INTO allowed, retry_at, refused_window
-        FROM sk_check_rate_limit(v_user, v_now, p_windows, p_caps, p_durable) d;
+        SELECT d.allowed, d.retry_at, d.refused_window, d.notify
+        INTO allowed, retry_at, refused_window, notify
+        FROM sk_check_rate_limit_v2(v_user, v_now, p_windows, p_caps, p_durable) d;
     END IF;
     IF allowed THEN
         -- A refused request opens no session and reads no history. The user row is locked
@@ -1122,6 +1155,16 @@ END $$;
 -- Functions the current code no longer calls but a bot or tool of an earlier release may. Each
 -- names the release that stopped using it; it moves to "Retired" a release after that.
 -- =============================================================================================
+
+-- sk_check_rate_limit: sk_check_rate_limit_v2 without notify. check_rate_limit of releases
+-- 0.1.0 and 0.2.0 calls it; its refusals count in refused_count too.
+CREATE OR REPLACE FUNCTION sk_check_rate_limit(
+    p_user_id uuid, p_now timestamptz, p_windows integer[], p_caps integer[], p_durable boolean
+) RETURNS TABLE (allowed boolean, retry_at timestamptz, refused_window integer)
+LANGUAGE sql AS $$
+    SELECT c.allowed, c.retry_at, c.refused_window
+    FROM sk_check_rate_limit_v2(p_user_id, p_now, p_windows, p_caps, p_durable) c
+$$;
 
 -- sk_begin_turn: sk_begin_turn_v3 without the history's extra fields. Bots of release 0.1.0
 -- call it; 0.2.0 calls sk_begin_turn_v3. It keeps the generic-plan setting it always had.
@@ -1187,6 +1230,13 @@ $$;
 -- before the release); no release calls it.
 DROP FUNCTION IF EXISTS sk_begin_turn_v2(
     text, text, text, timestamptz, integer[], integer[], boolean, interval, integer, integer
+);
+
+-- sk_begin_turn_v4: only development builds of 0.3.0 had it (sk_begin_turn_v5 replaced it
+-- before the release, revision 0020); no release calls it.
+DROP FUNCTION IF EXISTS sk_begin_turn_v4(
+    text, text, text, text, boolean, boolean, timestamptz, integer[], integer[], boolean,
+    interval, integer, integer
 );
 
 -- =============================================================================================

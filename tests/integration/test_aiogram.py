@@ -10,12 +10,15 @@ import pytest
 from aiogram import Bot, Dispatcher
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
+from aiogram.filters import Command, StateFilter, or_f
 from aiogram.fsm.context import FSMContext
 from aiogram.fsm.state import State, StatesGroup
 from aiogram.fsm.storage.base import StorageKey
 from aiogram.types import Message, Update
 from fake_telegram import BOT_ID, TOKEN, FakeTelegram, message_update, run, stored
+from prometheus_client import CollectorRegistry
 
+import store.metrics
 from store import AsyncStore, InvalidInput, Store, Turn
 from store.integrations.aiogram import SessionkeeperStorage, TurnMiddleware
 
@@ -251,3 +254,65 @@ def test_fsm_states_and_data_live_in_the_database_and_erasure_removes_them(
 
     telegram = run(scenario)
     assert telegram.texts() == ["which size?", "a large tea"]
+
+
+def test_one_notice_per_window_then_silence_and_exempt_commands_and_form_steps(
+    database_url: str,
+) -> None:
+    # Issue 23: 2 a day. The third message gets the notice; later ones are dropped quietly and
+    # counted; /start and the form step it opens are exempt: handled, counted against no cap.
+    handled: list[str] = []
+    registry = CollectorRegistry()
+
+    async def scenario(telegram: FakeTelegram) -> None:
+        async with AsyncStore(database_url, rate_per_minute=None, rate_per_day=2) as db:
+            store.metrics.instrument(db, registry=registry)
+            exempt = or_f(Command("start"), StateFilter(Order.size))
+            turns = TurnMiddleware(db, refusal="Wait {retry_in}.", exempt=exempt)
+            dp = Dispatcher()
+            dp.message.outer_middleware(turns)
+
+            @dp.message(Command("start"))
+            async def start(message: Message, turn: Turn, state: FSMContext) -> None:
+                handled.append(message.text or "")
+                await state.set_state(Order.size)
+                await message.answer("What size?")
+
+            @dp.message(Order.size)
+            async def size(message: Message, turn: Turn, state: FSMContext) -> None:
+                handled.append(message.text or "")
+                await state.set_state(None)
+                await turns.reply(message, turn, f"size {message.text}")
+
+            @dp.message()
+            async def chat(message: Message, turn: Turn) -> None:
+                handled.append(message.text or "")
+                await turns.reply(message, turn, f"ok {message.text}")
+
+            bot = real_bot(telegram)
+            texts = ["one", "two", "three", "four", "/start", "large", "five"]
+            try:
+                for update_id, text in enumerate(texts, start=1):
+                    await feed(dp, bot, update_id, text)
+            finally:
+                await bot.session.close()
+
+    telegram = run(scenario)
+    assert handled == ["one", "two", "/start", "large"]
+    sent = telegram.texts()
+    assert sent[:2] == ["ok one", "ok two"]
+    assert re.fullmatch(r"Wait \d+ (hours|minutes|seconds?)\.", sent[2])
+    assert sent[3:] == ["What size?", "size large"]
+    dropped = registry.get_sample_value(
+        "sessionkeeper_store_refusals_dropped_total", {"channel": "telegram"}
+    )
+    assert dropped == 2.0  # "four" and "five"
+    with psycopg.connect(database_url) as conn:
+        counts = conn.execute("SELECT request_count, refused_count FROM rate_limits").fetchall()
+    assert counts == [(2, 3)]
+
+
+def test_exempt_must_be_a_filter(database_url: str) -> None:
+    with pytest.raises(InvalidInput, match="exempt") as raised:
+        TurnMiddleware(AsyncStore(database_url), exempt="start")  # type: ignore[arg-type]
+    assert raised.value.field == "exempt"

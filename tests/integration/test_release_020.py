@@ -37,7 +37,9 @@ def old(database_url: str) -> Iterator[psycopg.Connection[dict[str, Any]]]:
         yield conn
 
 
-def old_begin_turn(conn: psycopg.Connection[dict[str, Any]], now: Any) -> dict[str, Any]:
+def old_begin_turn(
+    conn: psycopg.Connection[dict[str, Any]], now: Any, caps: list[int] | None = None
+) -> dict[str, Any]:
     row = conn.execute(
         STORE["begin_turn"],
         {
@@ -46,7 +48,7 @@ def old_begin_turn(conn: psycopg.Connection[dict[str, Any]], now: Any) -> dict[s
             "display_name": None,
             "now": now,
             "windows": [60],
-            "caps": [15],
+            "caps": caps or [15],
             "durable": False,
             "idle": IDLE,
             "carry_pairs": 2,
@@ -261,3 +263,41 @@ EXPORT_STEPS = {
     "export_fetch",
     "export_close",
 }
+
+
+def test_a_bot_of_020_is_refused_past_the_cap_every_time(
+    database_url: str, old: psycopg.Connection[dict[str, Any]]
+) -> None:
+    # 0.2.0 knows nothing of notify and answers every refusal: its statements must refuse each
+    # request past the cap, with the time to retry, before and after 0.3.0's bots refused (and
+    # notified) in the same window. Its refusals count too: a 0.3.0 bot's next refusal in the
+    # window is a quiet one, the user having been told by the old bot.
+    second = timedelta(seconds=1)
+    retry_at = T0.replace(second=0) + timedelta(minutes=1)
+    assert old_begin_turn(old, T0, caps=[1])["allowed"]
+    refused = [old_begin_turn(old, T0 + i * second, caps=[1]) for i in range(1, 3)]
+    assert [(r["allowed"], r["retry_at"], r["refused_window"]) for r in refused] == [
+        (False, retry_at, 60)
+    ] * 2
+    assert all(r["session_id"] is None for r in refused)
+    with Store(database_url, max_size=1, rate_per_minute=1) as new:
+        turn = new.begin_turn("telegram", 42, now=T0 + 3 * second)
+        assert not turn.allowed and not turn.notify_refusal
+        rate = {"windows": [60], "caps": [1], "durable": False}
+        user = turn.user.user_id
+        decision = old.execute(STORE["check_rate_limit"], {"user_id": user, "now": T0, **rate})
+        assert decision.fetchall() == [
+            {"allowed": False, "retry_at": retry_at, "refused_window": 60}
+        ]
+        # The next minute: the new bot's first refusal notifies, the old one is still refused.
+        later = T0 + timedelta(minutes=1)
+        assert new.begin_turn("telegram", 42, now=later).allowed
+        assert new.begin_turn("telegram", 42, now=later + second).notify_refusal
+        assert not old_begin_turn(old, later + 2 * second, caps=[1])["allowed"]
+    counts = old.execute(
+        "SELECT request_count, refused_count FROM rate_limits ORDER BY window_start"
+    ).fetchall()
+    assert counts == [
+        {"request_count": 1, "refused_count": 4},
+        {"request_count": 1, "refused_count": 2},
+    ]

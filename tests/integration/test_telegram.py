@@ -10,9 +10,11 @@ from typing import Any
 import psycopg
 import pytest
 from fake_telegram import TOKEN, FakeTelegram, message_update, run, stored
+from prometheus_client import CollectorRegistry
 from telegram import Update
-from telegram.ext import Application, ContextTypes, MessageHandler, filters
+from telegram.ext import Application, CommandHandler, ContextTypes, MessageHandler, filters
 
+import store.metrics
 from store import AsyncStore, InvalidInput, Store
 from store.integrations.telegram import TelegramTurns, current_turn
 
@@ -164,3 +166,84 @@ def test_without_the_turns_handler_a_handler_is_told(database_url: str) -> None:
 def test_the_handler_takes_only_an_async_store(database_url: str) -> None:
     with Store(database_url) as db, pytest.raises(InvalidInput, match="AsyncStore"):
         TelegramTurns(db)  # type: ignore[arg-type]
+
+
+def command_update(update_id: int, text: str) -> dict[str, Any]:
+    """A message whose text starts with a command, with the entity Telegram marks it with."""
+    update = message_update(update_id, ADA, text)
+    length = len(text.split(" ", 1)[0])
+    update["message"]["entities"] = [{"type": "bot_command", "offset": 0, "length": length}]
+    return update
+
+
+@pytest.mark.parametrize("exempt", ["filter", "callable"])
+def test_one_notice_per_window_then_silence_and_exempt_commands_and_form_steps(
+    database_url: str, exempt: str
+) -> None:
+    # Issue 23: 1 a day. The second message gets the notice, later ones are dropped quietly
+    # (counted); /size and the form step it opens are exempt, given as a python-telegram-bot
+    # filter (commands only) or as an async callable reading user_data (commands and the step).
+    handled: list[str] = []
+    registry = CollectorRegistry()
+
+    async def in_form(update: Update, context: ContextTypes.DEFAULT_TYPE) -> bool:
+        assert context.user_data is not None
+        return bool(filters.COMMAND.check_update(update) or context.user_data.get("form"))
+
+    async def scenario(telegram: FakeTelegram) -> None:
+        async with AsyncStore(database_url, rate_per_minute=None, rate_per_day=1) as db:
+            store.metrics.instrument(db, registry=registry)
+            turns = TelegramTurns(
+                db,
+                refusal="Wait {retry_in}.",
+                exempt=filters.COMMAND if exempt == "filter" else in_form,
+            )
+
+            async def size(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+                assert update.message is not None and context.user_data is not None
+                handled.append(update.message.text or "")
+                context.user_data["form"] = True
+                await update.message.reply_text("What size?")
+
+            async def chat(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+                assert update.message is not None and context.user_data is not None
+                handled.append(update.message.text or "")
+                answer = "size" if context.user_data.pop("form", False) else "ok"
+                await turns.reply(update, current_turn(context), f"{answer} {update.message.text}")
+
+            app = application(telegram)
+            turns.install(app)
+            app.add_handler(CommandHandler("size", size))
+            app.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND, chat))
+            async with app:
+                for update_id, text in enumerate(["one", "two", "three", "/size", "large"], 1):
+                    raw = command_update(update_id, text) if text[0] == "/" else None
+                    raw = raw or message_update(update_id, ADA, text)
+                    await app.process_update(Update.de_json(raw, app.bot))
+
+    telegram = run(scenario)
+    sent = telegram.texts()
+    assert sent[0] == "ok one"
+    assert re.fullmatch(r"Wait \d+ (hours|minutes|seconds?)\.", sent[1])
+    dropped = registry.get_sample_value(
+        "sessionkeeper_store_refusals_dropped_total", {"channel": "telegram"}
+    )
+    if exempt == "filter":
+        # The form step is not a command: refused, quietly.
+        assert handled == ["one", "/size"]
+        assert sent[2:] == ["What size?"]
+        assert dropped == 2.0  # "three" and "large"
+    else:
+        assert handled == ["one", "/size", "large"]
+        assert sent[2:] == ["What size?", "size large"]
+        assert dropped == 1.0  # "three"
+    with psycopg.connect(database_url) as conn:
+        counts = conn.execute("SELECT request_count, refused_count FROM rate_limits").fetchall()
+    assert counts == [(1, 1 + int(dropped))]
+
+
+@pytest.mark.parametrize("bad", ["start", 42])
+def test_exempt_must_be_a_filter_or_a_callable(database_url: str, bad: object) -> None:
+    with pytest.raises(InvalidInput, match="exempt") as raised:
+        TelegramTurns(AsyncStore(database_url), exempt=bad)  # type: ignore[arg-type]
+    assert raised.value.field == "exempt"

@@ -273,11 +273,12 @@ def test_every_hot_path_statement_routes_by_user_id_but_the_known_ones() -> None
     assert found == KNOWN_CROSS_SHARD, "\n".join(map(str, gaps))
 
 
-def test_the_rate_limit_check_routes_to_one_shard() -> None:
-    function = functions()["sk_check_rate_limit"]
-    assert function.statements, "no statement found in sk_check_rate_limit"
+@pytest.mark.parametrize("name", ["sk_check_rate_limit_v2", "sk_count_refusal"])
+def test_the_rate_limit_check_routes_to_one_shard(name: str) -> None:
+    function = functions()[name]
+    assert function.statements, f"no statement found in {name}"
     for statement in function.statements:
-        assert gaps_of("sk_check_rate_limit", statement, function.variables)[0] == []
+        assert gaps_of(name, statement, function.variables)[0] == []
 
 
 def test_the_walk_reaches_every_function_of_the_hot_path() -> None:
