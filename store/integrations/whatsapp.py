@@ -27,6 +27,7 @@ from functools import wraps
 from typing import Any, Unpack, cast
 
 from pywa_async.client import WhatsApp
+from pywa_async.types.chat import ChatType
 from pywa_async.types.message import Message
 from pywa_async.types.sent_update import SentMessage
 
@@ -88,8 +89,23 @@ class WhatsAppTurns(ChannelTurns[Message, Message]):
         return event
 
     def answer(self, message: Message, text: str, **send: Any) -> Awaitable[SentMessage]:
-        # pywa 4.5 types the async Message's reply_text with the sync one's signature.
-        return cast("Awaitable[SentMessage]", message.reply_text(text, **send))
+        """Answer in the chat of ``message``: the 1:1 chat, or the group it was written in
+        (``private=True`` answers a group message in the sender's 1:1 chat instead)."""
+        if message.chat.type == ChatType.GROUP and not send.pop("private", False):
+            # pywa 4.5's reply_text answers a group message in the sender's 1:1 chat (its
+            # ``private`` flag reads the other way round): the group is addressed explicitly.
+            quote = send.pop("quote", False)
+            sent = message._client.send_message(
+                to=message.chat.id,
+                text=text,
+                sender=message.metadata.phone_number_id,
+                reply_to_message_id=message.message_id_to_reply if quote else None,
+                **send,
+            )
+        else:
+            sent = message.reply_text(text, **send)
+        # pywa 4.5 types the async Message's calls with the sync ones' signatures.
+        return cast("Awaitable[SentMessage]", sent)
 
 
 def sender_of(msg: Message) -> _Sender:

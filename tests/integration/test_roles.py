@@ -272,14 +272,15 @@ def test_whatsapp_turns_run_as_the_bot(bot_url: str, conn: Conn) -> None:
             turns = WhatsAppTurns(db, refusal="later")
 
             async def chat(client: WhatsApp, msg: Message, turn: Turn) -> None:
-                exchange = [
+                exchange: list[dict[str, Any]] = [
                     {"role": "assistant", "content": None, "tool_calls": [call]},
                     {"role": "tool", "tool_call_id": "c1", "content": "12:00"},
                     {"role": "assistant", "content": "It is noon."},
                 ]
                 await turns.reply(msg, turn, exchange, input_tokens=3)
 
-            wa.add_handlers(MessageHandler(turns.handler(chat)))
+            # pywa_async's MessageHandler is typed with the sync client's callbacks.
+            wa.add_handlers(MessageHandler(turns.handler(chat)))  # type: ignore[arg-type]
             await deliver(wa, message_webhook(ADA, "time?"))
             await deliver(wa, message_webhook(ADA, "again?"))
 
