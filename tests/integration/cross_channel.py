@@ -57,6 +57,7 @@ class CrossChannel:
     telegram_sent: list[str] = field(default_factory=list)
     whatsapp_sent: list[str] = field(default_factory=list)
     consumed: bool = False
+    api: FakeCloudAPI | None = None  # the fake Cloud API, while over_telegram runs
 
     @staticmethod
     def runs(source: str) -> bool:
@@ -156,7 +157,7 @@ class CrossChannel:
             {"role": "assistant", "content": f"echo: {told}"},
             {"role": "user", "content": self.question},
         ]
-        assert isinstance(self.api, FakeCloudAPI)
+        assert self.api is not None
         assert self.api.recipients() == [ADA["user_id"]] * 2
         with psycopg.connect(database_url) as conn:
             rows = conn.execute(
