@@ -1,8 +1,9 @@
-"""What the Telegram integrations (aiogram, python-telegram-bot) share, free of both: beginning
-a turn for a message's sender (answering the first refusal of a rate-limit window, dropping the
-later ones quietly), the bot's exemption of messages from the rate limit, finishing a turn with
-the reply, and the refusal text. Each integration adds only its framework's glue: where the
-message is in what its handlers get, what its exemption filters are given, and how a message is
+"""What the bot integrations (aiogram, python-telegram-bot, pywa for WhatsApp) share, free of
+all three: beginning a turn for a message's sender (answering the first refusal of a rate-limit
+window, dropping the later ones quietly), the bot's exemption of messages from the rate limit,
+finishing a turn with the reply, and the refusal text. Each integration adds only its
+framework's glue: where the message is in what its handlers get, what its exemption filters are
+given, and how a message is
 answered."""
 
 from __future__ import annotations
@@ -10,13 +11,13 @@ from __future__ import annotations
 import inspect
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Generic, Protocol, TypedDict, TypeVar
 
 from ..client import AsyncStore
 from ..errors import InvalidInput, StoreError
-from ..models import Appended, Turn
+from ..models import Appended, Message, Turn
 
 # Fields: {retry_in} ("40 seconds", "3 minutes", "2 hours"), {retry_at} (an aware datetime:
 # {retry_at:%H:%M %Z}), {window} (the refusing window, in seconds).
@@ -49,44 +50,49 @@ def display_name(first_name: str | None, last_name: str | None = None) -> str | 
 
 
 class Sender(Protocol):
-    """A Telegram user as both frameworks model it."""
+    """A message's sender: a Telegram user as both Telegram frameworks model it (a WhatsApp
+    integration gives its user in this shape)."""
 
     @property
-    def id(self) -> int: ...
+    def id(self) -> int | str: ...
     @property
     def first_name(self) -> str: ...
     @property
     def last_name(self) -> str | None: ...
 
 
-class TelegramMessage(Protocol):
-    """A Telegram message as both frameworks model it (what the turns read of it)."""
+class ChatMessage(Protocol):
+    """A message as the frameworks model it (what the turns read of it)."""
 
     @property
     def text(self) -> str | None: ...
     @property
     def caption(self) -> str | None: ...
     @property
-    def chat(self) -> Any: ...  # its Chat: id and type ("private", "group", ...)
+    def chat(self) -> Any: ...  # its chat: id and type ("private", "group", ...), see validate.chat
 
 
 EventT = TypeVar("EventT")
-MessageT = TypeVar("MessageT", bound=TelegramMessage)
+MessageT = TypeVar("MessageT", bound=ChatMessage)
 # The bot's exemption: called with what the integration gives it (see ``exempts``); true (or an
 # awaitable of true) exempts the message from the rate limit.
 Exempt = Callable[..., Any]
+# What a reply may be: the text, or the whole exchange after the user's message (the assistant's
+# tool calls, the tools' results, the final answer), as finish_turn takes it.
+Reply = str | Sequence[Mapping[str, Any] | Message]
 
 
 class TurnOptions(TypedDict, total=False):
-    """``TelegramTurns``' keyword options, for a framework class that adds its own."""
+    """``ChannelTurns``' keyword options, for a framework class that adds its own."""
 
     refusal: str
     channel: str
     history_pairs: int | None
+    exempt: Exempt | None
 
 
-class TelegramTurns(ABC, Generic[EventT, MessageT]):
-    """Turns of Telegram users on an ``AsyncStore`` (both frameworks are asyncio). A framework's
+class ChannelTurns(ABC, Generic[EventT, MessageT]):
+    """Turns of a channel's users on an ``AsyncStore`` (the frameworks are asyncio). A framework's
     subclass says where the message is in the event its handlers get (``message_of``) and how
     to answer it (``answer``).
 
@@ -106,7 +112,7 @@ class TelegramTurns(ABC, Generic[EventT, MessageT]):
     ) -> None:
         if not isinstance(db, AsyncStore):
             raise InvalidInput(
-                f"the Telegram integrations need a store.AsyncStore (got {type(db).__name__}):"
+                f"the bot integrations need a store.AsyncStore (got {type(db).__name__}):"
                 " the frameworks run on asyncio, and a Store would block their event loop"
             )
         try:
@@ -175,7 +181,7 @@ class TelegramTurns(ABC, Generic[EventT, MessageT]):
         self,
         event: EventT,
         turn: Turn,
-        reply: str,
+        reply: Reply,
         *,
         input_tokens: int = 0,
         output_tokens: int = 0,
@@ -185,12 +191,15 @@ class TelegramTurns(ABC, Generic[EventT, MessageT]):
     ) -> Appended:
         """Finish the turn and answer: ``finish_turn`` stores the user's message (its text or
         caption, or ``user_message``) and ``reply`` with the token usage, then the reply is
-        sent (aiogram: ``message.answer(reply, **send)``; python-telegram-bot:
-        ``update.message.reply_text(reply, **send)``). Stored before sent: a user who saw the
+        sent. ``reply`` is the text, or a tool-using exchange (the list ``finish_turn`` takes,
+        ending with the assistant's final text, which is what is sent). aiogram:
+        ``message.answer(reply, **send)``; python-telegram-bot: ``update.message.reply_text(reply,
+        **send)``; pywa: ``msg.reply_text(reply, **send)``. Stored before sent: a user who saw the
         reply finds it in the history of the next turn. When storing fails (``StoreError``: a
         message the store refuses, the database gone) the reply is still sent, then the error
         raised."""
         message = self.message_of(event)
+        answer = final_text(reply)  # before anything is written: an exchange may be malformed
         text = user_message if user_message is not None else message.text or message.caption
         try:
             appended = await self.db.finish_turn(
@@ -202,7 +211,32 @@ class TelegramTurns(ABC, Generic[EventT, MessageT]):
                 cached_tokens=cached_tokens,
             )
         except StoreError:
-            await self.answer(message, reply, **send)
+            await self.answer(message, answer, **send)
             raise
-        await self.answer(message, reply, **send)
+        await self.answer(message, answer, **send)
         return appended
+
+
+# The name the Telegram integrations import.
+TelegramTurns = ChannelTurns
+
+
+def final_text(reply: Reply) -> str:
+    """The text to send for ``reply``: the text itself, or the content of an exchange's last
+    message, which must be the assistant's final answer."""
+    if isinstance(reply, str):
+        return reply
+    last = reply[-1] if isinstance(reply, Sequence) and reply else None
+    role: object = None
+    content: object = None
+    if isinstance(last, Message):
+        role, content = last.role, last.content
+    elif isinstance(last, Mapping):
+        role, content = last.get("role"), last.get("content")
+    if role != "assistant" or not isinstance(content, str) or not content:
+        raise InvalidInput(
+            "reply must be a text or a list of messages ending with the assistant's final"
+            " text (what is sent)",
+            field="reply",
+        )
+    return content

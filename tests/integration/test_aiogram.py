@@ -4,6 +4,7 @@ over HTTP to a fake Telegram server on loopback, a real AsyncStore on PostgreSQL
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import psycopg
 import pytest
@@ -180,6 +181,47 @@ def test_a_reply_that_cannot_be_stored_is_still_sent(database_url: str) -> None:
     telegram = run(scenario)
     assert telegram.texts() == ["a NUL \x00 reply"]
     assert stored(database_url, ADA) == []
+
+
+def test_a_tool_using_exchange_is_stored_and_its_final_text_sent(database_url: str) -> None:
+    # reply takes the exchange finish_turn takes (shared with PTB and WhatsApp: _turns.py).
+    call = {"id": "c1", "type": "function", "function": {"name": "clock", "arguments": "{}"}}
+    exchange: list[dict[str, Any]] = [
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "12:00"},
+        {"role": "assistant", "content": "It is noon."},
+    ]
+    refused: list[InvalidInput] = []
+
+    async def scenario(telegram: FakeTelegram) -> None:
+        async with AsyncStore(database_url) as db:
+            turns = TurnMiddleware(db)
+            dp = Dispatcher()
+            dp.message.outer_middleware(turns)
+
+            @dp.message()
+            async def chat(message: Message, turn: Turn) -> None:
+                try:
+                    await turns.reply(message, turn, exchange[: 2 if turn.history else 3])
+                except InvalidInput as exc:
+                    refused.append(exc)
+
+            bot = real_bot(telegram)
+            try:
+                await feed(dp, bot, 1, "time?")
+                await feed(dp, bot, 2, "again?")  # an exchange without its final text
+            finally:
+                await bot.session.close()
+
+    telegram = run(scenario)
+    assert telegram.texts() == ["It is noon."]
+    assert len(refused) == 1 and refused[0].field == "reply"
+    assert stored(database_url, ADA) == [
+        ("user", "time?"),
+        ("assistant", ""),
+        ("tool", "12:00"),
+        ("assistant", "It is noon."),
+    ]
 
 
 def test_the_middleware_takes_only_an_async_store(database_url: str) -> None:

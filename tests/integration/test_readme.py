@@ -12,6 +12,10 @@ on loopback (``TELEGRAM_API_URL``, ``TELEGRAM_BOT_TOKEN``): it delivers the conv
 messages one at a time, each once the previous one was answered, as a user would, and stops the
 bot with SIGINT (as an operator's Ctrl-C) once the last one was answered.
 
+The cross-channel bot (docs/whatsapp.md: aiogram and pywa on one store) gets both fake servers,
+a fake WhatsApp Cloud API and the part of Meta that posts signed webhooks to the bot; its chat
+and what it must leave in the database are in cross_channel.py.
+
 A block that is not meant to run (a sketch, a framework that is not installed) says so on the
 line before it: ``<!-- not-run: the reason -->``. Such a block must still compile.
 """
@@ -35,6 +39,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from cross_channel import CrossChannel
 from fake_telegram import TOKEN, FakeTelegram, fake_telegram, message_update
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
@@ -301,7 +306,8 @@ def test_documented_block_runs(
     monkeypatch.delenv("DATABASE_URL", raising=False)
     monkeypatch.setenv("SESSIONKEEPER_RATE_PER_DAY", "3")
     monkeypatch.setenv("TELEGRAM_BOT_TOKEN", TOKEN)
-    conversation = Conversation()
+    # docs/whatsapp.md's bot on both channels has a chat of its own (cross_channel.py).
+    conversation = CrossChannel() if CrossChannel.runs(block.source) else Conversation()
     before = open_pools()
     try:
         with conversation.over_telegram() as telegram:

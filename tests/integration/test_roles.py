@@ -19,8 +19,13 @@ import pytest
 from aiogram.fsm.storage.base import StorageKey
 from conftest import TEST_LOGINS, as_login, create_logins
 from daemon_support import daemon_env, every_job
+from fake_whatsapp import ADA, FakeCloudAPI, deliver, message_webhook
+from fake_whatsapp import run as run_whatsapp
 from langchain_core.messages import AIMessage, HumanMessage
 from langgraph_support import agent_graph, user_turn
+from pywa_async.client import WhatsApp
+from pywa_async.handlers import MessageHandler
+from pywa_async.types.message import Message
 from store_support import T0
 from test_daemon import Daemon, wait_for
 from upgrade_support import migrate_process
@@ -38,12 +43,14 @@ from store import (
     ProactiveUsers,
     Store,
     StoreError,
+    Turn,
 )
 from store.client import Op
 from store.integrations.aiogram import SessionkeeperStorage
 from store.integrations.langchain import SessionkeeperChatMessageHistory
 from store.integrations.langgraph import SessionkeeperSaver, thread_config
 from store.integrations.telegram import SessionkeeperPersistence
+from store.integrations.whatsapp import WhatsAppTurns
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
@@ -253,6 +260,34 @@ def test_the_integrations_storage_runs_as_the_bot(bot_url: str, conn: Conn) -> N
         assert saver.get_tuple(config) is not None
         saver.delete_thread(config["configurable"]["thread_id"])
     assert one(conn, "SELECT count(*) FROM langgraph_threads") == 0
+
+
+def test_whatsapp_turns_run_as_the_bot(bot_url: str, conn: Conn) -> None:
+    # pywa's handler as the bots' login: a turn begun, a tool-using exchange stored and
+    # answered, then a turn refused by the rate limit and answered with the refusal.
+    call = {"id": "c1", "type": "function", "function": {"name": "clock", "arguments": "{}"}}
+
+    async def scenario(api: FakeCloudAPI, wa: WhatsApp) -> None:
+        async with AsyncStore(bot_url, rate_per_minute=None, rate_per_day=1) as db:
+            turns = WhatsAppTurns(db, refusal="later")
+
+            async def chat(client: WhatsApp, msg: Message, turn: Turn) -> None:
+                exchange: list[dict[str, Any]] = [
+                    {"role": "assistant", "content": None, "tool_calls": [call]},
+                    {"role": "tool", "tool_call_id": "c1", "content": "12:00"},
+                    {"role": "assistant", "content": "It is noon."},
+                ]
+                await turns.reply(msg, turn, exchange, input_tokens=3)
+
+            # pywa_async's MessageHandler is typed with the sync client's callbacks.
+            wa.add_handlers(MessageHandler(turns.handler(chat)))  # type: ignore[arg-type]
+            await deliver(wa, message_webhook(ADA, "time?"))
+            await deliver(wa, message_webhook(ADA, "again?"))
+
+    api = run_whatsapp(scenario)
+    assert api.texts() == ["It is noon.", "later"]
+    assert one(conn, "SELECT count(*) FROM session_messages") == 4
+    assert one(conn, "SELECT sum(input_tokens) FROM usage_stats WHERE channel = 'whatsapp'") == 3
 
 
 def test_the_bot_cannot_read_the_secret_nor_change_the_schema(bot_url: str) -> None:

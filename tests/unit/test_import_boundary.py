@@ -22,6 +22,8 @@ FORBIDDEN = (
     "langgraph",
     "aiogram",
     "telegram",
+    "pywa",  # pywa and pywa_async
+    "httpx",  # pywa's HTTP client
     "prometheus_client",
     "tqdm",  # the CLI's progress bars
 )
@@ -62,6 +64,8 @@ def test_the_integrations_package_loads_no_framework() -> None:
     assert "aiogram" in found and "telegram" not in found
     found = forbidden(modules_after("import store.integrations.telegram"))
     assert "telegram" in found and "aiogram" not in found
+    found = forbidden(modules_after("import store.integrations.whatsapp"))
+    assert "pywa_async" in found and "pywa" in found and "telegram" not in found
 
 
 def test_prometheus_client_comes_only_with_store_metrics() -> None:
