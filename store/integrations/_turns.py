@@ -88,7 +88,6 @@ class TurnOptions(TypedDict, total=False):
     refusal: str
     channel: str
     history_pairs: int | None
-    exempt: Exempt | None
 
 
 class ChannelTurns(ABC, Generic[EventT, MessageT]):

@@ -34,7 +34,7 @@ from pywa_async.types.sent_update import SentMessage
 from ..client import AsyncStore
 from ..errors import InvalidInput
 from ..models import Turn
-from ._turns import DEFAULT_REFUSAL, ChannelTurns, TurnOptions
+from ._turns import DEFAULT_REFUSAL, ChannelTurns, Exempt, TurnOptions
 
 __all__ = ["DEFAULT_REFUSAL", "TurnHandler", "WhatsAppTurns"]
 
@@ -65,9 +65,11 @@ class WhatsAppTurns(ChannelTurns[Message, Message]):
     (keywords go to it: ``quote=True``...). The channel is ``"whatsapp"`` unless ``channel``
     says otherwise."""
 
-    def __init__(self, db: AsyncStore, **options: Unpack[TurnOptions]) -> None:
+    def __init__(
+        self, db: AsyncStore, *, exempt: Exempt | None = None, **options: Unpack[TurnOptions]
+    ) -> None:
         options.setdefault("channel", "whatsapp")
-        super().__init__(db, **options)
+        super().__init__(db, exempt=exempt, **options)
 
     def handler(self, callback: TurnHandler) -> Callable[[WhatsApp, Message], Awaitable[None]]:
         """A pywa message callback that begins the turn, then calls ``callback`` with it."""
