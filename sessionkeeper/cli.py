@@ -34,7 +34,7 @@ from sessionkeeper.daemon.config import Config, load_config, settings_reference
 from sessionkeeper.daemon.logs import log_run, setup_logging
 from sessionkeeper.daemon.service import Daemon, job_conninfo
 from sessionkeeper.jobs import JOB_NAMES, ledger, session_archival
-from sessionkeeper.jobs.runner import JobFailed, run_job
+from sessionkeeper.jobs.runner import WINDOW_CLOSED, JobFailed, run_job
 from sessionkeeper.progress import Progress, write
 from store import InvalidInput, Store, local_server
 from store.connection import describe, redact, secure_conninfo
@@ -216,8 +216,10 @@ def cmd_jobs_list(args: argparse.Namespace) -> int:
     return 0
 
 
-# Exit codes of `jobs run`: the run's outcome (a stopped run: 128 + the signal, 130 for Ctrl-C).
+# Exit codes of `jobs run`: the run's outcome (a stopped run: 128 + the signal, 130 for Ctrl-C;
+# with --in-window, 4 when its window closed).
 RUN_EXIT_CODES = {"success": 0, "failure": 1, "skipped": 3}
+WINDOW_CLOSED_EXIT_CODE = 4
 # Jobs that erase what cannot be restored: confirmed on a terminal, --yes otherwise.
 ERASING_JOBS = frozenset({"user_retention"})
 
@@ -259,6 +261,8 @@ def cmd_jobs_run(args: argparse.Namespace) -> int:
                 store=config.store,
                 progress=progress.update,
                 backlog=progress.set_total,
+                # A run by hand ignores the job's window unless asked to keep to it.
+                window=config.jobs[args.name].window if args.in_window else None,
             )
         except JobFailed as exc:
             report = exc.report
@@ -266,8 +270,9 @@ def cmd_jobs_run(args: argparse.Namespace) -> int:
     line = f"{report.job}: {report.outcome} rows={report.rows} {report.duration_seconds:.3f}s"
     if report.outcome == "stopped":
         left = f"{progress.total - report.rows}" if progress.total is not None else "the rest"
-        print(f"{line} (stopped: {report.rows} done, {left} left for the next run)")
-        return stop.exit_code
+        why = "window closed" if report.details.get("reason") == WINDOW_CLOSED else "stopped"
+        print(f"{line} ({why}: {report.rows} done, {left} left for the next run)")
+        return WINDOW_CLOSED_EXIT_CODE if why == "window closed" else stop.exit_code
     print(f"{line} ({report.error})" if report.error else line)
     return RUN_EXIT_CODES[report.outcome]
 
@@ -569,6 +574,12 @@ def build_parser() -> argparse.ArgumentParser:
     run_one.add_argument("name", help="job name: " + ", ".join(JOB_NAMES))
     run_one.add_argument(
         "--yes", action="store_true", help="confirm an erasing job (user_retention) without asking"
+    )
+    run_one.add_argument(
+        "--in-window",
+        action="store_true",
+        help="keep to the job's maintenance window (default: a run by hand ignores it): skipped"
+        " outside it (exit 3), stopped at a batch boundary when it closes (exit 4)",
     )
     run_one.set_defaults(func=cmd_jobs_run)
     sessions = command(commands, "sessions", "archived sessions")

@@ -11,7 +11,8 @@ deprecated and goes in the next release (contract), once dashboards and alerts u
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
@@ -19,7 +20,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from sessionkeeper.jobs.partitions import KEYS as PARTITIONED_TABLES
-from sessionkeeper.jobs.runner import RunReport
+from sessionkeeper.jobs.runner import WINDOW_CLOSED, RunReport
+from sessionkeeper.jobs.window import Window
 
 from .pacing import PaceState
 
@@ -127,6 +129,15 @@ class DaemonMetrics:
             ["job_name"],
             registry=r,
         )
+        # Maintenance windows: runs their window's close stopped (the window's state is read at
+        # scrape time, add_windows).
+        self.window_stops = Counter(
+            "sessionkeeper_job_window_stops",
+            "Runs stopped at a batch boundary because the job's maintenance window closed"
+            " (the rest waits for the next window).",
+            ["job_name"],
+            registry=r,
+        )
         self.domain = {
             name: Gauge(f"sessionkeeper_{name}", text, registry=r)
             for name, text in DOMAIN_GAUGES.items()
@@ -137,7 +148,13 @@ class DaemonMetrics:
             for per_job in (self.duration, self.last_success, self.rows, self.missed):
                 per_job.labels(job, job)
             # New series carry job_name only: the deprecated job label is not added to them.
-            for metric in (self.probe, self.probe_budget, self.yield_pause, self.yielded):
+            for metric in (
+                self.probe,
+                self.probe_budget,
+                self.yield_pause,
+                self.yielded,
+                self.window_stops,
+            ):
                 metric.labels(job)
 
     def observe(self, report: RunReport) -> None:
@@ -145,6 +162,8 @@ class DaemonMetrics:
         self.runs.labels(job, job, report.outcome).inc()
         if report.outcome == "skipped":
             return
+        if report.details.get("reason") == WINDOW_CLOSED:
+            self.window_stops.labels(job).inc()
         self.duration.labels(job, job).observe(report.duration_seconds)
         # A failed run counts the rows of the batches it committed before failing.
         self.rows.labels(job, job).inc(report.rows)
@@ -177,6 +196,39 @@ class DaemonMetrics:
 
     def add_pool(self, stats: Callable[[], dict[str, int]]) -> None:
         self.registry.register(_PoolCollector(stats))
+
+    def add_windows(
+        self, windows: Mapping[str, Window | None], clock: Callable[[], datetime]
+    ) -> None:
+        self.registry.register(_WindowCollector(windows, clock))
+
+
+class _WindowCollector(Collector):
+    """Whether each job's maintenance window is open, read at scrape time (``clock()``)."""
+
+    def __init__(self, windows: Mapping[str, Window | None], clock: Callable[[], datetime]) -> None:
+        self.windows = windows
+        self.clock = clock
+
+    def collect(self) -> Iterable[Metric]:
+        now = self.clock()
+        is_open = GaugeMetricFamily(
+            "sessionkeeper_job_window_open",
+            "1 while the job may run (its maintenance window is open, or it has none), 0 while"
+            " it waits for its window.",
+            labels=["job_name"],
+        )
+        opens = GaugeMetricFamily(
+            "sessionkeeper_job_window_next_open_timestamp_seconds",
+            "Unix time the job's maintenance window opens next (0: open now, or no window).",
+            labels=["job_name"],
+        )
+        for job, window in self.windows.items():
+            waiting = window is not None and not window.is_open(now)
+            is_open.add_metric([job], 0 if waiting else 1)
+            opens.add_metric([job], window.next_open(now).timestamp() if window and waiting else 0)
+        yield is_open
+        yield opens
 
 
 class _PoolCollector(Collector):

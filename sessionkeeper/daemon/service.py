@@ -32,7 +32,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from sessionkeeper.jobs import JOB_NAMES, partitions, session_archival
 from sessionkeeper.jobs.base import Pause
-from sessionkeeper.jobs.runner import JobFailed, RunReport, describe_error, run_job
+from sessionkeeper.jobs.runner import JobFailed, RunReport, describe_error, run_job, utc_now
 from sessionkeeper.jobs.sql import QUERIES
 from store.errors import ConfigurationError
 
@@ -91,6 +91,7 @@ class Daemon:
             timeout=10,
         )
         self.metrics.add_pool(self.pool.get_stats)
+        self.metrics.add_windows({name: job.window for name, job in config.jobs.items()}, utc_now)
         self.scheduler = BackgroundScheduler(
             timezone=UTC,
             jobstores={"default": MemoryJobStore()},
@@ -154,10 +155,13 @@ class Daemon:
         self.scheduler.start()
         for job in self.scheduler.get_jobs():
             if job.id in JOB_NAMES:
+                config = self.config.jobs[job.id]
+                window = f", in its window {config.window}" if config.window else ""
                 log.info(
-                    "job %s %s, next run %s",
+                    "job %s %s%s, next run %s",
                     job.id,
-                    self.config.jobs[job.id].schedule.describe(),
+                    config.schedule.describe(),
+                    window,
                     job.next_run_time,
                 )
 
@@ -186,6 +190,7 @@ class Daemon:
                 pause=pause,
                 ledger_keep_seconds=self.config.ledger_retention_seconds,
                 store=self.config.store,
+                window=job.window,
             )
 
     @contextlib.contextmanager
