@@ -63,15 +63,25 @@ class Window:
         """When the window next opens (``now`` while it is open), in UTC."""
         if self.is_open(now):
             return now.astimezone(UTC)
-        local = now.astimezone(self.zone)
-        opening = local.replace(
-            hour=self.start // 60, minute=self.start % 60, second=0, microsecond=0, fold=0
-        )
-        # A start the clocks skip (02:30 the night they go forward) is read with the offset
-        # before the gap: 03:30, at most the gap later than the window really opens.
-        if opening.astimezone(UTC) <= now.astimezone(UTC):
-            opening = (opening.replace(tzinfo=None) + timedelta(days=1)).replace(tzinfo=self.zone)
-        return opening.astimezone(UTC)
+        opening = self._opening(now, 0)
+        if opening <= now:
+            opening = self._opening(now, 1)
+        return opening
+
+    def last_opened(self, now: datetime) -> datetime:
+        """When the window last opened (or opens at ``now``), in UTC."""
+        opening = self._opening(now, 0)
+        return opening if opening <= now else self._opening(now, -1)
+
+    def _opening(self, now: datetime, days: int) -> datetime:
+        """The window's start on the local day of ``now`` plus ``days``, in UTC.
+
+        A start the clocks skip (02:30 the night they go forward) is read with the offset
+        before the gap: 03:30, at most the gap later than the window really opens.
+        """
+        day = now.astimezone(self.zone).date() + timedelta(days=days)
+        local = datetime(day.year, day.month, day.day, self.start // 60, self.start % 60)
+        return local.replace(tzinfo=self.zone).astimezone(UTC)
 
 
 def _hhmm(minutes: int) -> str:

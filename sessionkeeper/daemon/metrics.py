@@ -20,7 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from sessionkeeper.jobs.partitions import KEYS as PARTITIONED_TABLES
-from sessionkeeper.jobs.runner import WINDOW_CLOSED, RunReport
+from sessionkeeper.jobs.runner import WINDOW_CLOSED, RunReport, utc_now
 from sessionkeeper.jobs.window import Window
 
 from .pacing import PaceState
@@ -50,7 +50,14 @@ DOMAIN_GAUGES = {
 
 
 class DaemonMetrics:
-    def __init__(self, job_names: Sequence[str]) -> None:
+    def __init__(
+        self,
+        job_names: Sequence[str],
+        windows: Mapping[str, Window | None] | None = None,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        """``windows``: each job's maintenance window (none given: no job has one), read
+        against ``clock()`` at scrape time."""
         self.registry = CollectorRegistry()
         r = self.registry
         # process_start_time_seconds (restarts, uptime), CPU, memory, open files.
@@ -129,8 +136,10 @@ class DaemonMetrics:
             ["job_name"],
             registry=r,
         )
-        # Maintenance windows: runs their window's close stopped (the window's state is read at
-        # scrape time, add_windows).
+        # Maintenance windows: runs their window's close stopped, and each window's state, read
+        # at scrape time.
+        windows = windows or {}
+        r.register(_WindowCollector({job: windows.get(job) for job in job_names}, clock))
         self.window_stops = Counter(
             "sessionkeeper_job_window_stops",
             "Runs stopped at a batch boundary because the job's maintenance window closed"
@@ -197,11 +206,6 @@ class DaemonMetrics:
     def add_pool(self, stats: Callable[[], dict[str, int]]) -> None:
         self.registry.register(_PoolCollector(stats))
 
-    def add_windows(
-        self, windows: Mapping[str, Window | None], clock: Callable[[], datetime]
-    ) -> None:
-        self.registry.register(_WindowCollector(windows, clock))
-
 
 class _WindowCollector(Collector):
     """Whether each job's maintenance window is open, read at scrape time (``clock()``)."""
@@ -223,12 +227,20 @@ class _WindowCollector(Collector):
             "Unix time the job's maintenance window opens next (0: open now, or no window).",
             labels=["job_name"],
         )
+        opened = GaugeMetricFamily(
+            "sessionkeeper_job_window_opened_timestamp_seconds",
+            "Unix time the job's maintenance window last opened (0: no window); the alerts count"
+            " a windowed job's intervals from there.",
+            labels=["job_name"],
+        )
         for job, window in self.windows.items():
             waiting = window is not None and not window.is_open(now)
             is_open.add_metric([job], 0 if waiting else 1)
             opens.add_metric([job], window.next_open(now).timestamp() if window and waiting else 0)
+            opened.add_metric([job], window.last_opened(now).timestamp() if window else 0)
         yield is_open
         yield opens
+        yield opened
 
 
 class _PoolCollector(Collector):

@@ -32,7 +32,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from sessionkeeper.jobs import JOB_NAMES, partitions, session_archival
 from sessionkeeper.jobs.base import Pause
-from sessionkeeper.jobs.runner import JobFailed, RunReport, describe_error, run_job, utc_now
+from sessionkeeper.jobs.runner import JobFailed, RunReport, describe_error, run_job
 from sessionkeeper.jobs.sql import QUERIES
 from store.errors import ConfigurationError
 
@@ -72,7 +72,9 @@ class Daemon:
         self.config = config
         self.head_revision = head_revision
         self.stopping = threading.Event()
-        self.metrics = DaemonMetrics(JOB_NAMES)
+        self.metrics = DaemonMetrics(
+            JOB_NAMES, {name: job.window for name, job in config.jobs.items()}
+        )
         # Disabled jobs too: the alerts read the interval, and a job's own series tell
         # whether it runs.
         self.metrics.set_intervals(
@@ -91,7 +93,6 @@ class Daemon:
             timeout=10,
         )
         self.metrics.add_pool(self.pool.get_stats)
-        self.metrics.add_windows({name: job.window for name, job in config.jobs.items()}, utc_now)
         self.scheduler = BackgroundScheduler(
             timezone=UTC,
             jobstores={"default": MemoryJobStore()},

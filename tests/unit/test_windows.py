@@ -126,6 +126,23 @@ def test_a_waiting_job_knows_when_its_window_opens(
     assert Window.parse(window, zone(tz)).next_open(at(now)) == at(opens)
 
 
+@pytest.mark.parametrize(
+    ("window", "tz", "now", "opened"),
+    [
+        ("02:00-05:00", "UTC", "2026-01-05 12:00", "2026-01-05 02:00"),
+        ("02:00-05:00", "UTC", "2026-01-05 02:00", "2026-01-05 02:00"),
+        ("02:00-05:00", "UTC", "2026-01-05 01:59", "2026-01-04 02:00"),
+        ("22:00-02:00", "UTC", "2026-01-06 01:00", "2026-01-05 22:00"),
+        ("22:00-02:00", "Europe/Berlin", "2026-01-05 23:00", "2026-01-05 21:00"),
+        ("22:00-02:00", "Europe/Berlin", "2026-07-05 23:00", "2026-07-05 20:00"),
+    ],
+)
+def test_the_alerts_know_when_a_window_last_opened(
+    window: str, tz: str, now: str, opened: str
+) -> None:
+    assert Window.parse(window, zone(tz)).last_opened(at(now)) == at(opened)
+
+
 def test_the_window_and_its_time_zone_are_settings(tmp_path: Path) -> None:
     config = load_config({})
     assert config.window_timezone == "UTC"
@@ -202,10 +219,9 @@ def test_runs_the_window_stopped_are_counted_apart_from_other_stops() -> None:
 
 
 def test_the_window_gauges_are_read_at_scrape_time() -> None:
-    metrics = DaemonMetrics(["usage_rollup", "session_archival"])
     clock = [at("2026-01-05 12:00")]
-    windows = {"usage_rollup": Window.parse("02:00-05:00", UTC_ZONE), "session_archival": None}
-    metrics.add_windows(windows, lambda: clock[0])
+    windows = {"usage_rollup": Window.parse("02:00-05:00", UTC_ZONE)}
+    metrics = DaemonMetrics(["usage_rollup", "session_archival"], windows, lambda: clock[0])
 
     def gauge(name: str, job: str) -> float | None:
         return metrics.registry.get_sample_value(f"sessionkeeper_job_{name}", {"job_name": job})
@@ -214,8 +230,15 @@ def test_the_window_gauges_are_read_at_scrape_time() -> None:
     assert gauge("window_next_open_timestamp_seconds", "usage_rollup") == (
         at("2026-01-06 02:00").timestamp()
     )
+    assert gauge("window_opened_timestamp_seconds", "usage_rollup") == (
+        at("2026-01-05 02:00").timestamp()
+    )
     assert gauge("window_open", "session_archival") == 1
     assert gauge("window_next_open_timestamp_seconds", "session_archival") == 0
+    assert gauge("window_opened_timestamp_seconds", "session_archival") == 0
     clock[0] = at("2026-01-06 02:30")
     assert gauge("window_open", "usage_rollup") == 1
     assert gauge("window_next_open_timestamp_seconds", "usage_rollup") == 0
+    assert gauge("window_opened_timestamp_seconds", "usage_rollup") == (
+        at("2026-01-06 02:00").timestamp()
+    )
