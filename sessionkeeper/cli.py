@@ -19,7 +19,7 @@ import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from importlib import metadata
 from pathlib import Path
 from typing import IO, Any, NoReturn
@@ -30,7 +30,7 @@ import sqlalchemy.exc
 
 from sessionkeeper.admin import citus, embedded, legacy, migrate, roles
 from sessionkeeper.admin.embedded import EmbeddedPostgres
-from sessionkeeper.daemon.config import Config, load_config, settings_reference
+from sessionkeeper.daemon.config import Config, JobConfig, load_config, settings_reference
 from sessionkeeper.daemon.logs import log_run, setup_logging
 from sessionkeeper.daemon.service import Daemon, job_conninfo
 from sessionkeeper.jobs import JOB_NAMES, ledger, session_archival
@@ -207,13 +207,32 @@ def cmd_jobs_list(args: argparse.Namespace) -> int:
             log.warning("last runs unknown: %s", _first_line(exc))
             runs = None
     now = datetime.now(UTC)
-    print(f"{'JOB':<20} {'SCHEDULE':<20} {'NEXT RUN (UTC)':<20} LAST RUN")
+    schedules = {
+        name: f"{job.schedule.describe()}, in {job.window}"
+        if job.window
+        else job.schedule.describe()
+        for name, job in config.jobs.items()
+    }
+    width = max(20, *map(len, schedules.values()))
+    print(f"{'JOB':<20} {'SCHEDULE':<{width}} {'NEXT RUN (UTC)':<20} LAST RUN")
     for name, job in config.jobs.items():
-        next_run = job.schedule.trigger(0).get_next_fire_time(None, now)
-        when = f"{next_run:%Y-%m-%d %H:%M:%S}" if job.enabled and next_run else "disabled"
+        next_run = _next_run(job, now)
+        when = f"{next_run:%Y-%m-%d %H:%M:%S}" if next_run else "never in its window"
+        when = when if job.enabled else "disabled"
         last = "unknown" if runs is None else _describe_run(runs.get(name))
-        print(f"{name:<20} {job.schedule.describe():<20} {when:<20} {last}")
+        print(f"{name:<20} {schedules[name]:<{width}} {when:<20} {last}")
     return 0
+
+
+def _next_run(job: JobConfig, now: datetime) -> datetime | None:
+    """The job's next slot that its window lets run (None: none in the coming year)."""
+    trigger = job.schedule.trigger(0)
+    fire: datetime | None = trigger.get_next_fire_time(None, now)
+    while fire is not None and job.window is not None and not job.window.is_open(fire):
+        if fire - now > timedelta(days=366):
+            return None
+        fire = trigger.get_next_fire_time(None, job.window.next_open(fire))
+    return fire
 
 
 # Exit codes of `jobs run`: the run's outcome (a stopped run: 128 + the signal, 130 for Ctrl-C;

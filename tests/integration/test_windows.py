@@ -303,3 +303,26 @@ def test_jobs_run_ignores_the_window_unless_told_to_keep_to_it(
     assert by_hand.returncode == 0, by_hand.stderr
     outcomes = conn.execute("SELECT outcome FROM job_runs ORDER BY run_id").fetchall()
     assert outcomes == [("skipped",), ("success",)]
+
+
+def test_jobs_list_shows_the_window_and_the_next_run_inside_it(database_url: str) -> None:
+    result = sessionkeeper(
+        database_url,
+        "jobs",
+        "list",
+        SESSIONKEEPER_WINDOW_TIMEZONE="Europe/Berlin",
+        SESSIONKEEPER_SESSION_ARCHIVAL_SCHEDULE="15m",
+        SESSIONKEEPER_SESSION_ARCHIVAL_WINDOW="02:00-05:00",
+        # Noon UTC is never between 02:00 and 05:00 in Berlin: a schedule to fix.
+        SESSIONKEEPER_USAGE_ROLLUP_SCHEDULE="0 12 * * *",
+        SESSIONKEEPER_USAGE_ROLLUP_WINDOW="02:00-05:00",
+    )
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
+    archival = rows["session_archival"]
+    assert "every 900s, in 02:00-05:00 Europe/Berlin" in archival
+    when = datetime.strptime(archival.split("Berlin")[1].split()[0], "%Y-%m-%d").date()
+    next_run = datetime.fromisoformat(f"{when} {archival.split('Berlin')[1].split()[1]}+00:00")
+    assert Window.parse("02:00-05:00", zone("Europe/Berlin")).is_open(next_run)
+    assert datetime.now(UTC) <= next_run <= datetime.now(UTC) + timedelta(days=1)
+    assert "never in its window" in rows["usage_rollup"]
