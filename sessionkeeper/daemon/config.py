@@ -214,7 +214,7 @@ def _schedule(source: Source, table: KeyPath, default: str) -> Schedule:
 
 def _window(source: Source, table: KeyPath, tz: ZoneInfo) -> Window | None:
     found = source.find(*table, "window")
-    text = None if found is None else parse(found, str | None)
+    text = parse(found, str | None) if found else None  # "none": no window
     if found is None or text is None:
         return None
     try:
