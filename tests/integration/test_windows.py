@@ -326,3 +326,69 @@ def test_jobs_list_shows_the_window_and_the_next_run_inside_it(database_url: str
     assert Window.parse("02:00-05:00", zone("Europe/Berlin")).is_open(next_run)
     assert datetime.now(UTC) <= next_run <= datetime.now(UTC) + timedelta(days=1)
     assert "never in its window" in rows["usage_rollup"]
+
+
+# `jobs run --in-window` in a process whose clock freezegun holds at 04:59, moved to 05:01 when
+# the test creates the file named by argv[1] (then the process creates argv[1] + ".moved").
+FROZEN_CLI = """
+import pathlib, sys, threading, time
+from freezegun import freeze_time
+from sessionkeeper.cli import main
+
+signal = pathlib.Path(sys.argv[1])
+with freeze_time("2026-03-11 04:59:00") as frozen:
+    def move() -> None:
+        while not signal.exists():
+            time.sleep(0.01)
+        frozen.move_to("2026-03-11 05:01:00")
+        signal.with_suffix(".moved").touch()
+
+    threading.Thread(target=move, daemon=True).start()
+    code = main(sys.argv[2:])
+sys.exit(code)
+"""
+
+
+def test_jobs_run_in_window_stops_at_a_batch_boundary_when_the_window_closes(
+    database_url: str, conn: Conn, tmp_path: Path
+) -> None:
+    pending_usage(conn, 5)
+    signal = tmp_path / "close"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SESSIONKEEPER_")}
+    env.pop("DATABASE_URL", None)
+    env.update(
+        SESSIONKEEPER_DATABASE_URL=database_url,
+        SESSIONKEEPER_USAGE_ROLLUP_WINDOW="02:00-05:00",
+        SESSIONKEEPER_USAGE_ROLLUP_BATCH_SIZE="2",
+    )
+    command = [sys.executable, "-c", FROZEN_CLI, str(signal)]
+    with psycopg.connect(database_url) as holder:
+        # The first batch waits for the rollup's watermark row while the window closes.
+        holder.execute("SELECT watermark FROM usage_rollup_state FOR UPDATE")
+        process = subprocess.Popen(
+            [*command, "jobs", "run", "usage_rollup", "--in-window"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        try:
+            wait_for(
+                lambda: (
+                    conn.execute("SELECT count(*) FROM pg_locks WHERE NOT granted").fetchone()
+                    != (0,)
+                ),
+                "the first batch waiting for the watermark",
+            )
+            signal.touch()
+            wait_for(signal.with_suffix(".moved").exists, "the process's clock past 05:00")
+        finally:
+            holder.rollback()
+        stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 4, stderr
+    assert "usage_rollup: stopped rows=2 " in stdout
+    assert "(window closed: 2 done, " in stdout
+    [(outcome, rows, error, details)] = ledger(conn)
+    assert (outcome, rows, error) == ("stopped", 2, None)
+    assert (details["trigger"], details["reason"]) == ("manual", "window closed")
+    assert rolled_up(conn) == 2
