@@ -22,11 +22,18 @@ from . import ledger
 from .base import STORE_DEFAULTS, Connection, Pause, ProgressListener, tracking, uninterrupted
 from .locking import job_lock
 from .registry import JOBS
+from .window import Window
 
 log = logging.getLogger("sessionkeeper.jobs")
 
 ConnectionSource = Callable[[], AbstractContextManager[Connection]]
 DEFAULT_LEDGER_KEEP_SECONDS = 30 * 86400
+# Why a run stopped, in its ledger details, when its window closed (not a stop request).
+WINDOW_CLOSED = "window closed"
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 @dataclass
@@ -66,6 +73,8 @@ def run_job(
     store: StoreConfig = STORE_DEFAULTS,
     progress: ProgressListener | None = None,
     backlog: Callable[[int | None], None] | None = None,
+    window: Window | None = None,
+    clock: Callable[[], datetime] = utc_now,
 ) -> RunReport:
     """Run job ``name`` once unless another replica holds its lock or already ran ``slot``.
 
@@ -76,11 +85,18 @@ def run_job(
     the store's settings some jobs share (the link-code failure window, the proactive channel).
     ``progress`` is told the rows committed after each batch; ``backlog`` is told, before the
     first batch, the rows the run has to do if the job can count them (else None).
+
+    With a ``window``, a run starting outside it is skipped, and a run in progress stops at
+    the first batch boundary where ``clock()`` is past the window's end (``stopped``, with
+    ``"reason": "window closed"`` in its details); the next run resumes the work.
     """
     spec = JOBS[name]
     started = time.monotonic()
-    now = now or datetime.now(UTC)
+    now = now or clock()
     details: dict[str, Any] = {"slot": slot} if slot else {"trigger": "manual"}
+    if window is not None:
+        details["window"] = str(window)
+        pause = _within(window, clock, pause, details)
     run_id: int | None = None
     skip_reason: str | None = None
     failure: BaseException | None = None
@@ -88,7 +104,9 @@ def run_job(
     rows = 0
     try:
         with connect() as conn, job_lock(conn, name) as taken:
-            if not taken:
+            if window is not None and not window.is_open(now):
+                skip_reason = f"outside its window {window}"
+            elif not taken:
                 skip_reason = "another replica holds the job's lock"
             elif slot is not None and ledger.slot_done(conn, name, slot):
                 skip_reason = "another replica already ran this slot"
@@ -133,6 +151,24 @@ def run_job(
         raise JobFailed(report) from failure
     outcome = "skipped" if skip_reason else "stopped" if details.get("stopped") else "success"
     return RunReport(name, outcome, rows, duration, time.time(), run_id, skip_reason, details)
+
+
+def _within(
+    window: Window, clock: Callable[[], datetime], pause: Pause, details: dict[str, Any]
+) -> Pause:
+    """``pause``, and a stop at the boundary where the window has closed (checked on both
+    sides of the pause: a long pause may outlast the window)."""
+
+    def closed() -> bool:
+        if window.is_open(clock()):
+            return False
+        details["reason"] = WINDOW_CLOSED
+        return True
+
+    def paused(seconds: float) -> bool:
+        return closed() or pause(seconds) or closed()
+
+    return paused
 
 
 def _record_failure(

@@ -19,7 +19,7 @@ import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from importlib import metadata
 from pathlib import Path
 from typing import IO, Any, NoReturn
@@ -30,11 +30,11 @@ import sqlalchemy.exc
 
 from sessionkeeper.admin import citus, embedded, legacy, migrate, roles
 from sessionkeeper.admin.embedded import EmbeddedPostgres
-from sessionkeeper.daemon.config import Config, load_config, settings_reference
+from sessionkeeper.daemon.config import Config, JobConfig, load_config, settings_reference
 from sessionkeeper.daemon.logs import log_run, setup_logging
 from sessionkeeper.daemon.service import Daemon, job_conninfo
 from sessionkeeper.jobs import JOB_NAMES, ledger, session_archival
-from sessionkeeper.jobs.runner import JobFailed, run_job
+from sessionkeeper.jobs.runner import WINDOW_CLOSED, JobFailed, run_job
 from sessionkeeper.progress import Progress, write
 from store import InvalidInput, Store, local_server
 from store.connection import describe, redact, secure_conninfo
@@ -207,17 +207,38 @@ def cmd_jobs_list(args: argparse.Namespace) -> int:
             log.warning("last runs unknown: %s", _first_line(exc))
             runs = None
     now = datetime.now(UTC)
-    print(f"{'JOB':<20} {'SCHEDULE':<20} {'NEXT RUN (UTC)':<20} LAST RUN")
+    schedules = {
+        name: f"{job.schedule.describe()}, in {job.window}"
+        if job.window
+        else job.schedule.describe()
+        for name, job in config.jobs.items()
+    }
+    width = max(20, *map(len, schedules.values()))
+    print(f"{'JOB':<20} {'SCHEDULE':<{width}} {'NEXT RUN (UTC)':<20} LAST RUN")
     for name, job in config.jobs.items():
-        next_run = job.schedule.trigger(0).get_next_fire_time(None, now)
-        when = f"{next_run:%Y-%m-%d %H:%M:%S}" if job.enabled and next_run else "disabled"
+        next_run = _next_run(job, now)
+        when = f"{next_run:%Y-%m-%d %H:%M:%S}" if next_run else "never in its window"
+        when = when if job.enabled else "disabled"
         last = "unknown" if runs is None else _describe_run(runs.get(name))
-        print(f"{name:<20} {job.schedule.describe():<20} {when:<20} {last}")
+        print(f"{name:<20} {schedules[name]:<{width}} {when:<20} {last}")
     return 0
 
 
-# Exit codes of `jobs run`: the run's outcome (a stopped run: 128 + the signal, 130 for Ctrl-C).
+def _next_run(job: JobConfig, now: datetime) -> datetime | None:
+    """The job's next slot that its window lets run (None: none in the coming year)."""
+    trigger = job.schedule.trigger(0)
+    fire: datetime | None = trigger.get_next_fire_time(None, now)
+    while fire is not None and job.window is not None and not job.window.is_open(fire):
+        if fire - now > timedelta(days=366):
+            return None
+        fire = trigger.get_next_fire_time(None, job.window.next_open(fire))
+    return fire
+
+
+# Exit codes of `jobs run`: the run's outcome (a stopped run: 128 + the signal, 130 for Ctrl-C;
+# with --in-window, 4 when its window closed).
 RUN_EXIT_CODES = {"success": 0, "failure": 1, "skipped": 3}
+WINDOW_CLOSED_EXIT_CODE = 4
 # Jobs that erase what cannot be restored: confirmed on a terminal, --yes otherwise.
 ERASING_JOBS = frozenset({"user_retention"})
 
@@ -259,6 +280,8 @@ def cmd_jobs_run(args: argparse.Namespace) -> int:
                 store=config.store,
                 progress=progress.update,
                 backlog=progress.set_total,
+                # A run by hand ignores the job's window unless asked to keep to it.
+                window=config.jobs[args.name].window if args.in_window else None,
             )
         except JobFailed as exc:
             report = exc.report
@@ -266,8 +289,9 @@ def cmd_jobs_run(args: argparse.Namespace) -> int:
     line = f"{report.job}: {report.outcome} rows={report.rows} {report.duration_seconds:.3f}s"
     if report.outcome == "stopped":
         left = f"{progress.total - report.rows}" if progress.total is not None else "the rest"
-        print(f"{line} (stopped: {report.rows} done, {left} left for the next run)")
-        return stop.exit_code
+        why = "window closed" if report.details.get("reason") == WINDOW_CLOSED else "stopped"
+        print(f"{line} ({why}: {report.rows} done, {left} left for the next run)")
+        return WINDOW_CLOSED_EXIT_CODE if why == "window closed" else stop.exit_code
     print(f"{line} ({report.error})" if report.error else line)
     return RUN_EXIT_CODES[report.outcome]
 
@@ -569,6 +593,12 @@ def build_parser() -> argparse.ArgumentParser:
     run_one.add_argument("name", help="job name: " + ", ".join(JOB_NAMES))
     run_one.add_argument(
         "--yes", action="store_true", help="confirm an erasing job (user_retention) without asking"
+    )
+    run_one.add_argument(
+        "--in-window",
+        action="store_true",
+        help="keep to the job's maintenance window (default: a run by hand ignores it): skipped"
+        " outside it (exit 3), stopped at a batch boundary when it closes (exit 4)",
     )
     run_one.set_defaults(func=cmd_jobs_run)
     sessions = command(commands, "sessions", "archived sessions")

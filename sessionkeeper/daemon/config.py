@@ -17,8 +17,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sessionkeeper.jobs.registry import JOBS
+from sessionkeeper.jobs.window import Window, zone
 from store import settings
 from store.config import StoreConfig
 from store.errors import ConfigurationError
@@ -47,6 +49,8 @@ class JobConfig:
     enabled: bool = True
     misfire_grace_seconds: int = 300
     coalesce: bool = True
+    # When the job may run (None: any time); in the daemon's window_timezone.
+    window: Window | None = None
 
     def __post_init__(self) -> None:
         # At most half the period, so that jittered runs never swap places.
@@ -89,6 +93,8 @@ class Config:
     lock_timeout_seconds: int = 10
     ledger_retention_seconds: int = 30 * 86400
     migrate_on_start: bool = True
+    # The time zone of the jobs' maintenance windows (schedules stay in UTC).
+    window_timezone: str = "UTC"
     # Yielding to the bots (sessionkeeper/daemon/pacing.py, docs/daemon.md).
     yield_to_bots: bool = True
     yield_budget: float = 0.5
@@ -122,6 +128,14 @@ class Config:
                 f"a whole number from {minimum} to {maximum}",
             )
         require(self.log_format in ("text", "json"), "log_format", self.log_format, "text or json")
+        try:
+            zone(self.window_timezone)
+        except ValueError:
+            raise SettingError(
+                "window_timezone",
+                self.window_timezone,
+                "a time zone name of the IANA database (e.g. UTC, Europe/Berlin)",
+            ) from None
         for key, most in (
             ("yield_budget", 100.0),
             ("yield_min_rise_seconds", 60.0),
@@ -152,18 +166,22 @@ def load_config(
     source = Source(env, config_file)
     _check_known_keys(source)
     derived: dict[str, Any] = {
-        "jobs": {name: _job_config(name, source) for name in JOBS},
+        "jobs": {},  # below
         "store": settings.load(StoreConfig, source, deprecated=DEPRECATED_STORE_SETTINGS),
         "config_file": source.path,
         "database_url": settings.database_url(source),
     }
     config = settings.load(Config, source, overrides=derived)
+    # The jobs' windows are read in the daemon's window_timezone, checked by now.
+    tz = zone(config.window_timezone)
+    jobs = {name: _job_config(name, source, tz) for name in JOBS}
+    config = dataclasses.replace(config, jobs=jobs)
     if not config.replica_id:
         config = dataclasses.replace(config, replica_id=f"{socket.gethostname()}-{os.getpid()}")
     return config
 
 
-def _job_config(name: str, source: Source) -> JobConfig:
+def _job_config(name: str, source: Source, tz: ZoneInfo) -> JobConfig:
     spec = JOBS[name]
     table = ("jobs", name)
     schedule = _schedule(source, table, spec.default_schedule)
@@ -171,6 +189,7 @@ def _job_config(name: str, source: Source) -> JobConfig:
         "name": name,
         "schedule": schedule,
         "settings": settings.load(spec.settings, source, table=table),
+        "window": _window(source, table, tz),
     }
     if source.find(*table, "enabled") is None:
         derived["enabled"] = spec.enabled_by_default
@@ -189,6 +208,17 @@ def _schedule(source: Source, table: KeyPath, default: str) -> Schedule:
     text = str(found.value) if is_number else parse(found, str)
     try:
         return Schedule.parse(text)
+    except ValueError as exc:
+        raise SettingError(found.where, found.value, str(exc)) from None
+
+
+def _window(source: Source, table: KeyPath, tz: ZoneInfo) -> Window | None:
+    found = source.find(*table, "window")
+    text = parse(found, str | None) if found else None  # "none": no window
+    if found is None or text is None:
+        return None
+    try:
+        return Window.parse(text, tz)
     except ValueError as exc:
         raise SettingError(found.where, found.value, str(exc)) from None
 
@@ -239,6 +269,8 @@ def settings_reference() -> list[tuple[str, str, str]]:
 def _shown(value: object) -> str:
     if isinstance(value, Schedule):
         return value.describe()
+    if isinstance(value, Window):
+        return str(value)
     if isinstance(value, timedelta):
         return f"{value.total_seconds():g}s"
     if isinstance(value, bool):

@@ -57,13 +57,15 @@ class _AlembicPreamble(logging.Filter):
 
 def log_run(report: RunReport, replica_id: str | None = None) -> None:
     level = logging.WARNING if report.outcome == "failure" else logging.INFO
+    reason = report.details.get("reason")  # a stopped run's, when not a stop request
     log.log(
         level,
-        "job %s %s rows=%d duration=%.3fs%s",
+        "job %s %s rows=%d duration=%.3fs%s%s",
         report.job,
         report.outcome,
         report.rows,
         report.duration_seconds,
+        f" reason={reason}" if reason else "",
         f" error={report.error}" if report.error else "",
         extra={
             "job": report.job,

@@ -11,15 +11,17 @@ deprecated and goes in the next release (contract), once dashboards and alerts u
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
-from prometheus_client.core import Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from sessionkeeper.jobs.partitions import KEYS as PARTITIONED_TABLES
-from sessionkeeper.jobs.runner import RunReport
+from sessionkeeper.jobs.runner import WINDOW_CLOSED, RunReport, utc_now
+from sessionkeeper.jobs.window import Window
 from store.metrics import pool_families
 
 from .pacing import PaceState
@@ -49,7 +51,14 @@ DOMAIN_GAUGES = {
 
 
 class DaemonMetrics:
-    def __init__(self, job_names: Sequence[str]) -> None:
+    def __init__(
+        self,
+        job_names: Sequence[str],
+        windows: Mapping[str, Window | None] | None = None,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        """``windows``: each job's maintenance window (none given: no job has one), read
+        against ``clock()`` at scrape time."""
         self.registry = CollectorRegistry()
         r = self.registry
         # process_start_time_seconds (restarts, uptime), CPU, memory, open files.
@@ -128,6 +137,17 @@ class DaemonMetrics:
             ["job_name"],
             registry=r,
         )
+        # Maintenance windows: runs their window's close stopped, and each window's state, read
+        # at scrape time.
+        windows = windows or {}
+        r.register(_WindowCollector({job: windows.get(job) for job in job_names}, clock))
+        self.window_stops = Counter(
+            "sessionkeeper_job_window_stops",
+            "Runs stopped at a batch boundary because the job's maintenance window closed"
+            " (the rest waits for the next window).",
+            ["job_name"],
+            registry=r,
+        )
         self.domain = {
             name: Gauge(f"sessionkeeper_{name}", text, registry=r)
             for name, text in DOMAIN_GAUGES.items()
@@ -138,7 +158,13 @@ class DaemonMetrics:
             for per_job in (self.duration, self.last_success, self.rows, self.missed):
                 per_job.labels(job, job)
             # New series carry job_name only: the deprecated job label is not added to them.
-            for metric in (self.probe, self.probe_budget, self.yield_pause, self.yielded):
+            for metric in (
+                self.probe,
+                self.probe_budget,
+                self.yield_pause,
+                self.yielded,
+                self.window_stops,
+            ):
                 metric.labels(job)
 
     def observe(self, report: RunReport) -> None:
@@ -146,6 +172,8 @@ class DaemonMetrics:
         self.runs.labels(job, job, report.outcome).inc()
         if report.outcome == "skipped":
             return
+        if report.details.get("reason") == WINDOW_CLOSED:
+            self.window_stops.labels(job).inc()
         self.duration.labels(job, job).observe(report.duration_seconds)
         # A failed run counts the rows of the batches it committed before failing.
         self.rows.labels(job, job).inc(report.rows)
@@ -178,6 +206,42 @@ class DaemonMetrics:
 
     def add_pool(self, stats: Callable[[], dict[str, int]]) -> None:
         self.registry.register(_PoolCollector(stats))
+
+
+class _WindowCollector(Collector):
+    """Whether each job's maintenance window is open, read at scrape time (``clock()``)."""
+
+    def __init__(self, windows: Mapping[str, Window | None], clock: Callable[[], datetime]) -> None:
+        self.windows = windows
+        self.clock = clock
+
+    def collect(self) -> Iterable[Metric]:
+        now = self.clock()
+        is_open = GaugeMetricFamily(
+            "sessionkeeper_job_window_open",
+            "1 while the job may run (its maintenance window is open, or it has none), 0 while"
+            " it waits for its window.",
+            labels=["job_name"],
+        )
+        opens = GaugeMetricFamily(
+            "sessionkeeper_job_window_next_open_timestamp_seconds",
+            "Unix time the job's maintenance window opens next (0: open now, or no window).",
+            labels=["job_name"],
+        )
+        opened = GaugeMetricFamily(
+            "sessionkeeper_job_window_opened_timestamp_seconds",
+            "Unix time the job's maintenance window last opened (0: no window); the alerts count"
+            " a windowed job's intervals from there.",
+            labels=["job_name"],
+        )
+        for job, window in self.windows.items():
+            waiting = window is not None and not window.is_open(now)
+            is_open.add_metric([job], 0 if waiting else 1)
+            opens.add_metric([job], window.next_open(now).timestamp() if window and waiting else 0)
+            opened.add_metric([job], window.last_opened(now).timestamp() if window else 0)
+        yield is_open
+        yield opens
+        yield opened
 
 
 class _PoolCollector(Collector):

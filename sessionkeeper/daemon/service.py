@@ -72,7 +72,9 @@ class Daemon:
         self.config = config
         self.head_revision = head_revision
         self.stopping = threading.Event()
-        self.metrics = DaemonMetrics(JOB_NAMES)
+        self.metrics = DaemonMetrics(
+            JOB_NAMES, {name: job.window for name, job in config.jobs.items()}
+        )
         # Disabled jobs too: the alerts read the interval, and a job's own series tell
         # whether it runs.
         self.metrics.set_intervals(
@@ -154,10 +156,13 @@ class Daemon:
         self.scheduler.start()
         for job in self.scheduler.get_jobs():
             if job.id in JOB_NAMES:
+                config = self.config.jobs[job.id]
+                window = f", in its window {config.window}" if config.window else ""
                 log.info(
-                    "job %s %s, next run %s",
+                    "job %s %s%s, next run %s",
                     job.id,
-                    self.config.jobs[job.id].schedule.describe(),
+                    config.schedule.describe(),
+                    window,
                     job.next_run_time,
                 )
 
@@ -186,6 +191,7 @@ class Daemon:
                 pause=pause,
                 ledger_keep_seconds=self.config.ledger_retention_seconds,
                 store=self.config.store,
+                window=job.window,
             )
 
     @contextlib.contextmanager
