@@ -11,6 +11,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -86,9 +87,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--scale-users",
-        default="1000,100000",
-        help="user counts for the scale section (default 1000,100000; 1,000,000 takes an hour"
-        " and about 25 GB to load)",
+        default="1000,1000000",
+        help="user counts for the scale section (default 1000,1000000: the 1M-user point)",
+    )
+    parser.add_argument(
+        "--scale-messages",
+        type=int,
+        default=10,
+        help="messages each user's session holds in the scale section (default 10: 1,000,000"
+        " users hold 10,000,000 messages)",
     )
     parser.add_argument("--out", type=Path, default=OUT_DIR, help="directory for the records")
     args = parser.parse_args(argv)
@@ -452,23 +459,62 @@ class Bench:
     def scale(self) -> None:
         if not this_store.available():
             return
+        args = self.args
         rows = []
-        for users in self.args.scale_users:
+        for users in args.scale_users:
             url = self.server.create_database("skbench_scale")
             t0 = time.perf_counter()
-            scale.seed(url, users)
+            timings = scale.seed(url, users, args.scale_messages)
             self.say(
-                f"scale: {users:,} users with full windows seeded"
-                f" in {time.perf_counter() - t0:.0f} s"
+                f"scale: {users:,} users x {args.scale_messages} messages seeded"
+                f" in {time.perf_counter() - t0:.0f} s {timings}"
             )
-            for workers in (1, 4):
-                result = scale.measure(url, users, workers, self.args, self.server.pid)
-                rows.append(self.rec.add("scale", **result))
-                self.say(f"scale {users:>9,} users x{workers}: {result['ops_per_s']:.0f} turns/s")
+            self.rec.add("scale_seed", users=users, messages=args.scale_messages, seconds=timings)
+            for run in range(args.runs):
+                for workers in args.worker_counts:
+                    result = scale.measure(url, users, workers, args, self.server.pid)
+                    rows.append(
+                        self.rec.add("scale", run=run, messages=args.scale_messages, **result)
+                    )
+                    self.say(
+                        f"run {run + 1} scale {users:>9,} users x{workers}:"
+                        f" {result['ops_per_s']:.0f} turns/s,"
+                        f" {result['client_cpu_ms_per_op']} + {result['server_cpu_ms_per_op']}"
+                        f" CPU ms/turn, {result['blocks_read_per_op']} blocks read/turn"
+                    )
             self.server.drop_database("skbench_scale")
+        self.scale_tables(rows)
+
+    def scale_tables(self, records: list[dict[str, Any]]) -> None:
+        rows = report.medians(
+            records,
+            ("users", "workers"),
+            (
+                "ops_per_s",
+                "p50_ms",
+                "p99_ms",
+                "client_cpu_ms_per_op",
+                "server_cpu_ms_per_op",
+                "blocks_read_per_op",
+                "other_cpus",
+                "database_mb",
+            ),
+        )
+        base = {r["workers"]: r for r in rows if r["users"] == min(self.args.scale_users)}
+        for row in rows:
+            cpu = (row["client_cpu_ms_per_op"] or 0) + (row["server_cpu_ms_per_op"] or 0)
+            row["cpu_ms_per_op"] = cpu
+            first = base.get(row["workers"])
+            first_cpu = (
+                (first["client_cpu_ms_per_op"] or 0) + (first["server_cpu_ms_per_op"] or 0)
+                if first
+                else 0
+            )
+            row["cpu_vs_smallest"] = cpu / first_cpu if first_cpu else None
         self.show(
-            "Cost as users grow: this store (sync), each user with a session holding its full"
-            " 40-message window, turns spread uniformly over all users",
+            f"Cost as users grow: this store (sync), each user with a session of"
+            f" {self.args.scale_messages} messages, turns spread uniformly over all users"
+            f" (medians of {self.args.runs} runs)",
             report.table(
                 rows,
                 [
@@ -479,8 +525,44 @@ class Bench:
                     ("p99_ms", "p99 ms"),
                     ("client_cpu_ms_per_op", "client CPU ms/turn"),
                     ("server_cpu_ms_per_op", "server CPU ms/turn"),
+                    ("cpu_vs_smallest", f"CPU x {min(self.args.scale_users):,} users"),
+                    ("blocks_read_per_op", "blocks read/turn"),
                     ("other_cpus", "other load (CPUs)"),
                     ("database_mb", "database MB"),
+                ],
+            ),
+        )
+        # What explains the CPU per turn: sizes against shared_buffers, and hit rates.
+        last: dict[int, dict[str, Any]] = {}
+        for record in records:
+            last[record["users"]] = record
+        table_rows = [
+            {
+                "users": users,
+                "table": name,
+                **figures,
+                **{k: _percent(figures[k]) for k in ("heap_hit", "index_hit")},
+                "shared_buffers": r["shared_buffers"],
+            }
+            for users, r in sorted(last.items())
+            for name, figures in r["tables"].items()
+            if name in ("users", "sessions", "session_messages")
+        ]
+        self.show(
+            "Cost as users grow: table and index sizes, and the share of blocks the turns found"
+            " in shared_buffers (last window of each user count)",
+            report.table(
+                table_rows,
+                [
+                    ("users", "users"),
+                    ("table", "table"),
+                    ("heap_mb", "heap MB"),
+                    ("index_mb", "indexes MB"),
+                    ("toast_mb", "TOAST MB"),
+                    ("heap_hit", "heap hit %"),
+                    ("index_hit", "index hit %"),
+                    ("blocks_read", "blocks read"),
+                    ("shared_buffers", "shared_buffers"),
                 ],
             ),
         )
@@ -688,6 +770,10 @@ class Bench:
                 ],
             ),
         )
+
+
+def _percent(share: float | None) -> float | None:
+    return None if share is None else round(100 * share, 1)
 
 
 def main(argv: list[str] | None = None) -> int:
