@@ -15,6 +15,8 @@ from typing import Any
 
 import psycopg
 
+from sessionkeeper.jobs.registry import JOBS as REGISTRY
+
 from . import (
     checkpoints,
     daemon,
@@ -23,6 +25,7 @@ from . import (
     jobs_scale,
     peer,
     pgbench,
+    plots,
     profile,
     report,
     scale,
@@ -54,17 +57,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="auto: SESSIONKEEPER_BENCH_DATABASE_URL, else Debian's PostgreSQL 15, else embedded",
     )
     parser.add_argument(
+        "--backlogs",
+        help="the jobs backlogs to run, each a divisor of the full one (default 1,10; quick 50;"
+        " 0.1 is ten times the full backlog)",
+    )
+    parser.add_argument(
         "--jobs-scale",
         type=float,
-        help="divide the jobs backlog by this (1; quick 50; 0.1 is ten times the backlog)",
+        help="one jobs backlog, as a divisor (release 0.2's option: --backlogs with one value)",
+    )
+    parser.add_argument(
+        "--window",
+        type=float,
+        help="seconds of the jobs' online windows: idle before each job, then from its start"
+        " (default 60; quick 3)",
+    )
+    parser.add_argument(
+        "--plots",
+        type=Path,
+        default=plots.PLOTS_DIR,
+        help="directory the PNG pictures are written to (default bench/plots)",
     )
     parser.add_argument(
         "--online-rate", type=float, default=100.0, help="turns/s of the load beside the jobs"
     )
     parser.add_argument(
         "--job-pauses",
-        default="0.02",
-        help="pauses between batches (s) to also run each job with, once (default 0.02)",
+        default="",
+        help="pauses between batches (s) to also run each job with, once (default none)",
     )
     parser.add_argument(
         "--jobs",
@@ -104,7 +124,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.warmup = 0.5 if args.quick else 1.0
     args.users = 64 if args.quick else 256
     args.growth_sessions = 30 if args.quick else 200
-    args.jobs_scale = args.jobs_scale or (50 if args.quick else 1)
+    if args.jobs_scale is not None:
+        args.backlogs = str(args.jobs_scale)
+    args.backlogs = [
+        float(b) for b in (args.backlogs or ("50" if args.quick else "1,10")).split(",")
+    ]
+    args.jobs_scale = args.backlogs[0]
+    args.window = args.window or (3.0 if args.quick else 60.0)
     args.pgbench_scale = 4 if args.quick else 16
     args.worker_counts = [int(w) for w in args.workers.split(",")]
     args.job_pauses = [float(p) for p in args.job_pauses.split(",") if p and float(p) > 0]
@@ -573,27 +599,33 @@ class Bench:
         if not this_store.available():
             self.say("store.Store not importable: jobs at scale skipped")
             return
-        for run in range(self.args.runs):
-            for variant in self.args.variants:
-                self.jobs_run(run, 0.0, variant)
-        for pause in self.args.job_pauses:
-            self.jobs_run(self.args.runs, pause, "default")
+        args = self.args
+        for run in range(args.runs):
+            for backlog in args.backlogs:
+                for variant in args.variants:
+                    self.jobs_run(run, backlog, 0.0, variant)
+        for pause in args.job_pauses:
+            self.jobs_run(args.runs, args.backlogs[0], pause, "default")
         self.jobs_tables()
-        if not self.args.no_daemon:
+        if not args.no_daemon:
             self.jobs_daemon()
 
-    def jobs_backlog(self, run: int) -> tuple[str, this_store.StoreDesign, jobs_scale.PacedLoad]:
+    def jobs_backlog(
+        self, run: int, backlog: float
+    ) -> tuple[str, this_store.StoreDesign, jobs_scale.PacedLoad]:
         """A fresh database with the backlog, and the online load on it (not started)."""
         args = self.args
-        scale = jobs_scale.Scale().divided(args.jobs_scale)
+        scale = jobs_scale.Scale().divided(backlog)
         url = self.server.create_database("skbench_jobs")
         design = this_store.StoreDesign(url)
         users = workload.channel_user_ids(64)
         design.prepare(users)
         t0 = time.perf_counter()
         timings = jobs_scale.seed(url, scale)
-        self.say(f"run {run + 1} jobs backlog seeded in {time.perf_counter() - t0:.1f} s")
-        self.rec.add("jobs_seed", run=run, scale=scale.__dict__, seconds=timings)
+        self.say(
+            f"run {run + 1} jobs backlog /{backlog:g} seeded in {time.perf_counter() - t0:.1f} s"
+        )
+        self.rec.add("jobs_seed", run=run, backlog=backlog, scale=scale.__dict__, seconds=timings)
         workers = 4
         design.open(url, workers)
         shares = [workload.assigned(users, workers, w) for w in range(workers)]
@@ -604,16 +636,16 @@ class Bench:
         )
         return url, design, load
 
-    def jobs_run(self, run: int, pause: float, variant: str) -> None:
+    def jobs_run(self, run: int, backlog: float, pause: float, variant: str) -> None:
         """One run on a fresh database: seed the backlog, then each job under the load."""
         args = self.args
-        url, design, load = self.jobs_backlog(run)
+        url, design, load = self.jobs_backlog(run, backlog)
         load.start()
         try:
             runs = jobs_scale.run_jobs(
                 url,
                 load,
-                idle_seconds=max(3.0, args.duration),
+                window=args.window,
                 server_pid=self.server.pid,
                 pause_seconds=pause,
                 jobs=args.jobs,
@@ -626,15 +658,21 @@ class Bench:
             record = self.rec.add(
                 "jobs",
                 run=run,
+                backlog=backlog,
                 variant=variant,
                 online_rate=args.online_rate,
                 pause_seconds=pause,
+                load_average=report.machine()["load_average"],
                 **job_run.record(),
             )
             self.say(
-                f"run {run + 1} {variant} pause {pause:g} s {record['job']:18} "
-                f"{record['rows']:>9,} rows {record['rows_per_s']:>9,} rows/s  "
-                f"online p99 x{record['p99_ratio']}\n"
+                f"run {run + 1} /{backlog:g} {variant} pause {pause:g} s {record['job']:21} "
+                f"{record['rows']:>9,} rows {record['rows_per_s']:>9,} rows/s in "
+                f"{record['seconds']} s; online p99 over {record['window_seconds']:g} s"
+                f" x{record['window_p99_ratio']} of idle ({record['window_p99_ms']} vs"
+                f" {record['window_idle_p99_ms']} ms); longest lock wait"
+                f" {record['lock_wait_max_ms']} ms; {record['yields']} yields"
+                f" ({record['yielded_seconds']} s)\n"
                 f"    online backends idle {record['waits_online_idle']}\n"
                 f"    online backends during job {record['waits_online']}\n"
                 f"    job backend {record['waits_job']}\n"
@@ -648,10 +686,12 @@ class Bench:
 
     def jobs_daemon(self) -> None:
         """``sessionkeeper run`` as a process on a fresh backlog, under the online load."""
-        url, design, load = self.jobs_backlog(self.args.runs)
+        url, design, load = self.jobs_backlog(self.args.runs, self.args.backlogs[0])
+        # The jobs the daemon runs unless told otherwise (two are off by default).
+        enabled = tuple(j for j in self.args.jobs if REGISTRY[j].enabled_by_default)
         load.start()
         try:
-            measured = daemon.run(url, self.args.jobs)
+            measured = daemon.run(url, enabled)
         finally:
             load.stop()
             design.close()
@@ -675,8 +715,17 @@ class Bench:
         records = self.rec.section("jobs")
         rows = report.medians(
             records,
-            ("variant", "pause_seconds", "job"),
+            ("variant", "pause_seconds", "backlog", "job"),
             (
+                "window_seconds",
+                "window_idle_p99_ms",
+                "window_p99_ms",
+                "window_p99_ratio",
+                "lock_wait_max_ms",
+                "lock_waits",
+                "yields",
+                "yielded_seconds",
+                "rows_per_s_unyielded",
                 "rows",
                 "rows_incl_messages",
                 "seconds",
@@ -698,7 +747,7 @@ class Bench:
                 "autovacuum_active",
             ),
         )
-        keys = ("variant", "pause_seconds", "job")
+        keys = ("variant", "pause_seconds", "backlog", "job")
         waits = {
             field: report.mean_waits(records, keys, field)
             for field in ("waits", "waits_online_idle", "waits_online", "waits_job")
@@ -707,13 +756,40 @@ class Bench:
             for field, described in waits.items():
                 row[field] = described.get(tuple(row[k] for k in keys), "")
         self.show(
-            f"Jobs at scale (backlog / {args.jobs_scale}; online load {args.online_rate:g} "
-            f"turns/s on 4 threads; default settings: medians of {args.runs} runs; with a pause"
+            f"Jobs by windows (online load {args.online_rate:g} turns/s on 4 threads; each job"
+            f" at its default settings, yielding as the daemon does; online p99 over a"
+            f" {args.window:g} s window from the job's start, or its whole run if longer, against"
+            f" the idle {args.window:g} s before it; longest time an online statement waited on"
+            f" the job's locks; medians of {args.runs} runs)",
+            report.table(
+                rows,
+                [
+                    ("job", "job"),
+                    ("backlog", "backlog /"),
+                    ("variant", "settings"),
+                    ("rows", "rows"),
+                    ("seconds", "seconds"),
+                    ("rows_per_s", "rows/s"),
+                    ("rows_per_s_unyielded", "rows/s without yields"),
+                    ("window_seconds", "window s"),
+                    ("window_idle_p99_ms", "idle p99 ms"),
+                    ("window_p99_ms", "window p99 ms"),
+                    ("window_p99_ratio", "x idle"),
+                    ("lock_wait_max_ms", "longest lock wait ms"),
+                    ("yields", "yields"),
+                    ("yielded_seconds", "yielded s"),
+                ],
+            ),
+        )
+        self.show(
+            f"Jobs during their run alone (release 0.2's figures: the p99 of the turns while"
+            f" the job ran against the idle window; medians of {args.runs} runs; with a pause"
             " between batches: one run)",
             report.table(
                 rows,
                 [
                     ("job", "job"),
+                    ("backlog", "backlog /"),
                     ("variant", "settings"),
                     ("pause_seconds", "pause s"),
                     ("rows", "rows"),
@@ -735,6 +811,7 @@ class Bench:
                 rows,
                 [
                     ("job", "job"),
+                    ("backlog", "backlog /"),
                     ("variant", "settings"),
                     ("pause_seconds", "pause s"),
                     ("wal_bytes_per_row", "WAL bytes/row"),
@@ -756,6 +833,7 @@ class Bench:
                 rows,
                 [
                     ("job", "job"),
+                    ("backlog", "backlog /"),
                     ("variant", "settings"),
                     ("pause_seconds", "pause s"),
                     ("idle_mean_ms", "idle turn ms"),
@@ -800,6 +878,8 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(args, server, recorder)
         for section in args.sections:
             getattr(bench, section)()
+        for path in plots.draw(recorder.records, args.plots):
+            print(f"plot: {path}", flush=True)
         context["finished"] = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         context["load_average_end"] = report.machine()["load_average"]
         recorder.add("context_end", **context)
