@@ -111,6 +111,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="user counts for the scale section (default 1000,1000000: the 1M-user point)",
     )
     parser.add_argument(
+        "--scale-hot",
+        type=int,
+        default=1000,
+        help="also run each larger user count with the turns spread over only this many of its"
+        " users (default 1000; 0: not), to tell table size from cache misses",
+    )
+    parser.add_argument(
         "--scale-messages",
         type=int,
         default=10,
@@ -498,23 +505,32 @@ class Bench:
             self.rec.add("scale_seed", users=users, messages=args.scale_messages, seconds=timings)
             for run in range(args.runs):
                 for workers in args.worker_counts:
-                    result = scale.measure(url, users, workers, args, self.server.pid)
-                    rows.append(
-                        self.rec.add("scale", run=run, messages=args.scale_messages, **result)
-                    )
-                    self.say(
-                        f"run {run + 1} scale {users:>9,} users x{workers}:"
-                        f" {result['ops_per_s']:.0f} turns/s,"
-                        f" {result['client_cpu_ms_per_op']} + {result['server_cpu_ms_per_op']}"
-                        f" CPU ms/turn, {result['blocks_read_per_op']} blocks read/turn"
-                    )
+                    # Over every user, then (larger counts) over a hot few of the same tables.
+                    spreads: list[int | None] = [None]
+                    if 0 < args.scale_hot < users:
+                        spreads.append(args.scale_hot)
+                    for spread in spreads:
+                        result = scale.measure(url, users, workers, args, self.server.pid, spread)
+                        rows.append(
+                            self.rec.add("scale", run=run, messages=args.scale_messages, **result)
+                        )
+                        self.say(
+                            f"run {run + 1} scale {users:>9,} users (turns over"
+                            f" {result['spread']:,}) x{workers}:"
+                            f" {result['ops_per_s']:.0f} turns/s,"
+                            f" {result['client_cpu_ms_per_op']} +"
+                            f" {result['server_cpu_ms_per_op']} CPU ms/turn,"
+                            f" {result['blocks_read_per_op']} blocks read/turn"
+                        )
             self.server.drop_database("skbench_scale")
         self.scale_tables(rows)
 
     def scale_tables(self, records: list[dict[str, Any]]) -> None:
+        for record in records:
+            record.setdefault("spread", record["users"])
         rows = report.medians(
             records,
-            ("users", "workers"),
+            ("users", "spread", "workers"),
             (
                 "ops_per_s",
                 "p50_ms",
@@ -526,7 +542,8 @@ class Bench:
                 "database_mb",
             ),
         )
-        base = {r["workers"]: r for r in rows if r["users"] == min(self.args.scale_users)}
+        smallest = min(r["users"] for r in rows)
+        base = {r["workers"]: r for r in rows if r["users"] == smallest}
         for row in rows:
             cpu = (row["client_cpu_ms_per_op"] or 0) + (row["server_cpu_ms_per_op"] or 0)
             row["cpu_ms_per_op"] = cpu
@@ -545,13 +562,14 @@ class Bench:
                 rows,
                 [
                     ("users", "users"),
+                    ("spread", "turns over users"),
                     ("workers", "workers"),
                     ("ops_per_s", "turns/s"),
                     ("p50_ms", "p50 ms"),
                     ("p99_ms", "p99 ms"),
                     ("client_cpu_ms_per_op", "client CPU ms/turn"),
                     ("server_cpu_ms_per_op", "server CPU ms/turn"),
-                    ("cpu_vs_smallest", f"CPU x {min(self.args.scale_users):,} users"),
+                    ("cpu_vs_smallest", f"CPU x {smallest:,} users"),
                     ("blocks_read_per_op", "blocks read/turn"),
                     ("other_cpus", "other load (CPUs)"),
                     ("database_mb", "database MB"),
@@ -559,18 +577,19 @@ class Bench:
             ),
         )
         # What explains the CPU per turn: sizes against shared_buffers, and hit rates.
-        last: dict[int, dict[str, Any]] = {}
+        last: dict[tuple[int, int], dict[str, Any]] = {}
         for record in records:
-            last[record["users"]] = record
+            last[record["users"], record["spread"]] = record
         table_rows = [
             {
                 "users": users,
+                "spread": spread,
                 "table": name,
                 **figures,
                 **{k: _percent(figures[k]) for k in ("heap_hit", "index_hit")},
                 "shared_buffers": r["shared_buffers"],
             }
-            for users, r in sorted(last.items())
+            for (users, spread), r in sorted(last.items())
             for name, figures in r["tables"].items()
             if name in ("users", "sessions", "session_messages")
         ]
@@ -581,6 +600,7 @@ class Bench:
                 table_rows,
                 [
                     ("users", "users"),
+                    ("spread", "turns over users"),
                     ("table", "table"),
                     ("heap_mb", "heap MB"),
                     ("index_mb", "indexes MB"),

@@ -123,15 +123,16 @@ def job_ratios(records: Sequence[dict[str, Any]], path: Path) -> Path:
 def users_and_workers(records: Sequence[dict[str, Any]], path: Path) -> Path:
     """Turns/s and CPU per turn against workers, one line per user count (medians)."""
     figure, (rate, cpu) = plt.subplots(1, 2, figsize=(10, 4))
-    for users in sorted({r["users"] for r in records}):
-        mine = [r for r in records if r["users"] == users]
+    spreads = sorted({(r["users"], r.get("spread", r["users"])) for r in records})
+    for users, spread in spreads:
+        mine = [r for r in records if (r["users"], r.get("spread", users)) == (users, spread)]
         workers = sorted({r["workers"] for r in mine})
 
         def med(key: str, w: int, rows: list[dict[str, Any]] = mine) -> float:
             values = [r[key] or 0.0 for r in rows if r["workers"] == w]
             return statistics.median(values) if values else 0.0
 
-        label = f"{users:,} users"
+        label = f"{users:,} users" + (f", turns over {spread:,}" if spread != users else "")
         rate.plot(workers, [med("ops_per_s", w) for w in workers], marker="o", label=label)
         total = [med("client_cpu_ms_per_op", w) + med("server_cpu_ms_per_op", w) for w in workers]
         line = cpu.plot(workers, total, marker="o", label=f"{label}, client + server")[0]
@@ -143,8 +144,11 @@ def users_and_workers(records: Sequence[dict[str, Any]], path: Path) -> Path:
             color=line.get_color(),
             label=f"{label}, server",
         )
+    every = sorted({r["workers"] for r in records})
     for axis, ylabel in ((rate, "turns/s"), (cpu, "CPU ms per turn")):
         axis.set_xscale("log", base=2)
+        axis.set_xticks(every)
+        axis.xaxis.set_major_formatter(ScalarFormatter())
         axis.set_xlabel("workers")
         axis.set_ylabel(ylabel)
         axis.set_ylim(bottom=0)
