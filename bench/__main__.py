@@ -11,8 +11,11 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import psycopg
+
+from sessionkeeper.jobs.registry import JOBS as REGISTRY
 
 from . import (
     checkpoints,
@@ -22,6 +25,7 @@ from . import (
     jobs_scale,
     peer,
     pgbench,
+    plots,
     profile,
     report,
     scale,
@@ -53,17 +57,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="auto: SESSIONKEEPER_BENCH_DATABASE_URL, else Debian's PostgreSQL 15, else embedded",
     )
     parser.add_argument(
+        "--backlogs",
+        help="the jobs backlogs to run, each a divisor of the full one (default 1,10; quick 50;"
+        " 0.1 is ten times the full backlog)",
+    )
+    parser.add_argument(
         "--jobs-scale",
         type=float,
-        help="divide the jobs backlog by this (1; quick 50; 0.1 is ten times the backlog)",
+        help="one jobs backlog, as a divisor (release 0.2's option: --backlogs with one value)",
+    )
+    parser.add_argument(
+        "--window",
+        type=float,
+        help="seconds of the jobs' online windows: idle before each job, then from its start"
+        " (default 60; quick 3)",
+    )
+    parser.add_argument(
+        "--plots",
+        type=Path,
+        default=plots.PLOTS_DIR,
+        help="directory the PNG pictures are written to (default bench/plots)",
     )
     parser.add_argument(
         "--online-rate", type=float, default=100.0, help="turns/s of the load beside the jobs"
     )
     parser.add_argument(
         "--job-pauses",
-        default="0.02",
-        help="pauses between batches (s) to also run each job with, once (default 0.02)",
+        default="",
+        help="pauses between batches (s) to also run each job with, once (default none)",
     )
     parser.add_argument(
         "--jobs",
@@ -86,9 +107,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--scale-users",
-        default="1000,100000",
-        help="user counts for the scale section (default 1000,100000; 1,000,000 takes an hour"
-        " and about 25 GB to load)",
+        help="user counts for the scale section (default 1000,1000000: the 1M-user point, about"
+        " 10 minutes to load; quick 1000,10000)",
+    )
+    parser.add_argument(
+        "--scale-hot",
+        type=int,
+        default=1000,
+        help="also run each larger user count with the turns spread over only this many of its"
+        " users (default 1000; 0: not), to tell table size from cache misses",
+    )
+    parser.add_argument(
+        "--scale-messages",
+        type=int,
+        default=10,
+        help="messages each user's session holds in the scale section (default 10: 1,000,000"
+        " users hold 10,000,000 messages)",
     )
     parser.add_argument("--out", type=Path, default=OUT_DIR, help="directory for the records")
     args = parser.parse_args(argv)
@@ -97,11 +131,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.warmup = 0.5 if args.quick else 1.0
     args.users = 64 if args.quick else 256
     args.growth_sessions = 30 if args.quick else 200
-    args.jobs_scale = args.jobs_scale or (50 if args.quick else 1)
+    if args.jobs_scale is not None:
+        args.backlogs = str(args.jobs_scale)
+    args.backlogs = [
+        float(b) for b in (args.backlogs or ("50" if args.quick else "1,10")).split(",")
+    ]
+    args.jobs_scale = args.backlogs[0]
+    args.window = args.window or (3.0 if args.quick else 60.0)
     args.pgbench_scale = 4 if args.quick else 16
     args.worker_counts = [int(w) for w in args.workers.split(",")]
     args.job_pauses = [float(p) for p in args.job_pauses.split(",") if p and float(p) > 0]
-    args.scale_users = [int(n) for n in args.scale_users.split(",") if n]
+    scale_users = args.scale_users or ("1000,10000" if args.quick else "1000,1000000")
+    args.scale_users = [int(n) for n in scale_users.split(",") if n]
     args.sections = [s for s in args.only.split(",") if s]
     args.jobs = tuple(j for j in args.jobs.split(",") if j)
     if set(args.jobs) - set(jobs_scale.JOBS):
@@ -452,35 +493,123 @@ class Bench:
     def scale(self) -> None:
         if not this_store.available():
             return
+        args = self.args
         rows = []
-        for users in self.args.scale_users:
+        for users in args.scale_users:
             url = self.server.create_database("skbench_scale")
             t0 = time.perf_counter()
-            scale.seed(url, users)
+            timings = scale.seed(url, users, args.scale_messages)
             self.say(
-                f"scale: {users:,} users with full windows seeded"
-                f" in {time.perf_counter() - t0:.0f} s"
+                f"scale: {users:,} users x {args.scale_messages} messages seeded"
+                f" in {time.perf_counter() - t0:.0f} s {timings}"
             )
-            for workers in (1, 4):
-                result = scale.measure(url, users, workers, self.args, self.server.pid)
-                rows.append(self.rec.add("scale", **result))
-                self.say(f"scale {users:>9,} users x{workers}: {result['ops_per_s']:.0f} turns/s")
+            self.rec.add("scale_seed", users=users, messages=args.scale_messages, seconds=timings)
+            for run in range(args.runs):
+                for workers in args.worker_counts:
+                    # Over every user, then (larger counts) over a hot few of the same tables.
+                    spreads: list[int | None] = [None]
+                    if 0 < args.scale_hot < users:
+                        spreads.append(args.scale_hot)
+                    for spread in spreads:
+                        result = scale.measure(url, users, workers, args, self.server.pid, spread)
+                        rows.append(
+                            self.rec.add("scale", run=run, messages=args.scale_messages, **result)
+                        )
+                        self.say(
+                            f"run {run + 1} scale {users:>9,} users (turns over"
+                            f" {result['spread']:,}) x{workers}:"
+                            f" {result['ops_per_s']:.0f} turns/s,"
+                            f" {result['client_cpu_ms_per_op']} +"
+                            f" {result['server_cpu_ms_per_op']} CPU ms/turn,"
+                            f" {result['blocks_read_per_op']} blocks read/turn"
+                        )
             self.server.drop_database("skbench_scale")
+        self.scale_tables(rows)
+
+    def scale_tables(self, records: list[dict[str, Any]]) -> None:
+        for record in records:
+            record.setdefault("spread", record["users"])
+        rows = report.medians(
+            records,
+            ("users", "spread", "workers"),
+            (
+                "ops_per_s",
+                "p50_ms",
+                "p99_ms",
+                "client_cpu_ms_per_op",
+                "server_cpu_ms_per_op",
+                "blocks_read_per_op",
+                "other_cpus",
+                "database_mb",
+            ),
+        )
+        smallest = min(r["users"] for r in rows)
+        base = {r["workers"]: r for r in rows if r["users"] == smallest}
+        for row in rows:
+            cpu = (row["client_cpu_ms_per_op"] or 0) + (row["server_cpu_ms_per_op"] or 0)
+            row["cpu_ms_per_op"] = cpu
+            first = base.get(row["workers"])
+            first_cpu = (
+                (first["client_cpu_ms_per_op"] or 0) + (first["server_cpu_ms_per_op"] or 0)
+                if first
+                else 0
+            )
+            row["cpu_vs_smallest"] = cpu / first_cpu if first_cpu else None
         self.show(
-            "Cost as users grow: this store (sync), each user with a session holding its full"
-            " 40-message window, turns spread uniformly over all users",
+            f"Cost as users grow: this store (sync), each user with a session of"
+            f" {self.args.scale_messages} messages, turns spread uniformly over all users"
+            f" (medians of {self.args.runs} runs)",
             report.table(
                 rows,
                 [
                     ("users", "users"),
+                    ("spread", "turns over users"),
                     ("workers", "workers"),
                     ("ops_per_s", "turns/s"),
                     ("p50_ms", "p50 ms"),
                     ("p99_ms", "p99 ms"),
                     ("client_cpu_ms_per_op", "client CPU ms/turn"),
                     ("server_cpu_ms_per_op", "server CPU ms/turn"),
+                    ("cpu_vs_smallest", f"CPU x {smallest:,} users"),
+                    ("blocks_read_per_op", "blocks read/turn"),
                     ("other_cpus", "other load (CPUs)"),
                     ("database_mb", "database MB"),
+                ],
+            ),
+        )
+        # What explains the CPU per turn: sizes against shared_buffers, and hit rates.
+        last: dict[tuple[int, int], dict[str, Any]] = {}
+        for record in records:
+            last[record["users"], record["spread"]] = record
+        table_rows = [
+            {
+                "users": users,
+                "spread": spread,
+                "table": name,
+                **figures,
+                **{k: _percent(figures[k]) for k in ("heap_hit", "index_hit")},
+                "shared_buffers": r["shared_buffers"],
+            }
+            for (users, spread), r in sorted(last.items())
+            for name, figures in r["tables"].items()
+            if name in ("users", "sessions", "session_messages")
+        ]
+        self.show(
+            "Cost as users grow: table and index sizes, and the share of blocks the turns found"
+            " in shared_buffers (last window of each user count)",
+            report.table(
+                table_rows,
+                [
+                    ("users", "users"),
+                    ("spread", "turns over users"),
+                    ("table", "table"),
+                    ("heap_mb", "heap MB"),
+                    ("index_mb", "indexes MB"),
+                    ("toast_mb", "TOAST MB"),
+                    ("heap_hit", "heap hit %"),
+                    ("index_hit", "index hit %"),
+                    ("blocks_read", "blocks read"),
+                    ("shared_buffers", "shared_buffers"),
                 ],
             ),
         )
@@ -491,27 +620,33 @@ class Bench:
         if not this_store.available():
             self.say("store.Store not importable: jobs at scale skipped")
             return
-        for run in range(self.args.runs):
-            for variant in self.args.variants:
-                self.jobs_run(run, 0.0, variant)
-        for pause in self.args.job_pauses:
-            self.jobs_run(self.args.runs, pause, "default")
+        args = self.args
+        for run in range(args.runs):
+            for backlog in args.backlogs:
+                for variant in args.variants:
+                    self.jobs_run(run, backlog, 0.0, variant)
+        for pause in args.job_pauses:
+            self.jobs_run(args.runs, args.backlogs[0], pause, "default")
         self.jobs_tables()
-        if not self.args.no_daemon:
+        if not args.no_daemon:
             self.jobs_daemon()
 
-    def jobs_backlog(self, run: int) -> tuple[str, this_store.StoreDesign, jobs_scale.PacedLoad]:
+    def jobs_backlog(
+        self, run: int, backlog: float
+    ) -> tuple[str, this_store.StoreDesign, jobs_scale.PacedLoad]:
         """A fresh database with the backlog, and the online load on it (not started)."""
         args = self.args
-        scale = jobs_scale.Scale().divided(args.jobs_scale)
+        scale = jobs_scale.Scale().divided(backlog)
         url = self.server.create_database("skbench_jobs")
         design = this_store.StoreDesign(url)
         users = workload.channel_user_ids(64)
         design.prepare(users)
         t0 = time.perf_counter()
         timings = jobs_scale.seed(url, scale)
-        self.say(f"run {run + 1} jobs backlog seeded in {time.perf_counter() - t0:.1f} s")
-        self.rec.add("jobs_seed", run=run, scale=scale.__dict__, seconds=timings)
+        self.say(
+            f"run {run + 1} jobs backlog /{backlog:g} seeded in {time.perf_counter() - t0:.1f} s"
+        )
+        self.rec.add("jobs_seed", run=run, backlog=backlog, scale=scale.__dict__, seconds=timings)
         workers = 4
         design.open(url, workers)
         shares = [workload.assigned(users, workers, w) for w in range(workers)]
@@ -522,16 +657,16 @@ class Bench:
         )
         return url, design, load
 
-    def jobs_run(self, run: int, pause: float, variant: str) -> None:
+    def jobs_run(self, run: int, backlog: float, pause: float, variant: str) -> None:
         """One run on a fresh database: seed the backlog, then each job under the load."""
         args = self.args
-        url, design, load = self.jobs_backlog(run)
+        url, design, load = self.jobs_backlog(run, backlog)
         load.start()
         try:
             runs = jobs_scale.run_jobs(
                 url,
                 load,
-                idle_seconds=max(3.0, args.duration),
+                window=args.window,
                 server_pid=self.server.pid,
                 pause_seconds=pause,
                 jobs=args.jobs,
@@ -544,15 +679,21 @@ class Bench:
             record = self.rec.add(
                 "jobs",
                 run=run,
+                backlog=backlog,
                 variant=variant,
                 online_rate=args.online_rate,
                 pause_seconds=pause,
+                load_average=report.machine()["load_average"],
                 **job_run.record(),
             )
             self.say(
-                f"run {run + 1} {variant} pause {pause:g} s {record['job']:18} "
-                f"{record['rows']:>9,} rows {record['rows_per_s']:>9,} rows/s  "
-                f"online p99 x{record['p99_ratio']}\n"
+                f"run {run + 1} /{backlog:g} {variant} pause {pause:g} s {record['job']:21} "
+                f"{record['rows']:>9,} rows {record['rows_per_s']:>9,} rows/s in "
+                f"{record['seconds']} s; online p99 over {record['window_seconds']:g} s"
+                f" x{record['window_p99_ratio']} of idle ({record['window_p99_ms']} vs"
+                f" {record['window_idle_p99_ms']} ms); longest lock wait"
+                f" {record['lock_wait_max_ms']} ms; {record['yields']} yields"
+                f" ({record['yielded_seconds']} s)\n"
                 f"    online backends idle {record['waits_online_idle']}\n"
                 f"    online backends during job {record['waits_online']}\n"
                 f"    job backend {record['waits_job']}\n"
@@ -566,10 +707,12 @@ class Bench:
 
     def jobs_daemon(self) -> None:
         """``sessionkeeper run`` as a process on a fresh backlog, under the online load."""
-        url, design, load = self.jobs_backlog(self.args.runs)
+        url, design, load = self.jobs_backlog(self.args.runs, self.args.backlogs[0])
+        # The jobs the daemon runs unless told otherwise (two are off by default).
+        enabled = tuple(j for j in self.args.jobs if REGISTRY[j].enabled_by_default)
         load.start()
         try:
-            measured = daemon.run(url, self.args.jobs)
+            measured = daemon.run(url, enabled)
         finally:
             load.stop()
             design.close()
@@ -593,8 +736,17 @@ class Bench:
         records = self.rec.section("jobs")
         rows = report.medians(
             records,
-            ("variant", "pause_seconds", "job"),
+            ("variant", "pause_seconds", "backlog", "job"),
             (
+                "window_seconds",
+                "window_idle_p99_ms",
+                "window_p99_ms",
+                "window_p99_ratio",
+                "lock_wait_max_ms",
+                "lock_waits",
+                "yields",
+                "yielded_seconds",
+                "rows_per_s_unyielded",
                 "rows",
                 "rows_incl_messages",
                 "seconds",
@@ -616,7 +768,7 @@ class Bench:
                 "autovacuum_active",
             ),
         )
-        keys = ("variant", "pause_seconds", "job")
+        keys = ("variant", "pause_seconds", "backlog", "job")
         waits = {
             field: report.mean_waits(records, keys, field)
             for field in ("waits", "waits_online_idle", "waits_online", "waits_job")
@@ -625,13 +777,40 @@ class Bench:
             for field, described in waits.items():
                 row[field] = described.get(tuple(row[k] for k in keys), "")
         self.show(
-            f"Jobs at scale (backlog / {args.jobs_scale}; online load {args.online_rate:g} "
-            f"turns/s on 4 threads; default settings: medians of {args.runs} runs; with a pause"
+            f"Jobs by windows (online load {args.online_rate:g} turns/s on 4 threads; each job"
+            f" at its default settings, yielding as the daemon does; online p99 over a"
+            f" {args.window:g} s window from the job's start, or its whole run if longer, against"
+            f" the idle {args.window:g} s before it; longest time an online statement waited on"
+            f" the job's locks; medians of {args.runs} runs)",
+            report.table(
+                rows,
+                [
+                    ("job", "job"),
+                    ("backlog", "backlog /"),
+                    ("variant", "settings"),
+                    ("rows", "rows"),
+                    ("seconds", "seconds"),
+                    ("rows_per_s", "rows/s"),
+                    ("rows_per_s_unyielded", "rows/s without yields"),
+                    ("window_seconds", "window s"),
+                    ("window_idle_p99_ms", "idle p99 ms"),
+                    ("window_p99_ms", "window p99 ms"),
+                    ("window_p99_ratio", "x idle"),
+                    ("lock_wait_max_ms", "longest lock wait ms"),
+                    ("yields", "yields"),
+                    ("yielded_seconds", "yielded s"),
+                ],
+            ),
+        )
+        self.show(
+            f"Jobs during their run alone (release 0.2's figures: the p99 of the turns while"
+            f" the job ran against the idle window; medians of {args.runs} runs; with a pause"
             " between batches: one run)",
             report.table(
                 rows,
                 [
                     ("job", "job"),
+                    ("backlog", "backlog /"),
                     ("variant", "settings"),
                     ("pause_seconds", "pause s"),
                     ("rows", "rows"),
@@ -653,6 +832,7 @@ class Bench:
                 rows,
                 [
                     ("job", "job"),
+                    ("backlog", "backlog /"),
                     ("variant", "settings"),
                     ("pause_seconds", "pause s"),
                     ("wal_bytes_per_row", "WAL bytes/row"),
@@ -674,6 +854,7 @@ class Bench:
                 rows,
                 [
                     ("job", "job"),
+                    ("backlog", "backlog /"),
                     ("variant", "settings"),
                     ("pause_seconds", "pause s"),
                     ("idle_mean_ms", "idle turn ms"),
@@ -688,6 +869,10 @@ class Bench:
                 ],
             ),
         )
+
+
+def _percent(share: float | None) -> float | None:
+    return None if share is None else round(100 * share, 1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -714,6 +899,8 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(args, server, recorder)
         for section in args.sections:
             getattr(bench, section)()
+        for path in plots.draw(recorder.records, args.plots):
+            print(f"plot: {path}", flush=True)
         context["finished"] = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         context["load_average_end"] = report.machine()["load_average"]
         recorder.add("context_end", **context)

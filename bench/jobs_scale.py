@@ -1,29 +1,50 @@
-"""Jobs at scale: the maintenance jobs on large backlogs while bots keep talking.
+"""Jobs at scale: every maintenance job on a large backlog while bots keep talking.
 
-The backlog (``Scale``; ``--quick`` divides it): expired rate-limit windows, idle sessions with
-their messages, raw usage rows, spread over a few thousand users, in daily time partitions
-(made with partition_maintenance before seeding, when the release has it). Each job then runs
-once, as the daemon would call it (``jobs.<name>.run(conn, Settings(), now)`` on an autocommit
-connection, default batch sizes), while a paced online load (``rate`` turns per second of this
-store's ``begin_turn`` + ``finish_turn``) runs beside it. Reported per job: rows per second, and
-the online p50/p99 while the job ran against the same load with no job running.
+The backlog (``Scale``, divided by each of ``--backlogs``): expired rate-limit windows, idle
+sessions with their messages, raw usage rows, expired link codes and failure records, users
+inactive for over a year, and LangGraph threads holding more checkpoints than the retention
+keeps, in daily time partitions (made with partition_maintenance before seeding). Each job then
+runs once as the daemon runs it (its registry entry, default settings, an autocommit
+connection, the daemon's yield to the bots: a ``Pacer`` with its own probe connection), while a
+paced online load (``rate`` turns per second of this store's ``begin_turn`` + ``finish_turn``)
+runs beside it.
+
+Windows: the online p99 over a fixed window (``window`` seconds from the job's start, or the
+job's whole run if longer) is compared with the p99 over the idle window of the same length
+just before it. Reported per job besides: rows per second; the longest time an online
+statement waited on a lock the job's backend held (sampled every few milliseconds with
+``pg_blocking_pids``); the pacer's yields; and the turn-by-turn timeline the plots draw.
 """
 
 from __future__ import annotations
 
-import importlib
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 
+from sessionkeeper.daemon.pacing import Pacer, PaceState, YieldSettings, connection_probe
+from sessionkeeper.jobs.base import STORE_DEFAULTS, uninterrupted
+from sessionkeeper.jobs.registry import JOBS as REGISTRY
+
 from .harness import ServerDelta, WalMeter, median, percentile
 
-JOBS = ("partition_maintenance", "rate_limit_cleanup", "session_archival", "usage_rollup")
+# Every job, in the order they run on one backlog: user_retention after session_archival (the
+# sessions it would have to look at are archived by then), each on what the others left.
+JOBS = (
+    "partition_maintenance",
+    "rate_limit_cleanup",
+    "link_code_expiry",
+    "session_archival",
+    "proactive_reload",
+    "usage_rollup",
+    "user_retention",
+    "checkpoint_retention",
+)
 
 
 @dataclass(frozen=True)
@@ -33,6 +54,11 @@ class Scale:
     messages_per_session: int = 4
     usage_rows: int = 1_000_000
     users: int = 10_000
+    link_codes: int = 100_000
+    inactive_users: int = 10_000
+    checkpoint_threads: int = 2_000
+    # Per thread: 10 more than checkpoint_retention keeps (keep_latest 20), each with a value.
+    checkpoints_per_thread: int = 30
 
     def divided(self, by: float) -> Scale:
         """The backlog divided by ``by`` (0.1: ten times today's)."""
@@ -42,6 +68,10 @@ class Scale:
             self.messages_per_session,
             int(self.usage_rows / by),
             max(100, int(self.users / by)),
+            int(self.link_codes / by),
+            max(10, int(self.inactive_users / by)),
+            max(10, int(self.checkpoint_threads / by)),
+            self.checkpoints_per_thread,
         )
 
 
@@ -93,6 +123,61 @@ JOIN owners o ON o.n = 1 + g %% %(users)s
 """
 
 
+# Expired link codes (two days past their expiry), and a failure record per user whose window
+# ended two days ago: both past link_code_expiry's retention.
+SEED_LINK_CODES = """
+WITH owners AS (
+    SELECT user_id, row_number() OVER (ORDER BY user_id) AS n
+    FROM users WHERE channel_user_id LIKE 'job%%'
+)
+INSERT INTO link_codes (code, user_id, created_at, expires_at)
+SELECT 'bench-' || g, o.user_id, now() - interval '2 days', now() - interval '2 days'
+FROM generate_series(1, %(codes)s) AS g
+JOIN owners o ON o.n = 1 + g %% %(users)s
+"""
+
+SEED_LINK_FAILURES = """
+INSERT INTO link_code_failures (user_id, window_start, failures)
+SELECT user_id, now() - interval '2 days', 3 FROM users WHERE channel_user_id LIKE 'job%%'
+"""
+
+# Users not seen for 400 days (user_retention forgets after 365), with no session.
+SEED_INACTIVE_USERS = """
+INSERT INTO users (channel, channel_user_id, authenticated, created_at, updated_at)
+SELECT 'telegram', 'gone' || g, false, now() - interval '400 days', now() - interval '400 days'
+FROM generate_series(1, %(inactive)s) AS g
+"""
+
+# LangGraph threads of the job users, each with ``per_thread`` checkpoints in one namespace,
+# every checkpoint referencing a value of its own (as a graph whose state changes every step).
+SEED_THREADS = """
+WITH owners AS (
+    SELECT user_id, row_number() OVER (ORDER BY user_id) AS n
+    FROM users WHERE channel_user_id LIKE 'job%%'
+)
+INSERT INTO langgraph_threads (thread_id, user_id)
+SELECT 'thread-' || lpad(g::text, 7, '0'), o.user_id
+FROM generate_series(1, %(threads)s) AS g
+JOIN owners o ON o.n = 1 + g %% %(users)s
+"""
+
+SEED_CHECKPOINTS = """
+INSERT INTO langgraph_checkpoints (thread_id, checkpoint_ns, checkpoint_id,
+                                   parent_checkpoint_id, type, checkpoint, versions, metadata)
+SELECT t.thread_id, '', lpad(k::text, 8, '0'),
+       CASE WHEN k > 1 THEN lpad((k - 1)::text, 8, '0') END,
+       'msgpack', convert_to(repeat(md5(t.thread_id || k), 4), 'UTF8'),
+       jsonb_build_object('messages', lpad(k::text, 8, '0')), '{"step": 1}'::jsonb
+FROM langgraph_threads t CROSS JOIN generate_series(1, %(per_thread)s) AS k
+"""
+
+SEED_BLOBS = """
+INSERT INTO langgraph_blobs (thread_id, checkpoint_ns, channel, version, type, data)
+SELECT thread_id, '', 'messages', checkpoint_id, 'msgpack', checkpoint
+FROM langgraph_checkpoints
+"""
+
+
 def seed(conninfo: str, scale: Scale) -> dict[str, float]:
     """Fill the backlog; returns seconds spent per table."""
     timings: dict[str, float] = {}
@@ -113,19 +198,37 @@ def seed(conninfo: str, scale: Scale) -> dict[str, float]:
             },
         ),
         ("usage_stats", SEED_USAGE, {"rows": scale.usage_rows, "users": scale.users}),
+        ("link_codes", SEED_LINK_CODES, {"codes": scale.link_codes, "users": scale.users}),
+        ("link_code_failures", SEED_LINK_FAILURES, {}),
+        ("inactive_users", SEED_INACTIVE_USERS, {"inactive": scale.inactive_users}),
+        (
+            "langgraph_threads",
+            SEED_THREADS,
+            {"threads": scale.checkpoint_threads, "users": scale.users},
+        ),
+        (
+            "langgraph_checkpoints",
+            SEED_CHECKPOINTS,
+            {"per_thread": scale.checkpoints_per_thread},
+        ),
+        ("langgraph_blobs", SEED_BLOBS, {}),
     ]
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        partitions = job_module("partition_maintenance")
-        if partitions is not None:
-            # Daily partitions over the whole backlog (its oldest rows are 30 days old), as a
-            # daemon running partition_maintenance would have made them.
-            t0 = time.perf_counter()
-            settings = partitions.Settings(ahead=40)
-            partitions.run(conn, settings, datetime.now(UTC) - timedelta(days=35))
-            timings["partitions"] = round(time.perf_counter() - t0, 2)
+        partitions = REGISTRY["partition_maintenance"]
+        # Daily partitions over the whole backlog (its oldest rows are 30 days old), as a
+        # daemon running partition_maintenance would have made them.
+        t0 = time.perf_counter()
+        partitions.run(
+            conn,
+            partitions.settings(ahead=40),
+            datetime.now(UTC) - timedelta(days=35),
+            uninterrupted,
+            STORE_DEFAULTS,
+        )
+        timings["partitions"] = round(time.perf_counter() - t0, 2)
         for name, statement, params in steps:
             t0 = time.perf_counter()
-            conn.execute(statement, params)
+            conn.execute(statement, params or None)
             timings[name] = round(time.perf_counter() - t0, 2)
         t0 = time.perf_counter()
         conn.execute("VACUUM ANALYZE")
@@ -135,13 +238,16 @@ def seed(conninfo: str, scale: Scale) -> dict[str, float]:
 
 
 class PacedLoad:
-    """``workers`` threads each running ``operation`` at a fixed pace until stopped."""
+    """``workers`` threads each running ``operation`` at a fixed pace until stopped.
+
+    Every turn is recorded as (start, latency ms), its start on ``time.perf_counter``'s clock.
+    """
 
     def __init__(self, operation: Callable[[int, int], object], workers: int, rate: float) -> None:
         self.operation = operation
         self.workers = workers
         self.interval = workers / rate
-        self.latencies: list[list[float]] = [[] for _ in range(workers)]
+        self.turns: list[tuple[float, float]] = []
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.errors: list[BaseException] = []
@@ -152,10 +258,10 @@ class PacedLoad:
             thread.start()
             self._threads.append(thread)
 
-    def record(self) -> list[float]:
-        """Start a new recording; returns the list the latencies (ms) are collected in."""
-        fresh: list[float] = []
-        self.latencies = [fresh for _ in range(self.workers)]
+    def record(self) -> list[tuple[float, float]]:
+        """Start a new recording; returns the list the turns are collected in."""
+        fresh: list[tuple[float, float]] = []
+        self.turns = fresh
         return fresh
 
     def stop(self) -> None:
@@ -175,11 +281,62 @@ class PacedLoad:
                     time.sleep(delay)
                 t0 = time.perf_counter()
                 self.operation(worker, i)
-                self.latencies[worker].append((time.perf_counter() - t0) * 1000)
+                self.turns.append((t0, (time.perf_counter() - t0) * 1000))
                 i += 1
                 next_at += self.interval
         except BaseException as exc:
             self.errors.append(exc)
+
+
+class LockWatch:
+    """How long online statements waited on locks the job's backend held.
+
+    A thread samples, every ``interval`` seconds, the backends waiting on a lock that
+    ``pg_blocking_pids`` says the job's backend holds; one wait is one (backend, statement
+    start) seen in consecutive samples. Its length is the time between its first and last
+    sighting plus one interval (a wait can begin up to an interval before it is first seen):
+    shorter waits than an interval may be missed, longer ones are measured to an interval.
+    """
+
+    WAITING = """
+        SELECT pid, query_start FROM pg_stat_activity
+        WHERE wait_event_type = 'Lock' AND datname = current_database()
+          AND %s = ANY(pg_blocking_pids(pid))
+    """
+
+    def __init__(self, conninfo: str, job_pid: int, interval: float = 0.005) -> None:
+        self.conninfo = conninfo
+        self.job_pid = job_pid
+        self.interval = interval
+        # (pid, statement start) -> first and last sighting (perf_counter).
+        self.waits: dict[tuple[int, datetime], list[float]] = {}
+        self._running = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> LockWatch:
+        self._running.set()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._running.clear()
+        if self._thread is not None:
+            self._thread.join()
+
+    def episodes(self) -> list[tuple[float, float]]:
+        """Each wait as (first sighting, length ms)."""
+        return [
+            (first, (last - first + self.interval) * 1000) for first, last in self.waits.values()
+        ]
+
+    def _sample(self) -> None:
+        with psycopg.connect(self.conninfo, autocommit=True) as conn:
+            while self._running.is_set():
+                now = time.perf_counter()
+                for pid, started in conn.execute(self.WAITING, (self.job_pid,)):
+                    self.waits.setdefault((pid, started), [now, now])[1] = now
+                time.sleep(self.interval)
 
 
 @dataclass
@@ -188,28 +345,60 @@ class JobRun:
     rows: int
     seconds: float
     details: dict[str, Any]
-    online_ms: list[float]
-    idle_ms: list[float]
+    # Every online turn of the idle window and the job's window: (start, latency ms), the
+    # start in seconds from the job's start (negative: the idle window).
+    turns: list[tuple[float, float]]
+    window: float
     server: ServerDelta
     idle_server: ServerDelta
+    # The pacer's decisions that added a pause: (seconds from the job's start, extra pause).
+    yields: list[tuple[float, float]] = field(default_factory=list)
+    # Online statements' waits on the job's locks: (seconds from the job's start, ms).
+    lock_waits: list[tuple[float, float]] = field(default_factory=list)
+
+    def latencies(self, start: float, end: float) -> list[float]:
+        return [ms for t, ms in self.turns if start <= t < end]
 
     def record(self) -> dict[str, Any]:
-        idle_p99 = percentile(self.idle_ms, 99)
-        busy_p99 = percentile(self.online_ms, 99)
+        idle_ms = self.latencies(-self.window, 0.0)
+        online_ms = self.latencies(0.0, self.seconds)
+        # The job's window: ``window`` seconds from its start, or its whole run if longer.
+        span = max(self.window, self.seconds)
+        window_ms = self.latencies(0.0, span)
+        idle_p99 = percentile(idle_ms, 99)
+        busy_p99 = percentile(online_ms, 99)
+        window_p99 = percentile(window_ms, 99)
         moved = self.rows + int(self.details.get("messages", 0))
+        yielded = sum(extra for _, extra in self.yields)
         return {
             "job": self.job,
             "rows": self.rows,
             "seconds": round(self.seconds, 2),
             "rows_per_s": round(self.rows / self.seconds) if self.seconds else 0,
+            # The rate without the pauses the pacer added (what the job does when unopposed).
+            "rows_per_s_unyielded": (
+                round(self.rows / (self.seconds - yielded)) if self.seconds > yielded else None
+            ),
             # session_archival's rows are sessions; each also moves its messages.
             "rows_incl_messages": moved,
             "rows_incl_messages_per_s": round(moved / self.seconds) if self.seconds else 0,
             "details": self.details,
-            "online_turns": len(self.online_ms),
-            "idle_p50_ms": round(median(self.idle_ms), 3),
+            # The windows (issue 24): the job's window against the idle one before it.
+            "window_seconds": round(span, 2),
+            "window_turns": len(window_ms),
+            "window_idle_turns": len(idle_ms),
+            "window_idle_p99_ms": round(idle_p99, 3),
+            "window_p99_ms": round(window_p99, 3),
+            "window_p99_ratio": round(window_p99 / idle_p99, 3) if idle_p99 else None,
+            "lock_wait_max_ms": round(max((ms for _, ms in self.lock_waits), default=0.0), 1),
+            "lock_waits": len(self.lock_waits),
+            "yields": len(self.yields),
+            "yielded_seconds": round(yielded, 2),
+            # Release 0.2's keys, same meaning: the idle window, and the job's run alone.
+            "online_turns": len(online_ms),
+            "idle_p50_ms": round(median(idle_ms), 3),
             "idle_p99_ms": round(idle_p99, 3),
-            "job_p50_ms": round(median(self.online_ms), 3),
+            "job_p50_ms": round(median(online_ms), 3),
             "job_p99_ms": round(busy_p99, 3),
             "p99_ratio": round(busy_p99 / idle_p99, 2) if idle_p99 else None,
             "wal_bytes_per_row": round(self.server.wal_bytes / self.rows) if self.rows else None,
@@ -231,8 +420,12 @@ class JobRun:
             # during it, and autovacuum workers on this database (mean active, sampled).
             "checkpoints": self.server.checkpoints,
             "autovacuum_active": self.server.active("autovacuum"),
-            **split("idle", self.idle_ms, self.idle_server),
-            **split("job", self.online_ms, self.server),
+            **split("idle", idle_ms, self.idle_server),
+            **split("job", online_ms, self.server),
+            # What the plots draw (bench/plots.py), rounded to keep the records small.
+            "timeline": [[round(t, 3), round(ms, 2)] for t, ms in self.turns],
+            "yield_marks": [[round(t, 3), round(extra, 3)] for t, extra in self.yields],
+            "lock_marks": [[round(t, 3), round(ms, 1)] for t, ms in self.lock_waits],
         }
 
 
@@ -247,56 +440,83 @@ def split(label: str, latencies_ms: list[float], server: ServerDelta) -> dict[st
     }
 
 
-def job_module(name: str) -> Any | None:
-    try:
-        return importlib.import_module(f"jobs.{name}")
-    except ImportError:
-        return None
-
-
 def run_jobs(
     conninfo: str,
     load: PacedLoad,
-    idle_seconds: float,
+    window: float,
     server_pid: int | None = None,
     pause_seconds: float = 0.0,
     jobs: tuple[str, ...] = JOBS,
     overrides: dict[str, dict[str, Any]] | None = None,
+    yielding: YieldSettings | None = None,
 ) -> list[JobRun]:
-    """Each job once under ``load`` (already started); idle p99 measured before each job.
+    """Each job once under ``load`` (already started), in windows of ``window`` seconds.
 
     Jobs run with their default settings, except ``pause_seconds`` (the pause between
-    batches) when it is not 0 and the settings in ``overrides`` (per job). The job's
-    connection carries the daemon's application_name, so the wait samples tell its backend
-    from the online ones. While a job runs (and over the idle window before it) its WAL, the
-    server's CPU time and the sampled waits are recorded too.
+    batches) when it is not 0 and the settings in ``overrides`` (per job), and yield to the
+    bots as the daemon's default makes them (``yielding``: YieldSettings(); disabled: no
+    pacer). The job's connection carries the daemon's application_name, so the wait samples
+    tell its backend from the online ones. While a job runs (and over the idle window before
+    it) its WAL, the server's CPU time and the sampled waits are recorded too.
     """
+    yielding = yielding or YieldSettings()
     runs = []
     meter = WalMeter(conninfo, server_pid)
     with psycopg.connect(
         conninfo, autocommit=True, application_name=WalMeter.JOB_APPLICATION
     ) as conn:
         for name in jobs:
-            module = job_module(name)
-            if module is None:
-                continue
-            idle = load.record()
+            spec = REGISTRY[name]
+            turns = load.record()
             meter.begin()
-            time.sleep(idle_seconds)
+            time.sleep(window)
             idle_server = meter.end()
-            busy = load.record()
-            meter.begin()
-            t0 = time.perf_counter()
             changed = dict((overrides or {}).get(name, {}))
             if pause_seconds:
                 changed["pause_seconds"] = pause_seconds
-            settings = module.Settings(**changed)
-            result = module.run(conn, settings, datetime.now(UTC))
-            seconds = time.perf_counter() - t0
-            server = meter.end()
+            settings = spec.settings(**changed)
+            yields: list[tuple[float, float]] = []
+            probe, close_probe = connection_probe(conninfo)
+            meter.begin()
+            t0 = time.perf_counter()
+
+            def seen(
+                state: PaceState,
+                extra: float,
+                t0: float = t0,
+                yields: list[tuple[float, float]] = yields,
+            ) -> None:
+                if extra > 0:
+                    yields.append((time.perf_counter() - t0, extra))
+
+            pause = (
+                Pacer(name, yielding, probe, uninterrupted, seen)
+                if yielding.enabled
+                else uninterrupted
+            )
+            try:
+                with LockWatch(conninfo, conn.info.backend_pid) as locks:
+                    result = spec.run(conn, settings, datetime.now(UTC), pause, STORE_DEFAULTS)
+                    seconds = time.perf_counter() - t0
+                    server = meter.end()
+                    # The rest of the job's window: what the bots feel right after it.
+                    time.sleep(max(0.0, t0 + window - time.perf_counter()))
+            finally:
+                close_probe()
             load.record()
             runs.append(
-                JobRun(name, result.rows, seconds, result.details, busy, idle, server, idle_server)
+                JobRun(
+                    name,
+                    result.rows,
+                    seconds,
+                    result.details,
+                    [(t - t0, ms) for t, ms in turns],
+                    window,
+                    server,
+                    idle_server,
+                    yields,
+                    [(t - t0, ms) for t, ms in locks.episodes()],
+                )
             )
     meter.close()
     return runs

@@ -107,9 +107,11 @@ class StoreDesign:
     name = "store (sync)"
     asynchronous = False
 
-    def __init__(self, conninfo: str) -> None:
+    def __init__(self, conninfo: str, history_pairs: int = workload.HISTORY_PAIRS) -> None:
         self.conninfo = conninfo
         self.store: Any = None
+        # The pairs a turn reads and the store trims to: each history stays this long.
+        self.history_pairs = history_pairs
 
     def prepare(self, users: list[str]) -> None:
         install(self.conninfo)
@@ -118,12 +120,12 @@ class StoreDesign:
     def open(self, conninfo: str, workers: int) -> None:
         from store import Store
 
-        self.store = Store(conninfo, **_options(workers))
+        self.store = Store(conninfo, **_options(workers), history_pairs=self.history_pairs)
 
     def turn(self, worker: int, channel_user_id: str, seed: int) -> None:
         user_text, reply = texts(seed)
         turn = self.store.begin_turn(workload.CHANNEL, channel_user_id)
-        assert len(turn.history) == workload.HISTORY_PAIRS * 2, len(turn.history)
+        assert len(turn.history) == self.history_pairs * 2, len(turn.history)
         self.store.finish_turn(turn, user_text, reply, **USAGE)
 
     def close(self) -> None:
