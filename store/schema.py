@@ -316,6 +316,8 @@ usage_daily = Table(
     Column("cached_tokens", BigInteger, nullable=False, server_default=text("0")),
     _tstz("updated_at"),
     PrimaryKeyConstraint("day", "user_id", "channel"),
+    # Erasure and export find a user's totals (revision 0021).
+    Index("ix_usage_daily_user_id", "user_id"),
 )
 
 link_codes = Table(
