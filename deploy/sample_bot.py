@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     registry = CollectorRegistry()
-    with store.Store(max_size=2, rate_per_minute=5) as db:
+    with store.Store(max_size=2, rate_per_minute=5, channels=frozenset({"telegram"})) as db:
         store.metrics.instrument(db, registry=registry, name="sample")
         server, thread = start_http_server(args.port, addr=args.host, registry=registry)
         turns = 0

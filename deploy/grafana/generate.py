@@ -331,6 +331,30 @@ def jobs_dashboard() -> dict[str, Any]:
                 ],
                 kind="bargauge",
             ),
+            panel(
+                "Maintenance windows",
+                "1 while a job may run (its window is open, or it has none), 0 while it waits "
+                "for its window (docs/daemon.md, Maintenance windows).",
+                [
+                    target(
+                        f"max by (job_name) (sessionkeeper_job_window_open{{{BY_JOB}}})",
+                        "{{job_name}}",
+                    )
+                ],
+            ),
+            panel(
+                "Runs stopped by a window's close",
+                "Runs that stopped at a batch boundary because their window closed; the next "
+                "window's run resumes them.",
+                [
+                    target(
+                        "sum by (job_name) "
+                        f"(increase(sessionkeeper_job_window_stops_total{{{BY_JOB}}}[24h]))",
+                        "{{job_name}}",
+                    )
+                ],
+                kind="bargauge",
+            ),
         ],
     )
 
@@ -559,13 +583,20 @@ def bots_row() -> list[Panel]:
         ),
         panel(
             "Turns refused by the rate limit",
-            "begin_turn calls refused per second, by the window (seconds) that refused them.",
+            "begin_turn calls refused per second, by the window (seconds) that refused them; "
+            "of those, the ones dropped quietly by channel (a window's first refusal is "
+            "answered, the rest are not).",
             [
                 target(
                     "sum by (window_seconds) (rate(sessionkeeper_store_turns_refused_total"
                     f"{{{BOT}}}[$__rate_interval]))",
                     "{{window_seconds}} s window",
-                )
+                ),
+                target(
+                    "sum by (channel) (rate(sessionkeeper_store_refusals_dropped_total"
+                    f"{{{BOT}}}[$__rate_interval]))",
+                    "{{channel}} dropped quietly",
+                ),
             ],
             unit="ops",
             width=8,
