@@ -456,7 +456,7 @@ class Plans:
             "checkpoint_id": _optional_text(conf.get("checkpoint_id"), "checkpoint_id"),
         }
         rows = yield core.Step("lg_get", params, queries=QUERIES)
-        return self._tuple(rows[0], remember=True) if rows else None
+        return self._tuple(rows[0], {}, remember=True) if rows else None
 
     def list(
         self,
@@ -485,7 +485,9 @@ class Plans:
             "limit": limit,
         }
         rows = yield core.Step("lg_list", params, queries=QUERIES)
-        return [self._tuple(row, remember=False) for row in rows]
+        # The checkpoints of a thread share their line's rows: each is decoded once.
+        decoded: dict[tuple[int, int], list[Any]] = {}
+        return [self._tuple(row, decoded, remember=False) for row in rows]
 
     def delete_threads(self, thread_ids: Sequence[str]) -> core.Plan[None]:
         ids = _thread_ids(thread_ids)
@@ -519,7 +521,15 @@ class Plans:
 
     # -- decoding ----------------------------------------------------------------------------
 
-    def _tuple(self, row: Mapping[str, Any], *, remember: bool) -> CheckpointTuple:
+    def _tuple(
+        self,
+        row: Mapping[str, Any],
+        decoded: dict[tuple[int, int], list[Any]],
+        *,
+        remember: bool,
+    ) -> CheckpointTuple:
+        """A checkpoint from its row; ``decoded`` holds the list rows decoded so far (by line
+        and seq), whose items the checkpoints of one ``list`` share, as they share the rows."""
         thread_id, ns = row["thread_id"], row["checkpoint_ns"]
         checkpoint = self.load(row["type"], row["checkpoint"])
         checkpoint["id"] = row["checkpoint_id"]
@@ -544,10 +554,14 @@ class Plans:
             lines[channel] = line
             if seq is None:
                 continue  # an empty list
-            if kind.startswith(CHUNK):
-                items.extend(self.load(kind.removeprefix(CHUNK), data))
-            else:
-                items.append(self.load(kind, data))
+            found = decoded.get((line, seq))
+            if found is None:
+                if kind.startswith(CHUNK):
+                    found = self.load(kind.removeprefix(CHUNK), data)
+                else:
+                    found = [self.load(kind, data)]
+                decoded[line, seq] = found
+            items.extend(found)
             # A chunk may hold items a later checkpoint added to the line.
             del items[length:]
         values.update(lists)
