@@ -93,6 +93,8 @@ CHUNK = "chunk+"
 WRITES_WAIT = 10.0
 T = TypeVar("T")
 Key = tuple[str, str, str]
+# The list rows one read decoded, by line and seq (see Plans._tuple).
+Decoded = dict[tuple[int, int], list[Any]]
 
 
 def thread_id_for(turn: Turn, conversation: str = "default") -> str:
@@ -486,7 +488,7 @@ class Plans:
         }
         rows = yield core.Step("lg_list", params, queries=QUERIES)
         # The checkpoints of a thread share their line's rows: each is decoded once.
-        decoded: dict[tuple[int, int], list[Any]] = {}
+        decoded: Decoded = {}
         return [self._tuple(row, decoded, remember=False) for row in rows]
 
     def delete_threads(self, thread_ids: Sequence[str]) -> core.Plan[None]:
@@ -524,7 +526,7 @@ class Plans:
     def _tuple(
         self,
         row: Mapping[str, Any],
-        decoded: dict[tuple[int, int], list[Any]],
+        decoded: Decoded,
         *,
         remember: bool,
     ) -> CheckpointTuple:
