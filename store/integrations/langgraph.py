@@ -18,8 +18,8 @@ no erasure reaches them.
 Storage: a channel whose value is a ``list`` (LangGraph's message list) is stored in a line of
 items; a later value that extends it stores only its new items, so a thread costs storage
 linear in its conversation, not quadratic. The items are sealed into chunks as the line grows,
-so reading a long thread decodes a few dozen rows, not one per message. Values that are plain JSON are stored as JSON (the
-export shows them decoded); others as the serializer encodes them.
+so reading a long thread decodes a few dozen rows, not one per message. Values that are plain
+JSON are stored as JSON (the export shows them decoded); others as the serializer encodes them.
 
 The ``put`` for a checkpoint and the ``put_writes`` for it may run concurrently (LangGraph saves
 in the background); a saver makes ``put_writes`` wait for its own ``put`` of that checkpoint.
