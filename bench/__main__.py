@@ -227,6 +227,17 @@ class Bench:
                         f" {record.get('put_per_s') or 0:8.1f} put/s"
                     )
         self.show("LangGraph checkpoints", report.table(rows, checkpoints.COLUMNS))
+        kept = []
+        for saver in savers:
+            if saver.conninfo and not saver.is_async:
+                for keep in (True, False):
+                    record = checkpoints.retention(saver, keep)
+                    kept.append(self.rec.add("checkpoint_retention", **record))
+                    self.say(f"retention {saver.name:14} {kept[-1]}")
+        self.show(
+            "LangGraph checkpoints: 10,000 steps, retention off and on",
+            report.table(kept, checkpoints.RETENTION_COLUMNS),
+        )
 
     # -- hot path ---------------------------------------------------------------------------
 

@@ -201,7 +201,7 @@ def _cursor(conn: Any, step: core.Step) -> Any:
     return cursor
 
 
-_KEPT_CURSORS = frozenset({"begin_turn", "append_messages"})
+_KEPT_CURSORS = frozenset({"begin_turn", "append_messages", "lg_put", "lg_put_writes"})
 
 
 def _dicts(names: tuple[str, ...] | None, rows: list[tuple[Any, ...]]) -> core.Rows:

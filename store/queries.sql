@@ -379,7 +379,8 @@ WHERE t.user_id = ANY(%(users)s::uuid[]) ORDER BY t.thread_id
 
 -- export_langgraph_checkpoints --
 -- Each checkpoint of those threads with its channel values, decoded where they are JSON
--- (sk_langgraph_decode: others as their serializer's type and base64 bytes).
+-- (sk_langgraph_decode: others as their serializer's type and base64 bytes; a chunk of a
+-- list's items as one such entry, see sk_langgraph_export_items).
 DECLARE sk_export NO SCROLL CURSOR FOR
 SELECT json_build_object(
     'thread_id', c.thread_id, 'checkpoint_ns', c.checkpoint_ns,
@@ -390,12 +391,12 @@ SELECT json_build_object(
         SELECT jsonb_object_agg(g.channel, g.value) FROM (
             SELECT x.channel,
                    CASE WHEN bool_and(x.seq = -1)
-                        THEN (array_agg(sk_langgraph_decode(x.type, x.data)))[1]
-                        ELSE coalesce(jsonb_agg(sk_langgraph_decode(x.type, x.data)
-                                                ORDER BY x.seq) FILTER (WHERE x.seq >= 0),
-                                      '[]'::jsonb)
+                        THEN (array_agg(e.value))[1]
+                        ELSE coalesce(jsonb_agg(e.value ORDER BY e.at)
+                                      FILTER (WHERE x.seq >= 0), '[]'::jsonb)
                    END AS value
-            FROM sk_langgraph_values(c.thread_id, c.checkpoint_ns, c.versions) x
+            FROM sk_langgraph_values_v2(c.thread_id, c.checkpoint_ns, c.versions) x
+            CROSS JOIN LATERAL sk_langgraph_export_items(x.type, x.data, x.seq, x.length) e
             GROUP BY x.channel) g), '{}'::jsonb)
 )::text AS doc
 FROM langgraph_checkpoints c JOIN langgraph_threads t ON t.thread_id = c.thread_id

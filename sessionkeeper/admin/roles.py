@@ -166,6 +166,8 @@ FUNCTIONS: dict[str, Grants] = {
     # checkpoint_retention as the daemon too.
     "sk_langgraph_put": Grants(bot=X, daemon=NONE, reader=NONE),
     "sk_langgraph_values": Grants(bot=X, daemon=NONE, reader=NONE),
+    "sk_langgraph_values_v2": Grants(bot=X, daemon=NONE, reader=NONE),
+    "sk_langgraph_export_items": Grants(bot=X, daemon=NONE, reader=NONE),
     "sk_langgraph_decode": Grants(bot=X, daemon=NONE, reader=NONE),
     "sk_langgraph_copy_thread": Grants(bot=X, daemon=NONE, reader=NONE),
     "sk_langgraph_collect": Grants(bot=X, daemon=X, reader=NONE),

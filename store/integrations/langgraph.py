@@ -15,10 +15,11 @@
 ``export_user`` lists them. Threads without a user (any other ``thread_id``) work the same but
 no erasure reaches them.
 
-Storage: a channel whose value is a ``list`` (LangGraph's message list) is stored item by item
-in a line; a later value that extends it stores only its new items, so a thread costs storage
-linear in its conversation, not quadratic. Values that are plain JSON are stored as JSON (the
-export shows them decoded); others as the serializer encodes them.
+Storage: a channel whose value is a ``list`` (LangGraph's message list) is stored in a line of
+items; a later value that extends it stores only its new items, so a thread costs storage
+linear in its conversation, not quadratic. The items are sealed into chunks as the line grows,
+so reading a long thread decodes a few dozen rows, not one per message. Values that are plain
+JSON are stored as JSON (the export shows them decoded); others as the serializer encodes them.
 
 The ``put`` for a checkpoint and the ``put_writes`` for it may run concurrently (LangGraph saves
 in the background); a saver makes ``put_writes`` wait for its own ``put`` of that checkpoint.
@@ -31,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import math
 import operator
@@ -84,10 +84,18 @@ LINES_REMEMBERED = 256
 # Values the serializer encodes (not JSON) larger than this are stored zlib-compressed, typed
 # "zlib+<type>": rows this small are below PostgreSQL's own compression threshold (TOAST).
 COMPRESS_OVER = 256
+# A list's items are stored in rows of aligned chunks of these sizes (largest first), each
+# decoded in one call, plus one row per put for the items since the last full chunk: a
+# get_tuple of a long thread reads a few dozen rows, not one per message.
+CHUNK_SIZES = (256, 16)
+# The type of a row that holds several items: "chunk+" and the type of their list.
+CHUNK = "chunk+"
 # How long a write may wait for the put of its checkpoint (see _Puts).
 WRITES_WAIT = 10.0
 T = TypeVar("T")
 Key = tuple[str, str, str]
+# The list rows one read decoded, by line and seq (see Plans._tuple).
+Decoded = dict[tuple[int, int], list[Any]]
 
 
 def thread_id_for(turn: Turn, conversation: str = "default") -> str:
@@ -163,23 +171,38 @@ def _unpacked(kind: str, data: bytes | None) -> tuple[str, bytes | None]:
     return kind, data
 
 
-def _digest(kind: str, data: bytes | None) -> bytes:
-    return hashlib.blake2b(kind.encode() + b"\0" + (data or b""), digest_size=16).digest()
+def _spans(start: int, length: int) -> Iterator[tuple[int, int]]:
+    """Items ``start`` to ``length`` of a line as rows: whole aligned chunks of
+    ``CHUNK_SIZES``, largest first, then the rest as one row. ``start`` is aligned to the
+    smallest chunk size unless the span lies within one such chunk (see ``_rewrite_from``), so
+    no row crosses the boundary of a chunk that a later put seals."""
+    at = start
+    while at < length:
+        size = next(
+            (s for s in CHUNK_SIZES if at % s == 0 and at + s <= length),
+            length - at,
+        )
+        yield at, size
+        at += size
 
 
-def _digest_of(item: tuple[str, bytes | None]) -> bytes:
-    return _digest(*item)
+def _rewrite_from(stored: int, length: int) -> int:
+    """Where a put extending a line from ``stored`` to ``length`` items writes from: the start
+    of the largest chunk it completes, whose rows it replaces by one; else its new items."""
+    for size in CHUNK_SIZES:
+        if stored // size < length // size:
+            return stored // size * size
+    return stored
 
 
 class _Known:
-    """A list channel value as stored: its line, and its items (objects and digests)."""
+    """A list channel value as stored: its line, and its items."""
 
-    __slots__ = ("digests", "line", "objects")
+    __slots__ = ("line", "objects")
 
-    def __init__(self, line: int, objects: Sequence[Any], digests: Sequence[bytes]) -> None:
+    def __init__(self, line: int, objects: Sequence[Any]) -> None:
         self.line = line
         self.objects = tuple(objects)
-        self.digests = tuple(digests)
 
 
 class _Lines:
@@ -212,10 +235,10 @@ class _Lines:
 
 
 class _ListValue:
-    """A list channel value to store: how much of a known line it extends, and its items from
-    there encoded. The items a known line holds are recognised by identity first (LangGraph's
-    reducers build new lists of the same message objects), then by the digest of their
-    encoding: only new items are encoded on the common path."""
+    """A list channel value to store: how much of a known line it extends, and the rows to
+    write. The items a known line holds are recognised by identity first (LangGraph's reducers
+    build new lists of the same message objects), else by their encoding; on the common path
+    only the new items are encoded, plus the line's last few when they fill a chunk."""
 
     def __init__(
         self, plans: Plans, key: Key, version: str, objects: list[Any], known: _Known | None
@@ -226,26 +249,46 @@ class _ListValue:
         self.objects = objects
         self.line: int | None = None
         self.start = 0
-        stored = len(known.objects) if known else 0
-        if known and stored <= len(objects) and all(map(operator.is_, known.objects, objects)):
-            self.line, self.start = known.line, stored
-            self.items = self._encode(objects[stored:])
-            self.digests = [*known.digests, *map(_digest_of, self.items)]
-            return
-        self.items = self._encode(objects)
-        self.digests = [_digest_of(item) for item in self.items]
-        if known and stored <= len(objects) and tuple(self.digests[:stored]) == known.digests:
-            self.line, self.start = known.line, stored
-            self.items = self.items[stored:]
+        if known and self._extends(known.objects):
+            self.line, self.start = known.line, len(known.objects)
+        self.rows = self._rows()
 
-    def _encode(self, objects: Sequence[Any]) -> list[tuple[str, bytes]]:
-        return [self.plans.dump(item, f"channel {self.channel}") for item in objects]
+    def _extends(self, stored: Sequence[Any]) -> bool:
+        if len(stored) > len(self.objects):
+            return False
+        if all(map(operator.is_, stored, self.objects)):
+            return True
+        what = f"channel {self.channel}"
+        dump = self.plans.dump
+        head = self.objects[: len(stored)]
+        return all(dump(a, what) == dump(b, what) for a, b in zip(stored, head, strict=True))
+
+    def _rows(self) -> list[tuple[int, str, bytes | None]]:
+        """The rows from where this put writes: one item as it is encoded, several as one
+        list typed ``chunk+<type>`` (decoded in one call)."""
+        rows = []
+        what = f"channel {self.channel}"
+        for at, size in _spans(_rewrite_from(self.start, len(self.objects)), len(self.objects)):
+            if size == 1:
+                kind, data = _packed(*self.plans.dump(self.objects[at], what))
+            else:
+                kind, data = _packed(*self._chunk(self.objects[at : at + size], what))
+                kind = CHUNK + kind
+            rows.append((at, kind, data))
+        return rows
+
+    def _chunk(self, items: list[Any], what: str) -> tuple[str, bytes]:
+        try:
+            return self.plans.dump(items, what)
+        except InvalidInput:
+            for item in items:  # the error names the item that cannot be encoded
+                self.plans.dump(item, what)
+            raise
 
     def anew(self) -> None:
         """Store the whole value on a new line (the line to extend was forked or collected)."""
-        if self.start:
-            self.items = self._encode(self.objects[: self.start]) + self.items
         self.line, self.start = None, 0
+        self.rows = self._rows()
 
 
 class Plans:
@@ -361,7 +404,7 @@ class Plans:
             rows = yield core.Step("lg_put", {**params, **_list_params(lists)}, queries=QUERIES)
         line_of = {row["channel"]: row["line_id"] for row in rows}
         for value in lists:
-            known = _Known(line_of[value.channel], value.objects, value.digests)
+            known = _Known(line_of[value.channel], value.objects)
             self.lines.remember((thread_id, ns, value.channel), known)
         return {
             "configurable": {
@@ -416,7 +459,7 @@ class Plans:
             "checkpoint_id": _optional_text(conf.get("checkpoint_id"), "checkpoint_id"),
         }
         rows = yield core.Step("lg_get", params, queries=QUERIES)
-        return self._tuple(rows[0], remember=True) if rows else None
+        return self._tuple(rows[0], {}, remember=True) if rows else None
 
     def list(
         self,
@@ -445,7 +488,9 @@ class Plans:
             "limit": limit,
         }
         rows = yield core.Step("lg_list", params, queries=QUERIES)
-        return [self._tuple(row, remember=False) for row in rows]
+        # The checkpoints of a thread share their line's rows: each is decoded once.
+        decoded: Decoded = {}
+        return [self._tuple(row, decoded, remember=False) for row in rows]
 
     def delete_threads(self, thread_ids: Sequence[str]) -> core.Plan[None]:
         ids = _thread_ids(thread_ids)
@@ -479,21 +524,29 @@ class Plans:
 
     # -- decoding ----------------------------------------------------------------------------
 
-    def _tuple(self, row: Mapping[str, Any], *, remember: bool) -> CheckpointTuple:
+    def _tuple(
+        self,
+        row: Mapping[str, Any],
+        decoded: Decoded,
+        *,
+        remember: bool,
+    ) -> CheckpointTuple:
+        """A checkpoint from its row; ``decoded`` holds the list rows decoded so far (by line
+        and seq), whose items the checkpoints of one ``list`` share, as they share the rows."""
         thread_id, ns = row["thread_id"], row["checkpoint_ns"]
         checkpoint = self.load(row["type"], row["checkpoint"])
         checkpoint["id"] = row["checkpoint_id"]
         checkpoint["channel_versions"] = row["versions"]
         values = checkpoint["channel_values"] = dict(checkpoint.get("channel_values") or {})
         lists: dict[str, list[Any]] = {}
-        digests: dict[str, list[bytes]] = {}
         lines: dict[str, int] = {}
-        for channel, kind, data, seq, line in zip(
+        for channel, kind, data, seq, line, length in zip(
             row["v_channels"] or (),
             row["v_types"] or (),
             row["v_data"] or (),
             row["v_seqs"] or (),
             row["v_lines"] or (),
+            row["v_lengths"] or (),
             strict=True,
         ):
             if seq == -1:
@@ -501,17 +554,23 @@ class Plans:
                     values[channel] = self.load(kind, data)
                 continue
             items = lists.setdefault(channel, [])
-            seen = digests.setdefault(channel, [])
             lines[channel] = line
-            if seq is not None:
-                kind, data = _unpacked(kind, data)
-                items.append(self.load(kind, data))
-                seen.append(_digest(kind, data))
+            if seq is None:
+                continue  # an empty list
+            found = decoded.get((line, seq))
+            if found is None:
+                if kind.startswith(CHUNK):
+                    found = self.load(kind.removeprefix(CHUNK), data)
+                else:
+                    found = [self.load(kind, data)]
+                decoded[line, seq] = found
+            items.extend(found)
+            # A chunk may hold items a later checkpoint added to the line.
+            del items[length:]
         values.update(lists)
         if remember:
             for channel, line in lines.items():
-                known = _Known(line, lists[channel], digests[channel])
-                self.lines.remember((thread_id, ns, channel), known)
+                self.lines.remember((thread_id, ns, channel), _Known(line, lists[channel]))
         writes = [
             (task, channel, self.load(kind, data))
             for task, channel, kind, data in zip(
@@ -557,21 +616,17 @@ def _thread_ids(thread_ids: object) -> list[str]:
 
 
 def _list_params(lists: Sequence[_ListValue]) -> dict[str, Any]:
-    items = [
-        (k, value.start + i, *_packed(kind, data))
-        for k, value in enumerate(lists, start=1)
-        for i, (kind, data) in enumerate(value.items)
-    ]
+    rows = [(k, *row) for k, value in enumerate(lists, start=1) for row in value.rows]
     return {
         "list_channels": [v.channel for v in lists],
         "list_versions": [v.version for v in lists],
         "list_lines": [v.line for v in lists],
         "list_from": [v.start for v in lists],
         "list_to": [len(v.objects) for v in lists],
-        "item_lists": [i[0] for i in items],
-        "item_seqs": [i[1] for i in items],
-        "item_types": [i[2] for i in items],
-        "item_data": [i[3] for i in items],
+        "item_lists": [r[0] for r in rows],
+        "item_seqs": [r[1] for r in rows],
+        "item_types": [r[2] for r in rows],
+        "item_data": [r[3] for r in rows],
     }
 
 

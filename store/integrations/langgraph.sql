@@ -38,17 +38,26 @@ SELECT EXISTS (SELECT FROM cp) AS found, (SELECT count(*) FROM written) AS writt
 
 -- lg_get --
 -- One checkpoint (the newest of the thread's namespace when checkpoint_id is NULL) with its
--- channel values (sk_langgraph_values) and pending writes, in one row.
+-- channel values (sk_langgraph_values_v2: a list as its rows, a chunk holding several items)
+-- and pending writes, in one row. The checkpoint is chosen first: its values are read for it
+-- alone.
 SELECT c.thread_id, c.checkpoint_ns, c.checkpoint_id, c.parent_checkpoint_id, c.type,
        c.checkpoint, c.versions, c.metadata, v.*, w.*
-FROM langgraph_checkpoints c
+FROM (
+    SELECT * FROM langgraph_checkpoints c
+    WHERE c.thread_id = %(thread_id)s AND c.checkpoint_ns = %(checkpoint_ns)s
+      AND (%(checkpoint_id)s::text IS NULL OR c.checkpoint_id = %(checkpoint_id)s::text)
+    ORDER BY c.checkpoint_id DESC
+    LIMIT 1
+) c
 CROSS JOIN LATERAL (
     SELECT array_agg(x.channel ORDER BY x.channel, x.seq) AS v_channels,
            array_agg(x.type ORDER BY x.channel, x.seq) AS v_types,
            array_agg(x.data ORDER BY x.channel, x.seq) AS v_data,
            array_agg(x.seq ORDER BY x.channel, x.seq) AS v_seqs,
-           array_agg(x.line_id ORDER BY x.channel, x.seq) AS v_lines
-    FROM sk_langgraph_values(c.thread_id, c.checkpoint_ns, c.versions) x
+           array_agg(x.line_id ORDER BY x.channel, x.seq) AS v_lines,
+           array_agg(x.length ORDER BY x.channel, x.seq) AS v_lengths
+    FROM sk_langgraph_values_v2(c.thread_id, c.checkpoint_ns, c.versions) x
 ) v
 CROSS JOIN LATERAL (
     SELECT array_agg(p.task_id ORDER BY p.task_id, p.idx) AS w_tasks,
@@ -59,23 +68,30 @@ CROSS JOIN LATERAL (
     WHERE p.thread_id = c.thread_id AND p.checkpoint_ns = c.checkpoint_ns
       AND p.checkpoint_id = c.checkpoint_id
 ) w
-WHERE c.thread_id = %(thread_id)s AND c.checkpoint_ns = %(checkpoint_ns)s
-  AND (%(checkpoint_id)s::text IS NULL OR c.checkpoint_id = %(checkpoint_id)s::text)
-ORDER BY c.checkpoint_id DESC
-LIMIT 1
 
 -- lg_list --
--- Checkpoints newest first, as lg_get; every filter is optional (NULL: any).
+-- Checkpoints newest first, as lg_get; every filter is optional (NULL: any). The checkpoints
+-- are chosen (and limited) first: the values of the others are never read.
 SELECT c.thread_id, c.checkpoint_ns, c.checkpoint_id, c.parent_checkpoint_id, c.type,
        c.checkpoint, c.versions, c.metadata, v.*, w.*
-FROM langgraph_checkpoints c
+FROM (
+    SELECT * FROM langgraph_checkpoints c
+    WHERE (%(thread_id)s::text IS NULL OR c.thread_id = %(thread_id)s::text)
+      AND (%(checkpoint_ns)s::text IS NULL OR c.checkpoint_ns = %(checkpoint_ns)s::text)
+      AND (%(checkpoint_id)s::text IS NULL OR c.checkpoint_id = %(checkpoint_id)s::text)
+      AND (%(before)s::text IS NULL OR c.checkpoint_id < %(before)s::text)
+      AND c.metadata @> %(filter)s::jsonb
+    ORDER BY c.checkpoint_id DESC
+    LIMIT %(limit)s::bigint
+) c
 CROSS JOIN LATERAL (
     SELECT array_agg(x.channel ORDER BY x.channel, x.seq) AS v_channels,
            array_agg(x.type ORDER BY x.channel, x.seq) AS v_types,
            array_agg(x.data ORDER BY x.channel, x.seq) AS v_data,
            array_agg(x.seq ORDER BY x.channel, x.seq) AS v_seqs,
-           array_agg(x.line_id ORDER BY x.channel, x.seq) AS v_lines
-    FROM sk_langgraph_values(c.thread_id, c.checkpoint_ns, c.versions) x
+           array_agg(x.line_id ORDER BY x.channel, x.seq) AS v_lines,
+           array_agg(x.length ORDER BY x.channel, x.seq) AS v_lengths
+    FROM sk_langgraph_values_v2(c.thread_id, c.checkpoint_ns, c.versions) x
 ) v
 CROSS JOIN LATERAL (
     SELECT array_agg(p.task_id ORDER BY p.task_id, p.idx) AS w_tasks,
@@ -86,13 +102,7 @@ CROSS JOIN LATERAL (
     WHERE p.thread_id = c.thread_id AND p.checkpoint_ns = c.checkpoint_ns
       AND p.checkpoint_id = c.checkpoint_id
 ) w
-WHERE (%(thread_id)s::text IS NULL OR c.thread_id = %(thread_id)s::text)
-  AND (%(checkpoint_ns)s::text IS NULL OR c.checkpoint_ns = %(checkpoint_ns)s::text)
-  AND (%(checkpoint_id)s::text IS NULL OR c.checkpoint_id = %(checkpoint_id)s::text)
-  AND (%(before)s::text IS NULL OR c.checkpoint_id < %(before)s::text)
-  AND c.metadata @> %(filter)s::jsonb
 ORDER BY c.checkpoint_id DESC
-LIMIT %(limit)s::bigint
 
 -- lg_delete_threads --
 -- Every row of a thread goes with it (foreign keys ON DELETE CASCADE).

@@ -1247,8 +1247,9 @@ DROP FUNCTION IF EXISTS sk_begin_turn_v4(
 
 -- sk_langgraph_put: one checkpoint with its new channel values, in one transaction. Plain
 -- values come as parallel p_* arrays; list values as p_list_* (p_list_lines NULL: a new line;
--- else extend that line from p_list_from to p_list_to items) with their new items in p_item_*
--- (p_item_lists: 1-based index into p_list_*). Returns each list channel with its line. When a
+-- else extend that line from p_list_from to p_list_to items) with their rows in p_item_*
+-- (p_item_lists: 1-based index into p_list_*; a row at p_item_seqs holds one item, or several
+-- when its type is 'chunk+...': see sk_langgraph_values_v2). Returns each list channel with its line. When a
 -- line to extend no longer has p_list_from items (another checkpoint extended it: a fork; or
 -- it was collected), nothing is written and those channels come back with a NULL line: the
 -- caller writes them again as new lines.
@@ -1280,9 +1281,17 @@ BEGIN
         RETURN QUERY SELECT f, NULL::bigint FROM unnest(v_failed) f;
         RETURN;
     END IF;
-    INSERT INTO langgraph_threads AS t (thread_id, user_id) VALUES (p_thread_id, p_user_id)
-    ON CONFLICT (thread_id) DO UPDATE
-    SET updated_at = now(), user_id = coalesce(EXCLUDED.user_id, t.user_id);
+    -- updated_at is kept to the minute: rewriting the thread's row (and its indexes) at every
+    -- put was a large share of a put's WAL.
+    IF NOT EXISTS (
+        SELECT FROM langgraph_threads t
+        WHERE t.thread_id = p_thread_id AND t.updated_at > now() - interval '1 minute'
+          AND (p_user_id IS NULL OR t.user_id = p_user_id)
+    ) THEN
+        INSERT INTO langgraph_threads AS t (thread_id, user_id) VALUES (p_thread_id, p_user_id)
+        ON CONFLICT (thread_id) DO UPDATE
+        SET updated_at = now(), user_id = coalesce(EXCLUDED.user_id, t.user_id);
+    END IF;
     FOR k IN 1 .. coalesce(cardinality(p_list_channels), 0) LOOP
         IF v_lines[k] IS NULL THEN
             INSERT INTO langgraph_lines (thread_id, length) VALUES (p_thread_id, p_list_to[k])
@@ -1292,18 +1301,29 @@ BEGIN
             UPDATE langgraph_lines l SET length = p_list_to[k] WHERE l.line_id = v_lines[k];
         END IF;
     END LOOP;
+    -- Rows from before p_list_from seal a chunk: they replace the line's rows from there (the
+    -- same items, fewer rows; older values of the line read them the same).
+    DELETE FROM langgraph_items i
+    USING unnest(p_item_lists, p_item_seqs) AS x(k, seq)
+    WHERE x.seq < p_list_from[x.k] AND i.line_id = v_lines[x.k] AND i.seq >= x.seq;
     INSERT INTO langgraph_items (line_id, seq, type, data)
     SELECT v_lines[i.k], i.seq, i.type, i.data
     FROM unnest(p_item_lists, p_item_seqs, p_item_types, p_item_data) AS i(k, seq, type, data);
-    INSERT INTO langgraph_blobs (thread_id, checkpoint_ns, channel, version, type, data)
-    SELECT p_thread_id, p_ns, b.channel, b.version, b.type, b.data
-    FROM unnest(p_channels, p_channel_versions, p_types, p_data) AS b(channel, version, type, data)
-    ON CONFLICT DO NOTHING;
-    INSERT INTO langgraph_blobs (thread_id, checkpoint_ns, channel, version, type, line_id, length)
-    SELECT p_thread_id, p_ns, x.channel, x.version, 'list', v_lines[x.k], x.to_len
-    FROM unnest(p_list_channels, p_list_versions, p_list_to)
-         WITH ORDINALITY AS x(channel, version, to_len, k)
-    ON CONFLICT DO NOTHING;
+    IF cardinality(p_channels) > 0 THEN
+        INSERT INTO langgraph_blobs (thread_id, checkpoint_ns, channel, version, type, data)
+        SELECT p_thread_id, p_ns, b.channel, b.version, b.type, b.data
+        FROM unnest(p_channels, p_channel_versions, p_types, p_data)
+             AS b(channel, version, type, data)
+        ON CONFLICT DO NOTHING;
+    END IF;
+    IF cardinality(p_list_channels) > 0 THEN
+        INSERT INTO langgraph_blobs (thread_id, checkpoint_ns, channel, version, type, line_id,
+                                     length)
+        SELECT p_thread_id, p_ns, x.channel, x.version, 'list', v_lines[x.k], x.to_len
+        FROM unnest(p_list_channels, p_list_versions, p_list_to)
+             WITH ORDINALITY AS x(channel, version, to_len, k)
+        ON CONFLICT DO NOTHING;
+    END IF;
     INSERT INTO langgraph_checkpoints AS c (thread_id, checkpoint_ns, checkpoint_id,
                                             parent_checkpoint_id, type, checkpoint, versions,
                                             metadata)
@@ -1449,4 +1469,42 @@ BEGIN
     SELECT 'langgraph_threads', 'deleted', count(*) FROM d INTO table_name, action, row_count;
     RETURN NEXT;
 END
+$$;
+
+-- =============================================================================================
+-- LangGraph checkpoints: reads of lines stored in chunks (issue 22)
+-- A row of langgraph_items holds one item, or (type 'chunk+<type>') the list of the items from
+-- its seq on: the saver seals a line's items into aligned chunks as the line grows, so a long
+-- thread's message list is a few dozen rows. A chunk may hold items past an older value's
+-- length: the reader keeps the first `length`.
+-- =============================================================================================
+
+-- sk_langgraph_values_v2: sk_langgraph_values with each list's length (the items to keep).
+CREATE OR REPLACE FUNCTION sk_langgraph_values_v2(p_thread_id text, p_ns text, p_versions jsonb)
+RETURNS TABLE (channel text, type text, data bytea, seq integer, line_id bigint, length integer)
+LANGUAGE sql STABLE AS $$
+    SELECT b.channel, coalesce(i.type, b.type), coalesce(i.data, b.data),
+           CASE WHEN b.line_id IS NULL THEN -1 ELSE i.seq END, b.line_id, b.length
+    FROM jsonb_each_text(p_versions) AS v(channel, version)
+    JOIN langgraph_blobs b
+      ON b.thread_id = p_thread_id AND b.checkpoint_ns = p_ns AND b.channel = v.channel
+     AND b.version = v.version
+    LEFT JOIN langgraph_items i ON i.line_id = b.line_id AND i.seq < b.length
+    ORDER BY b.channel, i.seq
+$$;
+
+-- sk_langgraph_export_items: a row of sk_langgraph_values_v2 as the export shows it: a chunk of
+-- JSON items as those of its items the value holds (at: their place in the list), any other
+-- row as sk_langgraph_decode shows it (a chunk of the serializer's items: one entry).
+CREATE OR REPLACE FUNCTION sk_langgraph_export_items(
+    p_type text, p_data bytea, p_seq integer, p_length integer
+) RETURNS TABLE (at integer, value jsonb)
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT p_seq + e.n::integer - 1, e.value
+    FROM jsonb_array_elements(CASE WHEN p_type = 'chunk+json'
+                                   THEN convert_from(p_data, 'UTF8')::jsonb
+                                   ELSE '[]'::jsonb END) WITH ORDINALITY AS e(value, n)
+    WHERE p_seq + e.n - 1 < p_length
+    UNION ALL
+    SELECT p_seq, sk_langgraph_decode(p_type, p_data) WHERE p_type IS DISTINCT FROM 'chunk+json'
 $$;

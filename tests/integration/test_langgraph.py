@@ -283,3 +283,42 @@ def test_forks_from_an_older_checkpoint_keep_every_branch_whole(database_url: st
             ["a", "x"],
             ["a", "y", "z"],
         ]
+
+
+def test_a_long_thread_reads_back_whole_from_a_few_rows(
+    database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    """Items are sealed into chunks as the line grows (16, then 256): every checkpoint, old or
+    new, still reads back exactly the messages LangGraph's own saver holds, and the newest one
+    of a 70-turn thread (280 messages) is a handful of rows, not one per message."""
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    def histories(saver: Any, config: RunnableConfig) -> list[list[tuple[str, str]]]:
+        return [
+            [(m.type, m.text) for m in t.checkpoint["channel_values"].get("messages", [])]
+            for t in saver.list(config)
+        ]
+
+    memory = InMemorySaver()
+    config = config_of(thread_id="long")
+    with Store(database_url) as db:
+        graph, reference = agent_graph(SessionkeeperSaver(db)), agent_graph(memory)
+        for n in range(1, 71):
+            graph.invoke(user_turn(n), config)
+            reference.invoke(user_turn(n), config)
+        fresh = SessionkeeperSaver(db)  # nothing remembered: every value read from the rows
+        ours = histories(fresh, config)
+        assert ours == histories(memory, config)
+        assert len(ours[0]) == 280 and len(ours) == 70 * 5
+        latest = fresh.get_tuple(config)
+        assert latest is not None
+        assert len(latest.checkpoint["channel_values"]["messages"]) == 280
+    rows = conn.execute(
+        "SELECT count(*), count(*) FILTER (WHERE x.type LIKE 'chunk+%%')"
+        " FROM langgraph_checkpoints c,"
+        " sk_langgraph_values_v2(c.thread_id, c.checkpoint_ns, c.versions) x"
+        " WHERE c.thread_id = 'long' AND x.channel = 'messages'"
+        " AND c.checkpoint_id = (SELECT max(checkpoint_id) FROM langgraph_checkpoints)"
+    ).fetchone()
+    # 280 = one chunk of 256, one of 16, then one row per put since (8 messages).
+    assert rows == (10, 2)
