@@ -6,11 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-pytest.importorskip("matplotlib")
-
-from bench import plots  # only with the bench extra's matplotlib
+from bench import plots  # matplotlib: in the bench and test extras
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
