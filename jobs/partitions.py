@@ -412,10 +412,17 @@ def drop_expired(
     # DETACH ... CONCURRENTLY: PostgreSQL 14 and later, on a table without a DEFAULT partition.
     concurrently = conn.info.server_version >= 140000 and not has_default(partitions, table)
     dropped = rows = deferred = 0
-    for partition in expired(partitions, table, before):
+    blocked = False
+    # A partition left "detach pending" first: until it is finished, PostgreSQL refuses every
+    # other DETACH ... CONCURRENTLY of the table.
+    for partition in sorted(expired(partitions, table, before), key=lambda p: not p.detach_pending):
+        if blocked:
+            deferred += 1
+            continue
         removed = drop(conn, partition, settings, pause, concurrently=concurrently, keep_if=keep_if)
         if removed is None:
             deferred += 1
+            blocked = concurrently and _pending_detach(conn, partition)
         else:
             committed(removed)
             dropped += 1

@@ -9,13 +9,18 @@ plan feels) and PostgreSQL refuses DETACH ... CONCURRENTLY. For each table, whil
 (docs/partitions.md, "Retiring the DEFAULT partitions"):
 
 1. Daily partitions are made for every UTC day the DEFAULT partition holds rows of, and for
-   the day before today up to ``AHEAD_DAYS`` after it (what partition_maintenance keeps by
-   default), so that no row the bots write now lacks a partition. Each is built outside the
-   table and attached in one short transaction (``lock_timeout`` of a few milliseconds,
-   retried) that first moves in the DEFAULT partition's rows of its range.
+   yesterday, today and tomorrow, so that no row the bots write now lacks a partition. Each is
+   built outside the table and attached in one short transaction (``lock_timeout`` of a few
+   milliseconds, retried) that first moves in the DEFAULT partition's rows of its range. While
+   the DEFAULT partition exists, each such attach locks it, and every bot's statement on the
+   table waits for that (docs/partitions.md, "Retiring the DEFAULT partitions"): these steps
+   are as few as the days with rows there, usually none but the three.
 2. One short transaction locks the table, checks that the DEFAULT partition is empty (a row
    that arrived meanwhile sends the revision back to step 1) and detaches it; then its foreign
    key is dropped (a catalog change on ``users``).
+3. The days up to ``AHEAD_DAYS`` after today (what partition_maintenance keeps by default) are
+   made, now without the DEFAULT partition: their attaches lock nothing a bot's write waits for
+   but ``users``, briefly, for the foreign key.
 
 The detached, empty ``<table>_default`` stays as a plain table (no row ever reaches it): the
 statements of release 0.2.0's daemons still name it (their row-by-row cleanup, their partition
@@ -45,9 +50,10 @@ depends_on: str | Sequence[str] | None = None
 KEYS = {"rate_limits": "window_start", "usage_stats": "created_at"}
 DAY = timedelta(days=1)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-# partition_maintenance's default `ahead`, and the day before today (a bot's clock behind).
+# partition_maintenance's default `ahead`; the days around today made before the DEFAULT
+# partition goes (a bot's clock a little behind or ahead, a turn across midnight).
 AHEAD_DAYS = 7
-BEHIND_DAYS = 1
+AROUND_TODAY = (-1, 0, 1)
 # A partition starting sooner than this is attached under the table's lock.
 MARGIN = timedelta(minutes=10)
 # The longest a bot may queue behind one of the revision's lock requests (less than half the
@@ -74,6 +80,12 @@ WHERE i.inhparent = %s::regclass AND pg_get_expr(c.relpartbound, c.oid) <> 'DEFA
 """
 
 
+ATTACH = [
+    "ALTER TABLE {parent} ATTACH PARTITION {partition} FOR VALUES FROM ({lower}) TO ({upper})",
+    "ALTER TABLE {partition} DROP CONSTRAINT {check}",
+]
+
+
 class RowsArrived(Exception):
     """A row reached the DEFAULT partition while it was being retired."""
 
@@ -90,7 +102,7 @@ def upgrade() -> None:
             for _ in range(ROUNDS):
                 if not _has_default(conn, table):
                     break
-                _make_partitions(conn, table)
+                _make_partitions(conn, table, _days_held(conn, table) | _around_today(conn))
                 try:
                     _retire_default(conn, table)
                 except RowsArrived:
@@ -98,6 +110,7 @@ def upgrade() -> None:
             else:
                 raise RuntimeError(f"{table}_default kept receiving rows: run migrate again")
             _drop_foreign_keys(conn, f"{table}_default")
+            _make_partitions(conn, table, _ahead(conn))
     finally:
         conn.autocommit = False
 
@@ -111,18 +124,28 @@ def _has_default(conn: Any, table: str) -> bool:
     return row is not None
 
 
-def _days_needed(conn: Any, table: str) -> list[datetime]:
-    """The UTC days the DEFAULT partition holds rows of, and the days around today."""
+def _days_held(conn: Any, table: str) -> set[datetime]:
+    """The UTC days the DEFAULT partition holds rows of."""
     query = sql.SQL(
         "SELECT DISTINCT to_timestamp(floor(extract(epoch FROM {key}) / 86400) * 86400)"
         " FROM {default}"
     ).format(key=sql.Identifier(KEYS[table]), default=sql.Identifier(f"{table}_default"))
-    days = {row[0] for row in conn.execute(query)}
-    today = conn.execute(
+    return {row[0] for row in conn.execute(query)}
+
+
+def _today(conn: Any) -> datetime:
+    today: datetime = conn.execute(
         "SELECT to_timestamp(floor(extract(epoch FROM now()) / 86400) * 86400)"
     ).fetchone()[0]
-    days.update(today + n * DAY for n in range(-BEHIND_DAYS, AHEAD_DAYS + 1))
-    return sorted(days)
+    return today
+
+
+def _around_today(conn: Any) -> set[datetime]:
+    return {_today(conn) + n * DAY for n in AROUND_TODAY}
+
+
+def _ahead(conn: Any) -> set[datetime]:
+    return {_today(conn) + n * DAY for n in range(AHEAD_DAYS + 1)}
 
 
 def _missing(conn: Any, table: str, day: datetime) -> list[tuple[datetime, datetime]]:
@@ -149,8 +172,8 @@ def _missing(conn: Any, table: str, day: datetime) -> list[tuple[datetime, datet
     return missing
 
 
-def _make_partitions(conn: Any, table: str) -> None:
-    for day in _days_needed(conn, table):
+def _make_partitions(conn: Any, table: str, days: set[datetime]) -> None:
+    for day in sorted(days):
         for lower, upper in _missing(conn, table, day):
             _make_partition(conn, table, lower, upper)
 
@@ -176,6 +199,9 @@ def _make_partition(conn: Any, table: str, lower: datetime, upper: datetime) -> 
                 " CHECK ({key} >= {lower} AND {key} < {upper})"
             ).format(**parts)
         )
+    if not _has_default(conn, table):
+        _locked(conn, [sql.SQL(step).format(**parts) for step in ATTACH])
+        return
     steps = [
         # A range the bots may be writing now: a bot's row routed to the DEFAULT partition
         # before the attach would fail its new constraint after it, so they wait instead.
@@ -183,8 +209,7 @@ def _make_partition(conn: Any, table: str, lower: datetime, upper: datetime) -> 
         "LOCK TABLE {default} IN ACCESS EXCLUSIVE MODE",
         "WITH moved AS (DELETE FROM {default} WHERE {key} >= {lower} AND {key} < {upper}"
         " RETURNING *) INSERT INTO {partition} SELECT * FROM moved",
-        "ALTER TABLE {parent} ATTACH PARTITION {partition} FOR VALUES FROM ({lower}) TO ({upper})",
-        "ALTER TABLE {partition} DROP CONSTRAINT {check}",
+        *ATTACH,
     ]
     _locked(conn, [sql.SQL(step).format(**parts) for step in steps if step])
 

@@ -27,6 +27,7 @@ def no_calendar(conn: Conn) -> None:
     """For tests that make and drop the partitions of NOW themselves."""
     drop_calendar(conn)
 
+
 DAY = timedelta(days=1)
 
 
@@ -189,6 +190,33 @@ def test_a_partition_holding_uncounted_rows_is_kept(conn: Conn) -> None:
     )
     assert dropped == (2, 0, 1)
     assert conn.execute("SELECT count(*) FROM usage_stats").fetchone() == (1,)
+
+
+@pytest.mark.usefixtures("no_calendar")
+def test_a_detach_left_pending_is_finished_by_the_next_run(conn: Conn, database_url: str) -> None:
+    maintain(conn, NOW - 5 * DAY, ahead=2)  # 03-05, 03-06, 03-07: all ended by NOW
+    user = make_user(conn)
+    conn.execute(
+        "INSERT INTO rate_limits (user_id, window_seconds, window_start) VALUES (%s, 60, %s)",
+        (user, NOW - 5 * DAY),
+    )
+    settings = rate_limit_cleanup.Settings(lock_attempts=2)
+    with psycopg.connect(database_url) as reader:
+        # A transaction that has used the table: DETACH ... CONCURRENTLY marks the partition,
+        # then waits for it, gives up after lock_timeout_ms, and FINALIZE cannot finish either.
+        reader.execute("SELECT count(*) FROM rate_limits")
+        first = rate_limit_cleanup.run(conn, settings, NOW)
+        pending = [p.name for p in partitions.list_partitions(conn) if p.detach_pending]
+        # The first is left pending; the others wait (PostgreSQL refuses them meanwhile).
+        assert pending == ["rate_limits_p20260305_0000"]
+        assert first.details == {"deleted": 0, "partitions_dropped": 0, "partitions_deferred": 3}
+        # New statements no longer see the pending partition: its rows are out of reach.
+        assert conn.execute("SELECT count(*) FROM rate_limits").fetchone() == (0,)
+    # The reader gone, the next run finishes the detach (FINALIZE) and drops the rest.
+    second = rate_limit_cleanup.run(conn, settings, NOW)
+    assert second.details == {"deleted": 1, "partitions_dropped": 3, "partitions_deferred": 0}
+    assert [n for n in names(conn, "rate_limits") if n < "rate_limits_p20260308"] == []
+    assert conn.execute("SELECT to_regclass('rate_limits_p20260305_0000')").fetchone() == (None,)
 
 
 # -- the watermark rollup ----------------------------------------------------------------------
