@@ -163,7 +163,7 @@ def test_default_partitions_are_retired_while_bots_of_020_write(
                 == 0
             )
         # Every seeded row in the partition of its day; the bots' rows of today with them.
-        placed = dict(
+        placed: dict[str, int] = dict(
             conn.execute(
                 "SELECT tableoid::regclass::text, count(*) FROM usage_stats"
                 " WHERE user_id = %s GROUP BY 1",
