@@ -263,7 +263,7 @@ def drop(
     Three short steps, none holding a lock a bot waits for longer than a catalog change: the
     detach (``concurrently``, only possible when the table has no DEFAULT partition: DETACH ...
     CONCURRENTLY, which never blocks the bots; a partition left "detach pending" by an earlier
-    one that was cancelled is finished with FINALIZE), the drop of the detached table's foreign keys
+    one is finished with FINALIZE), the drop of the detached table's foreign keys
     (users, ACCESS EXCLUSIVE), and the drop of the table (nothing a bot uses). ``keep_if`` is
     asked before the detach and again after it, when no row can arrive any more; a partition
     kept only then is attached again.
@@ -282,7 +282,9 @@ def _drop(
     keep_if: Callable[[Connection, str], bool] | None,
 ) -> int | None:
     parts = {"parent": partition.parent, "partition": partition.name}
-    if keep_if is not None and keep_if(conn, partition.name):
+    # (A pending partition's rows are out of every statement's reach, the rollup's too: it is
+    # detached first, and attached again below if it must stay.)
+    if keep_if is not None and not partition.detach_pending and keep_if(conn, partition.name):
         return None
     rows = _rows(conn, partition)
     if partition.detach_pending or concurrently:

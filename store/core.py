@@ -113,7 +113,7 @@ def translate(exc: Exception, sent: Step | None = None) -> Exception:
             " `sessionkeeper migrate` (docs/roles.md)"
         )
     if isinstance(exc, pg_errors.CheckViolation) and _NO_PARTITION.match(
-        exc.diag.message_primary or ""
+        exc.diag.message_primary or str(exc)
     ):
         return errors.PartitionMissing(
             f"{_describe(exc)}: no time partition covers this moment; nothing was written."
