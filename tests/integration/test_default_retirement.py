@@ -27,9 +27,10 @@ DAY = timedelta(days=1)
 WRITERS = 3
 PER_DAY = 50
 # The longest a bot may wait on the revision's locks (the job's bound is LOCK_WAIT_BOUND_MS):
-# measured 20 to 40 ms on a loaded two-core machine, for the few attaches made while the
-# DEFAULT partition still exists.
-MIGRATION_WAIT_BOUND_MS = 100
+# the few attaches made while the DEFAULT partition still exists hold a lock every bot feels
+# for their server work; measured 22 to 32 ms on the shared two-core test machine, and up to
+# 112 ms when the whole suite ran there beside others (load average 10).
+MIGRATION_WAIT_BOUND_MS = 250
 _ACQUIRED = re.compile(r"process (\d+) acquired \w+ on .* after ([\d.]+) ms")
 
 
