@@ -2,7 +2,7 @@
 
 A deployment's bots write rows of now, and partition_maintenance keeps partitions made ahead
 of it (revision 0021 made the days around the migration). The tests pass fixed moments
-(``T0``, ``NOW``: 2025 and 2026 dates) instead, and no DEFAULT partition takes their rows any
+(``T0``, ``NOW``: dates from 2024 to 2026) instead, and no DEFAULT partition takes their rows any
 more: the template database gets one wide partition per table covering those dates, as a
 deployment whose maintenance ran then would have. Tests about partitions themselves remove it
 first (``drop_calendar``).
@@ -17,7 +17,7 @@ import psycopg
 
 from sessionkeeper.jobs import partitions
 
-CALENDAR_START = datetime(2025, 1, 1, tzinfo=UTC)
+CALENDAR_START = datetime(2020, 1, 1, tzinfo=UTC)
 CALENDAR_END = datetime(2026, 12, 1, tzinfo=UTC)
 
 
