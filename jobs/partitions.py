@@ -2,9 +2,12 @@
 
 Both tables are range-partitioned by time (revision 0013). Partitions are aligned to the epoch
 (so a one-day interval gives UTC days) and named ``<table>_p<YYYYMMDD>_<HHMM>`` after their
-start. ``<table>_default`` (the DEFAULT partition) takes any row no partition covers, so a
-missing partition never refuses a bot's write; ``<table>_legacy`` (a database upgraded with
-rows) is the table from before 0013, covering everything before the upgrade's cutover.
+start. ``<table>_legacy`` (a database upgraded with rows) is the table from before 0013,
+covering everything before the upgrade's cutover. The tables have no DEFAULT partition any more
+(revision 0022 retired them, docs/partitions.md): a row no partition covers is refused
+(``store.PartitionMissing``), so partition_maintenance keeps ``ahead`` slots made and
+``SessionkeeperPartitionsNotAhead`` fires long before they run out. The code below still
+handles a table with a DEFAULT partition (a database between revisions 0013 and 0022).
 
 Partition DDL never makes a bot wait for long (docs/partitions.md, "Locks"): each attempt
 waits at most ``lock_timeout_ms`` (a few milliseconds) for each lock, so a bot queues behind
@@ -89,6 +92,7 @@ class Partition:
     lower: datetime | None  # None: MINVALUE (the legacy partition), or the default
     upper: datetime | None
     estimated_rows: float
+    detach_pending: bool = False  # a DETACH ... CONCURRENTLY cancelled half-way
 
 
 def list_partitions(conn: Connection, tables: tuple[str, ...] = tuple(KEYS)) -> list[Partition]:
@@ -107,7 +111,7 @@ def partition_name(table: str, lower: datetime) -> str:
 
 def ahead(partitions: list[Partition], table: str, now: datetime) -> int:
     """How many partitions of ``table`` follow, without a gap, the one holding ``now``
-    (0 also when no partition holds ``now``: its rows go to the DEFAULT partition)."""
+    (0 also when no partition holds ``now``: the bots' rows of now are refused)."""
     ranged = [p for p in partitions if p.parent == table and not p.is_default]
     cursor: datetime | None = now
     found = -1
@@ -198,15 +202,17 @@ def create(
     settings: DdlSettings,
     pause: Pause = uninterrupted,
 ) -> bool:
-    """Make the partition [lower, upper) of ``table`` and attach it, moving in any rows of that
-    range the DEFAULT partition holds. False: deferred (its locks were not granted in time).
+    """Make the partition [lower, upper) of ``table`` and attach it (with a DEFAULT partition:
+    moving in any rows of that range it holds). False: deferred (its locks were not granted in
+    time).
 
     The table is built outside ``table`` first (``CREATE TABLE ... LIKE`` takes only ACCESS
     SHARE on it), with a CHECK that proves its range, so that ATTACH neither blocks the bots'
     writes to the table (it takes SHARE UPDATE EXCLUSIVE) nor scans the new partition: the
-    locks that remain (the DEFAULT partition, and users for the cloned foreign key) are held
-    for the milliseconds of the attach itself. A range that has begun by the server's clock (a
-    partition made late) locks the table too: the bots may be writing rows of it right now."""
+    lock that remains (users, for the cloned foreign key) is held for the milliseconds of the
+    attach itself. With a DEFAULT partition, ATTACH also locks it, and a range that has begun
+    by the server's clock (a partition made late) locks the table too: the bots may be routing
+    rows of it to the DEFAULT partition right now."""
     name = partition_name(table, lower)
     parts: dict[str, Any] = {
         "parent": table,
@@ -226,9 +232,12 @@ def create(
             margin = {"lower": lower - ATTACH_MARGIN}
             row = conn.execute(QUERIES["partition_begun"], margin).fetchone()
             begun = bool(row and row[0])
+            defaulted = has_default(list_partitions(conn, (table,)), table)
 
-        steps = ["partition_lock_default", "partition_adopt_default_rows", "partition_attach"]
-        if begun:
+        steps = ["partition_attach"]
+        if defaulted:
+            steps[:0] = ["partition_lock_default", "partition_adopt_default_rows"]
+        if defaulted and begun:
             steps.insert(0, "partition_lock_parent")
 
         def attach() -> bool:
@@ -253,7 +262,8 @@ def drop(
 
     Three short steps, none holding a lock a bot waits for longer than a catalog change: the
     detach (``concurrently``, only possible when the table has no DEFAULT partition: DETACH ...
-    CONCURRENTLY, which never blocks the bots), the drop of the detached table's foreign keys
+    CONCURRENTLY, which never blocks the bots; a partition left "detach pending" by an earlier
+    one is finished with FINALIZE), the drop of the detached table's foreign keys
     (users, ACCESS EXCLUSIVE), and the drop of the table (nothing a bot uses). ``keep_if`` is
     asked before the detach and again after it, when no row can arrive any more; a partition
     kept only then is attached again.
@@ -272,11 +282,14 @@ def _drop(
     keep_if: Callable[[Connection, str], bool] | None,
 ) -> int | None:
     parts = {"parent": partition.parent, "partition": partition.name}
-    if keep_if is not None and keep_if(conn, partition.name):
+    # (A pending partition's rows are out of every statement's reach, the rollup's too: it is
+    # detached first, and attached again below if it must stay.)
+    if keep_if is not None and not partition.detach_pending and keep_if(conn, partition.name):
         return None
     rows = _rows(conn, partition)
-    if concurrently:
-        conn.execute(_ddl("partition_detach_concurrently", **parts))
+    if partition.detach_pending or concurrently:
+        if not _detach_concurrently(conn, partition, settings, pause):
+            return None
     elif with_lock_retries(lambda: _detach(conn, parts, settings), settings, pause) is None:
         return None
     if keep_if is not None and keep_if(conn, partition.name):
@@ -293,6 +306,42 @@ def _until_done(attempt: Callable[[], bool], settings: DdlSettings) -> None:
     Each attempt still waits at most lock_timeout_ms, so the bots never wait longer."""
     while with_lock_retries(attempt, settings) is None:
         pass
+
+
+def _detach_concurrently(
+    conn: Connection, partition: Partition, settings: DdlSettings, pause: Pause
+) -> bool:
+    """DETACH ... CONCURRENTLY, or FINALIZE for a partition left pending; False: deferred.
+
+    Every lock it waits for (the transactions still using the partition, users for the
+    detached table's foreign-key triggers) is waited for at most lock_timeout_ms: a bot never
+    queues behind it for longer. Refused after the partition was marked, it stays pending
+    (invisible to new statements) and FINALIZE is retried, now or on the next run."""
+    parts = {"parent": partition.parent, "partition": partition.name}
+    pending = partition.detach_pending
+    conn.execute(_ddl("partition_session_lock_timeout", lock_timeout_ms=settings.lock_timeout_ms))
+    try:
+        if not pending:
+            try:
+                conn.execute(_ddl("partition_detach_concurrently", **parts))
+                return True
+            except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
+                pending = _pending_detach(conn, partition)
+                if not pending:
+                    return False  # refused before it marked the partition: the next run
+    finally:
+        conn.execute("RESET lock_timeout")
+
+    def finalize() -> bool:
+        _locked(conn, settings, _ddl("partition_detach_finalize", **parts))
+        return True
+
+    return with_lock_retries(finalize, settings, pause) is not None
+
+
+def _pending_detach(conn: Connection, partition: Partition) -> bool:
+    now = list_partitions(conn, (partition.parent,))
+    return any(p.name == partition.name and p.detach_pending for p in now)
 
 
 def _detach(conn: Connection, parts: dict[str, Any], settings: DdlSettings) -> bool:
@@ -362,12 +411,20 @@ def drop_expired(
     """Drop every partition of ``table`` that ended before ``before``: (partitions dropped,
     their rows, partitions deferred or kept)."""
     partitions = list_partitions(conn, (table,))
-    concurrently = not has_default(partitions, table)
+    # DETACH ... CONCURRENTLY: PostgreSQL 14 and later, on a table without a DEFAULT partition.
+    concurrently = conn.info.server_version >= 140000 and not has_default(partitions, table)
     dropped = rows = deferred = 0
-    for partition in expired(partitions, table, before):
+    blocked = False
+    # A partition left "detach pending" first: until it is finished, PostgreSQL refuses every
+    # other DETACH ... CONCURRENTLY of the table.
+    for partition in sorted(expired(partitions, table, before), key=lambda p: not p.detach_pending):
+        if blocked:
+            deferred += 1
+            continue
         removed = drop(conn, partition, settings, pause, concurrently=concurrently, keep_if=keep_if)
         if removed is None:
             deferred += 1
+            blocked = concurrently and _pending_detach(conn, partition)
         else:
             committed(removed)
             dropped += 1

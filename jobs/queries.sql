@@ -5,26 +5,6 @@
 -- tests and benchmarks control it. Batches lock their rows with FOR UPDATE SKIP LOCKED: a row
 -- that an online call is using is left for the next batch instead of waiting for it.
 
--- rate_limit_cleanup --
--- Only for the DEFAULT partition (rate_limits_default, the safety net for windows no partition
--- covers, normally empty): whole partitions of ended windows are dropped instead (jobs/
--- partitions.py). A window can no longer affect a decision once it has ended (plus a grace
--- period). window_start < %(now)s lets the index on window_start bound the scan.
-WITH b AS (
-    SELECT user_id, window_seconds, window_start
-    FROM rate_limits_default
-    WHERE window_start < %(now)s
-      AND window_start + make_interval(secs => window_seconds + %(grace_seconds)s) < %(now)s
-    ORDER BY window_start
-    LIMIT %(batch_size)s
-    FOR UPDATE SKIP LOCKED
-)
-DELETE FROM rate_limits_default r
-USING b
-WHERE r.user_id = b.user_id
-  AND r.window_seconds = b.window_seconds
-  AND r.window_start = b.window_start
-
 -- link_code_expiry --
 -- Codes that expired or were used more than retention_seconds ago.
 WITH b AS (
@@ -292,23 +272,6 @@ FROM (SELECT sk_add_usage_daily(array_agg(day), array_agg(user_id), array_agg(ch
                                 array_agg(output_tokens), array_agg(cached_tokens), %(now)s)
       FROM days) AS totals
 
--- usage_prune --
--- Only for the DEFAULT partition (usage_stats_default, normally empty): whole partitions are
--- dropped instead (jobs/partitions.py). Counted raw rows older than the retention period.
-WITH b AS (
-    SELECT stat_id, created_at
-    FROM usage_stats_default
-    WHERE created_at < %(now)s - make_interval(secs => %(prune_after_seconds)s)
-      AND (rolled_up
-           OR rolled_up IS NULL AND inserted_xid < (SELECT watermark FROM usage_rollup_state))
-    ORDER BY created_at
-    LIMIT %(batch_size)s
-    FOR UPDATE SKIP LOCKED
-)
-DELETE FROM usage_stats_default s
-USING b
-WHERE s.stat_id = b.stat_id AND s.created_at = b.created_at
-
 -- usage_partition_pending --
 -- Whether a usage_stats partition still holds rows the rollup has not counted (checked under
 -- the lock of its detach: nothing can be added meanwhile).
@@ -327,7 +290,9 @@ SELECT p.relname AS parent, c.relname AS name,
                      'FROM \(''([^'']*)''\)'))[1]::timestamptz AS lower,
        (regexp_match(pg_get_expr(c.relpartbound, c.oid),
                      'TO \(''([^'']*)''\)'))[1]::timestamptz AS upper,
-       c.reltuples AS estimated_rows
+       c.reltuples AS estimated_rows,
+       -- A DETACH ... CONCURRENTLY cancelled half-way (no such column before PostgreSQL 14).
+       coalesce((to_jsonb(i) ->> 'inhdetachpending')::boolean, false) AS detach_pending
 FROM pg_inherits i
 JOIN pg_class c ON c.oid = i.inhrelid
 JOIN pg_class p ON p.oid = i.inhparent
@@ -422,8 +387,25 @@ SELECT conname FROM pg_constraint WHERE conrelid = to_regclass(%(name)s) AND con
 ALTER TABLE {partition} DROP CONSTRAINT {constraint}
 
 -- partition_detach_concurrently --
--- Allowed only when the table has no DEFAULT partition, and outside a transaction block.
+-- Allowed only when the table has no DEFAULT partition (revision 0022 retired them), on
+-- PostgreSQL 14 and later, and outside a transaction block. Two transactions: the first marks
+-- the partition "detach pending" (SHARE UPDATE EXCLUSIVE on the table and the partition, which
+-- the bots' writes do not conflict with), then waits for every transaction that may still use
+-- the partition; the second detaches it. Cancelled between the two (a lock_timeout, a stop),
+-- the partition stays pending: new statements no longer see it, and FINALIZE completes it.
 ALTER TABLE {parent} DETACH PARTITION {partition} CONCURRENTLY
+
+-- partition_detach_finalize --
+ALTER TABLE {parent} DETACH PARTITION {partition} FINALIZE
+
+-- partition_session_lock_timeout --
+-- partition_lock_timeout for the session (DETACH ... CONCURRENTLY runs in no transaction
+-- block of ours): reset after the detach.
+SELECT set_config('lock_timeout',
+                  least({lock_timeout_ms},
+                        extract(epoch FROM current_setting('deadlock_timeout')::interval)
+                        * 1000 / 2)::int || 'ms',
+                  false)
 
 -- partition_drop --
 DROP TABLE {partition}

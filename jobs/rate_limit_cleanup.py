@@ -2,8 +2,8 @@
 
 rate_limits is partitioned by window_start (jobs/partitions.py): a partition is dropped whole
 once every window in it has ended, i.e. once its end is older than the longest window the
-store counts (a day) plus ``grace_seconds``; no row is deleted one by one. Only the DEFAULT
-partition (windows no partition covered, normally none) is cleaned row by row, in batches.
+store counts (a day) plus ``grace_seconds``; no row is deleted one by one (the tables have no
+DEFAULT partition since revision 0022, so every row is in a time partition).
 """
 
 from __future__ import annotations
@@ -14,15 +14,7 @@ from datetime import datetime, timedelta
 from store.config import LONGEST_RATE_WINDOW_SECONDS, StoreConfig
 
 from . import partitions
-from .base import (
-    STORE_DEFAULTS,
-    Connection,
-    JobResult,
-    Pause,
-    job_params,
-    main_then_retention,
-    uninterrupted,
-)
+from .base import STORE_DEFAULTS, Connection, JobResult, Pause, uninterrupted
 
 
 @dataclass(frozen=True)
@@ -46,11 +38,9 @@ def run(
     dropped, dropped_rows, deferred = partitions.drop_expired(
         conn, "rate_limits", before, settings, pause
     )
-    params = job_params(settings, now, store)
-    done = main_then_retention(conn, "rate_limit_cleanup", None, params, settings, pause)
     details = {
-        "deleted": dropped_rows + done.main,
+        "deleted": dropped_rows,
         "partitions_dropped": dropped,
         "partitions_deferred": deferred,
     }
-    return JobResult(dropped_rows + done.main, details, done.stopped)
+    return JobResult(dropped_rows, details)

@@ -13,7 +13,8 @@ Rows written before revision 0013 carry no inserted_xid: release 0.1.0's flaggin
 still counts them (``usage_rollup_legacy``), exactly once even beside a 0.1.0 daemon.
 
 Retention (``prune_after_seconds``): partitions whose whole range is older than that, and whose
-rows are all counted, are detached and dropped; only the DEFAULT partition is pruned row by row.
+rows are all counted, are detached and dropped (no row is pruned one by one: there is no DEFAULT
+partition since revision 0022).
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ from .base import (
     JobResult,
     Pause,
     batches,
-    delete_batches,
     job_params,
     uninterrupted,
 )
@@ -83,8 +83,6 @@ def run(
         dropped, pruned, deferred = partitions.drop_expired(
             conn, "usage_stats", before, settings, pause, keep_if=_pending
         )
-        in_default, stopped = delete_batches(conn, "usage_prune", params, settings, pause)
-        pruned += in_default
         details.update(partitions_dropped=dropped, partitions_kept=deferred)
     details["pruned"] = pruned
     return JobResult(legacy + rolled + pruned, details, stopped)

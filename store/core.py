@@ -112,6 +112,13 @@ def translate(exc: Exception, sent: Step | None = None) -> Exception:
             " Run the bots as a member of the bot role, with grants applied by"
             " `sessionkeeper migrate` (docs/roles.md)"
         )
+    if isinstance(exc, pg_errors.CheckViolation) and _NO_PARTITION.match(
+        exc.diag.message_primary or str(exc)
+    ):
+        return errors.PartitionMissing(
+            f"{_describe(exc)}: no time partition covers this moment; nothing was written."
+            " Run `sessionkeeper jobs run partition_maintenance` (docs/partitions.md)"
+        )
     if isinstance(exc, pg_errors.UndefinedFunction | pg_errors.UndefinedTable):
         return errors.SchemaOutOfDate(f"{_describe(exc)}; run `sessionkeeper migrate`")
     if isinstance(
@@ -147,6 +154,9 @@ def _describe(exc: Exception) -> str:
     message = redact((primary or str(exc)).strip() or type(exc).__name__)
     return f"{message} (SQLSTATE {sqlstate})" if sqlstate else message
 
+
+# A row whose partition key no partition covers (the tables have no DEFAULT partition).
+_NO_PARTITION = re.compile(r'^no partition of relation "[^"]*" found for row')
 
 # DETAIL of a foreign-key violation: Key (session_id)=(...) is not present in table "...".
 _MISSING_KEY = re.compile(r"^Key \((\w+)\)=\((.*)\) is not present in table")

@@ -121,5 +121,13 @@ class PermissionDenied(StoreError):
     (or ``sessionkeeper roles setup``) must have applied the grants (docs/roles.md)."""
 
 
+class PartitionMissing(StoreError):
+    """No time partition of ``rate_limits`` or ``usage_stats`` covers the row's time (SQLSTATE
+    23514): nothing was written. The ``partition_maintenance`` job keeps partitions made ahead
+    of the current time (``ahead``, 7 days by default) and the alert
+    ``SessionkeeperPartitionsNotAhead`` fires long before they run out; a ``now`` passed to the
+    store far outside them (a clock days off, a date of another year) meets this error."""
+
+
 class SchemaOutOfDate(StoreError):
     """The database is not migrated to the revision this code expects."""

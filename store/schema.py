@@ -12,9 +12,11 @@ key columns; where the seed's design was a known problem the shape differs:
   silently deleted;
 * ``job_runs`` is the daemon's run ledger and ``usage_daily`` holds the usage rollups;
 * ``rate_limits`` and ``usage_stats`` are range-partitioned by time (revision 0013): expiry drops
-  whole partitions. The partitions themselves (``<table>_p<start>``, ``<table>_legacy``,
-  ``<table>_default``) are made by the partition_maintenance job, not described here
-  (``is_partition`` tells the schema checks to leave them out).
+  whole partitions. The partitions themselves (``<table>_p<start>``, ``<table>_legacy``) are
+  made by the partition_maintenance job and the revisions, not described here (``is_partition``
+  tells the schema checks to leave them out). There is no DEFAULT partition since revision
+  0022: the retired ``<table>_default`` stays as an empty plain table (no foreign key) for the
+  statements of release 0.2.0's daemons until a later release drops it; left out too.
 
 All timestamps are ``timestamptz``.
 """
@@ -217,8 +219,9 @@ archived_session_messages = Table(
     PrimaryKeyConstraint("session_id", "seq"),
 )
 
-# The partitions of the partitioned tables: the pre-0013 table (``_legacy``, covering the past),
-# the safety net (``_default``) and the ones partition_maintenance makes (``_p20261129_0000``).
+# The partitions of the partitioned tables: the pre-0013 table (``_legacy``, covering the past)
+# and the ones partition_maintenance makes (``_p20261129_0000``); and the retired DEFAULT
+# partitions (``_default``, plain tables since revision 0022, kept for 0.2.0's daemons).
 PARTITIONED = ("rate_limits", "usage_stats")
 _PARTITION_NAME = re.compile("^(?:" + "|".join(PARTITIONED) + r")_(?:legacy|default|p\d{8}_\d{4})$")
 

@@ -85,8 +85,9 @@ TABLES: dict[str, Grants] = {
     ),
     "rate_limits": Grants(bot=RW, daemon="SELECT, UPDATE, DELETE", reader="SELECT"),
     "usage_stats": Grants(bot=RW, daemon=RW, reader="SELECT"),
-    # The DEFAULT partitions (revision 0013), which the cleanup jobs read and empty directly.
-    # Other partitions are reached through their parent only (its privileges are checked).
+    # The former DEFAULT partitions (revision 0013; plain, empty tables since 0022), which
+    # release 0.2.0's cleanup jobs still read and empty directly: kept until a later release
+    # drops them. Partitions are reached through their parent only (its privileges are checked).
     "rate_limits_default": Grants(bot=NONE, daemon="SELECT, UPDATE, DELETE", reader=NONE),
     "usage_stats_default": Grants(bot=NONE, daemon="SELECT, UPDATE, DELETE", reader=NONE),
     "usage_rollup_state": Grants(bot=READ_LOCK, daemon=RW, reader="SELECT"),
@@ -220,7 +221,7 @@ ORDER BY 2
 def schema_objects(conn: psycopg.Connection[Any]) -> dict[str, str]:
     """The schema's tables, views and sequences, name -> 'table' or 'sequence'; partitions
     left out (their rows are reached through the parent, whose privileges are checked) but
-    the DEFAULT ones, which jobs read directly."""
+    the former DEFAULT ones, which 0.2.0's jobs read directly."""
     return {
         name: "sequence" if kind == "S" else "table"
         for name, kind in conn.execute(_OBJECTS).fetchall()

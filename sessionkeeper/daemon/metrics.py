@@ -105,7 +105,7 @@ class DaemonMetrics:
         self.partitions_ahead = Gauge(
             "sessionkeeper_partitions_ahead",
             "Time partitions of the table made ahead of the current one (partition_maintenance"
-            " keeps its `ahead` setting; 0: rows of now go to the DEFAULT partition).",
+            " keeps its `ahead` setting; 0: the bots' rows of now are refused).",
             ["table"],
             registry=r,
         )

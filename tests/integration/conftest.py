@@ -21,6 +21,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from partition_support import make_calendar
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -124,6 +125,8 @@ def set_up_roles(url: str) -> None:
 def template_database(admin_url: str) -> Iterator[str]:
     name = create_database(admin_url, "sk_template")
     migrate.upgrade(with_dbname(admin_url, name))
+    # Partitions for the fixed dates the tests write with (no DEFAULT partition takes them).
+    make_calendar(with_dbname(admin_url, name))
     # Every test database has the roles, as a deployment does.
     create_logins(admin_url)
     set_up_roles(with_dbname(admin_url, name))

@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,7 +26,7 @@ from tool_support import unavailable
 
 from sessionkeeper.admin import migrate
 from sessionkeeper.admin.embedded import EmbeddedPostgres
-from sessionkeeper.jobs import JOB_NAMES
+from sessionkeeper.jobs import JOB_NAMES, partition_maintenance
 
 T = TypeVar("T")
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -234,6 +235,10 @@ def test_schedules_backlog_and_process_start_are_exported(
 def test_jobs_run_on_schedule_and_are_counted(
     database_url: str, conn: Conn, start_daemon: Callable[..., Daemon]
 ) -> None:
+    # The partitions of three and two days ago, as a daemon running then made them: ended, they
+    # are dropped whole with their row.
+    three_days_ago = datetime.now(UTC) - timedelta(days=3)
+    partition_maintenance.run(conn, partition_maintenance.Settings(ahead=1), three_days_ago)
     conn.execute(
         """
         WITH u AS (
@@ -241,11 +246,10 @@ def test_jobs_run_on_schedule_and_are_counted(
             RETURNING user_id
         )
         INSERT INTO rate_limits (user_id, window_seconds, window_start, request_count)
-        SELECT user_id, 60, now() - interval '3 days', 3 FROM u
-        """
+        SELECT user_id, 60, %s, 3 FROM u
+        """,
+        (three_days_ago,),
     )
-    # (Days before any partition partition_maintenance makes: the DEFAULT partition's row is
-    # deleted by row; windows in a partition go when the whole partition has ended.)
     daemon = start_daemon(database_url, **every_job("1"))
 
     def all_succeeded() -> bool:

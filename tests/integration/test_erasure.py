@@ -299,6 +299,10 @@ HOLDS_NO_USER = frozenset(
         # Erased accounts' lock-outs: keyed by a hash, written by erasure (the scan checks it
         # holds no id afterwards, like every table).
         "link_code_erased_failures",
+        # The former DEFAULT partitions (plain tables since revision 0022, kept for 0.2.0's
+        # daemons): nothing writes a row there any more.
+        "rate_limits_default",
+        "usage_stats_default",
     }
 )
 # Tables whose rows name no id as text (binary content) and belong to a user only through

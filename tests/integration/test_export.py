@@ -271,7 +271,10 @@ def test_export_and_erasure_cover_every_table_about_users_and_persons(
     """A table that holds a user or person id, or references such a table by a foreign key
     (session_messages -> sessions -> users, ...), must be in the export and in sk_forget. Add a
     table to one and not the other, or to neither, and this fails."""
-    in_catalog = {row[0] for row in conn.execute(CATALOG_TABLES)}
+    # (Less the former DEFAULT partitions: empty plain tables since revision 0022, kept for
+    # 0.2.0's daemons, which only delete from them; nothing writes a row there.)
+    retired = {"rate_limits_default", "usage_stats_default"}
+    in_catalog = {row[0] for row in conn.execute(CATALOG_TABLES)} - retired
     assert {"users", "persons", "sessions", "session_messages", "usage_daily"} <= in_catalog
     alice = busy_user(store, conn, "alice")
     exported = set(export_json(store, user=alice)["tables"])

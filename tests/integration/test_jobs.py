@@ -14,12 +14,14 @@ from typing import Any
 import psycopg
 import pytest
 from freezegun import freeze_time
+from partition_support import drop_calendar
 
 from sessionkeeper.daemon.metrics import DaemonMetrics
 from sessionkeeper.jobs import (
     JOB_NAMES,
     link_code_expiry,
     locking,
+    partition_maintenance,
     proactive_reload,
     rate_limit_cleanup,
     session_archival,
@@ -58,16 +60,21 @@ def rows(conn: Conn, query: str, *params: Any) -> list[tuple[Any, ...]]:
 # -- rate_limit_cleanup ------------------------------------------------------------------------
 
 
-def test_rate_limit_cleanup_deletes_only_ended_windows(conn: Conn) -> None:
+def daily_partitions(conn: Conn, start: datetime, days: int, **settings: Any) -> None:
+    """Daily partitions from ``start``'s day on, instead of the test calendar's wide one."""
+    drop_calendar(conn)
+    partition_maintenance.run(conn, partition_maintenance.Settings(ahead=days, **settings), start)
+
+
+def test_rate_limit_cleanup_drops_a_day_once_its_last_window_ended(conn: Conn) -> None:
+    # Whole daily partitions go, once every window starting in them has ended (a day window
+    # starting at the day's last second ends a day after the partition).
+    daily_partitions(conn, ago(days=3), 4)
     user = make_user(conn)
     windows = {
-        (60, ago(minutes=2)): False,  # ended a minute ago
-        (60, ago(seconds=30)): True,  # current minute
-        (60, ago(minutes=1)): True,  # ends exactly now: still counts
-        (3600, ago(minutes=30)): True,  # current hour
-        (3600, ago(hours=2)): False,
-        (86400, ago(hours=20)): True,  # current day
-        (86400, ago(days=2)): False,
+        (86400, datetime(2026, 3, 8, tzinfo=UTC)): False,  # its partition ended 1.5 days ago
+        (60, datetime(2026, 3, 9, 23, 59, tzinfo=UTC)): True,  # ended, its day not yet done
+        (86400, datetime(2026, 3, 10, tzinfo=UTC)): True,  # current day
     }
     for seconds, start in windows:
         conn.execute(
@@ -76,20 +83,22 @@ def test_rate_limit_cleanup_deletes_only_ended_windows(conn: Conn) -> None:
             (user, seconds, start),
         )
     result = rate_limit_cleanup.run(conn, rate_limit_cleanup.Settings(batch_size=1), NOW)
-    assert result.rows == 3
+    assert (result.rows, result.details["partitions_dropped"]) == (1, 2)
     left = set(rows(conn, "SELECT window_seconds, window_start FROM rate_limits"))
     assert left == {key for key, kept in windows.items() if kept}
 
 
 def test_rate_limit_cleanup_grace_keeps_recent_windows(conn: Conn) -> None:
+    daily_partitions(conn, ago(days=2), 3)
     user = make_user(conn)
     conn.execute(
         "INSERT INTO rate_limits (user_id, window_seconds, window_start) VALUES (%s, 60, %s)",
-        (user, ago(minutes=3)),
+        (user, datetime(2026, 3, 8, 23, 59, tzinfo=UTC)),
     )
     settings = rate_limit_cleanup.Settings(grace_seconds=600)
-    assert rate_limit_cleanup.run(conn, settings, NOW).rows == 0
-    assert rate_limit_cleanup.run(conn, settings, NOW + timedelta(minutes=10)).rows == 1
+    midnight = datetime(2026, 3, 10, tzinfo=UTC)
+    assert rate_limit_cleanup.run(conn, settings, midnight + timedelta(minutes=5)).rows == 0
+    assert rate_limit_cleanup.run(conn, settings, midnight + timedelta(minutes=10)).rows == 1
 
 
 # -- link_code_expiry --------------------------------------------------------------------------
@@ -467,7 +476,8 @@ def rolled_up(conn: Conn) -> int:
 
 
 def test_usage_rollup_prunes_only_counted_old_rows(conn: Conn) -> None:
-    # No partition covers these days: the rows are in the DEFAULT partition, pruned by row.
+    # Ten-day partitions: [01-27, 02-06) ended before the 30 days kept, and is dropped whole.
+    daily_partitions(conn, ago(days=40), 5, usage_stats_interval_seconds=10 * 86400)
     user = make_user(conn)
     track(conn, user, "telegram", ago(days=40), 1)
     track(conn, user, "telegram", ago(days=1), 2)
@@ -476,7 +486,7 @@ def test_usage_rollup_prunes_only_counted_old_rows(conn: Conn) -> None:
     assert result.details == {
         "rolled_up": 2,
         "pruned": 1,
-        "partitions_dropped": 0,
+        "partitions_dropped": 1,
         "partitions_kept": 0,
     }
     assert rows(conn, "SELECT input_tokens FROM usage_stats") == [(2,)]
@@ -500,20 +510,22 @@ def ledger(conn: Conn) -> list[tuple[Any, ...]]:
 
 
 def cleaned(rows: int) -> dict[str, int]:
-    """rate_limit_cleanup's details when no partition was due (rows from the DEFAULT one)."""
-    return {"deleted": rows, "partitions_dropped": 0, "partitions_deferred": 0}
+    """rate_limit_cleanup's details: ``rows`` from one dropped partition (none when 0)."""
+    return {"deleted": rows, "partitions_dropped": min(rows, 1), "partitions_deferred": 0}
 
 
 def test_runner_records_each_run_and_uses_frozen_time(database_url: str, conn: Conn) -> None:
+    daily_partitions(conn, datetime(2025, 12, 30, 12, tzinfo=UTC), 1)
     user = make_user(conn)
     conn.execute(
         "INSERT INTO rate_limits (user_id, window_seconds, window_start) VALUES (%s, 60, %s)",
-        (user, datetime(2026, 1, 1, 11, 58, tzinfo=UTC)),
+        (user, datetime(2025, 12, 30, 11, 58, tzinfo=UTC)),
     )
     settings = rate_limit_cleanup.Settings()
-    with freeze_time("2026-01-01 11:58:30"):
+    # The day of 12-30 ends, and every window of it a day later (2026-01-01 00:00).
+    with freeze_time("2025-12-31 23:59:30"):
         first = run_job(connector(database_url), "rate_limit_cleanup", settings, replica_id="r1")
-    with freeze_time("2026-01-01 12:00:00"):
+    with freeze_time("2026-01-01 00:00:00"):
         second = run_job(
             connector(database_url), "rate_limit_cleanup", settings, replica_id="r1", slot=SLOT
         )

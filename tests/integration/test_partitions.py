@@ -12,13 +12,22 @@ from typing import Any
 
 import psycopg
 import pytest
+from partition_support import drop_calendar
 
 from sessionkeeper.admin import migrate
 from sessionkeeper.jobs import partition_maintenance, partitions, rate_limit_cleanup, usage_rollup
-from store import Store
+from store import PartitionMissing, Store
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def no_calendar(conn: Conn) -> None:
+    """For tests that make and drop the partitions of NOW themselves."""
+    drop_calendar(conn)
+
+
 DAY = timedelta(days=1)
 
 
@@ -70,11 +79,12 @@ def raw_updates(conn: Conn) -> int:
 # -- partition_maintenance ---------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("no_calendar")
 def test_maintenance_makes_partitions_ahead_and_is_idempotent(conn: Conn) -> None:
     details = maintain(conn, ahead=3)
     assert details == {"created": 8, "deferred": 0, "ahead": {"rate_limits": 3, "usage_stats": 3}}
-    assert names(conn, "rate_limits") == [
-        "rate_limits_default",
+    # (Followed by the days around the real date that revision 0022 made.)
+    assert names(conn, "rate_limits")[:4] == [
         "rate_limits_p20260310_0000",
         "rate_limits_p20260311_0000",
         "rate_limits_p20260312_0000",
@@ -89,21 +99,31 @@ def test_maintenance_makes_partitions_ahead_and_is_idempotent(conn: Conn) -> Non
     }
 
 
-def test_rows_taken_by_the_default_partition_move_into_the_new_partition(conn: Conn) -> None:
-    user = make_user(conn)
-    track(conn, user, NOW, 5)  # no partition yet: the DEFAULT partition takes it
-    track(conn, user, NOW + 30 * DAY, 7)  # beyond the partitions made below: stays there
-    assert usage_rollup.run(conn, usage_rollup.Settings(), NOW).rows == 2
-    maintain(conn, ahead=1)
-    placed = conn.execute(
-        "SELECT tableoid::regclass::text, input_tokens FROM usage_stats ORDER BY 2"
-    ).fetchall()
-    assert placed == [("usage_stats_p20260310_0000", 5), ("usage_stats_default", 7)]
-    # Moved whole (its transaction id too): counted once, not again.
-    assert usage_rollup.run(conn, usage_rollup.Settings(), NOW).rows == 0
-    assert counted(conn) == (2, 12)
+@pytest.mark.usefixtures("no_calendar")
+def test_a_moment_no_partition_covers_is_refused_and_writes_nothing(
+    conn: Conn, database_url: str
+) -> None:
+    # No DEFAULT partition (revision 0022): a row of a time beyond the partitions is refused
+    # with a typed error, whole (begin_turn writes the user and the session in the same
+    # statement), and the same call succeeds once partition_maintenance has made its day.
+    with Store(database_url, max_size=1) as store:
+        for call in (
+            lambda: store.begin_turn("telegram", "far", now=NOW),
+            lambda: store.check_rate_limit(make_user(conn), now=NOW),
+            lambda: store.track_usage(make_user(conn), "telegram", input_tokens=1, now=NOW),
+        ):
+            with pytest.raises(PartitionMissing, match="no time partition covers this moment"):
+                call()
+        assert conn.execute(
+            "SELECT (SELECT count(*) FROM users WHERE channel_user_id = 'far'),"
+            " (SELECT count(*) FROM rate_limits), (SELECT count(*) FROM usage_stats)"
+        ).fetchone() == (0, 0, 0)
+        maintain(conn, ahead=1)
+        store.begin_turn("telegram", "far", now=NOW)
+        assert conn.execute("SELECT count(*) FROM rate_limits").fetchone() == (1,)
 
 
+@pytest.mark.usefixtures("no_calendar")
 def test_the_lead_is_zero_when_no_partition_holds_now(conn: Conn) -> None:
     maintain(conn, ahead=2)
     later = partitions.list_partitions(conn)
@@ -114,6 +134,7 @@ def test_the_lead_is_zero_when_no_partition_holds_now(conn: Conn) -> None:
 # -- retention: whole partitions ---------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("no_calendar")
 def test_rate_limit_cleanup_drops_ended_partitions_without_deleting_rows(conn: Conn) -> None:
     user = make_user(conn)
     maintain(conn, NOW - 5 * DAY, ahead=6)
@@ -132,27 +153,29 @@ def test_rate_limit_cleanup_drops_ended_partitions_without_deleting_rows(conn: C
     assert set(left) == {(86400, NOW - DAY), (60, NOW - DAY), (60, NOW)}
 
 
-def test_usage_prune_drops_counted_partitions_and_late_rows_still_count(conn: Conn) -> None:
+@pytest.mark.usefixtures("no_calendar")
+def test_usage_prune_drops_counted_partitions_and_late_rows_are_refused(conn: Conn) -> None:
     user = make_user(conn)
     maintain(conn, NOW - 40 * DAY, ahead=45)
     track(conn, user, NOW - 35 * DAY)
     settings = usage_rollup.Settings(prune_after_seconds=30 * 86400)
     first = usage_rollup.run(conn, settings, NOW)
     assert (first.details["rolled_up"], first.details["partitions_dropped"]) == (1, 10)
-    # A late row for a day whose partition is gone: the DEFAULT partition takes it, the
-    # rollup counts it, and the prune then deletes it there.
-    track(conn, user, NOW - 36 * DAY, 10)
+    # A late row for a day whose partition is gone: refused (no DEFAULT partition takes it).
+    with pytest.raises(psycopg.errors.CheckViolation, match="no partition"):
+        track(conn, user, NOW - 36 * DAY, 10)
     second = usage_rollup.run(conn, settings, NOW)
     assert second.details == {
-        "rolled_up": 1,
-        "pruned": 1,
+        "rolled_up": 0,
+        "pruned": 0,
         "partitions_dropped": 0,
         "partitions_kept": 0,
     }
     assert conn.execute("SELECT count(*) FROM usage_stats").fetchone() == (0,)
-    assert counted(conn) == (2, 11)
+    assert counted(conn) == (1, 1)
 
 
+@pytest.mark.usefixtures("no_calendar")
 def test_a_partition_holding_uncounted_rows_is_kept(conn: Conn) -> None:
     user = make_user(conn)
     maintain(conn, NOW - 40 * DAY, ahead=2)
@@ -167,6 +190,33 @@ def test_a_partition_holding_uncounted_rows_is_kept(conn: Conn) -> None:
     )
     assert dropped == (2, 0, 1)
     assert conn.execute("SELECT count(*) FROM usage_stats").fetchone() == (1,)
+
+
+@pytest.mark.usefixtures("no_calendar")
+def test_a_detach_left_pending_is_finished_by_the_next_run(conn: Conn, database_url: str) -> None:
+    maintain(conn, NOW - 5 * DAY, ahead=2)  # 03-05, 03-06, 03-07: all ended by NOW
+    user = make_user(conn)
+    conn.execute(
+        "INSERT INTO rate_limits (user_id, window_seconds, window_start) VALUES (%s, 60, %s)",
+        (user, NOW - 5 * DAY),
+    )
+    settings = rate_limit_cleanup.Settings(lock_attempts=2)
+    with psycopg.connect(database_url) as reader:
+        # A transaction that has used the table: DETACH ... CONCURRENTLY marks the partition,
+        # then waits for it, gives up after lock_timeout_ms, and FINALIZE cannot finish either.
+        reader.execute("SELECT count(*) FROM rate_limits")
+        first = rate_limit_cleanup.run(conn, settings, NOW)
+        pending = [p.name for p in partitions.list_partitions(conn) if p.detach_pending]
+        # The first is left pending; the others wait (PostgreSQL refuses them meanwhile).
+        assert pending == ["rate_limits_p20260305_0000"]
+        assert first.details == {"deleted": 0, "partitions_dropped": 0, "partitions_deferred": 3}
+        # New statements no longer see the pending partition: its rows are out of reach.
+        assert conn.execute("SELECT count(*) FROM rate_limits").fetchone() == (0,)
+    # The reader gone, the next run finishes the detach (FINALIZE) and drops the rest.
+    second = rate_limit_cleanup.run(conn, settings, NOW)
+    assert second.details == {"deleted": 1, "partitions_dropped": 3, "partitions_deferred": 0}
+    assert [n for n in names(conn, "rate_limits") if n < "rate_limits_p20260308"] == []
+    assert conn.execute("SELECT to_regclass('rate_limits_p20260305_0000')").fetchone() == (None,)
 
 
 # -- the watermark rollup ----------------------------------------------------------------------
@@ -358,7 +408,8 @@ def test_bots_never_wait_on_partition_ddl_beyond_the_bound(
                     return
 
     real_now = datetime.now(UTC)
-    settings = partition_maintenance.Settings(ahead=3)
+    # Revision 0022 made the partitions up to a week ahead.
+    settings = partition_maintenance.Settings(ahead=7)
     with psycopg.connect(url, autocommit=True) as conn:
         job_pid = conn.info.backend_pid
         # Partitions for the past week and today, as a running daemon would have left them.
@@ -372,7 +423,7 @@ def test_bots_never_wait_on_partition_ddl_beyond_the_bound(
             for step in range(1, 8):
                 # One day on: the next partition ahead made, the oldest dropped.
                 made += partition_maintenance.run(
-                    conn, partition_maintenance.Settings(ahead=3 + step), real_now
+                    conn, partition_maintenance.Settings(ahead=7 + step), real_now
                 ).details["created"]
                 dropped += rate_limit_cleanup.run(
                     conn, rate_limit_cleanup.Settings(), real_now - (7 - step) * DAY

@@ -49,7 +49,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from sessionkeeper.admin import roles
-from sessionkeeper.jobs import JOB_NAMES
+from sessionkeeper.jobs import JOB_NAMES, partition_maintenance
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -173,10 +173,13 @@ def arrange_data(database_url: str) -> None:
             " VALUES (%s, 'telegram', 120, 80), (%s, 'telegram', 10, 5)",
             (user_id, user_id),
         )
+        # An ended window, in the partition of its day (as a daemon running then made it).
+        two_days_ago = datetime.now(UTC) - timedelta(days=2)
+        partition_maintenance.run(conn, partition_maintenance.Settings(ahead=1), two_days_ago)
         conn.execute(
             "INSERT INTO rate_limits (user_id, window_seconds, window_start, request_count)"
-            " VALUES (%s, 60, now() - interval '2 days', 3)",
-            (user_id,),
+            " VALUES (%s, 60, %s, 3)",
+            (user_id, two_days_ago),
         )
 
 

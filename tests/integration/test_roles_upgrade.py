@@ -22,6 +22,7 @@ from test_roles import security
 from upgrade_support import OLD, migrate_process, migrate_while_writing
 
 from sessionkeeper.admin import migrate, roles
+from sessionkeeper.jobs import partition_maintenance
 from store import Store
 from store.queries import parse
 
@@ -111,6 +112,11 @@ def move_to_roles(
     # ... which keeps working (a member of owner now), as do the new logins.
     with psycopg.connect(legacy_url, autocommit=True) as old:
         turn(old, "w0")
+    # The partitions of that day, made by the daemon (as the owner), as its job would.
+    with psycopg.connect(as_login(empty_database_url, TEST_LOGINS["daemon"]), autocommit=True) as d:
+        partition_maintenance.run(
+            d, partition_maintenance.Settings(ahead=1), T0 + timedelta(days=400)
+        )
     with Store(as_login(empty_database_url, TEST_LOGINS["bot"])) as bot:
         new = bot.begin_turn("telegram", "w1", now=T0 + timedelta(days=400))
         bot.finish_turn(new, "q", "a", now=T0 + timedelta(days=400))

@@ -10,6 +10,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from partition_support import make_calendar
 from store_support import T0
 
 from sessionkeeper.admin.embedded import EmbeddedPostgres
@@ -26,6 +27,7 @@ def test_server_that_stops_gives_database_unavailable(
     server.start()
     url = server.url("postgres")
     upgrade(url)
+    make_calendar(url)  # partitions for T0
     with Store(url, max_size=2, pool_timeout=1.0, connect_timeout=1) as store:
         turn = store.begin_turn("telegram", "u", now=T0)
         server.stop()

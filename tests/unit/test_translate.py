@@ -55,6 +55,18 @@ def test_a_foreign_key_violation_names_no_table_or_constraint() -> None:
     assert str(translated) == "a row it refers to does not exist (SQLSTATE 23503)"
 
 
+def test_a_row_outside_every_partition_is_partition_missing() -> None:
+    # check_violation raised by the partition routing (no DEFAULT partition since 0022), and
+    # not by a CHECK constraint, which stays the driver's error.
+    missing = pg_errors.CheckViolation('no partition of relation "rate_limits" found for row')
+    translated = core.translate(missing)
+    assert type(translated) is store.PartitionMissing
+    assert "nothing was written" in str(translated)
+    assert "partition_maintenance" in str(translated)
+    other = pg_errors.CheckViolation('new row violates check constraint "ck_usage_stats_tokens"')
+    assert core.translate(other) is other
+
+
 def test_a_connection_lost_after_sending_is_in_doubt() -> None:
     lost = psycopg.OperationalError("server closed the connection unexpectedly")
     step = core.Step("append_messages", {}, if_in_doubt="retrying is safe")
