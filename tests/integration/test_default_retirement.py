@@ -6,7 +6,6 @@ write waits on the revision's locks beyond the bound, no row is lost or counted 
 from __future__ import annotations
 
 import re
-import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,13 +14,13 @@ import pytest
 from psycopg.rows import dict_row
 from release_support import release_statements
 from test_partitions import LOCK_WAIT_BOUND_MS
+from test_release_020 import old_begin_turn, old_finish_turn
 from upgrade_support import migrate_while_writing
 
 from sessionkeeper.admin import migrate
 from sessionkeeper.admin.functions import apply_functions
 from sessionkeeper.jobs import usage_rollup
 
-STORE = release_statements("0.2.0", "store_queries.sql")
 JOBS = release_statements("0.2.0", "jobs_queries.sql")
 DAY = timedelta(days=1)
 WRITERS = 3
@@ -50,8 +49,8 @@ def test_default_partitions_are_retired_while_bots_of_020_write(
         admin.execute(f"ALTER SYSTEM SET deadlock_timeout = '{LOCK_WAIT_BOUND_MS}ms'")
         admin.execute("SELECT pg_reload_conf()")
     url = server.ensure_database("retire")
-    migrate.upgrade(url, "0019")
-    # The functions as `sessionkeeper migrate` left them at 0019 (they are applied at head).
+    migrate.upgrade(url, "0021")  # the revision before the retirement (0022)
+    # The functions as `sessionkeeper migrate` left them at 0021 (they are applied at head).
     with psycopg.connect(url) as conn:
         apply_functions(conn)
     now = datetime.now(UTC)
@@ -97,40 +96,9 @@ def test_default_partitions_are_retired_while_bots_of_020_write(
     def turn(conn: psycopg.Connection[Any], user: str) -> None:
         bots.add(conn.info.backend_pid)
         old = conn.cursor(row_factory=dict_row)
-        row = old.execute(
-            STORE["begin_turn"],
-            {
-                "channel": "telegram",
-                "channel_user_id": user,
-                "display_name": None,
-                "now": None,
-                "windows": [60],
-                "caps": [10**9],
-                "durable": False,
-                "idle": timedelta(minutes=30),
-                "carry_pairs": 2,
-                "history_pairs": 20,
-            },
-        ).fetchone()
-        assert row is not None and row["allowed"]
-        old.execute(
-            STORE["append_messages"],
-            {
-                "session_id": row["session_id"],
-                "user_id": row["user_id"],
-                "roles": ["user", "assistant"],
-                "contents": ["q", "a"],
-                "created": [None, None],
-                "extras": ["", ""],
-                "now": None,
-                "keep": 40,
-                "track_usage": True,
-                "input_tokens": 1,
-                "output_tokens": 1,
-                "cached_tokens": 0,
-                "turn_id": uuid.uuid4(),
-            },
-        )
+        row = old_begin_turn(old, None, caps=[10**9], user=user)
+        assert row["allowed"]
+        old_finish_turn(old, row, None)
 
     written = migrate_while_writing(url, turn, [f"bot{n}" for n in range(WRITERS)])
     assert migrate.current_revision(url) == migrate.head_revision()

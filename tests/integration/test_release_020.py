@@ -38,13 +38,17 @@ def old(database_url: str) -> Iterator[psycopg.Connection[dict[str, Any]]]:
 
 
 def old_begin_turn(
-    conn: psycopg.Connection[dict[str, Any]], now: Any, caps: list[int] | None = None
+    conn: psycopg.Connection[dict[str, Any]] | psycopg.Cursor[dict[str, Any]],
+    now: Any,
+    caps: list[int] | None = None,
+    user: str = "42",
 ) -> dict[str, Any]:
+    """Release 0.2.0's begin_turn (other tests upgrading under 0.2.0 bots use it too)."""
     row = conn.execute(
         STORE["begin_turn"],
         {
             "channel": "telegram",
-            "channel_user_id": "42",
+            "channel_user_id": user,
             "display_name": None,
             "now": now,
             "windows": [60],
@@ -60,7 +64,9 @@ def old_begin_turn(
 
 
 def old_finish_turn(
-    conn: psycopg.Connection[dict[str, Any]], row: dict[str, Any], now: Any
+    conn: psycopg.Connection[dict[str, Any]] | psycopg.Cursor[dict[str, Any]],
+    row: dict[str, Any],
+    now: Any,
 ) -> None:
     conn.execute(
         STORE["append_messages"],
