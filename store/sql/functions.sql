@@ -1266,7 +1266,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_lines bigint[] := coalesce(p_list_lines, '{}');
     v_extend integer := cardinality(array_remove(v_lines, NULL));
-    v_extended bigint[];
+    v_failed text[] := '{}';
     v_seal boolean := false;
     v_line bigint;
     k integer;
@@ -1279,23 +1279,25 @@ BEGIN
             PERFORM 1 FROM langgraph_lines l WHERE l.line_id = ANY(p_list_lines)
             ORDER BY l.line_id FOR UPDATE;
         END IF;
-        -- Lock, check and extend in one: the UPDATE waits for a concurrent put or collection
+        -- Lock, check and extend in one: each UPDATE waits for a concurrent put or collection
         -- and re-checks the length on the row it left.
-        WITH x AS (
-            UPDATE langgraph_lines l SET length = x.to_len
-            FROM unnest(p_list_lines, p_list_from, p_list_to) AS x(line_id, from_len, to_len)
-            WHERE l.line_id = x.line_id AND l.thread_id = p_thread_id AND l.length = x.from_len
-            RETURNING l.line_id
-        )
-        SELECT array_agg(x.line_id) INTO v_extended FROM x;
-        IF coalesce(cardinality(v_extended), 0) < v_extend THEN
+        FOR k IN 1 .. cardinality(v_lines) LOOP
+            CONTINUE WHEN v_lines[k] IS NULL;
+            UPDATE langgraph_lines l SET length = p_list_to[k]
+            WHERE l.line_id = v_lines[k] AND l.thread_id = p_thread_id
+              AND l.length = p_list_from[k];
+            IF NOT FOUND THEN
+                v_failed := v_failed || p_list_channels[k];
+            END IF;
+        END LOOP;
+        IF v_failed <> '{}' THEN
             -- A line no longer has p_list_from items: undo the others, write nothing.
-            UPDATE langgraph_lines l SET length = x.from_len
-            FROM unnest(p_list_lines, p_list_from) AS x(line_id, from_len)
-            WHERE l.line_id = x.line_id AND l.line_id = ANY(v_extended);
-            RETURN QUERY SELECT x.channel, NULL::bigint
-            FROM unnest(p_list_channels, p_list_lines) AS x(channel, line_id)
-            WHERE x.line_id IS NOT NULL AND NOT x.line_id = ANY(coalesce(v_extended, '{}'));
+            FOR k IN 1 .. cardinality(v_lines) LOOP
+                CONTINUE WHEN v_lines[k] IS NULL OR p_list_channels[k] = ANY(v_failed);
+                UPDATE langgraph_lines l SET length = p_list_from[k]
+                WHERE l.line_id = v_lines[k];
+            END LOOP;
+            RETURN QUERY SELECT f, NULL::bigint FROM unnest(v_failed) f;
             RETURN;
         END IF;
     END IF;
