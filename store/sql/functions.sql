@@ -1271,8 +1271,9 @@ DECLARE
     v_line bigint;
     k integer;
 BEGIN
-    -- Each statement is a large share of a put's time at short histories: the common put runs
-    -- six, and the checks below are plpgsql expressions, not queries.
+    -- Each statement is a large share of a put's server time at short histories: the common
+    -- put runs five (one UPDATE a line extended, the threads check, three INSERTs); the checks
+    -- around them are plpgsql expressions, not queries.
     IF v_extend > 0 THEN
         -- Several lines are locked in line order first, so two puts cannot deadlock.
         IF v_extend > 1 THEN
