@@ -322,3 +322,50 @@ def test_a_long_thread_reads_back_whole_from_a_few_rows(
     ).fetchone()
     # 280 = one chunk of 256, one of 16, then one row per put since (8 messages).
     assert rows == (10, 2)
+
+
+def test_a_put_whose_line_moved_on_writes_nothing_and_names_that_channel(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """The function's guard, called directly with two list channels: one line is extended from
+    a stale length, so neither line moves and no row is written (the saver then writes that
+    channel to a new line); from the right lengths both lines are extended."""
+    put = """
+        SELECT channel, line_id FROM sk_langgraph_put(
+            'moved', '', %(id)s, NULL, NULL, 'msgpack', '\\x00'::bytea, '{}'::jsonb, '{}'::jsonb,
+            '{}'::text[], '{}'::text[], '{}'::text[], '{}'::bytea[],
+            '{a,b}'::text[], %(versions)s::text[], %(lines)s::bigint[], %(from)s::integer[],
+            %(to)s::integer[], %(item_lists)s::integer[], %(item_seqs)s::integer[],
+            %(item_types)s::text[], %(item_data)s::bytea[])
+    """
+
+    def call(id: str, lines: list[int | None], from_: list[int], to: list[int]) -> list[Any]:
+        items = [(k + 1, seq) for k in range(2) for seq in range(from_[k], to[k])]
+        return conn.execute(
+            put,
+            {
+                "id": id,
+                "versions": [id, id],
+                "lines": lines,
+                "from": from_,
+                "to": to,
+                "item_lists": [k for k, _ in items],
+                "item_seqs": [seq for _, seq in items],
+                "item_types": ["str"] * len(items),
+                "item_data": [b"x"] * len(items),
+            },
+        ).fetchall()
+
+    def lengths() -> list[int]:
+        rows = conn.execute("SELECT length FROM langgraph_lines ORDER BY line_id").fetchall()
+        return [r[0] for r in rows]
+
+    made = call("1", [None, None], [0, 0], [1, 1])
+    line_a, line_b = (line for _, line in made)
+    before = counts(conn)
+    assert call("2", [line_a, line_b], [1, 2], [2, 3]) == [("b", None)]
+    assert lengths() == [1, 1]
+    assert counts(conn) == before
+    assert call("3", [line_a, line_b], [1, 1], [2, 3]) == [("a", line_a), ("b", line_b)]
+    assert lengths() == [2, 3]
+    assert counts(conn)["langgraph_items"] == before["langgraph_items"] + 3
