@@ -166,7 +166,6 @@ FUNCTIONS: dict[str, Grants] = {
     # The LangGraph checkpointer; sk_langgraph_forget and _collect run for sk_forget and
     # checkpoint_retention as the daemon too.
     "sk_langgraph_put": Grants(bot=X, daemon=NONE, reader=NONE),
-    "sk_langgraph_values": Grants(bot=X, daemon=NONE, reader=NONE),
     "sk_langgraph_values_v2": Grants(bot=X, daemon=NONE, reader=NONE),
     "sk_langgraph_export_items": Grants(bot=X, daemon=NONE, reader=NONE),
     "sk_langgraph_decode": Grants(bot=X, daemon=NONE, reader=NONE),

@@ -1239,6 +1239,10 @@ DROP FUNCTION IF EXISTS sk_begin_turn_v4(
     interval, integer, integer
 );
 
+-- sk_langgraph_values: only development builds of 0.3.0 had it (sk_langgraph_values_v2, which
+-- also returns each list's length, replaced it before the release); no release calls it.
+DROP FUNCTION IF EXISTS sk_langgraph_values(text, text, jsonb);
+
 -- =============================================================================================
 -- LangGraph checkpoints (store/integrations/langgraph.py, tables of revision 0018)
 -- A list channel value is the first `length` items of a line (langgraph_lines/_items); a later
@@ -1364,22 +1368,6 @@ BEGIN
         RETURN NEXT;
     END LOOP;
 END
-$$;
-
--- sk_langgraph_values: the channel values a checkpoint references (p_versions: its
--- channel_versions): a plain value is one row with seq -1; a list one row per item in order
--- (an empty list: one row with a NULL seq).
-CREATE OR REPLACE FUNCTION sk_langgraph_values(p_thread_id text, p_ns text, p_versions jsonb)
-RETURNS TABLE (channel text, type text, data bytea, seq integer, line_id bigint)
-LANGUAGE sql STABLE AS $$
-    SELECT b.channel, coalesce(i.type, b.type), coalesce(i.data, b.data),
-           CASE WHEN b.line_id IS NULL THEN -1 ELSE i.seq END, b.line_id
-    FROM jsonb_each_text(p_versions) AS v(channel, version)
-    JOIN langgraph_blobs b
-      ON b.thread_id = p_thread_id AND b.checkpoint_ns = p_ns AND b.channel = v.channel
-     AND b.version = v.version
-    LEFT JOIN langgraph_items i ON i.line_id = b.line_id AND i.seq < b.length
-    ORDER BY b.channel, i.seq
 $$;
 
 -- sk_langgraph_decode: a stored value as JSON for exports: JSON values as they are, lists
@@ -1508,7 +1496,9 @@ $$;
 -- length: the reader keeps the first `length`.
 -- =============================================================================================
 
--- sk_langgraph_values_v2: sk_langgraph_values with each list's length (the items to keep).
+-- sk_langgraph_values_v2: the channel values a checkpoint references (p_versions: its
+-- channel_versions) with each list's length (the items to keep): a plain value is one row, a
+-- list its rows in order (items, or chunks of items).
 CREATE OR REPLACE FUNCTION sk_langgraph_values_v2(p_thread_id text, p_ns text, p_versions jsonb)
 RETURNS TABLE (channel text, type text, data bytea, seq integer, line_id bigint, length integer)
 LANGUAGE sql STABLE AS $$
