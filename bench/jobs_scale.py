@@ -27,7 +27,7 @@ from typing import Any
 
 import psycopg
 
-from sessionkeeper.daemon.pacing import Pacer, PaceState, YieldSettings, connection_probe
+from sessionkeeper.daemon.pacing import PaceState, YieldSettings, paced
 from sessionkeeper.jobs.base import STORE_DEFAULTS, uninterrupted
 from sessionkeeper.jobs.registry import JOBS as REGISTRY
 
@@ -476,7 +476,6 @@ def run_jobs(
                 changed["pause_seconds"] = pause_seconds
             settings = spec.settings(**changed)
             yields: list[tuple[float, float]] = []
-            probe, close_probe = connection_probe(conninfo)
             meter.begin()
             t0 = time.perf_counter()
 
@@ -489,20 +488,15 @@ def run_jobs(
                 if extra > 0:
                     yields.append((time.perf_counter() - t0, extra))
 
-            pause = (
-                Pacer(name, yielding, probe, uninterrupted, seen)
-                if yielding.enabled
-                else uninterrupted
-            )
-            try:
-                with LockWatch(conninfo, conn.info.backend_pid) as locks:
-                    result = spec.run(conn, settings, datetime.now(UTC), pause, STORE_DEFAULTS)
-                    seconds = time.perf_counter() - t0
-                    server = meter.end()
-                    # The rest of the job's window: what the bots feel right after it.
-                    time.sleep(max(0.0, t0 + window - time.perf_counter()))
-            finally:
-                close_probe()
+            with (
+                paced(name, yielding, conninfo, uninterrupted, seen) as pause,
+                LockWatch(conninfo, conn.info.backend_pid) as locks,
+            ):
+                result = spec.run(conn, settings, datetime.now(UTC), pause, STORE_DEFAULTS)
+                seconds = time.perf_counter() - t0
+                server = meter.end()
+            # The rest of the job's window: what the bots feel right after it.
+            time.sleep(max(0.0, t0 + window - time.perf_counter()))
             load.record()
             runs.append(
                 JobRun(

@@ -101,6 +101,7 @@ class Config:
     yield_min_rise_seconds: float = 0.002
     yield_step_seconds: float = 0.1
     yield_max_pause_seconds: float = 2.0
+    yield_sample_every_seconds: float = 0.05
     # Not settings of their own: filled in by load_config.
     jobs: Mapping[str, JobConfig] = dataclasses.field(default_factory=dict)
     store: StoreConfig = dataclasses.field(default_factory=StoreConfig)
@@ -144,6 +145,11 @@ class Config:
         ):
             number = getattr(self, key)
             require(0 <= number <= most, key, number, f"a number from 0 to {most:g}")
+        # 0 would make the probe thread spin: at most 1,000 probes a second.
+        every = self.yield_sample_every_seconds
+        require(
+            0.001 <= every <= 60, "yield_sample_every_seconds", every, "a number from 0.001 to 60"
+        )
 
     @property
     def yielding(self) -> YieldSettings:
@@ -153,6 +159,7 @@ class Config:
             min_rise_seconds=self.yield_min_rise_seconds,
             step_seconds=self.yield_step_seconds,
             max_pause_seconds=self.yield_max_pause_seconds,
+            sample_every=self.yield_sample_every_seconds,
         )
 
 

@@ -1,11 +1,14 @@
 """Yielding by measurement: the pause between a job's batches, set by what the bots experience.
 
 While a job runs, a probe statement on a connection of its own measures how long the server
-takes to answer a bot-like query right now. The signal is the median of the last few readings
-(each the median of a few probes: one slow answer is no trend, and a busy server answers
-slowly often, not always), compared with the idle baseline measured before the first batch:
-above ``baseline * (1 + budget)`` (and at least ``min_rise`` above it, so that microsecond noise
-is no signal) the job is felt, and the
+takes to answer a bot-like query right now. The daemon probes on a thread of its own every
+``sample_every`` seconds *while the job's batches run*: a probe taken only at a batch boundary
+meets the server when the job has just stopped working, and misses what the job itself does
+to the bots. The signal is a high quantile (p90) of the last few dozen probes: a job is felt in
+the tail of the bots' latencies first, and the p90 falls again as the job's pauses grow (more
+of the probes meet a server the job leaves alone). It is compared with the same quantile of an
+idle baseline taken before the job's first batch: above ``baseline * (1 + budget)`` (and at
+least ``min_rise`` above it, so that microsecond noise is no signal) the job is felt, and the
 pause before its next batch doubles (multiplicative decrease of its pace); at or under it the
 pause shrinks by one step (additive increase). Jobs call the pacer only at batch boundaries, so
 a batch is never cut; a stop request still ends any pause at once (``wait``).
@@ -16,11 +19,12 @@ it: the job itself, a busy hour, another tenant on the host (docs/daemon.md).
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import statistics
+import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import psycopg
@@ -29,12 +33,20 @@ log = logging.getLogger("sessionkeeper.pacing")
 
 # What the probe runs: an index read of the table every turn reads first, as a bot would.
 PROBE = "SELECT user_id FROM users ORDER BY user_id LIMIT 1"
-# Probes per reading (their median): one slow answer is no trend.
-PROBES_PER_READING = 3
-# Readings for the idle baseline, before the first batch.
-BASELINE_READINGS = 3
-# Readings the signal is the median of: the last few batch boundaries.
-SIGNAL_READINGS = 5
+# Probes for the idle baseline, back to back before the first batch.
+BASELINE_PROBES = 20
+# Probes the signal is the quantile of: about two seconds of sampling at the default rate.
+SIGNAL_PROBES = 40
+# The quantile: the tail, where the bots feel a job first, but not its few worst probes.
+SIGNAL_QUANTILE = 0.9
+# Probes taken at a batch boundary when no sampling thread runs (tests drive the pacer so).
+PROBES_PER_BOUNDARY = 3
+
+
+def quantile(samples: list[float], q: float = SIGNAL_QUANTILE) -> float:
+    """The ``q`` quantile of ``samples`` (nearest rank: one of the samples)."""
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 @dataclass(frozen=True)
@@ -44,6 +56,8 @@ class YieldSettings:
     enabled: bool = True
     # How far the probe's latency may rise over its idle baseline, as a fraction of it.
     budget: float = 0.5
+    # How often the probe runs while a job runs (seconds).
+    sample_every: float = 0.05
     # ...and in seconds at least: a rise under this is noise, never a signal.
     min_rise_seconds: float = 0.002
     # The first extra pause when the job is felt, and the step by which it shrinks again.
@@ -87,17 +101,20 @@ class Pacer:
         self.on_change = on_change
         self.state = PaceState()
         self._started = False
-        self._readings: deque[float] = deque(maxlen=SIGNAL_READINGS)
+        self._probes: deque[float] = deque(maxlen=SIGNAL_PROBES)
+        self._lock = threading.Lock()
+        self._sampling = False
 
-    def reading(self) -> float:
-        return statistics.median(self.probe() for _ in range(PROBES_PER_READING))
+    def _add(self, latency: float) -> None:
+        with self._lock:
+            self._probes.append(latency)
 
     def start(self) -> None:
         """Measure the idle baseline (before the job's first batch)."""
-        readings = [self.reading() for _ in range(BASELINE_READINGS)]
-        # They are the signal's first readings too: one slow first boundary is no trend.
-        self._readings.extend(readings)
-        baseline = min(readings)
+        probes = [self.probe() for _ in range(BASELINE_PROBES)]
+        for latency in probes:  # the signal's first probes too: one slow batch is no trend
+            self._add(latency)
+        baseline = quantile(probes)
         limit = max(
             baseline * (1 + self.settings.budget), baseline + self.settings.min_rise_seconds
         )
@@ -105,19 +122,46 @@ class Pacer:
         self._started = True
         self.on_change(self.state, 0.0)
 
+    @contextlib.contextmanager
+    def sampling(self) -> Iterator[Pacer]:
+        """Probe every ``sample_every`` seconds on a thread of its own until the block ends
+        (the job's run; ``start`` first, for the baseline). A probe that fails is skipped: the
+        signal is the probes that answered."""
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.wait(self.settings.sample_every):
+                try:
+                    self._add(self.probe())
+                except psycopg.Error as exc:
+                    log.debug("job %s: probe failed (%s)", self.job, exc)
+
+        thread = threading.Thread(target=sample, name=f"probe-{self.job}", daemon=True)
+        thread.start()
+        self._sampling = True
+        try:
+            yield self
+        finally:
+            done.set()
+            thread.join()
+            self._sampling = False
+
     def __call__(self, pause_seconds: float) -> bool:
         try:
             if not self._started:
                 self.start()
-            signal = self.reading()
+            if not self._sampling:
+                for _ in range(PROBES_PER_BOUNDARY):
+                    self._add(self.probe())
         except psycopg.Error as exc:
             # The probe's own connection failed: no signal, the pace stays as it is (a database
             # that went away fails the job's next batch anyway).
             log.debug("job %s: probe failed (%s)", self.job, exc)
             return self.wait(pause_seconds + self.state.extra_pause_seconds)
-        self._readings.append(signal)
+        with self._lock:
+            probes = list(self._probes)
         state, settings = self.state, self.settings
-        state.signal_seconds = statistics.median(self._readings)
+        state.signal_seconds = quantile(probes)
         before = state.extra_pause_seconds
         if state.signal_seconds > state.limit_seconds:
             state.extra_pause_seconds = min(
@@ -152,3 +196,36 @@ def connection_probe(conninfo: str) -> tuple[Callable[[], float], Callable[[], N
         return time.perf_counter() - started
 
     return probe, conn.close
+
+
+@contextlib.contextmanager
+def paced(
+    job: str,
+    settings: YieldSettings,
+    conninfo: str,
+    wait: Callable[[float], bool],
+    on_change: Callable[[PaceState, float], None] = lambda state, yielded: None,
+) -> Iterator[Callable[[float], bool]]:
+    """The pause a job runs with for the block: ``wait`` itself with yielding off or when no
+    probe answers (a database that went away fails the run anyway), else a sampling Pacer."""
+    if not settings.enabled:
+        yield wait
+        return
+    try:
+        probe, close = connection_probe(conninfo)
+    except psycopg.Error as exc:
+        log.debug("job %s runs without yielding: no probe connection (%s)", job, exc)
+        yield wait
+        return
+    try:
+        pacer = Pacer(job, settings, probe, wait, on_change)
+        try:
+            pacer.start()
+        except psycopg.Error as exc:
+            log.debug("job %s runs without yielding: the probe failed (%s)", job, exc)
+            yield wait
+            return
+        with pacer.sampling():
+            yield pacer
+    finally:
+        close()

@@ -40,7 +40,7 @@ from .config import Config
 from .endpoints import MetricsServer
 from .logs import log_run
 from .metrics import DaemonMetrics
-from .pacing import Pacer, connection_probe
+from .pacing import paced
 
 log = logging.getLogger("sessionkeeper")
 GAUGE_JOB_ID = "_domain_gauges"
@@ -198,26 +198,14 @@ class Daemon:
     def _pause_for(self, name: str) -> Iterator[Pause]:
         """The pause between the job's batches: a stop request ends it at once, and with
         yield_to_bots on, a Pacer lengthens it while the bots feel the job."""
-        if not self.config.yield_to_bots:
-            yield self.stopping.wait
-            return
-        try:
-            probe, close = connection_probe(self.job_conninfo)
-        except psycopg.Error as exc:
-            # The run itself will meet the same database; it is not worth failing for the probe.
-            log.debug("job %s runs without yielding: no probe connection (%s)", name, exc)
-            yield self.stopping.wait
-            return
-        try:
-            yield Pacer(
-                name,
-                self.config.yielding,
-                probe,
-                self.stopping.wait,
-                lambda state, yielded: self.metrics.pace(name, state, yielded),
-            )
-        finally:
-            close()
+        with paced(
+            name,
+            self.config.yielding,
+            self.job_conninfo,
+            self.stopping.wait,
+            lambda state, yielded: self.metrics.pace(name, state, yielded),
+        ) as pause:
+            yield pause
 
     def _on_event(self, event: JobEvent) -> None:
         if event.job_id not in JOB_NAMES:

@@ -141,3 +141,52 @@ def test_yielding_is_configured_and_can_be_turned_off() -> None:
     assert config.yielding == YieldSettings(enabled=False, budget=1.0)
     with pytest.raises(ConfigurationError, match="SESSIONKEEPER_YIELD_BUDGET"):
         load_config({"SESSIONKEEPER_YIELD_BUDGET": "-1"})
+
+
+def _batches_that_lock_users(url: str, pacer: Pacer, batches: int) -> None:
+    """A job whose every batch keeps the lock of ``users`` for 0.1 s (what a heavy batch does
+    to the bots), calling the pacer at its batch boundaries, when it holds nothing."""
+    with psycopg.connect(url) as job:
+        for _ in range(batches):
+            with job.transaction():
+                job.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(0.1)")
+            pacer(0.0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sampling", [True, False], ids=["sampled", "boundaries-only"])
+def test_the_probe_sees_what_the_jobs_own_batches_do_to_the_bots(
+    database_url: str, sampling: bool
+) -> None:
+    # Probed only at its batch boundaries, a job meets the server at the moment it has just
+    # stopped working: its own batches are invisible. The sampling thread probes during them.
+    probe, close = connection_probe(database_url)
+    states: list[PaceState] = []
+    waits: list[float] = []
+
+    def wait(seconds: float) -> bool:
+        waits.append(seconds)  # recorded, not slept
+        return False
+
+    settings = YieldSettings(sample_every=0.01)
+
+    def record(state: PaceState, yielded: float) -> None:
+        states.append(dataclasses.replace(state))
+
+    pacer = Pacer("session_archival", settings, probe, wait, record)
+    try:
+        pacer.start()
+        if sampling:
+            with pacer.sampling():
+                _batches_that_lock_users(database_url, pacer, 8)
+        else:
+            _batches_that_lock_users(database_url, pacer, 8)
+    finally:
+        close()
+    felt = [s.signal_seconds > s.limit_seconds for s in states[1:]]
+    assert len(felt) == 8
+    if sampling:
+        # Probes waited on the batches' lock: the job is felt and its pause grows.
+        assert felt[-1] and max(waits) >= settings.step_seconds
+    else:
+        assert not any(felt) and waits == [0.0] * 8
