@@ -7,6 +7,7 @@ tables to ``bench/out/bench-<time>.md``. ``--quick`` is a short smoke run.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from datetime import UTC, datetime
@@ -886,8 +887,14 @@ def _percent(share: float | None) -> float | None:
     return None if share is None else round(100 * share, 1)
 
 
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    # `kill` and a CI runner's timeout send SIGTERM: unwind, so that the throwaway server stops.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     recorder = report.Recorder(args.out / f"bench-{stamp}.jsonl")
     server = open_server(args.server)
