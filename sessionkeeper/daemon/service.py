@@ -218,6 +218,8 @@ class Daemon:
             )
         finally:
             close()
+            # The run is over: it takes no extra pause now (the probe's last figures stay).
+            self.metrics.pace_ended(name)
 
     def _on_event(self, event: JobEvent) -> None:
         if event.job_id not in JOB_NAMES:

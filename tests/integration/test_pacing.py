@@ -18,6 +18,7 @@ import pytest
 
 from sessionkeeper.daemon.config import load_config
 from sessionkeeper.daemon.pacing import Pacer, PaceState, YieldSettings, connection_probe
+from sessionkeeper.daemon.service import Daemon
 from sessionkeeper.jobs import session_archival
 from sessionkeeper.jobs.base import Pause
 from store.errors import ConfigurationError
@@ -141,3 +142,32 @@ def test_yielding_is_configured_and_can_be_turned_off() -> None:
     assert config.yielding == YieldSettings(enabled=False, budget=1.0)
     with pytest.raises(ConfigurationError, match="SESSIONKEEPER_YIELD_BUDGET"):
         load_config({"SESSIONKEEPER_YIELD_BUDGET": "-1"})
+
+
+def test_a_run_that_ended_shows_no_extra_pause(database_url: str) -> None:
+    # A budget of nothing: any rise of the probe over its idle baseline is felt.
+    config = load_config(
+        {
+            "SESSIONKEEPER_YIELD_BUDGET": "0",
+            "SESSIONKEEPER_YIELD_MIN_RISE_SECONDS": "0",
+            "SESSIONKEEPER_YIELD_STEP_SECONDS": "0.01",
+        }
+    )
+    daemon = Daemon(config, database_url, "head")
+    metrics = daemon.metrics.registry
+
+    def gauge(name: str) -> float | None:
+        return metrics.get_sample_value(f"sessionkeeper_job_{name}", {"job_name": "usage_rollup"})
+
+    with daemon._pause_for("usage_rollup") as pause:
+        # Batch boundaries until the probe reads over its baseline (the first one almost always).
+        for _ in range(20):
+            assert pause(0) is False
+            if gauge("yield_pause_seconds"):
+                break
+        assert gauge("yield_pause_seconds") == pytest.approx(0.01)
+        budget = gauge("probe_budget_seconds")
+        assert budget is not None and budget > 0
+    # The run is over: no pace is taken now; what the probe measured last stays.
+    assert gauge("yield_pause_seconds") == 0
+    assert gauge("probe_budget_seconds") == budget
