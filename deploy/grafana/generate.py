@@ -423,7 +423,6 @@ def yield_row() -> list[Panel]:
             ],
             unit="percentunit",
             width=6,
-            stack=True,
         ),
     ]
 
