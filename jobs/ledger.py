@@ -22,6 +22,7 @@ class LedgerRow:
     outcome: str
     rows: int
     error: str | None
+    details: dict[str, Any] | None = None
 
 
 def start(conn: Connection, job: str, replica_id: str, details: dict[str, Any]) -> int:
@@ -55,6 +56,41 @@ def skipped(
 ) -> None:
     params = {"job": job, "replica_id": replica_id, "reason": reason, "details": Jsonb(details)}
     conn.execute(QUERIES["ledger_skipped"], params)
+
+
+def window_skipped(
+    conn: Connection,
+    job: str,
+    replica_id: str,
+    reason: str,
+    details: dict[str, Any],
+    *,
+    slot: str,
+    window: str,
+    window_opens: str,
+) -> None:
+    """Slot ``slot`` (ISO 8601) fell outside the job's ``window``, which opens next at
+    ``window_opens`` (ISO 8601, UTC): one ``skipped`` row per closed period, whose details
+    count its slots (``slots_skipped``, ``last_slot``). Only call while holding the job's lock.
+    """
+    details = {
+        **details,
+        "window": window,
+        "window_opens": window_opens,
+        "slots_skipped": 1,
+        "last_slot": slot,
+    }
+    params = {
+        "job": job,
+        "replica_id": replica_id,
+        "reason": reason,
+        "slot": slot,
+        "slot_time": datetime.fromisoformat(slot),
+        "window": window,
+        "window_opens": window_opens,
+        "details": Jsonb(details),
+    }
+    conn.execute(QUERIES["ledger_window_skipped"], params)
 
 
 def slot_done(conn: Connection, job: str, slot: str) -> bool:

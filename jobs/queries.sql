@@ -477,6 +477,37 @@ WHERE run_id = %(run_id)s
 INSERT INTO job_runs (job, replica_id, finished_at, outcome, error, details)
 VALUES (%(job)s, %(replica_id)s, clock_timestamp(), 'skipped', %(reason)s, %(details)s)
 
+-- ledger_window_skipped --
+-- A scheduled slot outside the job's window, recorded once per closed period instead of once
+-- per slot and replica: when the job's latest row is this period's skipped row (the same
+-- window, opening next at the same time) it counts one more slot (a slot another replica
+-- already counted counts once); otherwise a new skipped row starts the period. Called only
+-- while holding the job's lock, so two replicas never both insert; reads the (job, started_at)
+-- index's first entry.
+WITH latest AS (
+    SELECT run_id, outcome, details FROM job_runs
+    WHERE job = %(job)s
+    ORDER BY started_at DESC, run_id DESC
+    LIMIT 1
+), period AS (
+    SELECT run_id FROM latest
+    WHERE outcome = 'skipped'
+      AND details ->> 'window' = %(window)s
+      AND details ->> 'window_opens' = %(window_opens)s
+), counted AS (
+    UPDATE job_runs r
+    SET finished_at = clock_timestamp(),
+        details = r.details || jsonb_build_object(
+            'slots_skipped', (r.details ->> 'slots_skipped')::bigint + 1,
+            'last_slot', %(slot)s::text)
+    FROM period p
+    WHERE r.run_id = p.run_id
+      AND (r.details ->> 'last_slot')::timestamptz < %(slot_time)s
+)
+INSERT INTO job_runs (job, replica_id, finished_at, outcome, error, details)
+SELECT %(job)s, %(replica_id)s, clock_timestamp(), 'skipped', %(reason)s, %(details)s
+WHERE NOT EXISTS (SELECT FROM period)
+
 -- ledger_slot_done --
 -- Whether some replica already ran this job successfully for this schedule slot. Runs of a
 -- slot start after it (the hour allows for clock skew between replicas and server), which
@@ -507,7 +538,7 @@ WITH b AS (
 DELETE FROM job_runs r USING b WHERE r.run_id = b.run_id
 
 -- ledger_last_runs --
-SELECT DISTINCT ON (job) job, replica_id, started_at, finished_at, outcome, rows, error
+SELECT DISTINCT ON (job) job, replica_id, started_at, finished_at, outcome, rows, error, details
 FROM job_runs
 WHERE job = ANY(%(jobs)s)
 ORDER BY job, started_at DESC, run_id DESC

@@ -86,7 +86,8 @@ def run_job(
     ``progress`` is told the rows committed after each batch; ``backlog`` is told, before the
     first batch, the rows the run has to do if the job can count them (else None).
 
-    With a ``window``, a run starting outside it is skipped, and a run in progress stops at
+    With a ``window``, a run starting outside it is skipped (a scheduled one is recorded once
+    per closed period: ``ledger.window_skipped``), and a run in progress stops at
     the first batch boundary where ``clock()`` is past the window's end (``stopped``, with
     ``"reason": "window closed"`` in its details); the next run resumes the work.
     """
@@ -97,6 +98,7 @@ def run_job(
     if window is not None:
         details["window"] = str(window)
         pause = _within(window, clock, pause, details)
+    closed = window if window is not None and not window.is_open(now) else None
     run_id: int | None = None
     skip_reason: str | None = None
     failure: BaseException | None = None
@@ -104,13 +106,29 @@ def run_job(
     rows = 0
     try:
         with connect() as conn, job_lock(conn, name) as taken:
-            if window is not None and not window.is_open(now):
-                skip_reason = f"outside its window {window}"
+            if closed is not None:
+                skip_reason = outside = f"outside its window {closed}"
             elif not taken:
                 skip_reason = "another replica holds the job's lock"
             elif slot is not None and ledger.slot_done(conn, name, slot):
                 skip_reason = "another replica already ran this slot"
-            if skip_reason:
+            if closed is not None and slot is not None:
+                # A scheduled slot outside the window: one row per closed period, kept by the
+                # lock's holder (a replica without the lock leaves it to the holder, which
+                # records this slot too, or is a run the window's close stops).
+                opens = details["window_opens"] = closed.next_open(now).isoformat()
+                if taken:
+                    ledger.window_skipped(
+                        conn,
+                        name,
+                        replica_id,
+                        outside,
+                        details,
+                        slot=slot,
+                        window=str(closed),
+                        window_opens=opens,
+                    )
+            elif skip_reason:
                 ledger.skipped(conn, name, replica_id, skip_reason, details)
             else:
                 ledger.sweep_interrupted(conn, name)

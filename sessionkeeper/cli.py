@@ -182,7 +182,17 @@ def _describe_run(run: ledger.LedgerRow | None) -> str:
     if run is None:
         return "never run"
     text = f"{run.outcome} {run.started_at:%Y-%m-%d %H:%M:%S%z} rows={run.rows} ({run.replica_id})"
-    return f"{text} {run.error}" if run.error else text
+    text = f"{text} {run.error}" if run.error else text
+    details = run.details or {}
+    if "slots_skipped" in details:
+        # A closed window's one row (ledger.window_skipped): how long it has waited so far.
+        last = datetime.fromisoformat(details["last_slot"])
+        opens = datetime.fromisoformat(details["window_opens"])
+        text += (
+            f", {details['slots_skipped']} slots skipped to {last:%Y-%m-%d %H:%M:%S%z},"
+            f" opens {opens:%Y-%m-%d %H:%M:%S%z}"
+        )
+    return text
 
 
 def cmd_status(args: argparse.Namespace) -> int:

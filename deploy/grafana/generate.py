@@ -74,6 +74,7 @@ def panel(
     width: int = 12,
     height: int = 8,
     stack: bool = False,
+    overrides: Sequence[dict[str, Any]] = (),
 ) -> Panel:
     defaults: dict[str, Any] = {"unit": unit}
     if kind == "timeseries":
@@ -98,10 +99,22 @@ def panel(
         "title": title,
         "description": description,
         "datasource": targets[0]["datasource"],
-        "fieldConfig": {"defaults": defaults, "overrides": []},
+        "fieldConfig": {"defaults": defaults, "overrides": list(overrides)},
         "options": options,
         "targets": targets,
         "gridPos": {"w": width, "h": height},
+    }
+
+
+def dashed(legend_pattern: str) -> dict[str, Any]:
+    """An override drawing the series whose legend matches ``legend_pattern`` (a regex) as a
+    dashed line: a limit drawn beside what is measured against it."""
+    return {
+        "matcher": {"id": "byRegexp", "options": legend_pattern},
+        "properties": [
+            {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}},
+            {"id": "custom.lineWidth", "value": 2},
+        ],
     }
 
 
@@ -204,8 +217,9 @@ def jobs_dashboard() -> dict[str, Any]:
             panel(
                 "Runs by outcome",
                 "Job runs per second, all replicas together. `skipped` runs found another "
-                "replica holding the job's lock; `stopped` runs were cut short at a batch "
-                "boundary by a shutdown or Ctrl-C.",
+                "replica holding the job's lock or running the slot, or fell outside the job's "
+                "maintenance window (each replica counts each such slot); `stopped` runs were "
+                "cut short at a batch boundary by a shutdown, Ctrl-C or the window's close.",
                 [
                     target(
                         f"sum by (job_name, outcome) (rate({runs}[$__rate_interval]))",
@@ -355,8 +369,62 @@ def jobs_dashboard() -> dict[str, Any]:
                 ],
                 kind="bargauge",
             ),
+            *yield_row(),
         ],
     )
+
+
+def yield_row() -> list[Panel]:
+    """Yielding by measurement (sessionkeeper/daemon/pacing.py): what the bots' probe sees while
+    a job runs, the budget past which the job slows down, and what it gives up for them."""
+
+    def gauge(name: str) -> str:
+        # Per replica: each measures its own idle baseline. A replica's job that has not reached
+        # a batch boundary since the replica started has measured nothing (0): not drawn.
+        return f"max by (instance, job_name) (sessionkeeper_job_{name}{{{BY_JOB}}})"
+
+    return [
+        row("Yielding to the bots"),
+        panel(
+            "Probe latency against its budget",
+            "The probe statement's latency (the bots' view, median of the last readings) at "
+            "each job's last batch boundary, and its budget (dashed): the idle baseline plus "
+            "yield_budget. Above its budget the job pauses longer between batches "
+            "(docs/daemon.md, Yielding by measurement). Jobs show once they have reached a "
+            "batch boundary on the replica.",
+            [
+                target(f"{gauge('probe_seconds')} > 0", "{{job_name}} probe ({{instance}})"),
+                target(
+                    f"{gauge('probe_budget_seconds')} > 0", "{{job_name}} budget ({{instance}})"
+                ),
+            ],
+            unit="s",
+            overrides=[dashed(".* budget .*")],
+        ),
+        panel(
+            "Extra pause between batches",
+            "The pace: the extra pause each job now takes between two batches because the bots "
+            "feel it (0: its own pace; it doubles while the probe is over budget, up to "
+            "yield_max_pause_seconds, and shrinks by yield_step_seconds once it is under).",
+            [target(gauge("yield_pause_seconds"), "{{job_name}} ({{instance}})")],
+            unit="s",
+            width=6,
+        ),
+        panel(
+            "Time paused to yield",
+            "Share of the time each job spent in extra pauses for the bots (seconds paused per "
+            "second, all replicas together).",
+            [
+                target(
+                    "sum by (job_name) (rate(sessionkeeper_job_yielded_seconds_total"
+                    f"{{{BY_JOB}}}[$__rate_interval]))",
+                    "{{job_name}}",
+                )
+            ],
+            unit="percentunit",
+            width=6,
+        ),
+    ]
 
 
 def store_dashboard() -> dict[str, Any]:

@@ -127,7 +127,8 @@ class DaemonMetrics:
         )
         self.yield_pause = Gauge(
             "sessionkeeper_job_yield_pause_seconds",
-            "Extra pause the job now takes between batches because the bots feel it (0: none).",
+            "Extra pause the job now takes between batches because the bots feel it (0: none,"
+            " or not running).",
             ["job_name"],
             registry=r,
         )
@@ -187,6 +188,9 @@ class DaemonMetrics:
         self.probe_budget.labels(job).set(state.limit_seconds)
         self.yield_pause.labels(job).set(state.extra_pause_seconds)
         self.yielded.labels(job).inc(yielded)
+
+    def pace_ended(self, job: str) -> None:
+        self.yield_pause.labels(job).set(0)
 
     def observe_missed(self, job: str) -> None:
         self.missed.labels(job, job).inc()

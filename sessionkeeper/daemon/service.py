@@ -198,14 +198,18 @@ class Daemon:
     def _pause_for(self, name: str) -> Iterator[Pause]:
         """The pause between the job's batches: a stop request ends it at once, and with
         yield_to_bots on, a Pacer lengthens it while the bots feel the job."""
-        with paced(
-            name,
-            self.config.yielding,
-            self.job_conninfo,
-            self.stopping.wait,
-            lambda state, yielded: self.metrics.pace(name, state, yielded),
-        ) as pause:
-            yield pause
+        try:
+            with paced(
+                name,
+                self.config.yielding,
+                self.job_conninfo,
+                self.stopping.wait,
+                lambda state, yielded: self.metrics.pace(name, state, yielded),
+            ) as pause:
+                yield pause
+        finally:
+            # The run is over: it takes no extra pause now (the probe's last figures stay).
+            self.metrics.pace_ended(name)
 
     def _on_event(self, event: JobEvent) -> None:
         if event.job_id not in JOB_NAMES:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ import pytest
 
 from sessionkeeper.daemon.config import load_config
 from sessionkeeper.daemon.pacing import Pacer, PaceState, YieldSettings, connection_probe
+from sessionkeeper.daemon.service import Daemon
 from sessionkeeper.jobs import session_archival
 from sessionkeeper.jobs.base import Pause
 from store.errors import ConfigurationError
@@ -190,3 +192,33 @@ def test_the_probe_sees_what_the_jobs_own_batches_do_to_the_bots(
         assert felt[-1] and max(waits) >= settings.step_seconds
     else:
         assert not any(felt) and waits == [0.0] * 8
+
+
+def test_a_run_that_ended_shows_no_extra_pause(database_url: str) -> None:
+    # A budget of nothing: any rise of the probe over its idle baseline is felt.
+    config = load_config(
+        {
+            "SESSIONKEEPER_YIELD_BUDGET": "0",
+            "SESSIONKEEPER_YIELD_MIN_RISE_SECONDS": "0",
+            "SESSIONKEEPER_YIELD_STEP_SECONDS": "0.01",
+        }
+    )
+    daemon = Daemon(config, database_url, "head")
+    metrics = daemon.metrics.registry
+
+    def gauge(name: str) -> float | None:
+        return metrics.get_sample_value(f"sessionkeeper_job_{name}", {"job_name": "usage_rollup"})
+
+    with daemon._pause_for("usage_rollup") as pause:
+        # The baseline is idle; then the extra load makes the sampled probes wait. Batch
+        # boundaries until the pacer has seen enough of them to yield.
+        with extra_load(database_url):
+            deadline = time.monotonic() + 30
+            while not gauge("yield_pause_seconds") and time.monotonic() < deadline:
+                assert pause(0) is False
+        assert gauge("yield_pause_seconds") == pytest.approx(0.01)
+        budget = gauge("probe_budget_seconds")
+        assert budget is not None and budget > 0
+    # The run is over: no pace is taken now; what the probe measured last stays.
+    assert gauge("yield_pause_seconds") == 0
+    assert gauge("probe_budget_seconds") == budget

@@ -189,7 +189,14 @@ def daemon(database_url: str, tmp_path: Path) -> Iterator[Running]:
     port = free_port()
     # Every 2 s: fast enough to fill every panel, slow enough that a loaded CI machine stays
     # well inside JobNotSucceeding's 3 intervals (the test asserts no alert is even pending).
-    env = daemon_env(database_url, SESSIONKEEPER_METRICS_PORT=str(port), **every_job("2s"))
+    # usage_rollup in batches of one row: its runs reach batch boundaries, where the pacer
+    # measures the probe and its budget (the "Yielding to the bots" row draws only measured jobs).
+    env = daemon_env(
+        database_url,
+        SESSIONKEEPER_METRICS_PORT=str(port),
+        SESSIONKEEPER_USAGE_ROLLUP_BATCH_SIZE="1",
+        **every_job("2s"),
+    )
     with start(
         [sys.executable, "-m", "sessionkeeper", "run"],
         tmp_path / "daemon.log",

@@ -23,6 +23,7 @@ from daemon_support import daemon_env
 from test_daemon import Daemon, wait_for
 
 from sessionkeeper.jobs import usage_rollup
+from sessionkeeper.jobs.locking import job_lock
 from sessionkeeper.jobs.runner import run_job
 from sessionkeeper.jobs.window import Window, zone
 
@@ -139,7 +140,13 @@ def test_a_run_stops_when_its_window_closes_and_the_next_window_finishes_it(
             "skipped",
             0,
             "outside its window 02:00-05:00 UTC",
-            {"slot": "2026-03-11T12:00:00+00:00", **window},
+            {
+                "slot": "2026-03-11T12:00:00+00:00",
+                **window,
+                "window_opens": "2026-03-12T02:00:00+00:00",
+                "slots_skipped": 1,
+                "last_slot": "2026-03-11T12:00:00+00:00",
+            },
         ),
         ("success", 3, None, {"slot": "2026-03-12T02:00:00+00:00", **window, **second.details}),
     ]
@@ -170,6 +177,79 @@ def test_a_stop_request_is_not_taken_for_the_window_closing(database_url: str, c
     assert (report.outcome, report.rows) == ("stopped", 2)
     assert "reason" not in report.details
     assert ledger(conn)[0][3]["stopped"] is True
+
+
+def test_a_closed_window_is_one_ledger_row_whatever_the_slots_and_replicas(
+    database_url: str, conn: Conn
+) -> None:
+    def slot(replica: str, at: datetime) -> Any:
+        return run_job(
+            connector(database_url),
+            "usage_rollup",
+            usage_rollup.Settings(),
+            replica_id=replica,
+            now=at,
+            slot=at.isoformat(),
+            window=NIGHT,
+        )
+
+    # Two replicas fire for each of three slots after the window closed: one row between them,
+    # three slots counted (a slot both replicas fire for counts once).
+    morning = datetime(2026, 3, 11, 5, 0, tzinfo=UTC)
+    for minutes in range(3):
+        for replica in ("a", "b"):
+            report = slot(replica, morning + timedelta(minutes=minutes))
+            assert (report.outcome, report.error) == (
+                "skipped",
+                "outside its window 02:00-05:00 UTC",
+            )
+    opens = "2026-03-12T02:00:00+00:00"
+    closed = {"window": "02:00-05:00 UTC", "window_opens": opens}
+    assert ledger(conn) == [
+        (
+            "skipped",
+            0,
+            "outside its window 02:00-05:00 UTC",
+            {
+                "slot": morning.isoformat(),
+                **closed,
+                "slots_skipped": 3,
+                "last_slot": "2026-03-11T05:02:00+00:00",
+            },
+        )
+    ]
+    # The replica without the lock records nothing: the holder records the slot (or is a run
+    # the window's close stops, which records itself).
+    with psycopg.connect(database_url, autocommit=True) as holder, job_lock(holder, "usage_rollup"):
+        held = slot("b", morning + timedelta(minutes=3))
+    assert (held.outcome, held.details["window_opens"]) == ("skipped", opens)
+    assert ledger(conn)[0][3]["slots_skipped"] == 3
+    later = slot("a", morning + timedelta(hours=10))
+    assert later.outcome == "skipped"
+    assert len(ledger(conn)) == 1
+    assert ledger(conn)[0][3]["slots_skipped"] == 4
+
+    # status says how long the job has waited, and when its window opens.
+    status = sessionkeeper(database_url, "status")
+    assert status.returncode == 0, status.stderr
+    [line] = [line for line in status.stdout.splitlines() if line.startswith("usage_rollup:")]
+    assert line.startswith("usage_rollup: skipped ")  # when the first slot was skipped
+    assert line.endswith(
+        "rows=0 (a) outside its window 02:00-05:00 UTC, 4 slots skipped to"
+        " 2026-03-11 15:00:00+0000, opens 2026-03-12 02:00:00+0000"
+    )
+
+    # The window opens: a run; once it closes again, a new closed period has a row of its own.
+    night = datetime(2026, 3, 12, 2, 0, tzinfo=UTC)
+    assert slot("b", night).outcome == "success"
+    assert slot("a", night + timedelta(hours=3)).outcome == "skipped"
+    assert [
+        (row[0], row[3].get("window_opens"), row[3].get("slots_skipped")) for row in ledger(conn)
+    ] == [
+        ("skipped", opens, 4),
+        ("success", None, None),
+        ("skipped", "2026-03-13T02:00:00+00:00", 1),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -227,9 +307,9 @@ def test_the_daemon_skips_slots_outside_a_window_and_exports_what_waits(
     def both_ran() -> bool:
         waited = started.value(runs, job_name="link_code_expiry", outcome="skipped") or 0
         ran = started.value(runs, job_name="proactive_reload", outcome="success") or 0
-        return waited >= 1 and ran >= 1
+        return waited >= 3 and ran >= 1
 
-    wait_for(both_ran, "a skipped slot of link_code_expiry and a run of proactive_reload")
+    wait_for(both_ran, "skipped slots of link_code_expiry and a run of proactive_reload")
     assert started.value(runs, job_name="link_code_expiry", outcome="success") == 0
     assert started.value("sessionkeeper_job_window_open", job_name="link_code_expiry") == 0
     assert started.value("sessionkeeper_job_window_open", job_name="proactive_reload") == 1
@@ -244,12 +324,15 @@ def test_the_daemon_skips_slots_outside_a_window_and_exports_what_waits(
             started.value("sessionkeeper_job_window_next_open_timestamp_seconds", job_name=job) == 0
         )
         assert started.value("sessionkeeper_job_window_stops_total", job_name=job) == 0
-    skipped = conn.execute(
-        "SELECT error, details ->> 'window' FROM job_runs"
-        " WHERE job = 'link_code_expiry' ORDER BY run_id LIMIT 1"
-    ).fetchone()
+    # Every skipped slot counted in the one row of the closed window (recorded before the
+    # metric counts it).
+    [skipped] = conn.execute(
+        "SELECT error, details ->> 'window', (details ->> 'slots_skipped')::int FROM job_runs"
+        " WHERE job = 'link_code_expiry'"
+    ).fetchall()
     window = f"{window_around(now, 2, 3)} UTC"
-    assert skipped == (f"outside its window {window}", window)
+    assert skipped[:2] == (f"outside its window {window}", window)
+    assert skipped[2] >= 3
     assert started.wait_for_log(
         lambda r: r["message"].startswith(f"job link_code_expiry every 1s, in its window {window}"),
         "the window in the start-up log",
