@@ -1577,8 +1577,9 @@ BEGIN
 END $$;
 
 -- sk_telegram_forget: erase the python-telegram-bot persistence rows of channel identities that
--- may have no users row (a bot using the persistence without TelegramTurns): the rows whose
--- owner_ids hold one of them, and an erasure record for each; returns the rows deleted.
+-- have no users row (a bot using the persistence without TelegramTurns): the rows whose
+-- owner_ids hold one of them, and, when there were any, an erasure record for each (nothing
+-- found changes nothing: the caller reports an unknown user); returns the rows deleted.
 CREATE OR REPLACE FUNCTION sk_telegram_forget(p_channel text, p_channel_user_ids text[])
 RETURNS bigint
 LANGUAGE plpgsql AS $$
@@ -1587,11 +1588,11 @@ DECLARE
     v_n bigint;
 BEGIN
     WITH d AS (DELETE FROM telegram_persistence p
-               WHERE p.channel = p_channel AND p.owner_ids && p_channel_user_ids
-                  OR p.user_id = ANY(v_users)
-               RETURNING 1)
+               WHERE p.channel = p_channel AND p.owner_ids && p_channel_user_ids RETURNING 1)
     SELECT count(*) INTO v_n FROM d;
-    PERFORM sk_telegram_erased(v_users);
+    IF v_n > 0 THEN
+        PERFORM sk_telegram_erased(v_users);
+    END IF;
     RETURN v_n;
 END $$;
 
