@@ -228,9 +228,13 @@ class SessionkeeperPersistence(BasePersistence[Data, Data, Data]):
     ``update_interval`` seconds, and when the application shuts down) is written at once, in its
     own transaction. One that fails with ``DatabaseUnavailable`` (raised, so PTB hands it to the
     error handlers) is kept, the newest per entry, and stored with the next write that succeeds
-    or at ``flush``. A user's row erased meanwhile (``forget_user``) is never written back: PTB's
-    copy is cleared at the user's next update (``refresh_user_data``, which claims an empty
-    row at the user's first update, so that the erasure shows). Values must be what
+    or at ``flush``. A user's data from before the user's erasure (``forget_user``,
+    ``sessionkeeper forget``) is never written back: every write of a user's row checks, in its
+    own statement, the erasure's record against the moment this process's copy of the entry
+    began (the user's first update, the load, one round before PTB hands it over), and is
+    dropped (logged) when the erasure is newer; PTB's copy is cleared at the user's next update
+    (``refresh_user_data``, which claims an empty row at the user's first update). Values must
+    be what
     JSON reads back equal: dicts with str keys, lists, str, int, float (finite), bool, None;
     anything else (a tuple, a set, an int dict key, a datetime, an object, a NUL character)
     raises ``NotJSON`` when stored, which PTB hands to the error handlers. The store is not owned:
