@@ -1550,12 +1550,15 @@ $$;
 
 -- sk_telegram_erased: record the erasure of the users p_users, now (the clock after the caller's
 -- account locks, so that a write that held the lock before has an earlier check time).
+-- PL/pgSQL, not SQL: the functions are applied to databases migrated to earlier revisions too
+-- (tests of upgrades), where the table does not exist yet and a SQL body would be refused.
 CREATE OR REPLACE FUNCTION sk_telegram_erased(p_users uuid[]) RETURNS void
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$
+BEGIN
     INSERT INTO telegram_persistence_erasures AS e (erasure_key, erased_at)
     SELECT DISTINCT sk_telegram_erasure_key(u), clock_timestamp() FROM unnest(p_users) u
-    ON CONFLICT (erasure_key) DO UPDATE SET erased_at = EXCLUDED.erased_at
-$$;
+    ON CONFLICT (erasure_key) DO UPDATE SET erased_at = EXCLUDED.erased_at;
+END $$;
 
 -- sk_telegram_lock: the account locks of channel identities (their ids are sk_user_key's),
 -- in sk_forget's order; returns those user ids.
