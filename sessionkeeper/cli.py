@@ -36,7 +36,7 @@ from sessionkeeper.daemon.service import Daemon, job_conninfo
 from sessionkeeper.jobs import JOB_NAMES, ledger, session_archival
 from sessionkeeper.jobs.runner import WINDOW_CLOSED, JobFailed, run_job
 from sessionkeeper.progress import Progress, write
-from store import InvalidInput, Store, local_server
+from store import Forgotten, InvalidInput, NotFound, Store, local_server
 from store.connection import describe, redact, secure_conninfo
 from store.errors import ConfigurationError, StoreError
 
@@ -351,26 +351,46 @@ def _uuid(text: str, what: str) -> uuid.UUID:
 
 
 def cmd_forget(args: argparse.Namespace) -> int:
-    _given(args)
+    kind, given = _given(args)
     if not args.yes and not sys.stdin.isatty():
         confirm(args, "forget erases for good")  # refuses before connecting
     with (
         open_database(args.database_url) as db,
         Store(db.url, min_size=0, statement_timeout_ms=None) as store,
     ):
-        kind, subject = _subject(store, args)
-        confirm(args, f"erase {kind} {subject} and everything the store holds about it?")
         try:
-            if kind == "user":
-                forgotten = store.forget_user(subject)
+            if given is None:  # a channel identity, which may have no users row
+                forgotten = _forget_identity(store, args)
             else:
-                forgotten = store.forget_person(subject)
+                confirm(args, f"erase {kind} {given} and everything the store holds about it?")
+                if kind == "user":
+                    forgotten = store.forget_user(given)
+                else:
+                    forgotten = store.forget_person(given)
         except InvalidInput as exc:
             raise UsageError(str(exc)) from None
-    print(f"forgot {kind} {subject}:")
+    if given is not None or forgotten.user_id is not None:
+        print(f"forgot {kind} {given or forgotten.user_id}:")
+    else:
+        print(f"forgot {args.channel} user {args.channel_user_id} (it had no users row):")
     for line in forgotten.lines():
         print(f"  {line}")
     return 0
+
+
+def _forget_identity(store: Store, args: argparse.Namespace) -> Forgotten:
+    """The user of --channel/--channel-user-id, or, when it has no users row (a bot on the
+    python-telegram-bot persistence alone), what is kept under the identity."""
+    try:
+        user = store.find_user(args.channel, args.channel_user_id).user_id
+        what = f"user {user} and everything the store holds about it"
+    except NotFound:
+        what = (
+            f"what the store keeps under {args.channel} user {args.channel_user_id}"
+            " (it has no users row)"
+        )
+    confirm(args, f"erase {what}?")
+    return store.forget_channel_user(args.channel, args.channel_user_id)
 
 
 def cmd_unlink(args: argparse.Namespace) -> int:

@@ -311,6 +311,7 @@ class Operations:
     unlink = Op(core.unlink)
     forget_user = Op(erasure.forget_user)
     forget_person = Op(erasure.forget_person)
+    forget_channel_user = Op(erasure.forget_channel_user)
     export_user = Op(export.export_user)
     export_person = Op(export.export_person)
 

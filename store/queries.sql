@@ -226,6 +226,11 @@ SELECT person_id, person_deleted FROM sk_unlink(%(user_id)s, %(now)s::timestampt
 -- No rows: no such user or person.
 SELECT table_name, action, row_count FROM sk_forget(%(user_id)s::uuid, %(person_id)s::uuid)
 
+-- forget_telegram_identity --
+-- A channel identity without a users row: what the python-telegram-bot persistence keeps under
+-- it (sk_telegram_forget).
+SELECT sk_telegram_forget(%(channel)s, ARRAY[%(channel_user_id)s]::text[]) AS deleted
+
 -- export_begin --
 -- An export reads everything about its subject in one snapshot (see store/export.py): a
 -- read-only transaction, its rows streamed through one server-side cursor per table.

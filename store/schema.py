@@ -546,6 +546,16 @@ telegram_persistence = Table(
     Index("ix_telegram_persistence_owner_ids", "owner_ids", postgresql_using="gin"),
 )
 
+# An erased user's record for the python-telegram-bot persistence (revision 0023): when it
+# was erased, keyed by sk_telegram_erasure_key(user_id) and holding nothing else of the user.
+# A bot's write of data it held from before that moment is dropped (sk_telegram_write).
+telegram_persistence_erasures = Table(
+    "telegram_persistence_erasures",
+    metadata,
+    Column("erasure_key", Text, primary_key=True),
+    Column("erased_at", TIMESTAMP(timezone=True), nullable=False),
+)
+
 job_runs = Table(
     "job_runs",
     metadata,

@@ -361,6 +361,7 @@ def call_arguments(known: Known) -> dict[str, Arguments]:
         "get_linked_users": _call(user),
         "forget_user": _call(user),
         "forget_person": _call(_known_or(known.person_id, ids)),
+        "forget_channel_user": _call(channel, sender),
         "unlink": _call(user, now=moments),
         "export_user": _call(user, writers),
         "export_person": _call(_known_or(known.person_id, ids), writers),

@@ -58,8 +58,16 @@ COLOCATION_ROOT = "users"
 # user_key_secret: sk_user_key's one-row secret, read by the statement before a user's lookup.
 # link_code_erased_failures: erased accounts' lock-outs, keyed by a hash (no user_id), written
 # only by erasure and read by a redemption that finds no live record.
+# telegram_persistence_erasures: erased users' records for the python-telegram-bot persistence,
+# likewise keyed by a hash, written by erasure and read by the persistence's writes.
 REFERENCE_TABLES = frozenset(
-    {"persons", "usage_rollup_state", "user_key_secret", "link_code_erased_failures"}
+    {
+        "persons",
+        "usage_rollup_state",
+        "user_key_secret",
+        "link_code_erased_failures",
+        "telegram_persistence_erasures",
+    }
 )
 # The daemon's run ledger and the migrations' own bookkeeping: read by operators, never joined.
 # proactive_list_state is one row (the published list's version). aiogram_fsm_states is keyed

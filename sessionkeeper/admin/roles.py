@@ -118,6 +118,9 @@ TABLES: dict[str, Grants] = {
     "langgraph_items": Grants(bot=RW, daemon="SELECT, UPDATE, DELETE", reader=NONE),
     # python-telegram-bot's persistence (bot); user_retention's sk_forget deletes from it.
     "telegram_persistence": Grants(bot=RW, daemon="SELECT, UPDATE, DELETE", reader=NONE),
+    # Erased users' records for it (revision 0023): sk_forget writes them (as the bot, or as
+    # the daemon in user_retention); the bot's writes read them.
+    "telegram_persistence_erasures": Grants(bot=RW, daemon=RW, reader=NONE),
 }
 
 SEQUENCES: dict[str, Grants] = {
@@ -172,6 +175,13 @@ FUNCTIONS: dict[str, Grants] = {
     "sk_langgraph_copy_thread": Grants(bot=X, daemon=NONE, reader=NONE),
     "sk_langgraph_collect": Grants(bot=X, daemon=X, reader=NONE),
     "sk_langgraph_forget": Grants(bot=X, daemon=X, reader=NONE),
+    # python-telegram-bot persistence's erasure records (revision 0023); sk_forget runs the
+    # first two as the daemon too.
+    "sk_telegram_erasure_key": Grants(bot=X, daemon=X, reader=NONE),
+    "sk_telegram_erased": Grants(bot=X, daemon=X, reader=NONE),
+    "sk_telegram_lock": Grants(bot=X, daemon=NONE, reader=NONE),
+    "sk_telegram_forget": Grants(bot=X, daemon=NONE, reader=NONE),
+    "sk_telegram_write": Grants(bot=X, daemon=NONE, reader=NONE),
     # Kept for earlier releases: bots of 0.1.0 call them.
     "sk_begin_turn": Grants(bot=X, daemon=NONE, reader=NONE),
     "sk_history_arrays": Grants(bot=X, daemon=NONE, reader=NONE),

@@ -33,8 +33,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Literal, Unpack
 
@@ -75,6 +77,9 @@ QUERIES = parse(resources.files(__package__).joinpath("telegram.sql").read_text(
 Data = dict[str, Any]
 Entry = tuple[str, str, str]  # a row: (kind, name, key)
 log = logging.getLogger(__name__)
+# How far this host's clock may run ahead of the database's before the first statement tells
+# the difference: a copy's beginning is put this much earlier (dropping more, never less).
+CLOCK_MARGIN = 1.0
 
 # The attribute of the update's CallbackContext that holds its Turn. python-telegram-bot makes
 # one context per update and hands it to the handlers of every group, and a context takes
@@ -223,9 +228,13 @@ class SessionkeeperPersistence(BasePersistence[Data, Data, Data]):
     ``update_interval`` seconds, and when the application shuts down) is written at once, in its
     own transaction. One that fails with ``DatabaseUnavailable`` (raised, so PTB hands it to the
     error handlers) is kept, the newest per entry, and stored with the next write that succeeds
-    or at ``flush``. A user's row erased meanwhile (``forget_user``) is never written back: PTB's
-    copy is cleared at the user's next update (``refresh_user_data``, which claims an empty
-    row at the user's first update, so that the erasure shows). Values must be what
+    or at ``flush``. A user's data from before the user's erasure (``forget_user``,
+    ``sessionkeeper forget``) is never written back: every write of a user's row checks, in its
+    own statement, the erasure's record against the moment this process's copy of the entry
+    began (the user's first update, the load, one round before PTB hands it over), and is
+    dropped (logged) when the erasure is newer; PTB's copy is cleared at the user's next update
+    (``refresh_user_data``, which claims an empty row at the user's first update). Values must
+    be what
     JSON reads back equal: dicts with str keys, lists, str, int, float (finite), bool, None;
     anything else (a tuple, a set, an int dict key, a datetime, an object, a NUL character)
     raises ``NotJSON`` when stored, which PTB hands to the error handlers. The store is not owned:
@@ -260,6 +269,10 @@ class SessionkeeperPersistence(BasePersistence[Data, Data, Data]):
         # Writes not stored yet (the database was unavailable), the newest per entry.
         self._unsaved: dict[Entry, _Write] = {}
         self._writing: set[Entry] = set()
+        # When this process's copy of a user's entry began, or was last found clean (no erasure
+        # of the user since), by the database's clock (epoch seconds): see ``_begins``.
+        self._since: dict[Entry, float] = {}
+        self._offset: float | None = None  # the database's clock minus this host's
 
     def _params(self, entry: Entry, **more: object) -> dict[str, object]:
         kind, name, key = entry
@@ -272,16 +285,25 @@ class SessionkeeperPersistence(BasePersistence[Data, Data, Data]):
         return {row["key"]: row["data"] for row in await self.db.execute(plan)}
 
     def _loaded(self, kind: str, name: str, keys: list[str]) -> None:
-        """Rows of users read at start: this process knows they exist (see ``_write``)."""
-        self._stored.update((kind, name, key) for key in keys)
+        """Rows of users read at start: this process knows they exist (see ``_write``), and
+        its copy of them begins now."""
+        for key in keys:
+            self._stored.add((kind, name, key))
+            self._begins((kind, name, key))
 
     async def _put(
         self, kind: str, key: str, value: object, *, name: str = "", owners: tuple[int, ...] = ()
     ) -> None:
         data = _jsonb(value, f"{kind}[{key}]" if key else kind)
-        await self._save(_Write((kind, name, key), data, tuple(str(o) for o in owners)))
+        entry = (kind, name, key)
+        if owners:  # first seen here: changed at the earliest one round before
+            self._begins(entry, back=self.update_interval)
+        await self._save(_Write(entry, data, tuple(str(o) for o in owners)))
 
     async def _drop(self, kind: str, key: str, name: str = "") -> None:
+        # PTB's copy of the entry ends here: what it holds next (a conversation begun after
+        # this one ended) is a new copy.
+        self._since[(kind, name, key)] = self._now()
         await self._save(_Write((kind, name, key), None))
 
     async def _save(self, write: _Write) -> None:
@@ -329,49 +351,75 @@ class SessionkeeperPersistence(BasePersistence[Data, Data, Data]):
             return
         if entry in self._erased:
             return  # the bot's copy from before the erasure (refresh_* clears it)
-        params = self._params(
-            entry, channel=self.channel, owner_ids=list(write.owners), data=write.data
-        )
-        if entry not in self._stored:
-            await self.db.execute(_sql.steps(QUERIES, ("tp_put", {**params, "replace": True})))
+        # A user's row this process knew is written only if it still exists.
+        mode = "update" if entry in self._stored else "put"
+        outcome = await self._call(entry, mode, write.data, write.owners)
+        if outcome == "written":
             if write.owners:
                 self._stored.add(entry)
-            return
-        # A user's row this process knew: written only if it still exists.
-        if not await self.db.execute(_sql.steps(QUERIES, ("tp_update", params))):
-            self._forgotten(entry)
+        else:  # "gone" or "erased"
+            self._forgotten(entry, write)
 
-    def _forgotten(self, entry: Entry) -> None:
-        """``entry``'s row is gone though this process had it: erased (``forget_user``)."""
-        log.info("%s was erased: the bot's copy is not written back", _where(entry))
+    async def _call(self, entry: Entry, mode: str, data: Jsonb, owners: tuple[str, ...]) -> str:
+        """One ``sk_telegram_write``; returns its outcome. A user's row found not erased: the
+        entry's copy is clean up to the moment of the check, its new beginning."""
+        since = self._since.get(entry) if owners else None
+        params = self._params(
+            entry,
+            channel=self.channel,
+            owner_ids=list(owners),
+            data=data,
+            mode=mode,
+            since=None if since is None else datetime.fromtimestamp(since, UTC),
+        )
+        row = (await self.db.execute(_sql.steps(QUERIES, ("tp_write", params))))[0]
+        checked: datetime = row["checked_at"]
+        self._offset = checked.timestamp() - time.time()
+        outcome = str(row["outcome"])
+        if owners and (outcome != "erased" or mode == "claim"):  # a claim's copy starts anew
+            self._since[entry] = checked.timestamp()
+        return outcome
+
+    def _begins(self, entry: Entry, back: float = 0) -> None:
+        """This process's copy of a user's entry begins now (``back`` seconds earlier, for
+        data PTB hands over at its next round), by the database's clock as far as this process
+        knows it: a write of it is dropped if the user is erased after that."""
+        if entry not in self._since:
+            self._since[entry] = self._now() - back
+
+    def _now(self) -> float:
+        """Now by the database's clock, as the last statement showed it (its check time, read
+        here a little later: earlier than the truth, never later), else by this host's with a
+        margin."""
+        offset = -CLOCK_MARGIN if self._offset is None else self._offset
+        return time.time() + offset
+
+    def _forgotten(self, entry: Entry, write: _Write | None = None) -> None:
+        """``entry``'s row was erased (``forget_user``) since this process's copy began."""
+        dropped = " (a write of it is dropped)" if write is not None else ""
+        log.info("%s was erased: the bot's copy is not written back%s", _where(entry), dropped)
         self._stored.discard(entry)
         self._erased.add(entry)
-        self._unsaved.pop(entry, None)
+        if write is None or self._unsaved.get(entry) is write:
+            self._unsaved.pop(entry, None)
 
     async def _refresh(self, entry: Entry, data: Data) -> None:
         """Before the handlers of a user's update: clear ``data`` (PTB's copy in memory) if
-        the user's row was erased, and claim a row for a user's entry not stored yet, so that
-        an erasure before PTB's next round is seen too. Nothing while writes wait for the
-        database: the update does not wait for it too (the writes check)."""
+        the user was erased, and claim a row for a user's entry not stored yet, so that an
+        erasure before PTB's next round is seen too. Only the copy's beginning is noted while
+        writes wait for the database: the update does not wait for it too (the writes check)."""
+        self._begins(entry)
         if self._unsaved:
             return
         try:
-            exists = ("tp_exists", self._params(entry))
-            if entry in self._stored and not await self.db.execute(_sql.steps(QUERIES, exists)):
-                self._forgotten(entry)
-            if entry in self._erased:
-                data.clear()
-                self._erased.discard(entry)  # what the user does from now on is new data
-            if entry not in self._stored:
-                await self._claim(entry)
+            outcome = await self._call(entry, "claim", Jsonb({}), (entry[2],))
         except DatabaseUnavailable:
             return  # the bot goes on from memory
-
-    async def _claim(self, entry: Entry) -> None:
-        params = self._params(
-            entry, channel=self.channel, owner_ids=[entry[2]], data=Jsonb({}), replace=False
-        )
-        await self.db.execute(_sql.steps(QUERIES, ("tp_put", params)))
+        if outcome == "erased" or (outcome == "claimed" and entry in self._stored):
+            self._forgotten(entry)  # a record newer than the copy, or its row gone
+        if entry in self._erased:
+            data.clear()
+            self._erased.discard(entry)  # what the user does from now on is new data
         self._stored.add(entry)
 
     async def get_user_data(self) -> dict[int, Data]:

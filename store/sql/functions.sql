@@ -820,6 +820,8 @@ BEGIN
         WITH d AS (DELETE FROM telegram_persistence WHERE user_id = ANY(v_users) RETURNING 1)
         SELECT v_n + count(*) INTO v_n FROM d;
         RETURN QUERY SELECT 'telegram_persistence', 'deleted', v_n;
+        -- Its record: a bot's write of data from before now is dropped (sk_telegram_write).
+        PERFORM sk_telegram_erased(v_users);
         -- Raw usage goes; what the rollup has not counted yet is added to the anonymous daily
         -- totals first (UTC days, as the rollup counts). Not counted yet: a row without flag
         -- at or beyond the rollup's watermark, or a row from before revision 0013 whose flag
@@ -1527,3 +1529,135 @@ LANGUAGE sql IMMUTABLE AS $$
     UNION ALL
     SELECT p_seq, sk_langgraph_decode(p_type, p_data) WHERE p_type IS DISTINCT FROM 'chunk+json'
 $$;
+
+-- =============================================================================================
+-- python-telegram-bot persistence: erasure records (revision 0023)
+-- A bot process holds a user's user_data, private chat_data and conversation states in memory,
+-- and writes them later (its next round, or once the database is back after an outage). A
+-- write made of data from before an erasure must not bring the user back. Erasure leaves a
+-- record (telegram_persistence_erasures: when, under a hash, nothing else of the user), and
+-- every write of a user's row checks it against the moment the process's copy began.
+-- The account lock (skac, as sk_forget takes it) orders a write and an erasure of the same user:
+-- a write that waited for an erasure reads its record (a fresh snapshot after the lock).
+-- =============================================================================================
+
+-- sk_telegram_erasure_key: the key of an erased user's record: a SHA-256 of its user id (itself
+-- a keyed hash of the channel identity, sk_user_key), so that the record names nobody.
+CREATE OR REPLACE FUNCTION sk_telegram_erasure_key(p_user_id uuid) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+    SELECT 'tp:' || encode(sha256(convert_to('telegram-erased:' || p_user_id::text, 'UTF8')), 'hex')
+$$;
+
+-- sk_telegram_erased: record the erasure of the users p_users, now (the clock after the caller's
+-- account locks, so that a write that held the lock before has an earlier check time).
+-- PL/pgSQL, not SQL: the functions are applied to databases migrated to earlier revisions too
+-- (tests of upgrades), where the table does not exist yet and a SQL body would be refused.
+CREATE OR REPLACE FUNCTION sk_telegram_erased(p_users uuid[]) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO telegram_persistence_erasures AS e (erasure_key, erased_at)
+    SELECT DISTINCT sk_telegram_erasure_key(u), clock_timestamp() FROM unnest(p_users) u
+    ON CONFLICT (erasure_key) DO UPDATE SET erased_at = EXCLUDED.erased_at;
+END $$;
+
+-- sk_telegram_lock: the account locks of channel identities (their ids are sk_user_key's),
+-- in sk_forget's order; returns those user ids.
+CREATE OR REPLACE FUNCTION sk_telegram_lock(p_channel text, p_channel_user_ids text[])
+RETURNS uuid[]
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_users uuid[];
+    v_key integer;
+BEGIN
+    SELECT coalesce(array_agg(DISTINCT sk_user_key(p_channel, i)), '{}') INTO v_users
+    FROM unnest(p_channel_user_ids) i;
+    FOR v_key IN
+        SELECT DISTINCT hashtext(u::text) AS lock_key FROM unnest(v_users) u ORDER BY lock_key
+    LOOP
+        PERFORM pg_advisory_xact_lock(1936417123, v_key);  -- "skac"
+    END LOOP;
+    RETURN v_users;
+END $$;
+
+-- sk_telegram_forget: erase the python-telegram-bot persistence rows of channel identities that
+-- have no users row (a bot using the persistence without TelegramTurns): the rows whose
+-- owner_ids hold one of them, and, when there were any, an erasure record for each (nothing
+-- found changes nothing: the caller reports an unknown user); returns the rows deleted.
+CREATE OR REPLACE FUNCTION sk_telegram_forget(p_channel text, p_channel_user_ids text[])
+RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_users uuid[] := sk_telegram_lock(p_channel, p_channel_user_ids);
+    v_n bigint;
+BEGIN
+    WITH d AS (DELETE FROM telegram_persistence p
+               WHERE p.channel = p_channel AND p.owner_ids && p_channel_user_ids RETURNING 1)
+    SELECT count(*) INTO v_n FROM d;
+    IF v_n > 0 THEN
+        PERFORM sk_telegram_erased(v_users);
+    END IF;
+    RETURN v_n;
+END $$;
+
+-- sk_telegram_write: write one persistence row (store/integrations/telegram.sql names the
+-- modes), unless a user it is about (p_owner_ids) was erased after p_since, when the process's
+-- copy began. Outcomes: 'written'; 'claimed' / 'present' (mode 'claim': an empty row inserted,
+-- or one already there, left as it is); 'gone' (mode 'update': no row, it was deleted);
+-- 'erased' (nothing written, except a claim: the user's copy starts again from it). checked_at:
+-- the moment up to which no erasure was found (the caller's copy is known clean until then).
+CREATE OR REPLACE FUNCTION sk_telegram_write(
+    p_namespace text, p_kind text, p_name text, p_key text, p_channel text,
+    p_owner_ids text[], p_data jsonb, p_mode text, p_since timestamptz
+) RETURNS TABLE (outcome text, erased_at timestamptz, checked_at timestamptz)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    v_users uuid[] := '{}';
+    v_erased timestamptz;
+    v_checked timestamptz;
+    v_done boolean;
+BEGIN
+    IF cardinality(p_owner_ids) > 0 THEN
+        v_users := sk_telegram_lock(p_channel, p_owner_ids);
+        SELECT max(e.erased_at) INTO v_erased FROM telegram_persistence_erasures e
+        WHERE e.erasure_key IN (SELECT sk_telegram_erasure_key(u) FROM unnest(v_users) u)
+          AND e.erased_at > p_since;
+    END IF;
+    v_checked := clock_timestamp();
+    IF v_erased IS NOT NULL AND p_mode <> 'claim' THEN
+        RETURN QUERY SELECT 'erased', v_erased, v_checked;
+        RETURN;
+    END IF;
+    IF p_mode = 'update' THEN
+        UPDATE telegram_persistence AS p
+        SET data = p_data, owner_ids = p_owner_ids, updated_at = now(),
+            user_id = coalesce(p.user_id,
+                               (SELECT u.user_id FROM users u
+                                WHERE cardinality(p_owner_ids) = 1 AND u.channel = p.channel
+                                  AND u.channel_user_id = p_owner_ids[1]))
+        WHERE p.namespace = p_namespace AND p.kind = p_kind AND p.name = p_name
+          AND p.key = p_key;
+        v_done := FOUND;
+        RETURN QUERY SELECT CASE WHEN v_done THEN 'written' ELSE 'gone' END, v_erased, v_checked;
+        RETURN;
+    END IF;
+    -- 'put' replaces the row; 'claim' inserts an empty one where there is none. A row with one
+    -- owner is linked to the store's user of (channel, owner) when it exists, so that it goes
+    -- with the user.
+    INSERT INTO telegram_persistence AS p (namespace, kind, name, key, channel, owner_ids,
+                                           user_id, data)
+    VALUES (p_namespace, p_kind, p_name, p_key, p_channel, p_owner_ids,
+            (SELECT u.user_id FROM users u
+             WHERE cardinality(p_owner_ids) = 1
+               AND u.channel = p_channel AND u.channel_user_id = p_owner_ids[1]),
+            p_data)
+    ON CONFLICT (namespace, kind, name, key)
+    DO UPDATE SET data = EXCLUDED.data, channel = EXCLUDED.channel,
+                  owner_ids = EXCLUDED.owner_ids, user_id = EXCLUDED.user_id, updated_at = now()
+    WHERE p_mode = 'put';
+    v_done := FOUND;
+    RETURN QUERY SELECT CASE WHEN v_erased IS NOT NULL THEN 'erased'
+                             WHEN p_mode = 'put' THEN 'written'
+                             WHEN v_done THEN 'claimed' ELSE 'present' END,
+                        v_erased, v_checked;
+END $$;

@@ -299,6 +299,9 @@ HOLDS_NO_USER = frozenset(
         # Erased accounts' lock-outs: keyed by a hash, written by erasure (the scan checks it
         # holds no id afterwards, like every table).
         "link_code_erased_failures",
+        # Erased users' records for the python-telegram-bot persistence: keyed by a hash,
+        # written by erasure (the scan checks they name no id, like every table).
+        "telegram_persistence_erasures",
         # The former DEFAULT partitions (plain tables since revision 0022, kept for 0.2.0's
         # daemons): nothing writes a row there any more.
         "rate_limits_default",

@@ -233,6 +233,7 @@ def check_promise(fuzz: Fuzz, name: str, args: tuple[Any, ...], result: Any) -> 
         "get_linked_users": list,
         "forget_user": Forgotten,
         "forget_person": Forgotten,
+        "forget_channel_user": Forgotten,
         "unlink": Unlinked,
         "export_user": Exported,
         "export_person": Exported,

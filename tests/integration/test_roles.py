@@ -39,6 +39,7 @@ from sessionkeeper.jobs.runner import run_job
 from store import (
     AsyncStore,
     LinkCodeInvalid,
+    NotFound,
     Operations,
     PermissionDenied,
     ProactiveUsers,
@@ -154,6 +155,10 @@ def every_store_call(out: io.StringIO) -> Generator[Step, Any, None]:
     assert (yield "unlink", (turn.user.user_id,), at).person_id == linked.person_id
     assert (yield "forget_user", (turn.user.user_id,), {}).deleted["users"] == 1
     assert (yield "forget_person", (linked.person_id,), {}).deleted["users"] == 1
+    yield "get_or_create_user", ("telegram", 44), at
+    assert (yield "forget_channel_user", ("telegram", 44), {}).deleted["users"] == 1
+    # No users row and nothing kept under it: both erasure paths ran.
+    assert isinstance((yield "forget_channel_user", ("telegram", 45), {}), NotFound)
 
 
 OPERATIONS = {name for name, value in vars(Operations).items() if isinstance(value, Op)}

@@ -388,14 +388,14 @@ CALLS: dict[str, tuple[Callable[..., core.Plan[Any]], tuple[Any, ...], str, obje
         erasure.forget_user,
         (USER,),
         "forget",
-        store.Forgotten({"users": 1}, {"usage_daily": 3}),
+        store.Forgotten({"users": 1}, {"usage_daily": 3}, USER),
     ),
     "forget_person": (erasure.forget_person, (PERSON,), "forget", None),
 }
 
 
 # Operations of several statements, covered in their own files.
-SEVERAL_STATEMENTS = {"export_user", "export_person"}  # test_export_plan.py
+SEVERAL_STATEMENTS = {"export_user", "export_person", "forget_channel_user"}  # see each test
 
 
 def test_every_operation_is_covered_here() -> None:
@@ -431,6 +431,32 @@ def test_forget_sends_the_user_or_the_person(config: StoreConfig) -> None:
         {"user_id": USER, "person_id": None},
         {"user_id": None, "person_id": PERSON},
     ]
+
+
+def test_forget_channel_user_erases_the_user_of_the_identity(config: StoreConfig) -> None:
+    db = InMemoryDatabase(find_user=[CANNED["find_user"]], forget=[CANNED["forget"]])
+    forgotten = db.call(erasure.forget_channel_user, config, "telegram", 1)
+    assert db.names() == ["find_user", "forget"]
+    assert db.sent[1].params == {"user_id": USER, "person_id": None}
+    assert forgotten == store.Forgotten({"users": 1}, {"usage_daily": 3}, USER)
+
+
+def test_forget_channel_user_without_a_users_row_erases_what_is_kept_under_it(
+    config: StoreConfig,
+) -> None:
+    db = InMemoryDatabase(find_user=[[]], forget_telegram_identity=[[{"deleted": 3}]])
+    forgotten = db.call(erasure.forget_channel_user, config, "telegram", 7001)
+    assert db.names() == ["find_user", "forget_telegram_identity"]
+    assert db.sent[1].params == {"channel": "telegram", "channel_user_id": "7001"}
+    assert forgotten == store.Forgotten({"telegram_persistence": 3}, {}, None)
+
+
+def test_forget_channel_user_found_nowhere_is_not_found(config: StoreConfig) -> None:
+    db = InMemoryDatabase(find_user=[[]], forget_telegram_identity=[[{"deleted": 0}]])
+    with pytest.raises(store.NotFound, match=r"^no user '8' on channel 'telegram'$"):
+        db.call(erasure.forget_channel_user, config, "telegram", 8)
+    with pytest.raises(store.InvalidInput):
+        InMemoryDatabase().call(erasure.forget_channel_user, config, "Tele gram", 8)
 
 
 @pytest.mark.parametrize(
