@@ -90,6 +90,8 @@ COMPRESS_OVER = 256
 CHUNK_SIZES = (256, 16)
 # The type of a row that holds several items: "chunk+" and the type of their list.
 CHUNK = "chunk+"
+# The encoder of values stored as JSON (json.dumps builds one per call with these options).
+_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
 # How long a write may wait for the put of its checkpoint (see _Puts).
 WRITES_WAIT = 10.0
 T = TypeVar("T")
@@ -140,21 +142,31 @@ def _optional_text(value: object, field: str) -> str | None:
 
 def _is_json(value: object, depth: int = 0) -> bool:
     """Whether ``value`` survives a JSON round trip unchanged (exact types only; a dict that
-    looks like a LangChain constructor would be revived, so it is left to the serializer)."""
+    looks like a LangChain constructor would be revived, so it is left to the serializer).
+    Leaves are checked in the loops, not by a call each: this runs on every put's checkpoint."""
     kind = type(value)
-    if value is None or kind in (str, bool, int):
+    if value is None or kind is str or kind is bool or kind is int:
         return True
     if kind is float:
         return math.isfinite(value)  # type: ignore[arg-type]
     if depth > 64:
         return False
-    if kind is list:
-        return all(_is_json(item, depth + 1) for item in value)  # type: ignore[attr-defined]
     if kind is dict:
-        return "lc" not in value and all(  # type: ignore[operator]
-            type(k) is str and _is_json(v, depth + 1)
-            for k, v in value.items()  # type: ignore[attr-defined]
-        )
+        if "lc" in value:  # type: ignore[operator]
+            return False
+        for key, item in value.items():  # type: ignore[attr-defined]
+            if type(key) is not str:
+                return False
+            leaf = type(item)
+            if not (leaf is str or leaf is int or item is None) and not _is_json(item, depth + 1):
+                return False
+        return True
+    if kind is list:
+        for item in value:  # type: ignore[attr-defined]
+            leaf = type(item)
+            if not (leaf is str or leaf is int or item is None) and not _is_json(item, depth + 1):
+                return False
+        return True
     return False
 
 
@@ -307,7 +319,7 @@ class Plans:
     def dump(self, value: object, what: str) -> tuple[str, bytes]:
         if self.json and _is_json(value):
             try:
-                text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+                text = _JSON.encode(value)
                 if "\\u0000" not in text:  # jsonb (the export) refuses NUL
                     return "json", text.encode()
             except (ValueError, UnicodeEncodeError, RecursionError):
@@ -329,7 +341,7 @@ class Plans:
             return json.loads(data or b"null")
         return self.serde.loads_typed((kind, data or b""))
 
-    def _metadata(self, config: RunnableConfig, metadata: CheckpointMetadata) -> Jsonb:
+    def _metadata(self, config: RunnableConfig, metadata: CheckpointMetadata) -> str:
         document = get_serializable_checkpoint_metadata(config, metadata)
         try:
             text = json.dumps(document, allow_nan=False)
@@ -341,7 +353,7 @@ class Plans:
             raise InvalidInput(
                 "checkpoint metadata must not hold NUL characters", field="metadata", rule="nul"
             )
-        return Jsonb(document, dumps=lambda _: text)
+        return text
 
     # -- the operations ----------------------------------------------------------------------
 
@@ -386,12 +398,9 @@ class Plans:
             "user_id": user,
             "type": kind,
             "checkpoint": data,
-            "versions": Jsonb(dict(checkpoint["channel_versions"])),
+            "versions": json.dumps(dict(checkpoint["channel_versions"])),
             "metadata": self._metadata(config, metadata),
-            "channels": [p[0] for p in plain],
-            "channel_versions": [p[1] for p in plain],
-            "types": [p[2] for p in plain],
-            "data": [p[3] for p in plain],
+            **_arrays(plain, "channels", "channel_versions", "types", "data"),
         }
         rows = yield core.Step("lg_put", {**params, **_list_params(lists)}, queries=QUERIES)
         if any(row["line_id"] is None for row in rows):
@@ -615,18 +624,21 @@ def _thread_ids(thread_ids: object) -> list[str]:
     return [_text(t, "thread_id") for t in _sequence(thread_ids, "thread_ids")]
 
 
+def _arrays(rows: Sequence[tuple[Any, ...]], *names: str) -> dict[str, list[Any] | None]:
+    """The fields of ``rows`` as parallel arrays, by name; NULL when there are none, which
+    ``sk_langgraph_put`` reads as empty: psycopg adapts each array it is given anew (its
+    element type is found by scanning it), a share of a put's client time."""
+    if not rows:
+        return dict.fromkeys(names)
+    return dict(zip(names, map(list, zip(*rows, strict=True)), strict=True))
+
+
 def _list_params(lists: Sequence[_ListValue]) -> dict[str, Any]:
+    values = [(v.channel, v.version, v.line, v.start, len(v.objects)) for v in lists]
     rows = [(k, *row) for k, value in enumerate(lists, start=1) for row in value.rows]
     return {
-        "list_channels": [v.channel for v in lists],
-        "list_versions": [v.version for v in lists],
-        "list_lines": [v.line for v in lists],
-        "list_from": [v.start for v in lists],
-        "list_to": [len(v.objects) for v in lists],
-        "item_lists": [r[0] for r in rows],
-        "item_seqs": [r[1] for r in rows],
-        "item_types": [r[2] for r in rows],
-        "item_data": [r[3] for r in rows],
+        **_arrays(values, "list_channels", "list_versions", "list_lines", "list_from", "list_to"),
+        **_arrays(rows, "item_lists", "item_seqs", "item_types", "item_data"),
     }
 
 

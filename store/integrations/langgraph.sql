@@ -5,7 +5,7 @@
 -- lg_put --
 SELECT channel, line_id FROM sk_langgraph_put(
     %(thread_id)s, %(checkpoint_ns)s, %(checkpoint_id)s, %(parent_id)s, %(user_id)s::uuid,
-    %(type)s, %(checkpoint)s, %(versions)s, %(metadata)s,
+    %(type)s, %(checkpoint)s, %(versions)s::jsonb, %(metadata)s::jsonb,
     %(channels)s::text[], %(channel_versions)s::text[], %(types)s::text[], %(data)s::bytea[],
     %(list_channels)s::text[], %(list_versions)s::text[], %(list_lines)s::bigint[],
     %(list_from)s::integer[], %(list_to)s::integer[],
