@@ -37,11 +37,13 @@ import math
 import operator
 import threading
 import time
+import weakref
 import zlib
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from importlib import resources
+from itertools import repeat
 from typing import Any, TypeVar
 
 from langchain_core.runnables import RunnableConfig
@@ -208,20 +210,50 @@ def _rewrite_from(stored: int, length: int) -> int:
 
 
 class _Known:
-    """A list channel value as stored: its line, and its items."""
+    """A list channel value as stored: its line, and its items. Items that allow a weak
+    reference (LangChain's messages do) are held by one: a bot holds them while a run uses
+    them (LangGraph's reducers build each new list from them), and lets them go after it.
+    Holding them kept each remembered thread's last read alive in the bot's process, many
+    objects that made every full garbage collection slower (bench/RESULTS.md). Others (dicts,
+    strings) are held."""
 
-    __slots__ = ("line", "objects")
+    __slots__ = ("_refs", "_weak", "length", "line")
+    _refs: tuple[Any, ...]
+    _weak: bool
 
-    def __init__(self, line: int, objects: Sequence[Any]) -> None:
+    def __init__(self, line: int, objects: Sequence[Any], extended: _Known | None = None) -> None:
+        """``extended``: a known value whose items ``objects`` starts with (its references
+        are reused)."""
         self.line = line
-        self.objects = tuple(objects)
+        self.length = len(objects)
+        start = extended.length if extended is not None and extended._weak else 0
+        try:
+            refs = tuple(map(weakref.ref, objects[start:]))
+        except TypeError:
+            self._refs = tuple(objects)
+            self._weak = False
+        else:
+            self._refs = extended._refs + refs if extended is not None and start else refs
+            self._weak = True
+
+    def objects(self) -> Sequence[Any] | None:
+        """The items, or None once one of them is gone (no later value can hold it)."""
+        if not self._weak:
+            return self._refs
+        items = tuple(map(operator.call, self._refs))
+        return None if any(map(operator.is_, items, repeat(None))) else items
+
+    def gone(self) -> bool:
+        """Whether its last item is gone: a value its bot no longer holds."""
+        return self._weak and bool(self._refs) and self._refs[-1]() is None
 
 
 class _Lines:
     """The line each recently written or read list channel is stored in, with its items: a
     value that starts with those items extends the line. LangGraph reads a thread before each
     run (``get_tuple``), which fills this for the threads being run; it holds the items of at
-    most ``size`` (thread, namespace, channel) values. Shared by threads."""
+    most ``size`` (thread, namespace, channel) values, and forgets those whose items are gone
+    (see ``_Known``). Shared by threads."""
 
     def __init__(self, size: int = LINES_REMEMBERED) -> None:
         self._size = size
@@ -237,6 +269,9 @@ class _Lines:
             self._known[key] = known
             self._known.move_to_end(key)
             while len(self._known) > self._size:
+                self._known.popitem(last=False)
+            # The oldest first: lines of runs that ended, whose items their bots let go.
+            while self._known and next(iter(self._known.values())).gone():
                 self._known.popitem(last=False)
 
     def forget(self, thread_ids: Sequence[str]) -> None:
@@ -261,14 +296,20 @@ class _ListValue:
         self.objects = objects
         self.line: int | None = None
         self.start = 0
-        if known and self._extends(known.objects):
-            self.line, self.start = known.line, len(known.objects)
+        # The known value whose very items this one starts with (its references are reused).
+        self.same: _Known | None = None
+        if known and self._extends(known):
+            self.line, self.start = known.line, known.length
         self.rows = self._rows()
 
-    def _extends(self, stored: Sequence[Any]) -> bool:
-        if len(stored) > len(self.objects):
+    def _extends(self, known: _Known) -> bool:
+        if known.length > len(self.objects):
             return False
+        stored = known.objects()
+        if stored is None:
+            return False  # the bot let its items go: this value was not built from them
         if all(map(operator.is_, stored, self.objects)):
+            self.same = known
             return True
         what = f"channel {self.channel}"
         dump = self.plans.dump
@@ -299,7 +340,7 @@ class _ListValue:
 
     def anew(self) -> None:
         """Store the whole value on a new line (the line to extend was forked or collected)."""
-        self.line, self.start = None, 0
+        self.line, self.start, self.same = None, 0, None
         self.rows = self._rows()
 
 
@@ -413,7 +454,7 @@ class Plans:
             rows = yield core.Step("lg_put", {**params, **_list_params(lists)}, queries=QUERIES)
         line_of = {row["channel"]: row["line_id"] for row in rows}
         for value in lists:
-            known = _Known(line_of[value.channel], value.objects)
+            known = _Known(line_of[value.channel], value.objects, value.same)
             self.lines.remember((thread_id, ns, value.channel), known)
         return {
             "configurable": {
