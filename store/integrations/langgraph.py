@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import math
 import operator
@@ -40,11 +41,19 @@ import time
 import weakref
 import zlib
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from concurrent.futures import Future
 from importlib import resources
 from itertools import repeat
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
@@ -735,6 +744,35 @@ class _Saver(BaseCheckpointSaver[str]):
         return conf.get("thread_id"), conf.get("checkpoint_ns", ""), conf.get("checkpoint_id")
 
 
+P = ParamSpec("P")
+
+
+def _in_thread(
+    method: Callable[Concatenate[SessionkeeperSaver, P], T],
+) -> Callable[Concatenate[SessionkeeperSaver, P], Coroutine[Any, Any, T]]:
+    """The async twin of a sync saver method: the method, run in a worker thread. Looked up
+    by name on each call, as ``self.put`` would be (a subclass may override it)."""
+
+    async def twin(self: SessionkeeperSaver, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        bound: Callable[P, T] = getattr(self, method.__name__)
+        return await asyncio.to_thread(bound, *args, **kwargs)
+
+    return functools.wraps(method)(twin)
+
+
+def _on_loop(
+    method: Callable[Concatenate[AsyncSessionkeeperSaver, P], Awaitable[T]],
+) -> Callable[Concatenate[AsyncSessionkeeperSaver, P], T]:
+    """The sync twin of an async saver method: the method, run on the saver's event loop
+    (looked up by name on each call, as ``_in_thread``'s)."""
+
+    def twin(self: AsyncSessionkeeperSaver, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        bound: Callable[P, Awaitable[T]] = getattr(self, method.__name__)
+        return self._block(lambda: bound(*args, **kwargs))
+
+    return functools.wraps(method)(twin)
+
+
 class SessionkeeperSaver(_Saver):
     """A LangGraph checkpointer on a ``store.Store``. Its async methods run the sync ones in a
     worker thread (``asyncio.to_thread``); an asyncio bot uses ``AsyncSessionkeeperSaver``."""
@@ -813,26 +851,14 @@ class SessionkeeperSaver(_Saver):
     def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         self.db.execute(self.plans.prune(thread_ids, strategy))
 
-    async def aput(
-        self,
-        config: RunnableConfig,
-        checkpoint: Checkpoint,
-        metadata: CheckpointMetadata,
-        new_versions: ChannelVersions,
-    ) -> RunnableConfig:
-        return await asyncio.to_thread(self.put, config, checkpoint, metadata, new_versions)
-
-    async def aput_writes(
-        self,
-        config: RunnableConfig,
-        writes: Sequence[tuple[str, Any]],
-        task_id: str,
-        task_path: str = "",
-    ) -> None:
-        await asyncio.to_thread(self.put_writes, config, writes, task_id, task_path)
-
-    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
-        return await asyncio.to_thread(self.get_tuple, config)
+    # The async methods: the sync ones, run in a worker thread.
+    aput = _in_thread(put)
+    aput_writes = _in_thread(put_writes)
+    aget_tuple = _in_thread(get_tuple)
+    adelete_thread = _in_thread(delete_thread)
+    adelete_for_runs = _in_thread(delete_for_runs)
+    acopy_thread = _in_thread(copy_thread)
+    aprune = _in_thread(prune)
 
     async def alist(
         self,
@@ -845,18 +871,6 @@ class SessionkeeperSaver(_Saver):
         plan = self.plans.list(config, filter=filter, before=before, limit=limit)
         for item in await asyncio.to_thread(self.db.execute, plan):
             yield item
-
-    async def adelete_thread(self, thread_id: str) -> None:
-        await asyncio.to_thread(self.delete_thread, thread_id)
-
-    async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
-        await asyncio.to_thread(self.delete_for_runs, run_ids)
-
-    async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
-        await asyncio.to_thread(self.copy_thread, source_thread_id, target_thread_id)
-
-    async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
-        await asyncio.to_thread(self.prune, thread_ids, strategy=strategy)
 
 
 class AsyncSessionkeeperSaver(_Saver):
@@ -975,26 +989,14 @@ class AsyncSessionkeeperSaver(_Saver):
     async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         await self._run(self.plans.prune(thread_ids, strategy))
 
-    def put(
-        self,
-        config: RunnableConfig,
-        checkpoint: Checkpoint,
-        metadata: CheckpointMetadata,
-        new_versions: ChannelVersions,
-    ) -> RunnableConfig:
-        return self._block(lambda: self.aput(config, checkpoint, metadata, new_versions))
-
-    def put_writes(
-        self,
-        config: RunnableConfig,
-        writes: Sequence[tuple[str, Any]],
-        task_id: str,
-        task_path: str = "",
-    ) -> None:
-        self._block(lambda: self.aput_writes(config, writes, task_id, task_path))
-
-    def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
-        return self._block(lambda: self.aget_tuple(config))
+    # The sync methods: the async ones, run on the saver's event loop (see _block).
+    put = _on_loop(aput)
+    put_writes = _on_loop(aput_writes)
+    get_tuple = _on_loop(aget_tuple)
+    delete_thread = _on_loop(adelete_thread)
+    delete_for_runs = _on_loop(adelete_for_runs)
+    copy_thread = _on_loop(acopy_thread)
+    prune = _on_loop(aprune)
 
     def list(
         self,
@@ -1006,15 +1008,3 @@ class AsyncSessionkeeperSaver(_Saver):
     ) -> Iterator[CheckpointTuple]:
         plan = self.plans.list(config, filter=filter, before=before, limit=limit)
         yield from self._block(lambda: self._run(plan))
-
-    def delete_thread(self, thread_id: str) -> None:
-        self._block(lambda: self.adelete_thread(thread_id))
-
-    def delete_for_runs(self, run_ids: Sequence[str]) -> None:
-        self._block(lambda: self.adelete_for_runs(run_ids))
-
-    def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
-        self._block(lambda: self.acopy_thread(source_thread_id, target_thread_id))
-
-    def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
-        self._block(lambda: self.aprune(thread_ids, strategy=strategy))

@@ -287,6 +287,32 @@ def test_forks_from_an_older_checkpoint_keep_every_branch_whole(database_url: st
         ]
 
 
+def test_the_async_savers_sync_methods_run_on_its_loop(database_url: str) -> None:
+    """``graph.invoke`` from a worker thread of an asyncio bot: the sync methods run the async
+    ones on the saver's loop; called on that loop itself they would deadlock, and raise."""
+
+    async def main() -> None:
+        async with AsyncStore(database_url) as db:
+            saver = AsyncSessionkeeperSaver(db)
+            root = config_of(thread_id="twins", checkpoint_ns="")
+            stored = await saver.aput(root, empty_checkpoint(), {}, {})
+            with pytest.raises(InvalidInput, match="own event loop"):
+                saver.get_tuple(stored)
+
+            def from_a_thread() -> list[Any]:
+                again = saver.put(stored, empty_checkpoint(), {"step": 1}, {})
+                saver.put_writes(again, [("a", "b")], "task-1")
+                found = saver.get_tuple(root)
+                assert found is not None and found.pending_writes == [("task-1", "a", "b")]
+                listed = [t.metadata.get("step") for t in saver.list(root)]
+                saver.delete_thread("twins")
+                return [listed, saver.get_tuple(root)]
+
+            assert await asyncio.to_thread(from_a_thread) == [[1, None], None]
+
+    asyncio.run(main())
+
+
 def test_the_saver_holds_no_message_its_bot_let_go(
     database_url: str, conn: psycopg.Connection[Any]
 ) -> None:
