@@ -83,7 +83,18 @@ __all__ = [
     "thread_id_for",
 ]
 
-QUERIES = parse(resources.files(__package__).joinpath("langgraph.sql").read_text(encoding="utf-8"))
+
+def _queries() -> dict[str, str]:
+    """The statements of langgraph.sql; lg_get and lg_list each choose checkpoints, which
+    lg_read reads whole (its ``{chosen}``)."""
+    queries = parse(resources.files(__package__).joinpath("langgraph.sql").read_text("utf-8"))
+    read = queries.pop("lg_read")
+    for name in ("lg_get", "lg_list"):
+        queries[name] = read.replace("{chosen}", queries[name])
+    return queries
+
+
+QUERIES = _queries()
 # The configurable key that ties a thread to a store user (thread_config sets it).
 USER_KEY = "sessionkeeper_user_id"
 # Checkpoint fields stored in columns of their own rather than in the checkpoint's body.
