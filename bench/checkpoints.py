@@ -11,7 +11,12 @@ four messages a turn. For each saver, history (10 or 100 turns) and worker count
   history, recorded, replayed by every worker on copies of the thread (untimed copy and read
   first, as LangGraph reads a thread before a turn; the reference on fresh threads, which is
   the same to it), as fast as it can; p99 of ``put``; WAL per ``put`` (every ``put`` is
-  committed durably). The copies are made before the timed replay;
+  committed durably). The copies are made before the timed replay. The replay is a bot's
+  next turn: LangGraph's ``add_messages`` builds each list from the very objects
+  ``get_tuple`` returned, so each copy's calls carry, at the head of each list channel, the
+  objects its read returned (checked equal in value to the recorded ones), not the recorded
+  objects (which our saver would have to encode to compare). The reference's calls are
+  replayed as recorded: it encodes every value whatever it is given;
 * p99 of ``get_tuple`` (latest) and ``list`` (limit 10) on the threads;
 * table bytes (``pg_total_relation_size`` of the saver's tables) after the prefill.
 
@@ -141,6 +146,34 @@ def _parallel(workers: int, work: Callable[[int], None]) -> float:
     return time.perf_counter() - t0
 
 
+def as_read(calls: list[tuple[Any, ...]], read: Any) -> list[tuple[Any, ...]]:
+    """The recorded ``put`` calls as a bot makes them after ``read`` (a ``CheckpointTuple`` of
+    the thread as it was before the recorded turn): each list channel starts with the objects
+    the read returned, as LangGraph's ``add_messages`` builds the next list from them. Fails
+    if the read does not hold, in value, the items the recorded lists start with."""
+    assert read is not None, "the copy of the thread reads back empty"
+    known = {
+        channel: value
+        for channel, value in read.checkpoint["channel_values"].items()
+        if type(value) is list
+    }
+    replayed = []
+    for config, checkpoint, metadata, versions in calls:
+        values = dict(checkpoint["channel_values"])
+        for channel, items in known.items():
+            value = values.get(channel)
+            if type(value) is not list:
+                continue
+            if len(value) < len(items) or value[: len(items)] != items:
+                raise RuntimeError(
+                    f"the recorded {channel!r} does not start with the {len(items)} items"
+                    " get_tuple read back: the replay would not be a bot's next turn"
+                )
+            values[channel] = [*items, *value[len(items) :]]
+        replayed.append((config, {**checkpoint, "channel_values": values}, metadata, versions))
+    return replayed
+
+
 def measure(saver: Saver, history: int, workers: int, turns: int, replays: int) -> dict[str, Any]:
     if saver.is_async:
         return asyncio.run(measure_async(saver, history, workers, turns, replays))
@@ -191,22 +224,25 @@ def measure(saver: Saver, history: int, workers: int, turns: int, replays: int) 
         graph.invoke(user_turn(history + turns + 1), configs[0])
         instance.put = original
         # Each replay runs on a copy of worker i's thread as it was before the recorded turn,
-        # read first (untimed) as LangGraph reads a thread before a turn: the steady state of a
-        # bot. The reference saver cannot copy a thread and never reads before a put: a fresh
-        # thread is the same to it.
+        # read first (untimed) as LangGraph reads a thread before a turn, with its calls built
+        # on the objects the read returned (as_read): the steady state of a bot. The reference
+        # saver cannot copy a thread and never reads before a put: a fresh thread is the same
+        # to it.
         put_times: list[list[float]] = [[] for _ in range(workers)]
 
         threads = [[f"replay-{uuid.uuid4().hex}" for _ in range(replays)] for _ in configs]
+        replayed = {thread: calls for ts in threads for thread in ts}
         if copies:
-            for thread in (t for ts in threads for t in ts):
+            for thread in replayed:
                 instance.copy_thread(snapshot, thread)
-                instance.get_tuple(
+                read = instance.get_tuple(
                     {"configurable": {**calls[0][0]["configurable"], "thread_id": thread}}
                 )
+                replayed[thread] = as_read(calls, read)
 
         def replay(i: int) -> None:
             for thread in threads[i]:
-                for config, checkpoint, metadata, versions in calls:
+                for config, checkpoint, metadata, versions in replayed[thread]:
                     conf = {**config["configurable"], "thread_id": thread}
                     t0 = time.perf_counter()
                     instance.put({"configurable": conf}, checkpoint, metadata, versions)
@@ -294,16 +330,17 @@ async def measure_async(
         await graph.ainvoke(user_turn(history + turns + 1), configs[0])
         instance.aput = original
         threads = [[f"replay-{uuid.uuid4().hex}" for _ in range(replays)] for _ in configs]
+        replayed = {thread: calls for ts in threads for thread in ts}
         if copies:
-            for thread in (t for ts in threads for t in ts):
+            for thread in replayed:
                 await instance.acopy_thread(snapshot, thread)
                 conf = {**calls[0][0]["configurable"], "thread_id": thread}
-                await instance.aget_tuple({"configurable": conf})
+                replayed[thread] = as_read(calls, await instance.aget_tuple({"configurable": conf}))
         put_times: list[float] = []
 
         async def replay(i: int) -> None:
             for thread in threads[i]:
-                for config, checkpoint, metadata, versions in calls:
+                for config, checkpoint, metadata, versions in replayed[thread]:
                     conf = {**config["configurable"], "thread_id": thread}
                     t0 = time.perf_counter()
                     await instance.aput({"configurable": conf}, checkpoint, metadata, versions)

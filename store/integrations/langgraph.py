@@ -32,17 +32,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import math
 import operator
 import threading
 import time
+import weakref
 import zlib
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from concurrent.futures import Future
 from importlib import resources
-from typing import Any, TypeVar
+from itertools import repeat
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
@@ -72,7 +83,18 @@ __all__ = [
     "thread_id_for",
 ]
 
-QUERIES = parse(resources.files(__package__).joinpath("langgraph.sql").read_text(encoding="utf-8"))
+
+def _queries() -> dict[str, str]:
+    """The statements of langgraph.sql; lg_get and lg_list each choose checkpoints, which
+    lg_read reads whole (its ``{chosen}``)."""
+    queries = parse(resources.files(__package__).joinpath("langgraph.sql").read_text("utf-8"))
+    read = queries.pop("lg_read")
+    for name in ("lg_get", "lg_list"):
+        queries[name] = read.replace("{chosen}", queries[name])
+    return queries
+
+
+QUERIES = _queries()
 # The configurable key that ties a thread to a store user (thread_config sets it).
 USER_KEY = "sessionkeeper_user_id"
 # Checkpoint fields stored in columns of their own rather than in the checkpoint's body.
@@ -90,6 +112,8 @@ COMPRESS_OVER = 256
 CHUNK_SIZES = (256, 16)
 # The type of a row that holds several items: "chunk+" and the type of their list.
 CHUNK = "chunk+"
+# The encoder of values stored as JSON (json.dumps builds one per call with these options).
+_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
 # How long a write may wait for the put of its checkpoint (see _Puts).
 WRITES_WAIT = 10.0
 T = TypeVar("T")
@@ -140,21 +164,31 @@ def _optional_text(value: object, field: str) -> str | None:
 
 def _is_json(value: object, depth: int = 0) -> bool:
     """Whether ``value`` survives a JSON round trip unchanged (exact types only; a dict that
-    looks like a LangChain constructor would be revived, so it is left to the serializer)."""
+    looks like a LangChain constructor would be revived, so it is left to the serializer).
+    Leaves are checked in the loops, not by a call each: this runs on every put's checkpoint."""
     kind = type(value)
-    if value is None or kind in (str, bool, int):
+    if value is None or kind is str or kind is bool or kind is int:
         return True
     if kind is float:
         return math.isfinite(value)  # type: ignore[arg-type]
     if depth > 64:
         return False
-    if kind is list:
-        return all(_is_json(item, depth + 1) for item in value)  # type: ignore[attr-defined]
     if kind is dict:
-        return "lc" not in value and all(  # type: ignore[operator]
-            type(k) is str and _is_json(v, depth + 1)
-            for k, v in value.items()  # type: ignore[attr-defined]
-        )
+        if "lc" in value:  # type: ignore[operator]
+            return False
+        for key, item in value.items():  # type: ignore[attr-defined]
+            if type(key) is not str:
+                return False
+            leaf = type(item)
+            if not (leaf is str or leaf is int or item is None) and not _is_json(item, depth + 1):
+                return False
+        return True
+    if kind is list:
+        for item in value:  # type: ignore[attr-defined]
+            leaf = type(item)
+            if not (leaf is str or leaf is int or item is None) and not _is_json(item, depth + 1):
+                return False
+        return True
     return False
 
 
@@ -196,20 +230,50 @@ def _rewrite_from(stored: int, length: int) -> int:
 
 
 class _Known:
-    """A list channel value as stored: its line, and its items."""
+    """A list channel value as stored: its line, and its items. Items that allow a weak
+    reference (LangChain's messages do) are held by one: a bot holds them while a run uses
+    them (LangGraph's reducers build each new list from them), and lets them go after it.
+    Holding them kept each remembered thread's last read alive in the bot's process, many
+    objects that made every full garbage collection slower (bench/RESULTS.md). Others (dicts,
+    strings) are held."""
 
-    __slots__ = ("line", "objects")
+    __slots__ = ("_refs", "_weak", "length", "line")
+    _refs: tuple[Any, ...]
+    _weak: bool
 
-    def __init__(self, line: int, objects: Sequence[Any]) -> None:
+    def __init__(self, line: int, objects: Sequence[Any], extended: _Known | None = None) -> None:
+        """``extended``: a known value whose items ``objects`` starts with (its references
+        are reused)."""
         self.line = line
-        self.objects = tuple(objects)
+        self.length = len(objects)
+        start = extended.length if extended is not None and extended._weak else 0
+        try:
+            refs = tuple(map(weakref.ref, objects[start:]))
+        except TypeError:
+            self._refs = tuple(objects)
+            self._weak = False
+        else:
+            self._refs = extended._refs + refs if extended is not None and start else refs
+            self._weak = True
+
+    def objects(self) -> Sequence[Any] | None:
+        """The items, or None once one of them is gone (no later value can hold it)."""
+        if not self._weak:
+            return self._refs
+        items = tuple(map(operator.call, self._refs))
+        return None if any(map(operator.is_, items, repeat(None))) else items
+
+    def gone(self) -> bool:
+        """Whether its last item is gone: a value its bot no longer holds."""
+        return self._weak and bool(self._refs) and self._refs[-1]() is None
 
 
 class _Lines:
     """The line each recently written or read list channel is stored in, with its items: a
     value that starts with those items extends the line. LangGraph reads a thread before each
     run (``get_tuple``), which fills this for the threads being run; it holds the items of at
-    most ``size`` (thread, namespace, channel) values. Shared by threads."""
+    most ``size`` (thread, namespace, channel) values, and forgets those whose items are gone
+    (see ``_Known``). Shared by threads."""
 
     def __init__(self, size: int = LINES_REMEMBERED) -> None:
         self._size = size
@@ -225,6 +289,9 @@ class _Lines:
             self._known[key] = known
             self._known.move_to_end(key)
             while len(self._known) > self._size:
+                self._known.popitem(last=False)
+            # The oldest first: lines of runs that ended, whose items their bots let go.
+            while self._known and next(iter(self._known.values())).gone():
                 self._known.popitem(last=False)
 
     def forget(self, thread_ids: Sequence[str]) -> None:
@@ -249,14 +316,20 @@ class _ListValue:
         self.objects = objects
         self.line: int | None = None
         self.start = 0
-        if known and self._extends(known.objects):
-            self.line, self.start = known.line, len(known.objects)
+        # The known value whose very items this one starts with (its references are reused).
+        self.same: _Known | None = None
+        if known and self._extends(known):
+            self.line, self.start = known.line, known.length
         self.rows = self._rows()
 
-    def _extends(self, stored: Sequence[Any]) -> bool:
-        if len(stored) > len(self.objects):
+    def _extends(self, known: _Known) -> bool:
+        if known.length > len(self.objects):
             return False
+        stored = known.objects()
+        if stored is None:
+            return False  # the bot let its items go: this value was not built from them
         if all(map(operator.is_, stored, self.objects)):
+            self.same = known
             return True
         what = f"channel {self.channel}"
         dump = self.plans.dump
@@ -287,7 +360,7 @@ class _ListValue:
 
     def anew(self) -> None:
         """Store the whole value on a new line (the line to extend was forked or collected)."""
-        self.line, self.start = None, 0
+        self.line, self.start, self.same = None, 0, None
         self.rows = self._rows()
 
 
@@ -307,7 +380,7 @@ class Plans:
     def dump(self, value: object, what: str) -> tuple[str, bytes]:
         if self.json and _is_json(value):
             try:
-                text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+                text = _JSON.encode(value)
                 if "\\u0000" not in text:  # jsonb (the export) refuses NUL
                     return "json", text.encode()
             except (ValueError, UnicodeEncodeError, RecursionError):
@@ -329,7 +402,7 @@ class Plans:
             return json.loads(data or b"null")
         return self.serde.loads_typed((kind, data or b""))
 
-    def _metadata(self, config: RunnableConfig, metadata: CheckpointMetadata) -> Jsonb:
+    def _metadata(self, config: RunnableConfig, metadata: CheckpointMetadata) -> str:
         document = get_serializable_checkpoint_metadata(config, metadata)
         try:
             text = json.dumps(document, allow_nan=False)
@@ -341,7 +414,7 @@ class Plans:
             raise InvalidInput(
                 "checkpoint metadata must not hold NUL characters", field="metadata", rule="nul"
             )
-        return Jsonb(document, dumps=lambda _: text)
+        return text
 
     # -- the operations ----------------------------------------------------------------------
 
@@ -386,12 +459,9 @@ class Plans:
             "user_id": user,
             "type": kind,
             "checkpoint": data,
-            "versions": Jsonb(dict(checkpoint["channel_versions"])),
+            "versions": json.dumps(dict(checkpoint["channel_versions"])),
             "metadata": self._metadata(config, metadata),
-            "channels": [p[0] for p in plain],
-            "channel_versions": [p[1] for p in plain],
-            "types": [p[2] for p in plain],
-            "data": [p[3] for p in plain],
+            **_arrays(plain, "channels", "channel_versions", "types", "data"),
         }
         rows = yield core.Step("lg_put", {**params, **_list_params(lists)}, queries=QUERIES)
         if any(row["line_id"] is None for row in rows):
@@ -404,7 +474,7 @@ class Plans:
             rows = yield core.Step("lg_put", {**params, **_list_params(lists)}, queries=QUERIES)
         line_of = {row["channel"]: row["line_id"] for row in rows}
         for value in lists:
-            known = _Known(line_of[value.channel], value.objects)
+            known = _Known(line_of[value.channel], value.objects, value.same)
             self.lines.remember((thread_id, ns, value.channel), known)
         return {
             "configurable": {
@@ -615,18 +685,21 @@ def _thread_ids(thread_ids: object) -> list[str]:
     return [_text(t, "thread_id") for t in _sequence(thread_ids, "thread_ids")]
 
 
+def _arrays(rows: Sequence[tuple[Any, ...]], *names: str) -> dict[str, list[Any] | None]:
+    """The fields of ``rows`` as parallel arrays, by name; NULL when there are none, which
+    ``sk_langgraph_put`` reads as empty: psycopg adapts each array it is given anew (its
+    element type is found by scanning it), a share of a put's client time."""
+    if not rows:
+        return dict.fromkeys(names)
+    return dict(zip(names, map(list, zip(*rows, strict=True)), strict=True))
+
+
 def _list_params(lists: Sequence[_ListValue]) -> dict[str, Any]:
+    values = [(v.channel, v.version, v.line, v.start, len(v.objects)) for v in lists]
     rows = [(k, *row) for k, value in enumerate(lists, start=1) for row in value.rows]
     return {
-        "list_channels": [v.channel for v in lists],
-        "list_versions": [v.version for v in lists],
-        "list_lines": [v.line for v in lists],
-        "list_from": [v.start for v in lists],
-        "list_to": [len(v.objects) for v in lists],
-        "item_lists": [r[0] for r in rows],
-        "item_seqs": [r[1] for r in rows],
-        "item_types": [r[2] for r in rows],
-        "item_data": [r[3] for r in rows],
+        **_arrays(values, "list_channels", "list_versions", "list_lines", "list_from", "list_to"),
+        **_arrays(rows, "item_lists", "item_seqs", "item_types", "item_data"),
     }
 
 
@@ -680,6 +753,35 @@ class _Saver(BaseCheckpointSaver[str]):
     def _key(config: RunnableConfig) -> tuple[object, object, object]:
         conf = config.get("configurable") or {}
         return conf.get("thread_id"), conf.get("checkpoint_ns", ""), conf.get("checkpoint_id")
+
+
+P = ParamSpec("P")
+
+
+def _in_thread(
+    method: Callable[Concatenate[SessionkeeperSaver, P], T],
+) -> Callable[Concatenate[SessionkeeperSaver, P], Coroutine[Any, Any, T]]:
+    """The async twin of a sync saver method: the method, run in a worker thread. Looked up
+    by name on each call, as ``self.put`` would be (a subclass may override it)."""
+
+    async def twin(self: SessionkeeperSaver, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        bound: Callable[P, T] = getattr(self, method.__name__)
+        return await asyncio.to_thread(bound, *args, **kwargs)
+
+    return functools.wraps(method)(twin)
+
+
+def _on_loop(
+    method: Callable[Concatenate[AsyncSessionkeeperSaver, P], Awaitable[T]],
+) -> Callable[Concatenate[AsyncSessionkeeperSaver, P], T]:
+    """The sync twin of an async saver method: the method, run on the saver's event loop
+    (looked up by name on each call, as ``_in_thread``'s)."""
+
+    def twin(self: AsyncSessionkeeperSaver, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        bound: Callable[P, Awaitable[T]] = getattr(self, method.__name__)
+        return self._block(lambda: bound(*args, **kwargs))
+
+    return functools.wraps(method)(twin)
 
 
 class SessionkeeperSaver(_Saver):
@@ -760,26 +862,14 @@ class SessionkeeperSaver(_Saver):
     def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         self.db.execute(self.plans.prune(thread_ids, strategy))
 
-    async def aput(
-        self,
-        config: RunnableConfig,
-        checkpoint: Checkpoint,
-        metadata: CheckpointMetadata,
-        new_versions: ChannelVersions,
-    ) -> RunnableConfig:
-        return await asyncio.to_thread(self.put, config, checkpoint, metadata, new_versions)
-
-    async def aput_writes(
-        self,
-        config: RunnableConfig,
-        writes: Sequence[tuple[str, Any]],
-        task_id: str,
-        task_path: str = "",
-    ) -> None:
-        await asyncio.to_thread(self.put_writes, config, writes, task_id, task_path)
-
-    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
-        return await asyncio.to_thread(self.get_tuple, config)
+    # The async methods: the sync ones, run in a worker thread.
+    aput = _in_thread(put)
+    aput_writes = _in_thread(put_writes)
+    aget_tuple = _in_thread(get_tuple)
+    adelete_thread = _in_thread(delete_thread)
+    adelete_for_runs = _in_thread(delete_for_runs)
+    acopy_thread = _in_thread(copy_thread)
+    aprune = _in_thread(prune)
 
     async def alist(
         self,
@@ -792,18 +882,6 @@ class SessionkeeperSaver(_Saver):
         plan = self.plans.list(config, filter=filter, before=before, limit=limit)
         for item in await asyncio.to_thread(self.db.execute, plan):
             yield item
-
-    async def adelete_thread(self, thread_id: str) -> None:
-        await asyncio.to_thread(self.delete_thread, thread_id)
-
-    async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
-        await asyncio.to_thread(self.delete_for_runs, run_ids)
-
-    async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
-        await asyncio.to_thread(self.copy_thread, source_thread_id, target_thread_id)
-
-    async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
-        await asyncio.to_thread(self.prune, thread_ids, strategy=strategy)
 
 
 class AsyncSessionkeeperSaver(_Saver):
@@ -922,26 +1000,14 @@ class AsyncSessionkeeperSaver(_Saver):
     async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         await self._run(self.plans.prune(thread_ids, strategy))
 
-    def put(
-        self,
-        config: RunnableConfig,
-        checkpoint: Checkpoint,
-        metadata: CheckpointMetadata,
-        new_versions: ChannelVersions,
-    ) -> RunnableConfig:
-        return self._block(lambda: self.aput(config, checkpoint, metadata, new_versions))
-
-    def put_writes(
-        self,
-        config: RunnableConfig,
-        writes: Sequence[tuple[str, Any]],
-        task_id: str,
-        task_path: str = "",
-    ) -> None:
-        self._block(lambda: self.aput_writes(config, writes, task_id, task_path))
-
-    def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
-        return self._block(lambda: self.aget_tuple(config))
+    # The sync methods: the async ones, run on the saver's event loop (see _block).
+    put = _on_loop(aput)
+    put_writes = _on_loop(aput_writes)
+    get_tuple = _on_loop(aget_tuple)
+    delete_thread = _on_loop(adelete_thread)
+    delete_for_runs = _on_loop(adelete_for_runs)
+    copy_thread = _on_loop(acopy_thread)
+    prune = _on_loop(aprune)
 
     def list(
         self,
@@ -953,15 +1019,3 @@ class AsyncSessionkeeperSaver(_Saver):
     ) -> Iterator[CheckpointTuple]:
         plan = self.plans.list(config, filter=filter, before=before, limit=limit)
         yield from self._block(lambda: self._run(plan))
-
-    def delete_thread(self, thread_id: str) -> None:
-        self._block(lambda: self.adelete_thread(thread_id))
-
-    def delete_for_runs(self, run_ids: Sequence[str]) -> None:
-        self._block(lambda: self.adelete_for_runs(run_ids))
-
-    def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
-        self._block(lambda: self.acopy_thread(source_thread_id, target_thread_id))
-
-    def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
-        self._block(lambda: self.aprune(thread_ids, strategy=strategy))

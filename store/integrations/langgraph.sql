@@ -5,7 +5,7 @@
 -- lg_put --
 SELECT channel, line_id FROM sk_langgraph_put(
     %(thread_id)s, %(checkpoint_ns)s, %(checkpoint_id)s, %(parent_id)s, %(user_id)s::uuid,
-    %(type)s, %(checkpoint)s, %(versions)s, %(metadata)s,
+    %(type)s, %(checkpoint)s, %(versions)s::jsonb, %(metadata)s::jsonb,
     %(channels)s::text[], %(channel_versions)s::text[], %(types)s::text[], %(data)s::bytea[],
     %(list_channels)s::text[], %(list_versions)s::text[], %(list_lines)s::bigint[],
     %(list_from)s::integer[], %(list_to)s::integer[],
@@ -37,53 +37,33 @@ WITH cp AS (
 SELECT EXISTS (SELECT FROM cp) AS found, (SELECT count(*) FROM written) AS written
 
 -- lg_get --
--- One checkpoint (the newest of the thread's namespace when checkpoint_id is NULL) with its
--- channel values (sk_langgraph_values_v2: a list as its rows, a chunk holding several items)
--- and pending writes, in one row. The checkpoint is chosen first: its values are read for it
--- alone.
-SELECT c.thread_id, c.checkpoint_ns, c.checkpoint_id, c.parent_checkpoint_id, c.type,
-       c.checkpoint, c.versions, c.metadata, v.*, w.*
-FROM (
-    SELECT * FROM langgraph_checkpoints c
-    WHERE c.thread_id = %(thread_id)s AND c.checkpoint_ns = %(checkpoint_ns)s
-      AND (%(checkpoint_id)s::text IS NULL OR c.checkpoint_id = %(checkpoint_id)s::text)
-    ORDER BY c.checkpoint_id DESC
-    LIMIT 1
-) c
-CROSS JOIN LATERAL (
-    SELECT array_agg(x.channel ORDER BY x.channel, x.seq) AS v_channels,
-           array_agg(x.type ORDER BY x.channel, x.seq) AS v_types,
-           array_agg(x.data ORDER BY x.channel, x.seq) AS v_data,
-           array_agg(x.seq ORDER BY x.channel, x.seq) AS v_seqs,
-           array_agg(x.line_id ORDER BY x.channel, x.seq) AS v_lines,
-           array_agg(x.length ORDER BY x.channel, x.seq) AS v_lengths
-    FROM sk_langgraph_values_v2(c.thread_id, c.checkpoint_ns, c.versions) x
-) v
-CROSS JOIN LATERAL (
-    SELECT array_agg(p.task_id ORDER BY p.task_id, p.idx) AS w_tasks,
-           array_agg(p.channel ORDER BY p.task_id, p.idx) AS w_channels,
-           array_agg(p.type ORDER BY p.task_id, p.idx) AS w_types,
-           array_agg(p.data ORDER BY p.task_id, p.idx) AS w_data
-    FROM langgraph_writes p
-    WHERE p.thread_id = c.thread_id AND p.checkpoint_ns = c.checkpoint_ns
-      AND p.checkpoint_id = c.checkpoint_id
-) w
+-- One checkpoint: the newest of the thread's namespace when checkpoint_id is NULL. Run inside
+-- lg_read (as {chosen}): its values are read for it alone.
+SELECT * FROM langgraph_checkpoints c
+WHERE c.thread_id = %(thread_id)s AND c.checkpoint_ns = %(checkpoint_ns)s
+  AND (%(checkpoint_id)s::text IS NULL OR c.checkpoint_id = %(checkpoint_id)s::text)
+ORDER BY c.checkpoint_id DESC
+LIMIT 1
 
 -- lg_list --
--- Checkpoints newest first, as lg_get; every filter is optional (NULL: any). The checkpoints
--- are chosen (and limited) first: the values of the others are never read.
+-- Checkpoints newest first; every filter is optional (NULL: any). Run inside lg_read: the
+-- checkpoints are chosen (and limited) first, the values of the others are never read.
+SELECT * FROM langgraph_checkpoints c
+WHERE (%(thread_id)s::text IS NULL OR c.thread_id = %(thread_id)s::text)
+  AND (%(checkpoint_ns)s::text IS NULL OR c.checkpoint_ns = %(checkpoint_ns)s::text)
+  AND (%(checkpoint_id)s::text IS NULL OR c.checkpoint_id = %(checkpoint_id)s::text)
+  AND (%(before)s::text IS NULL OR c.checkpoint_id < %(before)s::text)
+  AND c.metadata @> %(filter)s::jsonb
+ORDER BY c.checkpoint_id DESC
+LIMIT %(limit)s::bigint
+
+-- lg_read --
+-- The checkpoints {chosen} (lg_get's or lg_list's statement), newest first, each with its
+-- channel values (sk_langgraph_values_v2: a list as its rows, a chunk holding several items)
+-- and pending writes, in one row.
 SELECT c.thread_id, c.checkpoint_ns, c.checkpoint_id, c.parent_checkpoint_id, c.type,
        c.checkpoint, c.versions, c.metadata, v.*, w.*
-FROM (
-    SELECT * FROM langgraph_checkpoints c
-    WHERE (%(thread_id)s::text IS NULL OR c.thread_id = %(thread_id)s::text)
-      AND (%(checkpoint_ns)s::text IS NULL OR c.checkpoint_ns = %(checkpoint_ns)s::text)
-      AND (%(checkpoint_id)s::text IS NULL OR c.checkpoint_id = %(checkpoint_id)s::text)
-      AND (%(before)s::text IS NULL OR c.checkpoint_id < %(before)s::text)
-      AND c.metadata @> %(filter)s::jsonb
-    ORDER BY c.checkpoint_id DESC
-    LIMIT %(limit)s::bigint
-) c
+FROM ({chosen}) c
 CROSS JOIN LATERAL (
     SELECT array_agg(x.channel ORDER BY x.channel, x.seq) AS v_channels,
            array_agg(x.type ORDER BY x.channel, x.seq) AS v_types,

@@ -4,11 +4,13 @@ a new process, bad input, threads tied to users (erasure, export), and linear st
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import json
 import os
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -282,6 +284,87 @@ def test_forks_from_an_older_checkpoint_keep_every_branch_whole(database_url: st
             ["a", "b"],
             ["a", "x"],
             ["a", "y", "z"],
+        ]
+
+
+def test_the_async_savers_sync_methods_run_on_its_loop(database_url: str) -> None:
+    """``graph.invoke`` from a worker thread of an asyncio bot: the sync methods run the async
+    ones on the saver's loop; called on that loop itself they would deadlock, and raise."""
+
+    async def main() -> None:
+        async with AsyncStore(database_url) as db:
+            saver = AsyncSessionkeeperSaver(db)
+            root = config_of(thread_id="twins", checkpoint_ns="")
+            stored = await saver.aput(root, empty_checkpoint(), {}, {})
+            with pytest.raises(InvalidInput, match="own event loop"):
+                saver.get_tuple(stored)
+
+            def from_a_thread() -> list[Any]:
+                again = saver.put(stored, empty_checkpoint(), {"step": 1}, {})
+                saver.put_writes(again, [("a", "b")], "task-1")
+                found = saver.get_tuple(root)
+                assert found is not None and found.pending_writes == [("task-1", "a", "b")]
+                listed = [t.metadata.get("step") for t in saver.list(root)]
+                saver.delete_thread("twins")
+                return [listed, saver.get_tuple(root)]
+
+            assert await asyncio.to_thread(from_a_thread) == [[1, None], None]
+
+    asyncio.run(main())
+
+
+def test_the_saver_holds_no_message_its_bot_let_go(
+    database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    """The messages a read returned extend the thread's line while the bot holds them (only the
+    new one is written); once it lets them go the saver keeps none alive, and a value of equal
+    but new messages then goes to a new line, read back whole."""
+    from langchain_core.messages import AIMessage, HumanMessage
+
+    def checkpoint(messages: list[Any], version: int) -> Any:
+        c = empty_checkpoint()
+        c["channel_values"] = {"messages": messages}
+        c["channel_versions"] = {"messages": version}
+        return c
+
+    def items_and_lines() -> tuple[int, int]:
+        c = counts(conn)
+        return c["langgraph_items"], c["langgraph_lines"]
+
+    with Store(database_url) as db:
+        saver = SessionkeeperSaver(db)
+        first = [HumanMessage("hello", id="1"), AIMessage("hi", id="2")]
+        c1 = saver.put(
+            config_of(thread_id="weak", checkpoint_ns=""), checkpoint(first, 1), {}, {"messages": 1}
+        )
+        del first
+        found = saver.get_tuple(c1)
+        assert found is not None
+        read = found.checkpoint["channel_values"]["messages"]
+        before = items_and_lines()
+        c2 = saver.put(
+            c1, checkpoint([*read, HumanMessage("again", id="3")], 2), {}, {"messages": 2}
+        )
+        assert items_and_lines() == (before[0] + 1, before[1])  # the new message, same line
+        probe = weakref.ref(read[0])
+        del found, read
+        gc.collect()
+        assert probe() is None
+        equal = [
+            HumanMessage("hello", id="1"),
+            AIMessage("hi", id="2"),
+            HumanMessage("again", id="3"),
+        ]
+        c3 = saver.put(c2, checkpoint([*equal, AIMessage("bye", id="4")], 3), {}, {"messages": 3})
+        assert items_and_lines()[1] == before[1] + 1  # a new line
+        fresh = SessionkeeperSaver(db)
+        latest = fresh.get_tuple(c3)
+        assert latest is not None
+        assert [m.text for m in latest.checkpoint["channel_values"]["messages"]] == [
+            "hello",
+            "hi",
+            "again",
+            "bye",
         ]
 
 
