@@ -805,14 +805,23 @@ BEGIN
             PERFORM sk_publish_proactive_list(true);
         END IF;
         -- aiogram FSM states: linked to the user, or keyed by its channel identity (a state
-        -- written before the user's first turn has no link).
-        WITH d AS (DELETE FROM aiogram_fsm_states f
-                   WHERE f.user_id = ANY(v_users)
-                      OR (f.channel, f.telegram_user_id::text) IN (
-                          SELECT u.channel, u.channel_user_id FROM users u
-                          WHERE u.user_id = ANY(v_users))
-                   RETURNING 1)
+        -- written before the user's first turn has no link). Two statements, each an index
+        -- lookup: matched as text (telegram_user_id::text) the key read every state of the
+        -- channel. The channel user id as the bigint whose text it is (NULL if none is), so
+        -- the rows are exactly those whose telegram_user_id::text equals it; a CASE, so that
+        -- the casts only see text they accept.
+        WITH d AS (DELETE FROM aiogram_fsm_states f WHERE f.user_id = ANY(v_users) RETURNING 1)
         SELECT count(*) INTO v_n FROM d;
+        WITH d AS (DELETE FROM aiogram_fsm_states f
+                   USING users u
+                   WHERE u.user_id = ANY(v_users) AND f.channel = u.channel
+                     AND f.telegram_user_id = CASE
+                         WHEN u.channel_user_id !~ '^(0|-?[1-9][0-9]{0,18})$' THEN NULL
+                         WHEN u.channel_user_id::numeric
+                              BETWEEN -9223372036854775808 AND 9223372036854775807
+                         THEN u.channel_user_id::bigint END
+                   RETURNING 1)
+        SELECT v_n + count(*) INTO v_n FROM d;
         RETURN QUERY SELECT 'aiogram_fsm_states', 'deleted', v_n;
         -- LangGraph threads tied to the users, with every row of theirs.
         RETURN QUERY SELECT * FROM sk_langgraph_forget(v_users);

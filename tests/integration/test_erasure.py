@@ -219,6 +219,54 @@ def test_forget_person_removes_all_its_users(store: Store, conn: psycopg.Connect
     assert store.get_history(store.get_or_create_session(world.bob).session_id)
 
 
+def test_unlinked_aiogram_states_go_by_the_exact_telegram_id(
+    store: Store, conn: psycopg.Connection[Any]
+) -> None:
+    # sk_forget finds a state written before the user's first turn by (channel, id): the
+    # states whose telegram_user_id::text is the channel user id, and no others, whatever
+    # that id looks like (an index lookup on the bigint since issue 24).
+    top = 2**63 - 1
+    ids = ["7", "007", "-7", str(top), str(top + 1), "alice", ""]
+    users = {}
+    for channel_user_id in ids:
+        row = conn.execute(
+            "INSERT INTO users (channel, channel_user_id) VALUES ('telegram', %s)"
+            " RETURNING user_id",
+            [channel_user_id],
+        ).fetchone()
+        assert row is not None
+        users[channel_user_id] = row[0]
+    for telegram_id in (7, -7, top, 8):
+        conn.execute(
+            "INSERT INTO aiogram_fsm_states (bot_id, chat_id, telegram_user_id, channel, state)"
+            " VALUES (1, %s, %s, 'telegram', 'unlinked'), (2, %s, %s, 'whatsapp', 'other')",
+            [telegram_id, telegram_id, telegram_id, telegram_id],
+        )
+
+    def states() -> list[int]:
+        rows = conn.execute(
+            "SELECT telegram_user_id FROM aiogram_fsm_states WHERE channel = 'telegram' ORDER BY 1"
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    deleted = {
+        cid: store.forget_user(users[cid]).deleted["aiogram_fsm_states"]
+        for cid in ("007", "alice", "", str(top + 1))
+    }
+    assert deleted == {"007": 0, "alice": 0, "": 0, str(top + 1): 0}
+    assert states() == [-7, 7, 8, top]
+    deleted = {
+        cid: store.forget_user(users[cid]).deleted["aiogram_fsm_states"]
+        for cid in ("7", "-7", str(top))
+    }
+    assert deleted == {"7": 1, "-7": 1, str(top): 1}
+    assert states() == [8]
+    # Another channel's states under the same numbers stay.
+    assert conn.execute(
+        "SELECT count(*) FROM aiogram_fsm_states WHERE channel = 'whatsapp'"
+    ).fetchone() == (4,)
+
+
 def test_the_last_user_of_a_person_takes_the_person_along(
     store: Store, conn: psycopg.Connection[Any]
 ) -> None:
