@@ -675,8 +675,8 @@ END $$;
 -- plan_cache_mode = force_generic_plan: every statement here (and in the functions it calls,
 -- which inherit the setting) finds rows by user, session, thread or code through an index, for
 -- which the generic plan is the plan. With the default (auto) PL/pgSQL re-planned most of them
--- on every erasure: half of an erasure's server time, 1.8 ms for the usage_stats DELETE alone
--- (every daily partition planned), for users/s of the user_retention job (issue 24).
+-- on every erasure: half of an erasure's server time, 1-2 ms for the usage_stats DELETE alone
+-- (every daily partition planned), which bounds the user_retention job's users/s (issue 24).
 CREATE OR REPLACE FUNCTION sk_forget(p_user_id uuid, p_person_id uuid)
 RETURNS TABLE (table_name text, action text, row_count bigint)
 LANGUAGE plpgsql
