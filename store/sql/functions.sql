@@ -672,9 +672,16 @@ END $$;
 -- everything the store holds about them, in one transaction; one row per table with what was
 -- done, or a single 'blocked' row naming the foreign key of another subsystem that refers to
 -- the user (then nothing was changed). No rows: no such user or person.
+-- plan_cache_mode = force_generic_plan: every statement here (and in the functions it calls,
+-- which inherit the setting) finds rows by user, session, thread or code through an index, for
+-- which the generic plan is the plan. With the default (auto) PL/pgSQL re-planned most of them
+-- on every erasure: half of an erasure's server time, 1-2 ms for the usage_stats DELETE alone
+-- (every daily partition planned), which bounds the user_retention job's users/s (issue 24).
 CREATE OR REPLACE FUNCTION sk_forget(p_user_id uuid, p_person_id uuid)
 RETURNS TABLE (table_name text, action text, row_count bigint)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan
+AS $$
 #variable_conflict use_column
 DECLARE
     -- Usage totals outlive the user under this id, as anonymous aggregates.
@@ -798,14 +805,23 @@ BEGIN
             PERFORM sk_publish_proactive_list(true);
         END IF;
         -- aiogram FSM states: linked to the user, or keyed by its channel identity (a state
-        -- written before the user's first turn has no link).
-        WITH d AS (DELETE FROM aiogram_fsm_states f
-                   WHERE f.user_id = ANY(v_users)
-                      OR (f.channel, f.telegram_user_id::text) IN (
-                          SELECT u.channel, u.channel_user_id FROM users u
-                          WHERE u.user_id = ANY(v_users))
-                   RETURNING 1)
+        -- written before the user's first turn has no link). Two statements, each an index
+        -- lookup: matched as text (telegram_user_id::text) the key read every state of the
+        -- channel. The channel user id as the bigint whose text it is (NULL if none is), so
+        -- the rows are exactly those whose telegram_user_id::text equals it; a CASE, so that
+        -- the casts only see text they accept.
+        WITH d AS (DELETE FROM aiogram_fsm_states f WHERE f.user_id = ANY(v_users) RETURNING 1)
         SELECT count(*) INTO v_n FROM d;
+        WITH d AS (DELETE FROM aiogram_fsm_states f
+                   USING users u
+                   WHERE u.user_id = ANY(v_users) AND f.channel = u.channel
+                     AND f.telegram_user_id = CASE
+                         WHEN u.channel_user_id !~ '^(0|-?[1-9][0-9]{0,18})$' THEN NULL
+                         WHEN u.channel_user_id::numeric
+                              BETWEEN -9223372036854775808 AND 9223372036854775807
+                         THEN u.channel_user_id::bigint END
+                   RETURNING 1)
+        SELECT v_n + count(*) INTO v_n FROM d;
         RETURN QUERY SELECT 'aiogram_fsm_states', 'deleted', v_n;
         -- LangGraph threads tied to the users, with every row of theirs.
         RETURN QUERY SELECT * FROM sk_langgraph_forget(v_users);
@@ -838,11 +854,14 @@ BEGIN
             WHERE NOT rolled_up OR rolled_up IS NULL AND inserted_xid >= coalesce(v_watermark, 0)
             GROUP BY 1, 2
         )
-        SELECT (SELECT count(*) FROM d), sk_add_usage_daily(
-                   array_agg(f.day), array_fill(v_anonymous, ARRAY[count(*)::int]),
-                   array_agg(f.channel), array_agg(f.requests), array_agg(f.input_tokens),
-                   array_agg(f.output_tokens), array_agg(f.cached_tokens), now())
-        INTO v_n, v_added FROM folded f;
+        SELECT (SELECT count(*) FROM d), (
+                   SELECT sk_add_usage_daily(
+                       array_agg(f.day), array_fill(v_anonymous, ARRAY[count(*)::int]),
+                       array_agg(f.channel), array_agg(f.requests), array_agg(f.input_tokens),
+                       array_agg(f.output_tokens), array_agg(f.cached_tokens), now())
+                   FROM folded f
+                   HAVING count(*) > 0)  -- nothing to add: no call (an SQL function plans anew)
+        INTO v_n, v_added;
         RETURN QUERY SELECT 'usage_stats', 'deleted', v_n;
         -- The user's daily totals are merged into the anonymous ones.
         WITH d AS (DELETE FROM usage_daily WHERE user_id = ANY(v_users) RETURNING *),
@@ -853,11 +872,14 @@ BEGIN
                    sk_capped_total(sum(cached_tokens)) AS cached_tokens
             FROM d GROUP BY day, channel
         )
-        SELECT (SELECT count(*) FROM d), sk_add_usage_daily(
-                   array_agg(m.day), array_fill(v_anonymous, ARRAY[count(*)::int]),
-                   array_agg(m.channel), array_agg(m.requests), array_agg(m.input_tokens),
-                   array_agg(m.output_tokens), array_agg(m.cached_tokens), now())
-        INTO v_n, v_added FROM merged m;
+        SELECT (SELECT count(*) FROM d), (
+                   SELECT sk_add_usage_daily(
+                       array_agg(m.day), array_fill(v_anonymous, ARRAY[count(*)::int]),
+                       array_agg(m.channel), array_agg(m.requests), array_agg(m.input_tokens),
+                       array_agg(m.output_tokens), array_agg(m.cached_tokens), now())
+                   FROM merged m
+                   HAVING count(*) > 0)
+        INTO v_n, v_added;
         RETURN QUERY SELECT 'usage_daily', 'anonymised', v_n;
         -- `sessionkeeper citus-ddl` re-keys users created before revision 0014 and keeps the
         -- mapping in user_id_rekeys (not part of the migrated schema: only where it ran). The

@@ -219,6 +219,54 @@ def test_forget_person_removes_all_its_users(store: Store, conn: psycopg.Connect
     assert store.get_history(store.get_or_create_session(world.bob).session_id)
 
 
+def test_unlinked_aiogram_states_go_by_the_exact_telegram_id(
+    store: Store, conn: psycopg.Connection[Any]
+) -> None:
+    # sk_forget finds a state written before the user's first turn by (channel, id): the
+    # states whose telegram_user_id::text is the channel user id, and no others, whatever
+    # that id looks like (an index lookup on the bigint since issue 24).
+    top = 2**63 - 1
+    ids = ["7", "007", "-7", str(top), str(top + 1), "alice", ""]
+    users = {}
+    for channel_user_id in ids:
+        row = conn.execute(
+            "INSERT INTO users (channel, channel_user_id) VALUES ('telegram', %s)"
+            " RETURNING user_id",
+            [channel_user_id],
+        ).fetchone()
+        assert row is not None
+        users[channel_user_id] = row[0]
+    for telegram_id in (7, -7, top, 8):
+        conn.execute(
+            "INSERT INTO aiogram_fsm_states (bot_id, chat_id, telegram_user_id, channel, state)"
+            " VALUES (1, %s, %s, 'telegram', 'unlinked'), (2, %s, %s, 'whatsapp', 'other')",
+            [telegram_id, telegram_id, telegram_id, telegram_id],
+        )
+
+    def states() -> list[int]:
+        rows = conn.execute(
+            "SELECT telegram_user_id FROM aiogram_fsm_states WHERE channel = 'telegram' ORDER BY 1"
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    deleted = {
+        cid: store.forget_user(users[cid]).deleted["aiogram_fsm_states"]
+        for cid in ("007", "alice", "", str(top + 1))
+    }
+    assert deleted == {"007": 0, "alice": 0, "": 0, str(top + 1): 0}
+    assert states() == [-7, 7, 8, top]
+    deleted = {
+        cid: store.forget_user(users[cid]).deleted["aiogram_fsm_states"]
+        for cid in ("7", "-7", str(top))
+    }
+    assert deleted == {"7": 1, "-7": 1, str(top): 1}
+    assert states() == [8]
+    # Another channel's states under the same numbers stay.
+    assert conn.execute(
+        "SELECT count(*) FROM aiogram_fsm_states WHERE channel = 'whatsapp'"
+    ).fetchone() == (4,)
+
+
 def test_the_last_user_of_a_person_takes_the_person_along(
     store: Store, conn: psycopg.Connection[Any]
 ) -> None:
@@ -458,3 +506,64 @@ def test_erasure_leaves_nothing_in_any_table(
     # The items left are the kept users' own, to the last one.
     assert item_counts(conn, kept)[0] == item_counts(conn, kept)[1]
     assert tables_naming(conn, [str(bystander)])  # erasure took nobody else's rows
+
+
+# Tables the benchmark's backlog makes large, each with a row for every one of CROWD users.
+CROWD = 5000
+CROWDED = {
+    # Codes made by one user and redeemed by the next (found by user_id and by used_by).
+    "link_codes": "INSERT INTO link_codes (code, user_id, expires_at, used_at, used_by)"
+    " SELECT 'c' || n, user_id, now(), now(), lead(user_id) OVER (ORDER BY n) FROM crowd",
+    # States written before the users' first turn: found by (channel, Telegram id) only.
+    "aiogram_fsm_states": "INSERT INTO aiogram_fsm_states (bot_id, chat_id, telegram_user_id,"
+    " channel, state) SELECT 1, n, n, 'telegram', 's' FROM crowd",
+    "telegram_persistence": "INSERT INTO telegram_persistence (namespace, kind, key, channel,"
+    " owner_ids, data) SELECT 'default', 'user_data', n::text, 'telegram', ARRAY[n::text], '{}'"
+    " FROM crowd",
+    "usage_daily": "INSERT INTO usage_daily (day, user_id, channel, requests, input_tokens,"
+    " output_tokens, cached_tokens) SELECT current_date, user_id, 'telegram', 1, 1, 1, 1"
+    " FROM crowd",
+    "archived_sessions": "INSERT INTO archived_sessions (session_id, user_id, created_at,"
+    " last_active, next_seq) SELECT gen_random_uuid(), user_id, now(), now(), 0 FROM crowd",
+    "link_code_failures": "INSERT INTO link_code_failures (user_id, window_start, failures)"
+    " SELECT user_id, now(), 1 FROM crowd",
+}
+
+
+def test_erasure_reads_no_large_table_whole(store: Store, conn: psycopg.Connection[Any]) -> None:
+    # Issue 24: an erasure is a few index lookups per table. A sequential scan of a table that
+    # grows with the users (link_codes by used_by, aiogram states by Telegram id) made the
+    # user_retention job forget 46 users/s on the benchmark's backlog.
+    conn.execute(
+        "CREATE TEMP TABLE crowd AS SELECT n, sk_user_key('telegram', n::text) AS user_id"
+        " FROM generate_series(1, %s) n",
+        [CROWD],
+    )
+    conn.execute(
+        "INSERT INTO users (user_id, channel, channel_user_id)"
+        " SELECT user_id, 'telegram', n::text FROM crowd"
+    )
+    for statement in CROWDED.values():
+        conn.execute(statement)
+    conn.execute("ANALYZE")
+    row = conn.execute("SELECT user_id FROM crowd WHERE n = %s", [CROWD // 2]).fetchone()
+    assert row is not None
+    with conn.transaction():
+        done = {
+            table: n for table, _, n in conn.execute("SELECT * FROM sk_forget(%s, NULL)", [row[0]])
+        }
+        whole = conn.execute(
+            "SELECT relname FROM pg_stat_xact_user_tables"
+            " WHERE seq_scan > 0 AND relname = ANY(%s) ORDER BY 1",
+            [list(CROWDED)],
+        ).fetchall()
+    assert whole == []
+    # It found the user's rows all the same: its own code and the one it redeemed, its state.
+    assert {t: done[t] for t in CROWDED} == {
+        "link_codes": 2,
+        "aiogram_fsm_states": 1,
+        "telegram_persistence": 1,
+        "usage_daily": 1,  # anonymised
+        "archived_sessions": 1,
+        "link_code_failures": 1,
+    }
