@@ -164,6 +164,9 @@ def _partitions_ahead(url: str, config: Config) -> tuple[str, int]:
     partitions made ahead even while no daemon runs. A line to print and the exit code: a role
     that may not make partitions fails nothing (the daemon makes them); an error of the job
     does, the schema staying migrated."""
+    job = config.jobs["partition_maintenance"]
+    if not job.enabled:
+        return "partitions ahead: none made (partition_maintenance is disabled)", 0
     conninfo = job_conninfo(url, config)
 
     def connect() -> psycopg.Connection[Any]:
@@ -184,7 +187,6 @@ def _partitions_ahead(url: str, config: Config) -> tuple[str, int]:
             f" (only their owner's role may); {advice} (docs/roles.md)",
             0,
         )
-    job = config.jobs["partition_maintenance"]
     try:
         report = run_job(
             connect,

@@ -93,6 +93,23 @@ def test_a_role_that_may_not_make_partitions_is_told_and_the_migration_stands(
     assert partitions.list_partitions(conn) == left
 
 
+def test_the_job_s_settings_are_followed(conn: Conn, database_url: str) -> None:
+    cut_after_tomorrow(conn)
+    left = partitions.list_partitions(conn)
+    disabled = clean_env(
+        DATABASE_URL=database_url, SESSIONKEEPER_PARTITION_MAINTENANCE_ENABLED="false"
+    )
+    result = sessionkeeper("migrate", env=disabled)
+    assert result.returncode == 0, result.stderr
+    assert "partitions ahead: none made (partition_maintenance is disabled)" in result.stdout
+    assert partitions.list_partitions(conn) == left
+    fewer = clean_env(DATABASE_URL=database_url, SESSIONKEEPER_PARTITION_MAINTENANCE_AHEAD="3")
+    result = sessionkeeper("migrate", env=fewer)
+    assert result.returncode == 0, result.stderr
+    assert "(partition_maintenance, ahead=3): " in result.stdout, result.stdout
+    assert "now ahead: rate_limits 3, usage_stats 3" in result.stdout, result.stdout
+
+
 @pytest.mark.parametrize("kind", ["owner", "daemon"])
 def test_the_owner_and_the_daemon_may(conn: Conn, database_url: str, kind: str) -> None:
     # The migrate login takes the owner role as the revisions do; the daemon's login may take it
