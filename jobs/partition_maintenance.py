@@ -2,9 +2,9 @@
 
 Each run makes the partitions for the current slot and ``ahead`` more, per table (see
 jobs/partitions.py), and reports how many lie ahead (``details["ahead"]``; the daemon also
-exports it as ``sessionkeeper_partitions_ahead{table}``). A partition that is missing anyway
-refuses nothing: its rows go to the table's DEFAULT partition and move into the partition
-when it is made.
+exports it as ``sessionkeeper_partitions_ahead{table}``). A row no partition covers is
+refused (``store.PartitionMissing``: the tables have no DEFAULT partition since revision 0022).
+``sessionkeeper migrate`` runs it too, at the end of every migrate (docs/partitions.md).
 """
 
 from __future__ import annotations

@@ -95,6 +95,13 @@ class Partition:
     detach_pending: bool = False  # a DETACH ... CONCURRENTLY cancelled half-way
 
 
+def ddl_refused(conn: Connection, tables: tuple[str, ...] = tuple(KEYS)) -> list[str]:
+    """The tables whose partitions the connected role may not make or drop: PostgreSQL lets
+    only the table's owner, and the members of its role (see _as_owner), do that."""
+    rows = conn.execute(QUERIES["partition_ddl_refused"], {"tables": list(tables)}).fetchall()
+    return [name for (name,) in rows]
+
+
 def list_partitions(conn: Connection, tables: tuple[str, ...] = tuple(KEYS)) -> list[Partition]:
     rows = conn.execute(QUERIES["partitions"], {"tables": list(tables)}).fetchall()
     return [Partition(*row) for row in rows]
@@ -387,6 +394,15 @@ def _rows(conn: Connection, partition: Partition) -> int:
     return int(row[0]) if row else 0
 
 
+def detach_concurrently(server_version: int, *, has_default: bool, citus: bool) -> bool:
+    """Whether partitions are detached with ``DETACH ... CONCURRENTLY``: PostgreSQL 14 and later
+    (``server_version`` as libpq reports it, 150004 for 15.4), a table without a DEFAULT
+    partition, and no Citus (which refuses ``DETACH ... CONCURRENTLY`` and ``FINALIZE`` on a
+    distributed table). Otherwise the plain ``DETACH``, which holds the table in ACCESS
+    EXCLUSIVE mode for the milliseconds of the detach (docs/partitions.md, "Locks")."""
+    return server_version >= 140000 and not has_default and not citus
+
+
 def has_default(partitions: list[Partition], table: str) -> bool:
     return any(p.parent == table and p.is_default for p in partitions)
 
@@ -407,12 +423,19 @@ def drop_expired(
     settings: DdlSettings,
     pause: Pause = uninterrupted,
     keep_if: Callable[[Connection, str], bool] | None = None,
+    server_version: int | None = None,
 ) -> tuple[int, int, int]:
     """Drop every partition of ``table`` that ended before ``before``: (partitions dropped,
-    their rows, partitions deferred or kept)."""
+    their rows, partitions deferred or kept). ``server_version`` decides the detach (see
+    detach_concurrently); the connected server's unless given (tests take the plain path on a
+    server that has both)."""
     partitions = list_partitions(conn, (table,))
-    # DETACH ... CONCURRENTLY: PostgreSQL 14 and later, on a table without a DEFAULT partition.
-    concurrently = conn.info.server_version >= 140000 and not has_default(partitions, table)
+    citus = conn.execute(QUERIES["partition_citus"]).fetchone() is not None
+    concurrently = detach_concurrently(
+        server_version or conn.info.server_version,
+        has_default=has_default(partitions, table),
+        citus=citus,
+    )
     dropped = rows = deferred = 0
     blocked = False
     # A partition left "detach pending" first: until it is finished, PostgreSQL refuses every

@@ -309,6 +309,15 @@ SELECT r.rolname,
 FROM pg_class c JOIN pg_roles r ON r.oid = c.relowner
 WHERE c.oid = %(table)s::regclass
 
+-- partition_ddl_refused --
+-- The tables whose partitions the connected role may not make or drop: it is not a member of
+-- the owner's role (partition DDL needs the owner's privileges; _as_owner takes them).
+SELECT c.relname
+FROM pg_class c
+WHERE c.oid = ANY (%(tables)s::text[]::regclass[])
+  AND NOT pg_has_role(current_user, c.relowner, 'MEMBER')
+ORDER BY 1
+
 -- partition_lock_timeout --
 -- The longest wait for a lock of partition DDL: lock_timeout_ms, and less than half the
 -- server's deadlock_timeout. The bots lock users and these tables in both orders (begin_turn:
@@ -323,11 +332,17 @@ SELECT set_config('lock_timeout',
                         * 1000 / 2)::int || 'ms',
                   true)
 
+-- partition_citus --
+-- A row when Citus is installed: it refuses DETACH ... CONCURRENTLY and FINALIZE on distributed
+-- tables (docs/partitions.md, "Citus"), so partitions are detached the plain way.
+SELECT 1 FROM pg_extension WHERE extname = 'citus'
+
 -- partition_lock_for_detach --
--- A detach (not CONCURRENTLY: the table has a DEFAULT partition) takes the table in ACCESS
--- EXCLUSIVE mode, and users in SHARE ROW EXCLUSIVE mode (the detached table's foreign key gets
--- triggers of its own there); taken first, the table before users as ATTACH takes them, for
--- the milliseconds of the detach alone: nothing is read or dropped under them.
+-- A plain detach (PostgreSQL 13, a DEFAULT partition, or Citus: partitions.detach_concurrently)
+-- takes the table in ACCESS EXCLUSIVE mode, and users in SHARE ROW EXCLUSIVE mode (the detached
+-- table's foreign key gets triggers of its own there); taken first, the table before users as
+-- ATTACH takes them, for the milliseconds of the detach alone: nothing is read or dropped under
+-- them.
 LOCK TABLE {parent} IN ACCESS EXCLUSIVE MODE
 
 -- partition_exists --

@@ -33,7 +33,7 @@ from sessionkeeper.admin.embedded import EmbeddedPostgres
 from sessionkeeper.daemon.config import Config, JobConfig, load_config, settings_reference
 from sessionkeeper.daemon.logs import log_run, setup_logging
 from sessionkeeper.daemon.service import Daemon, job_conninfo
-from sessionkeeper.jobs import JOB_NAMES, ledger, session_archival
+from sessionkeeper.jobs import JOB_NAMES, ledger, partitions, session_archival
 from sessionkeeper.jobs.runner import WINDOW_CLOSED, JobFailed, run_job
 from sessionkeeper.progress import Progress, write
 from store import Forgotten, InvalidInput, NotFound, Store, local_server
@@ -145,6 +145,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
             legacy.upgrade(db.url, options, write, progress=progress, stop=stop.event.is_set)
         after = migrate.current_revision(db.url)
+        if stop.signum is None:
+            ahead, code = _partitions_ahead(db.url, args.config)
     if stop.signum is not None:
         print(f"database {describe(db.url)} at {after}; interrupted: run migrate again to finish")
         return stop.exit_code
@@ -152,7 +154,61 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         print(f"database {describe(db.url)} already at {after}")
     else:
         print(f"database {describe(db.url)} migrated from {before or 'empty'} to {after}")
-    return 0
+    print(ahead, file=sys.stderr if code else sys.stdout)
+    return code
+
+
+def _partitions_ahead(url: str, config: Config) -> tuple[str, int]:
+    """partition_maintenance, run once at the end of every migrate (the daemon's job, with its
+    lock, ledger and settings), so that a deployment that migrates at every start has its
+    partitions made ahead even while no daemon runs. A line to print and the exit code: a role
+    that may not make partitions fails nothing (the daemon makes them); an error of the job
+    does, the schema staying migrated."""
+    job = config.jobs["partition_maintenance"]
+    if not job.enabled:
+        return "partitions ahead: none made (partition_maintenance is disabled)", 0
+    conninfo = job_conninfo(url, config)
+
+    def connect() -> psycopg.Connection[Any]:
+        conn = psycopg.connect(conninfo, autocommit=True)
+        # As the revisions ran: as the owner role when this login may take it (docs/roles.md).
+        roles.assume_owner(conn)
+        return conn
+
+    with connect() as conn:
+        refused = partitions.ddl_refused(conn)
+        role = conn.execute("SELECT current_user").fetchone()
+    not_made = "partitions ahead not made"
+    advice = "the daemon's partition_maintenance makes them, or run migrate as their owner"
+    if refused:
+        who = role[0] if role else "?"
+        return (
+            f"{not_made}: role {who} may not create partitions of {' and '.join(refused)}"
+            f" (only their owner's role may); {advice} (docs/roles.md)",
+            0,
+        )
+    try:
+        report = run_job(
+            connect,
+            "partition_maintenance",
+            job.settings,
+            replica_id=config.replica_id,
+            ledger_keep_seconds=config.ledger_retention_seconds,
+            store=config.store,
+        )
+    except JobFailed as exc:
+        if isinstance(exc.__cause__, psycopg.errors.InsufficientPrivilege):
+            return f"{not_made}: {exc.report.error}; {advice}", 0
+        return f"{not_made} (the schema is migrated): {exc.report.error}", 1
+    if report.outcome == "skipped":
+        return "partitions ahead: partition_maintenance is running elsewhere (skipped)", 0
+    details = report.details
+    lead = ", ".join(f"{table} {count}" for table, count in details["ahead"].items())
+    return (
+        f"partitions ahead (partition_maintenance, ahead={job.settings.ahead}):"
+        f" {details['created']} made, {details['deferred']} deferred; now ahead: {lead}",
+        0,
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
