@@ -355,6 +355,9 @@ class JobRun:
     yields: list[tuple[float, float]] = field(default_factory=list)
     # Online statements' waits on the job's locks: (seconds from the job's start, ms).
     lock_waits: list[tuple[float, float]] = field(default_factory=list)
+    # The pacer's signal at each batch boundary: (seconds from the job's start, signal ms,
+    # limit ms), to tune the yield settings against what the turns felt.
+    signals: list[tuple[float, float, float]] = field(default_factory=list)
 
     def latencies(self, start: float, end: float) -> list[float]:
         return [ms for t, ms in self.turns if start <= t < end]
@@ -394,6 +397,9 @@ class JobRun:
             "lock_waits": len(self.lock_waits),
             "yields": len(self.yields),
             "yielded_seconds": round(yielded, 2),
+            "pacer_signal": [
+                (round(t, 3), round(sig, 3), round(lim, 3)) for t, sig, lim in self.signals
+            ],
             # Release 0.2's keys, same meaning: the idle window, and the job's run alone.
             "online_turns": len(online_ms),
             "idle_p50_ms": round(median(idle_ms), 3),
@@ -476,6 +482,7 @@ def run_jobs(
                 changed["pause_seconds"] = pause_seconds
             settings = spec.settings(**changed)
             yields: list[tuple[float, float]] = []
+            signals: list[tuple[float, float, float]] = []
             meter.begin()
             t0 = time.perf_counter()
 
@@ -484,9 +491,12 @@ def run_jobs(
                 extra: float,
                 t0: float = t0,
                 yields: list[tuple[float, float]] = yields,
+                signals: list[tuple[float, float, float]] = signals,
             ) -> None:
+                at = time.perf_counter() - t0
+                signals.append((at, 1000 * state.signal_seconds, 1000 * state.limit_seconds))
                 if extra > 0:
-                    yields.append((time.perf_counter() - t0, extra))
+                    yields.append((at, extra))
 
             with (
                 paced(name, yielding, conninfo, uninterrupted, seen) as pause,
@@ -510,6 +520,7 @@ def run_jobs(
                     idle_server,
                     yields,
                     [(t - t0, ms) for t, ms in locks.episodes()],
+                    signals,
                 )
             )
     meter.close()
