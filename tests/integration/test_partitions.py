@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from partition_support import drop_calendar
+from partition_support import bots_writing, drop_calendar, reporting_lock_waits
 
 from sessionkeeper.admin import migrate
 from sessionkeeper.jobs import partition_maintenance, partitions, rate_limit_cleanup, usage_rollup
@@ -314,27 +314,9 @@ def test_bots_never_fail_while_partitions_are_made_and_dropped(
     # begin_turn locks the user before rate_limits; finish_turn's usage row (and 0.1.0's
     # check_rate_limit) lock the table before the user (foreign-key check): the job must
     # yield in every lock cycle with either.
-    stop = threading.Event()
-    errors: list[BaseException] = []
-    turns = [0]
-
-    def bot(number: int) -> None:
-        with Store(database_url, max_size=1, rate_per_minute=None) as store:
-            while not stop.is_set():
-                try:
-                    turn = store.begin_turn("telegram", f"bot{number}")
-                    store.finish_turn(turn, "q", "a", input_tokens=1, output_tokens=1)
-                    turns[0] += 1
-                except BaseException as exc:
-                    errors.append(exc)
-                    return
-
-    bots = [threading.Thread(target=bot, args=(n,)) for n in range(3)]
-    for thread in bots:
-        thread.start()
     real_now = datetime.now(UTC)
     made = dropped = 0
-    try:
+    with bots_writing(database_url, "bot"):
         for step in range(12):
             # Partitions made a day further ahead each step, and the oldest ones dropped.
             made += maintain(conn, real_now - 8 * DAY, ahead=8 + step)["created"]
@@ -345,12 +327,7 @@ def test_bots_never_fail_while_partitions_are_made_and_dropped(
             usage_rollup.run(
                 conn, usage_rollup.Settings(prune_after_seconds=86400), real_now - 6 * DAY
             )
-    finally:
-        stop.set()
-        for thread in bots:
-            thread.join(60)
-    assert errors == []
-    assert turns[0] > 0 and made > 0 and dropped > 0
+    assert made > 0 and dropped > 0
 
 
 # -- partition DDL and the bots' lock waits ----------------------------------------------------
@@ -386,27 +363,9 @@ def test_bots_never_wait_on_partition_ddl_beyond_the_bound(
     # A server of its own that reports every lock wait longer than the bound.
     server = embedded_server_factory()
     server.start()
-    with psycopg.connect(server.url("postgres"), autocommit=True) as admin:
-        admin.execute("ALTER SYSTEM SET log_lock_waits = on")
-        admin.execute(f"ALTER SYSTEM SET deadlock_timeout = '{LOCK_WAIT_BOUND_MS}ms'")
-        admin.execute("SELECT pg_reload_conf()")
+    reporting_lock_waits(server, LOCK_WAIT_BOUND_MS)
     url = server.ensure_database("ddl")
     migrate.upgrade(url)
-    stop = threading.Event()
-    errors: list[BaseException] = []
-    turns = [0]
-
-    def bot(number: int) -> None:
-        with Store(url, max_size=1, rate_per_minute=None) as store:
-            while not stop.is_set():
-                try:
-                    turn = store.begin_turn("telegram", f"ddl-bot{number}")
-                    store.finish_turn(turn, "q", "a", input_tokens=1, output_tokens=1)
-                    turns[0] += 1
-                except BaseException as exc:
-                    errors.append(exc)
-                    return
-
     real_now = datetime.now(UTC)
     # Revision 0022 made the partitions up to a week ahead.
     settings = partition_maintenance.Settings(ahead=7)
@@ -415,11 +374,8 @@ def test_bots_never_wait_on_partition_ddl_beyond_the_bound(
         # Partitions for the past week and today, as a running daemon would have left them.
         partition_maintenance.run(conn, settings, real_now - 8 * DAY)
         partition_maintenance.run(conn, settings, real_now)
-        bots = [threading.Thread(target=bot, args=(n,)) for n in range(3)]
-        for thread in bots:
-            thread.start()
         made = dropped = 0
-        try:
+        with bots_writing(url, "ddl-bot"):
             for step in range(1, 8):
                 # One day on: the next partition ahead made, the oldest dropped.
                 made += partition_maintenance.run(
@@ -433,11 +389,6 @@ def test_bots_never_wait_on_partition_ddl_beyond_the_bound(
                     usage_rollup.Settings(prune_after_seconds=86400),
                     real_now - (7 - step) * DAY,
                 )
-        finally:
-            stop.set()
-            for thread in bots:
-                thread.join(60)
-    assert errors == [] and turns[0] > 0
     assert made >= 7 and dropped > 0
     assert waits_on(server.log_file.read_text(), job_pid) == []
 

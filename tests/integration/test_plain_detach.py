@@ -1,34 +1,30 @@
 """The plain DETACH (issue 24), the jobs' path where ``DETACH ... CONCURRENTLY`` is missing
-(PostgreSQL 13) or refused (a DEFAULT partition, Citus), run on the distribution's PostgreSQL
-15 with the version passed in (partitions.detach_concurrently): it detaches and drops, keeps
-every other row, and under concurrent writers does what docs/partitions.md says of it: it
-holds the table in ACCESS EXCLUSIVE mode for the detach alone, and a write queued behind its
-request waits at most lock_timeout_ms."""
+(PostgreSQL 13) or refused (a DEFAULT partition, Citus), run on a server of the tests' own
+with PostgreSQL 13's version passed in (partitions.detach_concurrently): it detaches and
+drops, keeps every other row, and under concurrent writers does what docs/partitions.md says
+of it: it holds the table in ACCESS EXCLUSIVE mode for the detach alone, and a write queued
+behind its request waits at most lock_timeout_ms."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from conftest import TEST_SERVER_OPTIONS, create_database, drop_database, with_dbname
+from conftest import create_database, drop_database, with_dbname
+from partition_support import bots_writing, reporting_lock_waits
 from test_partitions import DAY, NOW, make_user, names, track, waits_on
 
 from sessionkeeper.admin import migrate
 from sessionkeeper.admin.embedded import EmbeddedPostgres
 from sessionkeeper.jobs import partition_maintenance, partitions
-from store import Store
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
-PG15_BIN = Path("/usr/lib/postgresql/15/bin")
 # What PostgreSQL 13 reports: DETACH ... CONCURRENTLY came with 14.
 PG13 = 130016
 # log_lock_waits reports every wait longer than this (deadlock_timeout): a bot may wait for the
@@ -37,39 +33,23 @@ PG13 = 130016
 WAIT_BOUND_MS = 100
 
 
-class Postgres15(EmbeddedPostgres):
-    @property
-    def bin_dir(self) -> Path:
-        return PG15_BIN
-
-
 @pytest.fixture(scope="module")
-def pg15() -> Iterator[tuple[Postgres15, str]]:
-    """A PostgreSQL 15 server reporting lock waits, and a database migrated to head on it."""
-    if not (PG15_BIN / "postgres").exists():
-        pytest.skip(f"needs PostgreSQL 15 in {PG15_BIN}")
-    base = Path(tempfile.mkdtemp(prefix="sessionkeeper-pg15-"))
-    server = Postgres15(base, server_options=TEST_SERVER_OPTIONS)
-    try:
-        server.start()
-        admin = server.url("postgres")
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute("ALTER SYSTEM SET log_lock_waits = on")
-            conn.execute(f"ALTER SYSTEM SET deadlock_timeout = '{WAIT_BOUND_MS}ms'")
-            conn.execute("SELECT pg_reload_conf()")
-        template = create_database(admin, "sk_pg15_template")
-        migrate.upgrade(with_dbname(admin, template))
-        yield server, template
-    finally:
-        server.stop(force=True)
-        shutil.rmtree(base, ignore_errors=True)
+def server(embedded_server_factory: type[EmbeddedPostgres]) -> tuple[EmbeddedPostgres, str]:
+    """A server of its own reporting lock waits, and a database migrated to head on it."""
+    server = embedded_server_factory()
+    server.start()
+    reporting_lock_waits(server, WAIT_BOUND_MS)
+    admin = server.url("postgres")
+    template = create_database(admin, "sk_plain_template")
+    migrate.upgrade(with_dbname(admin, template))
+    return server, template
 
 
 @pytest.fixture
-def url(pg15: tuple[Postgres15, str]) -> Iterator[str]:
-    server, template = pg15
-    admin = server.url("postgres")
-    name = create_database(admin, "sk_pg15", template=template)
+def url(server: tuple[EmbeddedPostgres, str]) -> Iterator[str]:
+    server_, template = server
+    admin = server_.url("postgres")
+    name = create_database(admin, "sk_plain", template=template)
     yield with_dbname(admin, name)
     drop_database(admin, name)
 
@@ -77,7 +57,10 @@ def url(pg15: tuple[Postgres15, str]) -> Iterator[str]:
 @pytest.fixture
 def conn(url: str) -> Iterator[Conn]:
     with psycopg.connect(url, autocommit=True) as connection:
-        assert connection.info.server_version // 10000 == 15
+        # The server's own choice must be the other path: DETACH ... CONCURRENTLY.
+        assert partitions.detach_concurrently(
+            connection.info.server_version, has_default=False, citus=False
+        )
         yield connection
 
 
@@ -136,8 +119,8 @@ def test_an_open_transaction_defers_the_plain_detach_where_the_concurrent_one_is
         assert plain == (0, 0, 1)
         assert not any(p.detach_pending for p in partitions.list_partitions(conn))
         assert usage_by_day(conn) == {"usage_stats_p20260310_0000": 1}
-        # The server's own choice (15: CONCURRENTLY) gets past the table's lock and is left
-        # pending, waiting for the bot: the two paths really differ.
+        # The server's own choice (14 and later: CONCURRENTLY) gets past the table's lock and
+        # is left pending, waiting for the bot: the two paths really differ.
         concurrent = partitions.drop_expired(conn, "usage_stats", ended, settings)
         assert concurrent == (0, 0, 1)
         assert [p.name for p in partitions.list_partitions(conn) if p.detach_pending] == [
@@ -194,37 +177,18 @@ def test_a_write_queued_behind_the_plain_detach_waits_at_most_its_lock_timeout(
 
 @pytest.mark.slow
 def test_bots_wait_on_the_plain_detach_no_longer_than_the_bound(
-    pg15: tuple[Postgres15, str], url: str
+    server: tuple[EmbeddedPostgres, str], url: str
 ) -> None:
-    server, _ = pg15
-    stop = threading.Event()
-    errors: list[BaseException] = []
-    turns = [0]
-
-    def bot(number: int) -> None:
-        with Store(url, max_size=1, rate_per_minute=None) as store:
-            while not stop.is_set():
-                try:
-                    turn = store.begin_turn("telegram", f"plain-bot{number}")
-                    store.finish_turn(turn, "q", "a", input_tokens=1, output_tokens=1)
-                    turns[0] += 1
-                except BaseException as exc:
-                    errors.append(exc)
-                    return
-
     real_now = datetime.now(UTC)
     settings = partition_maintenance.Settings(ahead=7)
-    log_start = server.log_file.stat().st_size
+    log_start = server[0].log_file.stat().st_size
     with psycopg.connect(url, autocommit=True) as conn:
         job_pid = conn.info.backend_pid
         # A past week of partitions, and the days around now the bots write to.
         partition_maintenance.run(conn, settings, real_now - 8 * DAY)
         partition_maintenance.run(conn, settings, real_now)
-        bots = [threading.Thread(target=bot, args=(n,)) for n in range(3)]
-        for thread in bots:
-            thread.start()
         dropped = 0
-        try:
+        with bots_writing(url, "plain-bot"):
             for step in range(1, 8):
                 # A day on: the oldest partitions of both tables dropped the plain way.
                 before = partitions.slot_start(real_now - (7 - step) * DAY, DAY)
@@ -233,11 +197,6 @@ def test_bots_wait_on_the_plain_detach_no_longer_than_the_bound(
                         conn, table, before, settings, server_version=PG13
                     )
                     dropped += made
-        finally:
-            stop.set()
-            for thread in bots:
-                thread.join(60)
-    assert errors == [] and turns[0] > 0
     assert dropped >= 14
-    log = server.log_file.read_text()[log_start:]
+    log = server[0].log_file.read_text()[log_start:]
     assert waits_on(log, job_pid) == []
