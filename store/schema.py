@@ -576,6 +576,16 @@ job_runs = Table(
     Index("ix_job_runs_job_started_at", "job", text("started_at DESC")),
 )
 
+# The daemon's yield probe (sessionkeeper.daemon.pacing): one row per job, rewritten by every
+# probe while the job runs, so that a probe commits durably as a bot's turn does and feels the
+# WAL flushes a job slows. Keyed by job: two replicas never run one job at once.
+job_probes = Table(
+    "job_probes",
+    metadata,
+    Column("job", Text, primary_key=True),
+    Column("probed_at", TIMESTAMP(timezone=True), nullable=False),
+)
+
 # Messages of a TypeScript-era history that break today's rules (unknown role, content that is
 # not text, empty, holds NUL or is over-size), kept verbatim by the legacy conversion
 # (sessionkeeper.admin.legacy) instead of being dropped. No foreign key, like the archives:

@@ -20,8 +20,9 @@ Placement, derived from ``store.schema`` so that a new table cannot be forgotten
   ``usage_rollup_state`` (the rollup's one-row watermark). Note: the watermark counts rows by
   transaction id, which on Citus is per node; the rollup would need Citus's distributed
   transaction ids first (docs/partitions.md);
-* ``job_runs`` (the daemon's ledger), ``applied_functions``, ``proactive_list_state`` and
-  ``aiogram_fsm_states`` stay plain tables on the coordinator (see ``COORDINATOR_TABLES``);
+* ``job_runs`` (the daemon's ledger), ``job_probes`` (its yield probe), ``applied_functions``,
+  ``proactive_list_state`` and ``aiogram_fsm_states`` stay plain tables on the coordinator (see
+  ``COORDINATOR_TABLES``);
 * any other table stops the generator until someone decides.
 
 Users are found by their id, ``sk_user_key(channel, channel_user_id)`` (store/sql/functions.sql).
@@ -86,7 +87,15 @@ LANGGRAPH_TABLES = frozenset(
     }
 )
 COORDINATOR_TABLES = (
-    frozenset({"job_runs", "applied_functions", "proactive_list_state", "aiogram_fsm_states"})
+    frozenset(
+        {
+            "job_runs",
+            "job_probes",
+            "applied_functions",
+            "proactive_list_state",
+            "aiogram_fsm_states",
+        }
+    )
     | LANGGRAPH_TABLES
 )
 

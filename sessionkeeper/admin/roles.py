@@ -101,6 +101,8 @@ TABLES: dict[str, Grants] = {
     "proactive_list_state": Grants(bot=RW, daemon=RW, reader="SELECT"),
     "aiogram_fsm_states": Grants(bot=RW, daemon="SELECT, UPDATE, DELETE", reader=NONE),
     "job_runs": Grants(bot=NONE, daemon=RW, reader="SELECT"),
+    # The daemon's yield probe rewrites its job's row (revision 0025).
+    "job_probes": Grants(bot=NONE, daemon=RW, reader="SELECT"),
     "legacy_quarantined_messages": Grants(
         bot="SELECT, UPDATE, DELETE", daemon="SELECT, UPDATE, DELETE", reader=NONE
     ),

@@ -1,20 +1,27 @@
 """Yielding by measurement: the pause between a job's batches, set by what the bots experience.
 
-While a job runs, a probe statement on a connection of its own measures how long the server
-takes to answer a bot-like query right now. The daemon probes on a thread of its own every
-``sample_every`` seconds *while the job's batches run*: a probe taken only at a batch boundary
-meets the server when the job has just stopped working, and misses what the job itself does
-to the bots. The signal is a high quantile (p90) of the last few dozen probes: a job is felt in
-the tail of the bots' latencies first, and the p90 falls again as the job's pauses grow (more
-of the probes meet a server the job leaves alone). It is compared with the same quantile of an
-idle baseline taken before the job's first batch: above ``baseline * (1 + budget)`` (and at
-least ``min_rise`` above it, so that microsecond noise is no signal) the job is felt, and the
-pause before its next batch doubles (multiplicative decrease of its pace); at or under it the
-pause shrinks by one step (additive increase). Jobs call the pacer only at batch boundaries, so
-a batch is never cut; a stop request still ends any pause at once (``wait``).
+While a job runs, a probe on a connection of its own measures how long the server takes to
+answer a bot-like read and durably commit a write right now: it reads ``users`` and rewrites
+the job's row of ``job_probes`` (revision 0025). A turn's commit waits for the WAL flush, and
+that wait is what a job's writes make the bots feel first (archival at the jobs benchmark's
+backlog /1: the online backends' ``IO:WALSync`` share 0.03 -> 0.10, their CPU share
+unchanged); an index read alone, the probe of release 0.3.0's first builds, rose 0.3 -> 0.6 ms
+while the turns' p99 doubled.
 
-The probe measures CPU, disk and lock pressure as a bot's statement meets it, whatever causes
-it: the job itself, a busy hour, another tenant on the host (docs/daemon.md).
+The daemon probes on a thread of its own every ``sample_every`` seconds *while the job's
+batches run*: a probe taken only at a batch boundary meets the server when the job has just
+stopped working, and misses what the job itself does to the bots. The signal is a high
+quantile (p90) of the last few dozen probes: a job is felt in the tail of the bots' latencies
+first, and the p90 falls again as the job's pauses grow (more of the probes meet a server the
+job leaves alone). It is compared with the same quantile of an idle baseline taken before the
+job's first batch: above ``baseline * (1 + budget)`` (and at least ``min_rise`` above it, so
+that microsecond noise is no signal) the job is felt, and the pause before its next batch
+doubles (multiplicative decrease of its pace); at or under it the pause shrinks by one step
+(additive increase). Jobs call the pacer only at batch boundaries, so a batch is never cut; a
+stop request still ends any pause at once (``wait``).
+
+The probe measures CPU, WAL flush, disk and lock pressure as a bot's statement meets it,
+whatever causes it: the job itself, a busy hour, another tenant on the host (docs/daemon.md).
 """
 
 from __future__ import annotations
@@ -31,9 +38,17 @@ import psycopg
 
 log = logging.getLogger("sessionkeeper.pacing")
 
-# What the probe runs: an index read of the table every turn reads first, as a bot would.
-PROBE = "SELECT user_id FROM users ORDER BY user_id LIMIT 1"
-# Probes for the idle baseline, back to back before the first batch.
+# What the probe runs, as a turn does: a read of the table every turn reads first, then a write
+# of one small row and its commit (autocommit). The count makes one row of the read even when
+# there is no user, so that the write always happens.
+PROBE = """
+INSERT INTO job_probes (job, probed_at)
+SELECT %s, now()
+FROM (SELECT count(*) FROM (SELECT user_id FROM users ORDER BY user_id LIMIT 1) AS first) AS read
+ON CONFLICT (job) DO UPDATE SET probed_at = EXCLUDED.probed_at
+"""
+# Probes for the idle baseline, back to back before the first batch (after one more that warms
+# the connection's caches: a first statement's planning is no baseline).
 BASELINE_PROBES = 20
 # Probes the signal is the quantile of: about two seconds of sampling at the default rate.
 SIGNAL_PROBES = 40
@@ -111,6 +126,7 @@ class Pacer:
 
     def start(self) -> None:
         """Measure the idle baseline (before the job's first batch)."""
+        self.probe()
         probes = [self.probe() for _ in range(BASELINE_PROBES)]
         for latency in probes:  # the signal's first probes too: one slow batch is no trend
             self._add(latency)
@@ -185,14 +201,14 @@ class Pacer:
         return self.wait(pause_seconds + state.extra_pause_seconds)
 
 
-def connection_probe(conninfo: str) -> tuple[Callable[[], float], Callable[[], None]]:
-    """A probe on a connection of its own (never one of the jobs' pool: a probe must not wait
-    for a job's connection), and the function that closes it."""
+def connection_probe(conninfo: str, job: str) -> tuple[Callable[[], float], Callable[[], None]]:
+    """``job``'s probe on a connection of its own (never one of the jobs' pool: a probe must not
+    wait for a job's connection), and the function that closes it."""
     conn = psycopg.connect(conninfo, autocommit=True, application_name="sessionkeeper-probe")
 
     def probe() -> float:
         started = time.perf_counter()
-        conn.execute(PROBE).fetchall()
+        conn.execute(PROBE, (job,), prepare=True)
         return time.perf_counter() - started
 
     return probe, conn.close
@@ -212,7 +228,7 @@ def paced(
         yield wait
         return
     try:
-        probe, close = connection_probe(conninfo)
+        probe, close = connection_probe(conninfo, job)
     except psycopg.Error as exc:
         log.debug("job %s runs without yielding: no probe connection (%s)", job, exc)
         yield wait

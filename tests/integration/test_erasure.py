@@ -341,6 +341,7 @@ HOLDS_NO_USER = frozenset(
         "alembic_version",
         "applied_functions",
         "job_runs",
+        "job_probes",
         "usage_rollup_state",
         "user_key_secret",
         "proactive_list_state",

@@ -85,7 +85,7 @@ def test_a_job_backs_off_under_extra_load_and_finishes_once_it_stops(
     database_url: str, conn: Conn
 ) -> None:
     backlog(conn, 60)
-    probe, close = connection_probe(database_url)
+    probe, close = connection_probe(database_url, "session_archival")
     waits: list[float] = []
     states: list[PaceState] = []
 
@@ -164,7 +164,7 @@ def test_the_probe_sees_what_the_jobs_own_batches_do_to_the_bots(
 ) -> None:
     # Probed only at its batch boundaries, a job meets the server at the moment it has just
     # stopped working: its own batches are invisible. The sampling thread probes during them.
-    probe, close = connection_probe(database_url)
+    probe, close = connection_probe(database_url, "session_archival")
     states: list[PaceState] = []
     waits: list[float] = []
 
