@@ -217,6 +217,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     with open_database(args.database_url, own_embedded=True) as db:
         if config.migrate_on_start:
             migrate.upgrade(db.url)
+            # As `migrate` does: a daemon started after days down finds the partitions of now
+            # missing, and the bots' writes would fail until the job's next slot.
+            ahead, code = _partitions_ahead(db.url, config)
+            (log.warning if code else log.info)("%s", ahead)
         daemon = Daemon(config, db.url, migrate.head_revision())
         daemon.start()
         try:

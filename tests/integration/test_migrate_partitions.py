@@ -1,16 +1,21 @@
 """``sessionkeeper migrate`` makes the partitions ahead (issue 24): at the end of every migrate,
 also at head, with partition_maintenance itself; a role that may not is told so, and nothing
-fails. Run as a process, on a database whose partitions end tomorrow."""
+fails; so does ``run`` before it starts the jobs. Run as a process, on a database whose
+partitions end tomorrow."""
 
 from __future__ import annotations
 
 import re
+import signal
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 import pytest
 from conftest import TEST_LOGINS, as_login
+from daemon_support import daemon_env
 from test_cli import clean_env, sessionkeeper
 
 from sessionkeeper.admin import roles
@@ -125,3 +130,35 @@ def test_the_owner_and_the_daemon_may(conn: Conn, database_url: str, kind: str) 
         " WHERE i.inhparent IN ('rate_limits'::regclass, 'usage_stats'::regclass)"
     ).fetchall()
     assert owners == [("sessionkeeper_owner",)]
+
+
+@pytest.mark.slow
+def test_run_makes_the_partitions_ahead_before_the_job_s_first_slot(
+    conn: Conn, database_url: str
+) -> None:
+    # A daemon started after days down, its partition_maintenance slot a year away: the bots'
+    # writes of now would fail until that slot but for the start-up's migrate.
+    cut_after_tomorrow(conn)
+    before = datetime.now(UTC)
+    env = daemon_env(database_url, SESSIONKEEPER_PARTITION_MAINTENANCE_SCHEDULE="0 0 1 1 *")
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "sessionkeeper", "run"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert daemon.stderr is not None
+        seen = []
+        for line in daemon.stderr:
+            seen.append(line)
+            if "sessionkeeper running" in line:
+                break
+        assert any("partitions ahead (partition_maintenance" in line for line in seen), seen
+        assert missing(conn, before) == {"rate_limits": 0, "usage_stats": 0}
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=60) == 0
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
