@@ -230,7 +230,9 @@ def paced(
     try:
         probe, close = connection_probe(conninfo, job)
     except psycopg.Error as exc:
-        log.debug("job %s runs without yielding: no probe connection (%s)", job, exc)
+        # Said at WARNING: yielding is on, and the operator expects it (a login without the
+        # grants of job_probes would otherwise turn it off unseen).
+        log.warning("job %s runs without yielding: no probe connection (%s)", job, exc)
         yield wait
         return
     try:
@@ -238,7 +240,7 @@ def paced(
         try:
             pacer.start()
         except psycopg.Error as exc:
-            log.debug("job %s runs without yielding: the probe failed (%s)", job, exc)
+            log.warning("job %s runs without yielding: the probe failed (%s)", job, exc)
             yield wait
             return
         with pacer.sampling():

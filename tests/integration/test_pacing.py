@@ -16,9 +16,16 @@ from typing import Any
 
 import psycopg
 import pytest
+from conftest import TEST_LOGINS, as_login
 
 from sessionkeeper.daemon.config import load_config
-from sessionkeeper.daemon.pacing import Pacer, PaceState, YieldSettings, connection_probe
+from sessionkeeper.daemon.pacing import (
+    Pacer,
+    PaceState,
+    YieldSettings,
+    connection_probe,
+    paced,
+)
 from sessionkeeper.daemon.service import Daemon
 from sessionkeeper.jobs import session_archival
 from sessionkeeper.jobs.base import Pause
@@ -136,6 +143,34 @@ def test_a_failing_probe_keeps_the_pace_and_the_job_going() -> None:
     pacer = Pacer("usage_rollup", YieldSettings(), probe, wait)
     assert pacer(0.25) is False
     assert waits == [0.25]
+
+
+def test_a_login_that_may_not_probe_runs_the_job_at_its_pace_and_says_so(
+    database_url: str, conn: Conn, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The reader role may read job_probes but not write it: the probe fails at its first try.
+    def wait(seconds: float) -> bool:
+        return False
+
+    reader = as_login(database_url, TEST_LOGINS["reader"])
+    with (
+        caplog.at_level("WARNING", logger="sessionkeeper.pacing"),
+        paced("usage_rollup", YieldSettings(), reader, wait) as pause,
+    ):
+        assert pause is wait
+    assert "job usage_rollup runs without yielding: the probe failed" in caplog.text
+    assert "job_probes" in caplog.text
+    assert conn.execute("SELECT count(*) FROM job_probes").fetchone() == (0,)
+
+
+def test_the_probe_writes_its_job_s_row_and_nothing_else(database_url: str, conn: Conn) -> None:
+    probe, close = connection_probe(database_url, "usage_rollup")
+    try:
+        assert probe() > 0 and probe() > 0
+    finally:
+        close()
+    rows = conn.execute("SELECT job, probed_at <= now() FROM job_probes").fetchall()
+    assert rows == [("usage_rollup", True)]
 
 
 def test_yielding_is_configured_and_can_be_turned_off() -> None:
