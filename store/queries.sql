@@ -337,12 +337,16 @@ WHERE t.user_id = ANY(%(users)s::uuid[]) ORDER BY t.user_id, t.window_seconds, t
 
 -- export_aiogram_fsm_states --
 -- The aiogram integration's states: linked to the users, or only keyed by their Telegram id
--- (as erasure finds them).
+-- (as erasure finds them: two index lookups, where an OR read every state).
 DECLARE sk_export NO SCROLL CURSOR FOR
-SELECT row_to_json(t)::text AS doc FROM aiogram_fsm_states t
-WHERE t.user_id = ANY(%(users)s::uuid[])
-   OR (t.channel, t.telegram_user_id::text) IN (
-       SELECT u.channel, u.channel_user_id FROM users u WHERE u.user_id = ANY(%(users)s::uuid[]))
+SELECT row_to_json(t)::text AS doc FROM (
+    SELECT f.* FROM aiogram_fsm_states f WHERE f.user_id = ANY(%(users)s::uuid[])
+    UNION
+    SELECT f.* FROM users u
+    JOIN aiogram_fsm_states f
+      ON f.channel = u.channel AND f.telegram_user_id = sk_telegram_user_id(u.channel_user_id)
+    WHERE u.user_id = ANY(%(users)s::uuid[])
+) t
 ORDER BY t.bot_id, t.chat_id, t.telegram_user_id, t.thread_id, t.business_connection_id,
          t.destiny
 

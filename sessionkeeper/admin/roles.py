@@ -180,6 +180,8 @@ FUNCTIONS: dict[str, Grants] = {
     # python-telegram-bot persistence's erasure records (revision 0023); sk_forget runs the
     # first two as the daemon too.
     "sk_telegram_erasure_key": Grants(bot=X, daemon=X, reader=NONE),
+    # A channel user id as aiogram's bigint: erasure (bot and daemon) and export find states by it.
+    "sk_telegram_user_id": Grants(bot=X, daemon=X, reader=NONE),
     "sk_telegram_erased": Grants(bot=X, daemon=X, reader=NONE),
     "sk_telegram_lock": Grants(bot=X, daemon=NONE, reader=NONE),
     "sk_telegram_forget": Grants(bot=X, daemon=NONE, reader=NONE),

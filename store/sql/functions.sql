@@ -668,6 +668,18 @@ END $$;
 -- meanwhile. A single statement with data-modifying CTEs would miss them.
 -- =============================================================================================
 
+-- sk_telegram_user_id: a channel user id as the bigint whose text it is (aiogram keys its states
+-- by that number), NULL when it is no bigint's text; a CASE, so that the casts only see text
+-- they accept. Compared with aiogram_fsm_states.telegram_user_id it finds exactly the rows whose
+-- telegram_user_id::text is the id, by the index on (channel, telegram_user_id).
+CREATE OR REPLACE FUNCTION sk_telegram_user_id(p_channel_user_id text) RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE
+        WHEN p_channel_user_id !~ '^(0|-?[1-9][0-9]{0,18})$' THEN NULL
+        WHEN p_channel_user_id::numeric BETWEEN -9223372036854775808 AND 9223372036854775807
+        THEN p_channel_user_id::bigint END
+$$;
+
 -- sk_forget: erase a user (p_user_id) or a person and all its users (p_person_id) and
 -- everything the store holds about them, in one transaction; one row per table with what was
 -- done, or a single 'blocked' row naming the foreign key of another subsystem that refers to
@@ -807,19 +819,13 @@ BEGIN
         -- aiogram FSM states: linked to the user, or keyed by its channel identity (a state
         -- written before the user's first turn has no link). Two statements, each an index
         -- lookup: matched as text (telegram_user_id::text) the key read every state of the
-        -- channel. The channel user id as the bigint whose text it is (NULL if none is), so
-        -- the rows are exactly those whose telegram_user_id::text equals it; a CASE, so that
-        -- the casts only see text they accept.
+        -- channel (sk_telegram_user_id).
         WITH d AS (DELETE FROM aiogram_fsm_states f WHERE f.user_id = ANY(v_users) RETURNING 1)
         SELECT count(*) INTO v_n FROM d;
         WITH d AS (DELETE FROM aiogram_fsm_states f
                    USING users u
                    WHERE u.user_id = ANY(v_users) AND f.channel = u.channel
-                     AND f.telegram_user_id = CASE
-                         WHEN u.channel_user_id !~ '^(0|-?[1-9][0-9]{0,18})$' THEN NULL
-                         WHEN u.channel_user_id::numeric
-                              BETWEEN -9223372036854775808 AND 9223372036854775807
-                         THEN u.channel_user_id::bigint END
+                     AND f.telegram_user_id = sk_telegram_user_id(u.channel_user_id)
                    RETURNING 1)
         SELECT v_n + count(*) INTO v_n FROM d;
         RETURN QUERY SELECT 'aiogram_fsm_states', 'deleted', v_n;

@@ -117,6 +117,35 @@ def test_a_user_export_holds_every_row_about_the_user(
     assert {r["user_id"] for r in tables["usage_stats"]} == {str(alice)}
 
 
+def test_aiogram_states_are_exported_by_link_or_by_the_exact_telegram_id(
+    store: Store, conn: psycopg.Connection[Any]
+) -> None:
+    # A state written before the user's first turn has no link: the export finds it by the
+    # user's Telegram id, as erasure does, and never a state of another id that reads alike.
+    users = {}
+    for channel_user_id in ("7", "007"):
+        row = conn.execute(
+            "INSERT INTO users (channel, channel_user_id) VALUES ('telegram', %s)"
+            " RETURNING user_id",
+            [channel_user_id],
+        ).fetchone()
+        assert row is not None
+        users[channel_user_id] = row[0]
+    conn.execute(
+        "INSERT INTO aiogram_fsm_states (bot_id, chat_id, telegram_user_id, channel, user_id,"
+        " state) VALUES (1, 7, 7, 'telegram', NULL, 'unlinked'),"
+        " (1, 8, 8, 'telegram', %s, 'linked'), (1, 7, 7, 'whatsapp', NULL, 'other channel')",
+        [users["007"]],
+    )
+
+    def states(channel_user_id: str) -> list[str]:
+        document = export_json(store, user=users[channel_user_id])
+        return [row["state"] for row in document["tables"]["aiogram_fsm_states"]]
+
+    assert states("7") == ["unlinked"]
+    assert states("007") == ["linked"]
+
+
 def test_a_person_export_holds_all_its_users(store: Store, conn: psycopg.Connection[Any]) -> None:
     alice = busy_user(store, conn, "alice")
     other = store.get_or_create_user("whatsapp", "alice-phone", now=T0).user_id
