@@ -387,11 +387,11 @@ def yield_row() -> list[Panel]:
         row("Yielding to the bots"),
         panel(
             "Probe latency against its budget",
-            "The probe statement's latency (the bots' view, median of the last readings) at "
-            "each job's last batch boundary, and its budget (dashed): the idle baseline plus "
-            "yield_budget. Above its budget the job pauses longer between batches "
-            "(docs/daemon.md, Yielding by measurement). Jobs show once they have reached a "
-            "batch boundary on the replica.",
+            "The yield's signal (the bots' view: p90 of the last 40 probes, each a read of "
+            "users and a durable write, as a turn does) at each job's last batch boundary, and "
+            "its budget (dashed): the idle baseline plus yield_budget. Above its budget the "
+            "job pauses longer between batches (docs/daemon.md, Yielding by measurement). "
+            "Jobs show once they have reached a batch boundary on the replica.",
             [
                 target(f"{gauge('probe_seconds')} > 0", "{{job_name}} probe ({{instance}})"),
                 target(

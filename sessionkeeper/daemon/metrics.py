@@ -115,7 +115,8 @@ class DaemonMetrics:
         # Yielding to the bots (pacing.py): the signal, its budget, and what the job gives up.
         self.probe = Gauge(
             "sessionkeeper_job_probe_seconds",
-            "Latency of the probe statement at the job's last batch boundary (the bots' view).",
+            "The yield's signal at the job's last batch boundary: p90 of the last probes (a read"
+            " and a durable write, as a turn does; the bots' view).",
             ["job_name"],
             registry=r,
         )
