@@ -499,10 +499,13 @@ def run_jobs(
                     yields.append((at, extra))
 
             with (
-                paced(name, yielding, conninfo, uninterrupted, seen) as pause,
+                paced(name, yielding, conninfo, uninterrupted, seen) as paced_run,
                 LockWatch(conninfo, conn.info.backend_pid) as locks,
             ):
-                result = spec.run(conn, settings, datetime.now(UTC), pause, STORE_DEFAULTS)
+                paced_run.begin()
+                result = spec.run(
+                    conn, settings, datetime.now(UTC), paced_run.pause, STORE_DEFAULTS
+                )
                 seconds = time.perf_counter() - t0
                 server = meter.end()
             # The rest of the job's window: what the bots feel right after it.

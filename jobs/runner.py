@@ -75,6 +75,7 @@ def run_job(
     backlog: Callable[[int | None], None] | None = None,
     window: Window | None = None,
     clock: Callable[[], datetime] = utc_now,
+    begin: Callable[[], None] = lambda: None,
 ) -> RunReport:
     """Run job ``name`` once unless another replica holds its lock or already ran ``slot``.
 
@@ -84,7 +85,9 @@ def run_job(
     as release 0.2.0 recorded it, with ``"stopped": true`` in its details). ``store`` holds
     the store's settings some jobs share (the link-code failure window, the proactive channel).
     ``progress`` is told the rows committed after each batch; ``backlog`` is told, before the
-    first batch, the rows the run has to do if the job can count them (else None).
+    first batch, the rows the run has to do if the job can count them (else None). ``begin`` is
+    called once the run holds the lock and has its ledger row, before its first batch (the
+    daemon's yield starts measuring there: a skipped run measures nothing).
 
     With a ``window``, a run starting outside it is skipped (a scheduled one is recorded once
     per closed period: ``ledger.window_skipped``), and a run in progress stops at
@@ -134,6 +137,7 @@ def run_job(
                 ledger.sweep_interrupted(conn, name)
                 run_id = ledger.start(conn, name, replica_id, details)
                 try:
+                    begin()
                     if backlog is not None:
                         backlog(spec.backlog(conn, settings, now) if spec.backlog else None)
                     with tracking(progress) as tracked:

@@ -214,6 +214,15 @@ def connection_probe(conninfo: str, job: str) -> tuple[Callable[[], float], Call
     return probe, conn.close
 
 
+@dataclass(frozen=True)
+class PacedRun:
+    """What ``paced`` gives a job's run: the pause between its batches, and ``begin``, to call
+    once the run holds its lock, just before its first batch."""
+
+    pause: Callable[[float], bool]
+    begin: Callable[[], None] = lambda: None
+
+
 @contextlib.contextmanager
 def paced(
     job: str,
@@ -221,29 +230,38 @@ def paced(
     conninfo: str,
     wait: Callable[[float], bool],
     on_change: Callable[[PaceState, float], None] = lambda state, yielded: None,
-) -> Iterator[Callable[[float], bool]]:
-    """The pause a job runs with for the block: ``wait`` itself with yielding off or when no
-    probe answers (a database that went away fails the run anyway), else a sampling Pacer."""
+) -> Iterator[PacedRun]:
+    """The pause a job's run takes between batches: ``wait`` itself with yielding off, else a
+    Pacer from the run's ``begin`` on. ``begin`` opens the probe's connection, takes the idle
+    baseline and starts the sampling, so that a slot skipped on a replica (another holds the
+    lock, the window is closed) probes nothing. A probe that cannot connect or answer leaves
+    the run at ``wait`` (a database that went away fails the run anyway)."""
     if not settings.enabled:
-        yield wait
+        yield PacedRun(wait)
         return
-    try:
-        probe, close = connection_probe(conninfo, job)
-    except psycopg.Error as exc:
-        # Said at WARNING: yielding is on, and the operator expects it (a login without the
-        # grants of job_probes would otherwise turn it off unseen).
-        log.warning("job %s runs without yielding: no probe connection (%s)", job, exc)
-        yield wait
-        return
-    try:
-        pacer = Pacer(job, settings, probe, wait, on_change)
-        try:
-            pacer.start()
-        except psycopg.Error as exc:
-            log.warning("job %s runs without yielding: the probe failed (%s)", job, exc)
-            yield wait
-            return
-        with pacer.sampling():
-            yield pacer
-    finally:
-        close()
+    with contextlib.ExitStack() as opened:
+        pacer: Pacer | None = None
+
+        def begin() -> None:
+            nonlocal pacer
+            try:
+                probe, close = connection_probe(conninfo, job)
+            except psycopg.Error as exc:
+                # Said at WARNING: yielding is on, and the operator expects it (a login without
+                # the grants of job_probes would otherwise turn it off unseen).
+                log.warning("job %s runs without yielding: no probe connection (%s)", job, exc)
+                return
+            opened.callback(close)
+            started = Pacer(job, settings, probe, wait, on_change)
+            try:
+                started.start()
+            except psycopg.Error as exc:
+                log.warning("job %s runs without yielding: the probe failed (%s)", job, exc)
+                return
+            opened.enter_context(started.sampling())
+            pacer = started
+
+        def pause(seconds: float) -> bool:
+            return wait(seconds) if pacer is None else pacer(seconds)
+
+        yield PacedRun(pause, begin)

@@ -31,7 +31,6 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from sessionkeeper.jobs import JOB_NAMES, partitions, session_archival
-from sessionkeeper.jobs.base import Pause
 from sessionkeeper.jobs.runner import JobFailed, RunReport, describe_error, run_job
 from sessionkeeper.jobs.sql import QUERIES
 from store.errors import ConfigurationError
@@ -40,7 +39,7 @@ from .config import Config
 from .endpoints import MetricsServer
 from .logs import log_run
 from .metrics import DaemonMetrics
-from .pacing import paced
+from .pacing import PacedRun, paced
 
 log = logging.getLogger("sessionkeeper")
 GAUGE_JOB_ID = "_domain_gauges"
@@ -180,7 +179,7 @@ class Daemon:
     def _run_scheduled(self, name: str) -> RunReport:
         job = self.config.jobs[name]
         now = datetime.now(UTC)
-        with self._pause_for(name) as pause:
+        with self._paced(name) as paced_run:
             return run_job(
                 lambda: self.pool.connection(),
                 name,
@@ -188,14 +187,15 @@ class Daemon:
                 replica_id=self.config.replica_id,
                 now=now,
                 slot=job.schedule.slot(now).isoformat(),
-                pause=pause,
+                pause=paced_run.pause,
+                begin=paced_run.begin,
                 ledger_keep_seconds=self.config.ledger_retention_seconds,
                 store=self.config.store,
                 window=job.window,
             )
 
     @contextlib.contextmanager
-    def _pause_for(self, name: str) -> Iterator[Pause]:
+    def _paced(self, name: str) -> Iterator[PacedRun]:
         """The pause between the job's batches: a stop request ends it at once, and with
         yield_to_bots on, a Pacer lengthens it while the bots feel the job."""
         try:
@@ -205,8 +205,8 @@ class Daemon:
                 self.job_conninfo,
                 self.stopping.wait,
                 lambda state, yielded: self.metrics.pace(name, state, yielded),
-            ) as pause:
-                yield pause
+            ) as paced_run:
+                yield paced_run
         finally:
             # The run is over: it takes no extra pause now (the probe's last figures stay).
             self.metrics.pace_ended(name)

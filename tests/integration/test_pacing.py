@@ -20,6 +20,7 @@ from conftest import TEST_LOGINS, as_login
 
 from sessionkeeper.daemon.config import load_config
 from sessionkeeper.daemon.pacing import (
+    PacedRun,
     Pacer,
     PaceState,
     YieldSettings,
@@ -27,8 +28,10 @@ from sessionkeeper.daemon.pacing import (
     paced,
 )
 from sessionkeeper.daemon.service import Daemon
-from sessionkeeper.jobs import session_archival
-from sessionkeeper.jobs.base import Pause
+from sessionkeeper.jobs import session_archival, usage_rollup
+from sessionkeeper.jobs.base import Pause, uninterrupted
+from sessionkeeper.jobs.locking import job_lock
+from sessionkeeper.jobs.runner import run_job
 from store.errors import ConfigurationError
 
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -149,18 +152,51 @@ def test_a_login_that_may_not_probe_runs_the_job_at_its_pace_and_says_so(
     database_url: str, conn: Conn, caplog: pytest.LogCaptureFixture
 ) -> None:
     # The reader role may read job_probes but not write it: the probe fails at its first try.
+    waits: list[float] = []
+
     def wait(seconds: float) -> bool:
+        waits.append(seconds)
         return False
 
     reader = as_login(database_url, TEST_LOGINS["reader"])
     with (
         caplog.at_level("WARNING", logger="sessionkeeper.pacing"),
-        paced("usage_rollup", YieldSettings(), reader, wait) as pause,
+        paced("usage_rollup", YieldSettings(), reader, wait) as run,
     ):
-        assert pause is wait
+        run.begin()
+        assert run.pause(0.25) is False
+    assert waits == [0.25]  # the job's own pause, nothing added
     assert "job usage_rollup runs without yielding: the probe failed" in caplog.text
     assert "job_probes" in caplog.text
     assert conn.execute("SELECT count(*) FROM job_probes").fetchone() == (0,)
+
+
+def test_a_run_skipped_on_this_replica_probes_nothing(database_url: str, conn: Conn) -> None:
+    def connect() -> Conn:
+        return psycopg.connect(database_url, autocommit=True)
+
+    def run_rollup(paced_run: PacedRun) -> str:
+        return run_job(
+            connect,
+            "usage_rollup",
+            usage_rollup.Settings(),
+            replica_id="pacing-test",
+            pause=paced_run.pause,
+            begin=paced_run.begin,
+        ).outcome
+
+    def probed() -> list[tuple[str]]:
+        return conn.execute("SELECT job FROM job_probes").fetchall()
+
+    with paced("usage_rollup", YieldSettings(), database_url, uninterrupted) as paced_run:
+        # Another replica holds the job's lock: the run is skipped before its first batch.
+        with connect() as other, job_lock(other, "usage_rollup") as taken:
+            assert taken
+            assert run_rollup(paced_run) == "skipped"
+        assert probed() == []
+    with paced("usage_rollup", YieldSettings(), database_url, uninterrupted) as paced_run:
+        assert run_rollup(paced_run) == "success"
+        assert probed() == [("usage_rollup",)]
 
 
 def test_the_probe_writes_its_job_s_row_and_nothing_else(database_url: str, conn: Conn) -> None:
@@ -248,13 +284,14 @@ def test_a_run_that_ended_shows_no_extra_pause(database_url: str) -> None:
     def gauge(name: str) -> float | None:
         return metrics.get_sample_value(f"sessionkeeper_job_{name}", {"job_name": "usage_rollup"})
 
-    with daemon._pause_for("usage_rollup") as pause:
+    with daemon._paced("usage_rollup") as run:
         # The baseline is idle; then the extra load makes the sampled probes wait. Batch
         # boundaries until the pacer has seen enough of them to yield.
+        run.begin()
         with extra_load(database_url):
             deadline = time.monotonic() + 30
             while not gauge("yield_pause_seconds") and time.monotonic() < deadline:
-                assert pause(0) is False
+                assert run.pause(0) is False
         assert gauge("yield_pause_seconds") == pytest.approx(0.01)
         budget = gauge("probe_budget_seconds")
         assert budget is not None and budget > 0
