@@ -55,8 +55,10 @@ class _AlembicPreamble(logging.Filter):
         return not str(record.msg).startswith(self.PREAMBLE)
 
 
-def log_run(report: RunReport, replica_id: str | None = None) -> None:
-    level = logging.WARNING if report.outcome == "failure" else logging.INFO
+def log_run(report: RunReport, replica_id: str | None = None, *, level: int | None = None) -> None:
+    """One line for a run: WARNING for a failure, else INFO (or ``level``)."""
+    if level is None:
+        level = logging.WARNING if report.outcome == "failure" else logging.INFO
     reason = report.details.get("reason")  # a stopped run's, when not a stop request
     log.log(
         level,
@@ -77,3 +79,23 @@ def log_run(report: RunReport, replica_id: str | None = None) -> None:
             "error": report.error,
         },
     )
+
+
+class RunLog:
+    """``log_run`` for a daemon's runs, once per closed window: a job skipped outside its
+    window says so at INFO at the first slot of the closed period and at DEBUG at the others (a
+    1-minute schedule with a 3-hour night window has 1,260 such slots a day, per replica), as
+    the ledger keeps one row per closed period."""
+
+    def __init__(self, replica_id: str) -> None:
+        self.replica_id = replica_id
+        self._closed: dict[str, str] = {}  # per job, when the closed period said opens
+
+    def __call__(self, report: RunReport) -> None:
+        opens = report.details.get("window_opens") if report.outcome == "skipped" else None
+        said = opens is not None and self._closed.get(report.job) == opens
+        if opens is None:
+            self._closed.pop(report.job, None)
+        else:
+            self._closed[report.job] = opens
+        log_run(report, self.replica_id, level=logging.DEBUG if said else None)

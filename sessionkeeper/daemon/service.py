@@ -37,7 +37,7 @@ from store.errors import ConfigurationError
 
 from .config import Config
 from .endpoints import MetricsServer
-from .logs import log_run
+from .logs import RunLog
 from .metrics import DaemonMetrics
 from .pacing import PacedRun, paced
 
@@ -71,6 +71,7 @@ class Daemon:
         self.config = config
         self.head_revision = head_revision
         self.stopping = threading.Event()
+        self.log_run = RunLog(config.replica_id)
         self.metrics = DaemonMetrics(
             JOB_NAMES, {name: job.window for name, job in config.jobs.items()}
         )
@@ -237,7 +238,7 @@ class Daemon:
             )
             log.error("job %s raised", event.job_id, exc_info=event.exception)
         self.metrics.observe(report)
-        log_run(report, self.config.replica_id)
+        self.log_run(report)
 
     # -- health --------------------------------------------------------------------------------
 

@@ -3,12 +3,14 @@ and daylight saving time, and one-line refusals at start-up. No database."""
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from sessionkeeper.daemon.config import load_config, settings_reference
+from sessionkeeper.daemon.logs import RunLog
 from sessionkeeper.daemon.metrics import DaemonMetrics
 from sessionkeeper.jobs.runner import RunReport
 from sessionkeeper.jobs.window import Window, zone
@@ -242,3 +244,41 @@ def test_the_window_gauges_are_read_at_scrape_time() -> None:
     assert gauge("window_opened_timestamp_seconds", "usage_rollup") == (
         at("2026-01-06 02:00").timestamp()
     )
+
+
+def test_a_closed_window_is_one_info_line_per_closed_period(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    log_run = RunLog("a")
+
+    def report(outcome: str, opens: str | None = None, job: str = "usage_rollup") -> RunReport:
+        details = {"window": "02:00-05:00 UTC", "window_opens": opens} if opens else {}
+        error = "outside its window 02:00-05:00 UTC" if opens else None
+        return RunReport(job, outcome, 0, 0.01, 0.0, None, error, details)
+
+    tonight, tomorrow = "2026-03-12T02:00:00+00:00", "2026-03-13T02:00:00+00:00"
+    with caplog.at_level(logging.DEBUG, logger="sessionkeeper"):
+        for each in [
+            report("skipped", tonight),
+            report("skipped", tonight),
+            report("skipped", tonight, job="session_archival"),  # a job of its own
+            report("skipped", tonight),
+            report("success"),
+            report("skipped", tomorrow),
+            report("skipped"),  # another replica holds the lock: every time
+            report("skipped"),
+        ]:
+            log_run(each)
+    levels = [
+        (record.levelname, record.getMessage().split(" rows=")[0]) for record in caplog.records
+    ]
+    assert levels == [
+        ("INFO", "job usage_rollup skipped"),
+        ("DEBUG", "job usage_rollup skipped"),
+        ("INFO", "job session_archival skipped"),
+        ("DEBUG", "job usage_rollup skipped"),
+        ("INFO", "job usage_rollup success"),
+        ("INFO", "job usage_rollup skipped"),
+        ("INFO", "job usage_rollup skipped"),
+        ("INFO", "job usage_rollup skipped"),
+    ]
