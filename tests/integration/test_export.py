@@ -134,7 +134,7 @@ def test_aiogram_states_are_exported_by_link_or_by_the_exact_telegram_id(
     conn.execute(
         "INSERT INTO aiogram_fsm_states (bot_id, chat_id, telegram_user_id, channel, user_id,"
         " state) VALUES (1, 7, 7, 'telegram', NULL, 'unlinked'),"
-        " (1, 8, 8, 'telegram', %s, 'linked'), (1, 7, 7, 'whatsapp', NULL, 'other channel')",
+        " (1, 8, 8, 'telegram', %s, 'linked'), (2, 7, 7, 'whatsapp', NULL, 'other channel')",
         [users["007"]],
     )
 
