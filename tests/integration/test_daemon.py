@@ -280,9 +280,12 @@ def test_jobs_run_on_schedule_and_are_counted(
 
 
 def ledger_slots(conn: Conn) -> dict[tuple[str, str], list[tuple[str, str]]]:
+    """The scheduled runs per (job, slot). Runs without a slot are left out: each replica's
+    start-up runs partition_maintenance once (migrate_on_start), as `migrate` does."""
     slots: dict[tuple[str, str], list[tuple[str, str]]] = {}
     for job, slot, replica, outcome in conn.execute(
-        "SELECT job, details ->> 'slot', replica_id, outcome FROM job_runs ORDER BY run_id"
+        "SELECT job, details ->> 'slot', replica_id, outcome FROM job_runs"
+        " WHERE details ? 'slot' ORDER BY run_id"
     ):
         slots.setdefault((job, slot), []).append((replica, outcome))
     return slots
