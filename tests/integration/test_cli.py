@@ -15,6 +15,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from daemon_support import running
 
 from sessionkeeper.admin import migrate
 from sessionkeeper.admin.embedded import EmbeddedPostgres
@@ -125,37 +126,22 @@ def test_run_without_url_uses_embedded_postgres_and_stops_it() -> None:
     base = Path(tempfile.mkdtemp(prefix="sessionkeeper-cli-"))
     server = EmbeddedPostgres(base)
     env = clean_env(SESSIONKEEPER_EMBEDDED_DIR=str(base), SESSIONKEEPER_METRICS_PORT="0")
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "sessionkeeper", "run"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
     try:
-        assert daemon.stderr is not None
-        seen = []
-        for line in daemon.stderr:
-            seen.append(line)
-            if "sessionkeeper running" in line:
-                break
-        assert any("sessionkeeper running" in line for line in seen), "".join(seen)
-        assert server.is_running()
-        with psycopg.connect(server.url("sessionkeeper")) as conn:
-            version = conn.execute("SELECT version_num FROM alembic_version").fetchone()
-        assert version == (migrate.head_revision(),)
+        with running(env) as (daemon, _):
+            assert server.is_running()
+            with psycopg.connect(server.url("sessionkeeper")) as conn:
+                version = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+            assert version == (migrate.head_revision(),)
 
-        # A second command finds the running server and leaves it running.
-        status = sessionkeeper("status", env=env)
-        assert status.returncode == 0, status.stderr
-        assert server.is_running()
+            # A second command finds the running server and leaves it running.
+            status = sessionkeeper("status", env=env)
+            assert status.returncode == 0, status.stderr
+            assert server.is_running()
 
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=60) == 0
-        assert not server.is_running()
+            daemon.send_signal(signal.SIGTERM)
+            assert daemon.wait(timeout=60) == 0
+            assert not server.is_running()
     finally:
-        if daemon.poll() is None:
-            daemon.kill()
         server.stop(force=True)
 
 

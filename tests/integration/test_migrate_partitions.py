@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import re
 import signal
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 import pytest
 from conftest import TEST_LOGINS, as_login
-from daemon_support import daemon_env
+from daemon_support import daemon_env, running
 from test_cli import clean_env, sessionkeeper
 
 from sessionkeeper.admin import roles
@@ -141,24 +139,8 @@ def test_run_makes_the_partitions_ahead_before_the_job_s_first_slot(
     cut_after_tomorrow(conn)
     before = datetime.now(UTC)
     env = daemon_env(database_url, SESSIONKEEPER_PARTITION_MAINTENANCE_SCHEDULE="0 0 1 1 *")
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "sessionkeeper", "run"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
-        assert daemon.stderr is not None
-        seen = []
-        for line in daemon.stderr:
-            seen.append(line)
-            if "sessionkeeper running" in line:
-                break
+    with running(env) as (daemon, seen):
         assert any("partitions ahead (partition_maintenance" in line for line in seen), seen
         assert missing(conn, before) == {"rate_limits": 0, "usage_stats": 0}
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(timeout=60) == 0
-    finally:
-        if daemon.poll() is None:
-            daemon.kill()
