@@ -1,13 +1,9 @@
 """What the tests that start the daemon as a process share (tests/integration/test_daemon.py,
-tests/integration/test_prometheus_live.py, test_cli.py, test_migrate_partitions.py)."""
+tests/integration/test_prometheus_live.py)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import subprocess
-import sys
-from collections.abc import Iterator
 
 from sessionkeeper.jobs import JOB_NAMES
 
@@ -42,28 +38,3 @@ def every_job(schedule: str) -> dict[str, str]:
         for name in JOB_NAMES
         for key, value in (("SCHEDULE", schedule), ("ENABLED", "true"))
     }
-
-
-@contextlib.contextmanager
-def running(env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[str], list[str]]]:
-    """``python -m sessionkeeper run`` as a process for the block, and its log lines up to
-    "sessionkeeper running" (its jobs scheduled); killed at the end if it still runs."""
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "sessionkeeper", "run"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
-        assert daemon.stderr is not None
-        seen: list[str] = []
-        for line in daemon.stderr:
-            seen.append(line)
-            if "sessionkeeper running" in line:
-                break
-        assert any("sessionkeeper running" in line for line in seen), "".join(seen)
-        yield daemon, seen
-    finally:
-        if daemon.poll() is None:
-            daemon.kill()

@@ -26,3 +26,18 @@ def count(conn: psycopg.Connection[Any], table: str, where: str = "true") -> int
     row = conn.execute(f"SELECT count(*) FROM {table} WHERE {where}").fetchone()
     assert row is not None
     return int(row[0])
+
+
+def insert_users(
+    conn: psycopg.Connection[Any], channel_user_ids: list[str], channel: str = "telegram"
+) -> dict[str, Any]:
+    """A bare ``users`` row per channel user id (no turn taken): their user ids by id."""
+    users = {}
+    for channel_user_id in channel_user_ids:
+        row = conn.execute(
+            "INSERT INTO users (channel, channel_user_id) VALUES (%s, %s) RETURNING user_id",
+            [channel, channel_user_id],
+        ).fetchone()
+        assert row is not None
+        users[channel_user_id] = row[0]
+    return users

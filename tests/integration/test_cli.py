@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -11,11 +12,11 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
-from daemon_support import running
 
 from sessionkeeper.admin import migrate
 from sessionkeeper.admin.embedded import EmbeddedPostgres
@@ -48,6 +49,35 @@ def sessionkeeper(
         timeout=timeout,
         check=False,
     )
+
+
+@contextlib.contextmanager
+def sessionkeeper_until(
+    *args: str, env: dict[str, str], until: str, stream: str = "stderr"
+) -> Iterator[tuple[subprocess.Popen[str], list[str]]]:
+    """``python -m sessionkeeper ARGS`` as a process for the block, and the lines of its
+    ``stream`` ("stderr" or "stdout") up to the first holding ``until``; killed at the end if
+    it still runs."""
+    child = subprocess.Popen(
+        [sys.executable, "-m", "sessionkeeper", *args],
+        stdout=subprocess.PIPE if stream == "stdout" else subprocess.DEVNULL,
+        stderr=subprocess.PIPE if stream == "stderr" else subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    try:
+        lines = child.stdout if stream == "stdout" else child.stderr
+        assert lines is not None
+        seen: list[str] = []
+        for line in lines:
+            seen.append(line)
+            if until in line:
+                break
+        assert any(until in line for line in seen), "".join(seen)
+        yield child, seen
+    finally:
+        if child.poll() is None:
+            child.kill()
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -127,7 +157,7 @@ def test_run_without_url_uses_embedded_postgres_and_stops_it() -> None:
     server = EmbeddedPostgres(base)
     env = clean_env(SESSIONKEEPER_EMBEDDED_DIR=str(base), SESSIONKEEPER_METRICS_PORT="0")
     try:
-        with running(env) as (daemon, _):
+        with sessionkeeper_until("run", env=env, until="sessionkeeper running") as (daemon, _):
             assert server.is_running()
             with psycopg.connect(server.url("sessionkeeper")) as conn:
                 version = conn.execute("SELECT version_num FROM alembic_version").fetchone()

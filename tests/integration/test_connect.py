@@ -27,6 +27,7 @@ import pytest
 from conftest import TEST_SERVER_OPTIONS
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
+from tool_support import unavailable
 
 from sessionkeeper.admin import migrate
 from sessionkeeper.admin.embedded import EmbeddedPostgres
@@ -375,7 +376,10 @@ class SystemPostgres(EmbeddedPostgres):
 @pytest.fixture(scope="module")
 def tls_server() -> Iterator[tuple[int, dict[str, Path]]]:
     if not (SYSTEM_PG_BIN / "postgres").exists():
-        pytest.skip(f"needs a PostgreSQL built with TLS in {SYSTEM_PG_BIN} (the wheel's has none)")
+        unavailable(
+            f"needs a PostgreSQL built with TLS in {SYSTEM_PG_BIN} (the wheel's has none;"
+            " .ci/run installs it)"
+        )
     base = Path(tempfile.mkdtemp(prefix="sessionkeeper-tls-"))
     certificates = base / "certificates"
     certificates.mkdir()

@@ -15,6 +15,7 @@ from langgraph.checkpoint.base import empty_checkpoint
 from langgraph_support import agent_graph, user_turn
 from psycopg import sql
 from psycopg.types.json import Jsonb
+from store_support import insert_users
 from test_cli import clean_env, sessionkeeper
 
 from sessionkeeper.admin import citus
@@ -227,15 +228,7 @@ def test_unlinked_aiogram_states_go_by_the_exact_telegram_id(
     # that id looks like (an index lookup on the bigint since issue 24).
     top = 2**63 - 1
     ids = ["7", "007", "-7", str(top), str(top + 1), "alice", ""]
-    users = {}
-    for channel_user_id in ids:
-        row = conn.execute(
-            "INSERT INTO users (channel, channel_user_id) VALUES ('telegram', %s)"
-            " RETURNING user_id",
-            [channel_user_id],
-        ).fetchone()
-        assert row is not None
-        users[channel_user_id] = row[0]
+    users = insert_users(conn, ids)
     for telegram_id in (7, -7, top, 8):
         conn.execute(
             "INSERT INTO aiogram_fsm_states (bot_id, chat_id, telegram_user_id, channel, state)"

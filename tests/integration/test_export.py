@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from psycopg import pq
 from psycopg.rows import dict_row
-from store_support import T0, store_fixture  # noqa: F401 (fixture)
+from store_support import T0, insert_users, store_fixture  # noqa: F401 (fixture)
 
 from store import AsyncStore, InvalidInput, NotFound, Store, core, export
 from store.config import StoreConfig
@@ -122,15 +122,7 @@ def test_aiogram_states_are_exported_by_link_or_by_the_exact_telegram_id(
 ) -> None:
     # A state written before the user's first turn has no link: the export finds it by the
     # user's Telegram id, as erasure does, and never a state of another id that reads alike.
-    users = {}
-    for channel_user_id in ("7", "007"):
-        row = conn.execute(
-            "INSERT INTO users (channel, channel_user_id) VALUES ('telegram', %s)"
-            " RETURNING user_id",
-            [channel_user_id],
-        ).fetchone()
-        assert row is not None
-        users[channel_user_id] = row[0]
+    users = insert_users(conn, ["7", "007"])
     conn.execute(
         "INSERT INTO aiogram_fsm_states (bot_id, chat_id, telegram_user_id, channel, user_id,"
         " state) VALUES (1, 7, 7, 'telegram', NULL, 'unlinked'),"

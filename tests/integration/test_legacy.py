@@ -26,7 +26,7 @@ import psycopg
 import pytest
 from psycopg import sql
 from psycopg.types.json import Jsonb
-from test_cli import clean_env, sessionkeeper
+from test_cli import clean_env, sessionkeeper, sessionkeeper_until
 from test_migrations import _drift
 
 from sessionkeeper.admin import legacy, migrate
@@ -607,23 +607,11 @@ def test_killed_conversion_finishes_on_rerun(seed_url: str) -> None:
     # Holding the last session keeps the run from finishing, so the kill lands mid-way.
     with psycopg.connect(seed_url) as holder:
         holder.execute("SELECT 1 FROM sessions WHERE session_id = %s FOR UPDATE", [last])
-        child = subprocess.Popen(
-            [sys.executable, "-m", "sessionkeeper", "migrate", "--batch-size", "1"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        try:
-            assert child.stdout is not None
-            for line in child.stdout:
-                if line.startswith("batch 1:"):
-                    break
+        with sessionkeeper_until(
+            "migrate", "--batch-size", "1", env=env, until="batch 1:", stream="stdout"
+        ) as (child, _):
             child.send_signal(signal.SIGKILL)
             child.wait(timeout=60)
-        finally:
-            if child.poll() is None:
-                child.kill()
         holder.rollback()
     with psycopg.connect(seed_url) as conn:
         left = conn.execute("SELECT count(*) FROM sessions WHERE messages IS NOT NULL").fetchone()

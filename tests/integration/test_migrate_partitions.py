@@ -13,8 +13,8 @@ from typing import Any
 import psycopg
 import pytest
 from conftest import TEST_LOGINS, as_login
-from daemon_support import daemon_env, running
-from test_cli import clean_env, sessionkeeper
+from daemon_support import daemon_env
+from test_cli import clean_env, sessionkeeper, sessionkeeper_until
 
 from sessionkeeper.admin import roles
 from sessionkeeper.jobs import ledger, partitions
@@ -139,7 +139,7 @@ def test_run_makes_the_partitions_ahead_before_the_job_s_first_slot(
     cut_after_tomorrow(conn)
     before = datetime.now(UTC)
     env = daemon_env(database_url, SESSIONKEEPER_PARTITION_MAINTENANCE_SCHEDULE="0 0 1 1 *")
-    with running(env) as (daemon, seen):
+    with sessionkeeper_until("run", env=env, until="sessionkeeper running") as (daemon, seen):
         assert any("partitions ahead (partition_maintenance" in line for line in seen), seen
         assert missing(conn, before) == {"rate_limits": 0, "usage_stats": 0}
         daemon.send_signal(signal.SIGTERM)
